@@ -1,0 +1,120 @@
+# The output buffer: one growing block of bytes that rows are encoded into and that is
+# flushed to a file descriptor at a fixed size (pgproto's WriteBuffer, msgspec's ×1.5 growth).
+#
+# Invariant: 0 <= len <= cap, data holds cap bytes.  Encoders reserve the worst case for
+# what they are about to write (ob_reserve) and then store through a raw pointer, so the
+# inner loops carry no bounds checks; ob_reserve's fast path is one comparison.
+
+cdef struct OutBuf:
+    char* data
+    Py_ssize_t len
+    Py_ssize_t cap
+
+
+cdef int ob_init(OutBuf* b, Py_ssize_t cap) except -1:
+    b.data = <char*>PyMem_RawMalloc(cap)
+    if b.data == NULL:
+        raise MemoryError()
+    b.len = 0
+    b.cap = cap
+    return 0
+
+
+cdef void ob_free(OutBuf* b) noexcept:
+    PyMem_RawFree(b.data)
+    b.data = NULL
+    b.len = 0
+    b.cap = 0
+
+
+cdef int ob_grow(OutBuf* b, Py_ssize_t extra) except -1:
+    # Kept out of line so the inline fast path stays tiny.
+    cdef Py_ssize_t need = b.len + extra
+    cdef Py_ssize_t cap = b.cap + (b.cap >> 1)
+    if cap < need:
+        cap = need
+    cdef char* p = <char*>PyMem_RawRealloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef int ob_shrink(OutBuf* b, Py_ssize_t cap) except -1:
+    """Give memory back after a giant row (only called when the buffer is empty)."""
+    if b.cap <= cap or b.len > cap:
+        return 0
+    cdef char* p = <char*>PyMem_RawRealloc(b.data, cap)
+    if p == NULL:
+        raise MemoryError()
+    b.data = p
+    b.cap = cap
+    return 0
+
+
+cdef inline int ob_reserve(OutBuf* b, Py_ssize_t extra) except -1:
+    if b.len + extra > b.cap:
+        return ob_grow(b, extra)
+    return 0
+
+
+cdef inline int ob_write(OutBuf* b, const char* p, Py_ssize_t n) except -1:
+    if b.len + n > b.cap:
+        ob_grow(b, n)
+    memcpy(b.data + b.len, p, n)
+    b.len += n
+    return 0
+
+
+cdef inline int ob_byte(OutBuf* b, char c) except -1:
+    if b.len + 1 > b.cap:
+        ob_grow(b, 1)
+    b.data[b.len] = c
+    b.len += 1
+    return 0
+
+
+cdef inline int ob_bytes(OutBuf* b, bytes s) except -1:
+    return ob_write(b, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
+
+
+cdef int ob_int64(OutBuf* b, int64_t v) except -1:
+    """Decimal, as Go's strconv.FormatInt(v, 10)."""
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef uint64_t u
+    cdef bint neg = v < 0
+    if neg:
+        u = <uint64_t>0 - <uint64_t>v
+    else:
+        u = <uint64_t>v
+    while True:
+        i -= 1
+        tmp[i] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if neg:
+        i -= 1
+        tmp[i] = b'-'
+    return ob_write(b, tmp + i, 24 - i)
+
+
+cdef int fd_write_all(int fd, const char* p, Py_ssize_t n) except -1:
+    """write(2) the whole block, retrying short writes and EINTR; OSError on failure."""
+    cdef ssize_t w
+    cdef int err = 0
+    while n > 0:
+        with nogil:
+            w = write(fd, p, <size_t>n)
+            if w < 0:
+                err = errno
+        if w < 0:
+            if err == EINTR:
+                PyErr_CheckSignals()
+                continue
+            raise OSError(err, strerror(err).decode("utf-8", "replace"))
+        p += w
+        n -= w
+    return 0

@@ -1,0 +1,123 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""skyexport's compiled core: rows of the export SELECT in, bytes of posts.json / .jsonl /
+.csv out, per ../shared/FORMAT.md.
+
+One extension module built from one file per concern (uvloop's layout, so the C compiler
+sees everything at once and can inline across them):
+
+    _buffer.pxi   the output buffer and the write(2) loop
+    _time.pxi     reading stored timestamps, rendering RFC 3339
+    _json.pxi     JSON string escaping, validating and re-indenting stored JSON
+    _csv.pxi      Go's CSV quoting, the MediaFiles column
+    _filter.pxi   --since/--until as SQL functions; parsing the bounds
+    _writer.pxi   Writer: the per-row encoders and the batch loop
+
+The Python package (src/skyexport) owns everything else: options, the APSW connection and
+cursor, files, progress, media, the manifest.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint64_t, uint32_t, INT64_MAX, INT64_MIN
+from libc.string cimport memcpy, memset, memcmp, strerror
+from libc.errno cimport errno, EINTR, EINVAL, ENOSYS
+from posix.unistd cimport write
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLong
+from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
+
+import json
+import math
+import os
+
+import msgspec
+
+include "_buffer.pxi"
+include "_time.pxi"
+include "_json.pxi"
+include "_csv.pxi"
+include "_filter.pxi"
+include "_writer.pxi"
+
+init_json_tables()
+_msgspec_decode = msgspec.json.decode
+
+
+def json_string(bytes value):
+    """Test hook: `value` encoded as a JSON string, as the text column is."""
+    cdef OutBuf b
+    ob_init(&b, 64)
+    try:
+        ob_json_str(&b, <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
+def reformat_json(bytes value, bint pretty=True, int level=2):
+    """Test hook: stored JSON re-formatted as the embed_data/labels fields are, or None
+    when it is not valid JSON."""
+    cdef OutBuf b
+    ob_init(&b, 64)
+    try:
+        if ob_raw_json(&b, <const unsigned char*>PyBytes_AS_STRING(value),
+                       PyBytes_GET_SIZE(value), level, pretty):
+            return None
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
+def csv_field(bytes value):
+    """Test hook: `value` as one CSV field."""
+    cdef OutBuf b
+    ob_init(&b, 64)
+    try:
+        ob_csv_field(&b, <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
+def media_files_of(embed_data):
+    """Test hook: the MediaFiles column for a has_media post with this embed_data."""
+    return media_files(embed_data)
+
+
+def format_real(double value):
+    """Test hook: a REAL stored in a JSON column, as it is written."""
+    return go_format_float(value)
+
+
+cdef extern from "<stdio.h>" nogil:
+    int renameat2(int olddirfd, const char* oldpath, int newdirfd, const char* newpath,
+                  unsigned int flags)
+
+cdef extern from "<fcntl.h>":
+    int AT_FDCWD
+
+cdef enum:
+    RENAME_NOREPLACE_FLAG = 1
+
+
+def rename_noreplace(src, dst):
+    """Rename `src` to `dst` atomically, failing with FileExistsError if `dst` exists (even
+    as an empty directory, which plain rename(2) would silently replace).  Raises
+    NotImplementedError where the filesystem lacks RENAME_NOREPLACE."""
+    cdef bytes s = os.fsencode(src), d = os.fsencode(dst)
+    cdef const char* sp = s
+    cdef const char* dp = d
+    cdef int rc, err = 0
+    with nogil:
+        rc = renameat2(AT_FDCWD, sp, AT_FDCWD, dp, RENAME_NOREPLACE_FLAG)
+        if rc != 0:
+            err = errno
+    if rc == 0:
+        return
+    if err == EINVAL or err == ENOSYS:
+        raise NotImplementedError("renameat2(RENAME_NOREPLACE) unsupported here")
+    raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
+                  os.fsdecode(dst))

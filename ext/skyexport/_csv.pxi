@@ -1,0 +1,164 @@
+# CSV fields as Go's encoding/csv Writer writes them (Comma ',', UseCRLF false), and the
+# MediaFiles column.
+
+cdef bint starts_with_space(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """unicode.IsSpace of the first rune (an invalid first byte decodes to U+FFFD)."""
+    cdef unsigned char c = s[0]
+    if c < 0x80:
+        return c == 32 or 9 <= c <= 13
+    cdef int k = utf8_seq_len(s, n)
+    cdef uint32_t r
+    if k == 2:
+        r = ((c & 0x1F) << 6) | (s[1] & 0x3F)
+    elif k == 3:
+        r = ((c & 0x0F) << 12) | ((s[1] & 0x3F) << 6) | (s[2] & 0x3F)
+    else:
+        return False
+    return (r == 0x85 or r == 0xA0 or r == 0x1680 or 0x2000 <= r <= 0x200A
+            or r == 0x2028 or r == 0x2029 or r == 0x202F or r == 0x205F or r == 0x3000)
+
+
+cdef bint csv_needs_quotes(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n == 0:
+        return False
+    if n == 2 and s[0] == b'\\' and s[1] == b'.':
+        return True
+    for i in range(n):
+        c = s[i]
+        if c == b',' or c == b'"' or c == b'\n' or c == b'\r':
+            return True
+    return starts_with_space(s, n)
+
+
+cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+    """One field, quoted iff Go would; bytes otherwise unchanged."""
+    cdef Py_ssize_t i, start
+    if not csv_needs_quotes(s, n):
+        return ob_write(b, <const char*>s, n)
+    ob_byte(b, b'"')
+    start = 0
+    for i in range(n):
+        if s[i] == b'"':
+            ob_write(b, <const char*>s + start, i + 1 - start)
+            start = i     # the quote is written again with the next run: doubled
+    ob_write(b, <const char*>s + start, n - start)
+    ob_byte(b, b'"')
+    return 0
+
+
+# --- MediaFiles -------------------------------------------------------------------------
+
+cdef object _msgspec_decode = None      # msgspec.json.decode, bound at import
+
+
+cdef bytes go_sanitize_utf8(bytes raw):
+    """Each byte Go's decoder rejects becomes U+FFFD (EF BF BD), as Go's json.Unmarshal
+    reads invalid UTF-8 inside strings."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i = 0
+    cdef int k
+    cdef OutBuf b
+    while i < n:
+        if s[i] >= 0x80 and utf8_seq_len(s + i, n - i) == 0:
+            break
+        i += 1 if s[i] < 0x80 else utf8_seq_len(s + i, n - i)
+    if i == n:
+        return raw
+    ob_init(&b, n + 64)
+    try:
+        ob_write(&b, <const char*>s, i)
+        while i < n:
+            if s[i] < 0x80:
+                ob_byte(&b, <char>s[i])
+                i += 1
+                continue
+            k = utf8_seq_len(s + i, n - i)
+            if k == 0:
+                ob_write(&b, b"\xef\xbf\xbd", 3)
+                i += 1
+            else:
+                ob_write(&b, <const char*>s + i, k)
+                i += k
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
+cdef object _decode_embed(bytes raw):
+    """embed_data as Go's json.Unmarshal would read it, or None when it is not valid."""
+    cdef OutBuf scratch
+    ob_init(&scratch, 256)
+    try:
+        if ob_raw_json(&scratch, <const unsigned char*>PyBytes_AS_STRING(raw),
+                       PyBytes_GET_SIZE(raw), 0, False):
+            return None
+    finally:
+        ob_free(&scratch)
+    raw = go_sanitize_utf8(raw)
+    try:
+        return _msgspec_decode(raw)
+    except Exception:
+        pass
+    # msgspec refuses lone surrogate escapes, which Go reads as U+FFFD; the stdlib decoder
+    # takes them (as surrogates, mapped in media_files).
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+
+cdef inline bint _is_str(object v):
+    return type(v) is str
+
+
+cdef int _add_hash(list out, object url) except -1:
+    if not _is_str(url):
+        return 0
+    cdef str u = <str>url
+    cdef Py_ssize_t slash = u.rfind("/")
+    if slash < 0:
+        return 0
+    cdef str h = u[slash + 1:]
+    cdef Py_ssize_t at = h.find("@")
+    if at >= 0:
+        h = h[:at]
+    if h:
+        out.append(h)
+    return 0
+
+
+cdef int _add_images(list out, object images) except -1:
+    if type(images) is not list:
+        return 0
+    for img in <list>images:
+        if type(img) is dict:
+            _add_hash(out, (<dict>img).get("fullsize"))
+    return 0
+
+
+cdef bytes media_files(object embed):
+    """The MediaFiles column for a post whose has_media is true (FORMAT.md, posts.csv)."""
+    if type(embed) is not bytes:
+        return b""
+    obj = _decode_embed(<bytes>embed)
+    if type(obj) is not dict:
+        return b""
+    cdef list out = []
+    _add_images(out, (<dict>obj).get("images"))
+    media = (<dict>obj).get("media")
+    if type(media) is dict:
+        _add_images(out, (<dict>media).get("images"))
+    external = (<dict>obj).get("external")
+    if type(external) is dict:
+        _add_hash(out, (<dict>external).get("thumb"))
+    if not out:
+        return b""
+    cdef str joined = ";".join(out)
+    try:
+        return joined.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate from a \uD8xx escape: Go decodes each one to U+FFFD.
+        return "".join(["\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch
+                        for ch in joined]).encode("utf-8")

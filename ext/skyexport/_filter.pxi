@@ -1,0 +1,87 @@
+# Date filters compare instants (FORMAT.md, Row selection): SQLite calls these per row, as
+# functions registered on the connection, so the COUNT and the SELECT agree exactly.
+
+cdef bint stamp_of(object v, Stamp* st) except -1:
+    """Parse a created_at value as the SELECT hands it over; NULL is Go's zero time."""
+    cdef const unsigned char* p
+    cdef Py_ssize_t n
+    if v is None:
+        zero_stamp(st)
+        return True
+    if type(v) is str:
+        v = (<str>v).encode("utf-8", "surrogateescape")
+    elif type(v) is not bytes:
+        v = str(v).encode()
+    p = <const unsigned char*>PyBytes_AS_STRING(v)
+    n = PyBytes_GET_SIZE(v)
+    return parse_stamp(p, n, st)
+
+
+@cython.final
+cdef class InstantRange:
+    """Callable `(created_at) -> 1 | 0`: is the value's instant inside [since, until]?
+    Either bound may be None.  Bad values are never inside."""
+    cdef int64_t lo_s, hi_s
+    cdef int lo_ns, hi_ns
+
+    def __init__(self, since, until):
+        self.lo_s, self.lo_ns = since if since is not None else (INT64_MIN, 0)
+        self.hi_s, self.hi_ns = until if until is not None else (INT64_MAX, 999999999)
+
+    def __call__(self, value):
+        cdef Stamp st
+        if not stamp_of(value, &st):
+            return 0
+        cdef int64_t s = stamp_seconds(&st)
+        if s < self.lo_s or (s == self.lo_s and st.nsec < self.lo_ns):
+            return 0
+        if s > self.hi_s or (s == self.hi_s and st.nsec > self.hi_ns):
+            return 0
+        return 1
+
+
+def is_bad_stamp(value):
+    """SQL helper: 1 when a created_at value cannot be read."""
+    cdef Stamp st
+    return 0 if stamp_of(value, &st) else 1
+
+
+def parse_bound(str text, bint end_of_day):
+    """A --since/--until value -> (unix seconds, nanoseconds), or raise ValueError.
+
+    `YYYY-MM-DD` means the start of that UTC day, or with `end_of_day` its last
+    nanosecond; otherwise an RFC 3339 date-time (`T` or space; no zone means UTC)."""
+    cdef Stamp st
+    cdef bytes raw = text.strip().encode("utf-8", "surrogateescape")
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    if n < 10 or not parse_rfc3339ish(p, n, &st) or (n != 10 and n < 19):
+        raise ValueError(f"{text!r} is not a date (YYYY-MM-DD) or an RFC 3339 date-time "
+                         f"(e.g. 2024-01-31T10:00:00Z)")
+    if n == 10 and end_of_day:
+        return (stamp_seconds(&st) + 86399, 999999999)
+    return (stamp_seconds(&st), st.nsec)
+
+
+def parse_timestamp(value):
+    """Test and tooling hook: a stored timestamp -> (year, month, day, hour, minute, second,
+    nanosecond, offset_seconds), or None for a bad value."""
+    cdef Stamp st
+    if not stamp_of(value, &st):
+        return None
+    return (st.year, st.month, st.day, st.hour, st.minute, st.second, st.nsec, st.offset)
+
+
+def render_timestamp(value, bint nanos=True):
+    """Test and tooling hook: a stored timestamp rendered as the JSON (nanos) or CSV
+    column shows it, or None for a bad value."""
+    cdef Stamp st
+    cdef OutBuf b
+    if not stamp_of(value, &st):
+        return None
+    ob_init(&b, 64)
+    try:
+        ob_stamp(&b, &st, nanos)
+        return PyBytes_FromStringAndSize(b.data, b.len).decode()
+    finally:
+        ob_free(&b)

@@ -1,0 +1,28 @@
+"""skyexport: byte-exact, memory-flat exports of bskyarchive post archives to JSON, CSV and
+JSON Lines.
+
+    >>> import skyexport
+    >>> result = skyexport.export("data/archive.db", "exports", format="csv")
+    >>> result.directory, result.post_count, result.sha256
+
+See README.md for the command line and the byte contract.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    ArchiveError,
+    BadValueError,
+    ExportError,
+    OptionError,
+    OutputError,
+)
+from .export import ExportResult, ExportWarning, export  # noqa: E402
+from .manifest import VerifyReport, verify  # noqa: E402
+from .progress import ExportProgress  # noqa: E402
+
+__all__ = [
+    "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
+    "ExportWarning", "OptionError", "OutputError", "VerifyReport", "export", "verify",
+    "__version__",
+]

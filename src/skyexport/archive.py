@@ -1,0 +1,231 @@
+"""Reading a bskyarchive archive with APSW: one read-only connection, one read transaction,
+one SELECT stepped once (DESIGN.md, data flow).
+
+The SELECT hands the writer core exactly the Python types it expects: text and timestamp
+columns as bytes (CAST AS BLOB: no decoding cost, and invalid UTF-8 cannot raise), numeric
+columns as int/float/bytes/None, stored JSON as int/float (a number, by SQLite's affinity)
+or bytes.  The column order is the core's (`C_URI`... in ext/skyexport/_writer.pxi).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import apsw
+
+from ._core import InstantRange, is_bad_stamp
+from .errors import ArchiveError
+
+REQUIRED_COLUMNS = (
+    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count",
+    "repost_count", "reply_count", "is_reply", "reply_parent", "embed_type", "embed_data",
+    "labels", "archived_at",
+)
+
+# A numeric-affinity column: numbers as they are, text as bytes (see module docstring).
+_NUM = "CASE WHEN typeof({0}) = 'text' THEN CAST({0} AS BLOB) ELSE {0} END"
+_TXT = "CAST({0} AS BLOB)"
+
+# Pages SQLite may keep in memory (negative = KiB): small, so memory stays flat.
+CACHE_KIB = 4096
+# How long a writer holding a lock is waited for.
+BUSY_TIMEOUT_MS = 10_000
+# Post URIs per media lookup (SQLite's bound-parameter limit is far above this).
+MEDIA_CHUNK = 500
+# has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
+_HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
+                   "WHEN 'real' THEN has_media <> 0 WHEN 'null' THEN 0 "
+                   "ELSE CAST(has_media AS TEXT) IN ('1','t','T','TRUE','true','True') END)")
+# SQLite VM steps between progress-handler calls (heartbeat while a step runs long).
+HEARTBEAT_STEPS = 200_000
+
+
+def _columns(has_quote_count: bool) -> str:
+    exprs = [
+        _TXT.format("uri"), _TXT.format("cid"), _TXT.format("did"), _TXT.format("text"),
+        _TXT.format("created_at"), _TXT.format("indexed_at"), _NUM.format("has_media"),
+        _NUM.format("like_count"), _NUM.format("repost_count"), _NUM.format("reply_count"),
+        _NUM.format("quote_count") if has_quote_count else "0", _NUM.format("is_reply"),
+        _TXT.format("reply_parent"), _TXT.format("embed_type"), _NUM.format("embed_data"),
+        _NUM.format("labels"), _TXT.format("archived_at"),
+    ]
+    return ", ".join(exprs)
+
+
+def _day_before(bound: tuple[int, int], days: int) -> str:
+    """'YYYY-MM-DD' of the UTC day `days` away from an instant (text prefilter bounds)."""
+    secs = bound[0] + days * 86400
+    secs = min(max(secs, -62135596800), 253402214400)  # 0001-01-01 .. 9999-12-31
+    return time.strftime("%Y-%m-%d", time.gmtime(secs))
+
+
+class Archive:
+    """An archive opened for one export.  Use as a context manager.
+
+    Invariant: after `begin()`, every query (count, rows, media) reads the same snapshot,
+    until `close()`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ArchiveError(f"archive {self.path} does not exist; pass the path of "
+                               "bskyarchive's archive.db (default ./data/archive.db)")
+        if not self.path.is_file():
+            raise ArchiveError(f"archive {self.path} is not a file; pass the path of "
+                               "bskyarchive's archive.db")
+        try:
+            self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
+            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
+                           "query_only = 1"):
+                self.conn.execute(f"PRAGMA {pragma}")
+            cols = {row[1] for row in self.conn.execute("PRAGMA table_info(posts)")}
+            tables = {row[0] for row in self.conn.execute(
+                "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        except apsw.Error as exc:
+            raise archive_error(self.path, exc) from None
+        if "posts" not in tables:
+            self.close()
+            raise ArchiveError(f"archive {self.path} has no posts table; is it a bskyarchive "
+                               "archive?")
+        missing = [c for c in REQUIRED_COLUMNS if c not in cols]
+        if missing:
+            self.close()
+            raise ArchiveError(f"archive {self.path}: table posts lacks column(s) "
+                               f"{', '.join(missing)}; is it a bskyarchive archive?")
+        self.has_quote_count = "quote_count" in cols
+        self.has_media_table = "media" in tables
+        self.schema_version = 2 if self.has_quote_count else 1
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        conn = getattr(self, "conn", None)
+        if conn is not None:
+            try:
+                if not conn.getautocommit():
+                    conn.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            conn.close(True)
+            self.conn = None  # type: ignore[assignment]
+
+    def begin(self) -> None:
+        """Start the read transaction the whole export reads from."""
+        self.conn.execute("BEGIN")
+
+    def set_heartbeat(self, callback: Callable[[], None] | None) -> None:
+        """Call `callback` every HEARTBEAT_STEPS SQLite VM steps (a long sort, a slow
+        page read): lets progress keep flowing while one step takes seconds."""
+        if callback is None:
+            self.conn.set_progress_handler(None)
+        else:
+            def handler() -> bool:
+                callback()
+                return False  # False: do not interrupt the query
+            self.conn.set_progress_handler(handler, HEARTBEAT_STEPS)
+
+    def _where(self, did: str | None, since: tuple[int, int] | None,
+               until: tuple[int, int] | None) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if did is not None:
+            # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
+            # always does in a real archive): the did index would force a sort of them all.
+            clauses.append("+did = ?" if self._did_is_common(did) else "did = ?")
+            args.append(did)
+        if since is not None or until is not None:
+            # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
+            # day is within one of the stored day) lets the index narrow the scan; the SQL
+            # function then decides exactly, by instant.
+            if since is not None:
+                clauses.append("created_at >= ?")
+                args.append(_day_before(since, -1))
+            if until is not None:
+                clauses.append("created_at < ?")
+                args.append(_day_before(until, 2))
+            self.conn.create_scalar_function("skyexport_in_range", InstantRange(since, until),
+                                             1, deterministic=True)
+            clauses.append("skyexport_in_range(created_at)")
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def _did_is_common(self, did: str) -> bool:
+        total = self.conn.execute("SELECT count(*) FROM posts").fetchall()[0][0]
+        mine = self.conn.execute("SELECT count(*) FROM posts WHERE did = ?", (did,)).fetchall()[0][0]
+        return mine * 4 >= total
+
+    def select(self, did: str | None = None, since: tuple[int, int] | None = None,
+               until: tuple[int, int] | None = None) -> tuple[str, str, list[object]]:
+        """(count SQL, rows SQL, bindings) for the export's filter."""
+        where, args = self._where(did, since, until)
+        count_sql = f"SELECT count(*) FROM posts{where}"
+        rows_sql = (f"SELECT {_columns(self.has_quote_count)} FROM posts{where} "
+                    "ORDER BY created_at DESC, uri ASC")
+        return count_sql, rows_sql, args
+
+    def count(self, sql: str, args: Sequence[object]) -> int:
+        return int(self.conn.execute(sql, args).fetchall()[0][0])
+
+    def rows(self, sql: str, args: Sequence[object]) -> Iterator[tuple[object, ...]]:
+        return self.conn.execute(sql, args)
+
+    def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
+        """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).
+        Only asked when a date filter leaves them out."""
+        self.conn.create_scalar_function("skyexport_bad_stamp", is_bad_stamp, 1,
+                                         deterministic=True)
+        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did else "")
+        args = [did] if did else []
+        found = [(str(u), str(c)) for u, c in self.conn.execute(
+            f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
+            [*args, limit])]
+        total = self.count(f"SELECT count(*) FROM posts WHERE {where}", args)
+        return found, total
+
+    def count_media(self, count_sql: str, args: Sequence[object]) -> int:
+        """Media rows of the posts the export selects that have has_media (by the same
+        truth rules as the writer core), counted in the snapshot."""
+        if not self.has_media_table:
+            return 0
+        posts = count_sql.replace("SELECT count(*) FROM posts", "SELECT uri FROM posts", 1)
+        posts += (" AND " if " WHERE " in posts else " WHERE ") + _HAS_MEDIA_TRUE
+        return self.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})", args)
+
+    def media_rows(self, post_uris: Sequence[bytes]) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(post_uri, hash, file_path) of the media of these posts, in a stable order."""
+        if not self.has_media_table:
+            return
+        for i in range(0, len(post_uris), MEDIA_CHUNK):
+            chunk = post_uris[i:i + MEDIA_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            yield from self.conn.execute(
+                "SELECT CAST(post_uri AS BLOB), CAST(hash AS BLOB), CAST(file_path AS BLOB) "
+                f"FROM media WHERE post_uri IN ({marks}) ORDER BY post_uri, file_path",
+                [u.decode("utf-8", "surrogateescape") for u in chunk])
+
+
+def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:
+    """One clear line for an SQLite failure."""
+    at = f" {where}" if where else ""
+    if isinstance(exc, apsw.NotADBError):
+        return ArchiveError(f"archive {path} is not a SQLite database (or is encrypted); "
+                            "pass bskyarchive's archive.db")
+    if isinstance(exc, apsw.CorruptError):
+        return ArchiveError(f"archive {path} is corrupt{at} ({exc}); restore it from a "
+                            "backup or run sqlite3 '.recover' on a copy")
+    if isinstance(exc, apsw.BusyError):
+        return ArchiveError(f"archive {path} is locked by another process{at} and was not "
+                            f"released within {BUSY_TIMEOUT_MS // 1000} s; retry when the "
+                            "archiver is done")
+    if isinstance(exc, apsw.CantOpenError):
+        return ArchiveError(f"archive {path} cannot be opened ({exc}); check that it exists "
+                            "and is readable")
+    return ArchiveError(f"reading archive {path} failed{at}: {exc}")

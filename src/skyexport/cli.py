@@ -1,0 +1,243 @@
+"""The `skyexport` command: export, verify, synth, demo.
+
+Results go to stdout (the last line of `export` is the export directory), progress and
+errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
+130 interrupted (SIGINT), 143 terminated (SIGTERM).  Imports are lazy so that start-up
+stays close to the interpreter's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 0, 1, 2, 130, 143
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="skyexport",
+        description="Export bskyarchive post archives to JSON, CSV or JSON Lines, "
+                    "byte-exact and in flat memory.")
+    p.add_argument("--version", action="version", version=f"skyexport {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    e = sub.add_parser("export", help="export an archive's posts",
+                       description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
+                                   "directory; the last line printed is its path.")
+    e.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
+                   help="the archive (default: ./data/archive.db)")
+    e.add_argument("--format", "-f", choices=("json", "csv", "jsonl"), default="json",
+                   help="posts.json (default), posts.csv or posts.jsonl")
+    e.add_argument("--output", "-o", default="exports", metavar="DIR",
+                   help="where export directories are created (default: ./exports)")
+    e.add_argument("--did", help="only posts of this DID")
+    e.add_argument("--since", metavar="DATE", help="only posts created at or after DATE "
+                   "(YYYY-MM-DD or RFC 3339, e.g. 2024-01-31T10:00:00Z)")
+    e.add_argument("--until", metavar="DATE", help="only posts created at or before DATE "
+                   "(a bare date includes the whole day, UTC)")
+    e.add_argument("--media", action="store_true", help="copy the posts' media files")
+    e.add_argument("--media-root", metavar="DIR", help="resolve relative media paths "
+                   "against DIR first (default: the current directory)")
+    e.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
+                   help="posts per batch (default 1000)")
+    e.add_argument("--on-bad-value", choices=("error", "keep"), default="error",
+                   help="unreadable timestamp or invalid stored JSON: stop (default) or "
+                        "export it as text and list it in the manifest")
+    e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                   help="progress on stderr: a bar (default on a terminal), JSON lines, "
+                        "or nothing")
+    e.add_argument("--quiet", "-q", action="store_true", help="same as --progress none")
+
+    v = sub.add_parser("verify", help="re-hash an export against its manifest")
+    v.add_argument("directory", metavar="EXPORT_DIR")
+
+    s = sub.add_parser("synth", help="write a synthetic archive in bskyarchive's schema")
+    s.add_argument("archive", metavar="ARCHIVE")
+    s.add_argument("--posts", type=_positive_int, required=True, metavar="N")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--media", action="store_true", help="also a media table and files")
+    s.add_argument("--schema", type=int, choices=(1, 2), default=2,
+                   help="schema version (1 lacks quote_count)")
+    s.add_argument("--dids", type=_positive_int, default=1, help="number of DIDs")
+
+    d = sub.add_parser("demo", help="build a synthetic archive, export it, show numbers")
+    d.add_argument("--posts", type=_positive_int, default=50_000, metavar="N")
+    d.add_argument("--output", metavar="DIR", help="where to put the demo (default: a new "
+                   "temporary directory, kept)")
+    d.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+    return p
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _reporter(mode: str) -> Any:
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    if mode == "bar":
+        from .progress import BarReporter
+        return BarReporter()
+    if mode == "jsonl":
+        from .progress import JsonLinesReporter
+        return JsonLinesReporter(sys.stderr)
+    return None
+
+
+def _fail(message: str, code: int = EXIT_FAILED) -> int:
+    sys.stderr.write(f"skyexport: error: {message}\n")
+    return code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from . import export
+    from .errors import OptionError
+
+    progress = "none" if args.quiet else args.progress
+    try:
+        result = export(args.archive, args.output, format=args.format, did=args.did,
+                        since=args.since, until=args.until, media=args.media,
+                        media_root=args.media_root, batch_size=args.batch_size,
+                        on_bad_value=args.on_bad_value, on_progress=_reporter(progress))
+    except OptionError as exc:
+        sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
+        return _fail(str(exc), EXIT_USAGE)
+    out = sys.stdout
+    out.write(f"posts: {result.post_count}\n")
+    if args.media:
+        out.write(f"media files: {result.media_count}\n")
+    out.write(f"{result.data_file.name}: {result.bytes_written} bytes, sha256 "
+              f"{result.sha256}\n")
+    if result.warnings_total:
+        out.write(f"warnings: {result.warnings_total} (listed in manifest.json)\n")
+    out.write(f"{result.directory}\n")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .manifest import verify
+
+    report = verify(args.directory)
+    for problem in report.problems:
+        sys.stderr.write(f"skyexport: verify: {problem}\n")
+    if not report.ok:
+        return _fail(f"{args.directory}: {len(report.problems)} problem(s) found")
+    sys.stdout.write(f"ok: {report.checked} files match the manifest\n")
+    return EXIT_OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import build_archive
+
+    try:
+        stats = build_archive(args.archive, args.posts, seed=args.seed, media=args.media,
+                              schema_version=args.schema, dids=args.dids)
+    except FileExistsError:
+        return _fail(f"{args.archive} already exists; synth never overwrites an archive")
+    sys.stdout.write(f"{stats.posts} posts, {stats.media_files} media files in "
+                     f"{stats.seconds:.1f} s\n{args.archive}\n")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import resource
+    import tempfile
+    from pathlib import Path
+
+    from . import export
+    from .synth import build_archive
+
+    root = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="skyexport-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "data" / "archive.db"
+    archive.parent.mkdir(exist_ok=True)
+    out = sys.stdout
+    out.write(f"building a synthetic archive of {args.posts} posts with media in {root} ...\n")
+    out.flush()
+    if archive.exists():
+        archive.unlink()
+    stats = build_archive(archive, args.posts, seed=1, media=True)
+    out.write(f"  {stats.posts} posts, {stats.media_files} media files, "
+              f"{archive.stat().st_size / 1e6:.1f} MB in {stats.seconds:.1f} s\n")
+    last = None
+    for fmt in ("json", "csv"):
+        out.write(f"exporting as {fmt} ...\n")
+        out.flush()
+        t0 = time.perf_counter()
+        result = export(archive, root / "exports", format=fmt, media=fmt == "json",
+                        media_root=archive.parent, on_progress=_reporter(args.progress))
+        secs = time.perf_counter() - t0
+        m = result.manifest
+        out.write(f"  {result.post_count} posts -> {result.data_file} "
+                  f"({result.bytes_written / 1e6:.1f} MB)\n"
+                  f"  {result.post_count / secs:,.0f} posts/s, "
+                  f"{result.bytes_written / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
+                  f"  manifest: {m['post_count']} posts, {m['media_count']} media files, "
+                  f"sha256 {result.sha256[:16]}..., {m['warnings_total']} warnings\n")
+        last = result.directory
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.write(f"peak memory (RSS) of this process: {peak:.0f} MB\n{last}\n")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import ExportError
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
+                "demo": cmd_demo}[args.command](args)
+    except ExportError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write("skyexport: interrupted; nothing was exported\n")
+        return EXIT_INT
+    except _Terminated:
+        sys.stderr.write("skyexport: terminated; nothing was exported\n")
+        return EXIT_TERM
+    except MemoryError:
+        return _fail("out of memory; lower --batch-size or free memory")
+    except BrokenPipeError:
+        # stdout closed early (`| head`): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as exc:
+        # A bug of ours, not bad input: still one line, unless asked for the traceback.
+        if os.environ.get("SKYEXPORT_TRACEBACK"):
+            raise
+        return _fail(f"unexpected {type(exc).__name__}: {exc} (set SKYEXPORT_TRACEBACK=1 "
+                     "for details and please report it)")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""The export job: archive in, a complete export directory out, or nothing at all.
+
+    Archive (one snapshot) -> Writer (compiled core) -> OUTPUT/.skyexport-tmp-*/posts.*
+                           -> media/ per batch      -> manifest.json -> rename into place
+
+Everything is built in a hidden temporary directory inside OUTPUT that holds a lock
+(flock) while its process lives; it is renamed to `YYYY-MM-DD_HH-MM-SS[-N]` only when
+complete, and removed on any failure or interruption.  Temporary directories left by a
+killed process (lock free) are removed by the next export into the same OUTPUT.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import apsw
+
+from . import __version__
+from ._core import Writer, parse_bound, rename_noreplace
+from .archive import Archive, archive_error
+from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
+from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
+from .media import MediaCopier
+from .progress import HEARTBEAT_S, ExportProgress, ProgressChannel
+
+Format = Literal["json", "csv", "jsonl"]
+FORMATS: tuple[str, ...] = ("json", "csv", "jsonl")
+DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
+
+DEFAULT_ARCHIVE = "data/archive.db"
+DEFAULT_OUTPUT = "exports"
+DEFAULT_BATCH = 1000
+BATCH_BYTES = 4 << 20      # a batch also ends once it has produced this many bytes
+TMP_PREFIX = ".skyexport-tmp-"
+LOCK_NAME = ".lock"
+STALE_UNLOCKED_S = 60      # a temp dir with no lock file yet is only stale after this
+MAX_WARNINGS = 1000        # kept in full in the manifest; the rest are counted
+
+
+@dataclass(frozen=True)
+class ExportWarning:
+    """Something exported with a caveat (a kept bad value, a missing media file...)."""
+
+    uri: str
+    column: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What a finished export produced."""
+
+    directory: Path
+    format: str
+    data_file: Path
+    post_count: int
+    media_count: int
+    bytes_written: int
+    sha256: str
+    warnings: tuple[ExportWarning, ...]
+    warnings_total: int
+    duration_s: float
+    manifest: dict[str, Any]
+
+
+def export(
+    archive: str | os.PathLike[str] = DEFAULT_ARCHIVE,
+    output: str | os.PathLike[str] = DEFAULT_OUTPUT,
+    *,
+    format: Format = "json",
+    did: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    media: bool = False,
+    media_root: str | os.PathLike[str] | None = None,
+    batch_size: int = DEFAULT_BATCH,
+    on_bad_value: Literal["error", "keep"] = "error",
+    on_progress: Callable[[ExportProgress], object] | None = None,
+) -> ExportResult:
+    """Export the posts of `archive` into a new directory under `output`.
+
+    Returns an ExportResult; raises an ExportError subclass (OptionError, ArchiveError,
+    OutputError, BadValueError) with a one-line message, in which case nothing was
+    published.  `on_progress` receives ExportProgress events on a separate thread.
+    """
+    if format not in FORMATS:
+        raise OptionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"batch size must be a positive integer, not {batch_size!r}")
+    if on_bad_value not in ("error", "keep"):
+        raise OptionError(f"on_bad_value must be 'error' or 'keep', not {on_bad_value!r}")
+    bounds = []
+    for name, text, end in (("since", since, False), ("until", until, True)):
+        try:
+            bounds.append(parse_bound(text, end) if text is not None else None)
+        except ValueError as exc:
+            raise OptionError(f"--{name}: {exc}") from None
+    lo, hi = bounds
+    if lo is not None and hi is not None and lo > hi:
+        raise OptionError(f"--since {since} is after --until {until}")
+    with Archive(archive) as arc:
+        out, created = _prepare_output(Path(output))
+        job = _Job(arc, out, format, did, lo, hi, since, until, media,
+                   Path(media_root) if media_root is not None else None, batch_size,
+                   on_bad_value, on_progress)
+        try:
+            return job.run()
+        except BaseException:
+            if created:
+                _rmdir_if_empty(out)
+            raise
+
+
+class _Job:
+    def __init__(self, arc: Archive, out: Path, fmt: str, did: str | None,
+                 lo: tuple[int, int] | None, hi: tuple[int, int] | None,
+                 since: str | None, until: str | None, media: bool,
+                 media_root: Path | None, batch_size: int, on_bad_value: str,
+                 on_progress: Callable[[ExportProgress], object] | None) -> None:
+        self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
+        self.lo, self.hi, self.since, self.until = lo, hi, since, until
+        self.media, self.media_root, self.batch_size = media, media_root, batch_size
+        self.keep_bad = on_bad_value == "keep"
+        self.channel = ProgressChannel(on_progress) if on_progress else None
+        self.start = time.monotonic()
+        self.last_event = 0.0
+        self.posts_total = self.media_total = 0
+        self.writer: Writer | None = None
+        self.copier: MediaCopier | None = None
+        self.warnings: list[ExportWarning] = []
+        self.warnings_total = 0
+
+    # --- progress -----------------------------------------------------------------------
+
+    def emit(self, status: str, error: str | None = None) -> None:
+        self.last_event = time.monotonic()
+        if self.channel is None:
+            return
+        w, c = self.writer, self.copier
+        self.channel.put(ExportProgress(
+            status=status,  # type: ignore[arg-type]
+            posts_processed=w.rows if w else 0, posts_total=self.posts_total,
+            media_copied=c.seen if c else 0, media_total=self.media_total,
+            bytes_written=(w.bytes_written + w.pending) if w else 0,
+            elapsed_s=self.last_event - self.start, error=error))
+
+    def heartbeat(self) -> None:
+        """Called from inside long SQLite steps and media copies."""
+        if time.monotonic() - self.last_event >= HEARTBEAT_S:
+            self.emit("running")
+
+    def warn(self, uri: str, column: str, message: str) -> None:
+        self.warnings_total += 1
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(ExportWarning(uri, column, message))
+
+    def on_bad(self, uri: bytes, column: str, value: bytes) -> None:
+        u = uri.decode("utf-8", "replace")
+        shown = value.decode("utf-8", "replace")
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        if not self.keep_bad:
+            raise BadValueError(u, column, shown)
+        self.warn(u, column, f"{column} {shown!r} could not be read; exported as text")
+
+    # --- the job ------------------------------------------------------------------------
+
+    def run(self) -> ExportResult:
+        tmp, lock_fd = _make_temp_dir(self.out)
+        try:
+            self.emit("queued")
+            result = self._export(tmp)
+            self.emit("completed")
+            return result
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.emit("failed", error=_one_line(exc))
+            raise
+        finally:
+            os.close(lock_fd)
+            if self.channel is not None:
+                self.channel.close()
+
+    def _export(self, tmp: Path) -> ExportResult:
+        arc = self.arc
+        try:
+            arc.begin()
+            count_sql, rows_sql, args = arc.select(self.did, self.lo, self.hi)
+            self.posts_total = arc.count(count_sql, args)
+            if self.media:
+                self.media_total = arc.count_media(count_sql, args)
+            if self.lo is not None or self.hi is not None:
+                bad, total = arc.bad_created_at(self.did, MAX_WARNINGS)
+                for uri, value in bad:
+                    self.warn(uri, "created_at", f"created_at {value!r} cannot be read; "
+                              "left out by the date filter")
+                self.warnings_total += total - len(bad)
+        except apsw.Error as exc:
+            raise archive_error(arc.path, exc, "while counting posts") from None
+        self.emit("running")
+
+        data_path = tmp / DATA_FILES[self.fmt]
+        fd = _open_new(data_path)
+        try:
+            return self._write(tmp, data_path, fd, rows_sql, args)
+        finally:
+            os.close(fd)
+
+    def _write(self, tmp: Path, data_path: Path, fd: int, rows_sql: str,
+               args: list[object]) -> ExportResult:
+        arc = self.arc
+        hasher = hashlib.sha256()
+        self.writer = writer = Writer(fd, self.fmt, on_bad=self.on_bad, hasher=hasher,
+                                      collect_media=self.media)
+        if self.media:
+            roots = [self.media_root or Path.cwd(), arc.path.parent, arc.path.parent.parent]
+            self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
+        rows = arc.rows(rows_sql, args)
+        arc.set_heartbeat(self.heartbeat)
+        batch = 0
+        while not writer.exhausted:
+            first = writer.rows + 1
+            batch += 1
+            try:
+                writer.encode(rows, self.batch_size, BATCH_BYTES)
+                if self.copier is not None:
+                    self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
+                                          self.heartbeat)
+            except apsw.Error as exc:
+                raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
+                                    f"{first + self.batch_size - 1})") from None
+            except OSError as exc:
+                raise _output_error(exc, data_path) from None
+            self.emit("running")
+        arc.set_heartbeat(None)
+        try:
+            writer.finish()
+            os.fsync(fd)
+        except OSError as exc:
+            raise _output_error(exc, data_path) from None
+        if writer.rows != self.posts_total:
+            # One snapshot makes this impossible; if it ever happens, do not publish.
+            raise ArchiveError(f"archive {arc.path}: counted {self.posts_total} posts but "
+                               f"read {writer.rows}; nothing was exported")
+        if self.copier is not None:
+            self.copier.close()
+            for uri, message in self.copier.warnings:
+                self.warn(uri, "media", message)
+            self.warnings_total += self.copier.warnings_total - len(self.copier.warnings)
+
+        digest = hasher.hexdigest()
+        checksums = {DATA_FILES[self.fmt]: {"sha256": digest, "bytes": writer.bytes_written}}
+        if self.copier is not None:
+            sums = tmp / MEDIA_SUMS
+            checksums[MEDIA_SUMS] = {"sha256": _sha256(sums), "bytes": sums.stat().st_size}
+        duration = time.monotonic() - self.start
+        manifest = self._manifest(checksums, duration)
+        try:
+            write_manifest(tmp, manifest)
+            _fsync_dir(tmp)
+            final = _publish(tmp, self.out)
+        except OSError as exc:
+            raise _output_error(exc, tmp) from None
+        return ExportResult(
+            directory=final, format=self.fmt, data_file=final / DATA_FILES[self.fmt],
+            post_count=writer.rows, media_count=self.copier.copied if self.copier else 0,
+            bytes_written=writer.bytes_written, sha256=digest,
+            warnings=tuple(self.warnings), warnings_total=self.warnings_total,
+            duration_s=duration, manifest=manifest)
+
+    def _manifest(self, checksums: dict[str, dict[str, Any]], duration: float) -> dict[str, Any]:
+        w = self.writer
+        assert w is not None
+        files = [DATA_FILES[self.fmt]]
+        if self.copier is not None:
+            files.append(f"media/ ({self.copier.copied} files)")
+        m: dict[str, Any] = {
+            "export_format": self.fmt,
+            "export_timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "post_count": w.rows,
+            "media_count": self.copier.copied if self.copier else 0,
+        }
+        if self.lo is not None or self.hi is not None:
+            m["date_range"] = {"start_date": _rfc3339(self.lo), "end_date": _rfc3339(self.hi)}
+        m.update({
+            "version": MANIFEST_VERSION,
+            "files": files,
+            "generator": f"skyexport {__version__}",
+            "source_archive": str(self.arc.path.resolve()),
+            "schema_version": self.arc.schema_version,
+            "did": self.did,
+            "batch_size": self.batch_size,
+            "duration_s": round(duration, 3),
+            "checksums": checksums,
+            "warnings": [{"uri": x.uri, "column": x.column, "message": x.message}
+                         for x in self.warnings],
+            "warnings_total": self.warnings_total,
+        })
+        if self.copier is not None:
+            m["media_rows"] = self.media_total
+        return m
+
+
+# --- the output directory ---------------------------------------------------------------
+
+def _prepare_output(out: Path) -> tuple[Path, bool]:
+    """Make sure OUTPUT is a writable directory; clear stale temp dirs of ours."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} is a file, not a directory; choose another --output")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {out}: {exc.strerror}; choose "
+                          "another --output") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"output directory {out} is not writable; choose another --output "
+                          "or fix its permissions")
+    clean_stale_temp_dirs(out)
+    return out, created
+
+
+def clean_stale_temp_dirs(out: Path) -> list[Path]:
+    """Remove `.skyexport-tmp-*` dirs in `out` whose owner is gone (their lock is free).
+    Returns what was removed.  Never touches anything else."""
+    removed = []
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            try:
+                age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if age > STALE_UNLOCKED_S:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live export owns it
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _make_temp_dir(out: Path) -> tuple[Path, int]:
+    tmp = out / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(tmp)  # mode 0o777 & ~umask, as any directory the user makes
+        fd = os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _output_error(exc, out) from None
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return tmp, fd
+
+
+def _publish(tmp: Path, out: Path) -> Path:
+    """Rename the finished temp dir to OUTPUT/YYYY-MM-DD_HH-MM-SS (local time), adding
+    -2, -3... while the name is taken.  Never replaces anything."""
+    os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fd
+    base = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    for n in range(1, 10_000):
+        final = out / (base if n == 1 else f"{base}-{n}")
+        try:
+            rename_noreplace(tmp, final)
+        except FileExistsError:
+            continue
+        except NotImplementedError:
+            try:
+                os.mkdir(final)      # claim the name, then replace our own empty dir
+            except FileExistsError:
+                continue
+            os.rename(tmp, final)
+        _fsync_dir(out)
+        return final
+    raise OutputError(f"no free export directory name under {out} for {base}")
+
+
+def _open_new(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise _output_error(exc, path) from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _output_error(exc: OSError, path: Path) -> OutputError:
+    if exc.errno == errno.ENOSPC:
+        what = "the disk is full (no space left on device)"
+        todo = "free some space or choose another --output"
+    elif exc.errno == errno.EDQUOT:
+        what = "the disk quota is exhausted"
+        todo = "free some space or choose another --output"
+    elif exc.errno == errno.EFBIG:
+        what = "the file size limit was reached (EFBIG: ulimit -f or the filesystem's limit)"
+        todo = "raise the limit or choose another --output"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = f"permission denied ({exc.strerror})"
+        todo = "choose another --output or fix its permissions"
+    else:
+        what = exc.strerror or str(exc)
+        todo = "check the output directory"
+    err = OutputError(f"writing {path} failed: {what}; {todo}; nothing was exported")
+    err.errno = exc.errno
+    return err
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, SystemExit):
+        return f"terminated (exit {exc.code})"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _rfc3339(bound: tuple[int, int] | None) -> str | None:
+    if bound is None:
+        return None
+    t = _dt.datetime.fromtimestamp(bound[0], _dt.timezone.utc)
+    frac = f".{bound[1]:09d}".rstrip("0") if bound[1] else ""
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (frac if frac != "." else "") + "Z"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
