@@ -1,5 +1,5 @@
 # The output buffer: one growing block of bytes that rows are encoded into and that is
-# flushed to a file descriptor at a fixed size (pgproto's WriteBuffer, msgspec's ×1.5 growth).
+# handed to a sink (the file writer) at a fixed size (pgproto's WriteBuffer, msgspec's ×1.5 growth).
 #
 # Invariant: 0 <= len <= cap, data holds cap bytes.  Encoders reserve the worst case for
 # what they are about to write (ob_reserve) and then store through a raw pointer, so the
@@ -99,22 +99,3 @@ cdef int ob_int64(OutBuf* b, int64_t v) except -1:
         i -= 1
         tmp[i] = b'-'
     return ob_write(b, tmp + i, 24 - i)
-
-
-cdef int fd_write_all(int fd, const char* p, Py_ssize_t n) except -1:
-    """write(2) the whole block, retrying short writes and EINTR; OSError on failure."""
-    cdef ssize_t w
-    cdef int err = 0
-    while n > 0:
-        with nogil:
-            w = write(fd, p, <size_t>n)
-            if w < 0:
-                err = errno
-        if w < 0:
-            if err == EINTR:
-                PyErr_CheckSignals()
-                continue
-            raise OSError(err, strerror(err).decode("utf-8", "replace"))
-        p += w
-        n -= w
-    return 0

@@ -6,7 +6,7 @@
 One extension module built from one file per concern (uvloop's layout, so the C compiler
 sees everything at once and can inline across them):
 
-    _buffer.pxi   the output buffer and the write(2) loop
+    _buffer.pxi   the output buffer
     _time.pxi     reading stored timestamps, rendering RFC 3339
     _json.pxi     JSON string escaping, validating and re-indenting stored JSON
     _csv.pxi      Go's CSV quoting, the MediaFiles column
@@ -20,14 +20,10 @@ cursor, files, progress, media, the manifest.
 cimport cython
 from libc.stdint cimport int64_t, uint64_t, uint32_t, INT64_MAX, INT64_MIN
 from libc.string cimport memcpy, memset, memcmp, strerror
-from libc.errno cimport errno, EINTR, EINVAL, ENOSYS
-from posix.unistd cimport write
+from libc.errno cimport errno, EINVAL, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from cpython.exc cimport PyErr_CheckSignals
-from cpython.memoryview cimport PyMemoryView_FromMemory
-from cpython.buffer cimport PyBUF_READ
 
 import json
 import math

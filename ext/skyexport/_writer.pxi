@@ -1,5 +1,5 @@
 # The writer: pulls rows from the cursor, encodes each one straight into the output buffer,
-# and flushes the buffer to the data file at a fixed size.  One Writer per data file.
+# and hands the buffer to a sink (the data file's writer thread) at a fixed size.
 
 # Column positions in the SELECT that skyexport.archive builds (COLUMNS there).
 cdef enum:
@@ -102,28 +102,28 @@ cdef class Writer:
     """Encodes rows of the export SELECT into one data file (json, jsonl or csv).
 
     Rows are pulled from an iterator (the APSW cursor) by `encode`, turned into bytes in
-    place, and appended to one buffer that is written to `fd` whenever it passes
+    place, and appended to one buffer that is passed to `sink(bytes)` whenever it passes
     `flush_size`.  Nothing of a row outlives its encoding, so memory is the buffer plus one
-    row.  Every flushed block also goes to `hasher.update` (SHA-256 for the manifest).
+    row (plus whatever the sink holds).
 
     Bad values go to `on_bad(uri, column, value)`: raising stops the export; returning
     means "keep" (the stored text is written as a JSON string / verbatim CSV field).
     """
     cdef OutBuf buf
     cdef int fmt
-    cdef int fd
+    cdef object sink
     cdef Py_ssize_t flush_size
     cdef tuple keys
     cdef object on_bad
-    cdef object hasher
     cdef list media_posts
     cdef readonly Py_ssize_t rows
     cdef readonly long long bytes_written
     cdef readonly bint exhausted
     cdef bint finished
+    cdef bint formula_guard
 
-    def __cinit__(self, int fd, str fmt, *, on_bad, hasher=None, bint collect_media=False,
-                  Py_ssize_t flush_size=1 << 20):
+    def __cinit__(self, sink, str fmt, *, on_bad, bint collect_media=False,
+                  Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
         if fmt == "json":
             self.fmt = FMT_JSON
         elif fmt == "jsonl":
@@ -134,12 +134,12 @@ cdef class Writer:
             raise ValueError(f"unknown format {fmt!r}")
         if flush_size < 1:
             raise ValueError("flush_size must be positive")
-        self.fd = fd
+        self.sink = sink
         self.flush_size = flush_size
         self.keys = _json_keys(self.fmt == FMT_JSON)
         self.on_bad = on_bad
-        self.hasher = hasher
         self.media_posts = [] if collect_media else None
+        self.formula_guard = formula_guard
         ob_init(&self.buf, flush_size + (flush_size >> 2) + 4096)
         if self.fmt == FMT_CSV:
             ob_bytes(&self.buf, CSV_HEADER)
@@ -149,7 +149,7 @@ cdef class Writer:
 
     @property
     def pending(self):
-        """Bytes encoded but not yet written to the file."""
+        """Bytes encoded but not yet handed to the sink."""
         return self.buf.len
 
     def take_media_posts(self):
@@ -162,9 +162,7 @@ cdef class Writer:
     cdef int flush(self) except -1:
         if self.buf.len == 0:
             return 0
-        fd_write_all(self.fd, self.buf.data, self.buf.len)
-        if self.hasher is not None:
-            self.hasher.update(PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ))
+        self.sink(PyBytes_FromStringAndSize(self.buf.data, self.buf.len))
         self.bytes_written += self.buf.len
         self.buf.len = 0
         # After a giant row, hand the memory back.
@@ -198,7 +196,7 @@ cdef class Writer:
         return done
 
     def finish(self):
-        """Close the JSON array (or not, for jsonl/csv) and write out everything."""
+        """Close the JSON array (or not, for jsonl/csv) and hand over everything."""
         if not self.finished:
             if self.fmt == FMT_JSON:
                 if self.rows == 0:
@@ -322,6 +320,11 @@ cdef class Writer:
         cdef Py_ssize_t n
         if not bytes_view(v, &p, &n):
             v = str(v).encode()
+            bytes_view(v, &p, &n)
+        if self.formula_guard and n and (p[0] == b'=' or p[0] == b'+' or p[0] == b'-'
+                                         or p[0] == b'@' or p[0] == 9 or p[0] == 13):
+            # --csv-formula-guard: a leading ' makes spreadsheets show the text, not run it.
+            v = b"'" + PyBytes_FromStringAndSize(<const char*>p, n)
             bytes_view(v, &p, &n)
         return ob_csv_field(&self.buf, p, n)
 

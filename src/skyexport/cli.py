@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--on-bad-value", choices=("error", "keep"), default="error",
                    help="unreadable timestamp or invalid stored JSON: stop (default) or "
                         "export it as text and list it in the manifest")
+    e.add_argument("--csv-formula-guard", action="store_true",
+                   help="prefix ' to CSV text fields starting with = + - @ tab or CR, so "
+                        "spreadsheets show them instead of running them (changes bytes)")
     e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
                    help="progress on stderr: a bar (default on a terminal), JSON lines, "
                         "or nothing")
@@ -124,7 +127,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export(args.archive, args.output, format=args.format, did=args.did,
                         since=args.since, until=args.until, media=args.media,
                         media_root=args.media_root, batch_size=args.batch_size,
-                        on_bad_value=args.on_bad_value, on_progress=_reporter(progress))
+                        on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
+                        csv_formula_guard=args.csv_formula_guard)
     except OptionError as exc:
         sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
         return _fail(str(exc), EXIT_USAGE)

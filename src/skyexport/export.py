@@ -33,6 +33,7 @@ from .errors import ArchiveError, BadValueError, ExportError, OptionError, Outpu
 from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
 from .media import MediaCopier
 from .progress import HEARTBEAT_S, ExportProgress, ProgressChannel
+from .sink import FileSink
 
 Format = Literal["json", "csv", "jsonl"]
 FORMATS: tuple[str, ...] = ("json", "csv", "jsonl")
@@ -87,12 +88,15 @@ def export(
     batch_size: int = DEFAULT_BATCH,
     on_bad_value: Literal["error", "keep"] = "error",
     on_progress: Callable[[ExportProgress], object] | None = None,
+    csv_formula_guard: bool = False,
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory under `output`.
 
     Returns an ExportResult; raises an ExportError subclass (OptionError, ArchiveError,
     OutputError, BadValueError) with a one-line message, in which case nothing was
     published.  `on_progress` receives ExportProgress events on a separate thread.
+    `csv_formula_guard` prefixes `'` to CSV text fields that a spreadsheet would run as a
+    formula (off by default: the default output is byte-exact with bskyarchive).
     """
     if format not in FORMATS:
         raise OptionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -113,7 +117,7 @@ def export(
         out, created = _prepare_output(Path(output))
         job = _Job(arc, out, format, did, lo, hi, since, until, media,
                    Path(media_root) if media_root is not None else None, batch_size,
-                   on_bad_value, on_progress)
+                   on_bad_value, on_progress, csv_formula_guard)
         try:
             return job.run()
         except BaseException:
@@ -127,11 +131,13 @@ class _Job:
                  lo: tuple[int, int] | None, hi: tuple[int, int] | None,
                  since: str | None, until: str | None, media: bool,
                  media_root: Path | None, batch_size: int, on_bad_value: str,
-                 on_progress: Callable[[ExportProgress], object] | None) -> None:
+                 on_progress: Callable[[ExportProgress], object] | None,
+                 formula_guard: bool) -> None:
         self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
         self.lo, self.hi, self.since, self.until = lo, hi, since, until
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
+        self.formula_guard = formula_guard
         self.channel = ProgressChannel(on_progress) if on_progress else None
         self.start = time.monotonic()
         self.last_event = 0.0
@@ -220,46 +226,28 @@ class _Job:
     def _write(self, tmp: Path, data_path: Path, fd: int, rows_sql: str,
                args: list[object]) -> ExportResult:
         arc = self.arc
-        hasher = hashlib.sha256()
-        self.writer = writer = Writer(fd, self.fmt, on_bad=self.on_bad, hasher=hasher,
-                                      collect_media=self.media)
-        if self.media:
-            roots = [self.media_root or Path.cwd(), arc.path.parent, arc.path.parent.parent]
-            self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
-        rows = arc.rows(rows_sql, args)
-        arc.set_heartbeat(self.heartbeat)
-        batch = 0
-        while not writer.exhausted:
-            first = writer.rows + 1
-            batch += 1
-            try:
-                writer.encode(rows, self.batch_size, BATCH_BYTES)
-                if self.copier is not None:
-                    self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
-                                          self.heartbeat)
-            except apsw.Error as exc:
-                raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
-                                    f"{first + self.batch_size - 1})") from None
-            except OSError as exc:
-                raise _output_error(exc, data_path) from None
-            self.emit("running")
-        arc.set_heartbeat(None)
+        sink = FileSink(fd)
         try:
-            writer.finish()
-            os.fsync(fd)
+            self._encode_all(tmp, sink, rows_sql, args)
+            sink.close()
         except OSError as exc:
             raise _output_error(exc, data_path) from None
+        finally:
+            sink.abort()
+            if self.copier is not None:
+                self.copier.close()
+        writer = self.writer
+        assert writer is not None
         if writer.rows != self.posts_total:
             # One snapshot makes this impossible; if it ever happens, do not publish.
             raise ArchiveError(f"archive {arc.path}: counted {self.posts_total} posts but "
                                f"read {writer.rows}; nothing was exported")
         if self.copier is not None:
-            self.copier.close()
             for uri, message in self.copier.warnings:
                 self.warn(uri, "media", message)
             self.warnings_total += self.copier.warnings_total - len(self.copier.warnings)
 
-        digest = hasher.hexdigest()
+        digest = sink.sha256.hexdigest()
         checksums = {DATA_FILES[self.fmt]: {"sha256": digest, "bytes": writer.bytes_written}}
         if self.copier is not None:
             sums = tmp / MEDIA_SUMS
@@ -278,6 +266,34 @@ class _Job:
             bytes_written=writer.bytes_written, sha256=digest,
             warnings=tuple(self.warnings), warnings_total=self.warnings_total,
             duration_s=duration, manifest=manifest)
+
+    def _encode_all(self, tmp: Path, sink: FileSink, rows_sql: str,
+                    args: list[object]) -> None:
+        """The batch loop: encode up to batch_size rows, copy their media, report."""
+        arc = self.arc
+        self.writer = writer = Writer(sink, self.fmt, on_bad=self.on_bad,
+                                      collect_media=self.media,
+                                      formula_guard=self.formula_guard)
+        if self.media:
+            roots = [self.media_root or Path.cwd(), arc.path.parent, arc.path.parent.parent]
+            self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
+        rows = arc.rows(rows_sql, args)
+        arc.set_heartbeat(self.heartbeat)
+        batch = 0
+        while not writer.exhausted:
+            first = writer.rows + 1
+            batch += 1
+            try:
+                writer.encode(rows, self.batch_size, BATCH_BYTES)
+                if self.copier is not None:
+                    self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
+                                          self.heartbeat)
+            except apsw.Error as exc:
+                raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
+                                    f"{first + self.batch_size - 1})") from None
+            self.emit("running")
+        arc.set_heartbeat(None)
+        writer.finish()
 
     def _manifest(self, checksums: dict[str, dict[str, Any]], duration: float) -> dict[str, Any]:
         w = self.writer
@@ -301,6 +317,7 @@ class _Job:
             "schema_version": self.arc.schema_version,
             "did": self.did,
             "batch_size": self.batch_size,
+            "csv_formula_guard": self.formula_guard,
             "duration_s": round(duration, 3),
             "checksums": checksums,
             "warnings": [{"uri": x.uri, "column": x.column, "message": x.message}
@@ -424,6 +441,7 @@ def _rmdir_if_empty(path: Path) -> None:
 
 
 def _output_error(exc: OSError, path: Path) -> OutputError:
+    path = Path(exc.filename) if exc.filename else path
     if exc.errno == errno.ENOSPC:
         what = "the disk is full (no space left on device)"
         todo = "free some space or choose another --output"

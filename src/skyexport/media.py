@@ -40,7 +40,8 @@ class MediaCopier:
         self._sums = open(sums_file, "w", encoding="utf-8", newline="\n")
 
     def close(self) -> None:
-        self._sums.close()
+        if not self._sums.closed:
+            self._sums.close()
 
     def _warn(self, uri: str, message: str) -> None:
         self.warnings_total += 1
