@@ -11,23 +11,24 @@ cdef struct OutBuf:
     Py_ssize_t cap
 
 
-cdef int ob_init(OutBuf* b, Py_ssize_t cap) except -1:
+cdef int ob_init(OutBuf* b, Py_ssize_t cap) except -1 nogil:
     b.data = <char*>PyMem_RawMalloc(cap)
     if b.data == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     b.len = 0
     b.cap = cap
     return 0
 
 
-cdef void ob_free(OutBuf* b) noexcept:
+cdef void ob_free(OutBuf* b) noexcept nogil:
     PyMem_RawFree(b.data)
     b.data = NULL
     b.len = 0
     b.cap = 0
 
 
-cdef int ob_grow(OutBuf* b, Py_ssize_t extra) except -1:
+cdef int ob_grow(OutBuf* b, Py_ssize_t extra) except -1 nogil:
     # Kept out of line so the inline fast path stays tiny.
     cdef Py_ssize_t need = b.len + extra
     cdef Py_ssize_t cap = b.cap + (b.cap >> 1)
@@ -35,31 +36,33 @@ cdef int ob_grow(OutBuf* b, Py_ssize_t extra) except -1:
         cap = need
     cdef char* p = <char*>PyMem_RawRealloc(b.data, cap)
     if p == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     b.data = p
     b.cap = cap
     return 0
 
 
-cdef int ob_shrink(OutBuf* b, Py_ssize_t cap) except -1:
+cdef int ob_shrink(OutBuf* b, Py_ssize_t cap) except -1 nogil:
     """Give memory back after a giant row (only called when the buffer is empty)."""
     if b.cap <= cap or b.len > cap:
         return 0
     cdef char* p = <char*>PyMem_RawRealloc(b.data, cap)
     if p == NULL:
-        raise MemoryError()
+        with gil:
+            raise MemoryError()
     b.data = p
     b.cap = cap
     return 0
 
 
-cdef inline int ob_reserve(OutBuf* b, Py_ssize_t extra) except -1:
+cdef inline int ob_reserve(OutBuf* b, Py_ssize_t extra) except -1 nogil:
     if b.len + extra > b.cap:
         return ob_grow(b, extra)
     return 0
 
 
-cdef inline int ob_write(OutBuf* b, const char* p, Py_ssize_t n) except -1:
+cdef inline int ob_write(OutBuf* b, const char* p, Py_ssize_t n) except -1 nogil:
     if b.len + n > b.cap:
         ob_grow(b, n)
     memcpy(b.data + b.len, p, n)
@@ -67,7 +70,7 @@ cdef inline int ob_write(OutBuf* b, const char* p, Py_ssize_t n) except -1:
     return 0
 
 
-cdef inline int ob_byte(OutBuf* b, char c) except -1:
+cdef inline int ob_byte(OutBuf* b, char c) except -1 nogil:
     if b.len + 1 > b.cap:
         ob_grow(b, 1)
     b.data[b.len] = c
@@ -75,11 +78,7 @@ cdef inline int ob_byte(OutBuf* b, char c) except -1:
     return 0
 
 
-cdef inline int ob_bytes(OutBuf* b, bytes s) except -1:
-    return ob_write(b, PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
-
-
-cdef int ob_int64(OutBuf* b, int64_t v) except -1:
+cdef int ob_int64(OutBuf* b, int64_t v) except -1 nogil:
     """Decimal, as Go's strconv.FormatInt(v, 10)."""
     cdef char tmp[24]
     cdef int i = 24

@@ -11,24 +11,27 @@ sees everything at once and can inline across them):
     _json.pxi     JSON string escaping, validating and re-indenting stored JSON
     _csv.pxi      Go's CSV quoting, the MediaFiles column
     _filter.pxi   --since/--until as SQL functions; parsing the bounds
-    _writer.pxi   Writer: the per-row encoders and the batch loop
+    _writer.pxi   Writer: the per-row encoders and the batch loops
+    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h)
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
 """
 
 cimport cython
-from libc.stdint cimport int64_t, uint64_t, uint32_t, INT64_MAX, INT64_MIN
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uintptr_t, INT64_MAX, INT64_MIN
 from libc.string cimport memcpy, memset, memcmp, strerror
 from libc.errno cimport errno, EINVAL, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
+from cpython.exc cimport PyErr_Occurred
 
 import json
 import math
 import os
 
+import apsw
 import msgspec
 
 include "_buffer.pxi"
@@ -37,9 +40,12 @@ include "_json.pxi"
 include "_csv.pxi"
 include "_filter.pxi"
 include "_writer.pxi"
+include "_sqlite.pxi"
 
 init_json_tables()
+init_writer_tables()
 _msgspec_decode = msgspec.json.decode
+_apsw_exception_for = apsw.exception_for
 
 
 def json_string(bytes value):

@@ -32,7 +32,7 @@ cdef bint csv_needs_quotes(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     return starts_with_space(s, n)
 
 
-cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
     """One field, quoted iff Go would; bytes otherwise unchanged."""
     cdef Py_ssize_t i, start
     if not csv_needs_quotes(s, n):
@@ -51,6 +51,7 @@ cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1
 # --- MediaFiles -------------------------------------------------------------------------
 
 cdef object _msgspec_decode = None      # msgspec.json.decode, bound at import
+cdef object _apsw_exception_for = None  # apsw.exception_for, bound at import
 
 
 cdef bytes go_sanitize_utf8(bytes raw):

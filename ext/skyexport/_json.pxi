@@ -59,7 +59,7 @@ cdef inline int utf8_seq_len(const unsigned char* s, Py_ssize_t n) noexcept nogi
     return k
 
 
-cdef int ob_json_str(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+cdef int ob_json_str(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
     """`"..."` with Go's escaping: short escapes, \\u00XX for other controls, \\u2028/9,
     one \\ufffd per byte Go's UTF-8 decoder rejects, everything else raw."""
     cdef Py_ssize_t i = 0, stop, run
@@ -183,7 +183,7 @@ cdef Py_ssize_t scan_number(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) 
     return i
 
 
-cdef int ob_newline(OutBuf* b, int level) except -1:
+cdef int ob_newline(OutBuf* b, int level) except -1 nogil:
     ob_reserve(b, 1 + 2 * level)
     b.data[b.len] = b'\n'
     memset(b.data + b.len + 1, 32, 2 * level)
@@ -192,7 +192,7 @@ cdef int ob_newline(OutBuf* b, int level) except -1:
 
 
 cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
-                     bint pretty) except -1:
+                     bint pretty) except -1 nogil:
     """Validate stored JSON and append it re-formatted: indented as Go's json.Indent would
     at nesting `level` (pretty) or compacted.  Strings, numbers and literals are copied
     byte for byte.  Returns 0 when written, 1 when the text is not valid JSON (the caller
@@ -241,7 +241,8 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                         cap = cap * 2 + 16
                         stack = <unsigned char*>PyMem_RawRealloc(stack, cap)
                         if stack == NULL:
-                            raise MemoryError()
+                            with gil:
+                                raise MemoryError()
                     stack[depth] = c
                     depth += 1
                     ob_byte(b, <char>c)

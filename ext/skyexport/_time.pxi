@@ -181,7 +181,7 @@ cdef inline void put2(char* p, int v) noexcept nogil:
     p[1] = <char>(48 + v % 10)
 
 
-cdef int ob_stamp(OutBuf* b, const Stamp* st, bint nanos) except -1:
+cdef int ob_stamp(OutBuf* b, const Stamp* st, bint nanos) except -1 nogil:
     """Go's RFC3339Nano (nanos=True) or RFC3339 in the value's own offset."""
     ob_reserve(b, 36)
     cdef char* p = b.data + b.len
@@ -197,7 +197,7 @@ cdef int ob_stamp(OutBuf* b, const Stamp* st, bint nanos) except -1:
     put2(p + 14, st.minute)
     p[16] = b':'
     put2(p + 17, st.second)
-    cdef int k = 19, digits, f, off
+    cdef int k = 19, digits, f, off, i
     if nanos and st.nsec:
         f = st.nsec
         digits = 9

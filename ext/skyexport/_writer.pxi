@@ -1,7 +1,9 @@
-# The writer: pulls rows from the cursor, encodes each one straight into the output buffer,
-# and hands the buffer to a sink (the data file's writer thread) at a fixed size.
+# The writer: takes rows one at a time - from the SQLite statement directly (encode_stmt,
+# the fast path) or from any iterator of tuples such as an APSW cursor (encode) - puts each
+# row's 17 values into C cells, encodes them straight into the output buffer, and hands the
+# buffer to a sink (the data file's writer thread) at a fixed size.
 
-# Column positions in the SELECT that skyexport.archive builds (COLUMNS there).
+# Column positions in the SELECT that skyexport.archive builds (_columns there).
 cdef enum:
     C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_HAS_MEDIA, C_LIKES, C_REPOSTS
     C_REPLIES, C_QUOTES, C_IS_REPLY, C_REPLY_PARENT, C_EMBED_TYPE, C_EMBED_DATA, C_LABELS
@@ -9,6 +11,17 @@ cdef enum:
 
 cdef enum:
     FMT_JSON, FMT_JSONL, FMT_CSV
+
+# A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).
+cdef enum:
+    K_NULL, K_INT, K_FLOAT, K_BYTES
+
+cdef struct Cell:
+    int kind
+    int64_t i
+    double d
+    const unsigned char* p      # K_BYTES: the value's bytes (borrowed, valid for this row)
+    Py_ssize_t n
 
 # Field names as the archive calls them (for bad-value messages).
 COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
@@ -18,53 +31,62 @@ COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_me
 CSV_HEADER = (b"\xef\xbb\xbfURI,CID,DID,Text,CreatedAt,LikeCount,RepostCount,ReplyCount,"
               b"QuoteCount,IsReply,ReplyParent,HasMedia,MediaFiles,EmbedType,IndexedAt\n")
 
+# What goes before each JSON field's value; [N_COLUMNS] closes the object.
+cdef struct KeyText:
+    const char* p
+    Py_ssize_t n
 
-cdef tuple _json_keys(bint pretty):
-    """What goes before each field's value, per column; [N_COLUMNS] closes the object."""
-    cdef list keys = []
+cdef KeyText KEYS_PRETTY[N_COLUMNS + 1]
+cdef KeyText KEYS_COMPACT[N_COLUMNS + 1]
+cdef list _key_storage = []     # owns the bytes the tables above point into
+
+
+cdef void _fill_keys(KeyText* table, bint pretty) except *:
     for i, name in enumerate(COLUMN_NAMES):
         if pretty:
-            keys.append(("{" if i == 0 else ",") + '\n    "' + name + '": ')
+            text = ("{" if i == 0 else ",") + '\n    "' + name + '": '
         else:
-            keys.append(("{" if i == 0 else ",") + '"' + name + '":')
-    keys.append("\n  }" if pretty else "}\n")
-    return tuple(k.encode() for k in keys)
+            text = ("{" if i == 0 else ",") + '"' + name + '":'
+        b = text.encode()
+        _key_storage.append(b)
+        table[i].p = PyBytes_AS_STRING(b)
+        table[i].n = PyBytes_GET_SIZE(b)
+    b = b"\n  }" if pretty else b"}\n"
+    _key_storage.append(b)
+    table[N_COLUMNS].p = PyBytes_AS_STRING(b)
+    table[N_COLUMNS].n = PyBytes_GET_SIZE(b)
 
 
-cdef inline bint bytes_view(object v, const unsigned char** p, Py_ssize_t* n):
-    """Point at a bytes value; NULL (None) reads as empty.  Returns False for other types."""
-    if type(v) is bytes:
-        p[0] = <const unsigned char*>PyBytes_AS_STRING(v)
-        n[0] = PyBytes_GET_SIZE(v)
-        return True
-    p[0] = <const unsigned char*>b""
-    n[0] = 0
-    return v is None
+cdef void init_writer_tables() except *:
+    _fill_keys(KEYS_PRETTY, True)
+    _fill_keys(KEYS_COMPACT, False)
 
 
-cdef int64_t count_value(object v) except? -1:
+cdef inline bint is_empty(const Cell* c) noexcept nogil:
+    """NULL or a zero-length string: what Go's omitempty leaves out."""
+    return c.kind == K_NULL or (c.kind == K_BYTES and c.n == 0)
+
+
+cdef int64_t count_value(const Cell* c) noexcept nogil:
     """Counts: INTEGER as stored, REAL truncated (clamped to int64), decimal TEXT, else 0."""
-    cdef double d
-    cdef const unsigned char* s
-    cdef Py_ssize_t n, i
+    cdef Py_ssize_t i = 0, n
     cdef uint64_t acc = 0, limit
     cdef bint neg = False
-    if type(v) is int:
-        return PyLong_AsLongLong(v)
-    if type(v) is float:
-        d = <double>v
-        if d != d:
+    cdef const unsigned char* s
+    if c.kind == K_INT:
+        return c.i
+    if c.kind == K_FLOAT:
+        if c.d != c.d:
             return 0
-        if d >= 9223372036854775807.0:
+        if c.d >= 9223372036854775807.0:
             return INT64_MAX
-        if d <= -9223372036854775808.0:
+        if c.d <= -9223372036854775808.0:
             return INT64_MIN
-        return <int64_t>d
-    if type(v) is not bytes:
+        return <int64_t>c.d
+    if c.kind != K_BYTES:
         return 0
-    s = <const unsigned char*>PyBytes_AS_STRING(v)
-    n = PyBytes_GET_SIZE(v)
-    i = 0
+    s = c.p
+    n = c.n
     if n and (s[0] == b'+' or s[0] == b'-'):
         neg = s[0] == b'-'
         i = 1
@@ -83,44 +105,61 @@ cdef int64_t count_value(object v) except? -1:
     return <int64_t>acc
 
 
-cdef bint bool_value(object v) except? -1:
+cdef bint bool_value(const Cell* c) noexcept nogil:
     """Booleans: non-zero numbers, or exactly 1 t T TRUE true True."""
-    if type(v) is int:
-        return v != 0
-    if type(v) is float:
-        return <double>v != 0.0
-    if type(v) is not bytes:
+    cdef const unsigned char* s = c.p
+    if c.kind == K_INT:
+        return c.i != 0
+    if c.kind == K_FLOAT:
+        return c.d != 0.0
+    if c.kind != K_BYTES:
         return False
-    return v in _TRUE_SPELLINGS
+    if c.n == 1:
+        return s[0] == b'1' or s[0] == b't' or s[0] == b'T'
+    if c.n == 4:
+        return (memcmp(s, b"TRUE", 4) == 0 or memcmp(s, b"true", 4) == 0
+                or memcmp(s, b"True", 4) == 0)
+    return False
 
 
-_TRUE_SPELLINGS = frozenset((b"1", b"t", b"T", b"TRUE", b"true", b"True"))
+cdef object cell_object(const Cell* c):
+    """The cell as a Python value (bytes, int, float or None), for the rare slow paths."""
+    if c.kind == K_BYTES:
+        return PyBytes_FromStringAndSize(<const char*>c.p, c.n)
+    if c.kind == K_INT:
+        return c.i
+    if c.kind == K_FLOAT:
+        return c.d
+    return None
 
 
 @cython.final
 cdef class Writer:
-    """Encodes rows of the export SELECT into one data file (json, jsonl or csv).
+    """Encodes rows of the export SELECT into one data file's bytes (json, jsonl or csv).
 
-    Rows are pulled from an iterator (the APSW cursor) by `encode`, turned into bytes in
-    place, and appended to one buffer that is passed to `sink(bytes)` whenever it passes
-    `flush_size`.  Nothing of a row outlives its encoding, so memory is the buffer plus one
-    row (plus whatever the sink holds).
+    Each row is encoded the moment it is read and nothing of it is kept, so memory is the
+    output buffer plus one row plus whatever the sink holds.  The buffer is passed to
+    `sink(bytes)` whenever it passes `flush_size`.
 
     Bad values go to `on_bad(uri, column, value)`: raising stops the export; returning
     means "keep" (the stored text is written as a JSON string / verbatim CSV field).
+    With `collect_media`, the URIs of posts with has_media are gathered per batch
+    (`take_media_posts`).
     """
     cdef OutBuf buf
+    cdef Cell row[N_COLUMNS]
     cdef int fmt
-    cdef object sink
+    cdef KeyText* keys
     cdef Py_ssize_t flush_size
-    cdef tuple keys
+    cdef object sink
     cdef object on_bad
     cdef list media_posts
+    cdef bint collect_media
+    cdef bint formula_guard
+    cdef bint finished
     cdef readonly Py_ssize_t rows
     cdef readonly long long bytes_written
     cdef readonly bint exhausted
-    cdef bint finished
-    cdef bint formula_guard
 
     def __cinit__(self, sink, str fmt, *, on_bad, bint collect_media=False,
                   Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
@@ -134,15 +173,19 @@ cdef class Writer:
             raise ValueError(f"unknown format {fmt!r}")
         if flush_size < 1:
             raise ValueError("flush_size must be positive")
+        if self.fmt == FMT_JSON:
+            self.keys = &KEYS_PRETTY[0]
+        else:
+            self.keys = &KEYS_COMPACT[0]
         self.sink = sink
         self.flush_size = flush_size
-        self.keys = _json_keys(self.fmt == FMT_JSON)
         self.on_bad = on_bad
-        self.media_posts = [] if collect_media else None
+        self.collect_media = collect_media
+        self.media_posts = []
         self.formula_guard = formula_guard
         ob_init(&self.buf, flush_size + (flush_size >> 2) + 4096)
         if self.fmt == FMT_CSV:
-            ob_bytes(&self.buf, CSV_HEADER)
+            ob_write(&self.buf, PyBytes_AS_STRING(CSV_HEADER), PyBytes_GET_SIZE(CSV_HEADER))
 
     def __dealloc__(self):
         ob_free(&self.buf)
@@ -155,48 +198,60 @@ cdef class Writer:
     def take_media_posts(self):
         """URIs (bytes) of the posts with has_media encoded since the last call."""
         out = self.media_posts
-        if out is not None:
-            self.media_posts = []
+        self.media_posts = []
         return out
 
-    cdef int flush(self) except -1:
-        if self.buf.len == 0:
-            return 0
-        self.sink(PyBytes_FromStringAndSize(self.buf.data, self.buf.len))
-        self.bytes_written += self.buf.len
-        self.buf.len = 0
-        # After a giant row, hand the memory back.
-        ob_shrink(&self.buf, self.flush_size + (self.flush_size >> 2) + 4096)
-        return 0
+    # --- the batch loops ----------------------------------------------------------------
 
-    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """Encode up to `max_rows` rows from the iterator `rows`, stopping early once this
-        batch has produced `max_bytes` bytes.  Returns the number of rows encoded; sets
-        `exhausted` when the iterator ends."""
+    def encode_stmt(self, Statement stmt, Py_ssize_t max_rows, Py_ssize_t max_bytes):
+        """The fast path: step `stmt` for up to `max_rows` rows, stopping early once this
+        batch has produced `max_bytes` bytes.  Runs without the GIL except for sink calls
+        and rare values.  Returns the rows encoded; sets `exhausted` at the end."""
         if self.finished:
             raise RuntimeError("writer already finished")
         cdef Py_ssize_t done = 0
-        cdef long long start = self.bytes_written + self.buf.len
+        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
+        with nogil:
+            while done < max_rows:
+                if stmt.step() == 0:
+                    self.exhausted = True
+                    break
+                self.fill_from_stmt(stmt.stmt)
+                self.encode_row()
+                done += 1
+                self.rows += 1
+                if self.buf.len >= self.flush_size:
+                    self.flush()
+                if self.bytes_written + self.buf.len >= stop:
+                    break
+        return done
+
+    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
+        """Like encode_stmt, for rows from an iterator of 17-tuples (an APSW cursor on the
+        same SELECT, or test data)."""
+        if self.finished:
+            raise RuntimeError("writer already finished")
+        cdef Py_ssize_t done = 0
+        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
         it = iter(rows)
         while done < max_rows:
             row = next(it, None)
             if row is None:
                 self.exhausted = True
                 break
-            if self.fmt == FMT_CSV:
-                self.csv_row(<tuple>row)
-            else:
-                self.json_row(<tuple>row)
+            keep = self.fill_from_tuple(row)   # holds any converted values alive
+            self.encode_row()
+            del keep
             done += 1
             self.rows += 1
             if self.buf.len >= self.flush_size:
                 self.flush()
-            if self.bytes_written + self.buf.len - start >= max_bytes:
+            if self.bytes_written + self.buf.len >= stop:
                 break
         return done
 
     def finish(self):
-        """Close the JSON array (or not, for jsonl/csv) and hand over everything."""
+        """Close the JSON array (json only) and hand over everything."""
         if not self.finished:
             if self.fmt == FMT_JSON:
                 if self.rows == 0:
@@ -207,174 +262,267 @@ cdef class Writer:
         self.flush()
         return self.bytes_written
 
+    cdef int flush(self) except -1 nogil:
+        if self.buf.len == 0:
+            return 0
+        with gil:
+            self.sink(PyBytes_FromStringAndSize(self.buf.data, self.buf.len))
+        self.bytes_written += self.buf.len
+        self.buf.len = 0
+        # After a giant row, hand the memory back.
+        return ob_shrink(&self.buf, self.flush_size + (self.flush_size >> 2) + 4096)
+
+    cdef int fill_from_stmt(self, sqlite3_stmt* st) except -1 nogil:
+        """Point the cells at the current row's values, in SQLite's own memory (valid until
+        the next step).  TEXT is read as its bytes: no conversion, NULs and invalid UTF-8
+        kept."""
+        cdef int col, t
+        cdef Cell* c
+        cdef sqlite3_value* v
+        for col in range(N_COLUMNS):
+            c = &self.row[col]
+            v = sx_column_value(st, col)
+            t = sx_value_type(v)
+            if t == SQLITE_INTEGER:
+                c.kind = K_INT
+                c.i = sx_value_int64(v)
+            elif t == SQLITE_FLOAT:
+                c.kind = K_FLOAT
+                c.d = sx_value_double(v)
+            elif t == SQLITE_NULL:
+                c.kind = K_NULL
+            else:
+                c.kind = K_BYTES
+                c.p = <const unsigned char*>sx_value_blob(v)
+                c.n = sx_value_bytes(v)
+                if c.p == NULL:          # a zero-length value
+                    c.p = <const unsigned char*>b""
+        return 0
+
+    cdef list fill_from_tuple(self, object row):
+        """Point the cells at the tuple's values; returns the list of any values it had to
+        convert (str -> UTF-8 bytes), which the caller keeps alive for the row."""
+        cdef tuple t = <tuple?>row
+        cdef list keep = None
+        cdef Cell* c
+        if len(t) != N_COLUMNS:
+            raise ValueError(f"a row must have {N_COLUMNS} values, not {len(t)}")
+        for col in range(N_COLUMNS):
+            v = t[col]
+            c = &self.row[col]
+            if v is None:
+                c.kind = K_NULL
+            elif type(v) is bytes:
+                c.kind = K_BYTES
+                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
+                c.n = PyBytes_GET_SIZE(v)
+            elif type(v) is int or type(v) is bool:
+                c.kind = K_INT
+                c.i = PyLong_AsLongLong(v)
+            elif type(v) is float:
+                c.kind = K_FLOAT
+                c.d = v
+            else:
+                v = (v if type(v) is str else str(v)).encode("utf-8", "surrogateescape")
+                if keep is None:
+                    keep = []
+                keep.append(v)
+                c.kind = K_BYTES
+                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
+                c.n = PyBytes_GET_SIZE(v)
+        return keep
+
     # --- one row ------------------------------------------------------------------------
 
-    cdef int bad_value(self, tuple row, int col, object value) except -1:
-        """Report a bad value; returns only when the policy is to keep it."""
-        uri = row[C_URI]
-        self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col], value)
-        return 0
-
-    cdef int json_text(self, object v) except -1:
-        cdef const unsigned char* p
-        cdef Py_ssize_t n
-        if not bytes_view(v, &p, &n):
-            # Not a type the SELECT produces for text columns; render what SQLite would.
-            v = str(v).encode()
-            bytes_view(v, &p, &n)
-        return ob_json_str(&self.buf, p, n)
-
-    cdef int json_stamp(self, tuple row, int col) except -1:
-        cdef Stamp st
-        cdef const unsigned char* p
-        cdef Py_ssize_t n
-        v = row[col]
-        if v is None:
-            zero_stamp(&st)
+    cdef int encode_row(self) except -1 nogil:
+        cdef bint has_media = bool_value(&self.row[C_HAS_MEDIA])
+        if self.fmt == FMT_CSV:
+            self.csv_row(has_media)
         else:
-            if not bytes_view(v, &p, &n):
-                v = str(v).encode()
-                bytes_view(v, &p, &n)
-            if not parse_stamp(p, n, &st):
-                self.bad_value(row, col, v)
-                return ob_json_str(&self.buf, p, n)
-        ob_byte(&self.buf, b'"')
-        ob_stamp(&self.buf, &st, True)
-        ob_byte(&self.buf, b'"')
+            self.json_row(has_media)
+        if has_media and self.collect_media:
+            with gil:
+                self.media_posts.append(cell_object(&self.row[C_URI]))
         return 0
 
-    cdef int json_raw(self, tuple row, int col) except -1:
-        """embed_data / labels: omitted when NULL or empty, else re-formatted JSON."""
+    cdef int bad_value(self, int col) except -1 nogil:
+        """Report a bad value; returns only when the policy is to keep it."""
+        with gil:
+            uri = cell_object(&self.row[C_URI])
+            self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col],
+                        cell_object(&self.row[col]))
+        return 0
+
+    cdef int key(self, int col) except -1 nogil:
+        return ob_write(&self.buf, self.keys[col].p, self.keys[col].n)
+
+    cdef int text_value(self, const Cell* c, const unsigned char** p,
+                        Py_ssize_t* n) except -1 nogil:
+        """A text column's bytes.  The SELECT casts text columns to BLOB, so numbers only
+        arrive through `encode` with odd tuples: those are rendered as Python's str()."""
+        if c.kind == K_BYTES:
+            p[0] = c.p
+            n[0] = c.n
+        elif c.kind == K_NULL:
+            p[0] = <const unsigned char*>b""
+            n[0] = 0
+        else:
+            with gil:
+                raise TypeError("text columns must be bytes or None")
+        return 0
+
+    cdef int stamp(self, int col, bint nanos) except -1 nogil:
+        """A timestamp column: 1 when written, 0 when the value is bad (reported; the
+        caller writes the kept text)."""
+        cdef Stamp st
+        cdef const Cell* c = &self.row[col]
+        if c.kind == K_NULL:
+            zero_stamp(&st)
+        elif c.kind != K_BYTES or not parse_stamp(c.p, c.n, &st):
+            self.bad_value(col)
+            return 0
+        if nanos:
+            ob_byte(&self.buf, b'"')
+            ob_stamp(&self.buf, &st, True)
+            ob_byte(&self.buf, b'"')
+        else:
+            ob_stamp(&self.buf, &st, False)
+        return 1
+
+    cdef int json_kept(self, const Cell* c) except -1 nogil:
+        """A kept bad value as a JSON string of its stored text."""
         cdef const unsigned char* p
-        cdef Py_ssize_t n, mark
-        cdef double d
-        v = row[col]
-        if v is None:
+        cdef Py_ssize_t n
+        if c.kind == K_BYTES:
+            return ob_json_str(&self.buf, c.p, c.n)
+        with gil:
+            v = go_format_float(c.d) if c.kind == K_FLOAT else str(cell_object(c)).encode()
+            p = <const unsigned char*>PyBytes_AS_STRING(v)
+            n = PyBytes_GET_SIZE(v)
+            ob_json_str(&self.buf, p, n)
+        return 0
+
+    cdef int json_raw(self, int col) except -1 nogil:
+        """embed_data / labels: omitted when NULL or empty, else re-formatted JSON."""
+        cdef const Cell* c = &self.row[col]
+        cdef Py_ssize_t mark
+        if is_empty(c):
             return 0
-        if type(v) is bytes and PyBytes_GET_SIZE(v) == 0:
-            return 0
-        ob_bytes(&self.buf, <bytes>self.keys[col])
-        if type(v) is int:
-            return ob_int64(&self.buf, PyLong_AsLongLong(v))
-        if type(v) is float:
-            d = <double>v
-            if d - d == 0.0:
-                return ob_bytes(&self.buf, go_format_float(d))
-            v = go_format_float(d)
-            self.bad_value(row, col, v)
-            return ob_json_str(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
-                               PyBytes_GET_SIZE(v))
-        if not bytes_view(v, &p, &n):
-            v = str(v).encode()
-            bytes_view(v, &p, &n)
+        self.key(col)
+        if c.kind == K_INT:
+            return ob_int64(&self.buf, c.i)
+        if c.kind == K_FLOAT:
+            if c.d - c.d == 0.0:          # finite
+                with gil:
+                    v = go_format_float(c.d)
+                    ob_write(&self.buf, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+                return 0
+            self.bad_value(col)
+            return self.json_kept(c)
         mark = self.buf.len
-        if ob_raw_json(&self.buf, p, n, 2, self.fmt == FMT_JSON) == 0:
+        if ob_raw_json(&self.buf, c.p, c.n, 2, self.fmt == FMT_JSON) == 0:
             return 0
         self.buf.len = mark
-        self.bad_value(row, col, v)
-        return ob_json_str(&self.buf, p, n)
+        self.bad_value(col)
+        return self.json_kept(c)
 
-    cdef int json_row(self, tuple row) except -1:
+    cdef int json_row(self, bint has_media) except -1 nogil:
         cdef OutBuf* b = &self.buf
-        cdef tuple keys = self.keys
-        cdef bint pretty = self.fmt == FMT_JSON
-        cdef bint has_media
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
         cdef int col
-        if pretty:
-            if self.rows == 0:
-                ob_write(b, b"[\n  ", 4)
-            else:
-                ob_write(b, b",\n  ", 4)
-        for col in range(C_URI, C_INDEXED + 1):
-            ob_bytes(b, <bytes>keys[col])
-            if col == C_CREATED or col == C_INDEXED:
-                self.json_stamp(row, col)
-            else:
-                self.json_text(row[col])
-        has_media = bool_value(row[C_HAS_MEDIA])
-        ob_bytes(b, <bytes>keys[C_HAS_MEDIA])
-        ob_write(b, b"true", 4) if has_media else ob_write(b, b"false", 5)
+        if self.fmt == FMT_JSON:
+            ob_write(b, "[\n  " if self.rows == 0 else ",\n  ", 4)
+        for col in range(C_URI, C_TEXT + 1):
+            self.key(col)
+            self.text_value(&self.row[col], &p, &n)
+            ob_json_str(b, p, n)
+        for col in range(C_CREATED, C_INDEXED + 1):
+            self.key(col)
+            if not self.stamp(col, True):
+                self.json_kept(&self.row[col])
+        self.key(C_HAS_MEDIA)
+        ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         for col in range(C_LIKES, C_QUOTES + 1):
-            ob_bytes(b, <bytes>keys[col])
-            ob_int64(b, count_value(row[col]))
-        ob_bytes(b, <bytes>keys[C_IS_REPLY])
-        ob_write(b, b"true", 4) if bool_value(row[C_IS_REPLY]) else ob_write(b, b"false", 5)
-        for col in (C_REPLY_PARENT, C_EMBED_TYPE):
-            v = row[col]
-            if v is not None and not (type(v) is bytes and PyBytes_GET_SIZE(v) == 0):
-                ob_bytes(b, <bytes>keys[col])
-                self.json_text(v)
-        self.json_raw(row, C_EMBED_DATA)
-        self.json_raw(row, C_LABELS)
-        ob_bytes(b, <bytes>keys[C_ARCHIVED])
-        self.json_stamp(row, C_ARCHIVED)
-        ob_bytes(b, <bytes>keys[N_COLUMNS])
-        if has_media and self.media_posts is not None:
-            self.media_posts.append(row[C_URI])
-        return 0
+            self.key(col)
+            ob_int64(b, count_value(&self.row[col]))
+        self.key(C_IS_REPLY)
+        ob_write(b, "true", 4) if bool_value(&self.row[C_IS_REPLY]) else ob_write(b, "false", 5)
+        for col in range(C_REPLY_PARENT, C_EMBED_TYPE + 1):
+            if not is_empty(&self.row[col]):
+                self.key(col)
+                self.text_value(&self.row[col], &p, &n)
+                ob_json_str(b, p, n)
+        self.json_raw(C_EMBED_DATA)
+        self.json_raw(C_LABELS)
+        self.key(C_ARCHIVED)
+        if not self.stamp(C_ARCHIVED, True):
+            self.json_kept(&self.row[C_ARCHIVED])
+        return self.key(N_COLUMNS)
 
     # --- CSV ----------------------------------------------------------------------------
 
-    cdef int csv_text(self, object v) except -1:
-        cdef const unsigned char* p
-        cdef Py_ssize_t n
-        if not bytes_view(v, &p, &n):
-            v = str(v).encode()
-            bytes_view(v, &p, &n)
+    cdef int csv_text(self, const unsigned char* p, Py_ssize_t n) except -1 nogil:
         if self.formula_guard and n and (p[0] == b'=' or p[0] == b'+' or p[0] == b'-'
                                          or p[0] == b'@' or p[0] == 9 or p[0] == 13):
             # --csv-formula-guard: a leading ' makes spreadsheets show the text, not run it.
-            v = b"'" + PyBytes_FromStringAndSize(<const char*>p, n)
-            bytes_view(v, &p, &n)
+            with gil:
+                v = b"'" + PyBytes_FromStringAndSize(<const char*>p, n)
+                ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
+                             PyBytes_GET_SIZE(v))
+            return 0
         return ob_csv_field(&self.buf, p, n)
 
-    cdef int csv_stamp(self, tuple row, int col) except -1:
-        cdef Stamp st
+    cdef int csv_cell(self, int col) except -1 nogil:
         cdef const unsigned char* p
         cdef Py_ssize_t n
-        v = row[col]
-        if v is None:
-            zero_stamp(&st)
-        else:
-            if not bytes_view(v, &p, &n):
-                v = str(v).encode()
-                bytes_view(v, &p, &n)
-            if not parse_stamp(p, n, &st):
-                self.bad_value(row, col, v)
-                return ob_csv_field(&self.buf, p, n)
-        return ob_stamp(&self.buf, &st, False)
+        self.text_value(&self.row[col], &p, &n)
+        return self.csv_text(p, n)
 
-    cdef int csv_row(self, tuple row) except -1:
+    cdef int csv_stamp(self, int col) except -1 nogil:
+        cdef const Cell* c = &self.row[col]
+        if self.stamp(col, False):
+            return 0
+        # Kept: the stored text, verbatim.
+        if c.kind == K_BYTES:
+            return ob_csv_field(&self.buf, c.p, c.n)
+        with gil:
+            v = str(cell_object(c)).encode()
+            ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
+                         PyBytes_GET_SIZE(v))
+        return 0
+
+    cdef int csv_row(self, bint has_media) except -1 nogil:
         cdef OutBuf* b = &self.buf
-        cdef bint has_media
         cdef int col
-        self.csv_text(row[C_URI])
-        ob_byte(b, b',')
-        self.csv_text(row[C_CID])
-        ob_byte(b, b',')
-        self.csv_text(row[C_DID])
-        ob_byte(b, b',')
-        self.csv_text(row[C_TEXT])
-        ob_byte(b, b',')
-        self.csv_stamp(row, C_CREATED)
+        cdef Stamp st
+        cdef const Cell* arch
+        for col in range(C_URI, C_TEXT + 1):
+            self.csv_cell(col)
+            ob_byte(b, b',')
+        self.csv_stamp(C_CREATED)
         for col in range(C_LIKES, C_QUOTES + 1):
             ob_byte(b, b',')
-            ob_int64(b, count_value(row[col]))
+            ob_int64(b, count_value(&self.row[col]))
         ob_byte(b, b',')
-        ob_write(b, b"true", 4) if bool_value(row[C_IS_REPLY]) else ob_write(b, b"false", 5)
+        ob_write(b, "true", 4) if bool_value(&self.row[C_IS_REPLY]) else ob_write(b, "false", 5)
         ob_byte(b, b',')
-        self.csv_text(row[C_REPLY_PARENT])
+        self.csv_cell(C_REPLY_PARENT)
         ob_byte(b, b',')
-        has_media = bool_value(row[C_HAS_MEDIA])
-        ob_write(b, b"true", 4) if has_media else ob_write(b, b"false", 5)
+        ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         ob_byte(b, b',')
         if has_media:
-            self.csv_text(media_files(row[C_EMBED_DATA]))
+            with gil:
+                v = media_files(cell_object(&self.row[C_EMBED_DATA]))
+                self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         ob_byte(b, b',')
-        self.csv_text(row[C_EMBED_TYPE])
+        self.csv_cell(C_EMBED_TYPE)
         ob_byte(b, b',')
-        self.csv_stamp(row, C_INDEXED)
+        self.csv_stamp(C_INDEXED)
         ob_byte(b, b'\n')
-        if has_media and self.media_posts is not None:
-            self.media_posts.append(row[C_URI])
+        # archived_at has no CSV column, but bskyarchive reads it for every format: an
+        # unreadable one is a bad value here too (docs/format-decisions.md).
+        arch = &self.row[C_ARCHIVED]
+        if arch.kind != K_NULL and (arch.kind != K_BYTES or not parse_stamp(arch.p, arch.n, &st)):
+            self.bad_value(C_ARCHIVED)
         return 0

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import apsw
 
-from ._core import InstantRange, is_bad_stamp
+from . import _core
+from ._core import InstantRange, Statement, is_bad_stamp
 from .errors import ArchiveError
 
 REQUIRED_COLUMNS = (
@@ -43,16 +44,20 @@ _HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
 HEARTBEAT_STEPS = 200_000
 
 
-def _columns(has_quote_count: bool) -> str:
-    exprs = [
-        _TXT.format("uri"), _TXT.format("cid"), _TXT.format("did"), _TXT.format("text"),
-        _TXT.format("created_at"), _TXT.format("indexed_at"), _NUM.format("has_media"),
-        _NUM.format("like_count"), _NUM.format("repost_count"), _NUM.format("reply_count"),
-        _NUM.format("quote_count") if has_quote_count else "0", _NUM.format("is_reply"),
-        _TXT.format("reply_parent"), _TXT.format("embed_type"), _NUM.format("embed_data"),
-        _NUM.format("labels"), _TXT.format("archived_at"),
-    ]
-    return ", ".join(exprs)
+def _columns(has_quote_count: bool, direct: bool) -> str:
+    """The 17 columns in the core's order.  The direct path reads each value's storage
+    class and bytes itself; the cursor path needs CASTs so that APSW hands over bytes, not
+    str (see the module docstring)."""
+    quote = "quote_count" if has_quote_count else "0"
+    names = ["uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
+             "like_count", "repost_count", "reply_count", quote, "is_reply", "reply_parent",
+             "embed_type", "embed_data", "labels", "archived_at"]
+    if direct:
+        return ", ".join(names)
+    numeric = {"has_media", "like_count", "repost_count", "reply_count", "quote_count",
+               "is_reply", "embed_data", "labels"}
+    return ", ".join(name if name == "0" else (_NUM if name in numeric else _TXT).format(name)
+                     for name in names)
 
 
 def _day_before(bound: tuple[int, int], days: int) -> str:
@@ -100,6 +105,23 @@ class Archive:
         self.has_quote_count = "quote_count" in cols
         self.has_media_table = "media" in tables
         self.schema_version = 2 if self.has_quote_count else 1
+        self.direct = os.environ.get("SKYEXPORT_ROW_SOURCE", "direct") != "cursor" and \
+            self._load_core()
+        self._statements: list[Statement] = []
+
+    def _load_core(self) -> bool:
+        """Load the compiled core as an SQLite extension of this connection, so the writer
+        can step the SELECT itself (ext/skyexport/sqlite_glue.h).  False where APSW's
+        SQLite refuses extensions: the export then reads rows through the APSW cursor."""
+        try:
+            self.conn.enable_load_extension(True)
+            try:
+                self.conn.load_extension(_core.__file__, _core.EXTENSION_ENTRY_POINT)
+            finally:
+                self.conn.enable_load_extension(False)
+        except (apsw.Error, AttributeError):
+            return False
+        return _core.direct_ready()
 
     def __enter__(self) -> Archive:
         return self
@@ -108,6 +130,8 @@ class Archive:
         self.close()
 
     def close(self) -> None:
+        for stmt in getattr(self, "_statements", ()):
+            stmt.close()
         conn = getattr(self, "conn", None)
         if conn is not None:
             try:
@@ -167,14 +191,20 @@ class Archive:
         """(count SQL, rows SQL, bindings) for the export's filter."""
         where, args = self._where(did, since, until)
         count_sql = f"SELECT count(*) FROM posts{where}"
-        rows_sql = (f"SELECT {_columns(self.has_quote_count)} FROM posts{where} "
+        rows_sql = (f"SELECT {_columns(self.has_quote_count, self.direct)} FROM posts{where} "
                     "ORDER BY created_at DESC, uri ASC")
         return count_sql, rows_sql, args
 
     def count(self, sql: str, args: Sequence[object]) -> int:
         return int(self.conn.execute(sql, args).fetchall()[0][0])
 
-    def rows(self, sql: str, args: Sequence[object]) -> Iterator[tuple[object, ...]]:
+    def rows(self, sql: str, args: Sequence[object]) -> Statement | Iterator[tuple[object, ...]]:
+        """The export's rows: a Statement the writer steps itself (fast path), or an APSW
+        cursor (fallback); Writer.encode_stmt / Writer.encode take them."""
+        if self.direct:
+            stmt = Statement(self.conn, sql, list(args))
+            self._statements.append(stmt)
+            return stmt
         return self.conn.execute(sql, args)
 
     def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:

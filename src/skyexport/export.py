@@ -27,7 +27,7 @@ from typing import Any, Literal
 import apsw
 
 from . import __version__
-from ._core import Writer, parse_bound, rename_noreplace
+from ._core import Statement, Writer, parse_bound, rename_noreplace
 from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
 from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
@@ -278,13 +278,14 @@ class _Job:
             roots = [self.media_root or Path.cwd(), arc.path.parent, arc.path.parent.parent]
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
         rows = arc.rows(rows_sql, args)
+        encode = writer.encode_stmt if isinstance(rows, Statement) else writer.encode
         arc.set_heartbeat(self.heartbeat)
         batch = 0
         while not writer.exhausted:
             first = writer.rows + 1
             batch += 1
             try:
-                writer.encode(rows, self.batch_size, BATCH_BYTES)
+                encode(rows, self.batch_size, BATCH_BYTES)
                 if self.copier is not None:
                     self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
                                           self.heartbeat)
