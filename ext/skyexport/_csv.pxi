@@ -87,26 +87,64 @@ cdef bytes go_sanitize_utf8(bytes raw):
         ob_free(&b)
 
 
+cdef bint has_long_number(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """A run of 309+ digits outside strings: a number that may not fit a float64."""
+    cdef Py_ssize_t i = 0, run = 0
+    cdef bint in_string = False
+    while i < n:
+        if in_string:
+            if s[i] == b'\\':
+                i += 1
+            elif s[i] == b'"':
+                in_string = False
+        elif s[i] == b'"':
+            in_string = True
+            run = 0
+        elif is_digit(s[i]):
+            run += 1
+            if run >= 309:
+                return True
+        else:
+            run = 0
+        i += 1
+    return False
+
+
+def _finite_float(text):
+    v = float(text)
+    if v - v != 0.0:
+        raise ValueError("number out of float64 range")
+    return v
+
+
+def _finite_int(text):
+    return _finite_float(text)
+
+
 cdef object _decode_embed(bytes raw):
-    """embed_data as Go's json.Unmarshal would read it, or None when it is not valid."""
+    """embed_data as Go's json.Unmarshal into a map would read it, or None where Go fails
+    (invalid JSON, a number beyond float64's range, nesting deeper than JSON_MAX_DEPTH)."""
     cdef OutBuf scratch
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     ob_init(&scratch, 256)
     try:
-        if ob_raw_json(&scratch, <const unsigned char*>PyBytes_AS_STRING(raw),
-                       PyBytes_GET_SIZE(raw), 0, False):
+        if ob_raw_json(&scratch, p, n, 0, False):
             return None
     finally:
         ob_free(&scratch)
     raw = go_sanitize_utf8(raw)
+    if not has_long_number(p, n):
+        try:
+            return _msgspec_decode(raw)
+        except Exception:
+            pass
+    # The slow, exact path: msgspec refuses lone surrogate escapes (Go reads U+FFFD; the
+    # stdlib gives surrogates, mapped in media_files) and floats beyond range (Go fails;
+    # the hooks below fail too); huge integers must fail as Go's float64 parse does.
     try:
-        return _msgspec_decode(raw)
-    except Exception:
-        pass
-    # msgspec refuses lone surrogate escapes, which Go reads as U+FFFD; the stdlib decoder
-    # takes them (as surrogates, mapped in media_files).
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):
+        return json.loads(raw, parse_float=_finite_float, parse_int=_finite_int)
+    except (ValueError, RecursionError, OverflowError):
         return None
 
 

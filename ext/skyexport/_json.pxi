@@ -303,7 +303,11 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
 
 cdef bytes go_format_float(double v):
     """strconv.FormatFloat(v, 'g', -1, 64): shortest digits that read back, %e when the
-    decimal exponent is < -4 or >= 6 (two-digit minimum exponent)."""
+    decimal exponent is < -4 or >= 6 (two-digit minimum exponent); +Inf, -Inf, NaN."""
+    if v != v:
+        return b"NaN"
+    if v - v != 0.0:
+        return b"+Inf" if v > 0 else b"-Inf"
     cdef str r = repr(abs(v))
     cdef str mant, digits
     cdef int dp, exp

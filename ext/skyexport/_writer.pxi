@@ -133,6 +133,32 @@ cdef object cell_object(const Cell* c):
     return None
 
 
+cdef bytes sqlite_real_text(double d):
+    """REAL as SQLite's CAST(x AS TEXT) writes it ("%!.15g": always a decimal point)."""
+    if d != d:
+        return b""
+    if d - d != 0.0:
+        return b"Inf" if d > 0 else b"-Inf"
+    cdef str s = "%.15g" % d
+    if "e" in s:
+        if "." not in s:
+            s = s.replace("e", ".0e")
+    elif "." not in s:
+        s += ".0"
+    return s.encode()
+
+
+cdef bytes cell_text(const Cell* c):
+    """The cell as SQLite's text of it: what a kept bad timestamp is written as."""
+    if c.kind == K_BYTES:
+        return PyBytes_FromStringAndSize(<const char*>c.p, c.n)
+    if c.kind == K_INT:
+        return str(c.i).encode()
+    if c.kind == K_FLOAT:
+        return sqlite_real_text(c.d)
+    return b""
+
+
 @cython.final
 cdef class Writer:
     """Encodes rows of the export SELECT into one data file's bytes (json, jsonl or csv).
@@ -350,7 +376,7 @@ cdef class Writer:
         with gil:
             uri = cell_object(&self.row[C_URI])
             self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col],
-                        cell_object(&self.row[col]))
+                        cell_text(&self.row[col]))
         return 0
 
     cdef int key(self, int col) except -1 nogil:
@@ -389,17 +415,15 @@ cdef class Writer:
             ob_stamp(&self.buf, &st, False)
         return 1
 
-    cdef int json_kept(self, const Cell* c) except -1 nogil:
-        """A kept bad value as a JSON string of its stored text."""
-        cdef const unsigned char* p
-        cdef Py_ssize_t n
+    cdef int json_kept(self, const Cell* c, bint stored_json) except -1 nogil:
+        """A kept bad value as a JSON string of its stored text (for a non-finite REAL in
+        a JSON column, Go's text of it: +Inf)."""
         if c.kind == K_BYTES:
             return ob_json_str(&self.buf, c.p, c.n)
         with gil:
-            v = go_format_float(c.d) if c.kind == K_FLOAT else str(cell_object(c)).encode()
-            p = <const unsigned char*>PyBytes_AS_STRING(v)
-            n = PyBytes_GET_SIZE(v)
-            ob_json_str(&self.buf, p, n)
+            v = go_format_float(c.d) if stored_json and c.kind == K_FLOAT else cell_text(c)
+            ob_json_str(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
+                        PyBytes_GET_SIZE(v))
         return 0
 
     cdef int json_raw(self, int col) except -1 nogil:
@@ -418,13 +442,13 @@ cdef class Writer:
                     ob_write(&self.buf, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
                 return 0
             self.bad_value(col)
-            return self.json_kept(c)
+            return self.json_kept(c, True)
         mark = self.buf.len
         if ob_raw_json(&self.buf, c.p, c.n, 2, self.fmt == FMT_JSON) == 0:
             return 0
         self.buf.len = mark
         self.bad_value(col)
-        return self.json_kept(c)
+        return self.json_kept(c, True)
 
     cdef int json_row(self, bint has_media) except -1 nogil:
         cdef OutBuf* b = &self.buf
@@ -440,7 +464,7 @@ cdef class Writer:
         for col in range(C_CREATED, C_INDEXED + 1):
             self.key(col)
             if not self.stamp(col, True):
-                self.json_kept(&self.row[col])
+                self.json_kept(&self.row[col], False)
         self.key(C_HAS_MEDIA)
         ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         for col in range(C_LIKES, C_QUOTES + 1):
@@ -457,7 +481,7 @@ cdef class Writer:
         self.json_raw(C_LABELS)
         self.key(C_ARCHIVED)
         if not self.stamp(C_ARCHIVED, True):
-            self.json_kept(&self.row[C_ARCHIVED])
+            self.json_kept(&self.row[C_ARCHIVED], False)
         return self.key(N_COLUMNS)
 
     # --- CSV ----------------------------------------------------------------------------
@@ -487,7 +511,7 @@ cdef class Writer:
         if c.kind == K_BYTES:
             return ob_csv_field(&self.buf, c.p, c.n)
         with gil:
-            v = str(cell_object(c)).encode()
+            v = cell_text(c)
             ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
                          PyBytes_GET_SIZE(v))
         return 0

@@ -32,8 +32,15 @@ _TXT = "CAST({0} AS BLOB)"
 
 # Pages SQLite may keep in memory (negative = KiB): small, so memory stays flat.
 CACHE_KIB = 4096
-# How long a writer holding a lock is waited for.
+# How long a writer holding a lock is waited for (SKYEXPORT_BUSY_TIMEOUT_MS overrides it).
 BUSY_TIMEOUT_MS = 10_000
+
+
+def busy_timeout_ms() -> int:
+    """The busy timeout in effect: SKYEXPORT_BUSY_TIMEOUT_MS when it is a whole number
+    of milliseconds >= 0, else BUSY_TIMEOUT_MS."""
+    text = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "")
+    return int(text) if text.strip().isdigit() else BUSY_TIMEOUT_MS
 # Post URIs per media lookup (SQLite's bound-parameter limit is far above this).
 MEDIA_CHUNK = 500
 # has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
@@ -84,7 +91,7 @@ class Archive:
                                "bskyarchive's archive.db")
         try:
             self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-            self.conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+            self.conn.set_busy_timeout(busy_timeout_ms())
             for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
                            "query_only = 1"):
                 self.conn.execute(f"PRAGMA {pragma}")
@@ -168,14 +175,16 @@ class Archive:
             args.append(did)
         if since is not None or until is not None:
             # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
-            # day is within one of the stored day) lets the index narrow the scan; the SQL
-            # function then decides exactly, by instant.
-            if since is not None:
-                clauses.append("created_at >= ?")
-                args.append(_day_before(since, -1))
-            if until is not None:
-                clauses.append("created_at < ?")
-                args.append(_day_before(until, 2))
+            # day is within one of the stored day), checked on the created_at index before
+            # any table row is read; the SQL function then decides exactly, by instant.
+            # Let through to the exact test what the prefix cannot judge: text with leading
+            # white space (form 1 trims it) and numbers (both sort before '0-'; not '0',
+            # which the column's NUMERIC affinity would turn into the number 0), BLOBs
+            # (after all text), NULL (Go's zero time).
+            clauses.append("((created_at >= ? AND created_at < ?) OR created_at < '0-' "
+                           "OR created_at >= X'' OR created_at IS NULL)")
+            args.append(_day_before(since, -1) if since is not None else "")
+            args.append(_day_before(until, 2) if until is not None else "\uffff")
             self.conn.create_scalar_function("skyexport_in_range", InstantRange(since, until),
                                              1, deterministic=True)
             clauses.append("skyexport_in_range(created_at)")
@@ -253,7 +262,7 @@ def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveErr
                             "backup or run sqlite3 '.recover' on a copy")
     if isinstance(exc, apsw.BusyError):
         return ArchiveError(f"archive {path} is locked by another process{at} and was not "
-                            f"released within {BUSY_TIMEOUT_MS // 1000} s; retry when the "
+                            f"released within {busy_timeout_ms() / 1000:g} s; retry when the "
                             "archiver is done")
     if isinstance(exc, apsw.CantOpenError):
         return ArchiveError(f"archive {path} cannot be opened ({exc}); check that it exists "

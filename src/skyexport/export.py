@@ -138,42 +138,47 @@ class _Job:
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
-        self.channel = ProgressChannel(on_progress) if on_progress else None
         self.start = time.monotonic()
-        self.last_event = 0.0
+        self.phase = "queued"  # "running" once the totals are counted
         self.posts_total = self.media_total = 0
         self.writer: Writer | None = None
         self.copier: MediaCopier | None = None
         self.warnings: list[ExportWarning] = []
         self.warnings_total = 0
+        self.channel = (ProgressChannel(on_progress, self.snapshot)
+                        if on_progress is not None else None)
 
     # --- progress -----------------------------------------------------------------------
 
-    def emit(self, status: str, error: str | None = None) -> None:
-        self.last_event = time.monotonic()
-        if self.channel is None:
-            return
+    def snapshot(self, status: str | None = None, error: str | None = None) -> ExportProgress:
+        """The job's state as an event (also called from the progress delivery thread)."""
         w, c = self.writer, self.copier
-        self.channel.put(ExportProgress(
-            status=status,  # type: ignore[arg-type]
+        return ExportProgress(
+            status=status or self.phase,  # type: ignore[arg-type]
             posts_processed=w.rows if w else 0, posts_total=self.posts_total,
             media_copied=c.seen if c else 0, media_total=self.media_total,
             bytes_written=(w.bytes_written + w.pending) if w else 0,
-            elapsed_s=self.last_event - self.start, error=error))
+            elapsed_s=time.monotonic() - self.start, error=error)
+
+    def emit(self, status: str | None = None, error: str | None = None) -> None:
+        if self.channel is not None:
+            self.channel.put(self.snapshot(status, error))
 
     def heartbeat(self) -> None:
-        """Called from inside long SQLite steps and media copies."""
-        if time.monotonic() - self.last_event >= HEARTBEAT_S:
-            self.emit("running")
+        """Called from inside long SQLite steps and per media file: an event if none went
+        out for HEARTBEAT_S (the delivery thread does the same for one long call)."""
+        ch = self.channel
+        if ch is not None and ch.idle_for() >= ch.heartbeat_s:
+            self.emit()
 
     def warn(self, uri: str, column: str, message: str) -> None:
         self.warnings_total += 1
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(ExportWarning(uri, column, message))
 
-    def on_bad(self, uri: bytes, column: str, value: bytes) -> None:
+    def on_bad(self, uri: bytes, column: str, value: bytes | int | float | None) -> None:
         u = uri.decode("utf-8", "replace")
-        shown = value.decode("utf-8", "replace")
+        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         if not self.keep_bad:
@@ -200,6 +205,8 @@ class _Job:
 
     def _export(self, tmp: Path) -> ExportResult:
         arc = self.arc
+        if self.channel is not None:
+            arc.set_heartbeat(self.heartbeat)  # counting can take seconds too
         try:
             arc.begin()
             count_sql, rows_sql, args = arc.select(self.did, self.lo, self.hi)
@@ -214,7 +221,7 @@ class _Job:
                 self.warnings_total += total - len(bad)
         except apsw.Error as exc:
             raise archive_error(arc.path, exc, "while counting posts") from None
-        self.emit("running")
+        self.phase = "running"  # the first event with the totals is the first batch's
 
         data_path = tmp / DATA_FILES[self.fmt]
         fd = _open_new(data_path)
@@ -275,17 +282,18 @@ class _Job:
                                       collect_media=self.media,
                                       formula_guard=self.formula_guard)
         if self.media:
-            roots = [self.media_root or Path.cwd(), arc.path.parent, arc.path.parent.parent]
+            home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
+            roots = [self.media_root or Path.cwd(), home, home.parent]
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
         rows = arc.rows(rows_sql, args)
         encode = writer.encode_stmt if isinstance(rows, Statement) else writer.encode
-        arc.set_heartbeat(self.heartbeat)
         batch = 0
         while not writer.exhausted:
             first = writer.rows + 1
             batch += 1
             try:
-                encode(rows, self.batch_size, BATCH_BYTES)
+                if not encode(rows, self.batch_size, BATCH_BYTES):
+                    break  # the end, found on a batch boundary: nothing to report
                 if self.copier is not None:
                     self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
                                           self.heartbeat)

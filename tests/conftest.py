@@ -1,0 +1,62 @@
+"""Shared fixtures.  Archives are real SQLite files (tests/archives.py); the reference
+exporter (tests/reference.py) is the oracle the compiled fast path is compared with."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from archives import load_golden
+
+import skyexport
+
+FORMATS = ("json", "csv", "jsonl")
+DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
+# Around the default 1000 and the edges: one row per batch, batches larger than any archive.
+BATCH_SIZES = (1, 7, 999, 1000, 1001, 1_000_000)
+
+
+@pytest.fixture(params=FORMATS)
+def fmt(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(params=("direct", "cursor"))
+def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test once with the core stepping SQLite itself and once fed by an APSW
+    cursor: both must give the same bytes."""
+    monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def golden_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return load_golden(tmp_path_factory.mktemp("golden") / "golden.db")
+
+
+class SeededRandom(random.Random):
+    """random.Random whose repr shows the seed, so a failure can be replayed."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.seed_value = seed
+
+    def __repr__(self) -> str:
+        return f"SeededRandom(seed={self.seed_value})"
+
+
+@pytest.fixture
+def rand(request: pytest.FixtureRequest) -> SeededRandom:
+    seed = int(os.environ.get("SKYEXPORT_TEST_SEED", "0")) or random.randrange(1 << 30)
+    return SeededRandom(seed)
+
+
+def export_bytes(archive: os.PathLike[str] | str, out: os.PathLike[str] | str, fmt: str,
+                 **options: object) -> bytes:
+    """Run the real export into `out` and return the data file's bytes."""
+    result = skyexport.export(archive, out, format=fmt, **options)  # type: ignore[arg-type]
+    assert result.data_file.name == DATA_FILES[fmt]
+    return result.data_file.read_bytes()
