@@ -24,10 +24,14 @@ def fmt(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(params=("direct", "cursor"))
+ROW_SOURCES = ("pipe", "direct", "cursor")
+
+
+@pytest.fixture(params=ROW_SOURCES)
 def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test once with the core stepping SQLite itself and once fed by an APSW
-    cursor: both must give the same bytes."""
+    """Run a test with each way rows reach the encoders - SQLite stepped on its own thread
+    (the default), on the encoding thread, or through an APSW cursor: all must give the
+    same bytes."""
     monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
     return request.param
 

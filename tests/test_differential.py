@@ -100,17 +100,21 @@ def test_bad_values_match_reference(fmt: str, policy: str, rows: list[dict],
     assert fast == ref
 
 
+@pytest.mark.parametrize("source", ["direct", "cursor"])
 @pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=strategies.rows(allow_bad=True, not_null=False), policy=st.sampled_from(
-    ["error", "keep"]))
-def test_cursor_row_source_matches_reference(fmt: str, rows: list[dict], policy: str) -> None:
-    """The APSW-cursor fallback feeds the same encoders: it must agree too."""
+    ["error", "keep"]), batch_size=st.sampled_from(BATCH_SIZES))
+def test_other_row_sources_match_reference(source: str, fmt: str, rows: list[dict],
+                                           policy: str, batch_size: int) -> None:
+    """The single-thread path and the APSW-cursor fallback feed the same encoders as the
+    default pipe: they must agree with the reference too."""
     old = os.environ.get("SKYEXPORT_ROW_SOURCE")
-    os.environ["SKYEXPORT_ROW_SOURCE"] = "cursor"
+    os.environ["SKYEXPORT_ROW_SOURCE"] = source
     try:
         with tempfile.TemporaryDirectory() as d:
-            fast, ref = run_both(Path(d), rows, fmt, not_null=False, on_bad_value=policy)
+            fast, ref = run_both(Path(d), rows, fmt, not_null=False, on_bad_value=policy,
+                                 batch_size=batch_size)
     finally:
         if old is None:
             del os.environ["SKYEXPORT_ROW_SOURCE"]

@@ -4,11 +4,22 @@
 # Invariant: 0 <= len <= cap, data holds cap bytes.  Encoders reserve the worst case for
 # what they are about to write (ob_reserve) and then store through a raw pointer, so the
 # inner loops carry no bounds checks; ob_reserve's fast path is one comparison.
+#
+# Spilling: a row is normally encoded whole before the buffer is flushed, so that a bad
+# value can roll back what its field wrote.  While `spill` is set (by the Writer, outside
+# such tentative writes) a buffer that would grow past `spill_at` is flushed mid-row
+# instead: a post whose encoding is huge (a 10 MB text, deeply nested stored JSON, which
+# indenting can blow up a hundredfold) then costs no more memory than a small one.
+
+ctypedef int (*spill_fn)(void* ctx) except -1 nogil
 
 cdef struct OutBuf:
     char* data
     Py_ssize_t len
     Py_ssize_t cap
+    spill_fn spill
+    void* spill_ctx
+    Py_ssize_t spill_at
 
 
 cdef int ob_init(OutBuf* b, Py_ssize_t cap) except -1 nogil:
@@ -18,6 +29,9 @@ cdef int ob_init(OutBuf* b, Py_ssize_t cap) except -1 nogil:
             raise MemoryError()
     b.len = 0
     b.cap = cap
+    b.spill = NULL
+    b.spill_ctx = NULL
+    b.spill_at = 0
     return 0
 
 
@@ -30,6 +44,10 @@ cdef void ob_free(OutBuf* b) noexcept nogil:
 
 cdef int ob_grow(OutBuf* b, Py_ssize_t extra) except -1 nogil:
     # Kept out of line so the inline fast path stays tiny.
+    if b.spill != NULL and b.len >= b.spill_at:
+        b.spill(b.spill_ctx)
+        if b.len + extra <= b.cap:
+            return 0
     cdef Py_ssize_t need = b.len + extra
     cdef Py_ssize_t cap = b.cap + (b.cap >> 1)
     if cap < need:

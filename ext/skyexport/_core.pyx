@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False
+# cython: initializedcheck=False, auto_pickle=False
 """skyexport's compiled core: rows of the export SELECT in, bytes of posts.json / .jsonl /
 .csv out, per ../shared/FORMAT.md.
 
@@ -13,6 +13,7 @@ sees everything at once and can inline across them):
     _filter.pxi   --since/--until as SQL functions; parsing the bounds
     _writer.pxi   Writer: the per-row encoders and the batch loops
     _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h)
+    _pipe.pxi     RowPipe: stepping on one thread, encoding on another
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -25,11 +26,12 @@ from libc.errno cimport errno, EINVAL, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
-from cpython.exc cimport PyErr_Occurred
+from cpython.exc cimport PyErr_Occurred, PyErr_CheckSignals
 
 import json
 import math
 import os
+import threading
 
 import apsw
 import msgspec
@@ -41,6 +43,7 @@ include "_csv.pxi"
 include "_filter.pxi"
 include "_writer.pxi"
 include "_sqlite.pxi"
+include "_pipe.pxi"
 
 init_json_tables()
 init_writer_tables()

@@ -18,6 +18,7 @@ cdef bint stamp_of(object v, Stamp* st) except -1:
 
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class InstantRange:
     """Callable `(created_at) -> 1 | 0`: is the value's instant inside [since, until]?
     Either bound may be None.  Bad values are never inside."""

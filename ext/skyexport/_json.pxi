@@ -191,12 +191,25 @@ cdef int ob_newline(OutBuf* b, int level) except -1 nogil:
     return 0
 
 
+# Writers for ob_raw_json that do nothing when it only validates (b == NULL).
+cdef inline int jw_write(OutBuf* b, const char* p, Py_ssize_t n) except -1 nogil:
+    return ob_write(b, p, n) if b != NULL else 0
+
+
+cdef inline int jw_byte(OutBuf* b, char c) except -1 nogil:
+    return ob_byte(b, c) if b != NULL else 0
+
+
+cdef inline int jw_newline(OutBuf* b, int level) except -1 nogil:
+    return ob_newline(b, level) if b != NULL else 0
+
+
 cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                      bint pretty) except -1 nogil:
     """Validate stored JSON and append it re-formatted: indented as Go's json.Indent would
     at nesting `level` (pretty) or compacted.  Strings, numbers and literals are copied
     byte for byte.  Returns 0 when written, 1 when the text is not valid JSON (the caller
-    truncates whatever was appended)."""
+    truncates whatever was appended).  With `b` NULL it only validates."""
     # stack[d] is the container opened at depth d+1: '{' or '['.
     cdef unsigned char* stack = NULL
     cdef int depth = 0, cap = 0
@@ -216,28 +229,28 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                 j = scan_string(s, i, n)
                 if j < 0:
                     return 1
-                ob_write(b, <const char*>s + i, j - i)
+                jw_write(b, <const char*>s + i, j - i)
                 i = skip_ws(s, j, n)
                 if i >= n or s[i] != b':':
                     return 1
                 if pretty:
-                    ob_write(b, b": ", 2)
+                    jw_write(b, b": ", 2)
                 else:
-                    ob_byte(b, b':')
+                    jw_byte(b, b':')
                 i = skip_ws(s, i + 1, n)
                 if i >= n:
                     return 1
             c = s[i]
             if c == b'{' or c == b'[':
                 j = skip_ws(s, i + 1, n)
+                if depth >= JSON_MAX_DEPTH:         # Go's scanner: maxNestingDepth
+                    return 1
                 if j < n and s[j] == c + 2:       # '{'+2 == '}', '['+2 == ']'
-                    ob_byte(b, <char>c)
-                    ob_byte(b, <char>(c + 2))
+                    jw_byte(b, <char>c)
+                    jw_byte(b, <char>(c + 2))
                     i = j + 1
                 else:
                     if depth == cap:
-                        if depth >= JSON_MAX_DEPTH:
-                            return 1
                         cap = cap * 2 + 16
                         stack = <unsigned char*>PyMem_RawRealloc(stack, cap)
                         if stack == NULL:
@@ -245,9 +258,9 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                                 raise MemoryError()
                     stack[depth] = c
                     depth += 1
-                    ob_byte(b, <char>c)
+                    jw_byte(b, <char>c)
                     if pretty:
-                        ob_newline(b, level + depth)
+                        jw_newline(b, level + depth)
                     want_key = c == b'{'
                     i = j
                     continue
@@ -255,22 +268,22 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                 j = scan_string(s, i, n)
                 if j < 0:
                     return 1
-                ob_write(b, <const char*>s + i, j - i)
+                jw_write(b, <const char*>s + i, j - i)
                 i = j
             elif c == b'-' or is_digit(c):
                 j = scan_number(s, i, n)
                 if j < 0:
                     return 1
-                ob_write(b, <const char*>s + i, j - i)
+                jw_write(b, <const char*>s + i, j - i)
                 i = j
             elif c == b't' and n - i >= 4 and memcmp(s + i, b"true", 4) == 0:
-                ob_write(b, b"true", 4)
+                jw_write(b, b"true", 4)
                 i += 4
             elif c == b'f' and n - i >= 5 and memcmp(s + i, b"false", 5) == 0:
-                ob_write(b, b"false", 5)
+                jw_write(b, b"false", 5)
                 i += 5
             elif c == b'n' and n - i >= 4 and memcmp(s + i, b"null", 4) == 0:
-                ob_write(b, b"null", 4)
+                jw_write(b, b"null", 4)
                 i += 4
             else:
                 return 1
@@ -284,9 +297,9 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                     return 1
                 c = s[i]
                 if c == b',':
-                    ob_byte(b, b',')
+                    jw_byte(b, b',')
                     if pretty:
-                        ob_newline(b, level + depth)
+                        jw_newline(b, level + depth)
                     want_key = stack[depth - 1] == b'{'
                     i += 1
                     break
@@ -294,8 +307,8 @@ cdef int ob_raw_json(OutBuf* b, const unsigned char* s, Py_ssize_t n, int level,
                     return 1
                 depth -= 1
                 if pretty:
-                    ob_newline(b, level + depth)
-                ob_byte(b, <char>c)
+                    jw_newline(b, level + depth)
+                jw_byte(b, <char>c)
                 i += 1
     finally:
         PyMem_RawFree(stack)

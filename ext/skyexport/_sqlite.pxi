@@ -54,6 +54,7 @@ cdef object sqlite_error(sqlite3* db, int rc):
 
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class Statement:
     """One prepared SELECT on an APSW connection, stepped by Writer.encode_stmt.
 
@@ -64,7 +65,8 @@ cdef class Statement:
     cdef object conn
     cdef readonly bint done
 
-    def __cinit__(self, conn, str sql, args=()):
+    def __init__(self, conn, str sql, args=()):
+        self.close()
         if not sx_ready():
             raise RuntimeError("the SQLite API table is not loaded (load this module as "
                                "an extension first)")

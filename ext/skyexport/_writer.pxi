@@ -159,7 +159,22 @@ cdef bytes cell_text(const Cell* c):
     return b""
 
 
+# Stored JSON longer than this is validated before it is written (see json_raw).  Below
+# it, indenting can blow a value up at most about LARGE_JSON**2 bytes (every byte a
+# bracket), which is what a tentative write may hold in memory.
+cdef enum:
+    LARGE_JSON = 1024
+
+
+cdef int writer_spill(void* ctx) except -1 nogil:
+    """OutBuf's spill hook: flush the writer's buffer mid-row."""
+    with gil:
+        (<Writer>ctx).flush()
+    return 0
+
+
 @cython.final
+@cython.auto_pickle(False)
 cdef class Writer:
     """Encodes rows of the export SELECT into one data file's bytes (json, jsonl or csv).
 
@@ -187,7 +202,7 @@ cdef class Writer:
     cdef readonly long long bytes_written
     cdef readonly bint exhausted
 
-    def __cinit__(self, sink, str fmt, *, on_bad, bint collect_media=False,
+    def __init__(self, sink, str fmt, *, on_bad, bint collect_media=False,
                   Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
         if fmt == "json":
             self.fmt = FMT_JSON
@@ -209,7 +224,11 @@ cdef class Writer:
         self.collect_media = collect_media
         self.media_posts = []
         self.formula_guard = formula_guard
+        ob_free(&self.buf)
         ob_init(&self.buf, flush_size + (flush_size >> 2) + 4096)
+        self.buf.spill = writer_spill
+        self.buf.spill_ctx = <void*>self
+        self.buf.spill_at = flush_size
         if self.fmt == FMT_CSV:
             ob_write(&self.buf, PyBytes_AS_STRING(CSV_HEADER), PyBytes_GET_SIZE(CSV_HEADER))
 
@@ -243,6 +262,30 @@ cdef class Writer:
                     self.exhausted = True
                     break
                 self.fill_from_stmt(stmt.stmt)
+                self.encode_row()
+                done += 1
+                self.rows += 1
+                if self.buf.len >= self.flush_size:
+                    self.flush()
+                if self.bytes_written + self.buf.len >= stop:
+                    break
+        return done
+
+    def encode_pipe(self, RowPipe pipe, Py_ssize_t max_rows, Py_ssize_t max_bytes):
+        """Like encode_stmt, with the statement stepped on the pipe's own thread (the
+        default: SQLite and the encoder each get a core)."""
+        if self.finished:
+            raise RuntimeError("writer already finished")
+        cdef Py_ssize_t done = 0
+        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
+        cdef Cell* r
+        with nogil:
+            while done < max_rows:
+                r = pipe.next_row()
+                if r.kind < 0:
+                    self.exhausted = True
+                    break
+                memcpy(&self.row[0], r, N_COLUMNS * sizeof(Cell))
                 self.encode_row()
                 done += 1
                 self.rows += 1
@@ -430,6 +473,8 @@ cdef class Writer:
         """embed_data / labels: omitted when NULL or empty, else re-formatted JSON."""
         cdef const Cell* c = &self.row[col]
         cdef Py_ssize_t mark
+        cdef spill_fn spill = self.buf.spill
+        cdef int invalid
         if is_empty(c):
             return 0
         self.key(col)
@@ -443,10 +488,23 @@ cdef class Writer:
                 return 0
             self.bad_value(col)
             return self.json_kept(c, True)
-        mark = self.buf.len
-        if ob_raw_json(&self.buf, c.p, c.n, 2, self.fmt == FMT_JSON) == 0:
-            return 0
-        self.buf.len = mark
+        if c.n > LARGE_JSON:
+            # Validate first, then write with spilling on: however much indenting blows
+            # it up, a large value never sits in memory whole.
+            invalid = ob_raw_json(NULL, c.p, c.n, 2, False)
+            if not invalid:
+                return ob_raw_json(&self.buf, c.p, c.n, 2, self.fmt == FMT_JSON)
+        else:
+            # Small: write tentatively (no spilling, so it can be taken back).
+            mark = self.buf.len
+            self.buf.spill = NULL
+            try:
+                invalid = ob_raw_json(&self.buf, c.p, c.n, 2, self.fmt == FMT_JSON)
+            finally:
+                self.buf.spill = spill
+            if not invalid:
+                return 0
+            self.buf.len = mark
         self.bad_value(col)
         return self.json_kept(c, True)
 

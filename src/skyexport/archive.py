@@ -17,7 +17,7 @@ from pathlib import Path
 import apsw
 
 from . import _core
-from ._core import InstantRange, Statement, is_bad_stamp
+from ._core import InstantRange, RowPipe, Statement, is_bad_stamp
 from .errors import ArchiveError
 
 REQUIRED_COLUMNS = (
@@ -112,9 +112,17 @@ class Archive:
         self.has_quote_count = "quote_count" in cols
         self.has_media_table = "media" in tables
         self.schema_version = 2 if self.has_quote_count else 1
-        self.direct = os.environ.get("SKYEXPORT_ROW_SOURCE", "direct") != "cursor" and \
-            self._load_core()
+        # Where rows come from: "pipe" (default: the core steps SQLite on a thread of its
+        # own), "direct" (the core steps it on the encoding thread), "cursor" (an APSW
+        # cursor; also what happens where the core cannot load as an extension).
+        self.row_source = os.environ.get("SKYEXPORT_ROW_SOURCE", "pipe")
+        if self.row_source not in ("pipe", "direct", "cursor"):
+            self.row_source = "pipe"
+        self.direct = self.row_source != "cursor" and self._load_core()
+        if not self.direct:
+            self.row_source = "cursor"
         self._statements: list[Statement] = []
+        self._pipes: list[RowPipe] = []
 
     def _load_core(self) -> bool:
         """Load the compiled core as an SQLite extension of this connection, so the writer
@@ -137,6 +145,8 @@ class Archive:
         self.close()
 
     def close(self) -> None:
+        for pipe in getattr(self, "_pipes", ()):
+            pipe.close()         # the stepping thread ends before its statement does
         for stmt in getattr(self, "_statements", ()):
             stmt.close()
         conn = getattr(self, "conn", None)
@@ -200,21 +210,33 @@ class Archive:
         """(count SQL, rows SQL, bindings) for the export's filter."""
         where, args = self._where(did, since, until)
         count_sql = f"SELECT count(*) FROM posts{where}"
-        rows_sql = (f"SELECT {_columns(self.has_quote_count, self.direct)} FROM posts{where} "
-                    "ORDER BY created_at DESC, uri ASC")
+        # The sort (the uri tie-break, or all of it on the did index) holds only the keys
+        # and rowid; each row's values are read once, after it.  Sorting whole rows kept
+        # several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
+        # values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort.
+        rows_sql = (f"SELECT {_columns(self.has_quote_count, self.direct)} FROM "
+                    "(SELECT rowid AS r, created_at AS c, uri AS u FROM posts"
+                    f"{where} ORDER BY created_at DESC, uri ASC LIMIT -1) AS o "
+                    "CROSS JOIN posts ON posts.rowid = o.r ORDER BY o.c DESC, o.u ASC")
         return count_sql, rows_sql, args
 
     def count(self, sql: str, args: Sequence[object]) -> int:
         return int(self.conn.execute(sql, args).fetchall()[0][0])
 
-    def rows(self, sql: str, args: Sequence[object]) -> Statement | Iterator[tuple[object, ...]]:
-        """The export's rows: a Statement the writer steps itself (fast path), or an APSW
-        cursor (fallback); Writer.encode_stmt / Writer.encode take them."""
-        if self.direct:
-            stmt = Statement(self.conn, sql, list(args))
-            self._statements.append(stmt)
+    def rows(self, sql: str, args: Sequence[object]
+             ) -> RowPipe | Statement | Iterator[tuple[object, ...]]:
+        """The export's rows, for Writer.encode_pipe / encode_stmt / encode (see
+        row_source)."""
+        if not self.direct:
+            return self.conn.execute(sql, args)
+        stmt = Statement(self.conn, sql, list(args))
+        self._statements.append(stmt)
+        if self.row_source == "direct":
             return stmt
-        return self.conn.execute(sql, args)
+        pipe = RowPipe(stmt)
+        self._pipes.append(pipe)
+        pipe.start()
+        return pipe
 
     def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
         """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).

@@ -27,11 +27,12 @@ from typing import Any, Literal
 import apsw
 
 from . import __version__
-from ._core import Statement, Writer, parse_bound, rename_noreplace
+from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
+from .archive import _HAS_MEDIA_TRUE as HAS_MEDIA_TRUE
 from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
 from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
-from .media import MediaCopier
+from .media import MediaCopier, MediaStream, media_query
 from .progress import HEARTBEAT_S, ExportProgress, ProgressChannel
 from .sink import FileSink
 
@@ -60,7 +61,14 @@ class ExportWarning:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What a finished export produced."""
+    """What a finished export produced; everything here is also in `manifest.json`.
+
+    `directory` is the published export directory, `data_file` the posts file in it;
+    `post_count` posts, `media_count` distinct media files copied; `bytes_written` and
+    `sha256` describe the data file; `warnings` holds the first warnings (a kept bad
+    value, a missing media file...) and `warnings_total` counts them all; `duration_s`
+    is the export's wall time; `manifest` is the manifest as written.
+    """
 
     directory: Path
     format: str
@@ -73,6 +81,12 @@ class ExportResult:
     warnings_total: int
     duration_s: float
     manifest: dict[str, Any]
+
+    @property
+    def checksums(self) -> dict[str, dict[str, Any]]:
+        """`{file name: {"sha256": hex, "bytes": n}}` for the data file and, with media,
+        `media.sha256` (which holds the SHA-256 of every media file)."""
+        return self.manifest["checksums"]  # type: ignore[no-any-return]
 
 
 def export(
@@ -90,17 +104,49 @@ def export(
     on_progress: Callable[[ExportProgress], object] | None = None,
     csv_formula_guard: bool = False,
 ) -> ExportResult:
-    """Export the posts of `archive` into a new directory under `output`.
+    """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
-    Returns an ExportResult; raises an ExportError subclass (OptionError, ArchiveError,
-    OutputError, BadValueError) with a one-line message, in which case nothing was
-    published.  `on_progress` receives ExportProgress events on a separate thread.
+    The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
+    `since` and `until` (YYYY-MM-DD or RFC 3339) select posts; `media=True` copies the
+    posts' media files into `media/` (relative paths resolve against `media_root`, default
+    the current directory, then the archive's directory and its parent); `on_bad_value`
+    is "error" (stop) or "keep" (export as text, listed in the warnings).
     `csv_formula_guard` prefixes `'` to CSV text fields that a spreadsheet would run as a
     formula (off by default: the default output is byte-exact with bskyarchive).
+
+    `on_progress` is called with an ExportProgress after every batch and at least every
+    second, on a thread of its own: a slow callback sees fewer events but never slows the
+    export.  The last call, before `export` returns or raises, has status "completed" or
+    "failed".  A callback that raises is not called again (a RuntimeWarning says why).
+
+    Returns an ExportResult.  Raises an ExportError subclass with a one-line message, and
+    then nothing was published: OptionError (a bad option), ArchiveError (the archive is
+    missing, not SQLite, not bskyarchive's, corrupt or locked), BadValueError (a stored
+    value that cannot be exported under on_bad_value="error"), OutputError (`output` is
+    unusable, the disk is full...).
+
+    Example::
+
+        >>> import skyexport
+        >>> def show(p: skyexport.ExportProgress) -> None:
+        ...     print(f"{p.status}: {p.posts_processed}/{p.posts_total} posts")
+        >>> result = skyexport.export("data/archive.db", "exports", format="json",
+        ...                           media=True, since="2024-01-01", on_progress=show)
+        queued: 0/0 posts
+        running: 1000/2345 posts
+        running: 2000/2345 posts
+        running: 2345/2345 posts
+        completed: 2345/2345 posts
+        >>> result.post_count, result.media_count, result.warnings_total
+        (2345, 412, 3)
+        >>> result.data_file.name, len(result.sha256), result.manifest["post_count"]
+        ('posts.json', 64, 2345)
+        >>> skyexport.verify(result.directory).ok
+        True
     """
     if format not in FORMATS:
         raise OptionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"batch size must be a positive integer, not {batch_size!r}")
     if on_bad_value not in ("error", "keep"):
         raise OptionError(f"on_bad_value must be 'error' or 'keep', not {on_bad_value!r}")
@@ -113,6 +159,8 @@ def export(
     lo, hi = bounds
     if lo is not None and hi is not None and lo > hi:
         raise OptionError(f"--since {since} is after --until {until}")
+    if media and media_root is not None and not os.path.isdir(media_root):
+        raise OptionError(f"--media-root {os.fspath(media_root)} is not a directory")
     with Archive(archive) as arc:
         out, created = _prepare_output(Path(output))
         job = _Job(arc, out, format, did, lo, hi, since, until, media,
@@ -143,6 +191,7 @@ class _Job:
         self.posts_total = self.media_total = 0
         self.writer: Writer | None = None
         self.copier: MediaCopier | None = None
+        self.media_stream: MediaStream | None = None
         self.warnings: list[ExportWarning] = []
         self.warnings_total = 0
         self.channel = (ProgressChannel(on_progress, self.snapshot)
@@ -210,6 +259,7 @@ class _Job:
         try:
             arc.begin()
             count_sql, rows_sql, args = arc.select(self.did, self.lo, self.hi)
+            self.selection = (count_sql, args)  # the media stream selects the same posts
             self.posts_total = arc.count(count_sql, args)
             if self.media:
                 self.media_total = arc.count_media(count_sql, args)
@@ -237,6 +287,10 @@ class _Job:
         try:
             self._encode_all(tmp, sink, rows_sql, args)
             sink.close()
+            if self.copier is not None:
+                self.copier.finish()
+        except OutputError:
+            raise  # already says what and where (OutputError is an OSError)
         except OSError as exc:
             raise _output_error(exc, data_path) from None
         finally:
@@ -265,6 +319,8 @@ class _Job:
             write_manifest(tmp, manifest)
             _fsync_dir(tmp)
             final = _publish(tmp, self.out)
+        except OutputError:
+            raise  # no free export directory name: already one clear line
         except OSError as exc:
             raise _output_error(exc, tmp) from None
         return ExportResult(
@@ -285,8 +341,20 @@ class _Job:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
             roots = [self.media_root or Path.cwd(), home, home.parent]
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
+            if arc.has_media_table:
+                try:
+                    self.media_stream = MediaStream(arc.conn.execute(
+                        media_query(self.selection[0], HAS_MEDIA_TRUE), self.selection[1]))
+                except apsw.Error as exc:
+                    raise archive_error(arc.path, exc, "while reading the media table") \
+                        from None
         rows = arc.rows(rows_sql, args)
-        encode = writer.encode_stmt if isinstance(rows, Statement) else writer.encode
+        if isinstance(rows, RowPipe):
+            encode = writer.encode_pipe
+        elif isinstance(rows, Statement):
+            encode = writer.encode_stmt
+        else:
+            encode = writer.encode
         batch = 0
         while not writer.exhausted:
             first = writer.rows + 1
@@ -294,13 +362,22 @@ class _Job:
             try:
                 if not encode(rows, self.batch_size, BATCH_BYTES):
                     break  # the end, found on a batch boundary: nothing to report
-                if self.copier is not None:
-                    self.copier.copy_rows(arc.media_rows(writer.take_media_posts()),
-                                          self.heartbeat)
+                if self.media_stream is not None:
+                    assert self.copier is not None
+                    try:
+                        self.copier.copy_rows(
+                            self.media_stream.rows_for(writer.take_media_posts()),
+                            self.heartbeat)
+                    except OSError as exc:  # disk full, file size limit: name media/
+                        raise _output_error(exc, Path(self.copier.media_dir)) from None
             except apsw.Error as exc:
                 raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
+        if self.media_stream is not None and (left := self.media_stream.leftover()):
+            # The core and SQL disagreed about some post's has_media: never silently.
+            self.warn("", "media", f"{left} media row(s) matched no exported post with "
+                      "has_media and were not copied")
         arc.set_heartbeat(None)
         writer.finish()
 

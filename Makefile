@@ -1,0 +1,31 @@
+# Developer commands.  `make dev` once, then `make test`.
+PY ?= python
+
+dev:            ## editable install that rebuilds the core on import
+	$(PY) -m pip install scikit-build-core cython cython-cmake ninja
+	$(PY) -m pip install --no-build-isolation -Ceditable.rebuild=true -e '.[test,dev]'
+
+test:           ## the whole suite, memory limits included
+	$(PY) -m pytest --memray -q
+
+memtest:        ## only the memory contracts
+	$(PY) -m pytest --memray -q tests/test_memory.py
+
+annotate:       ## cython -a: HTML of the core with Python interaction highlighted
+	SKYEXPORT_ANNOTATE=ON $(PY) -m pip install --no-build-isolation -e . -q
+	@echo "see build/*/ext/skyexport/_core.html"
+
+stubtest:       ## the hand-written _core.pyi against the compiled module
+	$(PY) -m mypy.stubtest skyexport._core
+
+lint:
+	$(PY) -m ruff check src tests perf
+	cython-lint --max-line-length 100 ext/skyexport
+
+perf:           ## the benchmark table (perf/README.md); slow: builds archives up to 1M posts
+	$(PY) perf/bench.py
+
+gate:           ## the CI performance gate
+	$(PY) perf/gate.py
+
+.PHONY: dev test memtest annotate stubtest lint perf gate

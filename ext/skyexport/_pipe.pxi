@@ -1,0 +1,235 @@
+# The row pipe: one thread steps the SELECT and copies each row into an arena; the writer
+# encodes arenas on another.  SQLite's work (page reads, the ORDER BY's sorter) and the
+# encoding then run on two cores at once, neither holding the GIL.
+#
+# Invariants: arenas form a ring of PIPE_ARENAS; the producer owns arena `head` while
+# `filled < PIPE_ARENAS`, the consumer owns arena `tail` while `filled > 0`; both indexes
+# and `filled` change only under `sync`.  Memory is bounded: PIPE_ARENAS arenas of at most
+# ARENA_ROWS rows and ARENA_BYTES bytes each, plus one row (a giant row grows its arena,
+# which shrinks back once consumed).
+
+cdef extern from "pipe_sync.h" nogil:
+    ctypedef struct sx_sync:
+        pass
+    int sx_sync_init(sx_sync* s)
+    void sx_sync_destroy(sx_sync* s)
+    void sx_lock(sx_sync* s)
+    void sx_unlock(sx_sync* s)
+    void sx_broadcast(sx_sync* s)
+    void sx_wait_ms(sx_sync* s, long ms)
+
+cdef enum:
+    PIPE_ARENAS = 4
+    ARENA_ROWS = 256
+    ARENA_BYTES = 1 << 19
+    WAIT_MS = 50            # how often a waiting thread looks at signals / cancellation
+
+
+cdef struct Arena:
+    Cell* cells             # ARENA_ROWS * N_COLUMNS
+    char* data              # the bytes of the K_BYTES cells (Cell.p point here when full)
+    Py_ssize_t data_len
+    Py_ssize_t data_cap
+    Py_ssize_t nrows
+
+
+cdef int arena_init(Arena* a) except -1 nogil:
+    a.cells = <Cell*>PyMem_RawMalloc(ARENA_ROWS * N_COLUMNS * sizeof(Cell))
+    a.data = <char*>PyMem_RawMalloc(ARENA_BYTES)
+    a.data_cap = ARENA_BYTES
+    a.data_len = 0
+    a.nrows = 0
+    if a.cells == NULL or a.data == NULL:
+        with gil:
+            raise MemoryError()
+    return 0
+
+
+cdef void arena_free(Arena* a) noexcept nogil:
+    PyMem_RawFree(a.cells)
+    PyMem_RawFree(a.data)
+    a.cells = NULL
+    a.data = NULL
+
+
+cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
+    """Copy the statement's current row into the arena (values as offsets into `data`
+    until arena_seal turns them into pointers: `data` may move while it grows)."""
+    cdef Cell* c = a.cells + a.nrows * N_COLUMNS
+    cdef int col, t
+    cdef sqlite3_value* v
+    cdef const void* p
+    cdef Py_ssize_t n, cap
+    cdef char* grown
+    for col in range(N_COLUMNS):
+        v = sx_column_value(st, col)
+        t = sx_value_type(v)
+        if t == SQLITE_INTEGER:
+            c[col].kind = K_INT
+            c[col].i = sx_value_int64(v)
+        elif t == SQLITE_FLOAT:
+            c[col].kind = K_FLOAT
+            c[col].d = sx_value_double(v)
+        elif t == SQLITE_NULL:
+            c[col].kind = K_NULL
+        else:
+            p = sx_value_blob(v)
+            n = sx_value_bytes(v)
+            if a.data_len + n > a.data_cap:
+                cap = a.data_cap * 2
+                if cap < a.data_len + n:
+                    cap = a.data_len + n
+                grown = <char*>PyMem_RawRealloc(a.data, cap)
+                if grown == NULL:
+                    with gil:
+                        raise MemoryError()
+                a.data = grown
+                a.data_cap = cap
+            if n:
+                memcpy(a.data + a.data_len, p, n)
+            c[col].kind = K_BYTES
+            c[col].i = a.data_len          # offset, until sealed
+            c[col].n = n
+            a.data_len += n
+    a.nrows += 1
+    return 0
+
+
+cdef void arena_seal(Arena* a) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(a.nrows * N_COLUMNS):
+        if a.cells[k].kind == K_BYTES:
+            a.cells[k].p = <const unsigned char*>a.data + a.cells[k].i
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class RowPipe:
+    """Steps `stmt` on a thread of its own (start()) and hands its rows, in order, to
+    Writer.encode_pipe.  close() stops the thread and must run before the statement is
+    finalized; it is called by the Archive on every path."""
+    cdef Statement stmt
+    cdef Arena arenas[PIPE_ARENAS]
+    cdef sx_sync sync
+    cdef bint sync_ready
+    cdef int head, tail, filled
+    cdef bint producer_done, cancel
+    cdef Py_ssize_t cursor           # next row to encode in arena `tail`
+    cdef object error                # an exception the producer met, re-raised in order
+    cdef object thread
+
+    def __init__(self, Statement stmt):
+        cdef int i
+        self.stmt = stmt
+        if sx_sync_init(&self.sync) != 0:
+            raise MemoryError()
+        self.sync_ready = True
+        for i in range(PIPE_ARENAS):
+            arena_init(&self.arenas[i])
+
+    def __dealloc__(self):
+        cdef int i
+        if self.sync_ready:
+            sx_sync_destroy(&self.sync)
+        for i in range(PIPE_ARENAS):
+            arena_free(&self.arenas[i])
+
+    def start(self):
+        self.thread = threading.Thread(target=self._produce, name="skyexport-sqlite",
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        """Stop the producer (if running) and wait for it."""
+        with nogil:
+            sx_lock(&self.sync)
+            self.cancel = True
+            sx_broadcast(&self.sync)
+            sx_unlock(&self.sync)
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+
+    def _produce(self):
+        try:
+            with nogil:
+                self.produce()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            with nogil:
+                sx_lock(&self.sync)
+                self.producer_done = True
+                sx_broadcast(&self.sync)
+                sx_unlock(&self.sync)
+
+    cdef int produce(self) except -1 nogil:
+        cdef Arena* a
+        cdef int rc
+        while True:
+            sx_lock(&self.sync)
+            while self.filled == PIPE_ARENAS and not self.cancel:
+                sx_wait_ms(&self.sync, WAIT_MS)
+            if self.cancel:
+                sx_unlock(&self.sync)
+                return 0
+            a = &self.arenas[self.head]
+            sx_unlock(&self.sync)
+            a.nrows = 0
+            a.data_len = 0
+            rc = 1
+            while a.nrows < ARENA_ROWS and a.data_len < ARENA_BYTES:
+                rc = self.stmt.step()        # raises (with the GIL) on an SQLite error
+                if rc == 0:
+                    break
+                arena_add_row(a, self.stmt.stmt)
+            arena_seal(a)
+            sx_lock(&self.sync)
+            self.head = (self.head + 1) % PIPE_ARENAS
+            self.filled += 1
+            sx_broadcast(&self.sync)
+            sx_unlock(&self.sync)
+            if rc == 0:
+                return 0
+
+    cdef Cell* next_row(self) except NULL nogil:
+        """The next row's cells, or a pointer to a cell of kind -1 at the end.  Waits for
+        the producer; checks for signals (Ctrl-C) while waiting."""
+        cdef Arena* a
+        while True:
+            sx_lock(&self.sync)
+            if self.filled > 0:
+                a = &self.arenas[self.tail]
+                if self.cursor < a.nrows:
+                    sx_unlock(&self.sync)
+                    self.cursor += 1
+                    return a.cells + (self.cursor - 1) * N_COLUMNS
+                # Arena used up: give it back, shrinking it after a giant row.
+                if a.data_cap > 4 * ARENA_BYTES:
+                    PyMem_RawFree(a.data)
+                    a.data = <char*>PyMem_RawMalloc(ARENA_BYTES)
+                    a.data_cap = ARENA_BYTES if a.data != NULL else 0
+                    if a.data == NULL:
+                        sx_unlock(&self.sync)
+                        with gil:
+                            raise MemoryError()
+                self.tail = (self.tail + 1) % PIPE_ARENAS
+                self.filled -= 1
+                self.cursor = 0
+                sx_broadcast(&self.sync)
+                sx_unlock(&self.sync)
+                continue
+            if self.producer_done:
+                sx_unlock(&self.sync)
+                with gil:
+                    if self.error is not None:
+                        raise self.error
+                return &_END_OF_ROWS
+            sx_wait_ms(&self.sync, WAIT_MS)
+            sx_unlock(&self.sync)
+            with gil:
+                PyErr_CheckSignals()
+
+
+cdef Cell _END_OF_ROWS
+_END_OF_ROWS.kind = -1
