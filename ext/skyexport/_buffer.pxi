@@ -80,9 +80,26 @@ cdef inline int ob_reserve(OutBuf* b, Py_ssize_t extra) except -1 nogil:
     return 0
 
 
+cdef int ob_write_slow(OutBuf* b, const char* p, Py_ssize_t n) except -1 nogil:
+    """ob_write past the end of the buffer; while spilling is allowed a huge piece goes
+    through in slices instead of growing the buffer to its size."""
+    cdef Py_ssize_t k
+    while n > 0:
+        k = n
+        if b.spill != NULL and k > b.spill_at:
+            k = b.spill_at
+        if b.len + k > b.cap:
+            ob_grow(b, k)
+        memcpy(b.data + b.len, p, k)
+        b.len += k
+        p += k
+        n -= k
+    return 0
+
+
 cdef inline int ob_write(OutBuf* b, const char* p, Py_ssize_t n) except -1 nogil:
     if b.len + n > b.cap:
-        ob_grow(b, n)
+        return ob_write_slow(b, p, n)
     memcpy(b.data + b.len, p, n)
     b.len += n
     return 0

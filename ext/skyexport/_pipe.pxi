@@ -3,10 +3,11 @@
 # encoding then run on two cores at once, neither holding the GIL.
 #
 # Invariants: arenas form a ring of PIPE_ARENAS; the producer owns arena `head` while
-# `filled < PIPE_ARENAS`, the consumer owns arena `tail` while `filled > 0`; both indexes
-# and `filled` change only under `sync`.  Memory is bounded: PIPE_ARENAS arenas of at most
-# ARENA_ROWS rows and ARENA_BYTES bytes each, plus one row (a giant row grows its arena,
-# which shrinks back once consumed).
+# `filled < PIPE_ARENAS`, the consumer owns arena `tail` while `filled > 0`; both indexes,
+# `filled` and `held` change only under `sync`.  Memory is bounded: the producer starts a
+# new arena only while the filled ones hold less than PIPE_BYTES, and an arena takes at
+# most ARENA_ROWS rows and ARENA_BYTES bytes plus one row (a giant row grows its arena,
+# which shrinks back once consumed) - so at most one giant row waits at a time.
 
 cdef extern from "pipe_sync.h" nogil:
     ctypedef struct sx_sync:
@@ -22,6 +23,7 @@ cdef enum:
     PIPE_ARENAS = 4
     ARENA_ROWS = 256
     ARENA_BYTES = 1 << 19
+    PIPE_BYTES = 1 << 20    # row bytes the filled arenas may hold before the producer waits
     WAIT_MS = 50            # how often a waiting thread looks at signals / cancellation
 
 
@@ -113,6 +115,8 @@ cdef class RowPipe:
     cdef sx_sync sync
     cdef bint sync_ready
     cdef int head, tail, filled
+    cdef Py_ssize_t held             # data bytes in the filled arenas
+    cdef bint filling                # the producer holds a partly filled arena `head`
     cdef bint producer_done, cancel
     cdef Py_ssize_t cursor           # next row to encode in arena `tail`
     cdef object error                # an exception the producer met, re-raised in order
@@ -155,6 +159,11 @@ cdef class RowPipe:
             with nogil:
                 self.produce()
         except BaseException as exc:
+            # The rows read before the failure are still exported first, so that the
+            # error names the batch it really happened in.
+            if self.filling:
+                with nogil:
+                    self.publish(&self.arenas[self.head])
             self.error = exc
         finally:
             with nogil:
@@ -163,17 +172,30 @@ cdef class RowPipe:
                 sx_broadcast(&self.sync)
                 sx_unlock(&self.sync)
 
+    cdef void publish(self, Arena* a) noexcept nogil:
+        """Hand the arena being filled to the consumer."""
+        arena_seal(a)
+        sx_lock(&self.sync)
+        self.filling = False
+        self.head = (self.head + 1) % PIPE_ARENAS
+        self.filled += 1
+        self.held += a.data_len
+        sx_broadcast(&self.sync)
+        sx_unlock(&self.sync)
+
     cdef int produce(self) except -1 nogil:
         cdef Arena* a
         cdef int rc
         while True:
             sx_lock(&self.sync)
-            while self.filled == PIPE_ARENAS and not self.cancel:
+            while (self.filled == PIPE_ARENAS or (self.filled and self.held >= PIPE_BYTES)) \
+                    and not self.cancel:
                 sx_wait_ms(&self.sync, WAIT_MS)
             if self.cancel:
                 sx_unlock(&self.sync)
                 return 0
             a = &self.arenas[self.head]
+            self.filling = True
             sx_unlock(&self.sync)
             a.nrows = 0
             a.data_len = 0
@@ -183,12 +205,7 @@ cdef class RowPipe:
                 if rc == 0:
                     break
                 arena_add_row(a, self.stmt.stmt)
-            arena_seal(a)
-            sx_lock(&self.sync)
-            self.head = (self.head + 1) % PIPE_ARENAS
-            self.filled += 1
-            sx_broadcast(&self.sync)
-            sx_unlock(&self.sync)
+            self.publish(a)
             if rc == 0:
                 return 0
 
@@ -215,6 +232,7 @@ cdef class RowPipe:
                             raise MemoryError()
                 self.tail = (self.tail + 1) % PIPE_ARENAS
                 self.filled -= 1
+                self.held -= a.data_len
                 self.cursor = 0
                 sx_broadcast(&self.sync)
                 sx_unlock(&self.sync)

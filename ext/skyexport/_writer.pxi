@@ -565,13 +565,12 @@ cdef class Writer:
         cdef const Cell* c = &self.row[col]
         if self.stamp(col, False):
             return 0
-        # Kept: the stored text, verbatim.
+        # Kept: the stored text, verbatim (formula-guarded like any text field).
         if c.kind == K_BYTES:
-            return ob_csv_field(&self.buf, c.p, c.n)
+            return self.csv_text(c.p, c.n)
         with gil:
             v = cell_text(c)
-            ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
-                         PyBytes_GET_SIZE(v))
+            self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         return 0
 
     cdef int csv_row(self, bint has_media) except -1 nogil:

@@ -41,6 +41,24 @@ def busy_timeout_ms() -> int:
     of milliseconds >= 0, else BUSY_TIMEOUT_MS."""
     text = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "")
     return int(text) if text.strip().isdigit() else BUSY_TIMEOUT_MS
+
+
+def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
+    """SQLite's busy handler: retry every few milliseconds for `timeout_ms`.  In Python
+    rather than set_busy_timeout's sleep in C, so that Ctrl-C and SIGTERM act at once while
+    another process holds the archive locked (not after the whole timeout)."""
+    started = [0.0]
+
+    def handler(tries: int) -> bool:
+        now = time.monotonic()
+        if tries == 0:
+            started[0] = now
+        left = timeout_ms / 1000 - (now - started[0])
+        if left <= 0:
+            return False
+        time.sleep(min(0.02, left))
+        return True
+    return handler
 # Post URIs per media lookup (SQLite's bound-parameter limit is far above this).
 MEDIA_CHUNK = 500
 # has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
@@ -91,7 +109,7 @@ class Archive:
                                "bskyarchive's archive.db")
         try:
             self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-            self.conn.set_busy_timeout(busy_timeout_ms())
+            self.conn.set_busy_handler(_busy_handler(busy_timeout_ms()))
             for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
                            "query_only = 1"):
                 self.conn.execute(f"PRAGMA {pragma}")

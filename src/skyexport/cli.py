@@ -14,9 +14,18 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 0, 1, 2, 130, 143
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in two lines, the usage joined into one (argparse wraps it over many),
+    then the error: `stderr` stays greppable, as for every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split())
+        self.exit(EXIT_USAGE, f"{usage}\n{self.prog}: error: {message}\n")
 
 
 class _Terminated(BaseException):
@@ -38,7 +47,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="skyexport",
         description="Export bskyarchive post archives to JSON, CSV or JSON Lines, "
                     "byte-exact and in flat memory.")

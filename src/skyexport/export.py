@@ -33,7 +33,7 @@ from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
 from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
 from .media import MediaCopier, MediaStream, media_query
-from .progress import HEARTBEAT_S, ExportProgress, ProgressChannel
+from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
 
 Format = Literal["json", "csv", "jsonl"]
@@ -237,20 +237,23 @@ class _Job:
     # --- the job ------------------------------------------------------------------------
 
     def run(self) -> ExportResult:
-        tmp, lock_fd = _make_temp_dir(self.out)
+        tmp, lock_fd = None, -1
         try:
             self.emit("queued")
+            tmp, lock_fd = _make_temp_dir(self.out)
             result = self._export(tmp)
             self.emit("completed")
             return result
         except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
-            os.close(lock_fd)
+            if lock_fd >= 0:
+                os.close(lock_fd)
             if self.channel is not None:
-                self.channel.close()
+                self.channel.close()  # the final event is delivered before we return
 
     def _export(self, tmp: Path) -> ExportResult:
         arc = self.arc
