@@ -1,10 +1,17 @@
 """Progress events and their consumers (the Python callback, the bar, JSON lines).
 
-The export produces an `ExportProgress` after every batch and at least every
-`HEARTBEAT_S` seconds in every phase.  Consumers never slow the export down: events go
-through a `ProgressChannel`, a bounded mailbox drained by one delivery thread, so a slow
-callback only sees fewer (still monotonic) events, never stalls the writer.  The final
-event (completed/failed) is always delivered, last.
+The export produces an `ExportProgress` after every batch that wrote posts, and at least
+every `HEARTBEAT_S` seconds in every phase (counting, a long sort, copying media, syncing the
+data file): the export's own thread checks the clock from inside SQLite steps and per media
+file, and the delivery thread makes an event of its own whenever none came for
+`HEARTBEAT_S` (so even one long system call cannot silence progress).
+
+Consumers never slow the export down.  Events go through a `ProgressChannel`: a bounded
+mailbox drained by one delivery thread.  A `running` event that has waited `COALESCE_S`
+while a newer one is queued is dropped in favour of the newer one, so a slow callback sees
+fewer, fresher events, never a growing backlog, and the writer never waits for it.  A
+consumer that keeps up sees every event.  The final event (`completed` or `failed`) is
+always delivered, last, before `export()` returns.
 """
 
 from __future__ import annotations
@@ -13,22 +20,42 @@ import collections
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, Literal
+from dataclasses import dataclass, replace
+from typing import IO, TYPE_CHECKING, Literal
 
 import msgspec
 
-Status = Literal["queued", "running", "completed", "failed"]
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
-HEARTBEAT_S = 1.0  # well inside SC-004's 5 s
-MAILBOX = 256      # events held for a slow consumer before the oldest are dropped
+Status = Literal["queued", "running", "completed", "failed"]
+FINAL: tuple[str, ...] = ("completed", "failed")
+
+HEARTBEAT_S = 1.0    # an event at least this often in every phase (SC-004 asks for 5 s)
+COALESCE_S = 1.0     # a queued running event this old gives way to a newer one
+CLOSE_GRACE_S = 0.5  # at the end, how long a lagging consumer may take to catch up
+CLOSE_TIMEOUT_S = 10.0  # ... and how long one callback may block the end of the export
+MAILBOX = 1024       # hard bound on queued events (older running events give way)
 
 
 @dataclass(frozen=True, slots=True)
 class ExportProgress:
-    """One progress event.  Counts only grow; `posts_total`/`media_total` are exact
-    (counted in the export's own snapshot)."""
+    """One progress event.
+
+    - `status`: `queued` (the job started; totals not counted yet, both 0), `running`,
+      then exactly one of `completed` or `failed` (with `error`, one line), always last.
+    - `posts_processed`: posts written so far; `posts_total`: the exact number the export
+      will write (counted in the export's own snapshot; 0 while `queued`).
+    - `media_copied`: media rows handled so far (copied, found already present, or
+      reported missing); `media_total`: the media rows of the exported posts.  Both 0
+      without `media=True`.  Files actually copied are `ExportResult.media_count`.
+    - `bytes_written`: bytes of the data file produced so far; `elapsed_s`: seconds since
+      the export started; `rate`: posts per second so far.
+
+    Within one export every count and `elapsed_s` only grow from one event to the next.
+    """
 
     status: Status
     posts_processed: int
@@ -48,114 +75,216 @@ class ExportProgress:
     def elapsed(self) -> float:
         return self.elapsed_s
 
+    def to_dict(self) -> dict[str, object]:
+        """The event as JSON-ready data: DESIGN.md's keys plus bytes, rate and error."""
+        d: dict[str, object] = {
+            "status": self.status, "posts_processed": self.posts_processed,
+            "posts_total": self.posts_total, "media_copied": self.media_copied,
+            "media_total": self.media_total, "bytes_written": self.bytes_written,
+            "elapsed_s": round(self.elapsed_s, 3), "rate": round(self.rate, 1),
+        }
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
 
 class ProgressChannel:
-    """Hands events to `callback` on a delivery thread, coalescing under back-pressure."""
+    """Hands events to `callback` on a delivery thread, coalescing under back-pressure.
 
-    def __init__(self, callback: Callable[[ExportProgress], object]) -> None:
+    Invariants: events reach the callback in the order they were put, with counts that
+    never decrease; nothing is delivered after the final event; `put` never blocks on
+    the consumer.  `snapshot`, when given, makes the current state into an event; the
+    delivery thread calls it when nothing was put for `heartbeat_s` seconds.
+    """
+
+    def __init__(self, callback: Callable[[ExportProgress], object],
+                 snapshot: Callable[[], ExportProgress | None] | None = None,
+                 heartbeat_s: float | None = None) -> None:
         self._callback = callback
-        self._events: collections.deque[ExportProgress] = collections.deque(maxlen=MAILBOX)
+        self._snapshot = snapshot
+        self.heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+        self._queue: collections.deque[tuple[float, ExportProgress]] = collections.deque()
         self._cond = threading.Condition()
-        self._closed = False
+        self._last: ExportProgress | None = None  # the last event accepted
+        self._last_put = time.monotonic()
+        self._final = False    # a completed/failed event was accepted
+        self._closing = False  # close() gave up waiting: deliver the final event now
+        self.delivered = 0
+        self.dropped = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="skyexport-progress",
                                         daemon=True)
         self._thread.start()
 
+    def idle_for(self) -> float:
+        """Seconds since the last event was accepted."""
+        return time.monotonic() - self._last_put
+
     def put(self, event: ExportProgress) -> None:
         with self._cond:
-            self._events.append(event)
-            self._cond.notify()
+            self._accept(event)
 
-    def close(self) -> None:
-        """Deliver what is queued (the final event included), then stop."""
+    def _accept(self, event: ExportProgress) -> None:
+        """Queue `event` (the lock is held)."""
+        if self._final:
+            return
+        last = self._last
+        if last is not None:
+            # Counters read while the writer runs on another thread can be caught half-way
+            # through a flush; never let a consumer see one go backwards.
+            event = replace(
+                event,
+                posts_processed=max(event.posts_processed, last.posts_processed),
+                media_copied=max(event.media_copied, last.media_copied),
+                bytes_written=max(event.bytes_written, last.bytes_written),
+                elapsed_s=max(event.elapsed_s, last.elapsed_s))
+        now = time.monotonic()
+        if len(self._queue) >= MAILBOX:
+            self._drop_oldest_running()
+        self._queue.append((now, event))
+        self._last = event
+        self._last_put = now
+        self._final = event.status in FINAL
+        self._cond.notify_all()
+
+    def _drop_oldest_running(self) -> None:
+        for i, (_t, ev) in enumerate(self._queue):
+            if ev.status == "running":
+                del self._queue[i]
+                self.dropped += 1
+                return
+
+    def close(self, grace_s: float = CLOSE_GRACE_S,
+              timeout_s: float | None = None) -> None:
+        """Wait up to `grace_s` for the consumer to take what is queued; then skip the
+        running events it has not reached, deliver the final event, and stop.  A callback
+        that raised is reported here, as a RuntimeWarning; so is one still running after
+        `timeout_s` (the final event then follows when it returns, still last)."""
         with self._cond:
-            self._closed = True
-            self._cond.notify()
-        self._thread.join()
+            self._cond.wait_for(lambda: not self._queue or self.error is not None,
+                                timeout=grace_s)
+            self._closing = True
+            self._final = True
+            self._cond.notify_all()
+        self._thread.join(CLOSE_TIMEOUT_S if timeout_s is None else timeout_s)
+        if self._thread.is_alive():
+            warnings.warn("skyexport: the on_progress callback has not returned for "
+                          f"{CLOSE_TIMEOUT_S if timeout_s is None else timeout_s:g} s; "
+                          "the export ended without waiting for it", RuntimeWarning,
+                          stacklevel=3)
+        if self.error is not None:
+            warnings.warn(f"skyexport: the on_progress callback raised "
+                          f"{type(self.error).__name__}: {self.error}; it was not called "
+                          "again", RuntimeWarning, stacklevel=3)
+
+    def _next(self) -> ExportProgress | None:
+        """The next event to deliver, waiting for one; None when done (lock held)."""
+        while not self._queue:
+            if self._closing:
+                return None
+            if self._final or self._snapshot is None:
+                self._cond.wait()
+                continue
+            wait = self._last_put + max(self.heartbeat_s, 0.01) - time.monotonic()
+            if wait > 0:
+                self._cond.wait(wait)
+                continue
+            try:
+                event = self._snapshot()  # nothing for heartbeat_s: report the state as is
+            except Exception:  # noqa: BLE001 - a heartbeat is best effort
+                event = None
+            if event is None:
+                self._last_put = time.monotonic()
+            else:
+                self._accept(event)
+        now = time.monotonic()
+        queue = self._queue
+        while len(queue) > 1 and queue[0][1].status == "running" and \
+                (self._closing or now - queue[0][0] >= COALESCE_S):
+            queue.popleft()
+            self.dropped += 1
+        event = queue.popleft()[1]
+        if not queue:
+            self._cond.notify_all()  # close() may be waiting for the consumer to catch up
+        return event
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._events and not self._closed:
-                    self._cond.wait()
-                if not self._events:
-                    return
-                event = self._events.popleft()
+                event = self._next()
+            if event is None:
+                return
             if self.error is None:
                 try:
                     self._callback(event)
-                except BaseException as exc:  # reported by the export when it ends
-                    self.error = exc
+                except BaseException as exc:  # noqa: BLE001 - reported by close()
+                    with self._cond:
+                        self.error = exc
+                        self._cond.notify_all()
+            self.delivered += 1
 
 
 class JsonLinesReporter:
-    """`--progress jsonl`: one JSON object per line on stderr (DESIGN.md's keys), at most
-    one per `interval_s` except the first and the final one."""
+    """`--progress jsonl`: every event as one JSON object per line on `stream` (stderr):
+    DESIGN.md's keys `status, posts_processed, posts_total, media_copied, media_total,
+    elapsed_s`, plus `bytes_written`, `rate` and, on failure, `error`.  The last line has
+    status `completed` or `failed`."""
 
-    def __init__(self, stream: IO[str] | None = None, interval_s: float = 1.0) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.interval_s = interval_s
-        self._last = -1e9
 
     def __call__(self, ev: ExportProgress) -> None:
-        now = time.monotonic()
-        if ev.status == "running" and now - self._last < self.interval_s:
-            return
-        self._last = now
-        line = {
-            "status": ev.status, "posts_processed": ev.posts_processed,
-            "posts_total": ev.posts_total, "media_copied": ev.media_copied,
-            "media_total": ev.media_total, "bytes_written": ev.bytes_written,
-            "elapsed_s": round(ev.elapsed_s, 3), "rate": round(ev.rate, 1),
-        }
-        if ev.error is not None:
-            line["error"] = ev.error
-        self.stream.write(msgspec.json.encode(line).decode() + "\n")
+        self.stream.write(msgspec.json.encode(ev.to_dict()).decode() + "\n")
         self.stream.flush()
 
 
 class BarReporter:
-    """`--progress bar`: a live rich bar (count, rate, ETA, bytes) on stderr."""
+    """`--progress bar`: a live rich bar (count, rate, ETA, bytes) on stderr, plus a media
+    bar when media is copied."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         from rich.console import Console
-        from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress,
-                                   TextColumn, TimeRemainingColumn)
-
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>9,.0f} posts/s"), TimeRemainingColumn(),
-            TextColumn("{task.fields[size]}"),
-            console=Console(stderr=True), transient=False, refresh_per_second=8,
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
         )
-        self._DownloadColumn = DownloadColumn
-        self._posts = None
-        self._media = None
+
+        console = Console(file=stream) if stream is not None else Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:>5}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("{task.fields[size]}"),
+            console=console, transient=False, refresh_per_second=8,
+        )
+        self._posts: TaskID | None = None
+        self._media: TaskID | None = None
         self._started = False
 
     def __call__(self, ev: ExportProgress) -> None:
+        p = self._progress
         if not self._started:
-            self._progress.start()
+            p.start()
             self._started = True
         size = _human(ev.bytes_written)
+        rate = f"{ev.rate:>9,.0f} posts/s"
+        total = ev.posts_total if ev.status != "queued" else None
         if self._posts is None:
-            self._posts = self._progress.add_task("posts", total=ev.posts_total or None,
-                                                  rate=0.0, size=size)
-        self._progress.update(self._posts, completed=ev.posts_processed, rate=ev.rate,
-                              size=size)
+            self._posts = p.add_task("posts", total=total, rate=rate, size=size)
+        p.update(self._posts, total=total, completed=ev.posts_processed, rate=rate, size=size)
         if ev.media_total:
             if self._media is None:
-                self._media = self._progress.add_task("media", total=ev.media_total,
-                                                      rate=0.0, size="")
-            self._progress.update(self._media, completed=ev.media_copied)
-        if ev.status in ("completed", "failed"):
-            self._progress.stop()
+                self._media = p.add_task("media", total=ev.media_total, rate="", size="")
+            p.update(self._media, total=ev.media_total, completed=ev.media_copied)
+        if ev.status in FINAL:
+            p.stop()  # the error itself is the caller's to report (the CLI prints it)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n} B"

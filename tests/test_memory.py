@@ -1,0 +1,81 @@
+"""Memory stays flat with the whole job on: media copying and a progress consumer, on
+synthetic archives of 20k and 200k posts, under the same limit.
+
+The `limit_memory` marks act only under `pytest --memray` (pytest-memray counts every
+allocation made while the test runs, native ones included: SQLite's page cache, the
+writer's buffer, the writer thread's queue).  Run them with
+
+    python -m pytest tests/test_memory.py --memray -q
+
+Without --memray the tests still run the exports and check their results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import skyexport
+from skyexport.synth import build_archive
+
+SIZES = (20_000, 200_000)
+LIMIT = "64 MB"  # one limit for every size: memory must not grow with the archive
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Synthetic archives with media files, built once per session (a few seconds)."""
+    root = tmp_path_factory.mktemp("memory")
+    out = {}
+    for n in SIZES:
+        arc = root / f"posts-{n}" / "archive.db"
+        arc.parent.mkdir()
+        build_archive(arc, n, seed=11, media=True)
+        out[n] = arc
+    return out
+
+
+class Consumer:
+    """Keeps the last event and a count, as a progress bar would (not every event)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: skyexport.ExportProgress | None = None
+
+    def __call__(self, ev: skyexport.ExportProgress) -> None:
+        self.count += 1
+        self.last = ev
+
+
+def run_export(archive: Path, out: Path, fmt: str) -> tuple[skyexport.ExportResult, Consumer]:
+    consumer = Consumer()
+    result = skyexport.export(archive, out, format=fmt, media=True, on_progress=consumer)
+    return result, consumer
+
+
+def check(result: skyexport.ExportResult, consumer: Consumer, n: int) -> None:
+    assert result.post_count == n
+    assert consumer.last is not None and consumer.last.status == "completed"
+    assert consumer.last.posts_processed == consumer.last.posts_total == n
+    assert consumer.last.media_copied == consumer.last.media_total > 0
+    assert result.media_count > 0
+    assert consumer.count >= n // 1000  # an event per batch
+
+
+@pytest.mark.limit_memory(LIMIT)
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_200k_with_media_and_progress(synthetic: dict[int, Path], tmp_path: Path,
+                                      fmt: str) -> None:
+    result, consumer = run_export(synthetic[200_000], tmp_path / "out", fmt)
+    check(result, consumer, 200_000)
+
+
+@pytest.mark.limit_memory(LIMIT)
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_20k_with_media_and_progress(synthetic: dict[int, Path], tmp_path: Path,
+                                     fmt: str) -> None:
+    """The same limit as for ten times the posts: a flat profile, not one that merely
+    fits."""
+    result, consumer = run_export(synthetic[20_000], tmp_path / "out", fmt)
+    check(result, consumer, 20_000)

@@ -1,0 +1,496 @@
+"""Progress (FR-003, SC-004): an event after every batch and at least every heartbeat in
+every phase, delivered on a separate thread so that a slow consumer never stalls the
+export; the callback, `--progress jsonl`, `--progress bar` and `--progress none`."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import math
+import os
+import pty
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from archives import make_archive
+
+import skyexport
+import skyexport.archive as archive_mod
+import skyexport.media as media_mod
+import skyexport.progress as progress_mod
+import skyexport.sink as sink_mod
+from skyexport import BadValueError, ExportProgress
+from skyexport.progress import BarReporter, JsonLinesReporter, ProgressChannel
+
+DESIGN_KEYS = {"status", "posts_processed", "posts_total", "media_copied", "media_total",
+               "elapsed_s"}
+URI = "at://did:plc:test/app.bsky.feed.post/{:05d}"
+
+
+def posts_archive(path: Path, n: int, *, media_every: int = 0,
+                  bad_at: int | None = None) -> Path:
+    """`n` small posts with distinct created_at (post 0 newest); with `media_every`,
+    every such post has has_media and one media file (a few bytes) beside the archive;
+    `bad_at` gives that post an unreadable created_at that sorts last."""
+    rows, media = [], []
+    mdir = path.parent / "media"
+    for i in range(n):
+        has = bool(media_every) and i % media_every == 0
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(10**8 - i))
+        row = {"uri": URI.format(i), "has_media": int(has), "created_at": stamp}
+        if i == bad_at:
+            row["created_at"] = "0000 not a time"
+        rows.append(row)
+        if has:
+            mdir.mkdir(exist_ok=True)
+            (mdir / f"m{i}.jpg").write_bytes(b"jpeg %d" % i)
+            media.append({"hash": f"h{i}", "post_uri": URI.format(i),
+                          "file_path": f"media/m{i}.jpg"})
+    return make_archive(path, rows, media_rows=media)
+
+
+def collect(archive: Path, out: Path, **options: object) -> tuple[list[ExportProgress],
+                                                                    skyexport.ExportResult]:
+    events: list[ExportProgress] = []
+    result = skyexport.export(archive, out, on_progress=events.append, **options)
+    return events, result
+
+
+def assert_monotonic(events: list[ExportProgress]) -> None:
+    for a, b in itertools.pairwise(events):
+        assert a.posts_processed <= b.posts_processed, (a, b)
+        assert a.media_copied <= b.media_copied, (a, b)
+        assert a.bytes_written <= b.bytes_written, (a, b)
+        assert a.elapsed_s <= b.elapsed_s, (a, b)
+
+
+# --- event sequences ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("posts", "batch"), [(2345, 100), (2000, 100), (5, 1000), (1, 1),
+                                              (0, 10), (250, 7)])
+def test_one_event_per_batch(tmp_path: Path, row_source: str, fmt: str, posts: int,
+                             batch: int) -> None:
+    arc = posts_archive(tmp_path / "a.db", posts)
+    events, result = collect(arc, tmp_path / "out", format=fmt, batch_size=batch)
+    statuses = [e.status for e in events]
+    n_batches = math.ceil(posts / batch)
+    assert statuses == ["queued"] + ["running"] * n_batches + ["completed"]
+    running = events[1:-1]
+    assert [e.posts_processed for e in running] == \
+        [min(batch * (k + 1), posts) for k in range(n_batches)]
+    assert all(e.posts_total == posts for e in events[1:])
+    assert events[0].posts_total == 0 and events[0].posts_processed == 0
+    assert_monotonic(events)
+    final = events[-1]
+    assert final.error is None
+    assert final.posts_processed == final.posts_total == result.post_count == posts
+    assert final.bytes_written == result.bytes_written == result.data_file.stat().st_size
+    assert final.media_copied == final.media_total == 0
+
+
+def test_media_counts_in_events(tmp_path: Path) -> None:
+    arc = posts_archive(tmp_path / "a.db", 300, media_every=3)
+    events, result = collect(arc, tmp_path / "out", batch_size=50, media=True)
+    assert [e.status for e in events] == ["queued"] + ["running"] * 6 + ["completed"]
+    assert all(e.media_total == 100 for e in events[1:])
+    # Media are copied batch by batch, not at the end: every batch brings its own.
+    assert [e.media_copied for e in events[1:-1]] == [17, 34, 50, 67, 84, 100]
+    assert events[-1].media_copied == 100 == result.media_count
+    assert_monotonic(events)
+
+
+def test_failure_is_the_last_event(tmp_path: Path) -> None:
+    # The bad value sorts last, so some batches are written before the export fails.
+    arc = posts_archive(tmp_path / "a.db", 120, bad_at=60, media_every=10)
+    events: list[ExportProgress] = []
+    with pytest.raises(BadValueError) as info:
+        skyexport.export(arc, tmp_path / "out", batch_size=50, media=True,
+                         on_progress=events.append)
+    statuses = [e.status for e in events]
+    assert statuses[0] == "queued" and statuses[-1] == "failed"
+    assert statuses[1:-1] == ["running"] * 2
+    final = events[-1]
+    assert final.error == str(info.value)
+    assert URI.format(60) in final.error and "created_at" in final.error
+    assert "\n" not in final.error
+    assert_monotonic(events)
+    assert not (tmp_path / "out").exists()  # nothing published; the dir it made is gone
+
+
+def test_no_events_without_a_job(tmp_path: Path) -> None:
+    """Bad options or a missing archive raise before the job starts: no event at all."""
+    events: list[ExportProgress] = []
+    with pytest.raises(skyexport.OptionError):
+        skyexport.export(tmp_path / "missing.db", tmp_path / "out", batch_size=0,
+                         on_progress=events.append)
+    with pytest.raises(skyexport.ArchiveError):
+        skyexport.export(tmp_path / "missing.db", tmp_path / "out", on_progress=events.append)
+    assert events == []
+
+
+def test_event_fields() -> None:
+    ev = ExportProgress("running", 500, 1000, 3, 10, 12345, 2.0)
+    assert ev.rate == 250.0
+    assert ExportProgress("queued", 0, 0, 0, 0, 0, 0.0).rate == 0.0
+    d = ev.to_dict()
+    assert DESIGN_KEYS <= set(d)
+    assert d["rate"] == 250.0 and d["bytes_written"] == 12345 and "error" not in d
+    assert ExportProgress("failed", 1, 2, 0, 0, 0, 1.0, error="boom").to_dict()["error"] \
+        == "boom"
+    with pytest.raises(AttributeError):
+        ev.status = "completed"  # type: ignore[misc]
+
+
+# --- consumers that are slow or broken ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def many_batches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return posts_archive(tmp_path_factory.mktemp("many") / "a.db", 4000, media_every=20)
+
+
+def test_slow_consumer_does_not_stall(many_batches: Path, tmp_path: Path) -> None:
+    events: list[ExportProgress] = []
+    threads = set()
+
+    def slow(ev: ExportProgress) -> None:
+        threads.add(threading.get_ident())
+        time.sleep(0.2)
+        events.append(ev)
+
+    batches = 4000 // 20
+    t0 = time.monotonic()
+    result = skyexport.export(many_batches, tmp_path / "out", batch_size=20, media=True,
+                              on_progress=slow)
+    took = time.monotonic() - t0
+    # Every batch's event delivered one by one would take (batches + 2) * 0.2 s = 40 s.
+    assert took < (batches + 2) * 0.2 / 8, took
+    assert len(events) < batches / 4
+    assert events[0].status == "queued"
+    assert events[-1].status == "completed"  # delivered, last, before export() returned
+    assert events[-1].posts_processed == result.post_count == 4000
+    assert events[-1].media_copied == events[-1].media_total == 200
+    assert [e.status for e in events[1:-1]] == ["running"] * (len(events) - 2)
+    assert_monotonic(events)
+    assert threads and threading.get_ident() not in threads  # a thread of its own
+
+
+def test_fast_consumer_sees_every_batch_although_slow_at_first(tmp_path: Path) -> None:
+    """A consumer that lags for less than the coalescing window loses nothing."""
+    arc = posts_archive(tmp_path / "a.db", 100)
+    events: list[ExportProgress] = []
+
+    def first_slow(ev: ExportProgress) -> None:
+        if not events:
+            time.sleep(0.15)
+        events.append(ev)
+
+    skyexport.export(arc, tmp_path / "out", batch_size=10, on_progress=first_slow)
+    assert [e.posts_processed for e in events[1:-1]] == list(range(10, 101, 10))
+
+
+def test_a_raising_callback_does_not_fail_the_export(tmp_path: Path) -> None:
+    arc = posts_archive(tmp_path / "a.db", 100)
+    calls = []
+
+    def broken(ev: ExportProgress) -> None:
+        calls.append(ev)
+        if len(calls) == 3:
+            raise ValueError("consumer bug")
+
+    with pytest.warns(RuntimeWarning, match="on_progress callback raised ValueError: "
+                                            "consumer bug"):
+        result = skyexport.export(arc, tmp_path / "out", batch_size=10, on_progress=broken)
+    assert result.post_count == 100
+    assert len(calls) == 3  # not called again after it raised
+    assert skyexport.verify(result.directory).ok
+
+
+# --- heartbeats -----------------------------------------------------------------------------
+
+
+def test_channel_heartbeat_from_the_delivery_thread() -> None:
+    """Nothing put for heartbeat_s: the channel makes an event from the current state."""
+    state = {"n": 0}
+    events: list[ExportProgress] = []
+
+    def snapshot() -> ExportProgress:
+        state["n"] += 1
+        return ExportProgress("running", state["n"], 100, 0, 0, 0, state["n"] / 10)
+
+    ch = ProgressChannel(events.append, snapshot, heartbeat_s=0.05)
+    ch.put(ExportProgress("queued", 0, 0, 0, 0, 0, 0.0))
+    time.sleep(0.5)
+    ch.put(ExportProgress("completed", 100, 100, 0, 0, 0, 99.0))
+    ch.close()
+    assert events[0].status == "queued" and events[-1].status == "completed"
+    beats = events[1:-1]
+    assert len(beats) >= 4 and all(e.status == "running" for e in beats)
+    assert_monotonic(events)
+    n = len(events)
+    time.sleep(0.2)
+    assert len(events) == n  # nothing after the final event
+
+
+def test_channel_keeps_counts_monotonic() -> None:
+    events: list[ExportProgress] = []
+    ch = ProgressChannel(events.append)
+    ch.put(ExportProgress("running", 10, 100, 5, 9, 1000, 1.0))
+    ch.put(ExportProgress("running", 10, 100, 5, 9, 900, 1.1))  # caught mid-flush
+    ch.put(ExportProgress("completed", 100, 100, 9, 9, 5000, 2.0))
+    ch.put(ExportProgress("running", 100, 100, 9, 9, 5000, 3.0))  # after the end: dropped
+    ch.close()
+    assert [e.bytes_written for e in events] == [1000, 1000, 5000]
+    assert [e.status for e in events] == ["running", "running", "completed"]
+
+
+def test_channel_coalesces_for_a_slow_consumer() -> None:
+    events: list[ExportProgress] = []
+
+    def slow(ev: ExportProgress) -> None:
+        time.sleep(0.05)
+        events.append(ev)
+
+    ch = ProgressChannel(slow)
+    t0 = time.monotonic()
+    for i in range(1000):
+        ch.put(ExportProgress("running", i, 1000, 0, 0, i, i / 1000))
+    ch.put(ExportProgress("completed", 1000, 1000, 0, 0, 1000, 1.0))
+    put_took = time.monotonic() - t0
+    ch.close()
+    assert put_took < 1.0  # put never waits for the consumer
+    assert time.monotonic() - t0 < 3.0  # 1001 * 0.05 s = 50 s if nothing were skipped
+    assert events[-1].status == "completed"
+    assert len(events) < 100 and ch.dropped > 900
+    assert_monotonic(events)
+
+
+def test_heartbeat_inside_sqlite_steps(tmp_path: Path, row_source: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export's own heartbeat runs from SQLite's progress handler: with a zero
+    heartbeat, events arrive while the single batch is still being read."""
+    arc = posts_archive(tmp_path / "a.db", 3000)
+    monkeypatch.setattr(archive_mod, "HEARTBEAT_STEPS", 200)
+    monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.0)
+    events, result = collect(arc, tmp_path / "out", batch_size=10**6)
+    assert result.post_count == 3000
+    mid = [e for e in events if e.status == "running" and 0 < e.posts_processed < 3000]
+    assert len(mid) >= 5
+    assert all(e.posts_total == 3000 for e in mid)
+    # Heartbeats while counting come before the totals are known: they say "queued".
+    assert {e.status for e in events if e.posts_total == 0} == {"queued"}
+    assert_monotonic(events)
+
+
+def test_heartbeat_per_media_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One batch whose media take long to copy: events arrive between the files."""
+    arc = posts_archive(tmp_path / "a.db", 12, media_every=2)
+    real = media_mod._link_or_copy
+
+    def slow_copy(src: Path, dst: Path) -> None:
+        time.sleep(0.12)
+        real(src, dst)
+
+    monkeypatch.setattr(media_mod, "_link_or_copy", slow_copy)
+    monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
+    events, result = collect(arc, tmp_path / "out", batch_size=1000, media=True)
+    assert result.media_count == 6
+    during = [e for e in events if e.status == "running" and 0 < e.media_copied < 6]
+    assert len(during) >= 3
+    assert all(e.posts_processed == 12 for e in during)
+    assert_monotonic(events)
+
+
+def test_heartbeat_during_one_long_call(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A phase that is one long call (here: syncing the data file) still reports, from the
+    delivery thread, at least every heartbeat (SC-004 asks for 5 s)."""
+    arc = posts_archive(tmp_path / "a.db", 50)
+    real_close = sink_mod.FileSink.close
+
+    def slow_close(self: sink_mod.FileSink, sync: bool = True) -> None:
+        time.sleep(1.0)
+        real_close(self, sync)
+
+    monkeypatch.setattr(sink_mod.FileSink, "close", slow_close)
+    monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
+    events, _ = collect(arc, tmp_path / "out", batch_size=1000)
+    after_last_batch = [e for e in events if e.status == "running" and e.posts_processed == 50]
+    assert len(after_last_batch) >= 4
+    gaps = [b.elapsed_s - a.elapsed_s for a, b in itertools.pairwise(events)]
+    assert max(gaps) < 0.9, gaps  # without the heartbeat: one gap of over 1 s
+    assert events[-1].status == "completed"
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def run_cli(*args: str, **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "skyexport", *args], capture_output=True,
+                          text=True, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def test_cli_jsonl(tmp_path: Path) -> None:
+    arc = posts_archive(tmp_path / "a.db", 530, media_every=5)
+    proc = run_cli("export", str(arc), "--output", str(tmp_path / "out"), "--media",
+                   "--batch-size", "100", "--progress", "jsonl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all(isinstance(e, dict) and DESIGN_KEYS <= set(e) for e in events)
+    assert [e["status"] for e in events] == ["queued"] + ["running"] * 6 + ["completed"]
+    assert [e["posts_processed"] for e in events[1:-1]] == [100, 200, 300, 400, 500, 530]
+    last = events[-1]
+    assert last["posts_total"] == last["posts_processed"] == 530
+    assert last["media_total"] == last["media_copied"] == 106
+    export_dir = Path(proc.stdout.splitlines()[-1])
+    assert last["bytes_written"] == (export_dir / "posts.json").stat().st_size
+    for a, b in itertools.pairwise(events):
+        assert a["elapsed_s"] <= b["elapsed_s"]
+
+
+def test_cli_jsonl_failure(tmp_path: Path) -> None:
+    arc = posts_archive(tmp_path / "a.db", 30, bad_at=29)
+    proc = run_cli("export", str(arc), "--output", str(tmp_path / "out"),
+                   "--batch-size", "10", "--progress", "jsonl")
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[-1].startswith("skyexport: error: post " + URI.format(29))
+    events = [json.loads(line) for line in lines[:-1]]
+    assert events[-1]["status"] == "failed"
+    assert URI.format(29) in events[-1]["error"]
+    assert [e["status"] for e in events[:-1]] == ["queued"] + ["running"] * 2
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("flags", [["--progress", "none"], ["--quiet"], ["-q"], []])
+def test_cli_no_progress(tmp_path: Path, flags: list[str]) -> None:
+    """--progress none, --quiet, and the default (auto) when stderr is not a terminal."""
+    arc = posts_archive(tmp_path / "a.db", 30)
+    proc = run_cli("export", str(arc), "--output", str(tmp_path / "out"), *flags)
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    assert Path(proc.stdout.splitlines()[-1]).is_dir()
+
+
+def test_cli_bar_without_a_terminal(tmp_path: Path) -> None:
+    arc = posts_archive(tmp_path / "a.db", 300, media_every=3)
+    proc = run_cli("export", str(arc), "--output", str(tmp_path / "out"), "--media",
+                   "--batch-size", "50", "--progress", "bar", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "posts" in proc.stderr and "300/300" in proc.stderr
+    assert "media" in proc.stderr and "100/100" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = proc.stdout.splitlines()
+    assert Path(out[-1]).is_dir() and "posts" not in out[-1]
+
+
+def test_cli_bar_in_a_terminal(tmp_path: Path) -> None:
+    """--progress auto picks the bar when stderr is a terminal; it goes to stderr only."""
+    arc = posts_archive(tmp_path / "a.db", 2000, media_every=4)
+    master, slave = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+    proc = subprocess.Popen([sys.executable, "-m", "skyexport", "export", str(arc),
+                             "--output", str(tmp_path / "out"), "--media",
+                             "--batch-size", "100"],
+                            stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL,
+                            env=env, cwd=tmp_path)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    stdout, _ = proc.communicate(timeout=120)
+    reader.join(timeout=10)
+    os.close(master)
+    tty = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, tty
+    assert "2000/2000" in tty and "500/500" in tty
+    assert "Traceback" not in tty
+    assert "\x1b[" in tty  # a live display: terminal control sequences
+    lines = stdout.decode().splitlines()
+    assert Path(lines[-1]).is_dir()
+    assert all("\x1b" not in line for line in lines)
+
+
+def test_reporters_in_process() -> None:
+    buf = io.StringIO()
+    rep = JsonLinesReporter(buf)
+    rep(ExportProgress("queued", 0, 0, 0, 0, 0, 0.0))
+    rep(ExportProgress("running", 5, 10, 1, 2, 300, 0.5))
+    rep(ExportProgress("failed", 5, 10, 1, 2, 300, 0.6, error="disk full"))
+    lines = [msgspec.json.decode(line) for line in buf.getvalue().splitlines()]
+    assert [x["status"] for x in lines] == ["queued", "running", "failed"]
+    assert lines[1]["rate"] == 10.0 and lines[-1]["error"] == "disk full"
+
+    out = io.StringIO()
+    bar = BarReporter(out)
+    bar(ExportProgress("queued", 0, 0, 0, 0, 0, 0.0))
+    bar(ExportProgress("running", 5, 10, 1, 2, 300, 0.5))
+    bar(ExportProgress("completed", 10, 10, 2, 2, 600, 1.0))
+    text = out.getvalue()
+    assert "10/10" in text and "2/2" in text
+
+
+def test_a_stuck_callback_does_not_hang_the_export(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    arc = posts_archive(tmp_path / "a.db", 30)
+    release = threading.Event()
+    seen: list[str] = []
+
+    def stuck(ev: ExportProgress) -> None:
+        seen.append(ev.status)
+        if ev.status == "running":
+            release.wait(30)
+
+    monkeypatch.setattr(progress_mod, "CLOSE_TIMEOUT_S", 0.3)
+    t0 = time.monotonic()
+    with pytest.warns(RuntimeWarning, match="has not returned for 0.3 s"):
+        result = skyexport.export(arc, tmp_path / "out", batch_size=10, on_progress=stuck)
+    assert time.monotonic() - t0 < 5
+    assert result.post_count == 30
+    release.set()
+    for _ in range(100):
+        if seen[-1] == "completed":
+            break
+        time.sleep(0.05)
+    assert seen[0] == "queued" and seen[-1] == "completed"  # still last, when it returns
+
+
+def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """The temporary directory cannot be made: a failed event, and the delivery thread
+    ends (no thread left behind per failed export)."""
+    arc = posts_archive(tmp_path / "a.db", 3)
+    export_mod = sys.modules["skyexport.export"]
+
+    def refuse(out: Path) -> None:
+        raise skyexport.OutputError(f"writing {out} failed: permission denied")
+
+    monkeypatch.setattr(export_mod, "_make_temp_dir", refuse)
+    before = {t for t in threading.enumerate() if t.name == "skyexport-progress"}
+    events: list[ExportProgress] = []
+    with pytest.raises(skyexport.OutputError):
+        skyexport.export(arc, tmp_path / "out", on_progress=events.append)
+    assert [e.status for e in events] == ["queued", "failed"]
+    assert "permission denied" in (events[-1].error or "")
+    after = {t for t in threading.enumerate() if t.name == "skyexport-progress"}
+    assert after <= before
