@@ -69,7 +69,8 @@ CREATE TABLE media (hash TEXT PRIMARY KEY, post_uri TEXT NOT NULL, mime_type TEX
 """
 
 _FTS_AND_INDEXES = """\
-CREATE VIRTUAL TABLE posts_fts USING fts5(uri UNINDEXED, text, content='posts', content_rowid='rowid');
+CREATE VIRTUAL TABLE posts_fts USING fts5(uri UNINDEXED, text, content='posts', \
+content_rowid='rowid');
 CREATE INDEX idx_posts_did ON posts(did);
 CREATE INDEX idx_posts_created_at ON posts(created_at DESC);
 CREATE TRIGGER posts_ai AFTER INSERT ON posts BEGIN

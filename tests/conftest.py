@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from archives import load_golden
-
 import skyexport
+
+from archives import load_golden
 
 FORMATS = ("json", "csv", "jsonl")
 DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}

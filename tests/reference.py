@@ -114,7 +114,7 @@ def decode_rune(b: bytes, i: int = 0) -> tuple[int, int]:
     c0 = b[i]
     if c0 < 0x80:
         return c0, 1
-    for lo, hi, conts in _UTF8_TABLE:
+    for lo, hi, conts in _UTF8_TABLE:  # noqa: B007 (used after the break)
         if lo <= c0 <= hi:
             break
     else:

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from archives import make_archive
 
 import skyexport
 from skyexport import (
@@ -25,6 +24,8 @@ from skyexport import (
     OptionError,
     OutputError,
 )
+
+from archives import make_archive
 
 URI = "at://did:plc:test/app.bsky.feed.post/{:04d}"
 

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import skyexport
+
 import strategies
 from archives import make_archive
 from conftest import BATCH_SIZES, DATA_FILES
 from reference import ReferenceBadValue, reference_export_with_warnings
-
-import skyexport
 
 SETTINGS = settings(max_examples=int(os.environ.get("SKYEXPORT_HYPOTHESIS_EXAMPLES", "40")),
                     deadline=None, suppress_health_check=[HealthCheck.too_slow])

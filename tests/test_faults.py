@@ -39,9 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from archives import make_archive, schema_sql
 
 from skyexport.synth import build_archive
+
+from archives import make_archive, schema_sql
 
 PY = sys.executable
 TMP_PREFIX = ".skyexport-tmp-"

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from archives import make_archive
 
 import skyexport
+
+from archives import make_archive
 
 URI = "at://did:plc:test/app.bsky.feed.post/{:04d}"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from archives import make_archive
 
 import skyexport
 import skyexport.media as media_mod
 from skyexport import ExportProgress
+
+from archives import make_archive
 
 URI = "at://did:plc:test/app.bsky.feed.post/{:04d}"
 
@@ -466,12 +467,12 @@ def test_disagreement_is_never_silent(tmp_path: Path, elsewhere: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """If SQL and the core ever disagreed about has_media, the media rows the merge could
     not place are reported, not dropped silently."""
-    export_mod = sys.modules["skyexport.export"]  # `skyexport.export` is the function
+    archive_mod = sys.modules["skyexport.archive"]
 
     put(tmp_path / "data" / "media" / "a.jpg", b"a")
     put(tmp_path / "data" / "media" / "b.jpg", b"b")
     arc = build(tmp_path, [{"has_media": 0}, {}], [(0, "media/a.jpg"), (1, "media/b.jpg")])
-    monkeypatch.setattr(export_mod, "HAS_MEDIA_TRUE", "1")  # SQL: every post has media
+    monkeypatch.setattr(archive_mod, "HAS_MEDIA_TRUE", "1")  # SQL: every post has media
     result = skyexport.export(arc, tmp_path / "out", media=True)
     assert [w.message for w in result.warnings] == [
         "2 media row(s) matched no exported post with has_media and were not copied"]

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from archives import make_archive
 
 import skyexport
 import skyexport.archive as archive_mod
@@ -27,6 +26,8 @@ import skyexport.progress as progress_mod
 import skyexport.sink as sink_mod
 from skyexport import BadValueError, ExportProgress
 from skyexport.progress import BarReporter, JsonLinesReporter, ProgressChannel
+
+from archives import make_archive
 
 DESIGN_KEYS = {"status", "posts_processed", "posts_total", "media_copied", "media_total",
                "elapsed_s"}

@@ -10,19 +10,28 @@ See README.md for the command line and the byte contract.
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     ArchiveError,
     BadValueError,
     ExportError,
     OptionError,
     OutputError,
 )
-from .export import ExportResult, ExportWarning, export  # noqa: E402
-from .manifest import VerifyReport, verify  # noqa: E402
-from .progress import ExportProgress  # noqa: E402
+from .export import ExportResult, ExportWarning, export
+from .manifest import VerifyReport, verify
+from .progress import ExportProgress
 
 __all__ = [
-    "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "OptionError", "OutputError", "VerifyReport", "export", "verify",
+    "ArchiveError",
+    "BadValueError",
+    "ExportError",
+    "ExportProgress",
+    "ExportResult",
+    "ExportWarning",
+    "OptionError",
+    "OutputError",
+    "VerifyReport",
     "__version__",
+    "export",
+    "verify",
 ]

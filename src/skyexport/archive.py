@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -59,10 +60,8 @@ def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
         time.sleep(min(0.02, left))
         return True
     return handler
-# Post URIs per media lookup (SQLite's bound-parameter limit is far above this).
-MEDIA_CHUNK = 500
 # has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
-_HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
+HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
                    "WHEN 'real' THEN has_media <> 0 WHEN 'null' THEN 0 "
                    "ELSE CAST(has_media AS TEXT) IN ('1','t','T','TRUE','true','True') END)")
 # SQLite VM steps between progress-handler calls (heartbeat while a step runs long).
@@ -213,14 +212,15 @@ class Archive:
                            "OR created_at >= X'' OR created_at IS NULL)")
             args.append(_day_before(since, -1) if since is not None else "")
             args.append(_day_before(until, 2) if until is not None else "\uffff")
-            self.conn.create_scalar_function("skyexport_in_range", InstantRange(since, until),
+            in_range: Any = InstantRange(since, until)  # APSW's stub wants a plain function
+            self.conn.create_scalar_function("skyexport_in_range", in_range,
                                              1, deterministic=True)
             clauses.append("skyexport_in_range(created_at)")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def _did_is_common(self, did: str) -> bool:
-        total = self.conn.execute("SELECT count(*) FROM posts").fetchall()[0][0]
-        mine = self.conn.execute("SELECT count(*) FROM posts WHERE did = ?", (did,)).fetchall()[0][0]
+        total = self.count("SELECT count(*) FROM posts", ())
+        mine = self.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
         return mine * 4 >= total
 
     def select(self, did: str | None = None, since: tuple[int, int] | None = None,
@@ -239,7 +239,8 @@ class Archive:
         return count_sql, rows_sql, args
 
     def count(self, sql: str, args: Sequence[object]) -> int:
-        return int(self.conn.execute(sql, args).fetchall()[0][0])
+        value: Any = self.conn.execute(sql, args).fetchall()[0][0]
+        return int(value)
 
     def rows(self, sql: str, args: Sequence[object]
              ) -> RowPipe | Statement | Iterator[tuple[object, ...]]:
@@ -259,7 +260,8 @@ class Archive:
     def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
         """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).
         Only asked when a date filter leaves them out."""
-        self.conn.create_scalar_function("skyexport_bad_stamp", is_bad_stamp, 1,
+        bad_stamp: Any = is_bad_stamp
+        self.conn.create_scalar_function("skyexport_bad_stamp", bad_stamp, 1,
                                          deterministic=True)
         where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did else "")
         args = [did] if did else []
@@ -275,20 +277,27 @@ class Archive:
         if not self.has_media_table:
             return 0
         posts = count_sql.replace("SELECT count(*) FROM posts", "SELECT uri FROM posts", 1)
-        posts += (" AND " if " WHERE " in posts else " WHERE ") + _HAS_MEDIA_TRUE
+        posts += (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
         return self.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})", args)
 
-    def media_rows(self, post_uris: Sequence[bytes]) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(post_uri, hash, file_path) of the media of these posts, in a stable order."""
+    def media_rows(self, count_sql: str, args: Sequence[object]
+                   ) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(post_uri, hash, file_path) of the media of the posts `count_sql` counts that
+        have has_media, in the export's own order (`created_at DESC, uri ASC`).
+
+        One statement for the whole export, merged with the posts batch by batch
+        (media.MediaStream): the media table has no index on `post_uri`, so a lookup per
+        batch would scan it once per batch.  SQLite searches posts by its primary key per
+        media row and sorts the matches once (in a temporary file: temp_store=FILE)."""
         if not self.has_media_table:
-            return
-        for i in range(0, len(post_uris), MEDIA_CHUNK):
-            chunk = post_uris[i:i + MEDIA_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            yield from self.conn.execute(
-                "SELECT CAST(post_uri AS BLOB), CAST(hash AS BLOB), CAST(file_path AS BLOB) "
-                f"FROM media WHERE post_uri IN ({marks}) ORDER BY post_uri, file_path",
-                [u.decode("utf-8", "surrogateescape") for u in chunk])
+            return iter(())
+        posts = count_sql.replace("SELECT count(*) FROM posts",
+                                  "SELECT uri, created_at FROM posts", 1)
+        posts += (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
+        return self.conn.execute(
+            "SELECT CAST(m.post_uri AS BLOB), CAST(m.hash AS BLOB), CAST(m.file_path AS BLOB) "
+            f"FROM ({posts}) AS p JOIN media AS m ON m.post_uri = p.uri "
+            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", args)
 
 
 def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:

@@ -28,11 +28,10 @@ import apsw
 
 from . import __version__
 from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
-from .archive import _HAS_MEDIA_TRUE as HAS_MEDIA_TRUE
 from .archive import Archive, archive_error
-from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
-from .manifest import MANIFEST, MANIFEST_VERSION, MEDIA_SUMS, write_manifest
-from .media import MediaCopier, MediaStream, media_query
+from .errors import ArchiveError, BadValueError, OptionError, OutputError
+from .manifest import MANIFEST_VERSION, MEDIA_SUMS, write_manifest
+from .media import MediaCopier, MediaStream
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
 
@@ -225,7 +224,7 @@ class _Job:
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(ExportWarning(uri, column, message))
 
-    def on_bad(self, uri: bytes, column: str, value: bytes | int | float | None) -> None:
+    def on_bad(self, uri: bytes, column: str, value: bytes | float | None) -> None:
         u = uri.decode("utf-8", "replace")
         shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if len(shown) > 80:
@@ -346,12 +345,12 @@ class _Job:
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
             if arc.has_media_table:
                 try:
-                    self.media_stream = MediaStream(arc.conn.execute(
-                        media_query(self.selection[0], HAS_MEDIA_TRUE), self.selection[1]))
+                    self.media_stream = MediaStream(arc.media_rows(*self.selection))
                 except apsw.Error as exc:
                     raise archive_error(arc.path, exc, "while reading the media table") \
                         from None
-        rows = arc.rows(rows_sql, args)
+        rows: Any = arc.rows(rows_sql, args)
+        encode: Callable[[Any, int, int], int]
         if isinstance(rows, RowPipe):
             encode = writer.encode_pipe
         elif isinstance(rows, Statement):
@@ -440,7 +439,7 @@ def _prepare_output(out: Path) -> tuple[Path, bool]:
 def clean_stale_temp_dirs(out: Path) -> list[Path]:
     """Remove `.skyexport-tmp-*` dirs in `out` whose owner is gone (their lock is free).
     Returns what was removed.  Never touches anything else."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(out))
     except OSError:

@@ -47,22 +47,6 @@ FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per file
 
 
-def media_query(count_sql: str, has_media_true: str) -> str:
-    """The media rows of the posts `count_sql` (`SELECT count(*) FROM posts WHERE ...`)
-    counts that have has_media, in the export's own order (`created_at DESC, uri ASC`).
-
-    One statement for the whole export, merged with the posts batch by batch
-    (`MediaStream`): the media table has no index on `post_uri`, so a lookup per batch
-    would scan it once per batch.  SQLite searches posts by its primary key per media row
-    and sorts the matches once (in a temporary file: temp_store=FILE)."""
-    posts = count_sql.replace("SELECT count(*) FROM posts", "SELECT uri, created_at FROM posts",
-                              1)
-    posts += (" AND " if " WHERE " in posts else " WHERE ") + has_media_true
-    return ("SELECT CAST(m.post_uri AS BLOB), CAST(m.hash AS BLOB), CAST(m.file_path AS BLOB) "
-            f"FROM ({posts}) AS p JOIN media AS m ON m.post_uri = p.uri "
-            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC")
-
-
 class MediaStream:
     """Media rows in the export's order, handed out batch by batch.
 
