@@ -481,7 +481,7 @@ def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
     """The temporary directory cannot be made: a failed event, and the delivery thread
     ends (no thread left behind per failed export)."""
     arc = posts_archive(tmp_path / "a.db", 3)
-    export_mod = sys.modules["skyexport.export"]
+    export_mod = sys.modules["skyexport.job"]
 
     def refuse(out: Path) -> None:
         raise skyexport.OutputError(f"writing {out} failed: permission denied")

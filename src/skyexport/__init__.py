@@ -5,33 +5,44 @@ JSON Lines.
     >>> result = skyexport.export("data/archive.db", "exports", format="csv")
     >>> result.directory, result.post_count, result.sha256
 
-See README.md for the command line and the byte contract.
+See README.md for the command line and the byte contract.  The names below are loaded on
+first use, so that `skyexport --help` and small exports start fast.
 """
 
 __version__ = "0.1.0"
 
-from .errors import (
-    ArchiveError,
-    BadValueError,
-    ExportError,
-    OptionError,
-    OutputError,
-)
-from .export import ExportResult, ExportWarning, export
-from .manifest import VerifyReport, verify
-from .progress import ExportProgress
-
 __all__ = [
-    "ArchiveError",
-    "BadValueError",
-    "ExportError",
-    "ExportProgress",
-    "ExportResult",
-    "ExportWarning",
-    "OptionError",
-    "OutputError",
-    "VerifyReport",
+    "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
+    "ExportWarning", "OptionError", "OutputError", "VerifyReport", "export", "verify",
     "__version__",
-    "export",
-    "verify",
 ]
+
+_WHERE = {
+    "ArchiveError": "errors", "BadValueError": "errors", "ExportError": "errors",
+    "OptionError": "errors", "OutputError": "errors",
+    "ExportResult": "job", "ExportWarning": "job", "export": "job",
+    "VerifyReport": "manifest", "verify": "manifest",
+    "ExportProgress": "progress",
+}
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
+    from .job import ExportResult, ExportWarning, export
+    from .manifest import VerifyReport, verify
+    from .progress import ExportProgress
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'skyexport' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"skyexport.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -13,13 +13,17 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import apsw
 
 from . import _core
 from ._core import InstantRange, RowPipe, Statement, is_bad_stamp
 from .errors import ArchiveError
+
+# typing is not imported at run time: start-up is part of every export (SC-006).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 REQUIRED_COLUMNS = (
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count",

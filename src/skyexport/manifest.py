@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import msgspec
+from ._core import json_string
+
+# typing is not imported at run time: start-up is part of every export (SC-006).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MANIFEST = "manifest.json"
 MEDIA_SUMS = "media.sha256"
@@ -26,13 +29,45 @@ MANIFEST_VERSION = "1.0"
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     """Write `manifest.json` (two-space indent, as bskyarchive's) durably; never replaces
     an existing file."""
-    data = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+    data = encode_json(manifest) + b"\n"
     path = directory / MANIFEST
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def encode_json(value: object, level: int = 0) -> bytes:
+    """JSON with a two-space indent, `{}`/`[]` when empty: what msgspec.json.format
+    writes, without importing msgspec (its import costs more than a small export takes).
+    Strings are escaped by the core, as the posts' text fields are."""
+    pad = b"\n" + b"  " * (level + 1)
+    end = b"\n" + b"  " * level
+    if value is None:
+        return b"null"
+    if value is True or value is False:
+        return b"true" if value else b"false"
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} has no JSON form")
+        return repr(value).encode()
+    if isinstance(value, str):
+        return json_string(value.encode("utf-8", "surrogateescape"))
+    if isinstance(value, dict):
+        if not value:
+            return b"{}"
+        items = [json_string(str(k).encode("utf-8", "surrogateescape")) + b": "
+                 + encode_json(v, level + 1) for k, v in value.items()]
+        return b"{" + pad + (b"," + pad).join(items) + end + b"}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return b"[]"
+        return b"[" + pad + (b"," + pad).join(encode_json(v, level + 1) for v in value) \
+            + end + b"]"
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def sha256_file(path: Path) -> tuple[str, int]:
@@ -45,13 +80,21 @@ def sha256_file(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-@dataclass
 class VerifyReport:
-    """What `verify` found: `problems` empty means every byte is as the manifest says."""
+    """What `verify` found: `problems` empty means every byte is as the manifest says;
+    `checked` files were hashed."""
 
-    directory: Path
-    checked: int = 0
-    problems: list[str] = field(default_factory=list)
+    __slots__ = ("directory", "checked", "problems")
+
+    def __init__(self, directory: Path, checked: int = 0,
+                 problems: list[str] | None = None) -> None:
+        self.directory = directory
+        self.checked = checked
+        self.problems: list[str] = [] if problems is None else problems
+
+    def __repr__(self) -> str:
+        return (f"VerifyReport(directory={self.directory!r}, checked={self.checked!r}, "
+                f"problems={self.problems!r})")
 
     @property
     def ok(self) -> bool:
@@ -79,6 +122,8 @@ def verify(directory: str | os.PathLike[str]) -> VerifyReport:
     The manifest's names are only trusted as plain names inside the export directory
     (`media/<name>` for media); anything else is itself reported, never opened.
     """
+    import msgspec  # only verify reads JSON
+
     d = Path(directory)
     report = VerifyReport(d)
     problems = report.problems

@@ -22,15 +22,18 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Literal
 
-import msgspec
+from ._record import Record
 
+# typing is not imported at run time: start-up is part of every export (SC-006).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import IO, Literal
+
     from rich.progress import TaskID
 
-Status = Literal["queued", "running", "completed", "failed"]
+    Status = Literal["queued", "running", "completed", "failed"]
+
 FINAL: tuple[str, ...] = ("completed", "failed")
 
 HEARTBEAT_S = 1.0    # an event at least this often in every phase (SC-004 asks for 5 s)
@@ -40,8 +43,7 @@ CLOSE_TIMEOUT_S = 10.0  # ... and how long one callback may block the end of the
 MAILBOX = 1024       # hard bound on queued events (older running events give way)
 
 
-@dataclass(frozen=True, slots=True)
-class ExportProgress:
+class ExportProgress(Record):
     """One progress event.
 
     - `status`: `queued` (the job started; totals not counted yet, both 0), `running`,
@@ -57,6 +59,8 @@ class ExportProgress:
     Within one export every count and `elapsed_s` only grow from one event to the next.
     """
 
+    __slots__ = ("status", "posts_processed", "posts_total", "media_copied", "media_total",
+                 "bytes_written", "elapsed_s", "error")
     status: Status
     posts_processed: int
     posts_total: int
@@ -64,7 +68,14 @@ class ExportProgress:
     media_total: int
     bytes_written: int
     elapsed_s: float
-    error: str | None = None
+    error: str | None
+
+    def __init__(self, status: Status, posts_processed: int, posts_total: int,
+                 media_copied: int, media_total: int, bytes_written: int, elapsed_s: float,
+                 error: str | None = None) -> None:
+        self._set(status=status, posts_processed=posts_processed, posts_total=posts_total,
+                  media_copied=media_copied, media_total=media_total,
+                  bytes_written=bytes_written, elapsed_s=elapsed_s, error=error)
 
     @property
     def rate(self) -> float:
@@ -132,8 +143,7 @@ class ProgressChannel:
         if last is not None:
             # Counters read while the writer runs on another thread can be caught half-way
             # through a flush; never let a consumer see one go backwards.
-            event = replace(
-                event,
+            event = event._replace(
                 posts_processed=max(event.posts_processed, last.posts_processed),
                 media_copied=max(event.media_copied, last.media_copied),
                 bytes_written=max(event.bytes_written, last.bytes_written),
@@ -234,6 +244,8 @@ class JsonLinesReporter:
         self.stream = stream or sys.stderr
 
     def __call__(self, ev: ExportProgress) -> None:
+        import msgspec  # only here: its import costs more than a small export takes
+
         self.stream.write(msgspec.json.encode(ev.to_dict()).decode() + "\n")
         self.stream.flush()
 

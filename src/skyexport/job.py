@@ -11,31 +11,34 @@ killed process (lock free) are removed by the next export into the same OUTPUT.
 
 from __future__ import annotations
 
-import datetime as _dt
 import errno
 import fcntl
 import hashlib
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import apsw
 
 from . import __version__
 from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
+from ._record import Record
 from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, OptionError, OutputError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, write_manifest
-from .media import MediaCopier, MediaStream
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
 
-Format = Literal["json", "csv", "jsonl"]
+# typing is not imported at run time: start-up is part of every export (SC-006).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Literal
+
+    from .media import MediaCopier, MediaStream
+
+    Format = Literal["json", "csv", "jsonl"]
+
 FORMATS: tuple[str, ...] = ("json", "csv", "jsonl")
 DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
 
@@ -49,17 +52,19 @@ STALE_UNLOCKED_S = 60      # a temp dir with no lock file yet is only stale afte
 MAX_WARNINGS = 1000        # kept in full in the manifest; the rest are counted
 
 
-@dataclass(frozen=True)
-class ExportWarning:
+class ExportWarning(Record):
     """Something exported with a caveat (a kept bad value, a missing media file...)."""
 
+    __slots__ = ("uri", "column", "message")
     uri: str
     column: str
     message: str
 
+    def __init__(self, uri: str, column: str, message: str) -> None:
+        self._set(uri=uri, column=column, message=message)
 
-@dataclass(frozen=True)
-class ExportResult:
+
+class ExportResult(Record):
     """What a finished export produced; everything here is also in `manifest.json`.
 
     `directory` is the published export directory, `data_file` the posts file in it;
@@ -69,6 +74,9 @@ class ExportResult:
     is the export's wall time; `manifest` is the manifest as written.
     """
 
+    __slots__ = ("directory", "format", "data_file", "post_count", "media_count",
+                 "bytes_written", "sha256", "warnings", "warnings_total", "duration_s",
+                 "manifest")
     directory: Path
     format: str
     data_file: Path
@@ -80,6 +88,15 @@ class ExportResult:
     warnings_total: int
     duration_s: float
     manifest: dict[str, Any]
+
+    def __init__(self, directory: Path, format: str, data_file: Path, post_count: int,
+                 media_count: int, bytes_written: int, sha256: str,
+                 warnings: tuple[ExportWarning, ...], warnings_total: int, duration_s: float,
+                 manifest: dict[str, Any]) -> None:
+        self._set(directory=directory, format=format, data_file=data_file,
+                  post_count=post_count, media_count=media_count,
+                  bytes_written=bytes_written, sha256=sha256, warnings=warnings,
+                  warnings_total=warnings_total, duration_s=duration_s, manifest=manifest)
 
     @property
     def checksums(self) -> dict[str, dict[str, Any]]:
@@ -245,7 +262,7 @@ class _Job:
             return result
         except BaseException as exc:
             if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+                _rmtree(tmp)
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
@@ -342,6 +359,8 @@ class _Job:
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
             roots = [self.media_root or Path.cwd(), home, home.parent]
+            from .media import MediaCopier, MediaStream  # only with --media
+
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
             if arc.has_media_table:
                 try:
@@ -391,7 +410,7 @@ class _Job:
             files.append(f"media/ ({self.copier.copied} files)")
         m: dict[str, Any] = {
             "export_format": self.fmt,
-            "export_timestamp": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "export_timestamp": _local_rfc3339(time.time()),
             "post_count": w.rows,
             "media_count": self.copier.copied if self.copier else 0,
         }
@@ -456,7 +475,7 @@ def clean_stale_temp_dirs(out: Path) -> list[Path]:
             except OSError:
                 continue
             if age > STALE_UNLOCKED_S:
-                shutil.rmtree(path, ignore_errors=True)
+                _rmtree(path)
                 removed.append(path)
             continue
         except OSError:
@@ -467,18 +486,18 @@ def clean_stale_temp_dirs(out: Path) -> list[Path]:
             continue  # a live export owns it
         finally:
             os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
+        _rmtree(path)
         removed.append(path)
     return removed
 
 
 def _make_temp_dir(out: Path) -> tuple[Path, int]:
-    tmp = out / f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = out / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.mkdir(tmp)  # mode 0o777 & ~umask, as any directory the user makes
         fd = os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _rmtree(tmp)
         raise _output_error(exc, out) from None
     fcntl.flock(fd, fcntl.LOCK_EX)
     return tmp, fd
@@ -488,7 +507,7 @@ def _publish(tmp: Path, out: Path) -> Path:
     """Rename the finished temp dir to OUTPUT/YYYY-MM-DD_HH-MM-SS (local time), adding
     -2, -3... while the name is taken.  Never replaces anything."""
     os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fd
-    base = _dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    base = time.strftime("%Y-%m-%d_%H-%M-%S")
     for n in range(1, 10_000):
         final = out / (base if n == 1 else f"{base}-{n}")
         try:
@@ -560,11 +579,30 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _rfc3339(bound: tuple[int, int] | None) -> str | None:
+    """A --since/--until instant as RFC 3339 in UTC (years 0000-9999)."""
     if bound is None:
         return None
-    t = _dt.datetime.fromtimestamp(bound[0], _dt.timezone.utc)
+    t = time.gmtime(bound[0])
     frac = f".{bound[1]:09d}".rstrip("0") if bound[1] else ""
-    return t.strftime("%Y-%m-%dT%H:%M:%S") + (frac if frac != "." else "") + "Z"
+    return (f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:"
+            f"{t.tm_min:02d}:{t.tm_sec:02d}{frac}Z")
+
+
+def _local_rfc3339(when: float) -> str:
+    """Local time with its offset, to the second: `2024-06-01T10:00:00+02:00`."""
+    t = time.localtime(when)
+    off = t.tm_gmtoff or 0
+    sign = "-" if off < 0 else "+"
+    off = abs(off)
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", t)
+            + f"{sign}{off // 3600:02d}:{off // 60 % 60:02d}")
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a temporary directory of ours, whatever is in it."""
+    import shutil  # only on failure paths: its import costs a small export's time
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
