@@ -28,13 +28,11 @@ from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from cpython.exc cimport PyErr_Occurred, PyErr_CheckSignals
 
-import json
 import math
 import os
 import threading
 
 import apsw
-import msgspec
 
 include "_buffer.pxi"
 include "_time.pxi"
@@ -47,7 +45,6 @@ include "_pipe.pxi"
 
 init_json_tables()
 init_writer_tables()
-_msgspec_decode = msgspec.json.decode
 _apsw_exception_for = apsw.exception_for
 
 

@@ -50,7 +50,7 @@ cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1
 
 # --- MediaFiles -------------------------------------------------------------------------
 
-cdef object _msgspec_decode = None      # msgspec.json.decode, bound at import
+cdef object _msgspec_decode = None      # msgspec.json.decode, bound on first use
 cdef object _apsw_exception_for = None  # apsw.exception_for, bound at import
 
 
@@ -134,6 +134,12 @@ cdef object _decode_embed(bytes raw):
     finally:
         ob_free(&scratch)
     raw = go_sanitize_utf8(raw)
+    global _msgspec_decode
+    if _msgspec_decode is None:
+        # Imported on first use: only CSV exports of posts with media need it, and its
+        # import costs more than a whole small export takes.
+        import msgspec
+        _msgspec_decode = msgspec.json.decode
     if not has_long_number(p, n):
         try:
             return _msgspec_decode(raw)
@@ -142,6 +148,7 @@ cdef object _decode_embed(bytes raw):
     # The slow, exact path: msgspec refuses lone surrogate escapes (Go reads U+FFFD; the
     # stdlib gives surrogates, mapped in media_files) and floats beyond range (Go fails;
     # the hooks below fail too); huge integers must fail as Go's float64 parse does.
+    import json
     try:
         return json.loads(raw, parse_float=_finite_float, parse_int=_finite_int)
     except (ValueError, RecursionError, OverflowError):
