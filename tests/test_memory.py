@@ -20,7 +20,10 @@ import skyexport
 from skyexport.synth import build_archive
 
 SIZES = (20_000, 200_000)
-LIMIT = "64 MB"  # one limit for every size: memory must not grow with the archive
+# One limit for every size: memory must not grow with the archive.  The issue asks for
+# 64 MB; measured peaks are about 16 MB, so half that catches a regression early.
+LIMIT = "32 MB"
+FLAT_MB = 4  # peak growth allowed from 20k to 200k posts (issue 5: from 10k to 1M)
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +82,32 @@ def test_20k_with_media_and_progress(synthetic: dict[int, Path], tmp_path: Path,
     fits."""
     result, consumer = run_export(synthetic[20_000], tmp_path / "out", fmt)
     check(result, consumer, 20_000)
+
+
+PEAK_SCRIPT = """
+import sys, tempfile, memray
+import skyexport
+archive, fmt = sys.argv[1], sys.argv[2]
+with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cap:
+    path = cap + "/capture.bin"
+    with memray.Tracker(path, native_traces=False):
+        skyexport.export(archive, out, format=fmt, media=True, on_progress=lambda ev: None)
+    print(memray.FileReader(path).metadata.peak_memory)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_peak_does_not_grow_with_the_archive(synthetic: dict[int, Path], fmt: str) -> None:
+    """The peak, measured by memray in a process of its own (pytest-memray may be tracking
+    this one), for 20k and for 200k posts: within FLAT_MB of each other."""
+    import subprocess
+    import sys
+
+    peaks = {}
+    for n in SIZES:
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(synthetic[n]), fmt],
+                              capture_output=True, text=True, check=True)
+        peaks[n] = int(proc.stdout.split()[-1])
+    growth = peaks[200_000] - peaks[20_000]
+    assert growth <= FLAT_MB << 20, f"peak grew by {growth / 2**20:.1f} MiB: {peaks}"
+    assert peaks[200_000] <= 32 << 20, peaks
