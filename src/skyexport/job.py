@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
 from ._record import Record
 from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, OptionError, OutputError
-from .manifest import MANIFEST_VERSION, MEDIA_SUMS, write_manifest
+from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
 
@@ -331,7 +330,8 @@ class _Job:
         checksums = {DATA_FILES[self.fmt]: {"sha256": digest, "bytes": writer.bytes_written}}
         if self.copier is not None:
             sums = tmp / MEDIA_SUMS
-            checksums[MEDIA_SUMS] = {"sha256": _sha256(sums), "bytes": sums.stat().st_size}
+            digest_sums, size_sums = sha256_file(sums)
+            checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
         duration = time.monotonic() - self.start
         manifest = self._manifest(checksums, duration)
         try:
@@ -604,10 +604,3 @@ def _rmtree(path: Path) -> None:
 
     shutil.rmtree(path, ignore_errors=True)
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -70,7 +70,8 @@ def encode_json(value: object, level: int = 0) -> bytes:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def sha256_file(path: Path) -> tuple[str, int]:
+def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """(SHA-256 hex digest, size) of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
+
+from .manifest import sha256_file
 
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
 # tens of thousands of names in the interpreter's interned-string table per export).
@@ -236,11 +237,7 @@ def _link_or_copy(src: StrPath, dst: StrPath) -> None:
 
 
 def _sha256_file(path: StrPath) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)[0]
 
 
 def _same_content(a: StrPath, b: StrPath) -> bool:
