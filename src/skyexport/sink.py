@@ -15,6 +15,7 @@ import queue
 import threading
 
 QUEUE_BLOCKS = 4
+SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
 
 
 class FileSink:
@@ -28,6 +29,7 @@ class FileSink:
         self.fd = fd
         self.sha256 = hashlib.sha256()
         self.written = 0
+        self._synced = 0
         self.error: OSError | None = None
         self._queue: queue.Queue[bytes | None] = queue.Queue(QUEUE_BLOCKS)
         self._thread = threading.Thread(target=self._run, name="skyexport-writer",
@@ -75,5 +77,10 @@ class FileSink:
                     view = view[n:]
                 self.sha256.update(block)
                 self.written += len(block)
+                if self.written - self._synced >= SYNC_EVERY:
+                    # Flush to disk as we go, on this thread, so that the fsync before
+                    # publishing has only the tail left to write.
+                    os.fdatasync(self.fd)
+                    self._synced = self.written
             except OSError as exc:
                 self.error = exc
