@@ -261,20 +261,19 @@ def stopped_mid_export(archive: Path, out: Path, *extra: object,
     pytest.fail(f"the export of {archive} always finished before it could be stopped")
 
 
-# Runs `python -m skyexport ARGS` and, at exit, writes the process's peak RSS (VmHWM) to a
-# file.  Not ru_maxrss: Linux carries the forked child's pre-exec high-water mark (the
+# Runs the CLI's main(ARGS) and, when it returns, writes the process's peak RSS (VmHWM) to
+# a file (the `skyexport` command itself ends with os._exit, which skips atexit).  Not ru_maxrss: Linux carries the forked child's pre-exec high-water mark (the
 # size of this pytest process) across exec() into it.
 _PEAK_RSS = r"""
-import atexit, runpy, sys
+import sys
+from skyexport.cli import main
 report = sys.argv.pop(1)
-def peak():
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open(report, "w") as f:
-        f.write(str(kb * 1024))
-atexit.register(peak)
-sys.argv[0] = "skyexport"
-runpy.run_module("skyexport", run_name="__main__", alter_sys=True)
+code = main(sys.argv[1:])
+with open("/proc/self/status") as f:
+    kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+with open(report, "w") as f:
+    f.write(str(kb * 1024))
+sys.exit(code)
 """
 
 

@@ -271,5 +271,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+def run() -> None:
+    """The `skyexport` command: main(), then exit at once.  By then every file is closed
+    and fsync'd and every thread joined; skipping the interpreter's orderly teardown saves
+    a tenth of a small export's time (SC-006)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 
-QUEUE_BLOCKS = 4
+QUEUE_BLOCKS = 2
 SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
 
 
