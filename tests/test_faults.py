@@ -262,8 +262,9 @@ def stopped_mid_export(archive: Path, out: Path, *extra: object,
 
 
 # Runs the CLI's main(ARGS) and, when it returns, writes the process's peak RSS (VmHWM) to
-# a file (the `skyexport` command itself ends with os._exit, which skips atexit).  Not ru_maxrss: Linux carries the forked child's pre-exec high-water mark (the
-# size of this pytest process) across exec() into it.
+# a file (the `skyexport` command itself ends with os._exit, which skips atexit).  Not
+# ru_maxrss: Linux carries the forked child's pre-exec high-water mark (the size of this
+# pytest process) across exec() into it.
 _PEAK_RSS = r"""
 import sys
 from skyexport.cli import main
