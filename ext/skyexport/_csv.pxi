@@ -50,7 +50,6 @@ cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1
 
 # --- MediaFiles -------------------------------------------------------------------------
 
-cdef object _msgspec_decode = None      # msgspec.json.decode, bound on first use
 cdef object _apsw_exception_for = None  # apsw.exception_for, bound at import
 
 
@@ -87,8 +86,9 @@ cdef bytes go_sanitize_utf8(bytes raw):
         ob_free(&b)
 
 
-cdef bint has_long_number(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    """A run of 309+ digits outside strings: a number that may not fit a float64."""
+cdef bint may_overflow(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """A number that may not fit a float64: an exponent, or 309+ digits (outside strings).
+    Go's json.Unmarshal fails on such a number anywhere in the text."""
     cdef Py_ssize_t i = 0, run = 0
     cdef bint in_string = False
     while i < n:
@@ -103,6 +103,9 @@ cdef bint has_long_number(const unsigned char* s, Py_ssize_t n) noexcept nogil:
         elif is_digit(s[i]):
             run += 1
             if run >= 309:
+                return True
+        elif s[i] == b'e' or s[i] == b'E':
+            if run:                  # an exponent (after a digit; `true`/`false` have none)
                 return True
         else:
             run = 0
@@ -121,33 +124,49 @@ def _finite_int(text):
     return _finite_float(text)
 
 
+cdef object _embed_decoder = None       # msgspec decoder into _Embed, made on first use
+
+
+cdef object _load_embed_decoder():
+    """A msgspec decoder that reads only the fields MediaFiles needs (images[].fullsize,
+    media.images[].fullsize, external.thumb) and skips the rest without building it."""
+    global _embed_decoder
+    # Imported on first use: only CSV exports of posts with media need it, and its import
+    # costs more than a whole small export takes.
+    import typing
+
+    import msgspec
+    any_ = typing.Any
+    image = msgspec.defstruct("_Image", [("fullsize", any_, None)])
+    images = typing.Optional[list[image]]
+    media = msgspec.defstruct("_Media", [("images", images, None)])
+    external = msgspec.defstruct("_External", [("thumb", any_, None)])
+    embed = msgspec.defstruct("_Embed", [("images", images, None),
+                                         ("media", typing.Optional[media], None),
+                                         ("external", typing.Optional[external], None)])
+    _embed_decoder = msgspec.json.Decoder(embed)
+    return _embed_decoder
+
+
 cdef object _decode_embed(bytes raw):
-    """embed_data as Go's json.Unmarshal into a map would read it, or None where Go fails
-    (invalid JSON, a number beyond float64's range, nesting deeper than JSON_MAX_DEPTH)."""
-    cdef OutBuf scratch
+    """embed_data as Go's json.Unmarshal into a map would read it - as a _Embed struct
+    where the shape is the usual one, else as plain dicts and lists - or None where Go
+    fails (invalid JSON, a number beyond float64's range, nesting deeper than
+    JSON_MAX_DEPTH)."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
-    ob_init(&scratch, 256)
-    try:
-        if ob_raw_json(&scratch, p, n, 0, False):
-            return None
-    finally:
-        ob_free(&scratch)
+    if ob_raw_json(NULL, p, n, 0, False):
+        return None
     raw = go_sanitize_utf8(raw)
-    global _msgspec_decode
-    if _msgspec_decode is None:
-        # Imported on first use: only CSV exports of posts with media need it, and its
-        # import costs more than a whole small export takes.
-        import msgspec
-        _msgspec_decode = msgspec.json.decode
-    if not has_long_number(p, n):
+    decoder = _embed_decoder if _embed_decoder is not None else _load_embed_decoder()
+    if not may_overflow(p, n):
         try:
-            return _msgspec_decode(raw)
+            return decoder.decode(raw)
         except Exception:
             pass
-    # The slow, exact path: msgspec refuses lone surrogate escapes (Go reads U+FFFD; the
-    # stdlib gives surrogates, mapped in media_files) and floats beyond range (Go fails;
-    # the hooks below fail too); huge integers must fail as Go's float64 parse does.
+    # The slow, exact path: another shape (msgspec refuses it), lone surrogate escapes
+    # (Go reads U+FFFD; the stdlib gives surrogates, mapped in media_files), numbers that
+    # may be out of range (Go fails; so do the hooks below).
     import json
     try:
         return json.loads(raw, parse_float=_finite_float, parse_int=_finite_int)
@@ -179,9 +198,18 @@ cdef int _add_images(list out, object images) except -1:
     if type(images) is not list:
         return 0
     for img in <list>images:
-        if type(img) is dict:
-            _add_hash(out, (<dict>img).get("fullsize"))
+        _add_hash(out, _field(img, "fullsize"))
     return 0
+
+
+cdef object _field(object obj, str name):
+    """obj[name] for a decoded dict, obj.name for a _Embed-family struct, else None (a
+    list, string, number, bool or null has no fields)."""
+    if type(obj) is dict:
+        return (<dict>obj).get(name)
+    if obj is None or type(obj) in (list, str, int, float, bool):
+        return None
+    return getattr(obj, name, None)
 
 
 cdef bytes media_files(object embed):
@@ -189,16 +217,10 @@ cdef bytes media_files(object embed):
     if type(embed) is not bytes:
         return b""
     obj = _decode_embed(<bytes>embed)
-    if type(obj) is not dict:
-        return b""
     cdef list out = []
-    _add_images(out, (<dict>obj).get("images"))
-    media = (<dict>obj).get("media")
-    if type(media) is dict:
-        _add_images(out, (<dict>media).get("images"))
-    external = (<dict>obj).get("external")
-    if type(external) is dict:
-        _add_hash(out, (<dict>external).get("thumb"))
+    _add_images(out, _field(obj, "images"))
+    _add_images(out, _field(_field(obj, "media"), "images"))
+    _add_hash(out, _field(_field(obj, "external"), "thumb"))
     if not out:
         return b""
     cdef str joined = ";".join(out)
