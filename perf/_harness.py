@@ -178,7 +178,7 @@ def environment() -> dict[str, Any]:
         "skyexport": _dist_version("skyexport"),
         "skyexport_command": " ".join(skyexport_argv()),
         "skyexport_code": code_fingerprint(),
-        "skyexport_row_source": os.environ.get("SKYEXPORT_ROW_SOURCE", "direct (default)"),
+        "skyexport_row_source": os.environ.get("SKYEXPORT_ROW_SOURCE", "pipe (default)"),
         "apsw": apsw_version,
         "apsw_sqlite": apsw_sqlite,
         "msgspec": _dist_version("msgspec"),
