@@ -5,44 +5,24 @@ from __future__ import annotations
 
 import pytest
 
-try:
-    from archives import GOLDEN_DIR, Blob, load_golden, make_archive
-    from reference import (
-        ZERO_TIME,
-        ReferenceBadValue,
-        csv_field,
-        go_decode,
-        go_format_float,
-        go_unmarshal_object,
-        json_compact,
-        json_indent,
-        json_string,
-        media_files,
-        media_hash,
-        parse_bound,
-        parse_timestamp,
-        reference_export,
-        reference_export_with_warnings,
-    )
-except ImportError:  # tests/ laid out as a package
-    from .archives import GOLDEN_DIR, Blob, load_golden, make_archive
-    from .reference import (
-        ZERO_TIME,
-        ReferenceBadValue,
-        csv_field,
-        go_decode,
-        go_format_float,
-        go_unmarshal_object,
-        json_compact,
-        json_indent,
-        json_string,
-        media_files,
-        media_hash,
-        parse_bound,
-        parse_timestamp,
-        reference_export,
-        reference_export_with_warnings,
-    )
+from archives import GOLDEN_DIR, Blob, load_golden, make_archive
+from reference import (
+    ZERO_TIME,
+    ReferenceBadValue,
+    csv_field,
+    go_decode,
+    go_format_float,
+    go_unmarshal_object,
+    json_compact,
+    json_indent,
+    json_string,
+    media_files,
+    media_hash,
+    parse_bound,
+    parse_timestamp,
+    reference_export,
+    reference_export_with_warnings,
+)
 
 GOLDEN_CASES = [
     ("posts.json", "json", {}),

@@ -27,6 +27,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStri
 from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
 from cpython.exc cimport PyErr_Occurred, PyErr_CheckSignals
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
 
 import math
 import os
@@ -124,17 +126,3 @@ def rename_noreplace(src, dst):
     raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
                   os.fsdecode(dst))
 
-
-cdef extern from "<malloc.h>" nogil:
-    int mallopt(int param, int value)
-    int M_MMAP_THRESHOLD
-
-
-def fix_mmap_threshold(int nbytes=256 * 1024):
-    """Fix glibc's mmap threshold (the `skyexport` command calls this; the library does
-    not touch the process's allocator).  By default glibc raises the threshold after the
-    first large block is freed, and from then on the 1 MiB blocks the writer hands to its
-    thread come from the heap, whose high-water mark then stays in RSS: about 1 MB more
-    for a 1M-post export than for a 10k one.  Blocks above `nbytes` are mapped and
-    returned at once instead.  Returns mallopt's status (1 = done)."""
-    return mallopt(M_MMAP_THRESHOLD, nbytes)

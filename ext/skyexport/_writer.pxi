@@ -179,8 +179,9 @@ cdef class Writer:
     """Encodes rows of the export SELECT into one data file's bytes (json, jsonl or csv).
 
     Each row is encoded the moment it is read and nothing of it is kept, so memory is the
-    output buffer plus one row plus whatever the sink holds.  The buffer is passed to
-    `sink(bytes)` whenever it passes `flush_size`.
+    output buffer plus one row plus whatever the sink holds.  Whenever the buffer passes
+    `flush_size`, `sink(view)` gets a read-only memoryview of it, valid only during the
+    call: a sink copies what it keeps.
 
     Bad values go to `on_bad(uri, column, value)`: raising stops the export; returning
     means "keep" (the stored text is written as a JSON string / verbatim CSV field).
@@ -335,7 +336,9 @@ cdef class Writer:
         if self.buf.len == 0:
             return 0
         with gil:
-            self.sink(PyBytes_FromStringAndSize(self.buf.data, self.buf.len))
+            # A view of our own buffer: the sink copies what it keeps (FileSink into a
+            # pooled buffer), so no block is allocated per flush.
+            self.sink(PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ))
         self.bytes_written += self.buf.len
         self.buf.len = 0
         # After a giant row, hand the memory back.

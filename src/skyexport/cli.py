@@ -275,9 +275,6 @@ def run() -> None:
     """The `skyexport` command: main(), then exit at once.  By then every file is closed
     and fsync'd and every thread joined; skipping the interpreter's orderly teardown saves
     a tenth of a small export's time (SC-006)."""
-    from ._core import fix_mmap_threshold
-
-    fix_mmap_threshold()  # flat RSS: see its docstring
     code = main()
     try:
         sys.stdout.flush()
