@@ -249,36 +249,44 @@ cdef class Writer:
 
     # --- the batch loops ----------------------------------------------------------------
 
+    cdef long long batch_end(self, Py_ssize_t max_bytes) except -1:
+        """Where a batch that may produce `max_bytes` bytes ends; refuses a finished
+        writer."""
+        if self.finished:
+            raise RuntimeError("writer already finished")
+        return self.bytes_written + self.buf.len + max_bytes
+
+    cdef int row_encoded(self, long long stop) except -1 nogil:
+        """Encode the row in `self.row`, count it, flush a full buffer.  1 when the batch
+        has reached `stop` bytes (the caller ends the batch), else 0."""
+        self.encode_row()
+        self.rows += 1
+        if self.buf.len >= self.flush_size:
+            self.flush()
+        return self.bytes_written + self.buf.len >= stop
+
     def encode_stmt(self, Statement stmt, Py_ssize_t max_rows, Py_ssize_t max_bytes):
         """The fast path: step `stmt` for up to `max_rows` rows, stopping early once this
         batch has produced `max_bytes` bytes.  Runs without the GIL except for sink calls
         and rare values.  Returns the rows encoded; sets `exhausted` at the end."""
-        if self.finished:
-            raise RuntimeError("writer already finished")
+        cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
-        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
         with nogil:
             while done < max_rows:
                 if stmt.step() == 0:
                     self.exhausted = True
                     break
                 self.fill_from_stmt(stmt.stmt)
-                self.encode_row()
                 done += 1
-                self.rows += 1
-                if self.buf.len >= self.flush_size:
-                    self.flush()
-                if self.bytes_written + self.buf.len >= stop:
+                if self.row_encoded(stop):
                     break
         return done
 
     def encode_pipe(self, RowPipe pipe, Py_ssize_t max_rows, Py_ssize_t max_bytes):
         """Like encode_stmt, with the statement stepped on the pipe's own thread (the
         default: SQLite and the encoder each get a core)."""
-        if self.finished:
-            raise RuntimeError("writer already finished")
+        cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
-        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
         cdef Cell* r
         with nogil:
             while done < max_rows:
@@ -287,22 +295,16 @@ cdef class Writer:
                     self.exhausted = True
                     break
                 memcpy(&self.row[0], r, N_COLUMNS * sizeof(Cell))
-                self.encode_row()
                 done += 1
-                self.rows += 1
-                if self.buf.len >= self.flush_size:
-                    self.flush()
-                if self.bytes_written + self.buf.len >= stop:
+                if self.row_encoded(stop):
                     break
         return done
 
     def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
         """Like encode_stmt, for rows from an iterator of 17-tuples (an APSW cursor on the
         same SELECT, or test data)."""
-        if self.finished:
-            raise RuntimeError("writer already finished")
+        cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
-        cdef long long stop = self.bytes_written + self.buf.len + max_bytes
         it = iter(rows)
         while done < max_rows:
             row = next(it, None)
@@ -310,13 +312,8 @@ cdef class Writer:
                 self.exhausted = True
                 break
             keep = self.fill_from_tuple(row)   # holds any converted values alive
-            self.encode_row()
-            del keep
             done += 1
-            self.rows += 1
-            if self.buf.len >= self.flush_size:
-                self.flush()
-            if self.bytes_written + self.buf.len >= stop:
+            if self.row_encoded(stop):
                 break
         return done
 

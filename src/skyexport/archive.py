@@ -64,6 +64,8 @@ def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
         time.sleep(min(0.02, left))
         return True
     return handler
+
+
 # has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
 HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
                    "WHEN 'real' THEN has_media <> 0 WHEN 'null' THEN 0 "
@@ -280,8 +282,7 @@ class Archive:
         truth rules as the writer core), counted in the snapshot."""
         if not self.has_media_table:
             return 0
-        posts = count_sql.replace("SELECT count(*) FROM posts", "SELECT uri FROM posts", 1)
-        posts += (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
+        posts = _with_media(count_sql, "uri")
         return self.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})", args)
 
     def media_rows(self, count_sql: str, args: Sequence[object]
@@ -295,13 +296,19 @@ class Archive:
         media row and sorts the matches once (in a temporary file: temp_store=FILE)."""
         if not self.has_media_table:
             return iter(())
-        posts = count_sql.replace("SELECT count(*) FROM posts",
-                                  "SELECT uri, created_at FROM posts", 1)
-        posts += (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
+        posts = _with_media(count_sql, "uri, created_at")
         return self.conn.execute(
             "SELECT CAST(m.post_uri AS BLOB), CAST(m.hash AS BLOB), CAST(m.file_path AS BLOB) "
             f"FROM ({posts}) AS p JOIN media AS m ON m.post_uri = p.uri "
             "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", args)
+
+
+def _with_media(count_sql: str, columns: str) -> str:
+    """The export's `SELECT count(*) FROM posts WHERE ...` turned into a SELECT of
+    `columns` of those posts whose has_media is true."""
+    posts = count_sql.replace("SELECT count(*) FROM posts", f"SELECT {columns} FROM posts", 1)
+    # HAS_MEDIA_TRUE is looked up at call time (tests replace it to make SQL disagree).
+    return posts + (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
 
 
 def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:
