@@ -125,3 +125,42 @@ def test_other_row_sources_match_reference(source: str, fmt: str, rows: list[dic
 
 def test_data_file_names() -> None:
     assert DATA_FILES == {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
+
+
+def _deep(depth: int, where: str) -> bytes:
+    """embed_data with image hashes beside (or around) `depth` levels of nesting in all."""
+    if where == "beside":       # an unrelated key holds the nesting
+        inner = b"[" * (depth - 1) + b"1" + b"]" * (depth - 1)
+        return (b'{"images":[{"fullsize":"https://c/x/deep1@jpeg"}],"n":1e30,"d":' + inner
+                + b',"external":{"thumb":"https://c/x/th2@jpeg"}}')
+    if where == "inside":       # the nesting is inside an image, next to its fullsize
+        inner = b'{"a":' * (depth - 4) + b'"\\"]}\\\\' + b'"' + b"}" * (depth - 4)
+        return (b'{"media":{"images":[{"fullsize":"a/m1","alt":' + inner + b'}]},'
+                b'"images":[{"fullsize":"a/i1"}]}')
+    # the nesting is the fullsize itself: not a string, so no hash from it
+    inner = b"[" * (depth - 3) + b"]" * (depth - 3)
+    return b'{"images":[{"fullsize":' + inner + b'},{"fullsize":"a/i2@png"}]}'
+
+
+@pytest.mark.parametrize("depth", [998, 999, 1000, 9999, 10000, 10001])
+@pytest.mark.parametrize("where", ["beside", "inside", "fullsize"])
+def test_media_files_at_any_depth_match_reference(tmp_path: Path, depth: int,
+                                                  where: str) -> None:
+    # Issue 13.1: MediaFiles went empty from 999 levels (a RecursionError read as "no
+    # hashes"); Go, and the reference, read up to 10,000 levels and fail beyond.
+    rows = [{"uri": "at://did:plc:d/app.bsky.feed.post/1", "has_media": 1,
+             "embed_data": _deep(depth, where)}]
+    fast, ref = run_both(tmp_path, rows, "csv", on_bad_value="keep")
+    assert fast == ref
+    field = fast[1].split(b"\n")[1].split(b",")[12]
+    expected = {"beside": b"deep1;th2", "inside": b"i1;m1", "fullsize": b"i2"}[where]
+    assert field == (expected if depth <= 10000 else b""), field
+
+
+def test_media_files_deep_with_an_out_of_range_number(tmp_path: Path) -> None:
+    # Go fails on a number beyond float64 anywhere, however deep: no hashes.
+    deep = b"[" * 2000 + b"1e400" + b"]" * 2000
+    rows = [{"uri": "at://did:plc:d/app.bsky.feed.post/1", "has_media": 1,
+             "embed_data": b'{"images":[{"fullsize":"a/x"}],"d":' + deep + b"}"}]
+    fast, ref = run_both(tmp_path, rows, "csv")
+    assert fast == ref and fast[1].split(b"\n")[1].split(b",")[12] == b""

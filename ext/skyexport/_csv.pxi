@@ -148,6 +148,122 @@ cdef object _load_embed_decoder():
     return _embed_decoder
 
 
+# Containers opened this deep or deeper cannot hold a field MediaFiles reads (the deepest,
+# media.images[i].fullsize, is a value inside four containers): only whether they are a
+# string matters, and they are not.  Embeds nested at least PRUNE_FROM deep are decoded with
+# every such container replaced by `null`, so no decoder recurses deeper than that, however
+# deep the value (Go reads up to JSON_MAX_DEPTH levels; Python's decoders stop near 1000).
+DEF MEDIA_FIELDS_DEPTH = 4
+DEF PRUNE_FROM = 64
+
+
+cdef bint _number_overflows(const unsigned char* s, Py_ssize_t n):
+    """Some number outside a string is beyond float64's range (Go's Unmarshal fails on it).
+    Exact: each number with an exponent or 309+ digits is parsed."""
+    cdef Py_ssize_t i = 0, start
+    cdef bint in_string = False, suspect
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if in_string:
+            if c == b'\\':
+                i += 1
+            elif c == b'"':
+                in_string = False
+            i += 1
+        elif c == b'"':
+            in_string = True
+            i += 1
+        elif c == b'-' or is_digit(c):
+            start = i
+            suspect = False
+            while i < n and (is_digit(s[i]) or s[i] == b'+' or s[i] == b'-'
+                             or s[i] == b'.' or s[i] == b'e' or s[i] == b'E'):
+                if s[i] == b'e' or s[i] == b'E':
+                    suspect = True
+                i += 1
+            if suspect or i - start >= 309:
+                v = float(PyBytes_FromStringAndSize(<const char*>s + start, i - start))
+                if v - v != 0.0:
+                    return True
+        else:
+            i += 1
+    return False
+
+
+cdef object _prune_deep(bytes raw):
+    """`raw` (valid JSON) with every container that opens inside MEDIA_FIELDS_DEPTH others
+    replaced by `null`, or None when it nests less than PRUNE_FROM deep (nothing to do)."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i, start
+    cdef int depth = 0, deepest = 0, skip
+    cdef bint in_string = False
+    cdef unsigned char c
+    for i in range(n):
+        if in_string:
+            if s[i] == b'"':
+                # A quote ends the string unless an odd run of backslashes precedes it.
+                start = i
+                while start > 0 and s[start - 1] == b'\\':
+                    start -= 1
+                if (i - start) % 2 == 0:
+                    in_string = False
+        elif s[i] == b'"':
+            in_string = True
+        elif s[i] == b'{' or s[i] == b'[':
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif s[i] == b'}' or s[i] == b']':
+            depth -= 1
+    if deepest < PRUNE_FROM:
+        return None
+    cdef OutBuf b
+    ob_init(&b, 4096)
+    try:
+        i = 0
+        depth = 0
+        in_string = False
+        start = 0   # the first byte not yet copied
+        while i < n:
+            c = s[i]
+            if in_string:
+                if c == b'\\':
+                    i += 1
+                elif c == b'"':
+                    in_string = False
+            elif c == b'"':
+                in_string = True
+            elif c == b'{' or c == b'[':
+                if depth < MEDIA_FIELDS_DEPTH:
+                    depth += 1
+                else:
+                    ob_write(&b, <const char*>s + start, i - start)
+                    ob_write(&b, b"null", 4)
+                    skip = 1
+                    i += 1
+                    while skip:   # to the matching close, strings skipped whole
+                        c = s[i]
+                        if c == b'"':
+                            i += 1
+                            while s[i] != b'"':
+                                i += 2 if s[i] == b'\\' else 1
+                        elif c == b'{' or c == b'[':
+                            skip += 1
+                        elif c == b'}' or c == b']':
+                            skip -= 1
+                        i += 1
+                    start = i
+                    continue
+            elif c == b'}' or c == b']':
+                depth -= 1
+            i += 1
+        ob_write(&b, <const char*>s + start, n - start)
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
 cdef object _decode_embed(bytes raw):
     """embed_data as Go's json.Unmarshal into a map would read it - as a _Embed struct
     where the shape is the usual one, else as plain dicts and lists - or None where Go
@@ -157,6 +273,13 @@ cdef object _decode_embed(bytes raw):
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
     if ob_raw_json(NULL, p, n, 0, False):
         return None
+    pruned = _prune_deep(raw)
+    if pruned is not None:
+        if may_overflow(p, n) and _number_overflows(p, n):
+            return None       # a number Go cannot read, perhaps in a pruned part
+        raw = <bytes>pruned
+        p = <const unsigned char*>PyBytes_AS_STRING(raw)
+        n = PyBytes_GET_SIZE(raw)
     raw = go_sanitize_utf8(raw)
     decoder = _embed_decoder if _embed_decoder is not None else _load_embed_decoder()
     if not may_overflow(p, n):
