@@ -415,12 +415,40 @@ def test_failure_leaves_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_stale_temporary_file_is_replaced(tmp_path: Path) -> None:
+def test_files_it_did_not_create_are_left_alone(tmp_path: Path) -> None:
+    # The user's own `a.db.tmp` (the name an earlier version used) is not a leftover to
+    # delete, and an existing media directory is not written into.
     path = tmp_path / "a.db"
-    Path(str(path) + ".tmp").write_bytes(b"half an archive")
+    Path(str(path) + ".tmp").write_bytes(b"the user's file")
     synth.build_archive(path, 20)
     assert rows(connect(path), "SELECT count(*) FROM posts") == [(20,)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.db", "a.db.tmp"]
+    assert Path(str(path) + ".tmp").read_bytes() == b"the user's file"
+    media = tmp_path / "m" / "media"
+    media.mkdir(parents=True)
+    (media / "keep.jpg").write_bytes(b"mine")
+    with pytest.raises(FileExistsError):
+        synth.build_archive(tmp_path / "m" / "b.db", 20, media=True)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["media"]
+    assert [p.name for p in media.iterdir()] == ["keep.jpg"]
+
+
+def test_archive_has_the_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        synth.build_archive(tmp_path / "a.db", 5)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.db").stat().st_mode & 0o777 == 0o644
+
+
+def test_failed_media_build_removes_its_media_dir(tmp_path: Path) -> None:
+    def stop(done: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        synth.build_archive(tmp_path / "a.db", 100, media=True, on_progress=stop)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress(tmp_path: Path) -> None:

@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import bisect
 import datetime as _dt
+import errno
 import json
 import os
 import random
+import shutil
 import sys
 import time
 import zlib
@@ -405,6 +407,7 @@ class _MediaWriter:
         self.rows: list[_Row] = []
         self.files = 0
         self.last: dict[str, bytes] = {}
+        self.created = False  # media_dir made by this build (removed if it fails)
 
     def add(self, cid: str, post_uri: str, mime: str, ext: str, w: int, h: int, alt: str,
             created: str) -> None:
@@ -425,7 +428,7 @@ class _MediaWriter:
             if d not in self.made_dirs:
                 os.makedirs(d, exist_ok=True)
                 self.made_dirs.add(d)
-            with open(os.path.join(d, name), "wb") as f:
+            with open(os.path.join(d, name), "xb") as f:  # in our own new directory
                 f.write(data)
             self.files += 1
             size = len(data)
@@ -687,6 +690,19 @@ def _chunk_order(rng: random.Random, nchunks: int) -> list[int]:
     return order
 
 
+def _exclusive_temp(final: str) -> str:
+    """Create (O_EXCL, the umask's permissions) and return a fresh hidden name beside
+    `final` for the archive under construction."""
+    head, base = os.path.split(final)
+    while True:
+        tmp = os.path.join(head, f".{base}.{os.urandom(4).hex()}.synth-tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
 def build_archive(
     path: str | os.PathLike[str],
     posts: int,
@@ -700,12 +716,14 @@ def build_archive(
 ) -> SynthStats:
     """Write a synthetic bskyarchive archive with `posts` posts at `path`.
 
-    The archive is built under ``path + ".tmp"`` and renamed to `path` only when complete;
-    on failure the temporary file is removed.  An existing `path` is never replaced
-    (`FileExistsError`).  `schema_version` is 2 (with ``quote_count``) or 1.  `dids` accounts
-    own the posts, the first about 90 % of them.  With `media`, image files are written under
-    `media_dir` (default: ``media`` beside the archive) and listed in the ``media`` table with
-    paths relative to the archive's directory (a failed build leaves the files it wrote).
+    The archive is built under a fresh hidden name beside `path` and linked to `path` only
+    when complete; on failure the temporary file is removed.  Nothing synth did not create is
+    ever deleted, replaced or written into: an existing `path` is refused
+    (`FileExistsError`), and so is an existing media directory.  `schema_version` is 2 (with
+    ``quote_count``) or 1.  `dids` accounts own the posts, the first about 90 % of them.
+    With `media`, image files are written into a new directory `media_dir` (default:
+    ``media`` beside the archive) and listed in the ``media`` table with paths relative to the
+    archive's directory; a failed build removes that directory again.
     `on_progress` receives the number of posts written after every chunk.  The same arguments
     always produce the same file.
     """
@@ -719,8 +737,9 @@ def build_archive(
     final = os.fspath(path)
     if os.path.lexists(final):
         raise FileExistsError(f"refusing to overwrite {final}")
-    tmp = final + ".tmp"
     archive_dir = os.path.dirname(os.path.abspath(final))
+    if not os.path.isdir(archive_dir):
+        raise FileNotFoundError(errno.ENOENT, "no such directory", archive_dir)
 
     rng = random.Random(seed)
     writer = None
@@ -734,12 +753,14 @@ def build_archive(
                               "" if rel == "." else rel + "/")
     gen = _Generator(rng, dids, schema_version, writer)
 
-    # A leftover from an interrupted build of this same archive is ours to replace.
-    for leftover in (tmp, tmp + "-journal"):
-        if os.path.lexists(leftover):
-            os.remove(leftover)
-    con = apsw.Connection(tmp)
+    # A name of our own (O_EXCL): a file someone left at `path.tmp` is not ours to delete.
+    tmp = _exclusive_temp(final)
+    con = None
     try:
+        if writer is not None:
+            os.mkdir(writer.media_dir)  # a new directory, or FileExistsError
+            writer.created = True
+        con = apsw.Connection(tmp)
         # Nothing needs to survive a crash half-way (the file is deleted), so journaling and
         # syncing are off while building; locking_mode saves re-checking the lock per chunk.
         # A small page cache is as fast as a big one here (the OS caches the file) and keeps
@@ -790,10 +811,13 @@ def build_archive(
         else:
             os.remove(tmp)
     except BaseException:
-        con.close()  # a no-op if already closed
+        if con is not None:
+            con.close()  # a no-op if already closed
         for leftover in (tmp, tmp + "-journal"):
             if os.path.lexists(leftover):
                 os.remove(leftover)
+        if writer is not None and writer.created:
+            shutil.rmtree(writer.media_dir, ignore_errors=True)  # ours: made just now
         raise
     return SynthStats(final, posts, writer.files if writer is not None else 0,
                       time.perf_counter() - started)
