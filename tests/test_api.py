@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -260,3 +261,55 @@ def test_demo_shows_progress(tmp_path: Path) -> None:
     assert [e["status"] for e in events].count("completed") == 2
     assert any(e["media_total"] > 0 for e in events)
     assert events[-1]["posts_processed"] == 1500
+
+
+def _demo(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skyexport", "demo", "--posts", "500",
+                           "--progress", "none", *argv], capture_output=True, text=True,
+                          check=False, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("layout", ["archive", "file", "symlink"])
+def test_demo_never_replaces_what_is_there(tmp_path: Path, layout: str) -> None:
+    # Issue 8.1: `demo --output DIR` used to delete DIR/data/archive.db (bskyarchive's own
+    # place for the archive) and write a synthetic one over it.
+    target = tmp_path / "home"
+    if layout == "archive":
+        (target / "data").mkdir(parents=True)
+        (target / "data" / "archive.db").write_bytes(b"a year of posts")
+    elif layout == "file":
+        target.write_bytes(b"not a directory")
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        target.symlink_to(tmp_path / "elsewhere")
+    before = sorted((str(p), p.is_symlink() or p.read_bytes() if p.is_file() else None)
+                    for p in tmp_path.rglob("*"))
+    proc = _demo("--output", str(target))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("skyexport: error: demo --output ") and "already exists" in line
+    assert sorted((str(p), p.is_symlink() or p.read_bytes() if p.is_file() else None)
+                  for p in tmp_path.rglob("*")) == before
+
+
+def test_demo_into_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    proc = _demo("--output", str(tmp_path / "d"))
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.splitlines()[-1]).parent == tmp_path / "d" / "exports"
+
+
+def test_demo_removes_its_temporary_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = _demo(env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert proc.stdout.splitlines()[-1].startswith("removed the temporary directory ")
+    assert "warnings: the media files the synthetic archive leaves out on purpose" \
+        in proc.stdout
+    assert "peak memory (RSS), the export's own:" in proc.stdout
+    proc = _demo("--keep", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (kept,) = tmp_path.iterdir()
+    last = Path(proc.stdout.splitlines()[-1])
+    assert last.parent == kept / "exports" and skyexport.verify(last).ok

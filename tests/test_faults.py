@@ -989,6 +989,15 @@ def test_argument_errors(mid_archive: Path, tmp_path: Path, args: list[str]) -> 
     assert not out.exists()
 
 
+def test_output_dash_is_refused_not_created(mid_archive: Path, tmp_path: Path) -> None:
+    # Issue 13.4: `--output -` made a directory named `-` in the current directory.
+    with unchanged(mid_archive):
+        proc = cli("export", mid_archive, "--output", "-", cwd=tmp_path)
+    line = assert_failed(proc, 2, "--output -", "stdout")
+    assert proc.stderr.startswith("usage: skyexport export"), proc.stderr
+    assert list(tmp_path.iterdir()) == [], line
+
+
 # --- 11. security ------------------------------------------------------------------------------
 
 def _tree(root: Path) -> dict[str, str]:

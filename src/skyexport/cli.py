@@ -118,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build a synthetic archive, export it, show numbers")
     d.add_argument("--posts", type=_positive_int, default=50_000, metavar="N")
-    d.add_argument("--output", metavar="DIR", help="where to put the demo (default: a new "
-                   "temporary directory, kept)")
+    d.add_argument("--output", metavar="DIR", help="a new (or empty) directory to put the "
+                   "demo in, kept (default: a temporary directory, removed at the end)")
+    d.add_argument("--keep", action="store_true",
+                   help="keep the temporary directory (its path is the last line)")
     d.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
     return p
 
@@ -150,6 +152,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     from . import export
     from .errors import OptionError
 
+    if args.output == "-":
+        # Not yet a way to write to stdout (issue 10): refuse rather than create `./-`.
+        sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
+        return _fail("--output - (stdout) is not supported yet; give a directory, e.g. "
+                     "--output ./exports", EXIT_USAGE)
     progress = "none" if args.quiet else args.progress
     try:
         result = export(args.archive, args.output, format=args.format, did=args.did,
@@ -197,33 +204,97 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import resource
-    import tempfile
-    from pathlib import Path
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs), so that the next
+    reading is one step's own peak; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
+
+def _peak_rss_mb() -> float:
+    """Peak RSS since the last reset (VmHWM), else since start (getrusage)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _demo_root(output: str | None) -> tuple[str, bool]:
+    """The demo's own directory, and whether it is a temporary one.  demo writes only into a
+    directory it creates (or an empty one it is given): never next to someone's archive."""
+    import tempfile
+    from .errors import OptionError
+
+    if output is None:
+        return tempfile.mkdtemp(prefix="skyexport-demo-"), True
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        os.mkdir(output)
+    except FileExistsError:
+        if not os.path.isdir(output) or os.path.islink(output) or os.listdir(output):
+            raise OptionError(f"demo --output {output}: already exists and is not an empty "
+                              "directory; demo writes only into a new (or empty) directory, "
+                              "so name one that does not exist") from None
+    except OSError as exc:
+        raise OptionError(f"demo --output {output}: cannot create it: "
+                          f"{exc.strerror or exc}") from None
+    return output, False
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .errors import OptionError
+
+    try:
+        root, temporary = _demo_root(args.output)
+    except OptionError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    keep = args.keep or not temporary
+    try:
+        last = _demo(root, args)
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    out = sys.stdout
+    if keep:
+        out.write(f"{last}\n")
+    else:
+        out.write(f"removed the temporary directory {root} (--keep keeps it)\n")
+    return EXIT_OK
+
+
+def _demo(root: str, args: argparse.Namespace) -> str:
     from . import export
     from .synth import build_archive
 
-    root = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="skyexport-demo-"))
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / "data" / "archive.db"
-    archive.parent.mkdir(exist_ok=True)
+    data = os.path.join(root, "data")
+    os.mkdir(data)
+    archive = os.path.join(data, "archive.db")
     out = sys.stdout
     out.write(f"building a synthetic archive of {args.posts} posts with media in {root} ...\n")
     out.flush()
-    if archive.exists():
-        archive.unlink()
     stats = build_archive(archive, args.posts, seed=1, media=True)
     out.write(f"  {stats.posts} posts, {stats.media_files} media files, "
-              f"{archive.stat().st_size / 1e6:.1f} MB in {stats.seconds:.1f} s\n")
-    last = None
+              f"{os.path.getsize(archive) / 1e6:.1f} MB in {stats.seconds:.1f} s\n")
+    last = ""
     for fmt in ("json", "csv"):
-        out.write(f"exporting as {fmt} ...\n")
+        out.write(f"exporting as {fmt}{' with media' if fmt == 'json' else ''} ...\n")
         out.flush()
+        own_peak = _reset_peak_rss()
         t0 = time.perf_counter()
-        result = export(archive, root / "exports", format=fmt, media=fmt == "json",
-                        media_root=archive.parent, on_progress=_reporter(args.progress))
+        result = export(archive, os.path.join(root, "exports"), format=fmt,
+                        media=fmt == "json", media_root=data,
+                        on_progress=_reporter(args.progress))
         secs = time.perf_counter() - t0
         m = result.manifest
         out.write(f"  {result.post_count} posts -> {result.data_file} "
@@ -231,11 +302,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"  {result.post_count / secs:,.0f} posts/s, "
                   f"{result.bytes_written / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
                   f"  manifest: {m['post_count']} posts, {m['media_count']} media files, "
-                  f"sha256 {result.sha256[:16]}..., {m['warnings_total']} warnings\n")
-        last = result.directory
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out.write(f"peak memory (RSS) of this process: {peak:.0f} MB\n{last}\n")
-    return EXIT_OK
+                  f"sha256 {result.sha256[:16]}...\n")
+        if m["warnings_total"]:
+            out.write(f"  {m['warnings_total']} warnings: the media files the synthetic "
+                      "archive leaves out on purpose (about 1 %), as a real archive's failed "
+                      "downloads\n")
+        peak = "the export's own" if own_peak else "this process's (archive build included)"
+        out.write(f"  peak memory (RSS), {peak}: {_peak_rss_mb():.0f} MB\n")
+        last = str(result.directory)
+    return last
 
 
 def main(argv: Sequence[str] | None = None) -> int:
