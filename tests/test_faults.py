@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import errno
 import fcntl
 import hashlib
 import io
@@ -381,6 +380,25 @@ def test_disk_full_while_copying_media(tmp_path: Path, small_fs: Path) -> None:
         proc = cli("export", archive, "-o", out, "--media", "--media-root", root)
     line = assert_failed(proc, 1, "disk is full", str(out))
     assert "/media" in line and "posts.json" not in line, line
+    assert_nothing_left(out)
+
+
+def test_disk_full_while_listing_media(tmp_path: Path, small_fs: Path) -> None:
+    # Issue 8.12: many small media files fill the disk; the list file's buffered lines,
+    # flushed again on the way out, replaced the disk-full line with "unexpected OSError".
+    root = tmp_path / "arc"
+    rows, media = [], []
+    for i in range(700):
+        name = f"m/{i:04d}-" + "n" * 180 + ".jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(os.urandom(4096))
+        rows.append(_post(i, has_media=1))
+        media.append({"post_uri": rows[-1]["uri"], "file_path": name})
+    archive = make_archive(root / "archive.db", rows, media_rows=media)
+    out = small_fs / "exports"
+    with unchanged(archive):
+        proc = cli("export", archive, "-o", out, "--media", "--media-root", root)
+    assert_failed(proc, 1, "disk is full", str(out))
     assert_nothing_left(out)
 
 
@@ -1049,28 +1067,33 @@ def test_media_paths_cannot_escape(tmp_path: Path) -> None:
     assert manifest["post_count"] == len(paths)
 
 
-def test_link_or_copy_never_follows_a_symlink(tmp_path: Path, monkeypatch:
-                                              pytest.MonkeyPatch) -> None:
+def test_placing_never_follows_a_symlink(tmp_path: Path) -> None:
     from skyexport import media as media_mod
 
     src = tmp_path / "src.jpg"
     src.write_bytes(b"new content")
     target = tmp_path / "target.txt"
     target.write_bytes(b"precious")
-    for dangling in (False, True):
-        dst = tmp_path / f"dst-{dangling}.jpg"
-        dst.symlink_to(tmp_path / "nowhere" if dangling else target)
-        with pytest.raises(FileExistsError):
-            media_mod._link_or_copy(src, dst)            # hard link path
-        with monkeypatch.context() as m:
-            def no_link(*a: object, **k: object) -> None:
-                raise OSError(errno.EXDEV, "cross-device link")
-            m.setattr(media_mod.os, "link", no_link)
-            with pytest.raises(FileExistsError):
-                media_mod._link_or_copy(src, dst)        # byte copy path
-        assert dst.is_symlink()
-        assert target.read_bytes() == b"precious"
-        assert not (tmp_path / "nowhere").exists()
+    for link in media_mod.LINK_MODES:
+        export_dir = tmp_path / f"export-{link}"
+        export_dir.mkdir()
+        copier = media_mod.MediaCopier(export_dir / "media", [tmp_path], export_dir / "sums",
+                                       link=link)
+        try:
+            for dangling in (False, True):
+                dst = export_dir / "media" / f"dst-{dangling}.jpg"
+                dst.symlink_to(tmp_path / "nowhere" if dangling else target)
+                fd = os.open(src, os.O_RDONLY)
+                try:
+                    with pytest.raises(FileExistsError):
+                        copier._write(fd, os.fstat(fd), str(src), str(dst))
+                finally:
+                    os.close(fd)
+                assert dst.is_symlink()
+                assert target.read_bytes() == b"precious"
+                assert not (tmp_path / "nowhere").exists()
+        finally:
+            copier.close()
 
     # Through the copier: a symlink planted at media/<name> is left alone.
     export_dir = tmp_path / "export"

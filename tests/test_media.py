@@ -61,7 +61,7 @@ def media_files(export_dir: Path) -> dict[str, bytes]:
 def sums(export_dir: Path) -> dict[str, str]:
     out = {}
     for line in (export_dir / "media.sha256").read_bytes().decode(
-            "utf-8", "surrogateescape").splitlines():
+            "utf-8", "surrogateescape").split("\n")[:-1]:
         digest, _, name = line.partition("  ")
         out[name] = digest
     return out
@@ -107,9 +107,23 @@ def test_copies_media_of_exported_posts(tmp_path: Path, elsewhere: Path) -> None
     m = result.manifest
     assert m["media_count"] == 3 and m["files"] == ["posts.json", "media/ (3 files)"]
     assert events[-1].media_copied == events[-1].media_total == 3
-    # Same filesystem: hard links, no bytes copied; the sources are untouched.
-    assert os.path.samefile(result.directory / "media" / "bafkreia.jpg", a)
-    assert a.read_bytes() == b"\xff\xd8 image a"
+    # Independent copies (issue 8.5): editing or chmod-ing the export's file leaves the
+    # archive's alone.
+    exported = result.directory / "media" / "bafkreia.jpg"
+    assert not os.path.samefile(exported, a)
+    mode = a.stat().st_mode
+    exported.chmod(0o600 if mode & 0o777 != 0o600 else 0o644)
+    exported.write_bytes(b"EXIF stripped")
+    assert a.read_bytes() == b"\xff\xd8 image a" and a.stat().st_mode == mode
+
+
+def test_hardlink_on_request(tmp_path: Path, elsewhere: Path) -> None:
+    a = put(tmp_path / "data" / "media" / "a.jpg", b"\xff\xd8 a")
+    arc = build(tmp_path, [{}], [(0, "media/a.jpg")])
+    result = run(arc, tmp_path / "out", media_link="hardlink")
+    assert os.path.samefile(result.directory / "media" / "a.jpg", a)
+    with pytest.raises(skyexport.OptionError, match="media_link"):
+        skyexport.export(arc, tmp_path / "out", media=True, media_link="symlink")  # type: ignore[arg-type]
 
 
 def test_copies_when_links_are_impossible(tmp_path: Path, elsewhere: Path,
@@ -121,7 +135,7 @@ def test_copies_when_links_are_impossible(tmp_path: Path, elsewhere: Path,
 
     monkeypatch.setattr(media_mod.os, "link", no_link)
     arc = build(tmp_path, [{}], [(0, "media/x.jpg")])
-    result = run(arc, tmp_path / "out")
+    result = run(arc, tmp_path / "out", media_link="hardlink")
     dst = result.directory / "media" / "x.jpg"
     assert dst.read_bytes() == src.read_bytes()
     assert not os.path.samefile(dst, src)
@@ -226,23 +240,23 @@ def test_missing_and_unusable_files_are_warnings(tmp_path: Path, elsewhere: Path
 
 def test_unreadable_file_is_a_warning(tmp_path: Path, elsewhere: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A file that can be linked but not read (root can read anything, so reading is made
-    to fail): not placed, not listed, a warning."""
+    """A file that cannot be opened (root can read anything, so opening it is made to
+    fail): not placed, not listed, a warning."""
     put(tmp_path / "data" / "media" / "secret.jpg", b"secret")
     put(tmp_path / "data" / "media" / "fine.jpg", b"fine")
-    real = media_mod._sha256_file
+    real = os.open
 
-    def deny(path: Path) -> str:
-        if Path(path).name == "secret.jpg":
+    def deny(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).endswith("secret.jpg"):
             raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(media_mod, "_sha256_file", deny)
+    monkeypatch.setattr(media_mod.os, "open", deny)
     arc = build(tmp_path, [{}, {}], [(0, "media/secret.jpg"), (1, "media/fine.jpg")])
     result = run(arc, tmp_path / "out")
     assert media_files(result.directory) == {"fine.jpg": b"fine"}
     assert result.warnings_total == 1
-    assert "could not be copied: Permission denied" in result.warnings[0].message
+    assert "could not be opened: Permission denied" in result.warnings[0].message
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
@@ -259,10 +273,10 @@ def test_disk_full_while_copying_fails_the_export(tmp_path: Path, elsewhere: Pat
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     put(tmp_path / "data" / "media" / "a.jpg", b"a")
 
-    def full(src: Path, dst: Path) -> None:
+    def full(self: object, fd: int, st: object, src: str, dst: str) -> str:
         raise OSError(28, "No space left on device", str(dst))
 
-    monkeypatch.setattr(media_mod, "_link_or_copy", full)
+    monkeypatch.setattr(media_mod.MediaCopier, "_write", full)
     arc = build(tmp_path, [{}], [(0, "media/a.jpg")])
     with pytest.raises(skyexport.OutputError, match="disk is full"):
         skyexport.export(arc, tmp_path / "out", media=True)

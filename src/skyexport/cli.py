@@ -90,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(a bare date includes the whole day, UTC)")
     e.add_argument("--media", action="store_true", help="copy the posts' media files")
     e.add_argument("--media-root", metavar="DIR", help="resolve relative media paths "
-                   "against DIR first (default: the current directory)")
+                   "against DIR first (default: the current directory), then the archive's "
+                   "directory and its parent; files outside these are skipped")
+    e.add_argument("--media-any-path", action="store_true",
+                   help="also copy media files that resolve outside those roots (an "
+                        "archive's paths are untrusted: only for archives you made)")
+    e.add_argument("--media-link", choices=("copy", "hardlink"), default="copy",
+                   help="copy: independent copies, reflinked where the file system can "
+                        "(default); hardlink: no space used, but the export's files ARE the "
+                        "archive's (editing one changes the other)")
     e.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
                    help="posts per batch (default 1000)")
     e.add_argument("--on-bad-value", choices=("error", "keep"), default="error",
@@ -161,7 +169,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         result = export(args.archive, args.output, format=args.format, did=args.did,
                         since=args.since, until=args.until, media=args.media,
-                        media_root=args.media_root, batch_size=args.batch_size,
+                        media_root=args.media_root, media_any_path=args.media_any_path,
+                        media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
                         csv_formula_guard=args.csv_formula_guard)
     except OptionError as exc:
@@ -232,6 +241,7 @@ def _demo_root(output: str | None) -> tuple[str, bool]:
     """The demo's own directory, and whether it is a temporary one.  demo writes only into a
     directory it creates (or an empty one it is given): never next to someone's archive."""
     import tempfile
+
     from .errors import OptionError
 
     if output is None:

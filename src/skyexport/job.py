@@ -114,6 +114,8 @@ def export(
     until: str | None = None,
     media: bool = False,
     media_root: str | os.PathLike[str] | None = None,
+    media_any_path: bool = False,
+    media_link: Literal["copy", "hardlink"] = "copy",
     batch_size: int = DEFAULT_BATCH,
     on_bad_value: Literal["error", "keep"] = "error",
     on_progress: Callable[[ExportProgress], object] | None = None,
@@ -124,7 +126,9 @@ def export(
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339) select posts; `media=True` copies the
     posts' media files into `media/` (relative paths resolve against `media_root`, default
-    the current directory, then the archive's directory and its parent); `on_bad_value`
+    the current directory, then the archive's directory and its parent; a file that does
+    not resolve under one of those is skipped with a warning unless `media_any_path`;
+    `media_link="hardlink"` links instead of copying); `on_bad_value`
     is "error" (stop) or "keep" (export as text, listed in the warnings).
     `csv_formula_guard` prefixes `'` to CSV text fields that a spreadsheet would run as a
     formula (off by default: the default output is byte-exact with bskyarchive).
@@ -174,13 +178,16 @@ def export(
     lo, hi = bounds
     if lo is not None and hi is not None and lo > hi:
         raise OptionError(f"--since {since} is after --until {until}")
+    if media_link not in ("copy", "hardlink"):
+        raise OptionError(f"media_link must be 'copy' or 'hardlink', not {media_link!r}")
     if media and media_root is not None and not os.path.isdir(media_root):
         raise OptionError(f"--media-root {os.fspath(media_root)} is not a directory")
     with Archive(archive) as arc:
         out, created = _prepare_output(Path(output))
         job = _Job(arc, out, format, did, lo, hi, since, until, media,
                    Path(media_root) if media_root is not None else None, batch_size,
-                   on_bad_value, on_progress, csv_formula_guard)
+                   on_bad_value, on_progress, csv_formula_guard,
+                   media_any_path=media_any_path, media_link=media_link)
         try:
             return job.run()
         except BaseException:
@@ -195,12 +202,14 @@ class _Job:
                  since: str | None, until: str | None, media: bool,
                  media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
-                 formula_guard: bool) -> None:
+                 formula_guard: bool, *, media_any_path: bool = False,
+                 media_link: str = "copy") -> None:
         self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
         self.lo, self.hi, self.since, self.until = lo, hi, since, until
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
+        self.media_any_path, self.media_link = media_any_path, media_link
         self.start = time.monotonic()
         self.phase = "queued"  # "running" once the totals are counted
         self.posts_total = self.media_total = 0
@@ -361,7 +370,8 @@ class _Job:
             roots = [self.media_root or Path.cwd(), home, home.parent]
             from .media import MediaCopier, MediaStream  # only with --media
 
-            self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS)
+            self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS,
+                                      any_path=self.media_any_path, link=self.media_link)
             if arc.has_media_table:
                 try:
                     self.media_stream = MediaStream(arc.media_rows(*self.selection))

@@ -2,23 +2,37 @@
 
 Streamed per batch: the writer core hands over the URIs of the batch's posts with
 `has_media`; their `media` rows are read in the export's snapshot and each file is placed
-at `media/<basename>`.  Nothing is remembered across batches: a file already present at
-its destination with the same content is the same file (bskyarchive names media by
-content hash), so duplicates are found on disk, not in a map.
+at `media/<basename>`.  Nothing is remembered across batches but a bounded cache of the
+digests of files already placed: a file already present at its destination with the same
+content is the same file (bskyarchive names media by content hash).
 
-Where the source is found (FORMAT.md): an absolute `file_path` as it is; a relative one
-against each root in turn (`--media-root`, default the current directory, then the
-archive's directory and its parent).  A path written with `\\` separators (an archive
-made on Windows) is also tried with `/`.  Only regular files are copied: a missing file,
-a directory, a FIFO or an unreadable file is a warning, never a failure and never a hang.
+An archive's `file_path` values are untrusted input (an archive can come from anyone):
+
+* Where the source is looked for (FORMAT.md): an absolute `file_path` as it is; a relative
+  one against each root in turn (`--media-root`, default the current directory, then the
+  archive's directory and its parent).  A path written with `\\` separators (an archive
+  made on Windows) is also tried with `/`.
+* Confinement: a source is used only if it resolves (symlinks included) to a path under
+  one of those roots; anything else - `/etc/shadow`, `../../../etc/passwd`, a symlink out
+  of the archive - is skipped with a warning, unless `any_path` (`--media-any-path`).
+* Only regular files on real file systems: each source is opened once, with O_NOFOLLOW
+  (on its resolved path) and O_NONBLOCK (a FIFO never hangs), and `fstat`ed; a directory,
+  device, FIFO, socket, or a file on a pseudo file system (/proc, /sys, ...) is skipped with
+  a warning.  Its bytes are copied and hashed from that one descriptor, never more than the
+  size `fstat` gave; a file that shrinks meanwhile is a warning and is not exported.
+* Copies, not aliases: by default `media/` gets an independent copy - a reflink (FICLONE)
+  where the file system shares blocks copy-on-write, else a byte copy - so editing an
+  exported file never changes the archive.  `link="hardlink"` (`--media-link hardlink`)
+  hard-links instead (no space used; the export then *is* the archive's file).
 
 Names: the destination is `media/` + the last component of `file_path` (after the last
-`/` or `\\`).  An empty name, `.`, `..`, or one holding a control character is refused
+`/` or `\\`).  An empty name, `.`, `..`, or one holding an ASCII control character is refused
 (warning), so nothing can be written outside the export directory and `media.sha256`
 stays one line per file.  When two *different* files share a basename, the first one
 placed keeps it and each other gets the first 12 hex digits of its SHA-256 before the
-extension (`photo.jpg` -> `photo-0123456789ab.jpg`), with a warning.  Destinations are
-created with link(2) or O_EXCL, which never follow or replace an existing entry.
+extension (`photo.jpg` -> `photo-0123456789ab.jpg`), then the whole digest if that is taken
+too, with a warning: every media row is either exported or warned about.  Destinations are
+created with O_EXCL or link(2), which never follow or replace an existing entry.
 
 Every file placed gets a line `<sha256>  media/<name>` in `media.sha256` (the format of
 `sha256sum`, so `sha256sum -c media.sha256` works too); the manifest covers that list.
@@ -28,13 +42,12 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
-import shutil
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-
-from .manifest import sha256_file
 
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
 # tens of thousands of names in the interpreter's interned-string table per export).
@@ -43,9 +56,24 @@ StrPath = str | os.PathLike
 FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write filesystems)
 MAX_WARNINGS = 1000   # kept word for word; the rest are only counted
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
+CHUNK = 1 << 20       # bytes per read when copying
+SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
+DIGEST_CACHE = 4096   # digests of placed files remembered (others are re-read if needed)
+LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per file
+_OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# File systems whose "files" are views of the kernel or of processes, not stored data.
+PSEUDO_FS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "cgroup",
+    "cgroup2", "pstore", "bpf", "configfs", "fusectl", "efivarfs", "hugetlbfs", "mqueue",
+    "autofs", "binfmt_misc", "rpc_pipefs", "nsfs", "selinuxfs", "smackfs",
+})
+
+
+class _Skip(Exception):
+    """This source cannot be used; the message says why (it becomes a warning)."""
 
 
 class MediaStream:
@@ -84,28 +112,53 @@ class MediaCopier:
     """
 
     def __init__(self, media_dir: StrPath, roots: Iterable[StrPath],
-                 sums_file: StrPath) -> None:
+                 sums_file: StrPath, *, any_path: bool = False, link: str = "copy") -> None:
+        if link not in LINK_MODES:
+            raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, not {link!r}")
         self.media_dir = os.fspath(media_dir)
         self.roots: list[str] = []
         for root in roots:
             r = os.path.abspath(root)
             if r not in self.roots:
                 self.roots.append(r)
+        # Where sources may be: the roots as they really are (symlinks resolved).
+        self._real_roots = [os.path.realpath(r) for r in self.roots]
+        self.any_path = any_path
+        self.link = link
         self.copied = 0       # distinct files now in media/
         self.seen = 0         # media rows handled (copied, already there, or a warning)
         self.warnings: list[tuple[str, str]] = []  # (post uri, message), the first ones
         self.warnings_total = 0
+        self._digests: OrderedDict[str, str] = OrderedDict()  # name in media/ -> sha256
+        self._pseudo_devs: set[int] | None = None
         os.mkdir(self.media_dir)
+        self._sums_fd = os.open(sums_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        self._sums_buf = bytearray()
+
+    # --- the list file ---------------------------------------------------------------
+
+    def _sums_line(self, digest: str, name: str) -> None:
         # Names are str decoded with surrogateescape: write their original bytes back.
-        self._sums = open(  # noqa: SIM115 - open for the copier's whole life
-            sums_file, "w", encoding="utf-8", errors="surrogateescape", newline="\n")
+        self._sums_buf += f"{digest}  media/".encode() + os.fsencode(name) + b"\n"
+        if len(self._sums_buf) >= SUMS_BUFFER:
+            self._flush_sums()
+
+    def _flush_sums(self) -> None:
+        view = memoryview(self._sums_buf)
+        try:
+            while view:
+                view = view[os.write(self._sums_fd, view):]
+        finally:
+            view.release()
+        self._sums_buf.clear()
 
     def finish(self) -> None:
-        """Make media.sha256 and the names in media/ durable (the files themselves are
-        hard links to durable files, or copies that `verify` can check)."""
-        self._sums.flush()
-        os.fsync(self._sums.fileno())
-        self._sums.close()
+        """Make media.sha256 and the files and names in media/ durable."""
+        self._flush_sums()
+        os.fsync(self._sums_fd)
+        os.close(self._sums_fd)
+        self._sums_fd = -1
         fd = os.open(self.media_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -113,39 +166,19 @@ class MediaCopier:
             os.close(fd)
 
     def close(self) -> None:
-        """Release the list file (idempotent; on failure paths nothing is synced)."""
-        if not self._sums.closed:
-            self._sums.close()
+        """Release the list file (idempotent).  On failure paths nothing is written or
+        synced: an error here must never replace the one that failed the export."""
+        if self._sums_fd >= 0:
+            os.close(self._sums_fd)
+            self._sums_fd = -1
+        self._sums_buf.clear()
+
+    # --- rows ------------------------------------------------------------------------
 
     def _warn(self, uri: str, message: str) -> None:
         self.warnings_total += 1
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append((uri, message))
-
-    def _candidates(self, file_path: str) -> list[str]:
-        spellings = [file_path]
-        if "\\" in file_path:
-            spellings.append(file_path.replace("\\", "/"))
-        out: list[str] = []
-        for s in spellings:
-            for c in ([s] if os.path.isabs(s) else
-                      [os.path.join(root, s) for root in self.roots]):
-                if c not in out:
-                    out.append(c)
-        return out
-
-    def _resolve(self, file_path: str) -> tuple[str | None, str]:
-        """(the regular file `file_path` names, "") or (None, why not)."""
-        why = "not found"
-        for c in self._candidates(file_path):
-            try:
-                st = os.stat(c)
-            except (OSError, ValueError):
-                continue
-            if stat.S_ISREG(st.st_mode):
-                return c, ""
-            why = f"not a regular file ({_show(c)})"
-        return None, why
 
     def copy_rows(self, rows: Iterable[tuple[bytes, bytes, bytes]],
                   tick: Callable[[], None] = lambda: None) -> None:
@@ -170,42 +203,192 @@ class MediaCopier:
             self._warn(uri, f"media file_path {_show(file_path)} has no usable file name; "
                             "skipped")
             return
-        src, why = self._resolve(file_path)
-        if src is None:
-            where = "" if os.path.isabs(file_path) else \
-                " (looked in " + ", ".join(_show(r) for r in self.roots) + ")"
-            self._warn(uri, f"media file {_show(file_path)} {why}{where}; skipped")
+        try:
+            fd, st, src = self._open_source(file_path)
+        except _Skip as why:
+            self._warn(uri, f"media file {_show(file_path)} {why}; skipped")
             return
         try:
-            self._place(src, name, uri)
+            self._place(fd, st, src, name, uri)
+        except _Skip as why:
+            self._warn(uri, f"media file {_show(src)} {why}; skipped")
         except OSError as exc:
             if exc.errno in FATAL_ERRNOS:
                 raise
             self._warn(uri, f"media file {_show(src)} could not be copied: "
                             f"{exc.strerror or exc}; skipped")
+        finally:
+            os.close(fd)
 
-    def _place(self, src: str, name: str, uri: str) -> None:
+    # --- finding and opening the source ----------------------------------------------
+
+    def _candidates(self, file_path: str) -> list[str]:
+        spellings = [file_path]
+        if "\\" in file_path:
+            spellings.append(file_path.replace("\\", "/"))
+        out: list[str] = []
+        for s in spellings:
+            for c in ([s] if os.path.isabs(s) else
+                      [os.path.join(root, s) for root in self.roots]):
+                if c not in out:
+                    out.append(c)
+        return out
+
+    def _inside_roots(self, real: str) -> bool:
+        return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep)
+                   for r in self._real_roots)
+
+    def _open_source(self, file_path: str) -> tuple[int, os.stat_result, str]:
+        """(descriptor, its fstat, resolved path) of the regular file `file_path` names,
+        or _Skip saying why there is none."""
+        why = "not found"
+        where = "" if os.path.isabs(file_path) else \
+            " (looked in " + ", ".join(_show(r) for r in self.roots) + ")"
+        for c in self._candidates(file_path):
+            try:
+                real = os.path.realpath(c)
+                os.lstat(real)
+            except (OSError, ValueError):
+                continue
+            if not self.any_path and not self._inside_roots(real):
+                why = (f"resolves to {_show(real)}, outside the lookup roots "
+                       f"({', '.join(_show(r) for r in self.roots)}); --media-root names "
+                       "another root, --media-any-path allows any path")
+                where = ""
+                continue
+            try:
+                fd = os.open(real, _OPEN_SOURCE)
+            except OSError as exc:
+                # ELOOP: the last component became a symlink after realpath (a race).
+                why = f"could not be opened: {exc.strerror or exc}"
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise _Skip(f"is not a regular file ({_show(real)}: {_kind(st)})")
+                if st.st_dev in self._pseudo():
+                    raise _Skip(f"is on a pseudo file system ({_show(real)}), not a "
+                                "stored file")
+                # Reads from here on block normally (O_NONBLOCK only guarded the open).
+                fcntl.fcntl(fd, fcntl.F_SETFL,
+                            fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, st, real
+        raise _Skip(why + where)
+
+    def _pseudo(self) -> set[int]:
+        """Device numbers of the mounted pseudo file systems (from /proc/self/mountinfo)."""
+        if self._pseudo_devs is None:
+            devs: set[int] = set()
+            try:
+                with open("/proc/self/mountinfo", "rb") as f:
+                    for line in f:
+                        left, _, right = line.partition(b" - ")
+                        fields, fstype = left.split(), right.split(b" ", 1)[0]
+                        if len(fields) > 2 and fstype.decode("ascii", "replace") in PSEUDO_FS:
+                            major, _, minor = fields[2].partition(b":")
+                            devs.add(os.makedev(int(major), int(minor)))
+            except (OSError, ValueError):
+                pass
+            # /proc itself, whatever the mount table says (it is unreadable in some jails).
+            for pseudo in ("/proc/self", "/sys/kernel"):
+                try:
+                    devs.add(os.stat(pseudo).st_dev)
+                except OSError:
+                    pass
+            self._pseudo_devs = devs
+        return self._pseudo_devs
+
+    # --- placing ---------------------------------------------------------------------
+
+    def _place(self, fd: int, st: os.stat_result, src: str, name: str, uri: str) -> None:
         dst = os.path.join(self.media_dir, name)
         if os.path.lexists(dst):
-            if _same_content(src, dst):
+            digest = _hash_fd(fd, st.st_size)
+            if self._digest_of(name) == digest:
                 return  # the same file again (two posts, one image)
-            digest = _sha256_file(src)
             stem, dot, ext = name.rpartition(".")
-            tag = digest[:HASH_PREFIX]
-            alt = f"{stem}-{tag}.{ext}" if dot and stem else f"{name}-{tag}"
-            if os.path.lexists(os.path.join(self.media_dir, alt)):
-                return  # this content already got its own name
+            for tag in (digest[:HASH_PREFIX], digest):
+                alt = f"{stem}-{tag}.{ext}" if dot and stem else f"{name}-{tag}"
+                if not os.path.lexists(os.path.join(self.media_dir, alt)):
+                    break
+                if self._digest_of(alt) == digest:
+                    return  # this content already got its own name
+            else:
+                raise _Skip(f"could not be given a name: {_show(name)} and its hash-suffixed "
+                            "alternatives hold other files")
             self._warn(uri, f"media name {_show(name)} is taken by a different file; "
                             f"{_show(src)} saved as {_show(alt)}")
             name, dst = alt, os.path.join(self.media_dir, alt)
-        _link_or_copy(src, dst)
+            os.lseek(fd, 0, os.SEEK_SET)
+        digest = self._write(fd, st, src, dst)
+        self._remember(name, digest)
+        self._sums_line(digest, name)
+        self.copied += 1
+
+    def _write(self, fd: int, st: os.stat_result, src: str, dst: str) -> str:
+        """Make `dst` (new) hold the `st.st_size` bytes of `fd`; their SHA-256."""
+        if self.link == "hardlink":
+            try:
+                return self._hardlink(fd, st, src, dst)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+                # Another file system, or links refused: an independent copy instead.
+        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o666)
         try:
-            digest = _sha256_file(dst)  # reading it back: an unreadable source fails here
+            try:
+                fcntl.ioctl(out, FICLONE, fd)
+            except OSError:
+                digest = _copy_fd(fd, out, st.st_size)
+            else:
+                # Shared blocks: cut to the size fstat gave, hash what the copy holds.
+                os.ftruncate(out, min(st.st_size, os.fstat(out).st_size))
+                digest = _hash_fd(out, st.st_size, whole=True)
+        except BaseException:
+            os.close(out)
+            os.unlink(dst)
+            raise
+        os.close(out)
+        return digest
+
+    def _hardlink(self, fd: int, st: os.stat_result, src: str, dst: str) -> str:
+        os.link(src, dst, follow_symlinks=False)
+        try:
+            got = os.lstat(dst)
+            if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+                raise _Skip("changed while it was being exported")
+            return _hash_fd(fd, st.st_size, whole=True)
         except BaseException:
             os.unlink(dst)
             raise
-        self._sums.write(f"{digest}  media/{name}\n")
-        self.copied += 1
+
+    def _remember(self, name: str, digest: str) -> None:
+        self._digests[name] = digest
+        if len(self._digests) > DIGEST_CACHE:
+            self._digests.popitem(last=False)
+
+    def _digest_of(self, name: str) -> str | None:
+        """The SHA-256 of media/<name> (a file this copier placed)."""
+        digest = self._digests.get(name)
+        if digest is not None:
+            return digest
+        try:
+            fd = os.open(os.path.join(self.media_dir, name), _OPEN_SOURCE)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            digest = _hash_fd(fd, st.st_size, whole=True)
+        finally:
+            os.close(fd)
+        self._remember(name, digest)
+        return digest
 
 
 def _show(path: str) -> str:
@@ -213,39 +396,45 @@ def _show(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _link_or_copy(src: StrPath, dst: StrPath) -> None:
-    """Hard link (no bytes copied; media files are immutable, named by content), else a
-    reflink, else a byte copy.  Never follows or replaces an existing `dst`."""
-    try:
-        os.link(src, dst, follow_symlinks=True)
-        return
-    except FileExistsError:
-        raise
-    except OSError:
-        pass  # another filesystem (EXDEV), or links not allowed: copy instead
-    with open(src, "rb") as fin:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as fout:
-                try:
-                    fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-                except OSError:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-        except BaseException:
-            os.unlink(dst)
-            raise
+def _kind(st: os.stat_result) -> str:
+    mode = st.st_mode
+    for test, word in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symlink")):
+        if test(mode):
+            return word
+    return "not a file"
 
 
-def _sha256_file(path: StrPath) -> str:
-    return sha256_file(path)[0]
+def _copy_fd(src: int, dst: int, size: int) -> str:
+    """Copy `size` bytes from `src` to `dst`, hashing them as they pass: one read."""
+    h = hashlib.sha256()
+    left = size
+    while left > 0:
+        chunk = os.read(src, min(CHUNK, left))
+        if not chunk:
+            raise _Skip(f"shrank while it was being copied ({size - left} of {size} bytes)")
+        h.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view):]
+        left -= len(chunk)
+    return h.hexdigest()
 
 
-def _same_content(a: StrPath, b: StrPath) -> bool:
-    try:
-        if os.path.samefile(a, b):
-            return True
-        if os.stat(a).st_size != os.stat(b).st_size:
-            return False
-    except OSError:
-        return False
-    return _sha256_file(a) == _sha256_file(b)
+def _hash_fd(fd: int, size: int, whole: bool = False) -> str:
+    """SHA-256 of the first `size` bytes of `fd` from its current offset (from the start
+    with `whole`), never reading more."""
+    h = hashlib.sha256()
+    pos = 0 if whole else os.lseek(fd, 0, os.SEEK_CUR)
+    left = size
+    while left > 0:
+        chunk = os.pread(fd, min(CHUNK, left), pos)
+        if not chunk:
+            raise _Skip(f"shrank while it was being copied ({size - left} of {size} bytes)")
+        h.update(chunk)
+        pos += len(chunk)
+        left -= len(chunk)
+    if not whole:
+        os.lseek(fd, pos, os.SEEK_SET)
+    return h.hexdigest()
