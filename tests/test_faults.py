@@ -421,6 +421,105 @@ def test_signal_mid_export(big_archive: Path, tmp_path: Path, sig: int, code: in
     assert_nothing_left(out)
 
 
+# A child that runs the real command, and sends itself a real signal while the export's
+# final directory fsync runs - after the rename, when the export is already visible.
+_SIGNAL_AFTER_RENAME = """
+import os, signal, sys
+from pathlib import Path
+import skyexport.job as job
+from skyexport.cli import main
+out, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2])
+real = job._fsync_dir
+def fsync_dir(path):
+    if Path(path).resolve() == out:
+        os.kill(os.getpid(), sig)
+    real(path)
+job._fsync_dir = fsync_dir
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                   (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_after_the_final_rename(mid_archive: Path, tmp_path: Path, sig: int,
+                                       code: int, word: str) -> None:
+    # Issue 8.11: the export was published and complete, yet the message said "nothing
+    # was exported".  Status and message must agree with what is on disk.
+    out = tmp_path / "out"
+    with unchanged(mid_archive):
+        proc = subprocess.run(
+            [PY, "-c", _SIGNAL_AFTER_RENAME, str(out), str(int(sig)), "export",
+             str(mid_archive), "-o", str(out), "--progress", "jsonl"],
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+            preexec_fn=_child_setup())
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = error_lines(proc.stderr)
+    [done] = export_dirs(out)
+    assert line == (f"skyexport: {word} after the export was complete; it is published, "
+                    f"whole, at {done}")
+    assert proc.stdout.splitlines()[-1] == str(done)
+    events = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
+    assert events[-1]["status"] == "completed"
+    assert temps(out) == []
+    check = cli("verify", done)
+    assert check.returncode == 0, check.stderr
+
+
+# The real temp-directory maker, paused just before each flock(2) it makes, so that the
+# cleaner runs in exactly the instants a race would hit (issue 8.15).
+_PAUSED_MAKER = """
+import fcntl, sys
+from pathlib import Path
+import skyexport.job as job
+def pause(frame, event, arg):
+    if event == "c_call" and arg is fcntl.flock:
+        print("flock", flush=True)
+        sys.stdin.readline()
+sys.setprofile(pause)
+made = job._make_temp_dir(Path(sys.argv[1]))
+sys.setprofile(None)
+print("made", made[0], flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_cleaner_never_takes_a_directory_being_created(tmp_path: Path) -> None:
+    from skyexport.job import STALE_UNLOCKED_S, clean_stale_temp_dirs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    child = subprocess.Popen([PY, "-c", _PAUSED_MAKER, str(out)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None and child.stdout is not None
+    pauses = 0
+    try:
+        while True:
+            line = child.stdout.readline()
+            assert line, "the child died"
+            [tmp] = temps(out)
+            if pauses > 0:
+                # Once the directory is locked, however old it looks, it is never removed
+                # (before that, at the first pause, only its real, young age protects it).
+                old = time.time() - 10 * STALE_UNLOCKED_S
+                os.utime(out / tmp, (old, old))
+            assert clean_stale_temp_dirs(out) == [], f"removed at pause {pauses}"
+            assert temps(out) == [tmp]
+            child.stdin.write("\n")
+            child.stdin.flush()
+            if line.startswith("made"):
+                break
+            pauses += 1
+        assert pauses >= 1
+    finally:
+        child.stdin.close()
+        child.wait(timeout=TIMEOUT)
+    # Its owner gone, the same directory is stale and is removed.
+    assert [p.name for p in clean_stale_temp_dirs(out)] == [tmp]
+    assert temps(out) == []
+
+
 def _hold_lock(path: Path) -> int:
     path.mkdir()
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -293,13 +293,13 @@ def test_heartbeat_inside_sqlite_steps(tmp_path: Path, row_source: str,
 def test_heartbeat_per_media_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """One batch whose media take long to copy: events arrive between the files."""
     arc = posts_archive(tmp_path / "a.db", 12, media_every=2)
-    real = media_mod._link_or_copy
+    real = media_mod.MediaCopier._write
 
-    def slow_copy(src: Path, dst: Path) -> None:
+    def slow_copy(self: media_mod.MediaCopier, *args: object) -> str:
         time.sleep(0.12)
-        real(src, dst)
+        return real(self, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(media_mod, "_link_or_copy", slow_copy)
+    monkeypatch.setattr(media_mod.MediaCopier, "_write", slow_copy)
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
     events, result = collect(arc, tmp_path / "out", batch_size=1000, media=True)
     assert result.media_count == 6

@@ -173,6 +173,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
                         csv_formula_guard=args.csv_formula_guard)
+        args.published = result.directory
     except OptionError as exc:
         sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
         return _fail(str(exc), EXIT_USAGE)
@@ -334,12 +335,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "demo": cmd_demo}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
-        sys.stderr.write("skyexport: interrupted; nothing was exported\n")
-        return EXIT_INT
-    except _Terminated:
-        sys.stderr.write("skyexport: terminated; nothing was exported\n")
-        return EXIT_TERM
+    except (KeyboardInterrupt, _Terminated) as exc:
+        word, code = (("interrupted", EXIT_INT) if isinstance(exc, KeyboardInterrupt)
+                      else ("terminated", EXIT_TERM))
+        published = getattr(exc, "published_directory", None) or getattr(
+            args, "published", None)
+        if published is None:
+            sys.stderr.write(f"skyexport: {word}; nothing was exported\n")
+        else:
+            # The signal came after the final rename: the export is whole and visible.
+            sys.stderr.write(f"skyexport: {word} after the export was complete; it is "
+                             f"published, whole, at {published}\n")
+            try:
+                sys.stdout.write(f"{published}\n")
+            except (OSError, ValueError):
+                pass
+        return code
     except MemoryError:
         return _fail("out of memory; lower --batch-size or free memory")
     except BrokenPipeError:

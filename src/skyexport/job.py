@@ -7,6 +7,16 @@ Everything is built in a hidden temporary directory inside OUTPUT that holds a l
 (flock) while its process lives; it is renamed to `YYYY-MM-DD_HH-MM-SS[-N]` only when
 complete, and removed on any failure or interruption.  Temporary directories left by a
 killed process (lock free) are removed by the next export into the same OUTPUT.
+
+The lock protocol (no instant in which a live export's directory looks stale): the owner
+creates the directory, flocks the directory itself, and only then creates `.lock` (and
+flocks that too, for cleaners of earlier versions).  A cleaner removes a directory only if
+its lock is free and then either `.lock` exists and its lock is free too, or there is no
+`.lock` and the directory is older than STALE_UNLOCKED_S (its owner died between mkdir and
+flock).
+
+An interruption after the final rename does not unpublish anything: the exception carries
+the published directory as `published_directory`, so that the caller can say so.
 """
 
 from __future__ import annotations
@@ -220,6 +230,8 @@ class _Job:
         self.warnings_total = 0
         self.channel = (ProgressChannel(on_progress, self.snapshot)
                         if on_progress is not None else None)
+        self.published: Path | None = None   # set the instant the export is visible
+        self._renaming: Path | None = None   # the name a rename is being tried under
 
     # --- progress -----------------------------------------------------------------------
 
@@ -261,23 +273,46 @@ class _Job:
     # --- the job ------------------------------------------------------------------------
 
     def run(self) -> ExportResult:
-        tmp, lock_fd = None, -1
+        tmp: Path | None = None
+        lock_fds: list[int] = []
         try:
             self.emit("queued")
-            tmp, lock_fd = _make_temp_dir(self.out)
+            tmp, lock_fds = _make_temp_dir(self.out)
             result = self._export(tmp)
             self.emit("completed")
             return result
         except BaseException as exc:
+            if self._was_published(tmp):
+                # Complete and visible: a signal after the rename does not unpublish it.
+                self.emit("completed")
+                self._mark(exc)
+                raise
             if tmp is not None:
                 _rmtree(tmp)
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
-            if lock_fd >= 0:
-                os.close(lock_fd)
+            for fd in lock_fds:
+                os.close(fd)
             if self.channel is not None:
-                self.channel.close()  # the final event is delivered before we return
+                try:
+                    self.channel.close()  # the final event is delivered before we return
+                except BaseException as exc:
+                    self._mark(exc)
+                    raise
+
+    def _was_published(self, tmp: Path | None) -> bool:
+        if self.published is None and self._renaming is not None and tmp is not None \
+                and not os.path.lexists(tmp) and os.path.isdir(self._renaming):
+            self.published = self._renaming  # interrupted between rename and bookkeeping
+        return self.published is not None
+
+    def _mark(self, exc: BaseException) -> None:
+        if self.published is not None and not hasattr(exc, "published_directory"):
+            try:
+                exc.published_directory = self.published  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
 
     def _export(self, tmp: Path) -> ExportResult:
         arc = self.arc
@@ -346,7 +381,7 @@ class _Job:
         try:
             write_manifest(tmp, manifest)
             _fsync_dir(tmp)
-            final = _publish(tmp, self.out)
+            final = _publish(tmp, self.out, self)
         except OutputError:
             raise  # no free export directory name: already one clear line
         except OSError as exc:
@@ -477,49 +512,72 @@ def clean_stale_temp_dirs(out: Path) -> list[Path]:
         if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
             continue
         path = Path(entry.path)
+        fds: list[int] = []
         try:
-            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW)
-        except FileNotFoundError:
             try:
-                age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+                fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                   | os.O_CLOEXEC))
+                fcntl.flock(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # gone, not ours to open, or a live export holds it
+            try:
+                fds.append(os.open(path / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+            except FileNotFoundError:
+                # No .lock: being created this instant, or its owner died before it could
+                # lock.  Only age tells them apart.
+                try:
+                    age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+                except OSError:
+                    continue
+                if age > STALE_UNLOCKED_S:
+                    _rmtree(path)
+                    removed.append(path)
+                continue
             except OSError:
                 continue
-            if age > STALE_UNLOCKED_S:
-                _rmtree(path)
-                removed.append(path)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live export owns it
+            try:
+                fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)  # earlier versions' lock
+            except OSError:
+                continue
+            _rmtree(path)
+            removed.append(path)
         finally:
-            os.close(fd)
-        _rmtree(path)
-        removed.append(path)
+            for fd in fds:
+                os.close(fd)
     return removed
 
 
-def _make_temp_dir(out: Path) -> tuple[Path, int]:
+def _make_temp_dir(out: Path) -> tuple[Path, list[int]]:
+    """A new temporary directory in `out`, locked before `.lock` appears in it (see the
+    module's docstring), and the descriptors that hold its locks."""
     tmp = out / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
+    fds: list[int] = []
     try:
         os.mkdir(tmp)  # mode 0o777 & ~umask, as any directory the user makes
-        fd = os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except OSError as exc:
+        fds.append(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        fcntl.flock(fds[0], fcntl.LOCK_EX)
+        fds.append(os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600))
+        fcntl.flock(fds[1], fcntl.LOCK_EX)
+    except BaseException as exc:
+        for fd in fds:
+            os.close(fd)
         _rmtree(tmp)
-        raise _output_error(exc, out) from None
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return tmp, fd
+        if isinstance(exc, OSError):
+            raise _output_error(exc, out) from None
+        raise
+    return tmp, fds
 
 
-def _publish(tmp: Path, out: Path) -> Path:
+def _publish(tmp: Path, out: Path, job: _Job) -> Path:
     """Rename the finished temp dir to OUTPUT/YYYY-MM-DD_HH-MM-SS (local time), adding
-    -2, -3... while the name is taken.  Never replaces anything."""
-    os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fd
+    -2, -3... while the name is taken.  Never replaces anything.  `job.published` is the
+    new name from the instant it is visible."""
+    os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fds
     base = time.strftime("%Y-%m-%d_%H-%M-%S")
     for n in range(1, 10_000):
         final = out / (base if n == 1 else f"{base}-{n}")
+        job._renaming = final
         try:
             rename_noreplace(tmp, final)
         except FileExistsError:
@@ -530,6 +588,7 @@ def _publish(tmp: Path, out: Path) -> Path:
             except FileExistsError:
                 continue
             os.rename(tmp, final)
+        job.published = final
         _fsync_dir(out)
         return final
     raise OutputError(f"no free export directory name under {out} for {base}")
