@@ -61,11 +61,16 @@ cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
     cdef int col, t
     cdef sqlite3_value* v
     cdef const void* p
+    cdef const unsigned char* tp
+    cdef bint as_text
     cdef Py_ssize_t n, cap
     cdef char* grown
     for col in range(N_COLUMNS):
         v = sx_column_value(st, col)
         t = sx_value_type(v)
+        as_text = (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]
+        if as_text:
+            t = SQLITE_TEXT                  # copied below as SQLite's text of the number
         if t == SQLITE_INTEGER:
             c[col].kind = K_INT
             c[col].i = sx_value_int64(v)
@@ -75,8 +80,12 @@ cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
         elif t == SQLITE_NULL:
             c[col].kind = K_NULL
         else:
-            p = sx_value_blob(v)
-            n = sx_value_bytes(v)
+            if as_text:
+                number_as_text(st, col, &tp, &n)
+                p = tp
+            else:
+                p = sx_value_blob(v)
+                n = sx_value_bytes(v)
             if a.data_len + n > a.data_cap:
                 cap = a.data_cap * 2
                 if cap < a.data_len + n:

@@ -23,6 +23,13 @@ cdef struct Cell:
     const unsigned char* p      # K_BYTES: the value's bytes (borrowed, valid for this row)
     Py_ssize_t n
 
+# The columns the archive declares TEXT or TIMESTAMP: a number stored in one is read as its
+# text, as SQLite's CAST(x AS TEXT) writes it (the cursor row source casts them in SQL).
+cdef bint TEXT_COLUMN[N_COLUMNS]
+for _col in (C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_REPLY_PARENT, C_EMBED_TYPE,
+             C_ARCHIVED):
+    TEXT_COLUMN[_col] = True
+
 # Field names as the archive calls them (for bad-value messages).
 COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
                 "like_count", "repost_count", "reply_count", "quote_count", "is_reply",
@@ -344,7 +351,7 @@ cdef class Writer:
     cdef int fill_from_stmt(self, sqlite3_stmt* st) except -1 nogil:
         """Point the cells at the current row's values, in SQLite's own memory (valid until
         the next step).  TEXT is read as its bytes: no conversion, NULs and invalid UTF-8
-        kept."""
+        kept; a number in a text column as SQLite's text of it."""
         cdef int col, t
         cdef Cell* c
         cdef sqlite3_value* v
@@ -352,7 +359,10 @@ cdef class Writer:
             c = &self.row[col]
             v = sx_column_value(st, col)
             t = sx_value_type(v)
-            if t == SQLITE_INTEGER:
+            if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
+                c.kind = K_BYTES
+                number_as_text(st, col, &c.p, &c.n)
+            elif t == SQLITE_INTEGER:
                 c.kind = K_INT
                 c.i = sx_value_int64(v)
             elif t == SQLITE_FLOAT:
@@ -427,8 +437,9 @@ cdef class Writer:
 
     cdef int text_value(self, const Cell* c, const unsigned char** p,
                         Py_ssize_t* n) except -1 nogil:
-        """A text column's bytes.  The SELECT casts text columns to BLOB, so numbers only
-        arrive through `encode` with odd tuples: those are rendered as Python's str()."""
+        """A text column's bytes.  Every row source hands numbers in text columns over as
+        SQLite's text of them (CAST AS BLOB in the cursor's SELECT, number_as_text in the
+        direct ones), so numbers only arrive through `encode` with odd tuples."""
         if c.kind == K_BYTES:
             p[0] = c.p
             n[0] = c.n
