@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,11 @@ import apsw
 import pytest
 from test_faults import (
     DATA_FILES,
+    PY,
+    TIMEOUT,
     _post,
+    assert_failed,
+    assert_nothing_left,
     cli,
     export_dirs,
     read_posts,
@@ -142,3 +147,214 @@ def test_numbers_in_timestamp_columns_kept_as_sqlite_text(tmp_path: Path, fmt: s
                         "archived_at '2.5' could not be read; exported as text"], source
         outputs[source] = data_file.read_bytes()
     assert outputs["pipe"] == outputs["direct"] == outputs["cursor"]
+
+
+# --- 14. archives SQLite cannot open as usual; synth's directory ---------------------------
+
+def _drop_dac() -> None:
+    """preexec_fn: this child and what it runs lose CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH, so file permissions bind it even when the tests run as root.
+    (Dropping to `nobody` instead is no good here: the interpreter under /root could not
+    be run.)"""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def cli_as_user(*args: object) -> subprocess.CompletedProcess[str]:
+    """`python -m skyexport ARGS` bound by file permissions (see _drop_dac)."""
+    return subprocess.run([PY, "-m", "skyexport", *map(str, args)], capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=TIMEOUT, check=False,
+                          preexec_fn=_drop_dac if os.geteuid() == 0 else None)
+
+
+@pytest.fixture
+def permissions_bind(tmp_path: Path) -> None:
+    """Skip (saying why) where a child cannot be made to obey file permissions."""
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    probe.chmod(0)
+    try:
+        proc = subprocess.run(["cat", str(probe)], capture_output=True, check=False,
+                              preexec_fn=_drop_dac if os.geteuid() == 0 else None)
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot drop CAP_DAC_OVERRIDE for a child here: {exc}")
+    finally:
+        probe.chmod(0o600)
+    if proc.returncode == 0:
+        pytest.skip("file permissions do not bind a child process here")
+
+
+def _make_plain(path: Path, n: int = 3) -> Path:
+    from archives import make_archive
+
+    return make_archive(path, [_post(i) for i in range(n)])
+
+
+def test_without_rowid_posts_table(tmp_path: Path) -> None:
+    sql = schema_sql()
+    cut = sql.index("CREATE TABLE media")
+    posts = sql[:cut].rstrip().rstrip(";") + " WITHOUT ROWID;\n"
+    media = sql[cut:sql.index("CREATE VIRTUAL TABLE")]
+    archive = tmp_path / "norowid.db"
+    con = sqlite3.connect(archive)
+    con.executescript(posts + media)
+    with con:
+        for i in range(3):
+            values = default_row(i)
+            _insert(con, "posts", values.keys(), values)
+    con.close()
+    out = tmp_path / "out"
+    with unchanged(archive):
+        proc = cli("export", archive, "-o", out)
+    assert_failed(proc, 1, str(archive), "WITHOUT ROWID")
+    assert_nothing_left(out)
+
+
+def test_synth_into_a_missing_directory(tmp_path: Path) -> None:
+    target = tmp_path / "no such dir" / "archive.db"
+    proc = cli("synth", "--posts", 3, target)
+    assert_failed(proc, 1, str(target), "does not exist")
+    assert not target.parent.exists()
+    afile = tmp_path / "a file"
+    afile.write_text("x")
+    proc = cli("synth", "--posts", 3, afile / "archive.db")
+    assert_failed(proc, 1, str(afile / "archive.db"), "not a directory")
+    assert afile.read_text() == "x"
+
+
+def test_synth_into_an_unwritable_directory(tmp_path: Path, permissions_bind: None) -> None:
+    d = tmp_path / "read-only"
+    d.mkdir()
+    d.chmod(0o555)
+    try:
+        proc = cli_as_user("synth", "--posts", 3, "--media", d / "archive.db")
+        assert_failed(proc, 1, str(d / "archive.db"), "not writable")
+        assert os.listdir(d) == []
+    finally:
+        d.chmod(0o755)
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o600, 0o311])
+def test_archive_in_a_directory_the_user_cannot_read(tmp_path: Path, mode: int,
+                                                    permissions_bind: None) -> None:
+    """0o000 and 0o600: the directory cannot be searched; 0o311: it can, but the archive
+    file (mode 000) cannot be read."""
+    d = tmp_path / "private"
+    d.mkdir()
+    archive = _make_plain(d / "archive.db")
+    out = tmp_path / "out"
+    if mode == 0o311:
+        archive.chmod(0)
+    d.chmod(mode)
+    try:
+        proc = cli_as_user("export", archive, "-o", out)
+    finally:
+        d.chmod(0o755)
+        archive.chmod(0o644)
+    line = assert_failed(proc, 1, str(archive), "permission denied")
+    if mode != 0o311:
+        assert str(d) in line
+    assert_nothing_left(out)
+
+
+def _wal_archive(d: Path, *, keep_wal: bool) -> Path:
+    """A WAL-mode archive in `d` with no -shm; with `keep_wal`, a -wal file holding a
+    committed post the main file lacks (what a copy taken while bskyarchive ran has)."""
+    d.mkdir()
+    archive = _make_plain(d / "archive.db")
+    con = sqlite3.connect(archive)
+    assert con.execute("PRAGMA journal_mode = WAL").fetchone() == ("wal",)
+    con.close()                                   # the last close removes -wal and -shm
+    if keep_wal:
+        con = sqlite3.connect(archive)
+        con.execute("PRAGMA wal_autocheckpoint = 0")
+        values = default_row(99)
+        with con:
+            _insert(con, "posts", values.keys(), values)
+        copy = d / "copy"
+        copy.mkdir()
+        for suffix in ("", "-wal"):
+            (copy / f"archive.db{suffix}").write_bytes(
+                Path(f"{archive}{suffix}").read_bytes())
+        con.close()
+        for suffix in ("", "-wal"):
+            os.replace(copy / f"archive.db{suffix}", f"{archive}{suffix}")
+        copy.rmdir()
+    companions = sorted(os.listdir(d))
+    assert companions == (["archive.db", "archive.db-wal"] if keep_wal else ["archive.db"])
+    return archive
+
+
+def test_wal_archive_without_shm_in_a_read_only_directory(tmp_path: Path,
+                                                          permissions_bind: None) -> None:
+    """No -wal: nothing to recover, nobody can write meanwhile - exported (immutable=1),
+    the same posts as from a writable directory."""
+    archive = _wal_archive(tmp_path / "ro", keep_wal=False)
+    out = tmp_path / "out"
+    archive.parent.chmod(0o555)
+    try:
+        with unchanged(archive):
+            proc = cli_as_user("export", archive, "-o", out, "--format", "jsonl")
+    finally:
+        archive.parent.chmod(0o755)
+    assert proc.returncode == 0, proc.stderr
+    [done] = export_dirs(out)
+    got = read_posts(done / "posts.jsonl")
+    assert [p["uri"] for p in got] == [_post(i)["uri"] for i in range(3)]  # type: ignore[index]
+
+
+def test_wal_archive_with_wal_file_in_a_read_only_directory(tmp_path: Path,
+                                                            permissions_bind: None) -> None:
+    archive = _wal_archive(tmp_path / "ro", keep_wal=True)
+    out = tmp_path / "out"
+    archive.parent.chmod(0o555)
+    try:
+        with unchanged(archive):
+            proc = cli_as_user("export", archive, "-o", out)
+    finally:
+        archive.parent.chmod(0o755)
+    assert_failed(proc, 1, str(archive), "WAL mode", "read-only", "archive.db-wal",
+                  "writable")
+    assert_nothing_left(out)
+
+
+def _hot_journal_archive(d: Path) -> Path:
+    """An archive with the hot rollback journal a writer killed mid-transaction leaves:
+    copies of both files taken while the transaction has spilled pages to the file."""
+    d.mkdir()
+    live = _make_plain(d / "live.db")
+    con = sqlite3.connect(live)
+    con.execute("PRAGMA cache_size = 1")        # spill dirty pages before the commit
+    con.execute("BEGIN")
+    for i in range(300):
+        values = default_row(1000 + i)
+        values["text"] = "x" * 1000
+        _insert(con, "posts", values.keys(), values)
+    archive = d / "archive.db"
+    archive.write_bytes(live.read_bytes())
+    Path(f"{archive}-journal").write_bytes(Path(f"{live}-journal").read_bytes())
+    con.rollback()
+    con.close()
+    live.unlink()
+    return archive
+
+
+@pytest.mark.parametrize("read_only_dir", [False, True])
+def test_hot_rollback_journal(tmp_path: Path, read_only_dir: bool,
+                              permissions_bind: None) -> None:
+    archive = _hot_journal_archive(tmp_path / "arc")
+    out = tmp_path / "out"
+    if read_only_dir:
+        archive.parent.chmod(0o555)
+    try:
+        with unchanged(archive):
+            proc = cli_as_user("export", archive, "-o", out)
+    finally:
+        archive.parent.chmod(0o755)
+    assert_failed(proc, 1, str(archive), "hot rollback journal", "crashed",
+                  "archive.db-journal", "then export again")
+    assert_nothing_left(out)

@@ -60,6 +60,8 @@ from typing import Any, TypeVar
 
 import apsw
 
+from .errors import OutputError
+
 __all__ = ["SynthStats", "build_archive"]
 
 _T = TypeVar("_T")
@@ -687,6 +689,18 @@ def _chunk_order(rng: random.Random, nchunks: int) -> list[int]:
     return order
 
 
+def _check_writable_dir(final: str, directory: str) -> None:
+    """The archive's directory exists and this user may create files in it, else one
+    clear line (OutputError) before anything is written."""
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.lexists(directory) else "is not a directory"
+        raise OutputError(f"cannot write {final}: directory {directory} {what}; create it "
+                          "first or choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {final}: directory {directory} is not writable; "
+                          "choose another path or fix its permissions")
+
+
 def build_archive(
     path: str | os.PathLike[str],
     posts: int,
@@ -702,7 +716,8 @@ def build_archive(
 
     The archive is built under ``path + ".tmp"`` and renamed to `path` only when complete;
     on failure the temporary file is removed.  An existing `path` is never replaced
-    (`FileExistsError`).  `schema_version` is 2 (with ``quote_count``) or 1.  `dids` accounts
+    (`FileExistsError`); a missing or unwritable directory raises OutputError, before
+    anything is written.  `schema_version` is 2 (with ``quote_count``) or 1.  `dids` accounts
     own the posts, the first about 90 % of them.  With `media`, image files are written under
     `media_dir` (default: ``media`` beside the archive) and listed in the ``media`` table with
     paths relative to the archive's directory (a failed build leaves the files it wrote).
@@ -721,6 +736,7 @@ def build_archive(
         raise FileExistsError(f"refusing to overwrite {final}")
     tmp = final + ".tmp"
     archive_dir = os.path.dirname(os.path.abspath(final))
+    _check_writable_dir(final, archive_dir)
 
     rng = random.Random(seed)
     writer = None
