@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,3 +360,101 @@ def test_hot_rollback_journal(tmp_path: Path, read_only_dir: bool,
     assert_failed(proc, 1, str(archive), "hot rollback journal", "crashed",
                   "archive.db-journal", "then export again")
     assert_nothing_left(out)
+
+
+# --- 16. a single 200 MB value ----------------------------------------------------------------
+
+HUGE = 200_000_000
+PEAK_LIMIT_MB = 300
+
+
+@pytest.fixture(scope="module")
+def huge_archives(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """One post with a 200 MB text, one with an invalid 200 MB embed_data (an unterminated
+    string; has_media set, so CSV's MediaFiles looks at it too), each among a few small
+    posts."""
+    from archives import make_archive
+
+    d = tmp_path_factory.mktemp("huge")
+    small = [_post(i) for i in range(1, 6)]
+    archives = {
+        "text": make_archive(d / "text.db", [_post(0, text="a" * HUGE), *small]),
+        "embed": make_archive(d / "embed.db", [_post(0, has_media=1,
+                                                     embed_data='{"a": "' + "b" * HUGE),
+                                               *small]),
+    }
+    yield archives
+    shutil.rmtree(d, ignore_errors=True)
+
+
+HUGE_CASES = [("text", fmt, "error") for fmt in FORMATS] + \
+    [("embed", fmt, mode) for fmt in FORMATS for mode in ("error", "keep")]
+
+
+def _export_huge(archive: Path, out: Path, fmt: str, mode: str, kind: str) -> None:
+    import skyexport
+
+    fails = kind == "embed" and mode == "error" and fmt != "csv"  # CSV has no embed_data
+    try:
+        if fails:
+            with pytest.raises(skyexport.BadValueError) as info:
+                skyexport.export(archive, out, format=fmt, on_bad_value=mode)  # type: ignore[arg-type]
+            shown = info.value.value
+            assert shown == '{"a": "' + "b" * 70 + "...", shown
+        else:
+            result = skyexport.export(archive, out, format=fmt,  # type: ignore[arg-type]
+                                      on_bad_value=mode)  # type: ignore[arg-type]
+            assert result.post_count == 6
+            # CSV has no embed_data column: that export is small.
+            assert result.bytes_written > HUGE or (kind, fmt) == ("embed", "csv")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@pytest.mark.limit_memory(f"{PEAK_LIMIT_MB} MB")
+@pytest.mark.parametrize(("kind", "fmt", "mode"), HUGE_CASES)
+def test_huge_value_memory_tracked(huge_archives: dict[str, Path], tmp_path: Path,
+                                   kind: str, fmt: str, mode: str) -> None:
+    """Under `pytest --memray`: every allocation memray sees (SQLite's copy of the value
+    included) stays under the limit, with the default row source."""
+    _export_huge(huge_archives[kind], tmp_path / "out", fmt, mode, kind)
+
+
+# A small process that runs the command as its child and reports the child's peak RSS
+# (ru_maxrss of RUSAGE_CHILDREN).  Not forked from pytest itself, which holds the test
+# archives' values: a child's high-water mark starts at its parent's size at fork.
+_CHILD_RSS = r"""
+import resource, subprocess, sys
+proc = subprocess.run([sys.executable, "-m", "skyexport", *sys.argv[1:]],
+                      capture_output=True, text=True)
+sys.stderr.write(proc.stderr)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+sys.exit(proc.returncode)
+"""
+
+
+@pytest.mark.parametrize(("kind", "fmt", "mode", "source"), [
+    ("text", "json", "error", "pipe"),
+    ("text", "csv", "error", "direct"),
+    ("embed", "jsonl", "error", "pipe"),
+    ("embed", "csv", "keep", "pipe"),
+    ("embed", "json", "keep", "direct"),
+])
+def test_huge_value_peak_rss(huge_archives: dict[str, Path], tmp_path: Path, kind: str,
+                             fmt: str, mode: str, source: str) -> None:
+    """The real peak RSS of `python -m skyexport export` (everything: SQLite, Python, the
+    writer thread's buffers) is at most PEAK_LIMIT_MB for a single 200 MB value."""
+    out = tmp_path / "out"
+    proc = subprocess.run([PY, "-c", _CHILD_RSS, "export", huge_archives[kind], "-o", out,
+                           "--format", fmt, "--on-bad-value", mode],
+                          capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                          env=_cli_env(source))
+    shutil.rmtree(out, ignore_errors=True)
+    peak_mb = int(proc.stdout.split()[-1])
+    if kind == "embed" and mode == "error" and fmt != "csv":
+        assert proc.returncode == 1
+        assert "embed_data holds '{\"a\": \"bbbb" in proc.stderr and "Traceback" not in \
+            proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+    assert peak_mb <= PEAK_LIMIT_MB, f"peak RSS {peak_mb} MB > {PEAK_LIMIT_MB} MB"
