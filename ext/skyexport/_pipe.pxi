@@ -8,6 +8,11 @@
 # new arena only while the filled ones hold less than PIPE_BYTES, and an arena takes at
 # most ARENA_ROWS rows and ARENA_BYTES bytes plus one row (a giant row grows its arena,
 # which shrinks back once consumed) - so at most one giant row waits at a time.
+#
+# A value of LEND_BYTES or more is not copied at all: the producer points the cell at
+# SQLite's own memory (K_LENT), publishes the arena with that row as its last one, and
+# steps again only once the consumer has handed every arena back, i.e. has finished with
+# the row.  A 200 MB post then costs SQLite's copy of it and nothing more.
 
 cdef extern from "pipe_sync.h" nogil:
     ctypedef struct sx_sync:
@@ -25,6 +30,7 @@ cdef enum:
     ARENA_BYTES = 1 << 19
     PIPE_BYTES = 1 << 20    # row bytes the filled arenas may hold before the producer waits
     WAIT_MS = 50            # how often a waiting thread looks at signals / cancellation
+    LEND_BYTES = 1 << 21    # values this big are lent from SQLite's memory, not copied
 
 
 cdef struct Arena:
@@ -56,16 +62,23 @@ cdef void arena_free(Arena* a) noexcept nogil:
 
 cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
     """Copy the statement's current row into the arena (values as offsets into `data`
-    until arena_seal turns them into pointers: `data` may move while it grows)."""
+    until arena_seal turns them into pointers: `data` may move while it grows).  Returns 1
+    when a giant value was lent instead (valid only until the statement steps again)."""
     cdef Cell* c = a.cells + a.nrows * N_COLUMNS
     cdef int col, t
     cdef sqlite3_value* v
     cdef const void* p
+    cdef const unsigned char* tp
+    cdef bint as_text
+    cdef int lent = 0
     cdef Py_ssize_t n, cap
     cdef char* grown
     for col in range(N_COLUMNS):
         v = sx_column_value(st, col)
         t = sx_value_type(v)
+        as_text = (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]
+        if as_text:
+            t = SQLITE_TEXT                  # copied below as SQLite's text of the number
         if t == SQLITE_INTEGER:
             c[col].kind = K_INT
             c[col].i = sx_value_int64(v)
@@ -75,8 +88,18 @@ cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
         elif t == SQLITE_NULL:
             c[col].kind = K_NULL
         else:
-            p = sx_value_blob(v)
-            n = sx_value_bytes(v)
+            if as_text:
+                number_as_text(st, col, &tp, &n)
+                p = tp
+            else:
+                p = sx_value_blob(v)
+                n = sx_value_bytes(v)
+            if n >= LEND_BYTES:
+                c[col].kind = K_LENT
+                c[col].p = <const unsigned char*>p
+                c[col].n = n
+                lent = 1
+                continue
             if a.data_len + n > a.data_cap:
                 cap = a.data_cap * 2
                 if cap < a.data_len + n:
@@ -94,7 +117,7 @@ cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
             c[col].n = n
             a.data_len += n
     a.nrows += 1
-    return 0
+    return lent
 
 
 cdef void arena_seal(Arena* a) noexcept nogil:
@@ -102,6 +125,8 @@ cdef void arena_seal(Arena* a) noexcept nogil:
     for k in range(a.nrows * N_COLUMNS):
         if a.cells[k].kind == K_BYTES:
             a.cells[k].p = <const unsigned char*>a.data + a.cells[k].i
+        elif a.cells[k].kind == K_LENT:
+            a.cells[k].kind = K_BYTES
 
 
 @cython.final
@@ -117,6 +142,7 @@ cdef class RowPipe:
     cdef int head, tail, filled
     cdef Py_ssize_t held             # data bytes in the filled arenas
     cdef bint filling                # the producer holds a partly filled arena `head`
+    cdef bint lending                # a published row points into SQLite's memory
     cdef bint producer_done, cancel
     cdef Py_ssize_t cursor           # next row to encode in arena `tail`
     cdef object error                # an exception the producer met, re-raised in order
@@ -185,12 +211,13 @@ cdef class RowPipe:
 
     cdef int produce(self) except -1 nogil:
         cdef Arena* a
-        cdef int rc
+        cdef int rc, lent
         while True:
             sx_lock(&self.sync)
-            while (self.filled == PIPE_ARENAS or (self.filled and self.held >= PIPE_BYTES)) \
-                    and not self.cancel:
+            while (self.filled == PIPE_ARENAS or (self.filled and self.held >= PIPE_BYTES)
+                   or (self.lending and self.filled)) and not self.cancel:
                 sx_wait_ms(&self.sync, WAIT_MS)
+            self.lending = False             # every arena is back: the lent row is done
             if self.cancel:
                 sx_unlock(&self.sync)
                 return 0
@@ -200,11 +227,16 @@ cdef class RowPipe:
             a.nrows = 0
             a.data_len = 0
             rc = 1
+            lent = 0
             while a.nrows < ARENA_ROWS and a.data_len < ARENA_BYTES:
                 rc = self.stmt.step()        # raises (with the GIL) on an SQLite error
                 if rc == 0:
                     break
-                arena_add_row(a, self.stmt.stmt)
+                lent = arena_add_row(a, self.stmt.stmt)
+                if lent:
+                    break                    # not one step more until it is consumed
+            if lent:
+                self.lending = True          # only this thread reads or writes it
             self.publish(a)
             if rc == 0:
                 return 0

@@ -25,6 +25,7 @@ cdef extern from "sqlite_glue.h" nogil:
     double sx_column_double(sqlite3_stmt* st, int i)
     const void* sx_column_blob(sqlite3_stmt* st, int i)
     int sx_column_bytes(sqlite3_stmt* st, int i)
+    const unsigned char* sx_column_text(sqlite3_stmt* st, int i)
     sqlite3_value* sx_column_value(sqlite3_stmt* st, int i)
     int sx_value_type(sqlite3_value* v)
     sqlite3_int64 sx_value_int64(sqlite3_value* v)
@@ -42,6 +43,18 @@ def direct_ready():
     """True once this module has been loaded as an extension into an APSW connection
     (its SQLite API table is known)."""
     return bool(sx_ready())
+
+
+cdef int number_as_text(sqlite3_stmt* st, int col, const unsigned char** p,
+                        Py_ssize_t* n) except -1 nogil:
+    """A number stored in a text column, as SQLite's CAST(x AS TEXT) gives it: the cursor
+    row source casts those columns in SQL, the direct ones read the same text here."""
+    p[0] = sx_column_text(st, col)
+    n[0] = sx_column_bytes(st, col)
+    if p[0] == NULL:
+        with gil:
+            raise MemoryError()
+    return 0
 
 
 cdef object sqlite_error(sqlite3* db, int rc):

@@ -12,9 +12,10 @@ cdef enum:
 cdef enum:
     FMT_JSON, FMT_JSONL, FMT_CSV
 
-# A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).
+# A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).  K_LENT is the
+# row pipe's own: a giant value left in SQLite's memory while its arena fills (_pipe.pxi).
 cdef enum:
-    K_NULL, K_INT, K_FLOAT, K_BYTES
+    K_NULL, K_INT, K_FLOAT, K_BYTES, K_LENT
 
 cdef struct Cell:
     int kind
@@ -22,6 +23,13 @@ cdef struct Cell:
     double d
     const unsigned char* p      # K_BYTES: the value's bytes (borrowed, valid for this row)
     Py_ssize_t n
+
+# The columns the archive declares TEXT or TIMESTAMP: a number stored in one is read as its
+# text, as SQLite's CAST(x AS TEXT) writes it (the cursor row source casts them in SQL).
+cdef bint TEXT_COLUMN[N_COLUMNS]
+for _col in (C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_REPLY_PARENT, C_EMBED_TYPE,
+             C_ARCHIVED):
+    TEXT_COLUMN[_col] = True
 
 # Field names as the archive calls them (for bad-value messages).
 COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
@@ -157,6 +165,13 @@ cdef bytes cell_text(const Cell* c):
     if c.kind == K_FLOAT:
         return sqlite_real_text(c.d)
     return b""
+
+
+# The most of a bad value's bytes handed to `on_bad`: at least 128 characters however it
+# decodes (4 bytes at most each), so a message cut to 80 shows exactly what the whole
+# value's first characters are.
+cdef enum:
+    BAD_VALUE_PREFIX = 512
 
 
 # Stored JSON longer than this is validated before it is written (see json_raw).  Below
@@ -344,7 +359,7 @@ cdef class Writer:
     cdef int fill_from_stmt(self, sqlite3_stmt* st) except -1 nogil:
         """Point the cells at the current row's values, in SQLite's own memory (valid until
         the next step).  TEXT is read as its bytes: no conversion, NULs and invalid UTF-8
-        kept."""
+        kept; a number in a text column as SQLite's text of it."""
         cdef int col, t
         cdef Cell* c
         cdef sqlite3_value* v
@@ -352,7 +367,10 @@ cdef class Writer:
             c = &self.row[col]
             v = sx_column_value(st, col)
             t = sx_value_type(v)
-            if t == SQLITE_INTEGER:
+            if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
+                c.kind = K_BYTES
+                number_as_text(st, col, &c.p, &c.n)
+            elif t == SQLITE_INTEGER:
                 c.kind = K_INT
                 c.i = sx_value_int64(v)
             elif t == SQLITE_FLOAT:
@@ -415,11 +433,15 @@ cdef class Writer:
         return 0
 
     cdef int bad_value(self, int col) except -1 nogil:
-        """Report a bad value; returns only when the policy is to keep it."""
+        """Report a bad value; returns only when the policy is to keep it.  `on_bad` gets at
+        most the first BAD_VALUE_PREFIX bytes of the value's text: a message shows 80
+        characters, and a 200 MB value is never copied to show them."""
+        cdef Cell shown = self.row[col]
+        if shown.kind == K_BYTES and shown.n > BAD_VALUE_PREFIX:
+            shown.n = BAD_VALUE_PREFIX
         with gil:
             uri = cell_object(&self.row[C_URI])
-            self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col],
-                        cell_text(&self.row[col]))
+            self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col], cell_text(&shown))
         return 0
 
     cdef int key(self, int col) except -1 nogil:
@@ -427,8 +449,9 @@ cdef class Writer:
 
     cdef int text_value(self, const Cell* c, const unsigned char** p,
                         Py_ssize_t* n) except -1 nogil:
-        """A text column's bytes.  The SELECT casts text columns to BLOB, so numbers only
-        arrive through `encode` with odd tuples: those are rendered as Python's str()."""
+        """A text column's bytes.  Every row source hands numbers in text columns over as
+        SQLite's text of them (CAST AS BLOB in the cursor's SELECT, number_as_text in the
+        direct ones), so numbers only arrive through `encode` with odd tuples."""
         if c.kind == K_BYTES:
             p[0] = c.p
             n[0] = c.n
@@ -578,6 +601,7 @@ cdef class Writer:
         cdef int col
         cdef Stamp st
         cdef const Cell* arch
+        cdef const Cell* embed
         for col in range(C_URI, C_TEXT + 1):
             self.csv_cell(col)
             ob_byte(b, b',')
@@ -592,9 +616,13 @@ cdef class Writer:
         ob_byte(b, b',')
         ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         ob_byte(b, b',')
-        if has_media:
+        embed = &self.row[C_EMBED_DATA]
+        # Invalid stored JSON has no media files: a large one is checked in place, never
+        # copied into a bytes object just to be found invalid (media_files checks the rest).
+        if has_media and not (embed.kind == K_BYTES and embed.n > LARGE_JSON
+                              and ob_raw_json(NULL, embed.p, embed.n, 0, False)):
             with gil:
-                v = media_files(cell_object(&self.row[C_EMBED_DATA]))
+                v = media_files(cell_object(embed))
                 self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         ob_byte(b, b',')
         self.csv_cell(C_EMBED_TYPE)

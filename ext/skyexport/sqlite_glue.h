@@ -66,6 +66,12 @@ static inline const void *sx_column_blob(sqlite3_stmt *st, int i)
     return sqlite3_column_blob(st, i);
 }
 static inline int sx_column_bytes(sqlite3_stmt *st, int i) { return sqlite3_column_bytes(st, i); }
+/* A number as text by SQLite's own rules (exactly CAST(x AS TEXT)); valid until the next
+ * step.  Only for the rare number stored in a text column. */
+static inline const unsigned char *sx_column_text(sqlite3_stmt *st, int i)
+{
+    return sqlite3_column_text(st, i);
+}
 /* One db-mutex round trip per column (sqlite3_column_value) instead of one per accessor:
  * the sqlite3_value_* readers take no lock.  Safe because nothing else uses the
  * connection while the writer steps it. */

@@ -10,6 +10,7 @@ or bytes.  The column order is the core's (`C_URI`... in ext/skyexport/_writer.p
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -106,23 +107,36 @@ class Archive:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        if not self.path.exists():
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
             raise ArchiveError(f"archive {self.path} does not exist; pass the path of "
-                               "bskyarchive's archive.db (default ./data/archive.db)")
-        if not self.path.is_file():
+                               "bskyarchive's archive.db (default ./data/archive.db)") from None
+        except PermissionError:
+            raise ArchiveError(f"archive {self.path} cannot be read: permission denied "
+                               f"(directory {_blocking_dir(self.path)} cannot be searched by "
+                               "this user); fix its permissions or run skyexport as a user "
+                               "who can read it") from None
+        except OSError as exc:
+            raise ArchiveError(f"archive {self.path} cannot be opened ({exc.strerror}); "
+                               "check that it exists and is readable") from None
+        if not stat.S_ISREG(st.st_mode):
             raise ArchiveError(f"archive {self.path} is not a file; pass the path of "
                                "bskyarchive's archive.db")
         try:
-            self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-            self.conn.set_busy_handler(_busy_handler(busy_timeout_ms()))
-            for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
-                           "query_only = 1"):
-                self.conn.execute(f"PRAGMA {pragma}")
-            cols = {row[1] for row in self.conn.execute("PRAGMA table_info(posts)")}
-            tables = {row[0] for row in self.conn.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+            cols, tables, rowid = self._open(immutable=False)
         except apsw.Error as exc:
-            raise archive_error(self.path, exc) from None
+            self.close()
+            if not _wal_readable_immutable(self.path, exc):
+                raise archive_error(self.path, exc) from None
+            # A WAL archive in a directory we cannot write, with no -wal file: SQLite
+            # cannot create the -shm it wants, but there is nothing to recover and nobody
+            # can write the archive meanwhile (no -wal can be created): read it immutable.
+            try:
+                cols, tables, rowid = self._open(immutable=True)
+            except apsw.Error as exc2:
+                self.close()
+                raise archive_error(self.path, exc2) from None
         if "posts" not in tables:
             self.close()
             raise ArchiveError(f"archive {self.path} has no posts table; is it a bskyarchive "
@@ -132,6 +146,12 @@ class Archive:
             self.close()
             raise ArchiveError(f"archive {self.path}: table posts lacks column(s) "
                                f"{', '.join(missing)}; is it a bskyarchive archive?")
+        if not rowid:
+            self.close()
+            raise ArchiveError(f"archive {self.path}: table posts is declared WITHOUT ROWID, "
+                               "which bskyarchive never does; is it a bskyarchive archive? "
+                               "(to export it, copy its rows into an ordinary posts table "
+                               "in a copy of the archive)")
         self.has_quote_count = "quote_count" in cols
         self.has_media_table = "media" in tables
         self.schema_version = 2 if self.has_quote_count else 1
@@ -146,6 +166,25 @@ class Archive:
             self.row_source = "cursor"
         self._statements: list[Statement] = []
         self._pipes: list[RowPipe] = []
+
+    def _open(self, immutable: bool) -> tuple[set[str], set[str], bool]:
+        """Open the connection; (posts' columns, table names, posts has a rowid)."""
+        if immutable:
+            name = self.path.resolve().as_uri() + "?immutable=1"
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+        else:
+            name, flags = str(self.path), apsw.SQLITE_OPEN_READONLY
+        self.conn = apsw.Connection(name, flags=flags)
+        self.conn.set_busy_handler(_busy_handler(busy_timeout_ms()))
+        for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
+                       "query_only = 1"):
+            self.conn.execute(f"PRAGMA {pragma}")
+        cols = {row[1] for row in self.conn.execute("PRAGMA table_info(posts)")}
+        tables = {row[0] for row in self.conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        # table_list's `wr`: 1 for a WITHOUT ROWID table (the SELECT sorts by rowid).
+        rowid = all(not row[4] for row in self.conn.execute("PRAGMA main.table_list(posts)"))
+        return cols, tables, rowid
 
     def _load_core(self) -> bool:
         """Load the compiled core as an SQLite extension of this connection, so the writer
@@ -311,9 +350,73 @@ def _with_media(count_sql: str, columns: str) -> str:
     return posts + (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
 
 
+# SQLite's extended result codes for a read-only connection that would have to write.
+SQLITE_READONLY_ROLLBACK = 776     # a hot journal needs rolling back
+SQLITE_READONLY_DIRECTORY = 1544   # WAL: the -shm cannot be created in the directory
+
+
+def _is_wal(path: Path) -> bool:
+    """The database header says WAL mode (file format versions 2)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[:16] == b"SQLite format 3\x00" and \
+        (header[18] == 2 or header[19] == 2)
+
+
+def _companion_size(path: Path, suffix: str) -> int:
+    """Size of `path` + suffix (-wal, -shm, -journal); -1 when there is none."""
+    try:
+        return os.stat(f"{path}{suffix}").st_size
+    except OSError:
+        return -1
+
+
+def _dir_read_only(path: Path) -> bool:
+    return not os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK | os.X_OK)
+
+
+def _wal_readable_immutable(path: Path, exc: apsw.Error) -> bool:
+    """A WAL archive without -shm in a read-only directory and no WAL content to read."""
+    return (isinstance(exc, (apsw.ReadOnlyError, apsw.CantOpenError)) and _is_wal(path)
+            and _companion_size(path, "-shm") < 0 and _companion_size(path, "-wal") <= 0
+            and _dir_read_only(path))
+
+
+def _blocking_dir(path: Path) -> Path:
+    """The nearest directory on the way to `path` this user cannot search."""
+    parent = Path(os.path.abspath(path)).parent
+    chain = [parent, *parent.parents][::-1]
+    for d in chain:
+        if not os.access(d, os.X_OK):
+            return d
+    return parent
+
+
 def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:
     """One clear line for an SQLite failure."""
     at = f" {where}" if where else ""
+    code = getattr(exc, "extendedresult", 0)
+    if isinstance(exc, (apsw.ReadOnlyError, apsw.CantOpenError)):
+        if code == SQLITE_READONLY_ROLLBACK or (code & 0xff == 8 and
+                                               _companion_size(path, "-journal") > 0):
+            return ArchiveError(
+                f"archive {path} has a hot rollback journal ({path.name}-journal): a writer "
+                "crashed mid-transaction and the archive cannot be read until SQLite rolls "
+                "it back, which a read-only export never does; open it once with write "
+                f"access (sqlite3 '{path}' 'PRAGMA quick_check;', or start bskyarchive) in a "
+                "writable directory, then export again")
+        if _is_wal(path) and _companion_size(path, "-shm") < 0 and _dir_read_only(path):
+            return ArchiveError(
+                f"archive {path} is in WAL mode and its directory is read-only, so SQLite "
+                f"cannot create {path.name}-shm to read the changes in {path.name}-wal; make "
+                "the directory writable, or copy the archive with its -wal file to a "
+                "writable directory, then export again")
+    if isinstance(exc, apsw.CantOpenError) and not os.access(path, os.R_OK):
+        return ArchiveError(f"archive {path} cannot be read: permission denied; fix its "
+                            "permissions or run skyexport as a user who can read it")
     if isinstance(exc, apsw.NotADBError):
         return ArchiveError(f"archive {path} is not a SQLite database (or is encrypted); "
                             "pass bskyarchive's archive.db")

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as _dt
-import errno
 import json
 import os
 import random
@@ -61,6 +60,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import apsw
+
+from .errors import OutputError
 
 __all__ = ["SynthStats", "build_archive"]
 
@@ -703,6 +704,18 @@ def _exclusive_temp(final: str) -> str:
         return tmp
 
 
+def _check_writable_dir(final: str, directory: str) -> None:
+    """The archive's directory exists and this user may create files in it, else one
+    clear line (OutputError) before anything is written."""
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.lexists(directory) else "is not a directory"
+        raise OutputError(f"cannot write {final}: directory {directory} {what}; create it "
+                          "first or choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {final}: directory {directory} is not writable; "
+                          "choose another path or fix its permissions")
+
+
 def build_archive(
     path: str | os.PathLike[str],
     posts: int,
@@ -719,7 +732,8 @@ def build_archive(
     The archive is built under a fresh hidden name beside `path` and linked to `path` only
     when complete; on failure the temporary file is removed.  Nothing synth did not create is
     ever deleted, replaced or written into: an existing `path` is refused
-    (`FileExistsError`), and so is an existing media directory.  `schema_version` is 2 (with
+    (`FileExistsError`), and so is an existing media directory; a missing or unwritable
+    directory raises OutputError, before anything is written.  `schema_version` is 2 (with
     ``quote_count``) or 1.  `dids` accounts own the posts, the first about 90 % of them.
     With `media`, image files are written into a new directory `media_dir` (default:
     ``media`` beside the archive) and listed in the ``media`` table with paths relative to the
@@ -738,8 +752,7 @@ def build_archive(
     if os.path.lexists(final):
         raise FileExistsError(f"refusing to overwrite {final}")
     archive_dir = os.path.dirname(os.path.abspath(final))
-    if not os.path.isdir(archive_dir):
-        raise FileNotFoundError(errno.ENOENT, "no such directory", archive_dir)
+    _check_writable_dir(final, archive_dir)
 
     rng = random.Random(seed)
     writer = None
