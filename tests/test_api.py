@@ -112,16 +112,16 @@ def one_line(exc: BaseException) -> str:
 
 
 @pytest.mark.parametrize(("options", "needle"), [
-    ({"format": "xml"}, "unknown format 'xml'"),
-    ({"batch_size": 0}, "batch size must be a positive integer"),
-    ({"batch_size": -5}, "batch size must be a positive integer"),
-    ({"batch_size": 2.5}, "batch size must be a positive integer"),
-    ({"batch_size": True}, "batch size must be a positive integer"),
-    ({"on_bad_value": "ignore"}, "on_bad_value must be 'error' or 'keep'"),
-    ({"since": "yesterday"}, "--since"),
-    ({"until": "2024-13-01"}, "--until"),
-    ({"since": "2024-03-01", "until": "2024-02-01"}, "is after --until"),
-    ({"media": True, "media_root": "/nonexistent/media"}, "--media-root"),
+    ({"format": "xml"}, "format= 'xml' is not a format"),
+    ({"batch_size": 0}, "batch_size= must be a positive integer"),
+    ({"batch_size": -5}, "batch_size= must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size= must be a positive integer"),
+    ({"batch_size": True}, "batch_size= must be a positive integer"),
+    ({"on_bad_value": "ignore"}, "on_bad_value= must be 'error' or 'keep'"),
+    ({"since": "yesterday"}, "since="),
+    ({"until": "2024-13-01"}, "until="),
+    ({"since": "2024-03-01", "until": "2024-02-01"}, "is after until="),
+    ({"media": True, "media_root": "/nonexistent/media"}, "media_root="),
 ])
 def test_option_error(archive: Path, tmp_path: Path, options: dict, needle: str) -> None:
     with pytest.raises(OptionError) as info:

@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "OptionError", "OutputError", "VerifyReport", "export", "verify",
-    "__version__",
+    "ExportWarning", "OptionError", "OutputError", "SelectionError", "VerifyReport", "export",
+    "verify", "__version__",
 ]
 
 _WHERE = {
     "ArchiveError": "errors", "BadValueError": "errors", "ExportError": "errors",
-    "OptionError": "errors", "OutputError": "errors",
+    "OptionError": "errors", "OutputError": "errors", "SelectionError": "errors",
     "ExportResult": "job", "ExportWarning": "job", "export": "job",
     "VerifyReport": "manifest", "verify": "manifest",
     "ExportProgress": "progress",
@@ -27,7 +27,14 @@ _WHERE = {
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
+    from .errors import (
+        ArchiveError,
+        BadValueError,
+        ExportError,
+        OptionError,
+        OutputError,
+        SelectionError,
+    )
     from .job import ExportResult, ExportWarning, export
     from .manifest import VerifyReport, verify
     from .progress import ExportProgress

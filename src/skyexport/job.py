@@ -21,6 +21,7 @@ the published directory as `published_directory`, so that the caller can say so.
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno
 import fcntl
 import os
@@ -34,7 +35,7 @@ from . import __version__
 from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
 from ._record import Record
 from .archive import Archive, archive_error
-from .errors import ArchiveError, BadValueError, OptionError, OutputError
+from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
@@ -120,8 +121,8 @@ def export(
     *,
     format: Format = "json",
     did: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
+    since: str | _dt.date | None = None,
+    until: str | _dt.date | None = None,
     media: bool = False,
     media_root: str | os.PathLike[str] | None = None,
     media_any_path: bool = False,
@@ -130,11 +131,14 @@ def export(
     on_bad_value: Literal["error", "keep"] = "error",
     on_progress: Callable[[ExportProgress], object] | None = None,
     csv_formula_guard: bool = False,
+    _option: Callable[[str], str] | None = None,
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
-    `since` and `until` (YYYY-MM-DD or RFC 3339) select posts; `media=True` copies the
+    `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
+    `datetime.datetime`: naive means UTC) select posts; a `did` the archive holds no post of
+    raises SelectionError; `media=True` copies the
     posts' media files into `media/` (relative paths resolve against `media_root`, default
     the current directory, then the archive's directory and its parent; a file that does
     not resolve under one of those is skipped with a warning unless `media_any_path`;
@@ -173,25 +177,37 @@ def export(
         >>> skyexport.verify(result.directory).ok
         True
     """
+    # Options are named as the caller wrote them: `since=` here, `--since` from the CLI.
+    opt = _option or _api_option
     if format not in FORMATS:
-        raise OptionError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise OptionError(f"{opt('format')} {format!r} is not a format; choose one of "
+                          f"{', '.join(FORMATS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"batch size must be a positive integer, not {batch_size!r}")
+        raise OptionError(f"{opt('batch_size')} must be a positive integer, not "
+                          f"{batch_size!r}")
     if on_bad_value not in ("error", "keep"):
-        raise OptionError(f"on_bad_value must be 'error' or 'keep', not {on_bad_value!r}")
+        raise OptionError(f"{opt('on_bad_value')} must be 'error' or 'keep', not "
+                          f"{on_bad_value!r}")
+    if did is not None and not isinstance(did, str):
+        raise OptionError(f"{opt('did')} must be a str, not {type(did).__name__}")
     bounds = []
-    for name, text, end in (("since", since, False), ("until", until, True)):
+    texts = []
+    for name, value, end in (("since", since, False), ("until", until, True)):
+        text = _bound_text(opt(name), value)
+        texts.append(text)
         try:
             bounds.append(parse_bound(text, end) if text is not None else None)
         except ValueError as exc:
-            raise OptionError(f"--{name}: {exc}") from None
+            raise OptionError(f"{opt(name)} {exc}") from None
     lo, hi = bounds
+    since, until = texts
     if lo is not None and hi is not None and lo > hi:
-        raise OptionError(f"--since {since} is after --until {until}")
+        raise OptionError(f"{opt('since')} {since} is after {opt('until')} {until}")
     if media_link not in ("copy", "hardlink"):
-        raise OptionError(f"media_link must be 'copy' or 'hardlink', not {media_link!r}")
+        raise OptionError(f"{opt('media_link')} must be 'copy' or 'hardlink', not "
+                          f"{media_link!r}")
     if media and media_root is not None and not os.path.isdir(media_root):
-        raise OptionError(f"--media-root {os.fspath(media_root)} is not a directory")
+        raise OptionError(f"{opt('media_root')} {os.fspath(media_root)} is not a directory")
     with Archive(archive) as arc:
         out, created = _prepare_output(Path(output))
         job = _Job(arc, out, format, did, lo, hi, since, until, media,
@@ -204,6 +220,23 @@ def export(
             if created:
                 _rmdir_if_empty(out)
             raise
+
+
+def _api_option(name: str) -> str:
+    return f"{name}="
+
+
+def _bound_text(option: str, value: object) -> str | None:
+    """--since/--until as text: a str as given, a date as YYYY-MM-DD, a datetime in RFC
+    3339 (naive: UTC, as a zone-less text bound is)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    raise OptionError(f"{option} must be a str, datetime.date or datetime.datetime, not "
+                      f"{type(value).__name__}")
 
 
 class _Job:
@@ -320,6 +353,8 @@ class _Job:
             arc.set_heartbeat(self.heartbeat)  # counting can take seconds too
         try:
             arc.begin()
+            if self.did is not None:
+                self._check_did(self.did)
             count_sql, rows_sql, args = arc.select(self.did, self.lo, self.hi)
             self.selection = (count_sql, args)  # the media stream selects the same posts
             self.posts_total = arc.count(count_sql, args)
@@ -341,6 +376,22 @@ class _Job:
             return self._write(tmp, data_path, fd, rows_sql, args)
         finally:
             os.close(fd)
+
+    def _check_did(self, did: str) -> None:
+        """A DID the archive holds no post of is a mistake (a typo, another account),
+        not an empty export: say which DIDs it does hold."""
+        arc = self.arc
+        if arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,)):
+            return
+        held = arc.conn.execute("SELECT did, count(*) FROM posts GROUP BY did "
+                                "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
+        if not held:
+            listed = "it holds no posts at all"
+        else:
+            shown = ", ".join(f"{d} ({n} posts)" for d, n in held[:5])
+            listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
+        raise SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
+                             f"`skyexport info {arc.path}` lists them all")
 
     def _write(self, tmp: Path, data_path: Path, fd: int, rows_sql: str,
                args: list[object]) -> ExportResult:
