@@ -10,9 +10,12 @@ sees everything at once and can inline across them):
     _time.pxi     reading stored timestamps, rendering RFC 3339
     _json.pxi     JSON string escaping, validating and re-indenting stored JSON
     _csv.pxi      Go's CSV quoting, the MediaFiles column
+    _rows.pxi     the column layout, cells, RowSource (what Writer.encode reads) and
+                  TupleRows (a RowSource over Python tuples)
+    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h);
+                  read_cell, the one SQLite cell decoder
     _filter.pxi   --since/--until as SQL functions; parsing the bounds
-    _writer.pxi   Writer: the per-row encoders and the batch loops
-    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h)
+    _writer.pxi   Writer: the per-row encoders and the batch loop
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
@@ -40,9 +43,10 @@ include "_buffer.pxi"
 include "_time.pxi"
 include "_json.pxi"
 include "_csv.pxi"
+include "_rows.pxi"
+include "_sqlite.pxi"
 include "_filter.pxi"
 include "_writer.pxi"
-include "_sqlite.pxi"
 include "_pipe.pxi"
 
 init_json_tables()

@@ -65,57 +65,33 @@ cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
     until arena_seal turns them into pointers: `data` may move while it grows).  Returns 1
     when a giant value was lent instead (valid only until the statement steps again)."""
     cdef Cell* c = a.cells + a.nrows * N_COLUMNS
-    cdef int col, t
-    cdef sqlite3_value* v
-    cdef const void* p
-    cdef const unsigned char* tp
-    cdef bint as_text
+    cdef int col
     cdef int lent = 0
     cdef Py_ssize_t n, cap
     cdef char* grown
     for col in range(N_COLUMNS):
-        v = sx_column_value(st, col)
-        t = sx_value_type(v)
-        as_text = (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]
-        if as_text:
-            t = SQLITE_TEXT                  # copied below as SQLite's text of the number
-        if t == SQLITE_INTEGER:
-            c[col].kind = K_INT
-            c[col].i = sx_value_int64(v)
-        elif t == SQLITE_FLOAT:
-            c[col].kind = K_FLOAT
-            c[col].d = sx_value_double(v)
-        elif t == SQLITE_NULL:
-            c[col].kind = K_NULL
-        else:
-            if as_text:
-                number_as_text(st, col, &tp, &n)
-                p = tp
-            else:
-                p = sx_value_blob(v)
-                n = sx_value_bytes(v)
-            if n >= LEND_BYTES:
-                c[col].kind = K_LENT
-                c[col].p = <const unsigned char*>p
-                c[col].n = n
-                lent = 1
-                continue
-            if a.data_len + n > a.data_cap:
-                cap = a.data_cap * 2
-                if cap < a.data_len + n:
-                    cap = a.data_len + n
-                grown = <char*>PyMem_RawRealloc(a.data, cap)
-                if grown == NULL:
-                    with gil:
-                        raise MemoryError()
-                a.data = grown
-                a.data_cap = cap
-            if n:
-                memcpy(a.data + a.data_len, p, n)
-            c[col].kind = K_BYTES
-            c[col].i = a.data_len          # offset, until sealed
-            c[col].n = n
-            a.data_len += n
+        read_cell(st, col, &c[col])
+        if c[col].kind != K_BYTES:
+            continue
+        n = c[col].n
+        if n >= LEND_BYTES:
+            c[col].kind = K_LENT         # left in SQLite's memory (p, n as read)
+            lent = 1
+            continue
+        if a.data_len + n > a.data_cap:
+            cap = a.data_cap * 2
+            if cap < a.data_len + n:
+                cap = a.data_len + n
+            grown = <char*>PyMem_RawRealloc(a.data, cap)
+            if grown == NULL:
+                with gil:
+                    raise MemoryError()
+            a.data = grown
+            a.data_cap = cap
+        if n:
+            memcpy(a.data + a.data_len, c[col].p, n)
+        c[col].i = a.data_len            # offset, until sealed
+        a.data_len += n
     a.nrows += 1
     return lent
 
@@ -131,10 +107,11 @@ cdef void arena_seal(Arena* a) noexcept nogil:
 
 @cython.final
 @cython.auto_pickle(False)
-cdef class RowPipe:
-    """Steps `stmt` on a thread of its own (start()) and hands its rows, in order, to
-    Writer.encode_pipe.  close() stops the thread and must run before the statement is
-    finalized; it is called by the Archive on every path."""
+cdef class RowPipe(RowSource):
+    """Steps `stmt` on a thread of its own (start()) and hands its rows, in order, as a
+    RowSource.  close() stops the thread - interrupting a step in progress, such as a long
+    sort - and must run before the statement is finalized; the Archive calls it on every
+    path."""
     cdef Statement stmt
     cdef Arena arenas[PIPE_ARENAS]
     cdef sx_sync sync
@@ -174,6 +151,10 @@ cdef class RowPipe:
         with nogil:
             sx_lock(&self.sync)
             self.cancel = True
+            if not self.producer_done and self.thread is not None:
+                # The producer may be inside one long step (a sort of a million keys):
+                # make SQLite return from it now, not when the step ends.
+                self.stmt.interrupt()
             sx_broadcast(&self.sync)
             sx_unlock(&self.sync)
         if self.thread is not None:
@@ -241,7 +222,7 @@ cdef class RowPipe:
             if rc == 0:
                 return 0
 
-    cdef Cell* next_row(self) except NULL nogil:
+    cdef const Cell* next_row(self) except NULL nogil:
         """The next row's cells, or a pointer to a cell of kind -1 at the end.  Waits for
         the producer; checks for signals (Ctrl-C) while waiting."""
         cdef Arena* a
@@ -280,6 +261,3 @@ cdef class RowPipe:
             with gil:
                 PyErr_CheckSignals()
 
-
-cdef Cell _END_OF_ROWS
-_END_OF_ROWS.kind = -1

@@ -34,6 +34,7 @@ cdef extern from "sqlite_glue.h" nogil:
     int sx_value_bytes(sqlite3_value* v)
     const char* sx_errmsg(sqlite3* db)
     int sx_extended_errcode(sqlite3* db)
+    void sx_interrupt(sqlite3* db)
 
 
 EXTENSION_ENTRY_POINT = "skyexport_sqlite_init"
@@ -66,10 +67,38 @@ cdef object sqlite_error(sqlite3* db, int rc):
     return exc
 
 
+cdef int read_cell(sqlite3_stmt* st, int col, Cell* c) except -1 nogil:
+    """The one cell decoder: column `col` of the current row as a cell pointing into
+    SQLite's own memory (valid until the next step).  TEXT and BLOB are read as their bytes
+    (no conversion; NULs and invalid UTF-8 kept); a number in a text column as SQLite's
+    text of it."""
+    cdef sqlite3_value* v = sx_column_value(st, col)
+    cdef int t = sx_value_type(v)
+    if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
+        c.kind = K_BYTES
+        number_as_text(st, col, &c.p, &c.n)
+    elif t == SQLITE_INTEGER:
+        c.kind = K_INT
+        c.i = sx_value_int64(v)
+    elif t == SQLITE_FLOAT:
+        c.kind = K_FLOAT
+        c.d = sx_value_double(v)
+    elif t == SQLITE_NULL:
+        c.kind = K_NULL
+    else:
+        c.kind = K_BYTES
+        c.p = <const unsigned char*>sx_value_blob(v)
+        c.n = sx_value_bytes(v)
+        if c.p == NULL:          # a zero-length value
+            c.p = <const unsigned char*>b""
+    return 0
+
+
 @cython.final
 @cython.auto_pickle(False)
-cdef class Statement:
-    """One prepared SELECT on an APSW connection, stepped by Writer.encode_stmt.
+cdef class Statement(RowSource):
+    """One prepared SELECT on an APSW connection; as a RowSource, stepped on the thread
+    that encodes (a RowPipe steps it on a thread of its own instead).
 
     Invariant: `stmt` is NULL or a live statement of `conn`; `close()` finalizes it and
     must run before the connection closes (the Archive does this)."""
@@ -77,6 +106,7 @@ cdef class Statement:
     cdef sqlite3_stmt* stmt
     cdef object conn
     cdef readonly bint done
+    cdef Cell row[N_COLUMNS]
 
     def __init__(self, conn, str sql, args=()):
         self.close()
@@ -137,3 +167,16 @@ cdef class Statement:
             if PyErr_Occurred() == NULL:
                 raise sqlite_error(self.db, rc)
         return -1
+
+    cdef const Cell* next_row(self) except NULL nogil:
+        cdef int col
+        if self.step() == 0:
+            return &_END_OF_ROWS
+        for col in range(N_COLUMNS):
+            read_cell(self.stmt, col, &self.row[col])
+        return self.row
+
+    cdef void interrupt(self) noexcept nogil:
+        """Make a step running on another thread return SQLITE_INTERRUPT soon."""
+        if self.db != NULL:
+            sx_interrupt(self.db)

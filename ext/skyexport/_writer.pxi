@@ -1,40 +1,10 @@
-# The writer: takes rows one at a time - from the SQLite statement directly (encode_stmt,
-# the fast path) or from any iterator of tuples such as an APSW cursor (encode) - puts each
-# row's 17 values into C cells, encodes them straight into the output buffer, and hands the
-# buffer to a sink (the data file's writer thread) at a fixed size.
-
-# Column positions in the SELECT that skyexport.archive builds (_columns there).
-cdef enum:
-    C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_HAS_MEDIA, C_LIKES, C_REPOSTS
-    C_REPLIES, C_QUOTES, C_IS_REPLY, C_REPLY_PARENT, C_EMBED_TYPE, C_EMBED_DATA, C_LABELS
-    C_ARCHIVED, N_COLUMNS
+# The writer: takes rows one at a time from a RowSource (_rows.pxi) - the SQLite statement
+# stepped directly or on its own thread, or any iterable of tuples - as C cells, encodes
+# them straight into the output buffer, and hands the buffer to a sink (the data file's
+# writer thread) at a fixed size.
 
 cdef enum:
     FMT_JSON, FMT_JSONL, FMT_CSV
-
-# A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).  K_LENT is the
-# row pipe's own: a giant value left in SQLite's memory while its arena fills (_pipe.pxi).
-cdef enum:
-    K_NULL, K_INT, K_FLOAT, K_BYTES, K_LENT
-
-cdef struct Cell:
-    int kind
-    int64_t i
-    double d
-    const unsigned char* p      # K_BYTES: the value's bytes (borrowed, valid for this row)
-    Py_ssize_t n
-
-# The columns the archive declares TEXT or TIMESTAMP: a number stored in one is read as its
-# text, as SQLite's CAST(x AS TEXT) writes it (the cursor row source casts them in SQL).
-cdef bint TEXT_COLUMN[N_COLUMNS]
-for _col in (C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_REPLY_PARENT, C_EMBED_TYPE,
-             C_ARCHIVED):
-    TEXT_COLUMN[_col] = True
-
-# Field names as the archive calls them (for bad-value messages).
-COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
-                "like_count", "repost_count", "reply_count", "quote_count", "is_reply",
-                "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
 
 CSV_HEADER = (b"\xef\xbb\xbfURI,CID,DID,Text,CreatedAt,LikeCount,RepostCount,ReplyCount,"
               b"QuoteCount,IsReply,ReplyParent,HasMedia,MediaFiles,EmbedType,IndexedAt\n")
@@ -280,32 +250,18 @@ cdef class Writer:
             self.flush()
         return self.bytes_written + self.buf.len >= stop
 
-    def encode_stmt(self, Statement stmt, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """The fast path: step `stmt` for up to `max_rows` rows, stopping early once this
-        batch has produced `max_bytes` bytes.  Runs without the GIL except for sink calls
-        and rare values.  Returns the rows encoded; sets `exhausted` at the end."""
+    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
+        """Encode up to `max_rows` rows from `rows` (a RowSource, or any iterable of
+        17-tuples, wrapped in a TupleRows), stopping early once this batch has produced
+        `max_bytes` bytes.  Runs without the GIL except for sink calls, rare values and
+        Python sources.  Returns the rows encoded; sets `exhausted` at the end."""
+        cdef RowSource source = rows if isinstance(rows, RowSource) else TupleRows(rows)
         cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
+        cdef const Cell* r
         with nogil:
             while done < max_rows:
-                if stmt.step() == 0:
-                    self.exhausted = True
-                    break
-                self.fill_from_stmt(stmt.stmt)
-                done += 1
-                if self.row_encoded(stop):
-                    break
-        return done
-
-    def encode_pipe(self, RowPipe pipe, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """Like encode_stmt, with the statement stepped on the pipe's own thread (the
-        default: SQLite and the encoder each get a core)."""
-        cdef long long stop = self.batch_end(max_bytes)
-        cdef Py_ssize_t done = 0
-        cdef Cell* r
-        with nogil:
-            while done < max_rows:
-                r = pipe.next_row()
+                r = source.next_row()
                 if r.kind < 0:
                     self.exhausted = True
                     break
@@ -313,23 +269,6 @@ cdef class Writer:
                 done += 1
                 if self.row_encoded(stop):
                     break
-        return done
-
-    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """Like encode_stmt, for rows from an iterator of 17-tuples (an APSW cursor on the
-        same SELECT, or test data)."""
-        cdef long long stop = self.batch_end(max_bytes)
-        cdef Py_ssize_t done = 0
-        it = iter(rows)
-        while done < max_rows:
-            row = next(it, None)
-            if row is None:
-                self.exhausted = True
-                break
-            keep = self.fill_from_tuple(row)   # holds any converted values alive
-            done += 1
-            if self.row_encoded(stop):
-                break
         return done
 
     def finish(self):
@@ -349,75 +288,18 @@ cdef class Writer:
             return 0
         with gil:
             # A view of our own buffer: the sink copies what it keeps (FileSink into a
-            # pooled buffer), so no block is allocated per flush.
-            self.sink(PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ))
+            # pooled buffer), so no block is allocated per flush.  Released after the call:
+            # a sink that kept it gets an error on use, never bytes that changed or memory
+            # that was freed.
+            view = PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ)
+            try:
+                self.sink(view)
+            finally:
+                view.release()
         self.bytes_written += self.buf.len
         self.buf.len = 0
         # After a giant row, hand the memory back.
         return ob_shrink(&self.buf, self.flush_size + (self.flush_size >> 2) + 4096)
-
-    cdef int fill_from_stmt(self, sqlite3_stmt* st) except -1 nogil:
-        """Point the cells at the current row's values, in SQLite's own memory (valid until
-        the next step).  TEXT is read as its bytes: no conversion, NULs and invalid UTF-8
-        kept; a number in a text column as SQLite's text of it."""
-        cdef int col, t
-        cdef Cell* c
-        cdef sqlite3_value* v
-        for col in range(N_COLUMNS):
-            c = &self.row[col]
-            v = sx_column_value(st, col)
-            t = sx_value_type(v)
-            if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
-                c.kind = K_BYTES
-                number_as_text(st, col, &c.p, &c.n)
-            elif t == SQLITE_INTEGER:
-                c.kind = K_INT
-                c.i = sx_value_int64(v)
-            elif t == SQLITE_FLOAT:
-                c.kind = K_FLOAT
-                c.d = sx_value_double(v)
-            elif t == SQLITE_NULL:
-                c.kind = K_NULL
-            else:
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>sx_value_blob(v)
-                c.n = sx_value_bytes(v)
-                if c.p == NULL:          # a zero-length value
-                    c.p = <const unsigned char*>b""
-        return 0
-
-    cdef list fill_from_tuple(self, object row):
-        """Point the cells at the tuple's values; returns the list of any values it had to
-        convert (str -> UTF-8 bytes), which the caller keeps alive for the row."""
-        cdef tuple t = <tuple?>row
-        cdef list keep = None
-        cdef Cell* c
-        if len(t) != N_COLUMNS:
-            raise ValueError(f"a row must have {N_COLUMNS} values, not {len(t)}")
-        for col in range(N_COLUMNS):
-            v = t[col]
-            c = &self.row[col]
-            if v is None:
-                c.kind = K_NULL
-            elif type(v) is bytes:
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
-                c.n = PyBytes_GET_SIZE(v)
-            elif type(v) is int or type(v) is bool:
-                c.kind = K_INT
-                c.i = PyLong_AsLongLong(v)
-            elif type(v) is float:
-                c.kind = K_FLOAT
-                c.d = v
-            else:
-                v = (v if type(v) is str else str(v)).encode("utf-8", "surrogateescape")
-                if keep is None:
-                    keep = []
-                keep.append(v)
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
-                c.n = PyBytes_GET_SIZE(v)
-        return keep
 
     # --- one row ------------------------------------------------------------------------
 

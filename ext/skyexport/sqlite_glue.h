@@ -86,5 +86,7 @@ static inline const void *sx_value_blob(sqlite3_value *v) { return sqlite3_value
 static inline int sx_value_bytes(sqlite3_value *v) { return sqlite3_value_bytes(v); }
 static inline const char *sx_errmsg(sqlite3 *db) { return sqlite3_errmsg(db); }
 static inline int sx_extended_errcode(sqlite3 *db) { return sqlite3_extended_errcode(db); }
+/* Safe from any thread: a running step returns SQLITE_INTERRUPT at its next check. */
+static inline void sx_interrupt(sqlite3 *db) { sqlite3_interrupt(db); }
 
 #endif

@@ -7,9 +7,18 @@ COLUMN_NAMES: Final[tuple[str, ...]]
 CSV_HEADER: Final[bytes]
 EXTENSION_ENTRY_POINT: Final[str]
 
+class RowSource:
+    """Rows for Writer.encode, one at a time (implemented in C by the classes below)."""
+
 @final
-class Statement:
-    """One prepared SELECT on an APSW connection, stepped by Writer.encode_stmt."""
+class TupleRows(RowSource):
+    """A RowSource over any iterable of 17-tuples."""
+
+    def __init__(self, rows: Iterable[tuple[object, ...]]) -> None: ...
+
+@final
+class Statement(RowSource):
+    """One prepared SELECT on an APSW connection; a RowSource stepped where it is read."""
 
     @property
     def done(self) -> bool: ...
@@ -17,8 +26,8 @@ class Statement:
     def close(self) -> None: ...
 
 @final
-class RowPipe:
-    """Steps a Statement on a thread of its own for Writer.encode_pipe."""
+class RowPipe(RowSource):
+    """Steps a Statement on a thread of its own; a RowSource of its rows."""
 
     def __init__(self, stmt: Statement) -> None: ...
     def start(self) -> None: ...
@@ -47,9 +56,8 @@ class Writer:
         formula_guard: bool = False,
     ) -> None: ...
     def take_media_posts(self) -> list[bytes]: ...
-    def encode_stmt(self, stmt: Statement, max_rows: int, max_bytes: int) -> int: ...
-    def encode_pipe(self, pipe: RowPipe, max_rows: int, max_bytes: int) -> int: ...
-    def encode(self, rows: Iterable[tuple[object, ...]], max_rows: int, max_bytes: int) -> int: ...
+    def encode(self, rows: RowSource | Iterable[tuple[object, ...]], max_rows: int,
+               max_bytes: int) -> int: ...
     def finish(self) -> int: ...
 
 @final

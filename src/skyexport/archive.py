@@ -18,7 +18,7 @@ from pathlib import Path
 import apsw
 
 from . import _core
-from ._core import InstantRange, RowPipe, Statement, is_bad_stamp
+from ._core import InstantRange, RowPipe, RowSource, Statement, TupleRows, is_bad_stamp
 from .errors import ArchiveError
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
@@ -287,12 +287,10 @@ class Archive:
         value: Any = self.conn.execute(sql, args).fetchall()[0][0]
         return int(value)
 
-    def rows(self, sql: str, args: Sequence[object]
-             ) -> RowPipe | Statement | Iterator[tuple[object, ...]]:
-        """The export's rows, for Writer.encode_pipe / encode_stmt / encode (see
-        row_source)."""
+    def rows(self, sql: str, args: Sequence[object]) -> RowSource:
+        """The export's rows as a RowSource for Writer.encode (see row_source)."""
         if not self.direct:
-            return self.conn.execute(sql, args)
+            return TupleRows(self.conn.execute(sql, args))
         stmt = Statement(self.conn, sql, list(args))
         self._statements.append(stmt)
         if self.row_source == "direct":

@@ -32,7 +32,7 @@ from pathlib import Path
 import apsw
 
 from . import __version__
-from ._core import RowPipe, Statement, Writer, parse_bound, rename_noreplace
+from ._core import Writer, parse_bound, rename_noreplace
 from ._record import Record
 from .archive import Archive, archive_error
 from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
@@ -464,20 +464,13 @@ class _Job:
                 except apsw.Error as exc:
                     raise archive_error(arc.path, exc, "while reading the media table") \
                         from None
-        rows: Any = arc.rows(rows_sql, args)
-        encode: Callable[[Any, int, int], int]
-        if isinstance(rows, RowPipe):
-            encode = writer.encode_pipe
-        elif isinstance(rows, Statement):
-            encode = writer.encode_stmt
-        else:
-            encode = writer.encode
+        rows = arc.rows(rows_sql, args)
         batch = 0
         while not writer.exhausted:
             first = writer.rows + 1
             batch += 1
             try:
-                if not encode(rows, self.batch_size, BATCH_BYTES):
+                if not writer.encode(rows, self.batch_size, BATCH_BYTES):
                     break  # the end, found on a batch boundary: nothing to report
                 if self.media_stream is not None:
                     assert self.copier is not None
