@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -246,6 +247,16 @@ def test_strings_with_escapes_are_skipped_exactly(export_dir: Path) -> None:
 def test_api_report_for_a_fifo(export_dir: Path) -> None:
     (export_dir / "media" / "img1.jpg").unlink()
     os.mkfifo(export_dir / "media" / "img1.jpg")
-    report = skyexport.verify(export_dir)
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("verify hung on a FIFO")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(TIMEOUT)
+    try:
+        report = skyexport.verify(export_dir)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     assert report.problems == ["media/img1.jpg: a FIFO, not a regular file (verify neither "
                                "follows nor opens it)"]
