@@ -260,3 +260,73 @@ def test_api_report_for_a_fifo(export_dir: Path) -> None:
         signal.signal(signal.SIGALRM, old)
     assert report.problems == ["media/img1.jpg: a FIFO, not a regular file (verify neither "
                                "follows nor opens it)"]
+
+
+# --- item 10: memory does not grow with the manifest or the media list ---------------------------
+#
+# The limit_memory marks act only under `pytest --memray` (see test_memory.py); without it the
+# tests still check that verify accepts the export.
+
+WARNING = (b'    {\n      "uri": "at://did:plc:test/app.bsky.feed.post/3kxyz",\n'
+           b'      "column": "labels",\n      "message": "labels holds \'{not \\"json\', '
+           b'kept as text [1] {2}"\n    },\n')
+
+
+def write_huge_manifest(directory: Path, size: int) -> None:
+    """The real manifest with a `warnings` list of `size` bytes spliced in front of its
+    members, and as much white space again before the closing brace."""
+    p = directory / "manifest.json"
+    raw = p.read_bytes()
+    block = WARNING * 4096
+    with p.open("wb") as f:
+        f.write(b'{\n  "warnings": [\n')
+        written = 0
+        while written < size // 2:
+            f.write(block)
+            written += len(block)
+        f.write(WARNING.rstrip(b",\n") + b"\n  ],\n")
+        spaces = b" " * len(block)
+        while written < size:
+            f.write(spaces)
+            written += len(spaces)
+        f.write(b"  " + raw[1:])
+
+
+# Measured peaks: 2.4 MiB for the 300 MB manifest (the old verify: 605 MB), 8.4 MiB for 200,000
+# media lines (the old one: 1.8 GB for 3 million).  The name set costs about 11 bytes a line,
+# so 3 million lines stay near 45 MB, within the issue's 100 MB.
+@pytest.mark.limit_memory("16 MB")
+def test_a_300_mb_manifest(export_dir: Path) -> None:
+    write_huge_manifest(export_dir, 300 << 20)
+    report = skyexport.verify(export_dir)
+    assert report.problems == [] and report.checked == 4
+
+
+def long_media_list(directory: Path, n: int) -> None:
+    """`n` empty media files and their list, written as it goes (pytest-memray counts the
+    test's own allocations too)."""
+    media = directory / "media"
+    for p in media.iterdir():
+        p.unlink()
+    digest = sha(b"").encode()
+    h = hashlib.sha256()
+    size = 0
+    with (directory / "media.sha256").open("wb") as f:
+        for i in range(n):
+            name = b"f%07d.jpg" % i
+            os.close(os.open(media / os.fsdecode(name), os.O_WRONLY | os.O_CREAT, 0o644))
+            line = digest + b"  media/" + name + b"\n"
+            f.write(line)
+            h.update(line)
+            size += len(line)
+    m = json.loads((directory / "manifest.json").read_bytes())
+    m["checksums"]["media.sha256"] = {"sha256": h.hexdigest(), "bytes": size}
+    m["media_count"] = n
+    (directory / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+@pytest.mark.limit_memory("24 MB")
+def test_a_long_media_list(export_dir: Path) -> None:
+    long_media_list(export_dir, 200_000)
+    report = skyexport.verify(export_dir)
+    assert report.problems == [] and report.checked == 200_002
