@@ -330,3 +330,12 @@ def test_a_long_media_list(export_dir: Path) -> None:
     long_media_list(export_dir, 200_000)
     report = skyexport.verify(export_dir)
     assert report.problems == [] and report.checked == 200_002
+
+
+def test_media_is_a_regular_file(export_dir: Path) -> None:
+    for p in (export_dir / "media").iterdir():
+        p.unlink()
+    (export_dir / "media").rmdir()
+    (export_dir / "media").write_bytes(b"")
+    rejected(export_dir, "media: a regular file, not a directory",
+             "media/img0.jpg: not checked, media is a regular file")

@@ -147,7 +147,8 @@ class _NotRegular(Exception):
 
 
 def _kind(mode: int) -> str:
-    for test, what in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+    for test, what in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISDIR, "a directory"),
                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
@@ -595,6 +596,9 @@ def verify(directory: str | os.PathLike[str]) -> VerifyReport:
         return report
     try:
         _verify(dir_fd, report)
+    except OSError as exc:  # the export changed under verify, or a directory is unreadable
+        report.problems.append(f"{_show(exc.filename or str(d))}: cannot be read "
+                               f"({exc.strerror})")
     finally:
         os.close(dir_fd)
     return report
