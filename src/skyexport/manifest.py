@@ -500,7 +500,7 @@ class _NameSet:
 
     def __init__(self, expected: int) -> None:
         self.size = max(int(expected / 0.7), 16)
-        self.table = array.array("q", bytes(8 * self.size))
+        self.table = array.array("q", [0]) * self.size
         self.n = 0
 
     @staticmethod
@@ -539,7 +539,7 @@ class _NameSet:
     def _grow(self) -> None:
         old = self.table
         self.size *= 2
-        self.table = array.array("q", bytes(8 * self.size))
+        self.table = array.array("q", [0]) * self.size
         t, size = self.table, self.size
         for h in old:
             if h:
