@@ -7,6 +7,9 @@ cdef extern from "sqlite_glue.h" nogil:
         pass
     ctypedef struct sqlite3_value:
         pass
+    ctypedef struct sqlite3_context:
+        pass
+    ctypedef void (*sx_sql_fn)(sqlite3_context*, int, sqlite3_value**) noexcept nogil
     ctypedef long long sqlite3_int64
     enum:
         SQLITE_OK, SQLITE_ROW, SQLITE_DONE
@@ -35,6 +38,11 @@ cdef extern from "sqlite_glue.h" nogil:
     const char* sx_errmsg(sqlite3* db)
     int sx_extended_errcode(sqlite3* db)
     void sx_interrupt(sqlite3* db)
+    int sx_create_function(sqlite3* db, const char* name, int nargs, void* data,
+                           sx_sql_fn fn, void (*destroy)(void*) noexcept nogil)
+    void* sx_user_data(sqlite3_context* c)
+    void sx_result_int(sqlite3_context* c, int v)
+    const unsigned char* sx_value_text(sqlite3_value* v)
 
 
 EXTENSION_ENTRY_POINT = "skyexport_sqlite_init"

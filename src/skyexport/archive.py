@@ -18,7 +18,15 @@ from pathlib import Path
 import apsw
 
 from . import _core
-from ._core import InstantRange, RowPipe, RowSource, Statement, TupleRows, is_bad_stamp
+from ._core import (
+    InstantRange,
+    RowPipe,
+    RowSource,
+    Statement,
+    TupleRows,
+    is_bad_stamp,
+    register_filters,
+)
 from .errors import ArchiveError
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
@@ -164,6 +172,7 @@ class Archive:
         self.direct = self.row_source != "cursor" and self._load_core()
         if not self.direct:
             self.row_source = "cursor"
+        self._filters = False   # the date-filter SQL functions are registered
         self._statements: list[Statement] = []
         self._pipes: list[RowPipe] = []
 
@@ -257,11 +266,25 @@ class Archive:
                            "OR created_at >= X'' OR created_at IS NULL)")
             args.append(_day_before(since, -1) if since is not None else "")
             args.append(_day_before(until, 2) if until is not None else "\uffff")
-            in_range: Any = InstantRange(since, until)  # APSW's stub wants a plain function
-            self.conn.create_scalar_function("skyexport_in_range", in_range,
-                                             1, deterministic=True)
+            self._register_filters(since, until)
             clauses.append("skyexport_in_range(created_at)")
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+    def _register_filters(self, since: tuple[int, int] | None,
+                          until: tuple[int, int] | None) -> None:
+        """skyexport_in_range(created_at) and skyexport_bad_stamp(created_at): C functions
+        where the core is loaded into the connection (no Python call per row, nothing
+        for the stepping thread to wait for), else the same tests in Python."""
+        if self.direct:
+            register_filters(self.conn, since, until)
+        else:
+            in_range: Any = InstantRange(since, until)  # APSW's stub wants a function
+            bad_stamp: Any = is_bad_stamp
+            self.conn.create_scalar_function("skyexport_in_range", in_range, 1,
+                                             deterministic=True)
+            self.conn.create_scalar_function("skyexport_bad_stamp", bad_stamp, 1,
+                                             deterministic=True)
+        self._filters = True
 
     def _did_is_common(self, did: str) -> bool:
         total = self.count("SELECT count(*) FROM posts", ())
@@ -303,11 +326,11 @@ class Archive:
     def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
         """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).
         Only asked when a date filter leaves them out."""
-        bad_stamp: Any = is_bad_stamp
-        self.conn.create_scalar_function("skyexport_bad_stamp", bad_stamp, 1,
-                                         deterministic=True)
-        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did else "")
-        args = [did] if did else []
+        if not self._filters:
+            self._register_filters(None, None)
+        # The same rule for the DID as the export's own filter (_where): None is "all".
+        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
+        args = [did] if did is not None else []
         found = [(str(u), str(c)) for u, c in self.conn.execute(
             f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
             [*args, limit])]

@@ -17,6 +17,13 @@ import apsw
 
 from .archive import Archive, archive_error
 
+# One DID, given as the bytes CAST(did AS BLOB) read: equal to a BLOB-stored value or, cast
+# back, to a TEXT one (NULL: the IS NULL branch).  `+did` keeps SQLite on the created_at
+# index for the DID that owns most rows.
+_SAME_DID = "(did IN (?1, CAST(?1 AS TEXT)) OR (?2 IS NULL AND did IS NULL))"
+_SAME_DID_SCAN = "(+did IN (?1, CAST(?1 AS TEXT)) OR (?2 IS NULL AND +did IS NULL))"
+_STAMP = "CAST(created_at AS BLOB)"
+
 
 def archive_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A description of the archive at `path` (raises ArchiveError as `export` does)."""
@@ -25,21 +32,26 @@ def archive_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             arc.begin()
             posts = arc.count("SELECT count(*) FROM posts", ())
-            first_last: Any = conn.execute("SELECT min(created_at), max(created_at) FROM posts"
-                                      ).fetchall()[0]
-            per_did: list[Any] = conn.execute("SELECT did, count(*) FROM posts GROUP BY did "
-                                   "ORDER BY count(*) DESC, did").fetchall()
+            first_last: Any = conn.execute("SELECT CAST(min(created_at) AS BLOB), "
+                                           "CAST(max(created_at) AS BLOB) FROM posts"
+                                           ).fetchall()[0]
+            # DIDs as bytes (a stored one may not be valid UTF-8); matched back as TEXT or
+            # BLOB, whichever it is stored as, so the DID index still serves.
+            per_did: list[Any] = conn.execute(
+                "SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
+                "ORDER BY count(*) DESC, did").fetchall()
             dids = []
             for did, n in per_did:
                 if n * 4 >= posts:   # most rows: the created_at index finds its ends at once
-                    lo = conn.execute("SELECT created_at FROM posts WHERE +did IS ? "
-                                      "ORDER BY created_at ASC LIMIT 1", (did,)).fetchall()
-                    hi = conn.execute("SELECT created_at FROM posts WHERE +did IS ? "
-                                      "ORDER BY created_at DESC LIMIT 1", (did,)).fetchall()
+                    lo = conn.execute(f"SELECT {_STAMP} FROM posts WHERE {_SAME_DID_SCAN} "
+                                      "ORDER BY created_at ASC LIMIT 1", (did, did)).fetchall()
+                    hi = conn.execute(f"SELECT {_STAMP} FROM posts WHERE {_SAME_DID_SCAN} "
+                                      "ORDER BY created_at DESC LIMIT 1", (did, did)).fetchall()
                     span: Any = (lo[0][0] if lo else None, hi[0][0] if hi else None)
                 else:
-                    span = conn.execute("SELECT min(created_at), max(created_at) FROM posts "
-                                        "WHERE did IS ?", (did,)).fetchall()[0]
+                    span = conn.execute(f"SELECT CAST(min(created_at) AS BLOB), "
+                                        f"CAST(max(created_at) AS BLOB) FROM posts WHERE "
+                                        f"{_SAME_DID}", (did, did)).fetchall()[0]
                 dids.append({"did": _text(did), "posts": n, "first_created_at": _text(span[0]),
                              "last_created_at": _text(span[1])})
             media_rows = (arc.count("SELECT count(*) FROM media", ())

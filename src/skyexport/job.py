@@ -222,6 +222,13 @@ def export(
             raise
 
 
+def _shown(value: object) -> str:
+    """A stored value for a message: bytes as UTF-8 (escaped where invalid)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "(none)" if value is None else str(value)
+
+
 def _api_option(name: str) -> str:
     return f"{name}="
 
@@ -383,12 +390,13 @@ class _Job:
         arc = self.arc
         if arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,)):
             return
-        held = arc.conn.execute("SELECT did, count(*) FROM posts GROUP BY did "
+        # As bytes: a DID stored with invalid UTF-8 must not break the message.
+        held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
                                 "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
         if not held:
             listed = "it holds no posts at all"
         else:
-            shown = ", ".join(f"{d} ({n} posts)" for d, n in held[:5])
+            shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
             listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
         raise SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
                              f"`skyexport info {arc.path}` lists them all")
