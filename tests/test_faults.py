@@ -426,7 +426,7 @@ def test_signal_mid_export(big_archive: Path, tmp_path: Path, sig: int, code: in
 _SIGNAL_AFTER_RENAME = """
 import os, signal, sys
 from pathlib import Path
-import skyexport.job as job
+import skyexport.staged as job
 from skyexport.cli import main
 out, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2])
 real = job._fsync_dir
@@ -472,7 +472,7 @@ def test_signal_after_the_final_rename(mid_archive: Path, tmp_path: Path, sig: i
 _PAUSED_MAKER = """
 import fcntl, sys
 from pathlib import Path
-import skyexport.job as job
+import skyexport.staged as job
 def pause(frame, event, arg):
     if event == "c_call" and arg is fcntl.flock:
         print("flock", flush=True)
@@ -486,7 +486,7 @@ sys.stdin.readline()
 
 
 def test_cleaner_never_takes_a_directory_being_created(tmp_path: Path) -> None:
-    from skyexport.job import STALE_UNLOCKED_S, clean_stale_temp_dirs
+    from skyexport.staged import STALE_UNLOCKED_S, clean_stale_temp_dirs
 
     out = tmp_path / "out"
     out.mkdir()

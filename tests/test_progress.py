@@ -481,12 +481,12 @@ def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
     """The temporary directory cannot be made: a failed event, and the delivery thread
     ends (no thread left behind per failed export)."""
     arc = posts_archive(tmp_path / "a.db", 3)
-    export_mod = sys.modules["skyexport.job"]
+    staged_mod = sys.modules["skyexport.staged"]
 
     def refuse(out: Path) -> None:
         raise skyexport.OutputError(f"writing {out} failed: permission denied")
 
-    monkeypatch.setattr(export_mod, "_make_temp_dir", refuse)
+    monkeypatch.setattr(staged_mod, "_make_temp_dir", refuse)
     before = {t for t in threading.enumerate() if t.name == "skyexport-progress"}
     events: list[ExportProgress] = []
     with pytest.raises(skyexport.OutputError):

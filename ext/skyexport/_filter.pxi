@@ -48,14 +48,44 @@ cdef void sql_bad_stamp(sqlite3_context* ctx, int argc, sqlite3_value** argv) no
     sx_result_int(ctx, 0 if value_stamp(argv[0], &st) else 1)
 
 
+cdef void sql_true(sqlite3_context* ctx, int argc, sqlite3_value** argv) noexcept nogil:
+    """skyexport_true(x): x as the writer reads a boolean column (has_media), so that the
+    media query and the encoder decide has_media by one rule (bool_value)."""
+    cdef Cell c
+    value_cell(argv[0], &c)
+    sx_result_int(ctx, 1 if bool_value(&c) else 0)
+
+
+def is_true(value):
+    """skyexport_true for the cursor row source: bool_value of a Python value."""
+    cdef Cell c
+    if value is None:
+        c.kind = K_NULL
+    elif type(value) is int or type(value) is bool:
+        c.kind = K_INT
+        c.i = PyLong_AsLongLong(value)
+    elif type(value) is float:
+        c.kind = K_FLOAT
+        c.d = value
+    else:
+        if type(value) is str:
+            value = (<str>value).encode("utf-8", "surrogateescape")
+        elif type(value) is not bytes:
+            value = str(value).encode()
+        c.kind = K_BYTES
+        c.p = <const unsigned char*>PyBytes_AS_STRING(value)
+        c.n = PyBytes_GET_SIZE(value)
+    return 1 if bool_value(&c) else 0
+
+
 cdef void free_bounds(void* p) noexcept nogil:
     PyMem_RawFree(p)
 
 
 def register_filters(conn, since, until):
-    """Register `skyexport_in_range(created_at)` for [since, until] (either None) and
-    `skyexport_bad_stamp(created_at)` as C functions on `conn`, an APSW connection this
-    module is loaded into as an extension."""
+    """Register `skyexport_in_range(created_at)` for [since, until] (either None),
+    `skyexport_bad_stamp(created_at)` and `skyexport_true(has_media)` as C functions on
+    `conn`, an APSW connection this module is loaded into as an extension."""
     if not sx_ready():
         raise RuntimeError("the SQLite API table is not loaded (load this module as an "
                            "extension first)")
@@ -69,6 +99,8 @@ def register_filters(conn, since, until):
                                      free_bounds)   # frees b itself if this fails
     if rc == SQLITE_OK:
         rc = sx_create_function(db, b"skyexport_bad_stamp", 1, NULL, sql_bad_stamp, NULL)
+    if rc == SQLITE_OK:
+        rc = sx_create_function(db, b"skyexport_true", 1, NULL, sql_true, NULL)
     if rc != SQLITE_OK:
         raise sqlite_error(db, rc)
 

@@ -35,6 +35,23 @@ COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_me
                 "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
 
 
+cdef bint bool_value(const Cell* c) noexcept nogil:
+    """Booleans: non-zero numbers, or exactly 1 t T TRUE true True."""
+    cdef const unsigned char* s = c.p
+    if c.kind == K_INT:
+        return c.i != 0
+    if c.kind == K_FLOAT:
+        return c.d != 0.0
+    if c.kind != K_BYTES:
+        return False
+    if c.n == 1:
+        return s[0] == b'1' or s[0] == b't' or s[0] == b'T'
+    if c.n == 4:
+        return (memcmp(s, b"TRUE", 4) == 0 or memcmp(s, b"true", 4) == 0
+                or memcmp(s, b"True", 4) == 0)
+    return False
+
+
 # What next_row returns at the end of the rows: a cell of kind -1.
 cdef Cell _END_OF_ROWS
 _END_OF_ROWS.kind = -1

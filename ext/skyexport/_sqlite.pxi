@@ -75,17 +75,11 @@ cdef object sqlite_error(sqlite3* db, int rc):
     return exc
 
 
-cdef int read_cell(sqlite3_stmt* st, int col, Cell* c) except -1 nogil:
-    """The one cell decoder: column `col` of the current row as a cell pointing into
-    SQLite's own memory (valid until the next step).  TEXT and BLOB are read as their bytes
-    (no conversion; NULs and invalid UTF-8 kept); a number in a text column as SQLite's
-    text of it."""
-    cdef sqlite3_value* v = sx_column_value(st, col)
+cdef void value_cell(sqlite3_value* v, Cell* c) noexcept nogil:
+    """An SQLite value as a cell pointing into SQLite's own memory.  TEXT and BLOB are read
+    as their bytes (no conversion; NULs and invalid UTF-8 kept)."""
     cdef int t = sx_value_type(v)
-    if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
-        c.kind = K_BYTES
-        number_as_text(st, col, &c.p, &c.n)
-    elif t == SQLITE_INTEGER:
+    if t == SQLITE_INTEGER:
         c.kind = K_INT
         c.i = sx_value_int64(v)
     elif t == SQLITE_FLOAT:
@@ -99,6 +93,19 @@ cdef int read_cell(sqlite3_stmt* st, int col, Cell* c) except -1 nogil:
         c.n = sx_value_bytes(v)
         if c.p == NULL:          # a zero-length value
             c.p = <const unsigned char*>b""
+
+
+cdef int read_cell(sqlite3_stmt* st, int col, Cell* c) except -1 nogil:
+    """The one cell decoder: column `col` of the current row (valid until the next step),
+    as value_cell reads it, except that a number in a text column is read as SQLite's
+    text of it (CAST(x AS TEXT))."""
+    cdef sqlite3_value* v = sx_column_value(st, col)
+    cdef int t = sx_value_type(v)
+    if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
+        c.kind = K_BYTES
+        number_as_text(st, col, &c.p, &c.n)
+    else:
+        value_cell(v, c)
     return 0
 
 

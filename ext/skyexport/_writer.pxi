@@ -83,23 +83,6 @@ cdef int64_t count_value(const Cell* c) noexcept nogil:
     return <int64_t>acc
 
 
-cdef bint bool_value(const Cell* c) noexcept nogil:
-    """Booleans: non-zero numbers, or exactly 1 t T TRUE true True."""
-    cdef const unsigned char* s = c.p
-    if c.kind == K_INT:
-        return c.i != 0
-    if c.kind == K_FLOAT:
-        return c.d != 0.0
-    if c.kind != K_BYTES:
-        return False
-    if c.n == 1:
-        return s[0] == b'1' or s[0] == b't' or s[0] == b'T'
-    if c.n == 4:
-        return (memcmp(s, b"TRUE", 4) == 0 or memcmp(s, b"true", 4) == 0
-                or memcmp(s, b"True", 4) == 0)
-    return False
-
-
 cdef object cell_object(const Cell* c):
     """The cell as a Python value (bytes, int, float or None), for the rare slow paths."""
     if c.kind == K_BYTES:

@@ -25,8 +25,10 @@ from ._core import (
     Statement,
     TupleRows,
     is_bad_stamp,
+    is_true,
     register_filters,
 )
+from ._record import Record
 from .errors import ArchiveError
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
@@ -75,10 +77,9 @@ def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
     return handler
 
 
-# has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
-HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
-                   "WHEN 'real' THEN has_media <> 0 WHEN 'null' THEN 0 "
-                   "ELSE CAST(has_media AS TEXT) IN ('1','t','T','TRUE','true','True') END)")
+# has_media is true, by the writer core's own rule (bool_value), as an SQL function: the
+# media query and the encoder cannot disagree.  Looked up at call time (a test replaces it).
+HAS_MEDIA_TRUE = "skyexport_true(has_media)"
 # SQLite VM steps between progress-handler calls (heartbeat while a step runs long).
 HEARTBEAT_STEPS = 200_000
 
@@ -172,7 +173,6 @@ class Archive:
         self.direct = self.row_source != "cursor" and self._load_core()
         if not self.direct:
             self.row_source = "cursor"
-        self._filters = False   # the date-filter SQL functions are registered
         self._statements: list[Statement] = []
         self._pipes: list[RowPipe] = []
 
@@ -230,9 +230,10 @@ class Archive:
             conn.close(True)
             self.conn = None  # type: ignore[assignment]
 
-    def begin(self) -> None:
-        """Start the read transaction the whole export reads from."""
-        self.conn.execute("BEGIN")
+    def snapshot(self, selection: Selection) -> Snapshot:
+        """Open the read transaction every query of one export reads from, for the posts
+        `selection` selects."""
+        return Snapshot(self, selection)
 
     def set_heartbeat(self, callback: Callable[[], None] | None) -> None:
         """Call `callback` every HEARTBEAT_STEPS SQLite VM steps (a long sort, a slow
@@ -245,73 +246,27 @@ class Archive:
                 return False  # False: do not interrupt the query
             self.conn.set_progress_handler(handler, HEARTBEAT_STEPS)
 
-    def _where(self, did: str | None, since: tuple[int, int] | None,
-               until: tuple[int, int] | None) -> tuple[str, list[object]]:
-        clauses: list[str] = []
-        args: list[object] = []
-        if did is not None:
-            # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
-            # always does in a real archive): the did index would force a sort of them all.
-            clauses.append("+did = ?" if self._did_is_common(did) else "did = ?")
-            args.append(did)
-        if since is not None or until is not None:
-            # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
-            # day is within one of the stored day), checked on the created_at index before
-            # any table row is read; the SQL function then decides exactly, by instant.
-            # Let through to the exact test what the prefix cannot judge: text with leading
-            # white space (form 1 trims it) and numbers (both sort before '0-'; not '0',
-            # which the column's NUMERIC affinity would turn into the number 0), BLOBs
-            # (after all text), NULL (Go's zero time).
-            clauses.append("((created_at >= ? AND created_at < ?) OR created_at < '0-' "
-                           "OR created_at >= X'' OR created_at IS NULL)")
-            args.append(_day_before(since, -1) if since is not None else "")
-            args.append(_day_before(until, 2) if until is not None else "\uffff")
-            self._register_filters(since, until)
-            clauses.append("skyexport_in_range(created_at)")
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-    def _register_filters(self, since: tuple[int, int] | None,
-                          until: tuple[int, int] | None) -> None:
-        """skyexport_in_range(created_at) and skyexport_bad_stamp(created_at): C functions
-        where the core is loaded into the connection (no Python call per row, nothing
-        for the stepping thread to wait for), else the same tests in Python."""
-        if self.direct:
-            register_filters(self.conn, since, until)
-        else:
-            in_range: Any = InstantRange(since, until)  # APSW's stub wants a function
-            bad_stamp: Any = is_bad_stamp
-            self.conn.create_scalar_function("skyexport_in_range", in_range, 1,
-                                             deterministic=True)
-            self.conn.create_scalar_function("skyexport_bad_stamp", bad_stamp, 1,
-                                             deterministic=True)
-        self._filters = True
-
-    def _did_is_common(self, did: str) -> bool:
-        total = self.count("SELECT count(*) FROM posts", ())
-        mine = self.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
-        return mine * 4 >= total
-
-    def select(self, did: str | None = None, since: tuple[int, int] | None = None,
-               until: tuple[int, int] | None = None) -> tuple[str, str, list[object]]:
-        """(count SQL, rows SQL, bindings) for the export's filter."""
-        where, args = self._where(did, since, until)
-        count_sql = f"SELECT count(*) FROM posts{where}"
-        # The sort (the uri tie-break, or all of it on the did index) holds only the keys
-        # and rowid; each row's values are read once, after it.  Sorting whole rows kept
-        # several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
-        # values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort.
-        rows_sql = (f"SELECT {_columns(self.has_quote_count, self.direct)} FROM "
-                    "(SELECT rowid AS r, created_at AS c, uri AS u FROM posts"
-                    f"{where} ORDER BY created_at DESC, uri ASC LIMIT -1) AS o "
-                    "CROSS JOIN posts ON posts.rowid = o.r ORDER BY o.c DESC, o.u ASC")
-        return count_sql, rows_sql, args
-
-    def count(self, sql: str, args: Sequence[object]) -> int:
+    def count(self, sql: str, args: Sequence[object] = ()) -> int:
         value: Any = self.conn.execute(sql, args).fetchall()[0][0]
         return int(value)
 
-    def rows(self, sql: str, args: Sequence[object]) -> RowSource:
-        """The export's rows as a RowSource for Writer.encode (see row_source)."""
+    def _register_functions(self, since: tuple[int, int] | None,
+                            until: tuple[int, int] | None) -> None:
+        """skyexport_in_range(created_at), skyexport_bad_stamp(created_at) and
+        skyexport_true(has_media): C functions where the core is loaded into the connection
+        (no Python call per row, nothing for the stepping thread to wait for), else the
+        same tests in Python."""
+        if self.direct:
+            register_filters(self.conn, since, until)
+            return
+        funcs: list[tuple[str, Any]] = [("skyexport_in_range", InstantRange(since, until)),
+                                        ("skyexport_bad_stamp", is_bad_stamp),
+                                        ("skyexport_true", is_true)]
+        for name, fn in funcs:
+            self.conn.create_scalar_function(name, fn, 1, deterministic=True)
+
+    def _statement(self, sql: str, args: Sequence[object]) -> RowSource:
+        """`sql` as a RowSource for Writer.encode (see row_source)."""
         if not self.direct:
             return TupleRows(self.conn.execute(sql, args))
         stmt = Statement(self.conn, sql, list(args))
@@ -323,52 +278,137 @@ class Archive:
         pipe.start()
         return pipe
 
-    def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
-        """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).
-        Only asked when a date filter leaves them out."""
-        if not self._filters:
-            self._register_filters(None, None)
-        # The same rule for the DID as the export's own filter (_where): None is "all".
-        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
-        args = [did] if did is not None else []
-        found = [(str(u), str(c)) for u, c in self.conn.execute(
-            f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
-            [*args, limit])]
-        total = self.count(f"SELECT count(*) FROM posts WHERE {where}", args)
-        return found, total
 
-    def count_media(self, count_sql: str, args: Sequence[object]) -> int:
-        """Media rows of the posts the export selects that have has_media (by the same
-        truth rules as the writer core), counted in the snapshot."""
-        if not self.has_media_table:
+class Selection(Record):
+    """Which posts an export takes: a DID (None: all) and an instant range [since, until]
+    as (unix seconds, nanoseconds), either end open (None).  A value: the SQL for it is
+    built once, by Snapshot."""
+
+    __slots__ = ("did", "since", "until")
+    did: str | None
+    since: tuple[int, int] | None
+    until: tuple[int, int] | None
+
+    def __init__(self, did: str | None = None, since: tuple[int, int] | None = None,
+                 until: tuple[int, int] | None = None) -> None:
+        self._set(did=did, since=since, until=until)
+
+    @property
+    def dated(self) -> bool:
+        return self.since is not None or self.until is not None
+
+
+class Snapshot:
+    """One read transaction of an archive, and the posts one Selection takes from it.
+
+    Every query - the totals, the rows, the media rows, the unreadable dates - reads this
+    same snapshot and the same WHERE clause, built once here: one rule per filter.
+    Invariant: valid until the Archive closes."""
+
+    def __init__(self, arc: Archive, selection: Selection) -> None:
+        self.arc = arc
+        self.selection = selection
+        arc._register_functions(selection.since, selection.until)
+        arc.conn.execute("BEGIN")
+        clauses: list[str] = []
+        args: list[object] = []
+        if selection.did is not None:
+            # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
+            # always does in a real archive): the did index would force a sort of them all.
+            common = self._did_is_common(selection.did)
+            clauses.append("+did = ?" if common else "did = ?")
+            args.append(selection.did)
+        if selection.dated:
+            # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
+            # day is within one of the stored day), checked on the created_at index before
+            # any table row is read; the SQL function then decides exactly, by instant.
+            # Let through to the exact test what the prefix cannot judge: text with leading
+            # white space (form 1 trims it) and numbers (both sort before '0-'; not '0',
+            # which the column's NUMERIC affinity would turn into the number 0), BLOBs
+            # (after all text), NULL (Go's zero time).
+            clauses.append("((created_at >= ? AND created_at < ?) OR created_at < '0-' "
+                           "OR created_at >= X'' OR created_at IS NULL)")
+            args.append(_day_before(selection.since, -1)
+                        if selection.since is not None else "")
+            args.append(_day_before(selection.until, 2)
+                        if selection.until is not None else "\uffff")
+            clauses.append("skyexport_in_range(created_at)")
+        self.where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        self.args = args
+        self._posts_total: int | None = None
+
+    def _did_is_common(self, did: str) -> bool:
+        total = self.arc.count("SELECT count(*) FROM posts")
+        mine = self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
+        return mine * 4 >= total
+
+    def _with_media(self, columns: str) -> str:
+        """The selected posts whose has_media is true (skyexport_true: the writer core's
+        own rule), as a SELECT of `columns`."""
+        where = self.where + (" AND " if self.where else " WHERE ") + HAS_MEDIA_TRUE
+        return f"SELECT {columns} FROM posts{where}"
+
+    @property
+    def posts_total(self) -> int:
+        """The number of posts selected (counted once)."""
+        if self._posts_total is None:
+            self._posts_total = self.arc.count(f"SELECT count(*) FROM posts{self.where}",
+                                               self.args)
+        return self._posts_total
+
+    def did_posts(self, did: str) -> int:
+        """Posts of `did` in the whole archive, whatever the dates."""
+        return self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
+
+    def media_total(self) -> int:
+        """Media rows of the selected posts with has_media."""
+        if not self.arc.has_media_table:
             return 0
-        posts = _with_media(count_sql, "uri")
-        return self.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})", args)
+        posts = self._with_media("uri")
+        return self.arc.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})",
+                              self.args)
 
-    def media_rows(self, count_sql: str, args: Sequence[object]
-                   ) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(post_uri, hash, file_path) of the media of the posts `count_sql` counts that
-        have has_media, in the export's own order (`created_at DESC, uri ASC`).
+    def rows(self) -> RowSource:
+        """The selected posts in the export's order, as a RowSource.
+
+        The sort (the uri tie-break, or all of it on the did index) holds only the keys
+        and rowid; each row's values are read once, after it.  Sorting whole rows kept
+        several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
+        values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort."""
+        arc = self.arc
+        sql = (f"SELECT {_columns(arc.has_quote_count, arc.direct)} FROM "
+               "(SELECT rowid AS r, created_at AS c, uri AS u FROM posts"
+               f"{self.where} ORDER BY created_at DESC, uri ASC LIMIT -1) AS o "
+               "CROSS JOIN posts ON posts.rowid = o.r ORDER BY o.c DESC, o.u ASC")
+        return arc._statement(sql, self.args)
+
+    def media_rows(self) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(post_uri, hash, file_path) of the media of the selected posts with has_media,
+        in the export's own order (`created_at DESC, uri ASC`).
 
         One statement for the whole export, merged with the posts batch by batch
         (media.MediaStream): the media table has no index on `post_uri`, so a lookup per
         batch would scan it once per batch.  SQLite searches posts by its primary key per
         media row and sorts the matches once (in a temporary file: temp_store=FILE)."""
-        if not self.has_media_table:
+        if not self.arc.has_media_table:
             return iter(())
-        posts = _with_media(count_sql, "uri, created_at")
-        return self.conn.execute(
+        posts = self._with_media("uri, created_at")
+        return self.arc.conn.execute(
             "SELECT CAST(m.post_uri AS BLOB), CAST(m.hash AS BLOB), CAST(m.file_path AS BLOB) "
             f"FROM ({posts}) AS p JOIN media AS m ON m.post_uri = p.uri "
-            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", args)
+            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", self.args)
 
-
-def _with_media(count_sql: str, columns: str) -> str:
-    """The export's `SELECT count(*) FROM posts WHERE ...` turned into a SELECT of
-    `columns` of those posts whose has_media is true."""
-    posts = count_sql.replace("SELECT count(*) FROM posts", f"SELECT {columns} FROM posts", 1)
-    # HAS_MEDIA_TRUE is looked up at call time (tests replace it to make SQL disagree).
-    return posts + (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
+    def bad_created_at(self, limit: int) -> tuple[list[tuple[str, str]], int]:
+        """Posts of the selected DID (all with None) whose created_at cannot be read - the
+        ones a date filter leaves out: (the first `limit` of them, their total)."""
+        did = self.selection.did
+        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
+        args = [did] if did is not None else []
+        found = [(str(u), str(c)) for u, c in self.arc.conn.execute(
+            f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
+            [*args, limit])]
+        total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}", args)
+        return found, total
 
 
 # SQLite's extended result codes for a read-only connection that would have to write.

@@ -15,7 +15,7 @@ from typing import Any
 
 import apsw
 
-from .archive import Archive, archive_error
+from .archive import Archive, Selection, archive_error
 
 # One DID, given as the bytes CAST(did AS BLOB) read: equal to a BLOB-stored value or, cast
 # back, to a TEXT one (NULL: the IS NULL branch).  `+did` keeps SQLite on the created_at
@@ -30,8 +30,7 @@ def archive_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     with Archive(path) as arc:
         conn = arc.conn
         try:
-            arc.begin()
-            posts = arc.count("SELECT count(*) FROM posts", ())
+            posts = arc.snapshot(Selection()).posts_total   # one read transaction
             first_last: Any = conn.execute("SELECT CAST(min(created_at) AS BLOB), "
                                            "CAST(max(created_at) AS BLOB) FROM posts"
                                            ).fetchall()[0]

@@ -1,29 +1,16 @@
-"""The export job: archive in, a complete export directory out, or nothing at all.
+"""The export job: a short pump from one archive snapshot to one published directory.
 
-    Archive (one snapshot) -> Writer (compiled core) -> OUTPUT/.skyexport-tmp-*/posts.*
-                           -> media/ per batch      -> manifest.json -> rename into place
+    Selection -> Archive.snapshot -> Snapshot.rows() (a RowSource) -> Writer (the core)
+              -> StagedDir/posts.*, media/ per batch, manifest.json -> StagedDir.publish()
 
-Everything is built in a hidden temporary directory inside OUTPUT that holds a lock
-(flock) while its process lives; it is renamed to `YYYY-MM-DD_HH-MM-SS[-N]` only when
-complete, and removed on any failure or interruption.  Temporary directories left by a
-killed process (lock free) are removed by the next export into the same OUTPUT.
-
-The lock protocol (no instant in which a live export's directory looks stale): the owner
-creates the directory, flocks the directory itself, and only then creates `.lock` (and
-flocks that too, for cleaners of earlier versions).  A cleaner removes a directory only if
-its lock is free and then either `.lock` exists and its lock is free too, or there is no
-`.lock` and the directory is older than STALE_UNLOCKED_S (its owner died between mkdir and
-flock).
-
-An interruption after the final rename does not unpublish anything: the exception carries
-the published directory as `published_directory`, so that the caller can say so.
+Options are checked and turned into a Selection first; the archive is opened (nothing is
+created in OUTPUT for a bad archive); the staged directory (staged.py) holds everything
+until publish() renames it into place, and removes it on any failure or interruption.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno
-import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -32,20 +19,28 @@ from pathlib import Path
 import apsw
 
 from . import __version__
-from ._core import Writer, parse_bound, rename_noreplace
+from ._core import Writer, parse_bound
 from ._record import Record
-from .archive import Archive, archive_error
+from .archive import Archive, Selection, Snapshot, archive_error
 from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
+from .staged import (
+    StagedDir,
+    mark_published,
+    open_new,
+    output_error,
+    prepare_output,
+    rmdir_if_empty,
+)
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Literal
 
-    from .media import MediaCopier, MediaStream
+    from .media import MediaCopier
 
     Format = Literal["json", "csv", "jsonl"]
 
@@ -56,9 +51,6 @@ DEFAULT_ARCHIVE = "data/archive.db"
 DEFAULT_OUTPUT = "exports"
 DEFAULT_BATCH = 1000
 BATCH_BYTES = 4 << 20      # a batch also ends once it has produced this many bytes
-TMP_PREFIX = ".skyexport-tmp-"
-LOCK_NAME = ".lock"
-STALE_UNLOCKED_S = 60      # a temp dir with no lock file yet is only stale after this
 MAX_WARNINGS = 1000        # kept in full in the manifest; the rest are counted
 
 
@@ -209,8 +201,8 @@ def export(
     if media and media_root is not None and not os.path.isdir(media_root):
         raise OptionError(f"{opt('media_root')} {os.fspath(media_root)} is not a directory")
     with Archive(archive) as arc:
-        out, created = _prepare_output(Path(output))
-        job = _Job(arc, out, format, did, lo, hi, since, until, media,
+        out, created = prepare_output(Path(output))
+        job = _Job(arc, out, format, Selection(did, lo, hi), media,
                    Path(media_root) if media_root is not None else None, batch_size,
                    on_bad_value, on_progress, csv_formula_guard,
                    media_any_path=media_any_path, media_link=media_link)
@@ -218,7 +210,7 @@ def export(
             return job.run()
         except BaseException:
             if created:
-                _rmdir_if_empty(out)
+                rmdir_if_empty(out)
             raise
 
 
@@ -247,15 +239,15 @@ def _bound_text(option: str, value: object) -> str | None:
 
 
 class _Job:
-    def __init__(self, arc: Archive, out: Path, fmt: str, did: str | None,
-                 lo: tuple[int, int] | None, hi: tuple[int, int] | None,
-                 since: str | None, until: str | None, media: bool,
+    """One export: run() pumps the snapshot's rows through the writer into a staged
+    directory, copies media per batch, writes the manifest and publishes."""
+
+    def __init__(self, arc: Archive, out: Path, fmt: str, selection: Selection, media: bool,
                  media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
                  formula_guard: bool, *, media_any_path: bool = False,
                  media_link: str = "copy") -> None:
-        self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
-        self.lo, self.hi, self.since, self.until = lo, hi, since, until
+        self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
@@ -265,13 +257,11 @@ class _Job:
         self.posts_total = self.media_total = 0
         self.writer: Writer | None = None
         self.copier: MediaCopier | None = None
-        self.media_stream: MediaStream | None = None
         self.warnings: list[ExportWarning] = []
         self.warnings_total = 0
         self.channel = (ProgressChannel(on_progress, self.snapshot)
                         if on_progress is not None else None)
-        self.published: Path | None = None   # set the instant the export is visible
-        self._renaming: Path | None = None   # the name a rename is being tried under
+        self.staged: StagedDir | None = None
 
     # --- progress -----------------------------------------------------------------------
 
@@ -302,6 +292,7 @@ class _Job:
             self.warnings.append(ExportWarning(uri, column, message))
 
     def on_bad(self, uri: bytes, column: str, value: bytes | float | None) -> None:
+        """The writer core's bad-value callback: raise, or record a warning and keep."""
         u = uri.decode("utf-8", "replace")
         shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         if len(shown) > 80:
@@ -310,114 +301,57 @@ class _Job:
             raise BadValueError(u, column, shown)
         self.warn(u, column, f"{column} {shown!r} could not be read; exported as text")
 
-    # --- the job ------------------------------------------------------------------------
+    # --- the pump -----------------------------------------------------------------------
 
     def run(self) -> ExportResult:
-        tmp: Path | None = None
-        lock_fds: list[int] = []
         try:
             self.emit("queued")
-            tmp, lock_fds = _make_temp_dir(self.out)
-            result = self._export(tmp)
+            with StagedDir(self.out) as staged:
+                self.staged = staged
+                result = self._export(staged)
             self.emit("completed")
             return result
         except BaseException as exc:
-            if self._was_published(tmp):
+            if self.staged is not None and self.staged.is_published():
                 # Complete and visible: a signal after the rename does not unpublish it.
                 self.emit("completed")
-                self._mark(exc)
                 raise
-            if tmp is not None:
-                _rmtree(tmp)
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
-            for fd in lock_fds:
-                os.close(fd)
             if self.channel is not None:
                 try:
                     self.channel.close()  # the final event is delivered before we return
                 except BaseException as exc:
-                    self._mark(exc)
+                    mark_published(exc, self.staged.published if self.staged else None)
                     raise
 
-    def _was_published(self, tmp: Path | None) -> bool:
-        if self.published is None and self._renaming is not None and tmp is not None \
-                and not os.path.lexists(tmp) and os.path.isdir(self._renaming):
-            self.published = self._renaming  # interrupted between rename and bookkeeping
-        return self.published is not None
-
-    def _mark(self, exc: BaseException) -> None:
-        if self.published is not None and not hasattr(exc, "published_directory"):
-            try:
-                exc.published_directory = self.published  # type: ignore[attr-defined]
-            except AttributeError:
-                pass
-
-    def _export(self, tmp: Path) -> ExportResult:
-        arc = self.arc
+    def _export(self, staged: StagedDir) -> ExportResult:
+        arc, tmp = self.arc, staged.path
+        assert tmp is not None
         if self.channel is not None:
             arc.set_heartbeat(self.heartbeat)  # counting can take seconds too
-        try:
-            arc.begin()
-            if self.did is not None:
-                self._check_did(self.did)
-            count_sql, rows_sql, args = arc.select(self.did, self.lo, self.hi)
-            self.selection = (count_sql, args)  # the media stream selects the same posts
-            self.posts_total = arc.count(count_sql, args)
-            if self.media:
-                self.media_total = arc.count_media(count_sql, args)
-            if self.lo is not None or self.hi is not None:
-                bad, total = arc.bad_created_at(self.did, MAX_WARNINGS)
-                for uri, value in bad:
-                    self.warn(uri, "created_at", f"created_at {value!r} cannot be read; "
-                              "left out by the date filter")
-                self.warnings_total += total - len(bad)
-        except apsw.Error as exc:
-            raise archive_error(arc.path, exc, "while counting posts") from None
+        snap = self._totals()
         self.phase = "running"  # the first event with the totals is the first batch's
-
         data_path = tmp / DATA_FILES[self.fmt]
-        fd = _open_new(data_path)
+        fd = open_new(data_path)
         try:
-            return self._write(tmp, data_path, fd, rows_sql, args)
+            sink = FileSink(fd)
+            try:
+                self._pump(snap, tmp, sink)
+                sink.close()
+                if self.copier is not None:
+                    self.copier.finish()
+            except OutputError:
+                raise  # already says what and where (OutputError is an OSError)
+            except OSError as exc:
+                raise output_error(exc, data_path) from None
+            finally:
+                sink.abort()
+                if self.copier is not None:
+                    self.copier.close()
         finally:
             os.close(fd)
-
-    def _check_did(self, did: str) -> None:
-        """A DID the archive holds no post of is a mistake (a typo, another account),
-        not an empty export: say which DIDs it does hold."""
-        arc = self.arc
-        if arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,)):
-            return
-        # As bytes: a DID stored with invalid UTF-8 must not break the message.
-        held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
-                                "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
-        if not held:
-            listed = "it holds no posts at all"
-        else:
-            shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
-            listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
-        raise SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
-                             f"`skyexport info {arc.path}` lists them all")
-
-    def _write(self, tmp: Path, data_path: Path, fd: int, rows_sql: str,
-               args: list[object]) -> ExportResult:
-        arc = self.arc
-        sink = FileSink(fd)
-        try:
-            self._encode_all(tmp, sink, rows_sql, args)
-            sink.close()
-            if self.copier is not None:
-                self.copier.finish()
-        except OutputError:
-            raise  # already says what and where (OutputError is an OSError)
-        except OSError as exc:
-            raise _output_error(exc, data_path) from None
-        finally:
-            sink.abort()
-            if self.copier is not None:
-                self.copier.close()
         writer = self.writer
         assert writer is not None
         if writer.rows != self.posts_total:
@@ -428,23 +362,18 @@ class _Job:
             for uri, message in self.copier.warnings:
                 self.warn(uri, "media", message)
             self.warnings_total += self.copier.warnings_total - len(self.copier.warnings)
-
         digest = sink.sha256.hexdigest()
         checksums = {DATA_FILES[self.fmt]: {"sha256": digest, "bytes": writer.bytes_written}}
         if self.copier is not None:
-            sums = tmp / MEDIA_SUMS
-            digest_sums, size_sums = sha256_file(sums)
+            digest_sums, size_sums = sha256_file(tmp / MEDIA_SUMS)
             checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
         duration = time.monotonic() - self.start
         manifest = self._manifest(checksums, duration)
         try:
             write_manifest(tmp, manifest)
-            _fsync_dir(tmp)
-            final = _publish(tmp, self.out, self)
-        except OutputError:
-            raise  # no free export directory name: already one clear line
         except OSError as exc:
-            raise _output_error(exc, tmp) from None
+            raise output_error(exc, tmp) from None
+        final = staged.publish()
         return ExportResult(
             directory=final, format=self.fmt, data_file=final / DATA_FILES[self.fmt],
             post_count=writer.rows, media_count=self.copier.copied if self.copier else 0,
@@ -452,13 +381,48 @@ class _Job:
             warnings=tuple(self.warnings), warnings_total=self.warnings_total,
             duration_s=duration, manifest=manifest)
 
-    def _encode_all(self, tmp: Path, sink: FileSink, rows_sql: str,
-                    args: list[object]) -> None:
+    def _totals(self) -> Snapshot:
+        """Open the snapshot; count what it selects; warn about the dates it cannot read."""
+        arc, sel = self.arc, self.selection
+        try:
+            snap = arc.snapshot(sel)
+            if sel.did is not None and not snap.did_posts(sel.did):
+                raise self._unknown_did(sel.did)
+            self.posts_total = snap.posts_total
+            if self.media:
+                self.media_total = snap.media_total()
+            if sel.dated:
+                bad, total = snap.bad_created_at(MAX_WARNINGS)
+                for uri, value in bad:
+                    self.warn(uri, "created_at", f"created_at {value!r} cannot be read; "
+                              "left out by the date filter")
+                self.warnings_total += total - len(bad)
+        except apsw.Error as exc:
+            raise archive_error(arc.path, exc, "while counting posts") from None
+        return snap
+
+    def _unknown_did(self, did: str) -> SelectionError:
+        """A DID the archive holds no post of is a mistake (a typo, another account),
+        not an empty export: say which DIDs it does hold."""
+        arc = self.arc
+        # As bytes: a DID stored with invalid UTF-8 must not break the message.
+        held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
+                                "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
+        if not held:
+            listed = "it holds no posts at all"
+        else:
+            shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
+            listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
+        return SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
+                              f"`skyexport info {arc.path}` lists them all")
+
+    def _pump(self, snap: Snapshot, tmp: Path, sink: FileSink) -> None:
         """The batch loop: encode up to batch_size rows, copy their media, report."""
         arc = self.arc
         self.writer = writer = Writer(sink, self.fmt, on_bad=self.on_bad,
                                       collect_media=self.media,
                                       formula_guard=self.formula_guard)
+        stream = None
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
             roots = [self.media_root or Path.cwd(), home, home.parent]
@@ -468,11 +432,11 @@ class _Job:
                                       any_path=self.media_any_path, link=self.media_link)
             if arc.has_media_table:
                 try:
-                    self.media_stream = MediaStream(arc.media_rows(*self.selection))
+                    stream = MediaStream(snap.media_rows())
                 except apsw.Error as exc:
                     raise archive_error(arc.path, exc, "while reading the media table") \
                         from None
-        rows = arc.rows(rows_sql, args)
+        rows = snap.rows()
         batch = 0
         while not writer.exhausted:
             first = writer.rows + 1
@@ -480,20 +444,20 @@ class _Job:
             try:
                 if not writer.encode(rows, self.batch_size, BATCH_BYTES):
                     break  # the end, found on a batch boundary: nothing to report
-                if self.media_stream is not None:
+                if stream is not None:
                     assert self.copier is not None
                     try:
-                        self.copier.copy_rows(
-                            self.media_stream.rows_for(writer.take_media_posts()),
-                            self.heartbeat)
+                        self.copier.copy_rows(stream.rows_for(writer.take_media_posts()),
+                                              self.heartbeat)
                     except OSError as exc:  # disk full, file size limit: name media/
-                        raise _output_error(exc, Path(self.copier.media_dir)) from None
+                        raise output_error(exc, Path(self.copier.media_dir)) from None
             except apsw.Error as exc:
                 raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
-        if self.media_stream is not None and (left := self.media_stream.leftover()):
-            # The core and SQL disagreed about some post's has_media: never silently.
+        if stream is not None and (left := stream.leftover()):
+            # One rule decides has_media on both sides (skyexport_true), so this cannot
+            # happen; were it ever to, it is said, never silent.
             self.warn("", "media", f"{left} media row(s) matched no exported post with "
                       "has_media and were not copied")
         arc.set_heartbeat(None)
@@ -511,15 +475,17 @@ class _Job:
             "post_count": w.rows,
             "media_count": self.copier.copied if self.copier else 0,
         }
-        if self.lo is not None or self.hi is not None:
-            m["date_range"] = {"start_date": _rfc3339(self.lo), "end_date": _rfc3339(self.hi)}
+        sel = self.selection
+        if sel.dated:
+            m["date_range"] = {"start_date": _rfc3339(sel.since),
+                               "end_date": _rfc3339(sel.until)}
         m.update({
             "version": MANIFEST_VERSION,
             "files": files,
             "generator": f"skyexport {__version__}",
             "source_archive": str(self.arc.path.resolve()),
             "schema_version": self.arc.schema_version,
-            "did": self.did,
+            "did": sel.did,
             "batch_size": self.batch_size,
             "csv_formula_guard": self.formula_guard,
             "duration_s": round(duration, 3),
@@ -533,162 +499,7 @@ class _Job:
         return m
 
 
-# --- the output directory ---------------------------------------------------------------
-
-def _prepare_output(out: Path) -> tuple[Path, bool]:
-    """Make sure OUTPUT is a writable directory; clear stale temp dirs of ours."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} is a file, not a directory; choose another --output")
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {out}: {exc.strerror}; choose "
-                          "another --output") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {out} is not writable; choose another --output "
-                          "or fix its permissions")
-    clean_stale_temp_dirs(out)
-    return out, created
-
-
-def clean_stale_temp_dirs(out: Path) -> list[Path]:
-    """Remove `.skyexport-tmp-*` dirs in `out` whose owner is gone (their lock is free).
-    Returns what was removed.  Never touches anything else."""
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(out))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(TMP_PREFIX) or not entry.is_dir(follow_symlinks=False):
-            continue
-        path = Path(entry.path)
-        fds: list[int] = []
-        try:
-            try:
-                fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC))
-                fcntl.flock(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # gone, not ours to open, or a live export holds it
-            try:
-                fds.append(os.open(path / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
-            except FileNotFoundError:
-                # No .lock: being created this instant, or its owner died before it could
-                # lock.  Only age tells them apart.
-                try:
-                    age = time.time() - entry.stat(follow_symlinks=False).st_mtime
-                except OSError:
-                    continue
-                if age > STALE_UNLOCKED_S:
-                    _rmtree(path)
-                    removed.append(path)
-                continue
-            except OSError:
-                continue
-            try:
-                fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)  # earlier versions' lock
-            except OSError:
-                continue
-            _rmtree(path)
-            removed.append(path)
-        finally:
-            for fd in fds:
-                os.close(fd)
-    return removed
-
-
-def _make_temp_dir(out: Path) -> tuple[Path, list[int]]:
-    """A new temporary directory in `out`, locked before `.lock` appears in it (see the
-    module's docstring), and the descriptors that hold its locks."""
-    tmp = out / f"{TMP_PREFIX}{os.getpid()}-{os.urandom(4).hex()}"
-    fds: list[int] = []
-    try:
-        os.mkdir(tmp)  # mode 0o777 & ~umask, as any directory the user makes
-        fds.append(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        fcntl.flock(fds[0], fcntl.LOCK_EX)
-        fds.append(os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o600))
-        fcntl.flock(fds[1], fcntl.LOCK_EX)
-    except BaseException as exc:
-        for fd in fds:
-            os.close(fd)
-        _rmtree(tmp)
-        if isinstance(exc, OSError):
-            raise _output_error(exc, out) from None
-        raise
-    return tmp, fds
-
-
-def _publish(tmp: Path, out: Path, job: _Job) -> Path:
-    """Rename the finished temp dir to OUTPUT/YYYY-MM-DD_HH-MM-SS (local time), adding
-    -2, -3... while the name is taken.  Never replaces anything.  `job.published` is the
-    new name from the instant it is visible."""
-    os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fds
-    base = time.strftime("%Y-%m-%d_%H-%M-%S")
-    for n in range(1, 10_000):
-        final = out / (base if n == 1 else f"{base}-{n}")
-        job._renaming = final
-        try:
-            rename_noreplace(tmp, final)
-        except FileExistsError:
-            continue
-        except NotImplementedError:
-            try:
-                os.mkdir(final)      # claim the name, then replace our own empty dir
-            except FileExistsError:
-                continue
-            os.rename(tmp, final)
-        job.published = final
-        _fsync_dir(out)
-        return final
-    raise OutputError(f"no free export directory name under {out} for {base}")
-
-
-def _open_new(path: Path) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-    except OSError as exc:
-        raise _output_error(exc, path) from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _rmdir_if_empty(path: Path) -> None:
-    try:
-        path.rmdir()
-    except OSError:
-        pass
-
-
-def _output_error(exc: OSError, path: Path) -> OutputError:
-    path = Path(exc.filename) if exc.filename else path
-    if exc.errno == errno.ENOSPC:
-        what = "the disk is full (no space left on device)"
-        todo = "free some space or choose another --output"
-    elif exc.errno == errno.EDQUOT:
-        what = "the disk quota is exhausted"
-        todo = "free some space or choose another --output"
-    elif exc.errno == errno.EFBIG:
-        what = "the file size limit was reached (EFBIG: ulimit -f or the filesystem's limit)"
-        todo = "raise the limit or choose another --output"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what = f"permission denied ({exc.strerror})"
-        todo = "choose another --output or fix its permissions"
-    else:
-        what = exc.strerror or str(exc)
-        todo = "check the output directory"
-    err = OutputError(f"writing {path} failed: {what}; {todo}; nothing was exported")
-    err.errno = exc.errno
-    return err
-
+# --- small helpers ----------------------------------------------------------------------
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
@@ -718,10 +529,4 @@ def _local_rfc3339(when: float) -> str:
     return (time.strftime("%Y-%m-%dT%H:%M:%S", t)
             + f"{sign}{off // 3600:02d}:{off // 60 % 60:02d}")
 
-
-def _rmtree(path: Path) -> None:
-    """Remove a temporary directory of ours, whatever is in it."""
-    import shutil  # only on failure paths: its import costs a small export's time
-
-    shutil.rmtree(path, ignore_errors=True)
 
