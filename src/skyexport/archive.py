@@ -404,10 +404,14 @@ class Snapshot:
         did = self.selection.did
         where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
         args = [did] if did is not None else []
+        # Counted first (without a DID: on the created_at index alone, a fraction of the
+        # table); the posts themselves are looked up only when there are any.
+        total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}", args)
+        if not total:
+            return [], 0
         found = [(str(u), str(c)) for u, c in self.arc.conn.execute(
             f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
             [*args, limit])]
-        total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}", args)
         return found, total
 
 
