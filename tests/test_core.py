@@ -108,3 +108,9 @@ def test_close_interrupts_a_long_step() -> None:
     # A hang check, not a speed test: the sort alone would take far longer than this.
     assert done.wait(15), "RowPipe.close() waited for the step to finish"
     stmt.close()
+
+
+def test_the_core_reads_the_schema_s_columns() -> None:
+    from skyexport.schema import POST_COLUMNS
+
+    assert _core.COLUMN_NAMES == POST_COLUMNS

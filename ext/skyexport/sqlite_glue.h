@@ -52,19 +52,6 @@ static inline int sx_bind_null(sqlite3_stmt *st, int i) { return sqlite3_bind_nu
 static inline int sx_step(sqlite3_stmt *st) { return sqlite3_step(st); }
 static inline int sx_finalize(sqlite3_stmt *st) { return sqlite3_finalize(st); }
 static inline int sx_column_count(sqlite3_stmt *st) { return sqlite3_column_count(st); }
-static inline int sx_column_type(sqlite3_stmt *st, int i) { return sqlite3_column_type(st, i); }
-static inline sqlite3_int64 sx_column_int64(sqlite3_stmt *st, int i)
-{
-    return sqlite3_column_int64(st, i);
-}
-static inline double sx_column_double(sqlite3_stmt *st, int i)
-{
-    return sqlite3_column_double(st, i);
-}
-static inline const void *sx_column_blob(sqlite3_stmt *st, int i)
-{
-    return sqlite3_column_blob(st, i);
-}
 static inline int sx_column_bytes(sqlite3_stmt *st, int i) { return sqlite3_column_bytes(st, i); }
 /* A number as text by SQLite's own rules (exactly CAST(x AS TEXT)); valid until the next
  * step.  Only for the rare number stored in a text column. */

@@ -30,17 +30,14 @@ from ._core import (
 )
 from ._record import Record
 from .errors import ArchiveError
+from .schema import POST_COLUMNS, POST_COLUMNS_V1
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-REQUIRED_COLUMNS = (
-    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count",
-    "repost_count", "reply_count", "is_reply", "reply_parent", "embed_type", "embed_data",
-    "labels", "archived_at",
-)
+REQUIRED_COLUMNS = POST_COLUMNS_V1   # quote_count is optional (schema v1 lacks it)
 
 # A numeric-affinity column: numbers as they are, text as bytes (see module docstring).
 _NUM = "CASE WHEN typeof({0}) = 'text' THEN CAST({0} AS BLOB) ELSE {0} END"
@@ -88,10 +85,7 @@ def _columns(has_quote_count: bool, direct: bool) -> str:
     """The 17 columns in the core's order.  The direct path reads each value's storage
     class and bytes itself; the cursor path needs CASTs so that APSW hands over bytes, not
     str (see the module docstring)."""
-    quote = "quote_count" if has_quote_count else "0"
-    names = ["uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
-             "like_count", "repost_count", "reply_count", quote, "is_reply", "reply_parent",
-             "embed_type", "embed_data", "labels", "archived_at"]
+    names = [c if c != "quote_count" or has_quote_count else "0" for c in POST_COLUMNS]
     if direct:
         return ", ".join(names)
     numeric = {"has_media", "like_count", "repost_count", "reply_count", "quote_count",
