@@ -129,4 +129,3 @@ def rename_noreplace(src, dst):
         raise NotImplementedError("renameat2(RENAME_NOREPLACE) unsupported here")
     raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
                   os.fsdecode(dst))
-

@@ -104,6 +104,7 @@ def register_filters(conn, since, until):
     if rc != SQLITE_OK:
         raise sqlite_error(db, rc)
 
+
 cdef bint stamp_of(object v, Stamp* st) except -1:
     """Parse a created_at value as the SELECT hands it over; NULL is Go's zero time."""
     cdef const unsigned char* p

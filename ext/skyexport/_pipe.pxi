@@ -260,4 +260,3 @@ cdef class RowPipe(RowSource):
             sx_unlock(&self.sync)
             with gil:
                 PyErr_CheckSignals()
-

@@ -172,7 +172,7 @@ cdef class Writer:
     cdef readonly bint exhausted
 
     def __init__(self, sink, str fmt, *, on_bad, bint collect_media=False,
-                  Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
+                 Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
         if fmt == "json":
             self.fmt = FMT_JSON
         elif fmt == "jsonl":

@@ -3,10 +3,13 @@
 from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
+from typing_extensions import disjoint_base
+
 COLUMN_NAMES: Final[tuple[str, ...]]
 CSV_HEADER: Final[bytes]
 EXTENSION_ENTRY_POINT: Final[str]
 
+@disjoint_base
 class RowSource:
     """Rows for Writer.encode, one at a time (implemented in C by the classes below)."""
 

@@ -642,10 +642,10 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
     data_names = [n for n in expected if n in _FORMAT_OF]
     if fmt not in DATA_FILES:
         problems.append(f"{MANIFEST}: export_format {fmt!r} is not one of json, csv, jsonl")
-    elif DATA_FILES[fmt] not in expected:  # type: ignore[index]
+    elif DATA_FILES[fmt] not in expected:
         found = ", ".join(data_names) or "no data file"
         problems.append(f"{MANIFEST} says export_format {fmt}, but its checksums list "
-                        f"{found}, not {DATA_FILES[fmt]}")  # type: ignore[index]
+                        f"{found}, not {DATA_FILES[fmt]}")
     if len(data_names) > 1:
         problems.append(f"{MANIFEST} lists {len(data_names)} data files "
                         f"({', '.join(sorted(data_names))}); an export has one")
