@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from skyexport.job import MAX_WARNINGS
 
 import strategies
 from archives import make_archive
-from conftest import BATCH_SIZES, DATA_FILES
+from conftest import BATCH_SIZES, DATA_FILES, FORMATS, ROW_SOURCES
 from reference import ReferenceBadValue, reference_export_with_warnings
 
 SETTINGS = settings(max_examples=int(os.environ.get("SKYEXPORT_HYPOTHESIS_EXAMPLES", "40")),
@@ -65,6 +66,26 @@ def run_both(tmp: Path, rows: list[dict], fmt: str, *, not_null: bool = True,
                            schema_version=schema_version)
     ref = reference_outcome(archive, fmt, **options)
     return fast_outcome(archive, _fresh(tmp, "out"), fmt, **options), ref
+
+
+def assert_same(fast: tuple, ref: tuple, where: str) -> None:
+    """fast == ref, saying where the bytes first differ (a plain assert would diff
+    megabytes)."""
+    if fast == ref:
+        return
+    if fast[0] == ref[0] == "ok" and fast[1] != ref[1]:
+        a, b = fast[1], ref[1]
+        lo, hi = 0, min(len(a), len(b))   # the longest common prefix, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+        at = lo
+        raise AssertionError(f"{where}: data differs at byte {at} (fast {len(a)} bytes, "
+                             f"reference {len(b)}): fast {a[max(0, at - 40):at + 40]!r} vs "
+                             f"reference {b[max(0, at - 40):at + 40]!r}")
+    shown = [(x if not isinstance(x, bytes) else f"<{len(x)} bytes>") for x in fast]
+    wanted = [(x if not isinstance(x, bytes) else f"<{len(x)} bytes>") for x in ref]
+    raise AssertionError(f"{where}: fast {shown} vs reference {wanted}")
 
 
 @contextlib.contextmanager
@@ -155,6 +176,44 @@ def test_other_row_sources_match_reference(source: str, fmt: str, rows: list[dic
         fast, ref = run_both(Path(d), rows, fmt, not_null=False, on_bad_value=policy,
                              batch_size=batch_size)
     assert fast == ref
+
+
+#: Batch sizes for the large archives: the usual ones plus the arena's row count around.
+LARGE_BATCH_SIZES = (*BATCH_SIZES, 255, 256, 257)
+#: Writer flush sizes: tiny ones (a flush after every row, and mid-row inside any value
+#: over a few KiB), one just past an escape chunk, the default (None).
+TINY_FLUSH_SIZES = (1, 7, 4097)
+OTHER_FLUSH_SIZES = (16385, None)
+LARGE_SETTINGS = settings(
+    max_examples=int(os.environ.get("SKYEXPORT_LARGE_EXAMPLES", "10")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@LARGE_SETTINGS
+@given(case=st.sampled_from([(False, "error"), (False, "error"), (True, "keep"),
+                             (True, "error")]).flatmap(
+           lambda c: st.tuples(strategies.large_rows(allow_bad=c[0]), st.just(c[1]))),
+       batches=st.lists(st.sampled_from(LARGE_BATCH_SIZES), min_size=2, max_size=2),
+       flushes=st.tuples(st.sampled_from(TINY_FLUSH_SIZES), st.sampled_from(OTHER_FLUSH_SIZES)))
+def test_large_archives_match_reference(fmt: str, case: tuple, batches: list[int],
+                                        flushes: tuple) -> None:
+    """Values across 1 KiB, 16 KiB, 512 KiB, 1 MiB, 2 MiB and 4 MiB and runs of up to 700
+    rows (bad values in half the archives), through every row source, each with a tiny
+    flush size and another one, at two batch sizes: the same bytes and the same warnings,
+    in order, as the reference."""
+    rows, policy = case
+    with tempfile.TemporaryDirectory() as d:
+        archive = make_archive(Path(d) / "a.db", rows)
+        ref = reference_outcome(archive, fmt, on_bad_value=policy)
+        for source in ROW_SOURCES:
+            for batch_size, flush_size in zip(batches, flushes, strict=True):
+                out = _fresh(Path(d), "out")
+                with row_source(source):
+                    fast = fast_outcome(archive, out, fmt, on_bad_value=policy,
+                                        batch_size=batch_size, _flush_size=flush_size)
+                shutil.rmtree(out, ignore_errors=True)
+                assert_same(fast, ref, f"{source=} {batch_size=} {flush_size=}")
 
 
 def test_data_file_names() -> None:
