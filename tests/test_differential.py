@@ -185,7 +185,7 @@ LARGE_BATCH_SIZES = (*BATCH_SIZES, 255, 256, 257)
 TINY_FLUSH_SIZES = (1, 7, 4097)
 OTHER_FLUSH_SIZES = (16385, None)
 LARGE_SETTINGS = settings(
-    max_examples=int(os.environ.get("SKYEXPORT_LARGE_EXAMPLES", "10")), deadline=None,
+    max_examples=int(os.environ.get("SKYEXPORT_LARGE_EXAMPLES", "6")), deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
