@@ -124,6 +124,7 @@ def export(
     on_progress: Callable[[ExportProgress], object] | None = None,
     csv_formula_guard: bool = False,
     _option: Callable[[str], str] | None = None,
+    _flush_size: int | None = None,
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
@@ -138,6 +139,9 @@ def export(
     is "error" (stop) or "keep" (export as text, listed in the warnings).
     `csv_formula_guard` prefixes `'` to CSV text fields that a spreadsheet would run as a
     formula (off by default: the default output is byte-exact with bskyarchive).
+    `_flush_size` (private, for tests) is how many encoded bytes the writer gathers before
+    handing them to the data file (default 1 MiB): a tiny one makes every row, and every
+    large value mid-row, cross a flush.
 
     `on_progress` is called with an ExportProgress after every batch and at least every
     second, on a thread of its own: a slow callback sees fewer events but never slows the
@@ -195,6 +199,9 @@ def export(
     since, until = texts
     if lo is not None and hi is not None and lo > hi:
         raise OptionError(f"{opt('since')} {since} is after {opt('until')} {until}")
+    if _flush_size is not None and (isinstance(_flush_size, bool)
+                                    or not isinstance(_flush_size, int) or _flush_size < 1):
+        raise OptionError(f"_flush_size= must be a positive integer, not {_flush_size!r}")
     if media_link not in ("copy", "hardlink"):
         raise OptionError(f"{opt('media_link')} must be 'copy' or 'hardlink', not "
                           f"{media_link!r}")
@@ -205,7 +212,8 @@ def export(
         job = _Job(arc, out, format, Selection(did, lo, hi), media,
                    Path(media_root) if media_root is not None else None, batch_size,
                    on_bad_value, on_progress, csv_formula_guard,
-                   media_any_path=media_any_path, media_link=media_link)
+                   media_any_path=media_any_path, media_link=media_link,
+                   flush_size=_flush_size)
         try:
             return job.run()
         except BaseException:
@@ -246,8 +254,9 @@ class _Job:
                  media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
                  formula_guard: bool, *, media_any_path: bool = False,
-                 media_link: str = "copy") -> None:
+                 media_link: str = "copy", flush_size: int | None = None) -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
+        self.flush_size = flush_size
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
@@ -419,9 +428,10 @@ class _Job:
     def _pump(self, snap: Snapshot, tmp: Path, sink: FileSink) -> None:
         """The batch loop: encode up to batch_size rows, copy their media, report."""
         arc = self.arc
+        sizing = {} if self.flush_size is None else {"flush_size": self.flush_size}
         self.writer = writer = Writer(sink, self.fmt, on_bad=self.on_bad,
                                       collect_media=self.media,
-                                      formula_guard=self.formula_guard)
+                                      formula_guard=self.formula_guard, **sizing)
         stream = None
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
