@@ -30,7 +30,11 @@ ROW_SOURCES = ("pipe", "direct", "cursor")
 def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with each way rows reach the encoders - SQLite stepped on its own thread
     (the default), on the encoding thread, or through an APSW cursor: all must give the
-    same bytes."""
+    same bytes.  In this process through the library's default, in a child through the
+    CLI's SKYEXPORT_ROW_SOURCE."""
+    import skyexport.archive
+
+    monkeypatch.setattr(skyexport.archive, "DEFAULT_ROW_SOURCE", request.param)
     monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
     return request.param
 

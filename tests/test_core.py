@@ -114,3 +114,16 @@ def test_the_core_reads_the_schema_s_columns() -> None:
     from skyexport.schema import POST_COLUMNS
 
     assert _core.COLUMN_NAMES == POST_COLUMNS
+
+
+def test_only_the_cli_reads_the_environment() -> None:
+    # Issue 9: the library takes its settings as arguments; the command line maps
+    # SKYEXPORT_* variables onto them.
+    from pathlib import Path
+
+    import skyexport
+
+    package = Path(skyexport.__file__).parent
+    readers = sorted(p.name for p in package.glob("*.py")
+                     if any(word in p.read_text() for word in ("os.environ", "getenv(")))
+    assert readers == ["cli.py"], readers

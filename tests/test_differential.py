@@ -90,16 +90,15 @@ def assert_same(fast: tuple, ref: tuple, where: str) -> None:
 
 @contextlib.contextmanager
 def row_source(source: str) -> Iterator[None]:
-    """SKYEXPORT_ROW_SOURCE set to `source` (archive.py reads it per export)."""
-    old = os.environ.get("SKYEXPORT_ROW_SOURCE")
-    os.environ["SKYEXPORT_ROW_SOURCE"] = source
+    """Exports in this block read rows through `source` (the library's default)."""
+    import skyexport.archive
+
+    old = skyexport.archive.DEFAULT_ROW_SOURCE
+    skyexport.archive.DEFAULT_ROW_SOURCE = source
     try:
         yield
     finally:
-        if old is None:
-            del os.environ["SKYEXPORT_ROW_SOURCE"]
-        else:
-            os.environ["SKYEXPORT_ROW_SOURCE"] = old
+        skyexport.archive.DEFAULT_ROW_SOURCE = old
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])

@@ -45,15 +45,12 @@ _TXT = "CAST({0} AS BLOB)"
 
 # Pages SQLite may keep in memory (negative = KiB): small, so memory stays flat.
 CACHE_KIB = 4096
-# How long a writer holding a lock is waited for (SKYEXPORT_BUSY_TIMEOUT_MS overrides it).
+# How long a writer holding a lock is waited for (the CLI's SKYEXPORT_BUSY_TIMEOUT_MS, or
+# export(_busy_timeout_ms=...), overrides it).  Nothing in the library reads the environment.
 BUSY_TIMEOUT_MS = 10_000
-
-
-def busy_timeout_ms() -> int:
-    """The busy timeout in effect: SKYEXPORT_BUSY_TIMEOUT_MS when it is a whole number
-    of milliseconds >= 0, else BUSY_TIMEOUT_MS."""
-    text = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "")
-    return int(text) if text.strip().isdigit() else BUSY_TIMEOUT_MS
+# Where rows come from (see Archive.row_source); tests switch it here.
+ROW_SOURCES = ("pipe", "direct", "cursor")
+DEFAULT_ROW_SOURCE = "pipe"
 
 
 def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
@@ -108,8 +105,14 @@ class Archive:
     until `close()`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, row_source: str | None = None,
+                 busy_timeout_ms: int | None = None) -> None:
+        source = row_source or DEFAULT_ROW_SOURCE
+        if source not in ROW_SOURCES:
+            raise ValueError(f"row source must be one of {', '.join(ROW_SOURCES)}, not "
+                             f"{source!r}")
         self.path = Path(path)
+        self.busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
         try:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
@@ -131,7 +134,7 @@ class Archive:
         except apsw.Error as exc:
             self.close()
             if not _wal_readable_immutable(self.path, exc):
-                raise archive_error(self.path, exc) from None
+                raise self.error(exc) from None
             # A WAL archive in a directory we cannot write, with no -wal file: SQLite
             # cannot create the -shm it wants, but there is nothing to recover and nobody
             # can write the archive meanwhile (no -wal can be created): read it immutable.
@@ -139,7 +142,7 @@ class Archive:
                 cols, tables, rowid = self._open(immutable=True)
             except apsw.Error as exc2:
                 self.close()
-                raise archive_error(self.path, exc2) from None
+                raise self.error(exc2) from None
         if "posts" not in tables:
             self.close()
             raise ArchiveError(f"archive {self.path} has no posts table; is it a bskyarchive "
@@ -159,11 +162,10 @@ class Archive:
         self.has_media_table = "media" in tables
         self.schema_version = 2 if self.has_quote_count else 1
         # Where rows come from: "pipe" (default: the core steps SQLite on a thread of its
-        # own), "direct" (the core steps it on the encoding thread), "cursor" (an APSW
-        # cursor; also what happens where the core cannot load as an extension).
-        self.row_source = os.environ.get("SKYEXPORT_ROW_SOURCE", "pipe")
-        if self.row_source not in ("pipe", "direct", "cursor"):
-            self.row_source = "pipe"
+        # own), "direct" (the core steps the same Statement on the encoding thread: one
+        # core, and the check that both RowSources give the same bytes), "cursor" (an
+        # APSW cursor; also what happens where the core cannot load as an extension).
+        self.row_source = source
         self.direct = self.row_source != "cursor" and self._load_core()
         if not self.direct:
             self.row_source = "cursor"
@@ -178,7 +180,7 @@ class Archive:
         else:
             name, flags = str(self.path), apsw.SQLITE_OPEN_READONLY
         self.conn = apsw.Connection(name, flags=flags)
-        self.conn.set_busy_handler(_busy_handler(busy_timeout_ms()))
+        self.conn.set_busy_handler(_busy_handler(self.busy_timeout_ms))
         for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
                        "query_only = 1"):
             self.conn.execute(f"PRAGMA {pragma}")
@@ -223,6 +225,10 @@ class Archive:
                 pass
             conn.close(True)
             self.conn = None  # type: ignore[assignment]
+
+    def error(self, exc: BaseException, where: str = "") -> ArchiveError:
+        """An SQLite error of this archive as one clear line (archive_error)."""
+        return archive_error(self.path, exc, where, self.busy_timeout_ms)
 
     def snapshot(self, selection: Selection) -> Snapshot:
         """Open the read transaction every query of one export reads from, for the posts
@@ -454,7 +460,8 @@ def _blocking_dir(path: Path) -> Path:
     return parent
 
 
-def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:
+def archive_error(path: Path, exc: BaseException, where: str = "",
+                  busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> ArchiveError:
     """One clear line for an SQLite failure."""
     at = f" {where}" if where else ""
     code = getattr(exc, "extendedresult", 0)
@@ -484,7 +491,7 @@ def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveErr
                             "backup or run sqlite3 '.recover' on a copy")
     if isinstance(exc, apsw.BusyError):
         return ArchiveError(f"archive {path} is locked by another process{at} and was not "
-                            f"released within {busy_timeout_ms() / 1000:g} s; retry when the "
+                            f"released within {busy_timeout_ms / 1000:g} s; retry when the "
                             "archiver is done")
     if isinstance(exc, apsw.CantOpenError):
         return ArchiveError(f"archive {path} cannot be opened ({exc}); check that it exists "

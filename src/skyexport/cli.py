@@ -296,7 +296,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                         media_root=args.media_root, media_any_path=args.media_any_path,
                         media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
-                        csv_formula_guard=args.csv_formula_guard, _option=_cli_option)
+                        csv_formula_guard=args.csv_formula_guard, _option=_cli_option,
+                        **_archive_env())
         args.published = result.directory
     except OptionError as exc:
         sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
@@ -335,6 +336,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _archive_env() -> dict[str, Any]:
+    """The environment's say in how an archive is read - read here, the library reads no
+    environment: SKYEXPORT_ROW_SOURCE (pipe, direct, cursor; for testing and diagnosis)
+    and SKYEXPORT_BUSY_TIMEOUT_MS (how long a writer's lock is waited for)."""
+    out: dict[str, Any] = {}
+    source = os.environ.get("SKYEXPORT_ROW_SOURCE", "")
+    if source in ("pipe", "direct", "cursor"):
+        out["_row_source"] = source
+    timeout = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "").strip()
+    if timeout.isdigit():
+        out["_busy_timeout_ms"] = int(timeout)
+    return out
+
+
 def _cli_option(name: str) -> str:
     """An export() option as the command line spells it: media_root -> --media-root."""
     return "--" + name.replace("_", "-")
@@ -343,7 +358,9 @@ def _cli_option(name: str) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .info import archive_info, format_info
 
-    info = archive_info(args.archive)
+    env = _archive_env()
+    info = archive_info(args.archive, row_source=env.get("_row_source"),
+                        busy_timeout_ms=env.get("_busy_timeout_ms"))
     if args.json:
         import json
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")

@@ -15,7 +15,7 @@ from typing import Any
 
 import apsw
 
-from .archive import Archive, Selection, archive_error
+from .archive import Archive, Selection
 
 # One DID, given as the bytes CAST(did AS BLOB) read: equal to a BLOB-stored value or, cast
 # back, to a TEXT one (NULL: the IS NULL branch).  `+did` keeps SQLite on the created_at
@@ -25,9 +25,10 @@ _SAME_DID_SCAN = "(+did IN (?1, CAST(?1 AS TEXT)) OR (?2 IS NULL AND +did IS NUL
 _STAMP = "CAST(created_at AS BLOB)"
 
 
-def archive_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def archive_info(path: str | os.PathLike[str], *, row_source: str | None = None,
+                 busy_timeout_ms: int | None = None) -> dict[str, Any]:
     """A description of the archive at `path` (raises ArchiveError as `export` does)."""
-    with Archive(path) as arc:
+    with Archive(path, row_source=row_source, busy_timeout_ms=busy_timeout_ms) as arc:
         conn = arc.conn
         try:
             posts = arc.snapshot(Selection()).posts_total   # one read transaction
@@ -57,7 +58,7 @@ def archive_info(path: str | os.PathLike[str]) -> dict[str, Any]:
                           if arc.has_media_table else None)
             journal_mode = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
         except apsw.Error as exc:
-            raise archive_error(arc.path, exc, "while describing it") from None
+            raise arc.error(exc, "while describing it") from None
         size = os.stat(arc.path).st_size
         wal = arc.path.with_name(arc.path.name + "-wal")
         return {

@@ -21,7 +21,7 @@ import apsw
 from . import __version__
 from ._core import Writer, parse_bound
 from ._record import Record
-from .archive import Archive, Selection, Snapshot, archive_error
+from .archive import Archive, Selection, Snapshot
 from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
@@ -125,6 +125,8 @@ def export(
     csv_formula_guard: bool = False,
     _option: Callable[[str], str] | None = None,
     _flush_size: int | None = None,
+    _row_source: str | None = None,
+    _busy_timeout_ms: int | None = None,
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
@@ -141,7 +143,9 @@ def export(
     formula (off by default: the default output is byte-exact with bskyarchive).
     `_flush_size` (private, for tests) is how many encoded bytes the writer gathers before
     handing them to the data file (default 1 MiB): a tiny one makes every row, and every
-    large value mid-row, cross a flush.
+    large value mid-row, cross a flush.  `_row_source` ("pipe", "direct" or "cursor") and
+    `_busy_timeout_ms` (private; the CLI passes SKYEXPORT_ROW_SOURCE and
+    SKYEXPORT_BUSY_TIMEOUT_MS) choose how rows are read and how long a lock is waited for.
 
     `on_progress` is called with an ExportProgress after every batch and at least every
     second, on a thread of its own: a slow callback sees fewer events but never slows the
@@ -207,7 +211,7 @@ def export(
                           f"{media_link!r}")
     if media and media_root is not None and not os.path.isdir(media_root):
         raise OptionError(f"{opt('media_root')} {os.fspath(media_root)} is not a directory")
-    with Archive(archive) as arc:
+    with Archive(archive, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms) as arc:
         out, created = prepare_output(Path(output))
         job = _Job(arc, out, format, Selection(did, lo, hi), media,
                    Path(media_root) if media_root is not None else None, batch_size,
@@ -407,7 +411,7 @@ class _Job:
                               "left out by the date filter")
                 self.warnings_total += total - len(bad)
         except apsw.Error as exc:
-            raise archive_error(arc.path, exc, "while counting posts") from None
+            raise arc.error(exc, "while counting posts") from None
         return snap
 
     def _unknown_did(self, did: str) -> SelectionError:
@@ -444,7 +448,7 @@ class _Job:
                 try:
                     stream = MediaStream(snap.media_rows())
                 except apsw.Error as exc:
-                    raise archive_error(arc.path, exc, "while reading the media table") \
+                    raise arc.error(exc, "while reading the media table") \
                         from None
         rows = snap.rows()
         batch = 0
@@ -462,7 +466,7 @@ class _Job:
                     except OSError as exc:  # disk full, file size limit: name media/
                         raise output_error(exc, Path(self.copier.media_dir)) from None
             except apsw.Error as exc:
-                raise archive_error(arc.path, exc, f"in batch {batch} (posts {first}.."
+                raise arc.error(exc, f"in batch {batch} (posts {first}.."
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
         if stream is not None and (left := stream.leftover()):
