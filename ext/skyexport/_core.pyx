@@ -1,5 +1,6 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, auto_pickle=False
+# cython: language_level=3, auto_pickle=False
+# Checks stay on module-wide; functions audited for C division or unchecked indexing say so
+# with their own decorator.
 """skyexport's compiled core: rows of the export SELECT in, bytes of posts.json / .jsonl /
 .csv out, per ../shared/FORMAT.md.
 

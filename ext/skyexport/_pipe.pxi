@@ -179,6 +179,7 @@ cdef class RowPipe(RowSource):
                 sx_broadcast(&self.sync)
                 sx_unlock(&self.sync)
 
+    @cython.cdivision(True)   # audited: C division, as written
     cdef void publish(self, Arena* a) noexcept nogil:
         """Hand the arena being filled to the consumer."""
         arena_seal(a)
@@ -222,6 +223,7 @@ cdef class RowPipe(RowSource):
             if rc == 0:
                 return 0
 
+    @cython.cdivision(True)   # audited: C division, as written
     cdef const Cell* next_row(self) except NULL nogil:
         """The next row's cells, or a pointer to a cell of kind -1 at the end.  Waits for
         the producer; checks for signals (Ctrl-C) while waiting."""

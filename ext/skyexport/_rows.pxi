@@ -93,6 +93,8 @@ cdef class TupleRows(RowSource):
         return self.row
 
 
+@cython.boundscheck(False)  # audited: the tuple's length is checked first
+@cython.wraparound(False)
 cdef list cells_from_tuple(object row, Cell* cells):
     """Point `cells` at the tuple's values; returns the list of any values it had to
     convert (str -> UTF-8 bytes), which the caller keeps alive for the row."""

@@ -45,6 +45,7 @@ cdef inline bint is_empty(const Cell* c) noexcept nogil:
     return c.kind == K_NULL or (c.kind == K_BYTES and c.n == 0)
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef int64_t count_value(const Cell* c) noexcept nogil:
     """Counts: INTEGER as stored, REAL truncated (clamped to int64), decimal TEXT, else 0."""
     cdef Py_ssize_t i = 0, n
