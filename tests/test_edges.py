@@ -309,16 +309,23 @@ def test_wal_archive_without_shm_in_a_read_only_directory(tmp_path: Path,
     assert [p["uri"] for p in got] == [_post(i)["uri"] for i in range(3)]  # type: ignore[index]
 
 
+def _export_as_user(archive: Path, out: Path, *, read_only_dir: bool):  # type: ignore[no-untyped-def]
+    """`export` as a user file permissions bind, the archive's directory made read-only
+    (0555) for it if asked; the archive must come out unchanged."""
+    if read_only_dir:
+        archive.parent.chmod(0o555)
+    try:
+        with unchanged(archive):
+            return cli_as_user("export", archive, "-o", out)
+    finally:
+        archive.parent.chmod(0o755)
+
+
 def test_wal_archive_with_wal_file_in_a_read_only_directory(tmp_path: Path,
                                                             permissions_bind: None) -> None:
     archive = _wal_archive(tmp_path / "ro", keep_wal=True)
     out = tmp_path / "out"
-    archive.parent.chmod(0o555)
-    try:
-        with unchanged(archive):
-            proc = cli_as_user("export", archive, "-o", out)
-    finally:
-        archive.parent.chmod(0o755)
+    proc = _export_as_user(archive, out, read_only_dir=True)
     assert_failed(proc, 1, str(archive), "WAL mode", "read-only", "archive.db-wal",
                   "writable")
     assert_nothing_left(out)
@@ -350,13 +357,7 @@ def test_hot_rollback_journal(tmp_path: Path, read_only_dir: bool,
                               permissions_bind: None) -> None:
     archive = _hot_journal_archive(tmp_path / "arc")
     out = tmp_path / "out"
-    if read_only_dir:
-        archive.parent.chmod(0o555)
-    try:
-        with unchanged(archive):
-            proc = cli_as_user("export", archive, "-o", out)
-    finally:
-        archive.parent.chmod(0o755)
+    proc = _export_as_user(archive, out, read_only_dir=read_only_dir)
     assert_failed(proc, 1, str(archive), "hot rollback journal", "crashed",
                   "archive.db-journal", "then export again")
     assert_nothing_left(out)

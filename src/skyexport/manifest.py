@@ -507,34 +507,29 @@ class _NameSet:
     def _key(name: bytes) -> int:
         return hash(name) or 1   # 0 marks an empty slot
 
+    def _slot(self, h: int) -> int:
+        """The slot holding key `h`, or the empty one where it would go (linear probing)."""
+        t, size = self.table, self.size
+        i = h % size
+        while t[i] != 0 and t[i] != h:
+            i = i + 1 if i + 1 < size else 0
+        return i
+
     def add(self, name: bytes) -> bool:
         """Add `name`; False if it was there already."""
         if self.n >= self.size * 0.9:
             self._grow()
         h = self._key(name)
-        t, size = self.table, self.size
-        i = h % size
-        while True:
-            v = t[i]
-            if v == 0:
-                t[i] = h
-                self.n += 1
-                return True
-            if v == h:
-                return False
-            i = i + 1 if i + 1 < size else 0
+        i = self._slot(h)
+        if self.table[i] == h:
+            return False
+        self.table[i] = h
+        self.n += 1
+        return True
 
     def __contains__(self, name: bytes) -> bool:
         h = self._key(name)
-        t, size = self.table, self.size
-        i = h % size
-        while True:
-            v = t[i]
-            if v == 0:
-                return False
-            if v == h:
-                return True
-            i = i + 1 if i + 1 < size else 0
+        return bool(self.table[self._slot(h)] == h)
 
     def _grow(self) -> None:
         old = self.table
