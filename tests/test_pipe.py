@@ -161,3 +161,212 @@ def test_api_streams_to_fd_and_file_objects(archive: Path, plain: dict[str, byte
     assert (tmp_path / "fd.json").read_bytes() == plain["json"]
     with pytest.raises(skyexport.OptionError, match="media="):
         skyexport.export(archive, io.BytesIO(), media=True)
+
+
+# --- 2. --compress ------------------------------------------------------------------------
+
+
+def decompress(codec: str, data: bytes) -> bytes:
+    if codec == "gzip":
+        import gzip
+        return gzip.decompress(data)
+    import zstandard as zstd
+    return zstd.ZstdDecompressor().decompressobj().decompress(data)
+
+
+CODECS = ("gzip", "zstd")
+SUFFIX = {"gzip": ".gz", "zstd": ".zst"}
+
+
+def _need(codec: str) -> None:
+    if codec == "zstd":
+        pytest.importorskip("zstandard")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("fmt", list(DATA_FILES))
+def test_compressed_export_is_the_plain_export(archive: Path, plain: dict[str, bytes],
+                                               tmp_path: Path, fmt: str, codec: str) -> None:
+    _need(codec)
+    proc = run("export", archive, "-o", tmp_path, "-f", fmt, "--compress", codec, "-q")
+    assert proc.returncode == 0, proc.stderr
+    d = Path(proc.stdout.decode().strip())
+    name = DATA_FILES[fmt] + SUFFIX[codec]
+    assert sorted(p.name for p in d.iterdir()) == ["manifest.json", name]
+    packed = (d / name).read_bytes()
+    assert decompress(codec, packed) == plain[fmt]
+    import json
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["compression"] == codec and m["files"] == [name]
+    assert m["checksums"][name] == {
+        "sha256": hashlib.sha256(packed).hexdigest(), "bytes": len(packed),
+        "uncompressed_sha256": hashlib.sha256(plain[fmt]).hexdigest(),
+        "uncompressed_bytes": len(plain[fmt])}
+    assert run("verify", d).returncode == 0
+    # The other tools read it: gzip -dc, zstd -dc.
+    tool = "gzip" if codec == "gzip" else "zstd"
+    if subprocess.run(["which", tool], capture_output=True).returncode == 0:
+        out = subprocess.run([tool, "-dc", str(d / name)], capture_output=True, check=True)
+        assert out.stdout == plain[fmt]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("fmt", list(DATA_FILES))
+def test_compressed_stdout_is_the_plain_export(archive: Path, plain: dict[str, bytes],
+                                               tmp_path: Path, fmt: str, codec: str) -> None:
+    _need(codec)
+    proc = run("export", archive, "-o", "-", "-f", fmt, "--compress", codec,
+               "--compress-level", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert decompress(codec, proc.stdout) == plain[fmt]
+    assert list(tmp_path.iterdir()) == []
+    last = err_lines(proc)[-1]
+    assert f"{len(proc.stdout)} bytes, sha256 {hashlib.sha256(proc.stdout).hexdigest()}" \
+        in last
+    assert (f"({codec}; uncompressed {len(plain[fmt])} bytes, sha256 "
+            f"{hashlib.sha256(plain[fmt]).hexdigest()})") in last
+
+
+def test_gzip_is_one_deterministic_member(archive: Path, tmp_path: Path) -> None:
+    a = run("export", archive, "-o", "-", "--compress", "gzip").stdout
+    b = run("export", archive, "-o", "-", "--compress", "gzip").stdout
+    assert a == b and a[:2] == b"\x1f\x8b"            # no name, no time: same bytes
+
+
+def test_bad_compress_options_are_usage_errors(archive: Path, tmp_path: Path) -> None:
+    one_error(run("export", archive, "-o", tmp_path, "--compress-level", "3"), 2,
+              "--compress-level needs --compress")
+    one_error(run("export", archive, "-o", tmp_path, "--compress", "gzip",
+                  "--compress-level", "12"), 2, "--compress-level", "1..9")
+    one_error(run("export", archive, "-o", tmp_path, "--compress", "xz"), 2, "--compress")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _no_zstandard(tmp_path: Path) -> dict[str, str]:
+    """An environment where `import zstandard` fails, as where the extra is not installed."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "zstandard.py").write_text("raise ImportError('No module named zstandard')\n")
+    return {**os.environ, "PYTHONPATH": str(shadow)}
+
+
+def test_zstd_without_zstandard_says_so(archive: Path, tmp_path: Path) -> None:
+    env = _no_zstandard(tmp_path)
+    proc = subprocess.run([PY, "-m", "skyexport", "export", str(archive), "-o",
+                           str(tmp_path / "out"), "--compress", "zstd"], capture_output=True,
+                          env=env, timeout=TIMEOUT, check=False)
+    one_error(proc, 2, "zstandard", "pip install 'skyexport[zstd]'")
+    assert not (tmp_path / "out").exists()
+    # gzip needs nothing beyond the standard library.
+    proc = subprocess.run([PY, "-m", "skyexport", "export", str(archive), "-o", "-",
+                           "--compress", "gzip", "-q"], capture_output=True, env=env,
+                          timeout=TIMEOUT, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+def _rewrite_data(d: Path, name: str, data: bytes, **uncompressed: object) -> None:
+    """Replace the data file and make the manifest's compressed checksum match it."""
+    import json
+    (d / name).write_bytes(data)
+    m = json.loads((d / "manifest.json").read_text())
+    m["checksums"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                                **uncompressed)
+    (d / "manifest.json").write_text(json.dumps(m, indent=2) + "\n")
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_verify_checks_the_uncompressed_bytes(archive: Path, tmp_path: Path,
+                                              codec: str) -> None:
+    _need(codec)
+    proc = run("export", archive, "-o", tmp_path, "-f", "jsonl", "--compress", codec, "-q")
+    d = Path(proc.stdout.decode().strip())
+    name = "posts.jsonl" + SUFFIX[codec]
+    packed = (d / name).read_bytes()
+    # A manifest whose uncompressed SHA-256 is wrong, the compressed one right.
+    _rewrite_data(d, name, packed, uncompressed_sha256="0" * 64)
+    proc = run("verify", d)
+    assert proc.returncode == 1
+    assert f"{name}: decompressed SHA-256 " in proc.stderr.decode()
+    # Posts dropped (re-compressed, both compressed checksums right): the count says so.
+    lines = decompress(codec, packed).splitlines(keepends=True)
+    fewer = b"".join(lines[:-1])
+    repacked = (__import__("gzip").compress(fewer) if codec == "gzip"
+                else __import__("zstandard").ZstdCompressor().compress(fewer))
+    _rewrite_data(d, name, repacked, uncompressed_sha256=hashlib.sha256(fewer).hexdigest(),
+                  uncompressed_bytes=len(fewer))
+    proc = run("verify", d)
+    assert proc.returncode == 1
+    assert f"{name}: holds 3999 posts, manifest.json says post_count 4000" \
+        in proc.stderr.decode()
+
+
+def test_verify_gzip_trailing_and_truncated(archive: Path, tmp_path: Path) -> None:
+    proc = run("export", archive, "-o", tmp_path, "--compress", "gzip", "-q")
+    d = Path(proc.stdout.decode().strip())
+    name = "posts.json.gz"
+    packed = (d / name).read_bytes()
+    _rewrite_data(d, name, packed + b"junk")
+    assert "4 bytes follow the end of the gzip stream" in run("verify", d).stderr.decode()
+    _rewrite_data(d, name, packed[:-100])
+    assert "truncated" in run("verify", d).stderr.decode()
+
+
+_PEAK_RSS = r"""
+import sys
+from skyexport.cli import main
+report = sys.argv.pop(1)
+code = main(sys.argv[1:])
+with open("/proc/self/status") as f:
+    kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+with open(report, "w") as f:
+    f.write(str(kb * 1024))
+sys.exit(code)
+"""
+
+
+def _peak_rss(tmp_path: Path, *args: object) -> tuple[int, int]:
+    """(exit status, peak RSS in bytes) of the command line's main() in a child process:
+    its own VmHWM (ru_maxrss would include this process's peak, inherited through exec)."""
+    report = tmp_path / "peak-rss"
+    proc = subprocess.run([PY, "-c", _PEAK_RSS, str(report), *map(str, args)],
+                          capture_output=True, timeout=TIMEOUT, check=False)
+    return proc.returncode, int(report.read_text())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_verify_of_a_bomb_stays_in_bounded_memory(archive: Path, tmp_path: Path,
+                                                  codec: str) -> None:
+    _need(codec)
+    proc = run("export", archive, "-o", tmp_path, "--compress", codec, "-q")
+    d = Path(proc.stdout.decode().strip())
+    name = "posts.json" + SUFFIX[codec]
+    zeros = 400 << 20     # 400 MiB of zeros: a few hundred KiB compressed
+    if codec == "gzip":
+        import zlib
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = bytes(1 << 20)
+        bomb = b"".join(c.compress(block) for _ in range(zeros >> 20)) + c.flush()
+    else:
+        import zstandard as zstd
+        c = zstd.ZstdCompressor(level=19).compressobj()
+        block = bytes(1 << 20)
+        bomb = b"".join(c.compress(block) for _ in range(zeros >> 20)) + c.flush()
+    assert len(bomb) < 1 << 20                          # one read block of verify
+    _rewrite_data(d, name, bomb)
+    code, peak = _peak_rss(tmp_path, "verify", d)
+    assert code == 1
+    assert peak < 60 << 20, f"verify peaked at {peak >> 20} MiB"
+
+
+def test_compressed_export_memory_is_flat(tmp_path: Path) -> None:
+    pytest.importorskip("zstandard")
+    arc = tmp_path / "big.db"
+    build_archive(arc, 30_000, seed=3)
+    peaks = {}
+    for codec in (None, "gzip", "zstd"):
+        extra = ("--compress", codec) if codec else ()
+        code, peaks[codec] = _peak_rss(tmp_path, "export", arc, "-o", tmp_path / "o", *extra)
+        assert code == 0
+    # A codec adds its own fixed window (zstd level 3: a few MiB), nothing per post.
+    assert peaks["gzip"] < peaks[None] + (8 << 20), peaks
+    assert peaks["zstd"] < peaks[None] + (24 << 20), peaks
