@@ -370,3 +370,68 @@ def test_compressed_export_memory_is_flat(tmp_path: Path) -> None:
     # A codec adds its own fixed window (zstd level 3: a few MiB), nothing per post.
     assert peaks["gzip"] < peaks[None] + (8 << 20), peaks
     assert peaks["zstd"] < peaks[None] + (24 << 20), peaks
+
+
+# --- 5. --layout did ----------------------------------------------------------------------
+
+def _dids(archive: Path) -> list[str]:
+    import sqlite3
+    with sqlite3.connect(archive) as con:
+        return [d for (d,) in con.execute("SELECT did FROM posts GROUP BY did "
+                                          "ORDER BY count(*) DESC")]
+
+
+def test_layout_did_with_did(archive: Path, tmp_path: Path) -> None:
+    did = _dids(archive)[1]
+    out = tmp_path / "exports"
+    proc = run("export", archive, "-o", out, "--layout", "did", "--did", did, "-q")
+    assert proc.returncode == 0, proc.stderr
+    d = Path(proc.stdout.decode().strip())
+    assert d.parent == out / did and re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", d.name)
+    flat = run("export", archive, "-o", tmp_path / "flat", "--did", did, "-q")
+    assert (d / "posts.json").read_bytes() == \
+        (Path(flat.stdout.decode().strip()) / "posts.json").read_bytes()
+    assert run("verify", d).returncode == 0
+    # The same DID again: a second export beside the first, in the same DID directory.
+    again = run("export", archive, "-o", out, "--layout", "did", "--did", did, "-q")
+    assert Path(again.stdout.decode().strip()).parent == out / did
+
+
+def test_layout_did_takes_the_only_did(tmp_path: Path) -> None:
+    arc = tmp_path / "one.db"
+    build_archive(arc, 500, seed=2, dids=1)
+    (did,) = _dids(arc)
+    proc = run("export", arc, "-o", tmp_path / "x", "--layout", "did", "--compress", "gzip",
+               "-q")
+    assert proc.returncode == 0, proc.stderr
+    d = Path(proc.stdout.decode().strip())
+    assert d.parent == tmp_path / "x" / did and (d / "posts.json.gz").is_file()
+    import json
+    assert json.loads((d / "manifest.json").read_text())["did"] == did
+
+
+def test_layout_did_needs_did_when_several(archive: Path, tmp_path: Path) -> None:
+    proc = run("export", archive, "-o", tmp_path / "x", "--layout", "did")
+    one_error(proc, 2, "--layout did needs --did", "several DIDs", "skyexport info")
+    assert not (tmp_path / "x").exists()
+
+
+def test_layout_did_unknown_did_creates_nothing(archive: Path, tmp_path: Path) -> None:
+    proc = run("export", archive, "-o", tmp_path / "x", "--layout", "did", "--did",
+               "did:plc:nobody")
+    one_error(proc, 1, "holds no post of DID did:plc:nobody", _dids(archive)[0])
+    assert not (tmp_path / "x").exists()
+
+
+def test_layout_did_refuses_a_did_that_is_no_directory_name(tmp_path: Path) -> None:
+    arc = make_archive(tmp_path / "odd.db", [{"did": "did:web:a/../../b"}])
+    proc = run("export", arc, "-o", tmp_path / "x", "--layout", "did")
+    one_error(proc, 2, "cannot be a directory name", "--layout time")
+    assert not (tmp_path / "x").exists()
+
+
+def test_layout_did_with_stdout_is_a_usage_error(archive: Path, tmp_path: Path) -> None:
+    did = _dids(archive)[0]
+    proc = run("export", archive, "-o", "-", "--layout", "did", "--did", did, cwd=tmp_path)
+    one_error(proc, 2, "--layout did", "--output -")
+    assert proc.stdout == b"" and list(tmp_path.iterdir()) == []
