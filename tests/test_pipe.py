@@ -435,3 +435,21 @@ def test_layout_did_with_stdout_is_a_usage_error(archive: Path, tmp_path: Path) 
     proc = run("export", archive, "-o", "-", "--layout", "did", "--did", did, cwd=tmp_path)
     one_error(proc, 2, "--layout did", "--output -")
     assert proc.stdout == b"" and list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_stream_says_what_went_out(archive: Path, tmp_path: Path) -> None:
+    import signal
+    big = tmp_path / "big.db"
+    build_archive(big, 60_000, seed=5)
+    p = subprocess.Popen([PY, "-m", "skyexport", "export", big, "-o", "-"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.stdout is not None
+    got = p.stdout.read(1 << 20)   # the export is under way; the pipe is full behind this
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=TIMEOUT)
+    assert p.returncode == 130, err
+    lines = err.decode().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err.decode(), lines
+    n = int(re.search(r"interrupted; (\d+) bytes had already gone to stdout", lines[0])[1])  # type: ignore[index]
+    assert n == len(got) + len(rest) and "incomplete export" in lines[0]

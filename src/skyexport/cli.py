@@ -565,7 +565,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       else ("terminated", EXIT_TERM))
         published = getattr(exc, "published_directory", None) or getattr(
             args, "published", None)
-        if published is None:
+        streamed = getattr(exc, "stream_bytes", 0)
+        if streamed:
+            sys.stderr.write(f"skyexport: {word}; {streamed} bytes had already gone to "
+                             "stdout: an incomplete export, discard them\n")
+        elif published is None:
             sys.stderr.write(f"skyexport: {word}; nothing was exported\n")
         else:
             # The signal came after the final rename: the export is whole and visible.
