@@ -453,3 +453,20 @@ def test_interrupted_stream_says_what_went_out(archive: Path, tmp_path: Path) ->
     assert len(lines) == 1 and "Traceback" not in err.decode(), lines
     n = int(re.search(r"interrupted; (\d+) bytes had already gone to stdout", lines[0])[1])  # type: ignore[index]
     assert n == len(got) + len(rest) and "incomplete export" in lines[0]
+
+
+def test_verify_zstd_without_zstandard_says_so(archive: Path, tmp_path: Path) -> None:
+    pytest.importorskip("zstandard")
+    proc = run("export", archive, "-o", tmp_path / "x", "--compress", "zstd", "-q")
+    d = proc.stdout.decode().strip()
+    env = _no_zstandard(tmp_path)
+    done = subprocess.run([PY, "-m", "skyexport", "verify", d], capture_output=True,
+                          env=env, timeout=TIMEOUT, check=False)
+    assert done.returncode == 1 and b"Traceback" not in done.stderr
+    assert (b"posts.json.zst: the uncompressed posts are not checked: zstd needs the "
+            b"zstandard package (pip install 'skyexport[zstd]')") in done.stderr
+    # The compressed file's own checksum is still checked.
+    (Path(d) / "posts.json.zst").write_bytes(b"x")
+    done = subprocess.run([PY, "-m", "skyexport", "verify", d], capture_output=True,
+                          env=env, timeout=TIMEOUT, check=False)
+    assert b"posts.json.zst: 1 bytes, manifest.json says" in done.stderr
