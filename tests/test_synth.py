@@ -472,3 +472,45 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         synth.build_archive(tmp_path / "a.db", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- The generator's interface ----------------------------------------------------------------
+# Other code builds rows with _Generator directly: its constructor, chunk()'s signature and the
+# row shapes (the INSERT's column order) stay as they are.
+
+V2_TYPES = (str, str, str, str, str, str, int, int, int, int, int, int, str, str, (str, None),
+            (str, None), str)
+
+
+def tid_micros(uri: str) -> int:
+    value = 0
+    for ch in uri.rsplit("/", 1)[1]:
+        value = value * 32 + "234567abcdefghijklmnopqrstuvwxyz".index(ch)
+    return value >> 10
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_generator_chunk_rows(tmp_path: Path, version: int) -> None:
+    import random
+
+    writer = synth._MediaWriter(random.Random(1), str(tmp_path / "media"), "media/")
+    os.mkdir(writer.media_dir)
+    gen = synth._Generator(random.Random(9), 2, version, writer)
+    t0 = synth._T_START + 86400
+    got = gen.chunk(t0, t0 + 3600, 2500)
+    types = V2_TYPES if version == 2 else V2_TYPES[:10] + V2_TYPES[11:]
+    assert len(got) == 2500
+    for row in got:
+        assert len(row) == len(types)
+        assert all(isinstance(v, t if isinstance(t, type) else (str, type(None)))
+                   for v, t in zip(row, types, strict=True)), row
+        assert t0 * 10**6 <= tid_micros(row[0]) < (t0 + 3600) * 10**6
+    assert len({row[0] for row in got}) == 2500
+    # The media writer saw exactly the images of the posts with has_media, dated by the
+    # post's archived_at.
+    by_uri = {row[0]: row for row in got}
+    assert {m[1] for m in writer.rows} == {row[0] for row in got if row[6] == 1}
+    assert all(m[0] in by_uri[m[1]][-3] and m[8] == by_uri[m[1]][-1] for m in writer.rows)
+    # The same seed gives the same rows.
+    again = synth._Generator(random.Random(9), 2, version, None).chunk(t0, t0 + 3600, 2500)
+    assert again == got

@@ -37,10 +37,11 @@ What the archive contains, and why each part looks the way it does:
   because real archives have both.
 
 The same ``seed`` and arguments always give the same rows (``random.Random(seed)`` drives
-everything; no clock is read).  A million posts take well under a minute: rows come from
-precomputed pools and string joins, go to SQLite through ``executemany`` in chunks inside one
-transaction with journaling off, the secondary indexes are built once at the end and the
-full-text index is filled by one FTS5 ``rebuild``.  Only one chunk of rows is held in memory.
+everything; no clock is read).  A million posts take well under a minute: rows are built a
+column at a time from precomputed pools and string joins, go to SQLite through
+``executemany`` in chunks inside one transaction with journaling off, the secondary indexes
+are built once at the end and the full-text index is filled by one FTS5 ``rebuild``.  Only
+one chunk of rows is held in memory.
 """
 
 from __future__ import annotations
@@ -55,9 +56,11 @@ import sys
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from itertools import accumulate
+from math import log as _log
+from typing import Any, TypeVar, cast
 
 import apsw
 
@@ -117,6 +120,7 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"  # RFC 4648 lower case (DIDs, CIDs)
 _CID_DAG_CBOR = "bafyrei"  # "b" + base32 of CIDv1, dag-cbor, sha2-256, 32 bytes: a record
 _CID_RAW = "bafkrei"  # the same with the raw codec: a blob (image)
 _CDN = "https://cdn.bsky.app/img/"
+_CLOCKS = range(1024)  # TID clock ids, drawn like a pool
 
 
 def _tid(us: int, clock: int) -> str:
@@ -294,36 +298,40 @@ _ZONES = [(55, 0, "+0000 UTC"), (20, None, "pacific"), (13, 9 * 3600, "+0900 JST
           (12, 19800, "+0530 IST")]
 
 
-# Three timestamps a row: formatting them from cached day strings and minute/second tables is
-# four times faster than time.gmtime and %-formatting each one.
-_DAYS: dict[int, str] = {}
+# Three timestamps a row, formatted a whole column at a time: cached day strings and
+# minute/second tables in one comprehension are several times faster than time.gmtime and
+# %-formatting each one.
+class _Days(dict[int, str]):
+    """Day number since the epoch -> ``YYYY-MM-DD``, computed the first time it is asked for."""
+
+    def __missing__(self, day: int) -> str:
+        t = _gmtime(day * 86400)
+        date = self[day] = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}"
+        return date
+
+
+_DAYS = _Days()
 _HH_MM = [f"{h:02d}:{m:02d}" for h in range(24) for m in range(60)]
 _SS = [f":{s:02d}" for s in range(60)]
+# Go's fraction of a millisecond count (0-999): trailing zeros dropped, nothing for zero.
+_MS = [""] + ["." + f"{ms:03d}".rstrip("0") for ms in range(1, 1000)]
+_PDT, _PST = (-25200, "-0700 PDT"), (-28800, "-0800 PST")
 
 
 def _ymdhms(secs: int, sep: str = " ") -> str:
     """`YYYY-MM-DD HH:MM:SS` (or with `T`) for seconds since the epoch, read as UTC."""
-    day, sod = divmod(secs, 86400)
-    date = _DAYS.get(day)
-    if date is None:
-        t = _gmtime(secs)
-        date = _DAYS[day] = f"{t[0]:04d}-{t[1]:02d}-{t[2]:02d}"
-    minute, sec = divmod(sod, 60)
-    return date + sep + _HH_MM[minute] + _SS[sec]
+    return _DAYS[secs // 86400] + sep + _HH_MM[secs % 86400 // 60] + _SS[secs % 60]
+
+
+def _ymdhms_all(secs: Iterable[int], sep: str = " ") -> list[str]:
+    """:func:`_ymdhms` of every value, in one comprehension (no call per value)."""
+    days, hh_mm, ss = _DAYS, _HH_MM, _SS
+    return [days[s // 86400] + sep + hh_mm[s % 86400 // 60] + ss[s % 60] for s in secs]
 
 
 def _frac(ns: int) -> str:
     """Go's `.999999999` fraction: trailing zeros dropped, nothing at all for zero."""
     return "." + f"{ns:09d}".rstrip("0") if ns else ""
-
-
-def _go_time(secs: int, ns: int, off: int | None, zone: str, mono: str) -> str:
-    if off is None:  # US Pacific: the offset and the name follow the date
-        if bisect.bisect_right(_DST, secs) & 1:
-            off, zone = -25200, "-0700 PDT"
-        else:
-            off, zone = -28800, "-0800 PST"
-    return _ymdhms(secs + off) + _frac(ns) + " " + zone + mono
 
 
 # --- JSON ---------------------------------------------------------------------------------------
@@ -344,6 +352,7 @@ def _dump(obj: object, style: float) -> str:
 
 _LABEL_SRC = "did:plc:ar7c4by46qjdydhdevvrndac"
 _LABEL_VALS = ["graphic-media", "nudity", "sexual", "porn", "!warn", "!hide", "spam", "rude"]
+_JPEG, _PNG, _WEBP = ("image/jpeg", ".jpg"), ("image/png", ".png"), ("image/webp", ".webp")
 _ASPECTS = [(4, 3), (3, 4), (16, 9), (9, 16), (1, 1), (3, 2), (2, 3)]
 _LINK_SITES = [
     "https://example.com/blog/", "https://news.example.org/2024/",
@@ -420,7 +429,13 @@ class _MediaWriter:
 
 class _Generator:
     """Produces rows chunk by chunk.  All randomness comes from one `random.Random`, consumed
-    in a fixed order, which is what makes a build reproducible."""
+    in a fixed order, which is what makes a build reproducible.
+
+    A chunk is built a column group at a time (identifiers, text, created_at, indexed_at and
+    archived_at, replies, embeds, labels, counts), each over the whole chunk in comprehensions
+    and C-level random draws; only the rows a rare feature touches (a reply, an embed, a
+    label, a non-Go timestamp) get a loop of their own.  `chunk` zips the columns into rows.
+    """
 
     def __init__(self, rng: random.Random, dids: int, schema_version: int,
                  media: _MediaWriter | None) -> None:
@@ -444,217 +459,292 @@ class _Generator:
         self.quotes = _count_pool(rng, 0.85, 2, 1.2, 2_000)
         self.zones = _weighted_pool([((off, name), w) for w, off, name in _ZONES], 1024)
 
-    def _words(self, lo: int = 2, hi: int = 12) -> str:
-        return " ".join(self.rng.choices(self.tokens, k=self.rng.randint(lo, hi))).strip()
+    # --- Shared pieces: each makes a whole list in one go --------------------------------------
 
-    def _images(self, n: int) -> list[_Image]:
+    def _word_runs(self, lo: int, hi: int, m: int) -> list[str]:
+        """m texts of lo..hi tokens each."""
+        rnd = self.rng.random
+        lengths = [lo + int(rnd() * (hi - lo + 1)) for _ in range(m)]
+        tokens = _draw(self.rng, self.tokens, sum(lengths))
+        join = " ".join
+        return [join(tokens[e - k : e]).strip()
+                for e, k in zip(accumulate(lengths), lengths, strict=True)]
+
+    def _images(self, m: int) -> list[_Image]:
+        """m images: CID, format (mostly JPEG), a common aspect ratio and size, alt text on
+        45 % of them."""
         rng = self.rng
-        out = []
-        for cid in _cids(rng, _CID_RAW, n):
-            r = rng.random()
-            mime, ext = (("image/jpeg", ".jpg") if r < 0.85 else
-                         ("image/png", ".png") if r < 0.97 else ("image/webp", ".webp"))
-            aw, ah = rng.choice(_ASPECTS)
-            scale = rng.choice((250, 320, 400, 500))
-            alt = "" if rng.random() < 0.55 else self._words(2, 14)
-            out.append((cid, mime, ext, aw * scale, ah * scale, alt))
-        return out
+        rnd = rng.random
+        cids = _cids(rng, _CID_RAW, m)
+        formats = [_JPEG if r < 0.85 else _PNG if r < 0.97 else _WEBP
+                   for r in [rnd() for _ in range(m)]]
+        aspects = rng.choices(_ASPECTS, k=m)
+        scales = rng.choices((250, 320, 400, 500), k=m)
+        alts = [""] * m
+        described = [i for i in range(m) if rnd() >= 0.55]
+        for i, alt in zip(described, self._word_runs(2, 14, len(described)), strict=True):
+            alts[i] = alt
+        return [(cid, mime, ext, aw * scale, ah * scale, alt)
+                for cid, (mime, ext), (aw, ah), scale, alt
+                in zip(cids, formats, aspects, scales, alts, strict=True)]
 
-    def _image_list(self, did: str, imgs: list[_Image]) -> list[dict[str, Any]]:
+    @staticmethod
+    def _image_list(did: str, imgs: list[_Image], sized: list[bool]) -> list[dict[str, Any]]:
+        """The `images` array of an embed; `sized` says which items carry aspectRatio (newer
+        clients send it)."""
         out = []
-        for cid, mime, _ext, w, h, alt in imgs:
+        for (cid, mime, _ext, w, h, alt), with_size in zip(imgs, sized, strict=True):
             fmt = "@png" if mime == "image/png" else "@jpeg"
             item: dict[str, Any] = {"alt": alt,
                           "fullsize": _CDN + "feed_fullsize/plain/" + did + "/" + cid + fmt,
                           "thumb": _CDN + "feed_thumbnail/plain/" + did + "/" + cid + fmt}
-            if self.rng.random() < 0.6:  # newer clients send it
+            if with_size:
                 item["aspectRatio"] = {"width": w, "height": h}
             out.append(item)
         return out
 
-    def _other_uri(self, us: int) -> str:
+    def _other_uris(self, us: list[int]) -> list[str]:
+        """For each instant (microseconds), the URI of another account's post from a little
+        (about an hour, exponentially) before it."""
         rng = self.rng
-        before = us - int(rng.expovariate(1 / 3600.0) * 1e6) - 1
-        return ("at://" + rng.choice(self.others) + "/app.bsky.feed.post/"
-                + _tid(max(before, 0), rng.getrandbits(10)))
+        rnd = rng.random
+        others = rng.choices(self.others, k=len(us))
+        clocks = _draw(rng, _CLOCKS, len(us))
+        # _tid stays a call per URI: seven table lookups inlined here would be unreadable.
+        return ["at://" + other + "/app.bsky.feed.post/"
+                + _tid(max(u - int(-_log(1.0 - rnd()) * 3.6e9) - 1, 0), clock)
+                for u, other, clock in zip(us, others, clocks, strict=True)]
+
+    # --- Column groups ---------------------------------------------------------------------------
+
+    def _identities(self, t0: int, t1: int, n: int
+                    ) -> tuple[list[int], list[str], list[str], list[str]]:
+        """Creation instants (ns, sorted), DIDs, URIs and CIDs of n posts in [t0, t1)."""
+        rng = self.rng
+        rnd = rng.random
+        # Sorted uniform instants, the i-th moved i microseconds later so no two share a
+        # microsecond (TIDs and therefore URIs stay unique); the draw leaves room for that
+        # inside the chunk's span.
+        room = (t1 - t0) * 1_000_000_000 - 1000 * n
+        base = t0 * 1_000_000_000
+        stamps = [base + s + 1000 * i
+                  for i, s in enumerate(sorted([int(rnd() * room) for _ in range(n)]))]
+        dids = _draw(rng, self.did_pool, n)
+        clocks = _draw(rng, _CLOCKS, n)
+        prefix = self.uri_prefix
+        # _tid stays a call per row: seven table lookups inlined here would be unreadable.
+        uris = [prefix[did] + _tid(s // 1000, clock)
+                for did, s, clock in zip(dids, stamps, clocks, strict=True)]
+        return stamps, dids, uris, _cids(rng, _CID_DAG_CBOR, n)
+
+    def _texts(self, n: int) -> list[str]:
+        """Post texts: consecutive slices of one token stream, 20-300 characters."""
+        rng = self.rng
+        rnd = rng.random
+        nwords = _draw(rng, self.nwords, n)
+        words = _draw(rng, self.tokens, sum(nwords) + 64)
+        ends = list(accumulate(nwords))
+        join = " ".join
+        texts = [join(words[e - k : e]) for e, k in zip(ends, nwords, strict=True)]
+        # A line break takes no space beside it, and a post neither starts nor ends with one.
+        texts = [t.replace(" \n", "\n").replace("\n ", "\n").strip("\n") if "\n" in t else t
+                 for t in texts]
+        # Too short: borrow the next tokens (a loop over those rows only).
+        for i in [i for i, t in enumerate(texts) if len(t) < 20]:
+            t, j = texts[i], ends[i]
+            while len(t) < 20:
+                t = (t + " " + words[j % len(words)]).strip()
+                j += 1
+            texts[i] = t
+        # Pasted text keeps its leading space (1 %); some start with a capital (5 %).
+        return [" " + t if r < 0.01 else t[0].upper() + t[1:] if r < 0.06 else t
+                for t, r in zip([t[:300].rstrip() if len(t) > 300 else t for t in texts],
+                                [rnd() for _ in range(n)], strict=True)]
+
+    def _created_at(self, stamps: list[int]) -> list[str]:
+        """created_at: 94 % in Go's String() form (zone, 0-9 digit fraction, 10 % with a
+        monotonic clock reading), 3 % RFC 3339, 3 % CURRENT_TIMESTAMP."""
+        rng = self.rng
+        rnd = rng.random
+        n = len(stamps)
+        secs = [s // 1_000_000_000 for s in stamps]
+        nss = [s % 1_000_000_000 for s in stamps]
+        # US Pacific: the offset and the name follow the date, as Go prints them.
+        dst, after = _DST, bisect.bisect_right
+        zones = cast(list[tuple[int, str]],  # no None left, which mypy cannot tell
+                     [zone if zone[0] is not None else _PDT if after(dst, s) & 1 else _PST
+                      for zone, s in zip(_draw(rng, self.zones, n), secs, strict=True)])
+        # Precision: milliseconds, microseconds, nanoseconds or whole seconds.
+        fracs = [ns - ns % 1_000_000 if p < 0.70 else ns - ns % 1000 if p < 0.80
+                 else ns if p < 0.92 else 0
+                 for ns, p in zip(nss, [rnd() for _ in range(n)], strict=True)]
+        monos = [f" m=+{int(rnd() * 90_000)}.{int(rnd() * 1e9):09d}" if rnd() < 0.10 else ""
+                 for _ in range(n)]
+        local = _ymdhms_all([s + zone[0] for s, zone in zip(secs, zones, strict=True)])
+        created = [t + ("." + f"{f:09d}".rstrip("0") if f else "") + " " + zone[1] + mono
+                   for t, f, zone, mono in zip(local, fracs, zones, monos, strict=True)]
+        # The other forms (a loop over those rows only).
+        for i in [i for i in range(n) if rnd() >= 0.94]:
+            s = secs[i]
+            if rnd() < 0.5:
+                created[i] = _ymdhms(s)
+            elif rnd() < 0.75:
+                created[i] = _ymdhms(s, "T") + _MS[nss[i] // 1_000_000] + "Z"
+            else:
+                created[i] = _ymdhms(s + 7200, "T") + "+02:00"
+        return created
+
+    def _indexed_archived(self, stamps: list[int]) -> tuple[list[str], list[str], list[int]]:
+        """indexed_at (UTC, Go form), archived_at (CURRENT_TIMESTAMP form) and indexed_at in
+        seconds, which the labels need."""
+        rnd = self.rng.random
+        # The AppView saw the post a moment later (50 ms plus an exponential lag of mean 1.5 s,
+        # inlined: expovariate is a Python call); bskyarchive wrote UTC, in milliseconds,
+        # 5 % with the monotonic suffix.
+        seen = [s + int(-_log(1.0 - rnd()) * 1.5e9) + 50_000_000 for s in stamps]
+        isecs = [x // 1_000_000_000 for x in seen]
+        monos = [f" m=+{int(rnd() * 90_000)}.{x % 1_000_000_000:09d}" if rnd() < 0.05 else ""
+                 for x in seen]
+        ms = _MS
+        indexed = [t + ms[x // 1_000_000 % 1000] + " +0000 UTC" + mono
+                   for t, x, mono in zip(_ymdhms_all(isecs), seen, monos, strict=True)]
+        # archived_at: the first sync after the post (the initial sync for old posts).
+        first, period = _T_FIRST_SYNC, _SYNC_PERIOD
+        archived = _ymdhms_all([
+            first + int(rnd() * 5400) if s < first
+            else first + -(-(s - first) // period) * period + int(rnd() * 600)
+            for s in isecs])
+        return indexed, archived, isecs
+
+    def _replies(self, stamps: list[int], dids: list[str], uris: list[str]
+                 ) -> tuple[list[int], list[str]]:
+        """is_reply and reply_parent: 20 % are replies; 40 % of those continue this account's
+        own thread (one of its 30 posts before), the rest answer other accounts."""
+        rnd = self.rng.random
+        n = len(stamps)
+        owner = self.owner
+        own = [uri for uri, did in zip(uris, dids, strict=True) if did is owner]
+        before = list(accumulate([did is owner for did in dids], initial=0))  # own posts before
+        is_reply = [1 if rnd() < 0.20 else 0 for _ in range(n)]
+        parent = [""] * n
+        outside = []
+        for i in [i for i, r in enumerate(is_reply) if r]:  # a loop over the replies only
+            k = before[i]
+            if k and rnd() < 0.4:
+                w = min(k, 30)
+                parent[i] = own[k - w + int(rnd() * w)]
+            else:
+                outside.append(i)
+        for i, uri in zip(outside, self._other_uris([stamps[i] // 1000 for i in outside]),
+                          strict=True):
+            parent[i] = uri
+        return is_reply, parent
+
+    def _embeds(self, stamps: list[int], dids: list[str]) -> tuple[
+            list[int], list[str], list[str | None], list[tuple[int, list[_Image]]]]:
+        """has_media, embed_type and embed_data, and (row, images) for the media writer:
+        10 % images, 3 % link cards with a thumbnail, 3 % quotes, 1 % quotes with images."""
+        rng = self.rng
+        rnd = rng.random
+        n = len(stamps)
+        kinds = [rnd() for _ in range(n)]
+        rows = [i for i, r in enumerate(kinds) if r < 0.17]
+        counts = [1 + int(rnd() ** 2 * 4) if r < 0.10 else 1 if r < 0.13 else 0 if r < 0.16
+                  else 1 + int(rnd() * 2) for r in [kinds[i] for i in rows]]
+        images = self._images(sum(counts))
+        sized = [rnd() < 0.6 for _ in images]
+        styles = [rnd() for _ in rows]
+        quoting = [i for i in rows if kinds[i] >= 0.13]
+        quotes = iter(zip(self._other_uris([stamps[i] // 1000 for i in quoting]),
+                          _cids(rng, _CID_DAG_CBOR, len(quoting)), strict=True))
+        m = sum(1 for i in rows if 0.10 <= kinds[i] < 0.13)
+        links = iter(zip(rng.choices(_LINK_SITES, k=m), [rng.getrandbits(20) for _ in range(m)],
+                         self._word_runs(2, 9, m), self._word_runs(0, 25, m),
+                         [rnd() < 0.8 for _ in range(m)], strict=True))
+
+        has_media, etype = [0] * n, [""] * n
+        edata: list[str | None] = [None] * n
+        media: list[tuple[int, list[_Image]]] = []
+        obj: dict[str, Any]
+        at = 0
+        # One json.dumps per embed is unavoidable; the rows without one are not visited.
+        for i, count, style in zip(rows, counts, styles, strict=True):
+            r, did = kinds[i], dids[i]
+            imgs, with_size = images[at : at + count], sized[at : at + count]
+            at += count
+            if r < 0.10:
+                etype[i] = "images"
+                obj = {"images": self._image_list(did, imgs, with_size)}
+            elif r < 0.13:
+                site, number, title, description, described = next(links)
+                cid0, _mime, _ext, w, h, _alt = imgs[0]
+                etype[i] = "external"
+                obj = {"external": {
+                    "uri": site + str(number),
+                    "title": title.title(),
+                    "description": description if described else "",
+                    "thumb": _CDN + "feed_thumbnail/plain/" + did + "/" + cid0 + "@jpeg",
+                }}
+                imgs = [(cid0, "image/jpeg", ".jpg", w, h, "")]
+            else:
+                quoted, quoted_cid = next(quotes)
+                obj = {"record": {"uri": quoted, "cid": quoted_cid}}
+                if r < 0.16:
+                    etype[i] = "record"
+                else:
+                    etype[i] = "record_with_media"
+                    obj["media"] = {"images": self._image_list(did, imgs, with_size)}
+            edata[i] = _dump(obj, style)
+            if imgs:
+                has_media[i] = 1
+                media.append((i, imgs))
+        return has_media, etype, edata, media
+
+    def _labels(self, uris: list[str], cids: list[str], isecs: list[int]) -> list[str | None]:
+        """labels: 2 % carry one or two moderation labels applied within a day of indexing."""
+        rng = self.rng
+        rnd = rng.random
+        labels: list[str | None] = [None] * len(uris)
+        for i in [i for i in range(len(uris)) if rnd() < 0.02]:  # a loop over those rows only
+            cts = _ymdhms(isecs[i] + 60 + int(rnd() * 86400), "T") + ".000Z"
+            labels[i] = _dump([{"src": _LABEL_SRC, "uri": uris[i], "cid": cids[i], "val": v,
+                                "cts": cts}
+                               for v in rng.sample(_LABEL_VALS, 1 + (rnd() < 0.2))], rnd())
+        return labels
+
+    def _counts(self, n: int) -> tuple[list[int], list[int], list[int], list[int]]:
+        """like, repost, reply and quote counts: skewed, from the precomputed pools."""
+        rng = self.rng
+        return (_draw(rng, self.likes, n), _draw(rng, self.reposts, n),
+                _draw(rng, self.replies, n), _draw(rng, self.quotes, n))
 
     def chunk(self, t0: int, t1: int, n: int) -> list[_Row]:
         """n posts created in [t0, t1) seconds, in the order bskyarchive would store them."""
-        rng = self.rng
-        rnd = rng.random
-        span_ns = (t1 - t0) * 1_000_000_000
-        # Sorted uniform instants, nudged apart so no two share a microsecond (TIDs and
-        # therefore URIs stay unique).
-        stamps = sorted([int(rnd() * span_ns) for _ in range(n)])
-        base = t0 * 1_000_000_000
-        prev = -1000
-        for i, s in enumerate(stamps):
-            s = max(s, prev + 1000)
-            stamps[i] = base + s
-            prev = s
+        stamps, dids, uris, cids = self._identities(t0, t1, n)
+        texts = self._texts(n)
+        created = self._created_at(stamps)
+        indexed, archived, isecs = self._indexed_archived(stamps)
+        is_reply, parent = self._replies(stamps, dids, uris)
+        has_media, etype, edata, media = self._embeds(stamps, dids)
+        labels = self._labels(uris, cids, isecs)
+        likes, reposts, replies, quotes = self._counts(n)
+        if self.media is not None:  # in time order, each file dated by its post's sync
+            add = self.media.add
+            for i, imgs in media:
+                for cid, mime, ext, w, h, alt in imgs:
+                    add(cid, uris[i], mime, ext, w, h, alt, archived[i])
 
-        dids = _draw(rng, self.did_pool, n)
-        cids = _cids(rng, _CID_DAG_CBOR, n)
-        likes = _draw(rng, self.likes, n)
-        reposts = _draw(rng, self.reposts, n)
-        replies = _draw(rng, self.replies, n)
-        quotes = _draw(rng, self.quotes, n)
-        zones = _draw(rng, self.zones, n)
-        nwords = _draw(rng, self.nwords, n)
-        words = _draw(rng, self.tokens, sum(nwords) + 64)
-        clocks = [rng.getrandbits(10) for _ in range(n)]
-        uri_prefix = self.uri_prefix
-        owner = self.owner
-        media = self.media
-        v2 = self.v2
-        recent: list[str] = []  # this account's latest posts, for self-replies (threads)
-
-        rows: list[_Row] = []
-        w = 0
-        for i in range(n):
-            ns_total = stamps[i]
-            secs, ns = divmod(ns_total, 1_000_000_000)
-            us = ns_total // 1000
-            did = dids[i]
-            uri = uri_prefix[did] + _tid(us, clocks[i])
-
-            # Text: a slice of the chunk's token stream, 20-300 characters.
-            k = nwords[i]
-            text = " ".join(words[w : w + k])
-            w += k
-            if w > len(words) - 64:
-                w = 0
-            if "\n" in text:
-                text = text.replace(" \n", "\n").replace("\n ", "\n").strip("\n")
-            j = w
-            while len(text) < 20:  # too short: borrow the next tokens
-                text = (text + " " + words[j % len(words)]).strip()
-                j += 1
-            if len(text) > 300:
-                text = text[:300].rstrip()
-            r = rnd()
-            if r < 0.01:
-                text = " " + text  # pasted text keeps its leading space
-            elif r < 0.06:
-                text = text[0].upper() + text[1:]
-
-            # created_at: most in Go's String() form, some RFC 3339 or CURRENT_TIMESTAMP.
-            r = rnd()
-            if r < 0.94:
-                p = rnd()
-                if p < 0.70:
-                    f = ns - ns % 1_000_000
-                elif p < 0.80:
-                    f = ns - ns % 1000
-                elif p < 0.92:
-                    f = ns
-                else:
-                    f = 0
-                mono = ""
-                if rnd() < 0.10:
-                    mono = f" m=+{int(rnd() * 90_000)}.{int(rnd() * 1e9):09d}"
-                off, zone = zones[i]
-                created = _go_time(secs, f, off, zone, mono)
-            elif r < 0.97:
-                if rnd() < 0.75:
-                    created = _ymdhms(secs, "T") + _frac(ns - ns % 1_000_000) + "Z"
-                else:
-                    created = _ymdhms(secs + 7200, "T") + "+02:00"
-            else:
-                created = _ymdhms(secs)
-
-            # indexed_at: the AppView saw the post a moment later; bskyarchive wrote UTC.
-            lag = int(rng.expovariate(1 / 1.5e9)) + 50_000_000
-            ix = ns_total + lag
-            isecs, ins = divmod(ix, 1_000_000_000)
-            mono = f" m=+{int(rnd() * 90_000)}.{ins:09d}" if rnd() < 0.05 else ""
-            indexed = _ymdhms(isecs) + _frac(ins - ins % 1_000_000) + " +0000 UTC" + mono
-
-            # archived_at: the first sync after the post (the initial sync for old posts).
-            if isecs < _T_FIRST_SYNC:
-                asecs = _T_FIRST_SYNC + int(rnd() * 5400)
-            else:
-                asecs = (_T_FIRST_SYNC + -(-(isecs - _T_FIRST_SYNC) // _SYNC_PERIOD) * _SYNC_PERIOD
-                         + int(rnd() * 600))
-            archived = _ymdhms(asecs)
-
-            # Replies: ~40 % continue this account's own thread, the rest answer others.
-            if rnd() < 0.20:
-                is_reply = 1
-                if recent and rnd() < 0.4:
-                    parent = recent[int(rnd() * len(recent))]
-                else:
-                    parent = self._other_uri(us)
-            else:
-                is_reply = 0
-                parent = ""
-            if did is owner:
-                recent.append(uri)
-                if len(recent) > 30:
-                    del recent[0]
-
-            # Embeds.
-            r = rnd()
-            has_media = 0
-            etype = ""
-            edata = None
-            if r < 0.17:
-                style = rnd()
-                if r < 0.10:
-                    imgs = self._images(1 + int(rnd() ** 2 * 4))
-                    etype = "images"
-                    edata = _dump({"images": self._image_list(did, imgs)}, style)
-                    has_media = 1
-                elif r < 0.13:
-                    imgs = self._images(1)
-                    cid0 = imgs[0][0]
-                    etype = "external"
-                    edata = _dump({"external": {
-                        "uri": rng.choice(_LINK_SITES) + str(rng.getrandbits(20)),
-                        "title": self._words(2, 9).title(),
-                        "description": self._words(0, 25) if rnd() < 0.8 else "",
-                        "thumb": _CDN + "feed_thumbnail/plain/" + did + "/" + cid0 + "@jpeg",
-                    }}, style)
-                    imgs = [(cid0, "image/jpeg", ".jpg", imgs[0][3], imgs[0][4], "")]
-                    has_media = 1
-                elif r < 0.16:
-                    imgs = []
-                    etype = "record"
-                    edata = _dump({"record": {"uri": self._other_uri(us),
-                                              "cid": _cids(rng, _CID_DAG_CBOR, 1)[0]}}, style)
-                else:
-                    imgs = self._images(1 + int(rnd() * 2))
-                    etype = "record_with_media"
-                    edata = _dump({"record": {"uri": self._other_uri(us),
-                                              "cid": _cids(rng, _CID_DAG_CBOR, 1)[0]},
-                                   "media": {"images": self._image_list(did, imgs)}},
-                                  style)
-                    has_media = 1
-                if media is not None:
-                    for cid, mime, ext, iw, ih, alt in imgs:
-                        media.add(cid, uri, mime, ext, iw, ih, alt, archived)
-
-            labels = None
-            if rnd() < 0.02:
-                cts = _ymdhms(isecs + 60 + int(rnd() * 86400), "T") + ".000Z"
-                labels = _dump([{"src": _LABEL_SRC, "uri": uri, "cid": cids[i],
-                                 "val": v, "cts": cts}
-                                for v in rng.sample(_LABEL_VALS, 1 + (rnd() < 0.2))], rnd())
-
-            if v2:
-                rows.append((uri, cids[i], did, text, created, indexed, has_media, likes[i],
-                             reposts[i], replies[i], quotes[i], is_reply, parent, etype, edata,
-                             labels, archived))
-            else:
-                rows.append((uri, cids[i], did, text, created, indexed, has_media, likes[i],
-                             reposts[i], replies[i], is_reply, parent, etype, edata, labels,
-                             archived))
-
+        columns: list[list[Any]] = [
+            uris, cids, dids, texts, created, indexed, has_media, likes, reposts, replies,
+            quotes, is_reply, parent, etype, edata, labels, archived]
+        if not self.v2:
+            del columns[10]  # v1 has no quote_count
+        rows = list(zip(*columns, strict=True))
         # Feeds are fetched newest first, 100 posts a page; pages of one chunk land in a
         # shuffled order (retries, resumed syncs), so rowid order is not time order.
         rows.reverse()
         pages = [rows[j : j + _PAGE] for j in range(0, n, _PAGE)]
-        rng.shuffle(pages)
+        self.rng.shuffle(pages)
         return [row for page in pages for row in page]
 
 
