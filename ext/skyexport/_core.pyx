@@ -14,6 +14,7 @@ sees everything at once and can inline across them):
     _writer.pxi   Writer: the per-row encoders and the batch loops
     _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h)
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
+    _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -44,6 +45,7 @@ include "_filter.pxi"
 include "_writer.pxi"
 include "_sqlite.pxi"
 include "_pipe.pxi"
+include "_car.pxi"
 
 init_json_tables()
 init_writer_tables()
