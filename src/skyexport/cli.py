@@ -1,4 +1,4 @@
-"""The `skyexport` command: export, verify, synth, demo.
+"""The `skyexport` command: export, import, info, verify, synth, demo.
 
 Results go to stdout (the last line of `export` is the export directory), progress and
 errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
@@ -112,6 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "or nothing")
     e.add_argument("--quiet", "-q", action="store_true", help="same as --progress none")
 
+    i = sub.add_parser("import", help="import a Bluesky repository export (repo.car) into "
+                       "an archive", description="Read the posts of a repository CAR "
+                       "(Settings -> Export my data) into a bskyarchive-schema archive.")
+    i.add_argument("car", metavar="REPO.car")
+    i.add_argument("--archive", default="data/archive.db", metavar="ARCHIVE",
+                   help="the archive to create (default: ./data/archive.db); it must not "
+                        "exist unless --merge")
+    i.add_argument("--merge", action="store_true",
+                   help="add the posts not yet in an existing archive (one transaction); "
+                        "rows already there are left as they are")
+
     v = sub.add_parser("verify", help="re-hash an export against its manifest")
     v.add_argument("directory", metavar="EXPORT_DIR")
 
@@ -186,6 +197,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.warnings_total:
         out.write(f"warnings: {result.warnings_total} (listed in manifest.json)\n")
     out.write(f"{result.directory}\n")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .car import import_car
+    from .errors import OptionError
+
+    try:
+        r = import_car(args.car, args.archive, merge=args.merge)
+    except OptionError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    out = sys.stdout
+    out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
+    if args.merge:
+        out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
+    out.write(f"{r.archive}\n")
     return EXIT_OK
 
 
@@ -332,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
-                "demo": cmd_demo}[args.command](args)
+                "demo": cmd_demo, "import": cmd_import}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))
     except (KeyboardInterrupt, _Terminated) as exc:
