@@ -101,8 +101,10 @@ class CarRepo:
     file, removed by close()).  Use as a context manager."""
 
     def __init__(self, path: str | os.PathLike[str], index_dir: str | os.PathLike[str],
-                 on_blocks: Callable[[int, int], None] | None = None) -> None:
+                 on_blocks: Callable[[int, int], None] | None = None, *,
+                 verb: str = "imported") -> None:
         self.path = Path(path)
+        self.verb = verb
         self.fd = -1
         self.index: apsw.Connection | None = None
         self.index_path: Path | None = None
@@ -119,7 +121,7 @@ class CarRepo:
             raise
 
     def _fail(self, what: str) -> ArchiveError:
-        return ArchiveError(f"{self.path}: {what}; nothing was imported")
+        return ArchiveError(f"{self.path}: {what}; nothing was {self.verb}")
 
     def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
         if not os.path.isfile(self.path):
@@ -147,8 +149,8 @@ class CarRepo:
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise ArchiveError(f"cannot create the CAR's block index in {index_dir}: "
-                                   f"{exc.strerror}; nothing was imported") from None
+                raise self._fail(f"cannot create the block index in {index_dir} "
+                                 f"({exc.strerror})") from None
             break
         self.index_path = p
         con = self.index = apsw.Connection(str(p))

@@ -192,18 +192,55 @@ def export(
         raise OptionError(f"media_link must be 'copy' or 'hardlink', not {media_link!r}")
     if media and media_root is not None and not os.path.isdir(media_root):
         raise OptionError(f"--media-root {os.fspath(media_root)} is not a directory")
-    with Archive(archive) as arc:
+    car = _car_source(archive)
+    if car is not None and media:
+        raise OptionError(f"--media with {car}: a repository CAR holds no media files; "
+                          "leave out --media")
+    with (Archive(archive) if car is None else _NoArchive()) as arc:
         out, created = _prepare_output(Path(output))
         job = _Job(arc, out, format, did, lo, hi, since, until, media,
                    Path(media_root) if media_root is not None else None, batch_size,
                    on_bad_value, on_progress, csv_formula_guard,
-                   media_any_path=media_any_path, media_link=media_link)
+                   media_any_path=media_any_path, media_link=media_link, car=car)
         try:
             return job.run()
         except BaseException:
             if created:
                 _rmdir_if_empty(out)
             raise
+
+
+# --- a repository CAR as the source (CAR.md) --------------------------------------------
+# The CAR's posts are imported into a temporary archive in the export's hidden directory
+# (CAR_DIR, removed before publishing); from then on it is the ordinary archive export.
+
+CAR_DIR = ".car"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class _NoArchive:
+    """Stands in for the Archive until the CAR has been imported (_Job._open_car)."""
+
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _car_source(archive: str | os.PathLike[str]) -> Path | None:
+    """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
+    and anything unreadable go the archive way, which reports them)."""
+    try:
+        with open(archive, "rb") as f:
+            magic = f.read(len(_SQLITE_MAGIC))
+    except OSError:
+        return None
+    if magic == _SQLITE_MAGIC or not magic:
+        return None
+    from .car import is_car
+
+    return Path(archive) if is_car(archive) else None
 
 
 class _Job:
@@ -213,8 +250,10 @@ class _Job:
                  media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
                  formula_guard: bool, *, media_any_path: bool = False,
-                 media_link: str = "copy") -> None:
+                 media_link: str = "copy", car: Path | None = None) -> None:
         self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
+        self.car = car                              # the source, when it is a CAR
+        self.car_source: dict[str, Any] | None = None
         self.lo, self.hi, self.since, self.until = lo, hi, since, until
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
@@ -278,6 +317,8 @@ class _Job:
         try:
             self.emit("queued")
             tmp, lock_fds = _make_temp_dir(self.out)
+            if self.car is not None:
+                self._open_car(tmp)
             result = self._export(tmp)
             self.emit("completed")
             return result
@@ -292,6 +333,8 @@ class _Job:
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
+            if self.car is not None and self.arc is not None:
+                self.arc.close()
             for fd in lock_fds:
                 os.close(fd)
             if self.channel is not None:
@@ -376,6 +419,8 @@ class _Job:
             sums = tmp / MEDIA_SUMS
             digest_sums, size_sums = sha256_file(sums)
             checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
+        if self.car is not None:
+            self._drop_car(tmp)
         duration = time.monotonic() - self.start
         manifest = self._manifest(checksums, duration)
         try:
@@ -465,7 +510,7 @@ class _Job:
             "version": MANIFEST_VERSION,
             "files": files,
             "generator": f"skyexport {__version__}",
-            "source_archive": str(self.arc.path.resolve()),
+            "source_archive": str((self.car or self.arc.path).resolve()),
             "schema_version": self.arc.schema_version,
             "did": self.did,
             "batch_size": self.batch_size,
@@ -478,7 +523,31 @@ class _Job:
         })
         if self.copier is not None:
             m["media_rows"] = self.media_total
+        if self.car_source is not None:
+            m["source_car"] = self.car_source
         return m
+
+    # --- a CAR as the source --------------------------------------------------------------
+
+    def _open_car(self, tmp: Path) -> None:
+        """Import the CAR into tmp/.car/archive.db and export from that archive."""
+        from .car import CarRepo, build_archive_from
+
+        d = tmp / CAR_DIR
+        d.mkdir()
+        try:
+            with CarRepo(self.car, d, verb="exported") as repo:  # type: ignore[arg-type]
+                build_archive_from(repo, d / "archive.db")
+                self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
+                                   "commit_version": repo.version, "bytes": repo.size}
+        except OSError as exc:
+            raise _output_error(exc, d) from None
+        self.arc = Archive(d / "archive.db")
+
+    def _drop_car(self, tmp: Path) -> None:
+        """The temporary archive is not part of the export: gone before publishing."""
+        self.arc.close()
+        _rmtree(tmp / CAR_DIR)
 
 
 # --- the output directory ---------------------------------------------------------------
