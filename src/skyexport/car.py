@@ -121,7 +121,8 @@ class CarRepo:
             raise
 
     def _fail(self, what: str) -> ArchiveError:
-        return ArchiveError(f"{self.path}: {what}; nothing was {self.verb}")
+        tail = f"; nothing was {self.verb}" if self.verb else ""
+        return ArchiveError(f"{self.path}: {what}{tail}")
 
     def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
         if not os.path.isfile(self.path):
@@ -521,7 +522,7 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
         home = Path(car).resolve().parent
         index_dir = home if os.access(home, os.W_OK | os.X_OK) else tempfile.gettempdir()
     with tempfile.TemporaryDirectory(prefix=".skyexport-info-", dir=index_dir) as tmp, \
-            CarRepo(car, tmp) as repo:
+            CarRepo(car, tmp, verb="") as repo:
         for row in repo.post_rows(""):
             posts += 1
             created = row[4]
@@ -550,4 +551,5 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
             "first_created_at": first,
             "last_created_at": last,
             "media_rows": 0,
+            "schema_version": None,
         }

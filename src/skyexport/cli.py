@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add the posts not yet in an existing archive (one transaction); "
                         "rows already there are left as they are")
 
+    n = sub.add_parser("info", help="describe a repository CAR: DID, commit, records, posts",
+                       description="Print what a repository CAR holds: its DID, commit "
+                                   "version and rev, records per collection, posts and "
+                                   "their date range.")
+    n.add_argument("source", metavar="REPO.car")
+    n.add_argument("--json", action="store_true", help="one JSON object, for machines")
+
     v = sub.add_parser("verify", help="re-hash an export against its manifest")
     v.add_argument("directory", metavar="EXPORT_DIR")
 
@@ -214,6 +221,42 @@ def cmd_import(args: argparse.Namespace) -> int:
         out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
     out.write(f"{r.archive}\n")
     return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .car import car_info, is_car
+
+    if is_car(args.source):
+        info = car_info(args.source)
+    else:
+        # `info ARCHIVE.db` (CAR.md) would be a branch of its own here.
+        return _fail(f"{args.source}: not a repository CAR (a CARv1 file with one root); "
+                     "info reads repository exports (repo.car)")
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return EXIT_OK
+    _print_car_info(info)
+    return EXIT_OK
+
+
+def _print_car_info(info: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"source: {info['source']} (repository CAR, {info['bytes']} bytes, "
+      f"{info['blocks']} blocks, sha256 {info['sha256']})\n")
+    w(f"did: {info['did']}\n")
+    w(f"commit: version {info['commit_version']}, rev {info['rev'] or '- (none in v2)'}\n")
+    w(f"records: {info['records']}\n")
+    width = max((len(c) for c in info["collections"]), default=0)
+    for coll, count in info["collections"].items():
+        w(f"  {coll:<{width}}  {count}\n")
+    w(f"posts: {info['posts']}\n")
+    for did, count in info["dids"].items():
+        w(f"  {did}  {count}\n")
+    w(f"first created_at: {info['first_created_at'] or '-'}\n")
+    w(f"last created_at: {info['last_created_at'] or '-'}\n")
+    w(f"media rows: {info['media_rows']} (a CAR holds no media files)\n")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -359,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
-                "demo": cmd_demo, "import": cmd_import}[args.command](args)
+                "demo": cmd_demo, "import": cmd_import, "info": cmd_info}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))
     except (KeyboardInterrupt, _Terminated) as exc:
