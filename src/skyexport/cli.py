@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="write a synthetic archive in bskyarchive's schema")
     s.add_argument("archive", metavar="ARCHIVE")
-    s.add_argument("--posts", type=_positive_int, required=True, metavar="N")
+    s.add_argument("--posts", type=_positive_int, metavar="N")
+    s.add_argument("--car", type=_positive_int, metavar="N",
+                   help="instead: a repository CAR with N posts, 2N likes and N/5 follows "
+                        "(shuffled blocks, some duplicate and unreachable)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--media", action="store_true", help="also a media table and files")
     s.add_argument("--schema", type=int, choices=(1, 2), default=2,
@@ -272,6 +275,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if (args.posts is None) == (args.car is None):
+        sys.stderr.write("usage: skyexport synth ARCHIVE (--posts N | --car N)\n")
+        return _fail("give exactly one of --posts N (an archive) and --car N (a CAR)",
+                     EXIT_USAGE)
+    if args.car is not None:
+        return _synth_car(args)
     from .synth import build_archive
 
     try:
@@ -281,6 +290,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return _fail(f"{args.archive} already exists; synth never overwrites an archive")
     sys.stdout.write(f"{stats.posts} posts, {stats.media_files} media files in "
                      f"{stats.seconds:.1f} s\n{args.archive}\n")
+    return EXIT_OK
+
+
+def _synth_car(args: argparse.Namespace) -> int:
+    from .carwrite import synth_car
+
+    t0 = time.perf_counter()
+    try:
+        made = synth_car(args.archive, args.car, seed=args.seed)
+    except FileExistsError:
+        return _fail(f"{args.archive} already exists; synth never overwrites a file")
+    except OSError as exc:
+        return _fail(f"writing {args.archive} failed: {exc.strerror or exc}")
+    sys.stdout.write(f"{args.car} posts, {made['records']} records, {made['blocks']} blocks "
+                     f"in {time.perf_counter() - t0:.1f} s\n{args.archive}\n")
     return EXIT_OK
 
 
