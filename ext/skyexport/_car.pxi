@@ -120,7 +120,7 @@ def cid_str(cid):
     ob_init(&b, 64)
     try:
         ob_cid(&b, <const unsigned char*>PyBytes_AS_STRING(c), PyBytes_GET_SIZE(c))
-        return PyBytes_AS_STRING(PyBytes_FromStringAndSize(b.data, b.len)).decode("ascii")
+        return b.data[:b.len].decode("ascii")
     finally:
         ob_free(&b)
 

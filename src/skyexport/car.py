@@ -156,7 +156,7 @@ class CarRepo:
         self.index_path = p
         con = self.index = apsw.Connection(str(p))
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
-                       "cache_size=-8192", "temp_store=FILE", "mmap_size=0"):
+                       "cache_size=-2048", "temp_store=FILE", "mmap_size=0"):
             con.execute("PRAGMA " + pragma).fetchall()
         con.execute("CREATE TABLE b (k INTEGER NOT NULL, off INTEGER NOT NULL, "
                     "n INTEGER NOT NULL)")
@@ -383,7 +383,7 @@ def build_archive_from(repo: CarRepo, final: Path) -> int:
     try:
         con = apsw.Connection(tmp)
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
-                       "cache_size=-4096", "temp_store=FILE"):
+                       "cache_size=-2048", "temp_store=FILE"):
             con.execute("PRAGMA " + pragma).fetchall()
         n = _fill_new(con, repo, _now_sqlite())
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
