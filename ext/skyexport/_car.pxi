@@ -825,8 +825,11 @@ def post_fields(data):
     (text, created_at, has_media, is_reply, reply_parent, embed_type, embed_data, labels).
     Raises CarFormatError if the block is not valid atproto DAG-CBOR or not a map."""
     cdef bytes d = bytes(data)
-    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(d)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(d), v, e, r, t
+    return post_fields_c(<const unsigned char*>PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+
+
+cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
+    cdef Py_ssize_t v, e, r, t
     cdef const unsigned char* tp
     cdef Py_ssize_t tn
     cdef Item it
@@ -873,3 +876,265 @@ def post_fields(data):
     v = cb_find(s, 0, n, "labels")
     labels = cb_json_at(s, v, n) if v >= 0 else None
     return (text, created, has_media, is_reply, parent, embed_type, embed_data, labels)
+
+
+# --- the MST walk, in the core ---------------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Frame:
+    """One MST node on the walk's path: its block, where its next entry starts, how many
+    entries are left, the last key read in it (keys are prefix-compressed per node)."""
+    cdef bytes data
+    cdef Py_ssize_t pos
+    cdef uint64_t left
+    cdef bytes key
+
+
+POST_PREFIX = b"app.bsky.feed.post/"
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CarWalker:
+    """The MST of a CAR walked depth-first in key order, every block it uses read through
+    the block index (table `b` of `conn`, an APSW connection this module is loaded into as
+    an extension) and checked against its CID.  `rows(n, archived_at)` returns up to n
+    posts rows (17 columns, schema v2 order), [] at the end.  `collections` counts every
+    key by collection.  Errors raise CarFormatError with the block's CID and key."""
+    cdef int fd
+    cdef sqlite3* db
+    cdef sqlite3_stmt* sel
+    cdef object conn
+    cdef list stack
+    cdef readonly dict collections
+    cdef readonly int64_t blocks_read
+    cdef str did
+    cdef object sha256
+    cdef bytes last_key
+    cdef bytes value          # the record CID of the key next_key() returned
+
+    def __init__(self, int fd, conn, data_cid, str did):
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        self.fd = fd
+        self.conn = conn
+        self.db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef bytes q = b"SELECT off, n FROM b WHERE k = ?"
+        cdef int rc = sx_prepare(self.db, q, <int>len(q), &self.sel)
+        if rc != SQLITE_OK:
+            raise sqlite_error(self.db, rc)
+        import hashlib
+        self.sha256 = hashlib.sha256
+        self.did = did
+        self.collections = {}
+        self.stack = []
+        self.last_key = None
+        self.push(bytes(data_cid), None)
+
+    def __dealloc__(self):
+        if self.sel != NULL:
+            sx_finalize(self.sel)
+
+    def close(self):
+        if self.sel != NULL:
+            sx_finalize(self.sel)
+            self.sel = NULL
+
+    cdef bytes fetch(self, const unsigned char* cid, Py_ssize_t cn, what):
+        """The checked data of block `cid`."""
+        cdef unsigned char head[80]
+        cdef int rc
+        cdef int64_t off, n
+        cdef bint damaged = False
+        cdef bytes data = None
+        cdef ssize_t got
+        cdef Py_ssize_t i = 0, k
+        cdef uint64_t v, code = 0, dlen = 0
+        if cn > 80:
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) has an overlong CID")
+        sx_bind_int64(self.sel, 1, cid_key(cid, cn))
+        try:
+            while True:
+                rc = sx_step(self.sel)
+                if rc == SQLITE_DONE:
+                    break
+                if rc != SQLITE_ROW:
+                    raise sqlite_error(self.db, rc)
+                off = sx_column_int64(self.sel, 0)
+                n = sx_column_int64(self.sel, 1)
+                with nogil:
+                    got = pread(self.fd, head, cn, off)
+                if got != cn or memcmp(head, cid, cn) != 0:
+                    continue
+                data = <bytes>pread_bytes(self.fd, n - cn, off + cn)
+                if PyBytes_GET_SIZE(data) != n - cn:
+                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is cut off")
+                # the multihash: CIDv1 = version, codec, then code and digest length
+                if cn == 34 and cid[0] == 0x12:
+                    i = 0
+                else:
+                    i = uvarint(cid, cn, &v)
+                    i += uvarint(cid + i, cn - i, &v)
+                k = uvarint(cid + i, cn - i, &code)
+                i += k
+                k = uvarint(cid + i, cn - i, &dlen)
+                i += k
+                if code != 0x12 or dlen != 32 or i + 32 != cn:
+                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) uses hash "
+                                         f"0x{code:x}; only SHA-256 CIDs can be checked")
+                digest = self.sha256(data).digest()
+                if memcmp(PyBytes_AS_STRING(digest), cid + i, 32) == 0:
+                    self.blocks_read += 1
+                    return data
+                damaged = True
+        finally:
+            sx_reset(self.sel)
+        if damaged:
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) does not match its CID "
+                                 "(the file is damaged); download the repository again")
+        raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is missing (a partial "
+                             "CAR?); download the whole repository again")
+
+    cdef int push(self, bytes cid, bytes prev) except -1:
+        """Put the node `cid` on the path, and its leftmost descendants after it."""
+        cdef Item it
+        cdef Py_ssize_t n, e, l, start, end
+        cdef const unsigned char* s
+        cdef _Frame f
+        while True:
+            what = (f"MST node after key {prev.decode('ascii')}" if prev is not None
+                    else "MST node before the first key")
+            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid),
+                              PyBytes_GET_SIZE(cid), what)
+            s = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            try:
+                if cb_skip(s, 0, n, 0) != n:
+                    raise CarFormatError("has bytes after its value")
+                e = cb_find(s, 0, n, "e")
+                l = cb_find(s, 0, n, "l")
+                if e < 0 or l < 0:
+                    raise CarFormatError("is not an MST node {l, e}")
+                cb_head(s, e, n, &it)
+                if it.major != 4:
+                    raise CarFormatError("has an `e` that is not an array")
+            except CarFormatError as exc:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) {exc}") from None
+            if len(self.stack) > 128:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) is more than 128 "
+                                     "levels deep")
+            f = _Frame.__new__(_Frame)
+            f.data = data
+            f.pos = e + it.head
+            f.left = it.arg
+            f.key = b""
+            self.stack.append(f)
+            cb_head(s, l, n, &it)
+            if it.major == 7 and it.arg == 22:
+                return 0
+            if it.major != 6:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) has an `l` that is "
+                                     "not a link")
+            start = 0
+            end = cb_link(s, l + it.head, n, &start)
+            cid = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+
+    cdef bytes next_key(self):
+        """The next key of the walk (its record CID in self.value), None at the end."""
+        cdef _Frame f
+        cdef const unsigned char* s
+        cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen
+        cdef Item it
+        cdef bytes key, sub
+        while self.stack:
+            f = <_Frame>self.stack[len(self.stack) - 1]
+            if f.left == 0:
+                self.stack.pop()
+                continue
+            s = <const unsigned char*>PyBytes_AS_STRING(f.data)
+            n = PyBytes_GET_SIZE(f.data)
+            i = f.pos
+            cb_head(s, i, n, &it)
+            try:
+                if it.major != 5:
+                    raise CarFormatError("has an entry that is not a map")
+                pp = cb_find(s, i, n, "p")
+                kp = cb_find(s, i, n, "k")
+                vp = cb_find(s, i, n, "v")
+                tp = cb_find(s, i, n, "t")
+                if pp < 0 or kp < 0 or vp < 0 or tp < 0:
+                    raise CarFormatError("has a malformed entry")
+                cb_head(s, pp, n, &it)
+                if it.major != 0 or it.arg > <uint64_t>PyBytes_GET_SIZE(f.key):
+                    raise CarFormatError("has a malformed entry (p)")
+                klen = <Py_ssize_t>it.arg
+                cb_head(s, kp, n, &it)
+                if it.major != 2:
+                    raise CarFormatError("has a malformed entry (k)")
+                key = f.key[:klen] + PyBytes_FromStringAndSize(<const char*>s + kp + it.head,
+                                                               <Py_ssize_t>it.arg)
+                for j in range(PyBytes_GET_SIZE(key)):
+                    if not 0x21 <= (<const unsigned char*>PyBytes_AS_STRING(key))[j] <= 0x7e:
+                        raise CarFormatError("has a key that is not printable ASCII")
+                cb_head(s, vp, n, &it)
+                if it.major != 6:
+                    raise CarFormatError("has a malformed entry (v)")
+                end = cb_link(s, vp + it.head, n, &start)
+                self.value = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+                cb_head(s, tp, n, &it)
+                sub = None
+                if it.major == 6:
+                    end = cb_link(s, tp + it.head, n, &start)
+                    sub = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+                elif not (it.major == 7 and it.arg == 22):
+                    raise CarFormatError("has a malformed entry (t)")
+            except CarFormatError as exc:
+                prev = self.last_key
+                where = (f"after key {prev.decode('ascii')}" if prev is not None
+                         else "before the first key")
+                raise CarFormatError(f"MST node ({where}) {exc}") from None
+            f.pos = cb_skip(s, i, n, 0)
+            f.left -= 1
+            f.key = key
+            self.last_key = key
+            if sub is not None:
+                self.push(sub, key)
+            return key
+        return None
+
+    def rows(self, Py_ssize_t limit, str archived_at):
+        """Up to `limit` posts rows; [] at the end."""
+        cdef list out = []
+        cdef bytes key, value
+        cdef Py_ssize_t slash
+        cdef dict counts = self.collections
+        cdef bytes prefix = POST_PREFIX
+        cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
+        cdef const unsigned char* kp
+        did = self.did
+        while len(out) < limit:
+            key = self.next_key()
+            if key is None:
+                break
+            value = self.value
+            kp = <const unsigned char*>PyBytes_AS_STRING(key)
+            slash = key.find(b"/")
+            coll = key[:slash] if slash >= 0 else key
+            counts[coll] = counts.get(coll, 0) + 1
+            if PyBytes_GET_SIZE(key) <= pn or memcmp(kp, <const char*>prefix, pn) != 0:
+                continue
+            skey = key.decode("ascii")
+            what = f"record {skey}"
+            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(value),
+                              PyBytes_GET_SIZE(value), what)
+            try:
+                (text, created, media, reply, parent, etype, edata,
+                 labels) = post_fields_c(<const unsigned char*>PyBytes_AS_STRING(data),
+                                         PyBytes_GET_SIZE(data))
+            except CarFormatError as exc:
+                raise CarFormatError(f"block {cid_str(value)} ({what}) {exc}") from None
+            out.append((f"at://{did}/{skey}", cid_str(value), did, text, created, created,
+                        int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
+                        archived_at))
+        return out

@@ -18,6 +18,7 @@ cdef extern from "sqlite_glue.h" nogil:
     int sx_bind_double(sqlite3_stmt* st, int i, double v)
     int sx_bind_null(sqlite3_stmt* st, int i)
     int sx_step(sqlite3_stmt* st)
+    int sx_reset(sqlite3_stmt* st)
     int sx_finalize(sqlite3_stmt* st)
     int sx_column_count(sqlite3_stmt* st)
     int sx_column_type(sqlite3_stmt* st, int i)

@@ -50,6 +50,7 @@ static inline int sx_bind_double(sqlite3_stmt *st, int i, double v)
 
 static inline int sx_bind_null(sqlite3_stmt *st, int i) { return sqlite3_bind_null(st, i); }
 static inline int sx_step(sqlite3_stmt *st) { return sqlite3_step(st); }
+static inline int sx_reset(sqlite3_stmt *st) { return sqlite3_reset(st); }
 static inline int sx_finalize(sqlite3_stmt *st) { return sqlite3_finalize(st); }
 static inline int sx_column_count(sqlite3_stmt *st) { return sqlite3_column_count(st); }
 static inline int sx_column_type(sqlite3_stmt *st, int i) { return sqlite3_column_type(st, i); }

@@ -90,6 +90,20 @@ def is_car(path: str | os.PathLike[str]) -> bool:
     return roots is not None and len(roots) == 1 and isinstance(roots[0], _core.CID)
 
 
+def _load_core(con: apsw.Connection) -> bool:
+    """Load the compiled core as an SQLite extension (see archive.Archive._load_core), so
+    CarWalker can look blocks up without Python in between."""
+    try:
+        con.enable_load_extension(True)
+        try:
+            con.load_extension(_core.__file__, _core.EXTENSION_ENTRY_POINT)
+        finally:
+            con.enable_load_extension(False)
+    except (apsw.Error, AttributeError):
+        return False
+    return bool(_core.direct_ready())
+
+
 @dataclass
 class _Stats:
     blocks: int = 0
@@ -160,6 +174,7 @@ class CarRepo:
             con.execute("PRAGMA " + pragma).fetchall()
         con.execute("CREATE TABLE b (k INTEGER NOT NULL, off INTEGER NOT NULL, "
                     "n INTEGER NOT NULL)")
+        self.fast = os.environ.get("SKYEXPORT_CAR_READER") != "python" and _load_core(con)
         hasher = hashlib.sha256()
         scanner = _core.CarScanner(self.fd, start, head, hasher)
         try:
@@ -282,7 +297,34 @@ class CarRepo:
                 yield from self._walk(t, prev, depth + 1)
 
     def post_rows(self, archived_at: str) -> Iterator[tuple[object, ...]]:
-        """posts rows (17 columns, schema v2 order) of every post record."""
+        """posts rows (17 columns, schema v2 order) of every post record: walked by the
+        core (CarWalker) where it can load into SQLite, else by the Python walker below
+        (the same rows and errors)."""
+        if self.fast:
+            yield from self._post_rows_core(archived_at)
+            return
+        yield from self._post_rows_py(archived_at)
+
+    def _post_rows_core(self, archived_at: str) -> Iterator[tuple[object, ...]]:
+        try:
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did)
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
+        try:
+            while True:
+                try:
+                    rows = walker.rows(ROW_CHUNK, archived_at)
+                except ValueError as exc:
+                    raise self._fail(str(exc)) from None
+                if not rows:
+                    break
+                yield from rows
+        finally:
+            walker.close()
+            self.stats.collections = {k.decode("ascii"): v
+                                      for k, v in walker.collections.items()}
+
+    def _post_rows_py(self, archived_at: str) -> Iterator[tuple[object, ...]]:
         prefix = POST_COLLECTION + "/"
         did = self.did
         for key, cid in self.walk():
