@@ -292,6 +292,37 @@ cdef class CarScanner:
         self.size = self.base + self.hi
         return 1
 
+    def index_into(self, conn, Py_ssize_t every=20000, on_batch=None):
+        """Insert every block's (key, offset, length) into table `b` of `conn` (an APSW
+        connection this module is loaded into; the caller holds a transaction), calling
+        on_batch() every `every` blocks.  Returns the number of blocks."""
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef sqlite3_stmt* ins = NULL
+        cdef bytes q = b"INSERT INTO b VALUES (?, ?, ?)"
+        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
+        cdef Py_ssize_t i
+        if rc != SQLITE_OK:
+            raise sqlite_error(db, rc)
+        try:
+            while True:
+                batch = self.next_batch(every)
+                if not batch:
+                    return self.blocks
+                for k, off, ln in batch:
+                    sx_bind_int64(ins, 1, k)
+                    sx_bind_int64(ins, 2, off)
+                    sx_bind_int64(ins, 3, ln)
+                    rc = sx_step(ins)
+                    sx_reset(ins)
+                    if rc != SQLITE_DONE:
+                        raise sqlite_error(db, rc)
+                if on_batch is not None:
+                    on_batch()
+        finally:
+            sx_finalize(ins)
+
     def next_batch(self, Py_ssize_t n):
         out = []
         cdef uint64_t L
@@ -963,13 +994,13 @@ cdef class CarWalker:
                     raise sqlite_error(self.db, rc)
                 off = sx_column_int64(self.sel, 0)
                 n = sx_column_int64(self.sel, 1)
-                with nogil:
-                    got = pread(self.fd, head, cn, off)
-                if got != cn or memcmp(head, cid, cn) != 0:
-                    continue
-                data = <bytes>pread_bytes(self.fd, n - cn, off + cn)
-                if PyBytes_GET_SIZE(data) != n - cn:
+                # one read: the block's CID and its data, the data then copied out once
+                whole = <bytes>pread_bytes(self.fd, n, off)
+                if PyBytes_GET_SIZE(whole) != n:
                     raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is cut off")
+                if memcmp(PyBytes_AS_STRING(whole), cid, cn) != 0:
+                    continue
+                data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole) + cn, n - cn)
                 # the multihash: CIDv1 = version, codec, then code and digest length
                 if cn == 34 and cid[0] == 0x12:
                     i = 0

@@ -179,11 +179,15 @@ class CarRepo:
         scanner = _core.CarScanner(self.fd, start, head, hasher)
         try:
             with con:
+                if self.fast:  # straight from the core into SQLite
+                    scanner.index_into(con, INDEX_BATCH, None if on_blocks is None else
+                                       lambda: on_blocks(scanner.blocks, scanner.pos))
                 while batch := scanner.next_batch(INDEX_BATCH):
                     con.executemany("INSERT INTO b VALUES (?,?,?)", batch)
                     if on_blocks is not None:
                         on_blocks(scanner.blocks, scanner.pos)
-                con.execute("CREATE INDEX b_k ON b (k)")
+                # covering: a lookup is one B-tree search, no second one into the table
+                con.execute("CREATE INDEX b_k ON b (k, off, n)")
         except ValueError as exc:
             raise self._fail(str(exc)) from None
         except OSError as exc:
@@ -388,15 +392,17 @@ _COLUMNS_V2 = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_med
                "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
 
 
-def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str) -> int:
-    """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count."""
+def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True) -> int:
+    """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
+    Without `fts`, no full-text table and trigger (an export's temporary archive)."""
     from .synth import _FTS, _INDEXES, _INSERT_V2, _MEDIA, _POSTS_V2, _TRIGGER
 
     n = 0
     with con:
         con.execute(_POSTS_V2)
         con.execute(_MEDIA)
-        con.execute(_FTS)
+        if fts:
+            con.execute(_FTS)
         chunk: list[tuple[object, ...]] = []
         for row in repo.post_rows(archived_at):
             chunk.append(row)
@@ -409,15 +415,17 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str) -> int:
             n += len(chunk)
         for sql in _INDEXES:
             con.execute(sql)
-        con.execute("INSERT INTO posts_fts(posts_fts) VALUES('rebuild')")
-        con.execute(_TRIGGER)
+        if fts:
+            con.execute("INSERT INTO posts_fts(posts_fts) VALUES('rebuild')")
+            con.execute(_TRIGGER)
     return n
 
 
-def build_archive_from(repo: CarRepo, final: Path) -> int:
+def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False) -> int:
     """Write a new archive at `final` (which must not exist) from `repo`: built under a
     fresh hidden name beside it, linked into place only when complete, never replacing
-    anything.  Returns the number of posts."""
+    anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
+    read once and deleted: no full-text index, no fsync."""
     from .synth import _exclusive_temp
 
     tmp = _exclusive_temp(str(final))
@@ -427,14 +435,15 @@ def build_archive_from(repo: CarRepo, final: Path) -> int:
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
                        "cache_size=-2048", "temp_store=FILE"):
             con.execute("PRAGMA " + pragma).fetchall()
-        n = _fill_new(con, repo, _now_sqlite())
+        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch)
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
         con.execute("PRAGMA journal_mode=DELETE").fetchall()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if not scratch:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         con.close()
         try:
             os.link(tmp, final)  # fails if `final` appeared meanwhile

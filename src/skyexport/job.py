@@ -537,7 +537,7 @@ class _Job:
         d.mkdir()
         try:
             with CarRepo(self.car, d, verb="exported") as repo:  # type: ignore[arg-type]
-                build_archive_from(repo, d / "archive.db")
+                build_archive_from(repo, d / "archive.db", scratch=True)
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
                                    "commit_version": repo.version, "bytes": repo.size}
         except OSError as exc:
