@@ -129,3 +129,18 @@ def test_unreadable_created_at_is_a_bad_value(tmp_path: Path) -> None:
     assert b"last tuesday" in (d / "posts.jsonl").read_bytes()
     warnings = json.loads((d / "manifest.json").read_text())["warnings"]
     assert sorted(w["column"] for w in warnings) == ["created_at", "indexed_at"]
+
+
+def test_progress_covers_the_import_phase(tmp_path: Path) -> None:
+    import skyexport
+
+    events: list[skyexport.ExportProgress] = []
+    r = skyexport.export(BSKY, tmp_path / "o", format="jsonl", on_progress=events.append)
+    assert r.post_count == 494
+    car = [e for e in events if e.car_blocks]
+    assert car and car[0].status == "queued"
+    assert events[-1].status == "completed"
+    assert events[-1].car_blocks == 768 and events[-1].car_bytes == BSKY.stat().st_size
+    blocks = [e.car_blocks for e in events]
+    assert blocks == sorted(blocks)
+    assert events[-1].to_dict()["car_blocks"] == 768

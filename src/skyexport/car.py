@@ -392,7 +392,8 @@ _COLUMNS_V2 = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_med
                "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
 
 
-def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True) -> int:
+def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True,
+              on_chunk: Callable[[], None] | None = None) -> int:
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
     Without `fts`, no full-text table and trigger (an export's temporary archive)."""
     from .synth import _FTS, _INDEXES, _INSERT_V2, _MEDIA, _POSTS_V2, _TRIGGER
@@ -410,6 +411,8 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
                 con.executemany(_INSERT_V2, chunk)
                 n += len(chunk)
                 chunk.clear()
+                if on_chunk is not None:
+                    on_chunk()
         if chunk:
             con.executemany(_INSERT_V2, chunk)
             n += len(chunk)
@@ -421,7 +424,8 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
     return n
 
 
-def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False) -> int:
+def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
+                       on_chunk: Callable[[], None] | None = None) -> int:
     """Write a new archive at `final` (which must not exist) from `repo`: built under a
     fresh hidden name beside it, linked into place only when complete, never replacing
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
@@ -435,7 +439,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False) -> 
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
                        "cache_size=-2048", "temp_store=FILE"):
             con.execute("PRAGMA " + pragma).fetchall()
-        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch)
+        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk)
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
         con.execute("PRAGMA journal_mode=DELETE").fetchall()
         if not scratch:

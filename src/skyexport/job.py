@@ -254,6 +254,7 @@ class _Job:
         self.arc, self.out, self.fmt, self.did = arc, out, fmt, did
         self.car = car                              # the source, when it is a CAR
         self.car_source: dict[str, Any] | None = None
+        self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
         self.lo, self.hi, self.since, self.until = lo, hi, since, until
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
@@ -282,7 +283,8 @@ class _Job:
             posts_processed=w.rows if w else 0, posts_total=self.posts_total,
             media_copied=c.seen if c else 0, media_total=self.media_total,
             bytes_written=(w.bytes_written + w.pending) if w else 0,
-            elapsed_s=time.monotonic() - self.start, error=error)
+            elapsed_s=time.monotonic() - self.start, error=error,
+            car_blocks=self.car_blocks, car_bytes=self.car_bytes)
 
     def emit(self, status: str | None = None, error: str | None = None) -> None:
         if self.channel is not None:
@@ -535,9 +537,17 @@ class _Job:
 
         d = tmp / CAR_DIR
         d.mkdir()
+
+        def on_blocks(blocks: int, offset: int) -> None:
+            self.car_blocks, self.car_bytes = blocks, offset
+            self.heartbeat()
+
         try:
-            with CarRepo(self.car, d, verb="exported") as repo:  # type: ignore[arg-type]
-                build_archive_from(repo, d / "archive.db", scratch=True)
+            with CarRepo(self.car, d, on_blocks,  # type: ignore[arg-type]
+                         verb="exported") as repo:
+                self.emit()  # the whole CAR read and indexed
+                build_archive_from(repo, d / "archive.db", scratch=True,
+                                   on_chunk=self.heartbeat)
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
                                    "commit_version": repo.version, "bytes": repo.size}
         except OSError as exc:
