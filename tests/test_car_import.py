@@ -347,3 +347,43 @@ def test_core_and_python_walkers_agree(car: Path, tmp_path: Path) -> None:
                                 "has_media, is_reply, reply_parent, embed_type, embed_data, "
                                 "labels FROM posts ORDER BY rowid").fetchall())
     assert rows[0] == rows[1] and len(rows[0]) > 100
+
+
+def _raw_car(path: Path, entries: list[tuple[str, object]], version: int = 3) -> None:
+    """A one-node MST holding `entries` as given (in that order, unchecked)."""
+    from skyexport.carwrite import _varint, cid_for, dag_cbor
+
+    blocks = []
+    es = []
+    for key, rec in entries:
+        data = dag_cbor(rec)
+        blocks.append((cid_for(data), data))
+        es.append({"p": 0, "k": key.encode(), "v": cid_for(data), "t": None})
+    node = dag_cbor({"l": None, "e": es})
+    blocks.append((cid_for(node), node))
+    commit = dag_cbor({"did": "did:plc:raw", "version": version, "data": cid_for(node),
+                       "rev": "3k", "sig": bytes(64), "prev": None})
+    blocks.append((cid_for(commit), commit))
+    header = dag_cbor({"roots": [cid_for(commit)], "version": 1})
+    out = _varint(len(header)) + header
+    for c, d in blocks:
+        out += _varint(len(c) + len(d)) + bytes(c) + d
+    path.write_bytes(out)
+
+
+def test_repeated_or_unsorted_keys(tmp_path: Path, reader: str) -> None:
+    """A damaged MST whose keys repeat or go backwards: one line naming the key, nothing
+    imported (without the check the same post would be inserted twice)."""
+    from skyexport.carwrite import post_record
+
+    rec = post_record("x", "2024-01-01T00:00:00Z")
+    for name, keys in (("dup", ["app.bsky.feed.post/3kb", "app.bsky.feed.post/3kb"]),
+                       ("back", ["app.bsky.feed.post/3kb", "app.bsky.feed.post/3ka"])):
+        car = tmp_path / f"{name}.car"
+        _raw_car(car, [(k, rec) for k in keys])
+        r = run("import", car, "--archive", tmp_path / f"{name}.db")
+        assert_one_line_failure(r, f"{keys[1]} out of order", "MST node")
+        assert not (tmp_path / f"{name}.db").exists()
+    good = tmp_path / "good.car"
+    _raw_car(good, [("app.bsky.feed.post/3ka", rec), ("app.bsky.feed.post/3kb", rec)])
+    assert imported(good, tmp_path).execute("SELECT count(*) FROM posts").fetchone()[0] == 2

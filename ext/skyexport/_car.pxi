@@ -1108,6 +1108,9 @@ cdef class CarWalker:
                 for j in range(PyBytes_GET_SIZE(key)):
                     if not 0x21 <= (<const unsigned char*>PyBytes_AS_STRING(key))[j] <= 0x7e:
                         raise CarFormatError("has a key that is not printable ASCII")
+                if self.last_key is not None and key <= self.last_key:
+                    raise CarFormatError(f"has key {key.decode('ascii')} out of order (the "
+                                         "MST is damaged)")
                 cb_head(s, vp, n, &it)
                 if it.major != 6:
                     raise CarFormatError("has a malformed entry (v)")

@@ -256,6 +256,7 @@ class CarRepo:
 
     def walk(self) -> Iterator[tuple[str, _core.CID]]:
         """Every (key, record CID) of the MST, in key order; counts collections."""
+        self._last_key: str | None = None
         return self._walk(self.data, None, 0)
 
     def _node_error(self, cid: bytes, prev: str | None, why: str) -> ArchiveError:
@@ -289,10 +290,13 @@ class CarRepo:
                     or not (t is None or isinstance(t, _core.CID))):
                 raise self._node_error(cid, prev, "has a malformed entry")
             key = key[:p] + k
-            try:
-                text = key.decode("ascii")
-            except UnicodeDecodeError:
-                raise self._node_error(cid, prev, "has a key that is not ASCII") from None
+            if not key.isascii() or not all(0x21 <= c <= 0x7E for c in key):
+                raise self._node_error(cid, prev, "has a key that is not printable ASCII")
+            text = key.decode("ascii")
+            if self._last_key is not None and text <= self._last_key:
+                raise self._node_error(cid, prev, f"has key {text} out of order (the MST "
+                                       "is damaged)")
+            self._last_key = text
             coll = text.partition("/")[0]
             counts[coll] = counts.get(coll, 0) + 1
             prev = text
