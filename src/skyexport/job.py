@@ -133,6 +133,10 @@ def export(
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
+    `archive` may also be a Bluesky repository export (`repo.car`, recognised by its
+    content): its posts are imported into a temporary archive inside the export's hidden
+    directory first (../shared/CAR.md); `media=True` is then an OptionError.
+
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339) select posts; `media=True` copies the
     posts' media files into `media/` (relative paths resolve against `media_root`, default
