@@ -18,8 +18,10 @@ annotate:       ## cython -a: HTML of the core with Python interaction highlight
 stubtest:       ## the hand-written _core.pyi against the compiled module
 	$(PY) -m mypy.stubtest skyexport._core
 
-lint:
+lint:           ## ruff, mypy --strict, stubtest of _core.pyi, cython-lint: all clean
 	$(PY) -m ruff check src tests perf
+	$(PY) -m mypy --strict src
+	$(PY) -m mypy.stubtest skyexport._core
 	cython-lint --max-line-length 100 ext/skyexport
 
 perf:           ## the benchmark table (perf/README.md); slow: builds archives up to 1M posts

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from skyexport.schema import MEDIA_COLUMNS, POST_COLUMNS, POST_COLUMNS_V1, schema_statements
+
 __all__ = [
     "GOLDEN_DIR",
     "POST_COLUMNS",
@@ -46,53 +48,10 @@ class Blob:
     data: bytes
 
 
-_POSTS_V2 = """\
-CREATE TABLE posts (uri TEXT PRIMARY KEY, cid TEXT NOT NULL, did TEXT NOT NULL, text TEXT,
- created_at TIMESTAMP NOT NULL, indexed_at TIMESTAMP NOT NULL, has_media BOOLEAN DEFAULT 0,
- like_count INTEGER DEFAULT 0, repost_count INTEGER DEFAULT 0, reply_count INTEGER DEFAULT 0,
- quote_count INTEGER DEFAULT 0, is_reply BOOLEAN DEFAULT 0, reply_parent TEXT, embed_type TEXT,
- embed_data JSON, labels JSON, archived_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-"""
-
-_POSTS_V1 = """\
-CREATE TABLE posts (uri TEXT PRIMARY KEY, cid TEXT NOT NULL, did TEXT NOT NULL, text TEXT,
- created_at TIMESTAMP NOT NULL, indexed_at TIMESTAMP NOT NULL, has_media BOOLEAN DEFAULT 0,
- like_count INTEGER DEFAULT 0, repost_count INTEGER DEFAULT 0, reply_count INTEGER DEFAULT 0,
- is_reply BOOLEAN DEFAULT 0, reply_parent TEXT, embed_type TEXT,
- embed_data JSON, labels JSON, archived_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-"""
-
-_MEDIA = """\
-CREATE TABLE media (hash TEXT PRIMARY KEY, post_uri TEXT NOT NULL, mime_type TEXT NOT NULL,
- file_path TEXT NOT NULL, size_bytes INTEGER NOT NULL, width INTEGER, height INTEGER, alt_text TEXT,
- created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP);
-"""
-
-_FTS_AND_INDEXES = """\
-CREATE VIRTUAL TABLE posts_fts USING fts5(uri UNINDEXED, text, content='posts', \
-content_rowid='rowid');
-CREATE INDEX idx_posts_did ON posts(did);
-CREATE INDEX idx_posts_created_at ON posts(created_at DESC);
-CREATE TRIGGER posts_ai AFTER INSERT ON posts BEGIN
- INSERT INTO posts_fts(rowid, uri, text) VALUES (new.rowid, new.uri, new.text); END;
-"""
-
-#: bskyarchive schema v2 (posts, media, FTS5, indexes, trigger).
-SCHEMA_V2 = _POSTS_V2 + _MEDIA + _FTS_AND_INDEXES
-#: bskyarchive schema v1: as v2 but ``posts`` has no ``quote_count``.
-SCHEMA_V1 = _POSTS_V1 + _MEDIA + _FTS_AND_INDEXES
-
-POST_COLUMNS = (
-    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count",
-    "repost_count", "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type",
-    "embed_data", "labels", "archived_at",
-)
-POST_COLUMNS_V1 = tuple(c for c in POST_COLUMNS if c != "quote_count")
-
-MEDIA_COLUMNS = (
-    "hash", "post_uri", "mime_type", "file_path", "size_bytes", "width", "height", "alt_text",
-    "created_at",
-)
+# The schema is skyexport's own single definition (src/skyexport/schema.py): the tests,
+# synth and `import` build archives from the same statements.
+SCHEMA_V2 = ";\n".join(schema_statements(2)) + ";\n"
+SCHEMA_V1 = ";\n".join(schema_statements(1)) + ";\n"
 
 DEFAULT_TIME = "2024-01-01 00:00:00 +0000 UTC"
 
@@ -104,15 +63,8 @@ def schema_sql(schema_version: int = 2, *, with_media_table: bool = True,
     ``not_null=False`` drops the NOT NULL constraints of ``posts`` (bskyarchive never does
     this) so tests can store NULL in ``cid``, ``did``, ``created_at`` and ``indexed_at``.
     """
-    if schema_version == 2:
-        posts = _POSTS_V2
-    elif schema_version == 1:
-        posts = _POSTS_V1
-    else:
-        raise ValueError(f"unknown schema version {schema_version!r}")
-    if not not_null:
-        posts = posts.replace(" NOT NULL", "")
-    return posts + (_MEDIA if with_media_table else "") + _FTS_AND_INDEXES
+    return ";\n".join(schema_statements(schema_version, media_table=with_media_table,
+                                         not_null=not_null)) + ";\n"
 
 
 def default_row(i: int) -> dict[str, Any]:

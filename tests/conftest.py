@@ -4,7 +4,6 @@ exporter (tests/reference.py) is the oracle the compiled fast path is compared w
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,11 @@ ROW_SOURCES = ("pipe", "direct", "cursor")
 def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with each way rows reach the encoders - SQLite stepped on its own thread
     (the default), on the encoding thread, or through an APSW cursor: all must give the
-    same bytes."""
+    same bytes.  In this process through the library's default, in a child through the
+    CLI's SKYEXPORT_ROW_SOURCE."""
+    import skyexport.archive
+
+    monkeypatch.setattr(skyexport.archive, "DEFAULT_ROW_SOURCE", request.param)
     monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
     return request.param
 
@@ -39,23 +42,6 @@ def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 @pytest.fixture(scope="session")
 def golden_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return load_golden(tmp_path_factory.mktemp("golden") / "golden.db")
-
-
-class SeededRandom(random.Random):
-    """random.Random whose repr shows the seed, so a failure can be replayed."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self.seed_value = seed
-
-    def __repr__(self) -> str:
-        return f"SeededRandom(seed={self.seed_value})"
-
-
-@pytest.fixture
-def rand(request: pytest.FixtureRequest) -> SeededRandom:
-    seed = int(os.environ.get("SKYEXPORT_TEST_SEED", "0")) or random.randrange(1 << 30)
-    return SeededRandom(seed)
 
 
 def export_bytes(archive: os.PathLike[str] | str, out: os.PathLike[str] | str, fmt: str,

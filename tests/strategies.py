@@ -8,6 +8,8 @@ on. Values still come in every storage class SQLite's affinity leaves them in (a
 - ``rows(not_null=False)`` also puts NULL in ``cid``, ``did``, ``created_at``, ``indexed_at``;
   build those archives with ``make_archive(..., not_null=False)``.
 - ``bounds()`` draws ``(since, until)`` pairs (either may be None) around the same dates.
+- ``large_rows()`` draws archives that cross the core's size thresholds: values around 1 KiB,
+  16 KiB, 512 KiB, 1 MiB, 2 MiB and 4 MiB (``LARGE_SIZES``) and runs of 255-700 rows.
 - ``DIDS`` is the pool of DIDs rows take, for ``did=`` filters.
 """
 
@@ -29,8 +31,11 @@ __all__ = [
     "bad_timestamp",
     "booleans",
     "bounds",
+    "big_json",
+    "big_text",
     "counts",
     "json_text",
+    "large_rows",
     "media_embed",
     "row",
     "rows",
@@ -437,3 +442,167 @@ def _bound(draw) -> str:
 def bounds() -> st.SearchStrategy[tuple[str | None, str | None]]:
     """``(since, until)`` pairs; either may be None (both None now and then)."""
     return st.tuples(st.none() | _bound(), st.none() | _bound())
+
+
+# --------------------------------------------------------------------------------------------
+# large archives: across the core's thresholds
+
+KIB, MIB = 1 << 10, 1 << 20
+ESC_CHUNK = 16 * KIB  # _json.pxi: text is escaped this many input bytes at a time
+
+#: Sizes at and around each threshold: LARGE_JSON (1 KiB, stored JSON validated first),
+#: ESC_CHUNK, ARENA_BYTES (512 KiB), the flush (1 MiB), LEND_BYTES (2 MiB, lent from
+#: SQLite's memory), BATCH_BYTES (4 MiB).
+MEDIUM_SIZES = (KIB - 1, KIB, KIB + 1, ESC_CHUNK - 1, ESC_CHUNK, ESC_CHUNK + 1,
+                2 * ESC_CHUNK + 5)
+HUGE_SIZES = (512 * KIB - 1, 512 * KIB + 1, MIB - 1, MIB + 1, 2 * MIB - 1, 2 * MIB,
+              2 * MIB + 1, 4 * MIB - 1, 4 * MIB + 1)
+LARGE_SIZES = MEDIUM_SIZES + HUGE_SIZES
+
+#: The most bytes of large values one drawn archive holds (so the reference, which is pure
+#: Python, stays at a second or two per archive).
+LARGE_BUDGET = 4 * MIB + 64 * KIB
+
+#: Spliced in at chunk edges: escapes, multi-byte and invalid sequences that straddle them.
+_EDGE_PIECES = (
+    b'"', b"\\", b"\x00", b"\n", b"\x1f", "\u00e9".encode(), "\u2028".encode(),
+    "\u2029".encode(), "\U0001f600".encode(), "\ufffd".encode(), b"\xff", b"\xe2\x80",
+    b"\xf0\x9f\x98", b"\xed\xa0\x80", b"<&>",
+)
+
+_UNITS = st.one_of(
+    st.sampled_from([b"a", b"post text ", "caf\u00e9 ".encode(), "\U0001f600".encode(),
+                     b'"\\', b"\n\t", "\u2028".encode(), b"\xff"]),
+    text_bytes.map(lambda b: b or b"z"),
+)
+
+
+def _fill(unit: bytes, size: int) -> bytearray:
+    """`unit` repeated to exactly `size` bytes (the last copy cut short)."""
+    return bytearray((unit * (size // len(unit) + 1))[:size])
+
+
+def _edges(size: int) -> list[int]:
+    """Offsets worth putting something tricky at: the first chunk edges, the last one, the
+    end."""
+    edges = [k * ESC_CHUNK for k in range(1, min(3, size // ESC_CHUNK) + 1)]
+    edges += [size // ESC_CHUNK * ESC_CHUNK, size]
+    return sorted({e for e in edges if 0 < e <= size})
+
+
+def _splice_edges(draw, buf: bytearray, pieces: tuple[bytes, ...] = _EDGE_PIECES) -> None:
+    for edge in _edges(len(buf)):
+        for delta, piece in draw(st.lists(st.tuples(st.integers(-4, 1), st.sampled_from(pieces)),
+                                          max_size=2)):
+            at = max(0, min(edge + delta, len(buf) - len(piece)))
+            buf[at:at + len(piece)] = piece
+
+
+@st.composite
+def big_text(draw, sizes: tuple[int, ...] = LARGE_SIZES) -> bytes:
+    """Exactly one of `sizes` bytes of text, built by repeating a drawn unit, with escapes
+    and multi-byte / invalid UTF-8 spliced in around the 16 KiB escape-chunk edges."""
+    size = draw(st.sampled_from(sizes))
+    buf = _fill(draw(_UNITS), size)
+    _splice_edges(draw, buf)
+    return bytes(buf)
+
+
+#: Pieces safe inside a JSON string (a valid string stays valid wherever they land).
+_JSON_STRING_EDGE = (b"\\n", b"\\u2028", b"\\ud83d\\ude00", b"\\\\", b'\\"', "\u00e9".encode(),
+                     "\u2028".encode(), b"\xff", b"<&>", b"/")
+
+
+@st.composite
+def big_json(draw, sizes: tuple[int, ...] = LARGE_SIZES, *, allow_bad: bool = False) -> bytes:
+    """Stored JSON of exactly one of `sizes` bytes: a long array of drawn values, a media
+    embed around one, or one long string; padded with white space to the size.  With
+    `allow_bad`, now and then made invalid at its end."""
+    size = draw(st.sampled_from(sizes))
+    kind = draw(st.sampled_from(["array", "embed", "string"]))
+    if kind == "string":
+        # Whole escapes only, so cutting at `size` never splits one: spaces make up the rest.
+        unit = draw(st.sampled_from([b"x", b"ab\\n", b"\\u00e9", "caf\u00e9".encode(),
+                                     b"\\ud83d\\ude00 ", b"\\\\/"]))
+        body = bytearray(unit * ((size - 2) // len(unit)))
+        body += b" " * (size - 2 - len(body))
+        for edge in _edges(len(body)):
+            for delta, piece in draw(st.lists(st.tuples(
+                    st.integers(-4, 1), st.sampled_from(_JSON_STRING_EDGE)), max_size=1)):
+                at = max(0, min(edge + delta, len(body) - len(piece)))
+                # Only over plain spaces or a unit boundary would keep escapes whole; simpler:
+                # write it where the bytes it covers hold no backslash and end no escape.
+                if b"\\" not in body[max(0, at - 12):at + len(piece) + 1]:
+                    body[at:at + len(piece)] = piece
+        value = b'"' + bytes(body) + b'"'
+    else:
+        # Nesting only in the smaller values: indenting a few MiB of nested arrays would
+        # make tens of MiB for the (pure Python) reference to check.
+        depth = 2 if size <= 4 * ESC_CHUNK else 1
+        items = draw(st.lists(json_text(depth=depth, keys=("images", "fullsize", "val")),
+                              min_size=1, max_size=3))
+        sep = draw(st.sampled_from([b",", b", ", b",\n  "]))
+        block = sep.join(items)
+        head = b"["
+        tail = b"]"
+        if kind == "embed":
+            head = (b'{"images":[{"fullsize":"https://c/x/big1@jpeg"}],'
+                    b'"external":{"thumb":"https://c/x/big2@png"},"val":[')
+            tail = b"]}"
+        room = size - len(head) - len(tail)
+        reps = max(0, (room + len(sep)) // (len(block) + len(sep)))
+        body = sep.join([block] * reps) if reps else b""
+        value = head + body + b" " * max(0, room - len(body)) + tail
+    if allow_bad and draw(st.integers(0, 5)) == 0:
+        value = draw(st.sampled_from([value[:-1], value + b" x", value[:-1] + b",]"
+                                      if value.endswith(b"]") else value + b"}"]))
+    return value
+
+
+def _as_stored(draw, value: bytes) -> object:
+    """Raw TEXT mostly; a BLOB or a str (when it decodes) now and then."""
+    how = draw(st.integers(0, 5))
+    if how == 0:
+        return Blob(value)
+    if how == 1:
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return value
+
+
+_LARGE_COLUMNS = ("text", "text", "text", "embed_data", "embed_data", "labels", "reply_parent",
+                  "cid")
+
+
+@st.composite
+def large_rows(draw, *, allow_bad: bool = False) -> list[dict]:
+    """An archive's rows that cross the core's thresholds: a run of 1-700 rows (copies of a
+    few drawn ones, so 300+ cost little to draw) crossing ARENA_ROWS (256), medium values on
+    the run now and then (many rows crossing ARENA_BYTES), and up to two large values
+    (LARGE_SIZES, at most LARGE_BUDGET bytes in all) in rows at the arena edges."""
+    templates = draw(st.lists(row(allow_bad=allow_bad), min_size=1, max_size=4))
+    n = draw(st.sampled_from([1, 2, 3, 255, 256, 257, 300, 513, 700]))
+    rs = [dict(templates[i % len(templates)]) for i in range(n)]
+    if n > 200 and draw(st.booleans()):
+        col = draw(st.sampled_from(["text", "embed_data"]))
+        step = draw(st.sampled_from([1, 2, 3]))
+        if col == "text":
+            medium = draw(big_text(sizes=(KIB - 1, KIB + 1, 2 * KIB + 5)))
+        else:
+            medium = draw(big_json(sizes=(KIB, KIB + 1, 3 * KIB), allow_bad=allow_bad))
+        for r in rs[::step]:
+            r[col] = _as_stored(draw, medium)
+    budget = LARGE_BUDGET
+    for _ in range(draw(st.integers(0 if n > 200 else 1, 2))):
+        col = draw(st.sampled_from(_LARGE_COLUMNS))
+        sizes = tuple(z for z in LARGE_SIZES if z <= budget) or MEDIUM_SIZES[:3]
+        if col in ("embed_data", "labels"):
+            value = draw(big_json(sizes, allow_bad=allow_bad))
+        else:
+            value = draw(big_text(sizes))
+        budget -= len(value)
+        at = draw(st.sampled_from([0, 1, 254, 255, 256, n - 1]))
+        rs[min(at, n - 1)][col] = _as_stored(draw, value)
+    return _unique_uris(rs)

@@ -112,22 +112,39 @@ def one_line(exc: BaseException) -> str:
 
 
 @pytest.mark.parametrize(("options", "needle"), [
-    ({"format": "xml"}, "unknown format 'xml'"),
-    ({"batch_size": 0}, "batch size must be a positive integer"),
-    ({"batch_size": -5}, "batch size must be a positive integer"),
-    ({"batch_size": 2.5}, "batch size must be a positive integer"),
-    ({"batch_size": True}, "batch size must be a positive integer"),
-    ({"on_bad_value": "ignore"}, "on_bad_value must be 'error' or 'keep'"),
-    ({"since": "yesterday"}, "--since"),
-    ({"until": "2024-13-01"}, "--until"),
-    ({"since": "2024-03-01", "until": "2024-02-01"}, "is after --until"),
-    ({"media": True, "media_root": "/nonexistent/media"}, "--media-root"),
+    ({"format": "xml"}, "format= 'xml' is not a format"),
+    ({"batch_size": 0}, "batch_size= must be a positive integer"),
+    ({"batch_size": -5}, "batch_size= must be a positive integer"),
+    ({"batch_size": 2.5}, "batch_size= must be a positive integer"),
+    ({"batch_size": True}, "batch_size= must be a positive integer"),
+    ({"on_bad_value": "ignore"}, "on_bad_value= must be 'error' or 'keep'"),
+    ({"since": "yesterday"}, "since="),
+    ({"until": "2024-13-01"}, "until="),
+    ({"since": "2024-03-01", "until": "2024-02-01"}, "is after until="),
+    ({"media": True, "media_root": "/nonexistent/media"}, "media_root="),
+    ({"_flush_size": 0}, "_flush_size= must be a positive integer"),
+    ({"_flush_size": True}, "_flush_size= must be a positive integer"),
 ])
 def test_option_error(archive: Path, tmp_path: Path, options: dict, needle: str) -> None:
     with pytest.raises(OptionError) as info:
         skyexport.export(archive, tmp_path / "out", **options)
     assert needle in one_line(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])
+def test_tiny_flush_size_gives_the_same_bytes(tmp_path: Path, fmt: str) -> None:
+    # The private _flush_size reaches the writer: flushing after every few bytes (and
+    # mid-row inside a 3 MiB text and a 40 KiB embed_data) changes nothing in the file.
+    rows = [{"uri": URI.format(i), "text": f"post {i} \u00e9\n" * (i % 9)} for i in range(300)]
+    rows.append({"uri": URI.format(999), "text": ("\u2028x\"\u00e9" * 600_000).encode(),
+                 "embed_data": "[" + ",".join(['{"k": "v\\n"}'] * 3000) + "]"})
+    archive = make_archive(tmp_path / "a.db", rows)
+    want = skyexport.export(archive, tmp_path / "default", format=fmt).data_file.read_bytes()
+    for size in (1, 4097, 16385):
+        got = skyexport.export(archive, tmp_path / f"f{size}", format=fmt, _flush_size=size)
+        assert got.data_file.read_bytes() == want, size
+        assert got.bytes_written == len(want)
 
 
 def test_archive_error(tmp_path: Path) -> None:

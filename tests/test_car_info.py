@@ -57,5 +57,6 @@ def test_bad_input(tmp_path: Path) -> None:
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "missing" in r.stderr
     (tmp_path / "x").write_text("not a car")
     r = info(tmp_path / "x")
-    assert r.returncode == 1 and "not a repository CAR" in r.stderr
+    # neither a CAR nor an archive: the archive branch of `info` says so
+    assert r.returncode == 1 and "not a SQLite database" in r.stderr
     assert "Traceback" not in r.stderr

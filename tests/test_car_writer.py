@@ -127,5 +127,6 @@ def test_synth_car_command(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 1 and "already exists" in r.stderr
     r = subprocess.run([sys.executable, "-m", "skyexport", "export", tmp_path / "r.car",
-                        "-o", tmp_path / "o", "-q"], capture_output=True, text=True)
+                        "-o", tmp_path / "o", "--progress", "none"], capture_output=True,
+                       text=True)
     assert r.returncode == 0 and "posts: 200" in r.stdout

@@ -234,7 +234,7 @@ def test_not_a_directory(tmp_path: Path) -> None:
 
 def test_manifest_not_json(export_dir: Path) -> None:
     (export_dir / "manifest.json").write_text("{ not json")
-    assert_rejected(export_dir, "manifest.json is not valid JSON")
+    assert_rejected(export_dir, "manifest.json is not a valid manifest: not valid JSON at byte 2")
 
 
 def test_manifest_without_checksums(export_dir: Path) -> None:

@@ -157,22 +157,34 @@ def many_batches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return posts_archive(tmp_path_factory.mktemp("many") / "a.db", 4000, media_every=20)
 
 
-def test_slow_consumer_does_not_stall(many_batches: Path, tmp_path: Path) -> None:
+def test_slow_consumer_does_not_stall(many_batches: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A callback stuck in the first running event until every batch is encoded and the
+    data file is being closed: the export gets there without it (if it waited for the
+    callback, the callback would wait in vain), and then the callback, slow, sees a few
+    fresh events, not 200 stale ones."""
     events: list[ExportProgress] = []
     threads = set()
+    all_encoded = threading.Event()
+    released: list[bool] = []
+    real_close = sink_mod.FileSink.close
+
+    def close(self: sink_mod.FileSink, sync: bool = True) -> None:
+        all_encoded.set()
+        real_close(self, sync)
 
     def slow(ev: ExportProgress) -> None:
         threads.add(threading.get_ident())
+        if ev.status == "running" and not released:
+            released.append(all_encoded.wait(60))
         time.sleep(0.2)
         events.append(ev)
 
+    monkeypatch.setattr(sink_mod.FileSink, "close", close)
     batches = 4000 // 20
-    t0 = time.monotonic()
     result = skyexport.export(many_batches, tmp_path / "out", batch_size=20, media=True,
                               on_progress=slow)
-    took = time.monotonic() - t0
-    # Every batch's event delivered one by one would take (batches + 2) * 0.2 s = 40 s.
-    assert took < (batches + 2) * 0.2 / 8, took
+    assert released == [True]  # the last batch was written while the callback was stuck
     assert len(events) < batches / 4
     assert events[0].status == "queued"
     assert events[-1].status == "completed"  # delivered, last, before export() returned
@@ -226,9 +238,16 @@ def test_channel_heartbeat_from_the_delivery_thread() -> None:
         state["n"] += 1
         return ExportProgress("running", state["n"], 100, 0, 0, 0, state["n"] / 10)
 
-    ch = ProgressChannel(events.append, snapshot, heartbeat_s=0.05)
+    five = threading.Event()
+
+    def deliver(ev: ExportProgress) -> None:
+        events.append(ev)
+        if len(events) == 5:
+            five.set()
+
+    ch = ProgressChannel(deliver, snapshot, heartbeat_s=0.05)
     ch.put(ExportProgress("queued", 0, 0, 0, 0, 0, 0.0))
-    time.sleep(0.5)
+    assert five.wait(60)  # nothing else is put: the four events after it are heartbeats
     ch.put(ExportProgress("completed", 100, 100, 0, 0, 0, 99.0))
     ch.close()
     assert events[0].status == "queued" and events[-1].status == "completed"
@@ -253,21 +272,28 @@ def test_channel_keeps_counts_monotonic() -> None:
 
 
 def test_channel_coalesces_for_a_slow_consumer() -> None:
+    """Every put returns while the callback is stuck in the first event (put never waits
+    for the consumer); then the slow callback sees a few events, the final one last."""
     events: list[ExportProgress] = []
+    stuck, all_put = threading.Event(), threading.Event()
+    released: list[bool] = []
 
     def slow(ev: ExportProgress) -> None:
-        time.sleep(0.05)
         events.append(ev)
+        if len(events) == 1:
+            stuck.set()
+            released.append(all_put.wait(60))
+        time.sleep(0.05)
 
     ch = ProgressChannel(slow)
-    t0 = time.monotonic()
-    for i in range(1000):
+    ch.put(ExportProgress("running", 0, 1000, 0, 0, 0, 0.0))
+    assert stuck.wait(60)
+    for i in range(1, 1000):
         ch.put(ExportProgress("running", i, 1000, 0, 0, i, i / 1000))
     ch.put(ExportProgress("completed", 1000, 1000, 0, 0, 1000, 1.0))
-    put_took = time.monotonic() - t0
+    all_put.set()
     ch.close()
-    assert put_took < 1.0  # put never waits for the consumer
-    assert time.monotonic() - t0 < 3.0  # 1001 * 0.05 s = 50 s if nothing were skipped
+    assert released == [True]  # had a put waited for the callback, it would wait in vain
     assert events[-1].status == "completed"
     assert len(events) < 100 and ch.dropped > 900
     assert_monotonic(events)
@@ -294,17 +320,28 @@ def test_heartbeat_per_media_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """One batch whose media take long to copy: events arrive between the files."""
     arc = posts_archive(tmp_path / "a.db", 12, media_every=2)
     real = media_mod.MediaCopier._write
+    events: list[ExportProgress] = []
+    waited: list[bool] = []
 
     def slow_copy(self: media_mod.MediaCopier, *args: object) -> str:
-        time.sleep(0.12)
+        # A long copy: it only ends once an event showing the files copied so far (from
+        # after the previous file) has reached the callback.
+        done = self.seen
+        for _ in range(6000):
+            if any(e.status == "running" and e.media_copied == done for e in events):
+                break
+            time.sleep(0.005)
+        waited.append(any(e.media_copied == done for e in events))
         return real(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(media_mod.MediaCopier, "_write", slow_copy)
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
-    events, result = collect(arc, tmp_path / "out", batch_size=1000, media=True)
+    result = skyexport.export(arc, tmp_path / "out", batch_size=1000, media=True,
+                              on_progress=events.append)
     assert result.media_count == 6
+    assert waited == [True] * 6
     during = [e for e in events if e.status == "running" and 0 < e.media_copied < 6]
-    assert len(during) >= 3
+    assert {e.media_copied for e in during} == {1, 2, 3, 4, 5}
     assert all(e.posts_processed == 12 for e in during)
     assert_monotonic(events)
 
@@ -316,18 +353,28 @@ def test_heartbeat_during_one_long_call(tmp_path: Path,
     arc = posts_archive(tmp_path / "a.db", 50)
     real_close = sink_mod.FileSink.close
 
+    events: list[ExportProgress] = []
+    reported: list[bool] = []
+
+    def after_last_batch() -> list[ExportProgress]:
+        return [e for e in events if e.status == "running" and e.posts_processed == 50]
+
     def slow_close(self: sink_mod.FileSink, sync: bool = True) -> None:
-        time.sleep(1.0)
+        # One long call: it only returns once the delivery thread has reported, on its
+        # own, four times after the last batch's event (nothing else puts events now).
+        for _ in range(6000):
+            if len(after_last_batch()) >= 5:
+                break
+            time.sleep(0.005)
+        reported.append(len(after_last_batch()) >= 5)
         real_close(self, sync)
 
     monkeypatch.setattr(sink_mod.FileSink, "close", slow_close)
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
-    events, _ = collect(arc, tmp_path / "out", batch_size=1000)
-    after_last_batch = [e for e in events if e.status == "running" and e.posts_processed == 50]
-    assert len(after_last_batch) >= 4
-    gaps = [b.elapsed_s - a.elapsed_s for a, b in itertools.pairwise(events)]
-    assert max(gaps) < 0.9, gaps  # without the heartbeat: one gap of over 1 s
+    skyexport.export(arc, tmp_path / "out", batch_size=1000, on_progress=events.append)
+    assert reported == [True]
     assert events[-1].status == "completed"
+    assert_monotonic(events)
 
 
 # --- the command line -----------------------------------------------------------------------
@@ -455,24 +502,26 @@ def test_a_stuck_callback_does_not_hang_the_export(tmp_path: Path,
     arc = posts_archive(tmp_path / "a.db", 30)
     release = threading.Event()
     seen: list[str] = []
+    returned: list[bool] = []
 
     def stuck(ev: ExportProgress) -> None:
         seen.append(ev.status)
         if ev.status == "running":
-            release.wait(30)
+            returned.append(release.wait(60))
 
     monkeypatch.setattr(progress_mod, "CLOSE_TIMEOUT_S", 0.3)
-    t0 = time.monotonic()
     with pytest.warns(RuntimeWarning, match="has not returned for 0.3 s"):
         result = skyexport.export(arc, tmp_path / "out", batch_size=10, on_progress=stuck)
-    assert time.monotonic() - t0 < 5
+    # export() returned while the callback was still stuck in its first running event.
+    assert seen == ["queued", "running"] and returned == []
     assert result.post_count == 30
     release.set()
-    for _ in range(100):
+    for _ in range(600):
         if seen[-1] == "completed":
             break
         time.sleep(0.05)
     assert seen[0] == "queued" and seen[-1] == "completed"  # still last, when it returns
+    assert returned == [True]
 
 
 def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
@@ -481,12 +530,12 @@ def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
     """The temporary directory cannot be made: a failed event, and the delivery thread
     ends (no thread left behind per failed export)."""
     arc = posts_archive(tmp_path / "a.db", 3)
-    export_mod = sys.modules["skyexport.job"]
+    staged_mod = sys.modules["skyexport.staged"]
 
     def refuse(out: Path) -> None:
         raise skyexport.OutputError(f"writing {out} failed: permission denied")
 
-    monkeypatch.setattr(export_mod, "_make_temp_dir", refuse)
+    monkeypatch.setattr(staged_mod, "_make_temp_dir", refuse)
     before = {t for t in threading.enumerate() if t.name == "skyexport-progress"}
     events: list[ExportProgress] = []
     with pytest.raises(skyexport.OutputError):

@@ -113,6 +113,7 @@ cdef inline int ob_byte(OutBuf* b, char c) except -1 nogil:
     return 0
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef int ob_int64(OutBuf* b, int64_t v) except -1 nogil:
     """Decimal, as Go's strconv.FormatInt(v, 10)."""
     cdef char tmp[24]

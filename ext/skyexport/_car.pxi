@@ -251,12 +251,14 @@ cdef class CarScanner:
     cdef bint eof
     cdef object hasher
 
-    def __cinit__(self, int fd, int64_t start, bytes head, hasher):
-        self.fd = fd
+    def __cinit__(self):
         self.cap = SCAN_CHUNK
         self.buf = <unsigned char*>PyMem_RawMalloc(self.cap)
         if self.buf == NULL:
             raise MemoryError()
+
+    def __init__(self, int fd, int64_t start, bytes head, hasher):
+        self.fd = fd
         self.hasher = hasher
         hasher.update(head)
         self.base = len(head)
@@ -379,8 +381,6 @@ def pread_bytes(int fd, Py_ssize_t n, int64_t off):
             return out[:done]
         done += got
     return out
-
-
 
 
 # --- DAG-CBOR ----------------------------------------------------------------------------
@@ -587,7 +587,6 @@ cdef bint cb_text_is(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return tn == <Py_ssize_t>strlen(want) and memcmp(tp, want, tn) == 0
 
 
-
 cdef int ob_json_str_go(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
     """A validated UTF-8 string as Go's json.Marshal writes it (HTML-safe: < > & escaped,
     U+2028/U+2029 too)."""
@@ -618,7 +617,8 @@ cdef int ob_json_str_go(OutBuf* b, const unsigned char* s, Py_ssize_t n) except 
             else:
                 ob_byte(b, <char>c)
             i += 1
-        elif c == 0xE2 and i + 2 < n and s[i + 1] == 0x80 and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9):
+        elif (c == 0xE2 and i + 2 < n and s[i + 1] == 0x80
+              and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9)):
             ob_write(b, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
             i += 3
         else:
@@ -1030,7 +1030,7 @@ cdef class CarWalker:
     cdef int push(self, bytes cid, bytes prev) except -1:
         """Put the node `cid` on the path, and its leftmost descendants after it."""
         cdef Item it
-        cdef Py_ssize_t n, e, l, start, end
+        cdef Py_ssize_t n, e, left, start, end
         cdef const unsigned char* s
         cdef _Frame f
         while True:
@@ -1044,8 +1044,8 @@ cdef class CarWalker:
                 if cb_skip(s, 0, n, 0) != n:
                     raise CarFormatError("has bytes after its value")
                 e = cb_find(s, 0, n, "e")
-                l = cb_find(s, 0, n, "l")
-                if e < 0 or l < 0:
+                left = cb_find(s, 0, n, "l")
+                if e < 0 or left < 0:
                     raise CarFormatError("is not an MST node {l, e}")
                 cb_head(s, e, n, &it)
                 if it.major != 4:
@@ -1061,14 +1061,14 @@ cdef class CarWalker:
             f.left = it.arg
             f.key = b""
             self.stack.append(f)
-            cb_head(s, l, n, &it)
+            cb_head(s, left, n, &it)
             if it.major == 7 and it.arg == 22:
                 return 0
             if it.major != 6:
                 raise CarFormatError(f"block {cid_str(cid)} ({what}) has an `l` that is "
                                      "not a link")
             start = 0
-            end = cb_link(s, l + it.head, n, &start)
+            end = cb_link(s, left + it.head, n, &start)
             cid = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
 
     cdef bytes next_key(self):

@@ -1,5 +1,6 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-# cython: initializedcheck=False, auto_pickle=False
+# cython: language_level=3, auto_pickle=False
+# Checks stay on module-wide; functions audited for C division or unchecked indexing say so
+# with their own decorator.
 """skyexport's compiled core: rows of the export SELECT in, bytes of posts.json / .jsonl /
 .csv out, per ../shared/FORMAT.md.
 
@@ -10,9 +11,12 @@ sees everything at once and can inline across them):
     _time.pxi     reading stored timestamps, rendering RFC 3339
     _json.pxi     JSON string escaping, validating and re-indenting stored JSON
     _csv.pxi      Go's CSV quoting, the MediaFiles column
+    _rows.pxi     the column layout, cells, RowSource (what Writer.encode reads) and
+                  TupleRows (a RowSource over Python tuples)
+    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h);
+                  read_cell, the one SQLite cell decoder
     _filter.pxi   --since/--until as SQL functions; parsing the bounds
-    _writer.pxi   Writer: the per-row encoders and the batch loops
-    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h)
+    _writer.pxi   Writer: the per-row encoders and the batch loop
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
     _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
 
@@ -41,9 +45,10 @@ include "_buffer.pxi"
 include "_time.pxi"
 include "_json.pxi"
 include "_csv.pxi"
+include "_rows.pxi"
+include "_sqlite.pxi"
 include "_filter.pxi"
 include "_writer.pxi"
-include "_sqlite.pxi"
 include "_pipe.pxi"
 include "_car.pxi"
 
@@ -127,4 +132,3 @@ def rename_noreplace(src, dst):
         raise NotImplementedError("renameat2(RENAME_NOREPLACE) unsupported here")
     raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
                   os.fsdecode(dst))
-

@@ -196,6 +196,7 @@ cdef bint _number_overflows(const unsigned char* s, Py_ssize_t n):
     return False
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef object _prune_deep(bytes raw):
     """`raw` (valid JSON) with every container that opens inside MEDIA_FIELDS_DEPTH others
     replaced by `null`, or None when it nests less than PRUNE_FROM deep (nothing to do)."""

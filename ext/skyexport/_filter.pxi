@@ -1,5 +1,109 @@
 # Date filters compare instants (FORMAT.md, Row selection): SQLite calls these per row, as
 # functions registered on the connection, so the COUNT and the SELECT agree exactly.
+# Where the core is loaded into the connection they are C functions (register_filters);
+# InstantRange and is_bad_stamp are the same tests as Python callables, for the cursor
+# row source (a SQLite that refuses extensions).
+
+cdef struct Bounds:
+    int64_t lo_s
+    int lo_ns
+    int64_t hi_s
+    int hi_ns
+
+
+cdef bint value_stamp(sqlite3_value* v, Stamp* st) noexcept nogil:
+    """Parse a created_at value as SQLite holds it; NULL is Go's zero time, a number is
+    read as its text (as the cursor source's str() of it would be)."""
+    cdef int t = sx_value_type(v)
+    cdef const unsigned char* p
+    if t == SQLITE_NULL:
+        zero_stamp(st)
+        return True
+    if t == SQLITE_INTEGER or t == SQLITE_FLOAT:
+        p = sx_value_text(v)
+    else:
+        p = <const unsigned char*>sx_value_blob(v)
+    if p == NULL:
+        return parse_stamp(<const unsigned char*>b"", 0, st)
+    return parse_stamp(p, sx_value_bytes(v), st)
+
+
+cdef inline bint stamp_in(const Stamp* st, const Bounds* b) noexcept nogil:
+    cdef int64_t s = stamp_seconds(st)
+    if s < b.lo_s or (s == b.lo_s and st.nsec < b.lo_ns):
+        return False
+    if s > b.hi_s or (s == b.hi_s and st.nsec > b.hi_ns):
+        return False
+    return True
+
+
+cdef void sql_in_range(sqlite3_context* ctx, int argc, sqlite3_value** argv) noexcept nogil:
+    cdef Stamp st
+    cdef const Bounds* b = <const Bounds*>sx_user_data(ctx)
+    sx_result_int(ctx, 1 if value_stamp(argv[0], &st) and stamp_in(&st, b) else 0)
+
+
+cdef void sql_bad_stamp(sqlite3_context* ctx, int argc, sqlite3_value** argv) noexcept nogil:
+    cdef Stamp st
+    sx_result_int(ctx, 0 if value_stamp(argv[0], &st) else 1)
+
+
+cdef void sql_true(sqlite3_context* ctx, int argc, sqlite3_value** argv) noexcept nogil:
+    """skyexport_true(x): x as the writer reads a boolean column (has_media), so that the
+    media query and the encoder decide has_media by one rule (bool_value)."""
+    cdef Cell c
+    value_cell(argv[0], &c)
+    sx_result_int(ctx, 1 if bool_value(&c) else 0)
+
+
+def is_true(value):
+    """skyexport_true for the cursor row source: bool_value of a Python value."""
+    cdef Cell c
+    if value is None:
+        c.kind = K_NULL
+    elif type(value) is int or type(value) is bool:
+        c.kind = K_INT
+        c.i = PyLong_AsLongLong(value)
+    elif type(value) is float:
+        c.kind = K_FLOAT
+        c.d = value
+    else:
+        if type(value) is str:
+            value = (<str>value).encode("utf-8", "surrogateescape")
+        elif type(value) is not bytes:
+            value = str(value).encode()
+        c.kind = K_BYTES
+        c.p = <const unsigned char*>PyBytes_AS_STRING(value)
+        c.n = PyBytes_GET_SIZE(value)
+    return 1 if bool_value(&c) else 0
+
+
+cdef void free_bounds(void* p) noexcept nogil:
+    PyMem_RawFree(p)
+
+
+def register_filters(conn, since, until):
+    """Register `skyexport_in_range(created_at)` for [since, until] (either None),
+    `skyexport_bad_stamp(created_at)` and `skyexport_true(has_media)` as C functions on
+    `conn`, an APSW connection this module is loaded into as an extension."""
+    if not sx_ready():
+        raise RuntimeError("the SQLite API table is not loaded (load this module as an "
+                           "extension first)")
+    cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+    cdef Bounds* b = <Bounds*>PyMem_RawMalloc(sizeof(Bounds))
+    if b == NULL:
+        raise MemoryError()
+    b.lo_s, b.lo_ns = since if since is not None else (INT64_MIN, 0)
+    b.hi_s, b.hi_ns = until if until is not None else (INT64_MAX, 999999999)
+    cdef int rc = sx_create_function(db, b"skyexport_in_range", 1, b, sql_in_range,
+                                     free_bounds)   # frees b itself if this fails
+    if rc == SQLITE_OK:
+        rc = sx_create_function(db, b"skyexport_bad_stamp", 1, NULL, sql_bad_stamp, NULL)
+    if rc == SQLITE_OK:
+        rc = sx_create_function(db, b"skyexport_true", 1, NULL, sql_true, NULL)
+    if rc != SQLITE_OK:
+        raise sqlite_error(db, rc)
+
 
 cdef bint stamp_of(object v, Stamp* st) except -1:
     """Parse a created_at value as the SELECT hands it over; NULL is Go's zero time."""

@@ -101,7 +101,8 @@ cdef int ob_json_str(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 
                 memcpy(o, b"\\ufffd", 6)
                 o += 6
                 i += 1
-            elif k == 3 and c == 0xE2 and s[i + 1] == 0x80 and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9):
+            elif (k == 3 and c == 0xE2 and s[i + 1] == 0x80
+                  and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9)):
                 memcpy(o, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
                 o += 6
                 i += 3

@@ -8,6 +8,11 @@
 # new arena only while the filled ones hold less than PIPE_BYTES, and an arena takes at
 # most ARENA_ROWS rows and ARENA_BYTES bytes plus one row (a giant row grows its arena,
 # which shrinks back once consumed) - so at most one giant row waits at a time.
+#
+# A value of LEND_BYTES or more is not copied at all: the producer points the cell at
+# SQLite's own memory (K_LENT), publishes the arena with that row as its last one, and
+# steps again only once the consumer has handed every arena back, i.e. has finished with
+# the row.  A 200 MB post then costs SQLite's copy of it and nothing more.
 
 cdef extern from "pipe_sync.h" nogil:
     ctypedef struct sx_sync:
@@ -25,6 +30,7 @@ cdef enum:
     ARENA_BYTES = 1 << 19
     PIPE_BYTES = 1 << 20    # row bytes the filled arenas may hold before the producer waits
     WAIT_MS = 50            # how often a waiting thread looks at signals / cancellation
+    LEND_BYTES = 1 << 21    # values this big are lent from SQLite's memory, not copied
 
 
 cdef struct Arena:
@@ -56,45 +62,38 @@ cdef void arena_free(Arena* a) noexcept nogil:
 
 cdef int arena_add_row(Arena* a, sqlite3_stmt* st) except -1 nogil:
     """Copy the statement's current row into the arena (values as offsets into `data`
-    until arena_seal turns them into pointers: `data` may move while it grows)."""
+    until arena_seal turns them into pointers: `data` may move while it grows).  Returns 1
+    when a giant value was lent instead (valid only until the statement steps again)."""
     cdef Cell* c = a.cells + a.nrows * N_COLUMNS
-    cdef int col, t
-    cdef sqlite3_value* v
-    cdef const void* p
+    cdef int col
+    cdef int lent = 0
     cdef Py_ssize_t n, cap
     cdef char* grown
     for col in range(N_COLUMNS):
-        v = sx_column_value(st, col)
-        t = sx_value_type(v)
-        if t == SQLITE_INTEGER:
-            c[col].kind = K_INT
-            c[col].i = sx_value_int64(v)
-        elif t == SQLITE_FLOAT:
-            c[col].kind = K_FLOAT
-            c[col].d = sx_value_double(v)
-        elif t == SQLITE_NULL:
-            c[col].kind = K_NULL
-        else:
-            p = sx_value_blob(v)
-            n = sx_value_bytes(v)
-            if a.data_len + n > a.data_cap:
-                cap = a.data_cap * 2
-                if cap < a.data_len + n:
-                    cap = a.data_len + n
-                grown = <char*>PyMem_RawRealloc(a.data, cap)
-                if grown == NULL:
-                    with gil:
-                        raise MemoryError()
-                a.data = grown
-                a.data_cap = cap
-            if n:
-                memcpy(a.data + a.data_len, p, n)
-            c[col].kind = K_BYTES
-            c[col].i = a.data_len          # offset, until sealed
-            c[col].n = n
-            a.data_len += n
+        read_cell(st, col, &c[col])
+        if c[col].kind != K_BYTES:
+            continue
+        n = c[col].n
+        if n >= LEND_BYTES:
+            c[col].kind = K_LENT         # left in SQLite's memory (p, n as read)
+            lent = 1
+            continue
+        if a.data_len + n > a.data_cap:
+            cap = a.data_cap * 2
+            if cap < a.data_len + n:
+                cap = a.data_len + n
+            grown = <char*>PyMem_RawRealloc(a.data, cap)
+            if grown == NULL:
+                with gil:
+                    raise MemoryError()
+            a.data = grown
+            a.data_cap = cap
+        if n:
+            memcpy(a.data + a.data_len, c[col].p, n)
+        c[col].i = a.data_len            # offset, until sealed
+        a.data_len += n
     a.nrows += 1
-    return 0
+    return lent
 
 
 cdef void arena_seal(Arena* a) noexcept nogil:
@@ -102,14 +101,17 @@ cdef void arena_seal(Arena* a) noexcept nogil:
     for k in range(a.nrows * N_COLUMNS):
         if a.cells[k].kind == K_BYTES:
             a.cells[k].p = <const unsigned char*>a.data + a.cells[k].i
+        elif a.cells[k].kind == K_LENT:
+            a.cells[k].kind = K_BYTES
 
 
 @cython.final
 @cython.auto_pickle(False)
-cdef class RowPipe:
-    """Steps `stmt` on a thread of its own (start()) and hands its rows, in order, to
-    Writer.encode_pipe.  close() stops the thread and must run before the statement is
-    finalized; it is called by the Archive on every path."""
+cdef class RowPipe(RowSource):
+    """Steps `stmt` on a thread of its own (start()) and hands its rows, in order, as a
+    RowSource.  close() stops the thread - interrupting a step in progress, such as a long
+    sort - and must run before the statement is finalized; the Archive calls it on every
+    path."""
     cdef Statement stmt
     cdef Arena arenas[PIPE_ARENAS]
     cdef sx_sync sync
@@ -117,6 +119,7 @@ cdef class RowPipe:
     cdef int head, tail, filled
     cdef Py_ssize_t held             # data bytes in the filled arenas
     cdef bint filling                # the producer holds a partly filled arena `head`
+    cdef bint lending                # a published row points into SQLite's memory
     cdef bint producer_done, cancel
     cdef Py_ssize_t cursor           # next row to encode in arena `tail`
     cdef object error                # an exception the producer met, re-raised in order
@@ -148,6 +151,10 @@ cdef class RowPipe:
         with nogil:
             sx_lock(&self.sync)
             self.cancel = True
+            if not self.producer_done and self.thread is not None:
+                # The producer may be inside one long step (a sort of a million keys):
+                # make SQLite return from it now, not when the step ends.
+                self.stmt.interrupt()
             sx_broadcast(&self.sync)
             sx_unlock(&self.sync)
         if self.thread is not None:
@@ -172,6 +179,7 @@ cdef class RowPipe:
                 sx_broadcast(&self.sync)
                 sx_unlock(&self.sync)
 
+    @cython.cdivision(True)   # audited: C division, as written
     cdef void publish(self, Arena* a) noexcept nogil:
         """Hand the arena being filled to the consumer."""
         arena_seal(a)
@@ -185,12 +193,13 @@ cdef class RowPipe:
 
     cdef int produce(self) except -1 nogil:
         cdef Arena* a
-        cdef int rc
+        cdef int rc, lent
         while True:
             sx_lock(&self.sync)
-            while (self.filled == PIPE_ARENAS or (self.filled and self.held >= PIPE_BYTES)) \
-                    and not self.cancel:
+            while (self.filled == PIPE_ARENAS or (self.filled and self.held >= PIPE_BYTES)
+                   or (self.lending and self.filled)) and not self.cancel:
                 sx_wait_ms(&self.sync, WAIT_MS)
+            self.lending = False             # every arena is back: the lent row is done
             if self.cancel:
                 sx_unlock(&self.sync)
                 return 0
@@ -200,16 +209,22 @@ cdef class RowPipe:
             a.nrows = 0
             a.data_len = 0
             rc = 1
+            lent = 0
             while a.nrows < ARENA_ROWS and a.data_len < ARENA_BYTES:
                 rc = self.stmt.step()        # raises (with the GIL) on an SQLite error
                 if rc == 0:
                     break
-                arena_add_row(a, self.stmt.stmt)
+                lent = arena_add_row(a, self.stmt.stmt)
+                if lent:
+                    break                    # not one step more until it is consumed
+            if lent:
+                self.lending = True          # only this thread reads or writes it
             self.publish(a)
             if rc == 0:
                 return 0
 
-    cdef Cell* next_row(self) except NULL nogil:
+    @cython.cdivision(True)   # audited: C division, as written
+    cdef const Cell* next_row(self) except NULL nogil:
         """The next row's cells, or a pointer to a cell of kind -1 at the end.  Waits for
         the producer; checks for signals (Ctrl-C) while waiting."""
         cdef Arena* a
@@ -247,7 +262,3 @@ cdef class RowPipe:
             sx_unlock(&self.sync)
             with gil:
                 PyErr_CheckSignals()
-
-
-cdef Cell _END_OF_ROWS
-_END_OF_ROWS.kind = -1

@@ -7,6 +7,9 @@ cdef extern from "sqlite_glue.h" nogil:
         pass
     ctypedef struct sqlite3_value:
         pass
+    ctypedef struct sqlite3_context:
+        pass
+    ctypedef void (*sx_sql_fn)(sqlite3_context*, int, sqlite3_value**) noexcept nogil
     ctypedef long long sqlite3_int64
     enum:
         SQLITE_OK, SQLITE_ROW, SQLITE_DONE
@@ -21,11 +24,9 @@ cdef extern from "sqlite_glue.h" nogil:
     int sx_reset(sqlite3_stmt* st)
     int sx_finalize(sqlite3_stmt* st)
     int sx_column_count(sqlite3_stmt* st)
-    int sx_column_type(sqlite3_stmt* st, int i)
-    sqlite3_int64 sx_column_int64(sqlite3_stmt* st, int i)
-    double sx_column_double(sqlite3_stmt* st, int i)
-    const void* sx_column_blob(sqlite3_stmt* st, int i)
     int sx_column_bytes(sqlite3_stmt* st, int i)
+    sqlite3_int64 sx_column_int64(sqlite3_stmt* st, int i)
+    const unsigned char* sx_column_text(sqlite3_stmt* st, int i)
     sqlite3_value* sx_column_value(sqlite3_stmt* st, int i)
     int sx_value_type(sqlite3_value* v)
     sqlite3_int64 sx_value_int64(sqlite3_value* v)
@@ -34,6 +35,12 @@ cdef extern from "sqlite_glue.h" nogil:
     int sx_value_bytes(sqlite3_value* v)
     const char* sx_errmsg(sqlite3* db)
     int sx_extended_errcode(sqlite3* db)
+    void sx_interrupt(sqlite3* db)
+    int sx_create_function(sqlite3* db, const char* name, int nargs, void* data,
+                           sx_sql_fn fn, void (*destroy)(void*) noexcept nogil)
+    void* sx_user_data(sqlite3_context* c)
+    void sx_result_int(sqlite3_context* c, int v)
+    const unsigned char* sx_value_text(sqlite3_value* v)
 
 
 EXTENSION_ENTRY_POINT = "skyexport_sqlite_init"
@@ -45,6 +52,18 @@ def direct_ready():
     return bool(sx_ready())
 
 
+cdef int number_as_text(sqlite3_stmt* st, int col, const unsigned char** p,
+                        Py_ssize_t* n) except -1 nogil:
+    """A number stored in a text column, as SQLite's CAST(x AS TEXT) gives it: the cursor
+    row source casts those columns in SQL, the direct ones read the same text here."""
+    p[0] = sx_column_text(st, col)
+    n[0] = sx_column_bytes(st, col)
+    if p[0] == NULL:
+        with gil:
+            raise MemoryError()
+    return 0
+
+
 cdef object sqlite_error(sqlite3* db, int rc):
     """The APSW exception SQLite's code maps to, with SQLite's message."""
     cdef int code = sx_extended_errcode(db) if db != NULL else rc
@@ -54,10 +73,45 @@ cdef object sqlite_error(sqlite3* db, int rc):
     return exc
 
 
+cdef void value_cell(sqlite3_value* v, Cell* c) noexcept nogil:
+    """An SQLite value as a cell pointing into SQLite's own memory.  TEXT and BLOB are read
+    as their bytes (no conversion; NULs and invalid UTF-8 kept)."""
+    cdef int t = sx_value_type(v)
+    if t == SQLITE_INTEGER:
+        c.kind = K_INT
+        c.i = sx_value_int64(v)
+    elif t == SQLITE_FLOAT:
+        c.kind = K_FLOAT
+        c.d = sx_value_double(v)
+    elif t == SQLITE_NULL:
+        c.kind = K_NULL
+    else:
+        c.kind = K_BYTES
+        c.p = <const unsigned char*>sx_value_blob(v)
+        c.n = sx_value_bytes(v)
+        if c.p == NULL:          # a zero-length value
+            c.p = <const unsigned char*>b""
+
+
+cdef int read_cell(sqlite3_stmt* st, int col, Cell* c) except -1 nogil:
+    """The one cell decoder: column `col` of the current row (valid until the next step),
+    as value_cell reads it, except that a number in a text column is read as SQLite's
+    text of it (CAST(x AS TEXT))."""
+    cdef sqlite3_value* v = sx_column_value(st, col)
+    cdef int t = sx_value_type(v)
+    if (t == SQLITE_INTEGER or t == SQLITE_FLOAT) and TEXT_COLUMN[col]:
+        c.kind = K_BYTES
+        number_as_text(st, col, &c.p, &c.n)
+    else:
+        value_cell(v, c)
+    return 0
+
+
 @cython.final
 @cython.auto_pickle(False)
-cdef class Statement:
-    """One prepared SELECT on an APSW connection, stepped by Writer.encode_stmt.
+cdef class Statement(RowSource):
+    """One prepared SELECT on an APSW connection; as a RowSource, stepped on the thread
+    that encodes (a RowPipe steps it on a thread of its own instead).
 
     Invariant: `stmt` is NULL or a live statement of `conn`; `close()` finalizes it and
     must run before the connection closes (the Archive does this)."""
@@ -65,6 +119,7 @@ cdef class Statement:
     cdef sqlite3_stmt* stmt
     cdef object conn
     cdef readonly bint done
+    cdef Cell row[N_COLUMNS]
 
     def __init__(self, conn, str sql, args=()):
         self.close()
@@ -125,3 +180,16 @@ cdef class Statement:
             if PyErr_Occurred() == NULL:
                 raise sqlite_error(self.db, rc)
         return -1
+
+    cdef const Cell* next_row(self) except NULL nogil:
+        cdef int col
+        if self.step() == 0:
+            return &_END_OF_ROWS
+        for col in range(N_COLUMNS):
+            read_cell(self.stmt, col, &self.row[col])
+        return self.row
+
+    cdef void interrupt(self) noexcept nogil:
+        """Make a step running on another thread return SQLITE_INTERRUPT soon."""
+        if self.db != NULL:
+            sx_interrupt(self.db)

@@ -23,6 +23,7 @@ cdef inline int num2(const unsigned char* p) noexcept nogil:
     return -1
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef inline int days_in_month(int year, int month) noexcept nogil:
     if month == 2:
         if (year % 4 == 0 and year % 100 != 0) or year % 400 == 0:
@@ -59,6 +60,7 @@ cdef bint parse_hms(const unsigned char* p, Stamp* st, bint seconds) noexcept no
     return p[5] == b':' and 0 <= st.second <= 59
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef Py_ssize_t parse_fraction(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                                Stamp* st) noexcept nogil:
     """An optional `.digits` at s[i]; digits past the ninth are dropped.  Returns the new
@@ -158,6 +160,7 @@ cdef inline void zero_stamp(Stamp* st) noexcept nogil:
     st.hour = st.minute = st.second = st.nsec = st.offset = 0
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef int64_t days_from_civil(int y, int m, int d) noexcept nogil:
     """Days since 1970-01-01 in the proleptic Gregorian calendar (Howard Hinnant's)."""
     if m <= 2:
@@ -176,11 +179,13 @@ cdef inline int64_t stamp_seconds(const Stamp* st) noexcept nogil:
             + st.hour * 3600 + st.minute * 60 + st.second - st.offset)
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef inline void put2(char* p, int v) noexcept nogil:
     p[0] = <char>(48 + v // 10)
     p[1] = <char>(48 + v % 10)
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef int ob_stamp(OutBuf* b, const Stamp* st, bint nanos) except -1 nogil:
     """Go's RFC3339Nano (nanos=True) or RFC3339 in the value's own offset."""
     ob_reserve(b, 36)

@@ -1,32 +1,10 @@
-# The writer: takes rows one at a time - from the SQLite statement directly (encode_stmt,
-# the fast path) or from any iterator of tuples such as an APSW cursor (encode) - puts each
-# row's 17 values into C cells, encodes them straight into the output buffer, and hands the
-# buffer to a sink (the data file's writer thread) at a fixed size.
-
-# Column positions in the SELECT that skyexport.archive builds (_columns there).
-cdef enum:
-    C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_HAS_MEDIA, C_LIKES, C_REPOSTS
-    C_REPLIES, C_QUOTES, C_IS_REPLY, C_REPLY_PARENT, C_EMBED_TYPE, C_EMBED_DATA, C_LABELS
-    C_ARCHIVED, N_COLUMNS
+# The writer: takes rows one at a time from a RowSource (_rows.pxi) - the SQLite statement
+# stepped directly or on its own thread, or any iterable of tuples - as C cells, encodes
+# them straight into the output buffer, and hands the buffer to a sink (the data file's
+# writer thread) at a fixed size.
 
 cdef enum:
     FMT_JSON, FMT_JSONL, FMT_CSV
-
-# A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).
-cdef enum:
-    K_NULL, K_INT, K_FLOAT, K_BYTES
-
-cdef struct Cell:
-    int kind
-    int64_t i
-    double d
-    const unsigned char* p      # K_BYTES: the value's bytes (borrowed, valid for this row)
-    Py_ssize_t n
-
-# Field names as the archive calls them (for bad-value messages).
-COLUMN_NAMES = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
-                "like_count", "repost_count", "reply_count", "quote_count", "is_reply",
-                "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
 
 CSV_HEADER = (b"\xef\xbb\xbfURI,CID,DID,Text,CreatedAt,LikeCount,RepostCount,ReplyCount,"
               b"QuoteCount,IsReply,ReplyParent,HasMedia,MediaFiles,EmbedType,IndexedAt\n")
@@ -67,6 +45,7 @@ cdef inline bint is_empty(const Cell* c) noexcept nogil:
     return c.kind == K_NULL or (c.kind == K_BYTES and c.n == 0)
 
 
+@cython.cdivision(True)   # audited: C division, as written
 cdef int64_t count_value(const Cell* c) noexcept nogil:
     """Counts: INTEGER as stored, REAL truncated (clamped to int64), decimal TEXT, else 0."""
     cdef Py_ssize_t i = 0, n
@@ -105,23 +84,6 @@ cdef int64_t count_value(const Cell* c) noexcept nogil:
     return <int64_t>acc
 
 
-cdef bint bool_value(const Cell* c) noexcept nogil:
-    """Booleans: non-zero numbers, or exactly 1 t T TRUE true True."""
-    cdef const unsigned char* s = c.p
-    if c.kind == K_INT:
-        return c.i != 0
-    if c.kind == K_FLOAT:
-        return c.d != 0.0
-    if c.kind != K_BYTES:
-        return False
-    if c.n == 1:
-        return s[0] == b'1' or s[0] == b't' or s[0] == b'T'
-    if c.n == 4:
-        return (memcmp(s, b"TRUE", 4) == 0 or memcmp(s, b"true", 4) == 0
-                or memcmp(s, b"True", 4) == 0)
-    return False
-
-
 cdef object cell_object(const Cell* c):
     """The cell as a Python value (bytes, int, float or None), for the rare slow paths."""
     if c.kind == K_BYTES:
@@ -157,6 +119,13 @@ cdef bytes cell_text(const Cell* c):
     if c.kind == K_FLOAT:
         return sqlite_real_text(c.d)
     return b""
+
+
+# The most of a bad value's bytes handed to `on_bad`: at least 128 characters however it
+# decodes (4 bytes at most each), so a message cut to 80 shows exactly what the whole
+# value's first characters are.
+cdef enum:
+    BAD_VALUE_PREFIX = 512
 
 
 # Stored JSON longer than this is validated before it is written (see json_raw).  Below
@@ -204,7 +173,7 @@ cdef class Writer:
     cdef readonly bint exhausted
 
     def __init__(self, sink, str fmt, *, on_bad, bint collect_media=False,
-                  Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
+                 Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
         if fmt == "json":
             self.fmt = FMT_JSON
         elif fmt == "jsonl":
@@ -265,32 +234,18 @@ cdef class Writer:
             self.flush()
         return self.bytes_written + self.buf.len >= stop
 
-    def encode_stmt(self, Statement stmt, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """The fast path: step `stmt` for up to `max_rows` rows, stopping early once this
-        batch has produced `max_bytes` bytes.  Runs without the GIL except for sink calls
-        and rare values.  Returns the rows encoded; sets `exhausted` at the end."""
+    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
+        """Encode up to `max_rows` rows from `rows` (a RowSource, or any iterable of
+        17-tuples, wrapped in a TupleRows), stopping early once this batch has produced
+        `max_bytes` bytes.  Runs without the GIL except for sink calls, rare values and
+        Python sources.  Returns the rows encoded; sets `exhausted` at the end."""
+        cdef RowSource source = rows if isinstance(rows, RowSource) else TupleRows(rows)
         cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
+        cdef const Cell* r
         with nogil:
             while done < max_rows:
-                if stmt.step() == 0:
-                    self.exhausted = True
-                    break
-                self.fill_from_stmt(stmt.stmt)
-                done += 1
-                if self.row_encoded(stop):
-                    break
-        return done
-
-    def encode_pipe(self, RowPipe pipe, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """Like encode_stmt, with the statement stepped on the pipe's own thread (the
-        default: SQLite and the encoder each get a core)."""
-        cdef long long stop = self.batch_end(max_bytes)
-        cdef Py_ssize_t done = 0
-        cdef Cell* r
-        with nogil:
-            while done < max_rows:
-                r = pipe.next_row()
+                r = source.next_row()
                 if r.kind < 0:
                     self.exhausted = True
                     break
@@ -298,23 +253,6 @@ cdef class Writer:
                 done += 1
                 if self.row_encoded(stop):
                     break
-        return done
-
-    def encode(self, rows, Py_ssize_t max_rows, Py_ssize_t max_bytes):
-        """Like encode_stmt, for rows from an iterator of 17-tuples (an APSW cursor on the
-        same SELECT, or test data)."""
-        cdef long long stop = self.batch_end(max_bytes)
-        cdef Py_ssize_t done = 0
-        it = iter(rows)
-        while done < max_rows:
-            row = next(it, None)
-            if row is None:
-                self.exhausted = True
-                break
-            keep = self.fill_from_tuple(row)   # holds any converted values alive
-            done += 1
-            if self.row_encoded(stop):
-                break
         return done
 
     def finish(self):
@@ -334,72 +272,18 @@ cdef class Writer:
             return 0
         with gil:
             # A view of our own buffer: the sink copies what it keeps (FileSink into a
-            # pooled buffer), so no block is allocated per flush.
-            self.sink(PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ))
+            # pooled buffer), so no block is allocated per flush.  Released after the call:
+            # a sink that kept it gets an error on use, never bytes that changed or memory
+            # that was freed.
+            view = PyMemoryView_FromMemory(self.buf.data, self.buf.len, PyBUF_READ)
+            try:
+                self.sink(view)
+            finally:
+                view.release()
         self.bytes_written += self.buf.len
         self.buf.len = 0
         # After a giant row, hand the memory back.
         return ob_shrink(&self.buf, self.flush_size + (self.flush_size >> 2) + 4096)
-
-    cdef int fill_from_stmt(self, sqlite3_stmt* st) except -1 nogil:
-        """Point the cells at the current row's values, in SQLite's own memory (valid until
-        the next step).  TEXT is read as its bytes: no conversion, NULs and invalid UTF-8
-        kept."""
-        cdef int col, t
-        cdef Cell* c
-        cdef sqlite3_value* v
-        for col in range(N_COLUMNS):
-            c = &self.row[col]
-            v = sx_column_value(st, col)
-            t = sx_value_type(v)
-            if t == SQLITE_INTEGER:
-                c.kind = K_INT
-                c.i = sx_value_int64(v)
-            elif t == SQLITE_FLOAT:
-                c.kind = K_FLOAT
-                c.d = sx_value_double(v)
-            elif t == SQLITE_NULL:
-                c.kind = K_NULL
-            else:
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>sx_value_blob(v)
-                c.n = sx_value_bytes(v)
-                if c.p == NULL:          # a zero-length value
-                    c.p = <const unsigned char*>b""
-        return 0
-
-    cdef list fill_from_tuple(self, object row):
-        """Point the cells at the tuple's values; returns the list of any values it had to
-        convert (str -> UTF-8 bytes), which the caller keeps alive for the row."""
-        cdef tuple t = <tuple?>row
-        cdef list keep = None
-        cdef Cell* c
-        if len(t) != N_COLUMNS:
-            raise ValueError(f"a row must have {N_COLUMNS} values, not {len(t)}")
-        for col in range(N_COLUMNS):
-            v = t[col]
-            c = &self.row[col]
-            if v is None:
-                c.kind = K_NULL
-            elif type(v) is bytes:
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
-                c.n = PyBytes_GET_SIZE(v)
-            elif type(v) is int or type(v) is bool:
-                c.kind = K_INT
-                c.i = PyLong_AsLongLong(v)
-            elif type(v) is float:
-                c.kind = K_FLOAT
-                c.d = v
-            else:
-                v = (v if type(v) is str else str(v)).encode("utf-8", "surrogateescape")
-                if keep is None:
-                    keep = []
-                keep.append(v)
-                c.kind = K_BYTES
-                c.p = <const unsigned char*>PyBytes_AS_STRING(v)
-                c.n = PyBytes_GET_SIZE(v)
-        return keep
 
     # --- one row ------------------------------------------------------------------------
 
@@ -415,11 +299,15 @@ cdef class Writer:
         return 0
 
     cdef int bad_value(self, int col) except -1 nogil:
-        """Report a bad value; returns only when the policy is to keep it."""
+        """Report a bad value; returns only when the policy is to keep it.  `on_bad` gets at
+        most the first BAD_VALUE_PREFIX bytes of the value's text: a message shows 80
+        characters, and a 200 MB value is never copied to show them."""
+        cdef Cell shown = self.row[col]
+        if shown.kind == K_BYTES and shown.n > BAD_VALUE_PREFIX:
+            shown.n = BAD_VALUE_PREFIX
         with gil:
             uri = cell_object(&self.row[C_URI])
-            self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col],
-                        cell_text(&self.row[col]))
+            self.on_bad(uri if uri is not None else b"", COLUMN_NAMES[col], cell_text(&shown))
         return 0
 
     cdef int key(self, int col) except -1 nogil:
@@ -427,8 +315,9 @@ cdef class Writer:
 
     cdef int text_value(self, const Cell* c, const unsigned char** p,
                         Py_ssize_t* n) except -1 nogil:
-        """A text column's bytes.  The SELECT casts text columns to BLOB, so numbers only
-        arrive through `encode` with odd tuples: those are rendered as Python's str()."""
+        """A text column's bytes.  Every row source hands numbers in text columns over as
+        SQLite's text of them (CAST AS BLOB in the cursor's SELECT, number_as_text in the
+        direct ones), so numbers only arrive through `encode` with odd tuples."""
         if c.kind == K_BYTES:
             p[0] = c.p
             n[0] = c.n
@@ -578,6 +467,7 @@ cdef class Writer:
         cdef int col
         cdef Stamp st
         cdef const Cell* arch
+        cdef const Cell* embed
         for col in range(C_URI, C_TEXT + 1):
             self.csv_cell(col)
             ob_byte(b, b',')
@@ -592,9 +482,13 @@ cdef class Writer:
         ob_byte(b, b',')
         ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         ob_byte(b, b',')
-        if has_media:
+        embed = &self.row[C_EMBED_DATA]
+        # Invalid stored JSON has no media files: a large one is checked in place, never
+        # copied into a bytes object just to be found invalid (media_files checks the rest).
+        if has_media and not (embed.kind == K_BYTES and embed.n > LARGE_JSON
+                              and ob_raw_json(NULL, embed.p, embed.n, 0, False)):
             with gil:
-                v = media_files(cell_object(&self.row[C_EMBED_DATA]))
+                v = media_files(cell_object(embed))
                 self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         ob_byte(b, b',')
         self.csv_cell(C_EMBED_TYPE)

@@ -53,20 +53,17 @@ static inline int sx_step(sqlite3_stmt *st) { return sqlite3_step(st); }
 static inline int sx_reset(sqlite3_stmt *st) { return sqlite3_reset(st); }
 static inline int sx_finalize(sqlite3_stmt *st) { return sqlite3_finalize(st); }
 static inline int sx_column_count(sqlite3_stmt *st) { return sqlite3_column_count(st); }
-static inline int sx_column_type(sqlite3_stmt *st, int i) { return sqlite3_column_type(st, i); }
+static inline int sx_column_bytes(sqlite3_stmt *st, int i) { return sqlite3_column_bytes(st, i); }
 static inline sqlite3_int64 sx_column_int64(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_int64(st, i);
 }
-static inline double sx_column_double(sqlite3_stmt *st, int i)
+/* A number as text by SQLite's own rules (exactly CAST(x AS TEXT)); valid until the next
+ * step.  Only for the rare number stored in a text column. */
+static inline const unsigned char *sx_column_text(sqlite3_stmt *st, int i)
 {
-    return sqlite3_column_double(st, i);
+    return sqlite3_column_text(st, i);
 }
-static inline const void *sx_column_blob(sqlite3_stmt *st, int i)
-{
-    return sqlite3_column_blob(st, i);
-}
-static inline int sx_column_bytes(sqlite3_stmt *st, int i) { return sqlite3_column_bytes(st, i); }
 /* One db-mutex round trip per column (sqlite3_column_value) instead of one per accessor:
  * the sqlite3_value_* readers take no lock.  Safe because nothing else uses the
  * connection while the writer steps it. */
@@ -81,5 +78,20 @@ static inline const void *sx_value_blob(sqlite3_value *v) { return sqlite3_value
 static inline int sx_value_bytes(sqlite3_value *v) { return sqlite3_value_bytes(v); }
 static inline const char *sx_errmsg(sqlite3 *db) { return sqlite3_errmsg(db); }
 static inline int sx_extended_errcode(sqlite3 *db) { return sqlite3_extended_errcode(db); }
+/* SQL functions in C (the date filter): no Python call per row, no GIL on the stepping
+ * thread.  `data` is owned by the connection from here on (freed with `destroy`). */
+typedef void (*sx_sql_fn)(sqlite3_context *, int, sqlite3_value **);
+static inline int sx_create_function(sqlite3 *db, const char *name, int nargs, void *data,
+                                     sx_sql_fn fn, void (*destroy)(void *))
+{
+    return sqlite3_create_function_v2(db, name, nargs, SQLITE_UTF8 | SQLITE_DETERMINISTIC,
+                                      data, fn, 0, 0, destroy);
+}
+static inline void *sx_user_data(sqlite3_context *c) { return sqlite3_user_data(c); }
+static inline void sx_result_int(sqlite3_context *c, int v) { sqlite3_result_int(c, v); }
+static inline const unsigned char *sx_value_text(sqlite3_value *v) { return sqlite3_value_text(v); }
+
+/* Safe from any thread: a running step returns SQLITE_INTERRUPT at its next check. */
+static inline void sx_interrupt(sqlite3 *db) { sqlite3_interrupt(db); }
 
 #endif

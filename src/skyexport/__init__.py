@@ -13,13 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "ImportResult", "OptionError", "OutputError", "VerifyReport", "export",
-    "import_car", "verify", "__version__",
+    "ExportWarning", "ImportResult", "OptionError", "OutputError", "SelectionError",
+    "VerifyReport", "export", "import_car", "verify", "__version__",
 ]
 
 _WHERE = {
     "ArchiveError": "errors", "BadValueError": "errors", "ExportError": "errors",
-    "OptionError": "errors", "OutputError": "errors",
+    "OptionError": "errors", "OutputError": "errors", "SelectionError": "errors",
     "ExportResult": "job", "ExportWarning": "job", "export": "job",
     "VerifyReport": "manifest", "verify": "manifest",
     "ExportProgress": "progress",
@@ -29,7 +29,14 @@ _WHERE = {
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .car import ImportResult, import_car
-    from .errors import ArchiveError, BadValueError, ExportError, OptionError, OutputError
+    from .errors import (
+        ArchiveError,
+        BadValueError,
+        ExportError,
+        OptionError,
+        OutputError,
+        SelectionError,
+    )
     from .job import ExportResult, ExportWarning, export
     from .manifest import VerifyReport, verify
     from .progress import ExportProgress

@@ -10,6 +10,7 @@ or bytes.  The column order is the core's (`C_URI`... in ext/skyexport/_writer.p
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -17,19 +18,26 @@ from pathlib import Path
 import apsw
 
 from . import _core
-from ._core import InstantRange, RowPipe, Statement, is_bad_stamp
+from ._core import (
+    InstantRange,
+    RowPipe,
+    RowSource,
+    Statement,
+    TupleRows,
+    is_bad_stamp,
+    is_true,
+    register_filters,
+)
+from ._record import Record
 from .errors import ArchiveError
+from .schema import POST_COLUMNS, POST_COLUMNS_V1
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-REQUIRED_COLUMNS = (
-    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count",
-    "repost_count", "reply_count", "is_reply", "reply_parent", "embed_type", "embed_data",
-    "labels", "archived_at",
-)
+REQUIRED_COLUMNS = POST_COLUMNS_V1   # quote_count is optional (schema v1 lacks it)
 
 # A numeric-affinity column: numbers as they are, text as bytes (see module docstring).
 _NUM = "CASE WHEN typeof({0}) = 'text' THEN CAST({0} AS BLOB) ELSE {0} END"
@@ -37,15 +45,12 @@ _TXT = "CAST({0} AS BLOB)"
 
 # Pages SQLite may keep in memory (negative = KiB): small, so memory stays flat.
 CACHE_KIB = 4096
-# How long a writer holding a lock is waited for (SKYEXPORT_BUSY_TIMEOUT_MS overrides it).
+# How long a writer holding a lock is waited for (the CLI's SKYEXPORT_BUSY_TIMEOUT_MS, or
+# export(_busy_timeout_ms=...), overrides it).  Nothing in the library reads the environment.
 BUSY_TIMEOUT_MS = 10_000
-
-
-def busy_timeout_ms() -> int:
-    """The busy timeout in effect: SKYEXPORT_BUSY_TIMEOUT_MS when it is a whole number
-    of milliseconds >= 0, else BUSY_TIMEOUT_MS."""
-    text = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "")
-    return int(text) if text.strip().isdigit() else BUSY_TIMEOUT_MS
+# Where rows come from (see Archive.row_source); tests switch it here.
+ROW_SOURCES = ("pipe", "direct", "cursor")
+DEFAULT_ROW_SOURCE = "pipe"
 
 
 def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
@@ -66,10 +71,9 @@ def _busy_handler(timeout_ms: int) -> Callable[[int], bool]:
     return handler
 
 
-# has_media is true (ext/skyexport/_writer.pxi, bool_value) - in SQL.
-HAS_MEDIA_TRUE = ("(CASE typeof(has_media) WHEN 'integer' THEN has_media <> 0 "
-                   "WHEN 'real' THEN has_media <> 0 WHEN 'null' THEN 0 "
-                   "ELSE CAST(has_media AS TEXT) IN ('1','t','T','TRUE','true','True') END)")
+# has_media is true, by the writer core's own rule (bool_value), as an SQL function: the
+# media query and the encoder cannot disagree.  Looked up at call time (a test replaces it).
+HAS_MEDIA_TRUE = "skyexport_true(has_media)"
 # SQLite VM steps between progress-handler calls (heartbeat while a step runs long).
 HEARTBEAT_STEPS = 200_000
 
@@ -78,10 +82,7 @@ def _columns(has_quote_count: bool, direct: bool) -> str:
     """The 17 columns in the core's order.  The direct path reads each value's storage
     class and bytes itself; the cursor path needs CASTs so that APSW hands over bytes, not
     str (see the module docstring)."""
-    quote = "quote_count" if has_quote_count else "0"
-    names = ["uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
-             "like_count", "repost_count", "reply_count", quote, "is_reply", "reply_parent",
-             "embed_type", "embed_data", "labels", "archived_at"]
+    names = [c if c != "quote_count" or has_quote_count else "0" for c in POST_COLUMNS]
     if direct:
         return ", ".join(names)
     numeric = {"has_media", "like_count", "repost_count", "reply_count", "quote_count",
@@ -104,25 +105,44 @@ class Archive:
     until `close()`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, row_source: str | None = None,
+                 busy_timeout_ms: int | None = None) -> None:
+        source = row_source or DEFAULT_ROW_SOURCE
+        if source not in ROW_SOURCES:
+            raise ValueError(f"row source must be one of {', '.join(ROW_SOURCES)}, not "
+                             f"{source!r}")
         self.path = Path(path)
-        if not self.path.exists():
+        self.busy_timeout_ms = BUSY_TIMEOUT_MS if busy_timeout_ms is None else busy_timeout_ms
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
             raise ArchiveError(f"archive {self.path} does not exist; pass the path of "
-                               "bskyarchive's archive.db (default ./data/archive.db)")
-        if not self.path.is_file():
+                               "bskyarchive's archive.db (default ./data/archive.db)") from None
+        except PermissionError:
+            raise ArchiveError(f"archive {self.path} cannot be read: permission denied "
+                               f"(directory {_blocking_dir(self.path)} cannot be searched by "
+                               "this user); fix its permissions or run skyexport as a user "
+                               "who can read it") from None
+        except OSError as exc:
+            raise ArchiveError(f"archive {self.path} cannot be opened ({exc.strerror}); "
+                               "check that it exists and is readable") from None
+        if not stat.S_ISREG(st.st_mode):
             raise ArchiveError(f"archive {self.path} is not a file; pass the path of "
                                "bskyarchive's archive.db")
         try:
-            self.conn = apsw.Connection(str(self.path), flags=apsw.SQLITE_OPEN_READONLY)
-            self.conn.set_busy_handler(_busy_handler(busy_timeout_ms()))
-            for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
-                           "query_only = 1"):
-                self.conn.execute(f"PRAGMA {pragma}")
-            cols = {row[1] for row in self.conn.execute("PRAGMA table_info(posts)")}
-            tables = {row[0] for row in self.conn.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+            cols, tables, rowid = self._open(immutable=False)
         except apsw.Error as exc:
-            raise archive_error(self.path, exc) from None
+            self.close()
+            if not _wal_readable_immutable(self.path, exc):
+                raise self.error(exc) from None
+            # A WAL archive in a directory we cannot write, with no -wal file: SQLite
+            # cannot create the -shm it wants, but there is nothing to recover and nobody
+            # can write the archive meanwhile (no -wal can be created): read it immutable.
+            try:
+                cols, tables, rowid = self._open(immutable=True)
+            except apsw.Error as exc2:
+                self.close()
+                raise self.error(exc2) from None
         if "posts" not in tables:
             self.close()
             raise ArchiveError(f"archive {self.path} has no posts table; is it a bskyarchive "
@@ -132,20 +152,44 @@ class Archive:
             self.close()
             raise ArchiveError(f"archive {self.path}: table posts lacks column(s) "
                                f"{', '.join(missing)}; is it a bskyarchive archive?")
+        if not rowid:
+            self.close()
+            raise ArchiveError(f"archive {self.path}: table posts is declared WITHOUT ROWID, "
+                               "which bskyarchive never does; is it a bskyarchive archive? "
+                               "(to export it, copy its rows into an ordinary posts table "
+                               "in a copy of the archive)")
         self.has_quote_count = "quote_count" in cols
         self.has_media_table = "media" in tables
         self.schema_version = 2 if self.has_quote_count else 1
         # Where rows come from: "pipe" (default: the core steps SQLite on a thread of its
-        # own), "direct" (the core steps it on the encoding thread), "cursor" (an APSW
-        # cursor; also what happens where the core cannot load as an extension).
-        self.row_source = os.environ.get("SKYEXPORT_ROW_SOURCE", "pipe")
-        if self.row_source not in ("pipe", "direct", "cursor"):
-            self.row_source = "pipe"
+        # own), "direct" (the core steps the same Statement on the encoding thread: one
+        # core, and the check that both RowSources give the same bytes), "cursor" (an
+        # APSW cursor; also what happens where the core cannot load as an extension).
+        self.row_source = source
         self.direct = self.row_source != "cursor" and self._load_core()
         if not self.direct:
             self.row_source = "cursor"
         self._statements: list[Statement] = []
         self._pipes: list[RowPipe] = []
+
+    def _open(self, immutable: bool) -> tuple[set[str], set[str], bool]:
+        """Open the connection; (posts' columns, table names, posts has a rowid)."""
+        if immutable:
+            name = self.path.resolve().as_uri() + "?immutable=1"
+            flags = apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI
+        else:
+            name, flags = str(self.path), apsw.SQLITE_OPEN_READONLY
+        self.conn = apsw.Connection(name, flags=flags)
+        self.conn.set_busy_handler(_busy_handler(self.busy_timeout_ms))
+        for pragma in (f"cache_size = -{CACHE_KIB}", "temp_store = FILE", "mmap_size = 0",
+                       "query_only = 1"):
+            self.conn.execute(f"PRAGMA {pragma}")
+        cols = {row[1] for row in self.conn.execute("PRAGMA table_info(posts)")}
+        tables = {row[0] for row in self.conn.execute(
+            "SELECT name FROM sqlite_schema WHERE type = 'table'")}
+        # table_list's `wr`: 1 for a WITHOUT ROWID table (the SELECT sorts by rowid).
+        rowid = all(not row[4] for row in self.conn.execute("PRAGMA main.table_list(posts)"))
+        return cols, tables, rowid
 
     def _load_core(self) -> bool:
         """Load the compiled core as an SQLite extension of this connection, so the writer
@@ -182,9 +226,14 @@ class Archive:
             conn.close(True)
             self.conn = None  # type: ignore[assignment]
 
-    def begin(self) -> None:
-        """Start the read transaction the whole export reads from."""
-        self.conn.execute("BEGIN")
+    def error(self, exc: BaseException, where: str = "") -> ArchiveError:
+        """An SQLite error of this archive as one clear line (archive_error)."""
+        return archive_error(self.path, exc, where, self.busy_timeout_ms)
+
+    def snapshot(self, selection: Selection) -> Snapshot:
+        """Open the read transaction every query of one export reads from, for the posts
+        `selection` selects."""
+        return Snapshot(self, selection)
 
     def set_heartbeat(self, callback: Callable[[], None] | None) -> None:
         """Call `callback` every HEARTBEAT_STEPS SQLite VM steps (a long sort, a slow
@@ -197,63 +246,29 @@ class Archive:
                 return False  # False: do not interrupt the query
             self.conn.set_progress_handler(handler, HEARTBEAT_STEPS)
 
-    def _where(self, did: str | None, since: tuple[int, int] | None,
-               until: tuple[int, int] | None) -> tuple[str, list[object]]:
-        clauses: list[str] = []
-        args: list[object] = []
-        if did is not None:
-            # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
-            # always does in a real archive): the did index would force a sort of them all.
-            clauses.append("+did = ?" if self._did_is_common(did) else "did = ?")
-            args.append(did)
-        if since is not None or until is not None:
-            # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
-            # day is within one of the stored day), checked on the created_at index before
-            # any table row is read; the SQL function then decides exactly, by instant.
-            # Let through to the exact test what the prefix cannot judge: text with leading
-            # white space (form 1 trims it) and numbers (both sort before '0-'; not '0',
-            # which the column's NUMERIC affinity would turn into the number 0), BLOBs
-            # (after all text), NULL (Go's zero time).
-            clauses.append("((created_at >= ? AND created_at < ?) OR created_at < '0-' "
-                           "OR created_at >= X'' OR created_at IS NULL)")
-            args.append(_day_before(since, -1) if since is not None else "")
-            args.append(_day_before(until, 2) if until is not None else "\uffff")
-            in_range: Any = InstantRange(since, until)  # APSW's stub wants a plain function
-            self.conn.create_scalar_function("skyexport_in_range", in_range,
-                                             1, deterministic=True)
-            clauses.append("skyexport_in_range(created_at)")
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
-
-    def _did_is_common(self, did: str) -> bool:
-        total = self.count("SELECT count(*) FROM posts", ())
-        mine = self.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
-        return mine * 4 >= total
-
-    def select(self, did: str | None = None, since: tuple[int, int] | None = None,
-               until: tuple[int, int] | None = None) -> tuple[str, str, list[object]]:
-        """(count SQL, rows SQL, bindings) for the export's filter."""
-        where, args = self._where(did, since, until)
-        count_sql = f"SELECT count(*) FROM posts{where}"
-        # The sort (the uri tie-break, or all of it on the did index) holds only the keys
-        # and rowid; each row's values are read once, after it.  Sorting whole rows kept
-        # several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
-        # values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort.
-        rows_sql = (f"SELECT {_columns(self.has_quote_count, self.direct)} FROM "
-                    "(SELECT rowid AS r, created_at AS c, uri AS u FROM posts"
-                    f"{where} ORDER BY created_at DESC, uri ASC LIMIT -1) AS o "
-                    "CROSS JOIN posts ON posts.rowid = o.r ORDER BY o.c DESC, o.u ASC")
-        return count_sql, rows_sql, args
-
-    def count(self, sql: str, args: Sequence[object]) -> int:
+    def count(self, sql: str, args: Sequence[object] = ()) -> int:
         value: Any = self.conn.execute(sql, args).fetchall()[0][0]
         return int(value)
 
-    def rows(self, sql: str, args: Sequence[object]
-             ) -> RowPipe | Statement | Iterator[tuple[object, ...]]:
-        """The export's rows, for Writer.encode_pipe / encode_stmt / encode (see
-        row_source)."""
+    def _register_functions(self, since: tuple[int, int] | None,
+                            until: tuple[int, int] | None) -> None:
+        """skyexport_in_range(created_at), skyexport_bad_stamp(created_at) and
+        skyexport_true(has_media): C functions where the core is loaded into the connection
+        (no Python call per row, nothing for the stepping thread to wait for), else the
+        same tests in Python."""
+        if self.direct:
+            register_filters(self.conn, since, until)
+            return
+        funcs: list[tuple[str, Any]] = [("skyexport_in_range", InstantRange(since, until)),
+                                        ("skyexport_bad_stamp", is_bad_stamp),
+                                        ("skyexport_true", is_true)]
+        for name, fn in funcs:
+            self.conn.create_scalar_function(name, fn, 1, deterministic=True)
+
+    def _statement(self, sql: str, args: Sequence[object]) -> RowSource:
+        """`sql` as a RowSource for Writer.encode (see row_source)."""
         if not self.direct:
-            return self.conn.execute(sql, args)
+            return TupleRows(self.conn.execute(sql, args))
         stmt = Statement(self.conn, sql, list(args))
         self._statements.append(stmt)
         if self.row_source == "direct":
@@ -263,57 +278,211 @@ class Archive:
         pipe.start()
         return pipe
 
-    def bad_created_at(self, did: str | None, limit: int) -> tuple[list[tuple[str, str]], int]:
-        """Posts (of `did`) whose created_at cannot be read: (first `limit` of them, total).
-        Only asked when a date filter leaves them out."""
-        bad_stamp: Any = is_bad_stamp
-        self.conn.create_scalar_function("skyexport_bad_stamp", bad_stamp, 1,
-                                         deterministic=True)
-        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did else "")
-        args = [did] if did else []
-        found = [(str(u), str(c)) for u, c in self.conn.execute(
-            f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
-            [*args, limit])]
-        total = self.count(f"SELECT count(*) FROM posts WHERE {where}", args)
-        return found, total
 
-    def count_media(self, count_sql: str, args: Sequence[object]) -> int:
-        """Media rows of the posts the export selects that have has_media (by the same
-        truth rules as the writer core), counted in the snapshot."""
-        if not self.has_media_table:
+class Selection(Record):
+    """Which posts an export takes: a DID (None: all) and an instant range [since, until]
+    as (unix seconds, nanoseconds), either end open (None).  A value: the SQL for it is
+    built once, by Snapshot."""
+
+    __slots__ = ("did", "since", "until")
+    did: str | None
+    since: tuple[int, int] | None
+    until: tuple[int, int] | None
+
+    def __init__(self, did: str | None = None, since: tuple[int, int] | None = None,
+                 until: tuple[int, int] | None = None) -> None:
+        self._set(did=did, since=since, until=until)
+
+    @property
+    def dated(self) -> bool:
+        return self.since is not None or self.until is not None
+
+
+class Snapshot:
+    """One read transaction of an archive, and the posts one Selection takes from it.
+
+    Every query - the totals, the rows, the media rows, the unreadable dates - reads this
+    same snapshot and the same WHERE clause, built once here: one rule per filter.
+    Invariant: valid until the Archive closes."""
+
+    def __init__(self, arc: Archive, selection: Selection) -> None:
+        self.arc = arc
+        self.selection = selection
+        arc._register_functions(selection.since, selection.until)
+        arc.conn.execute("BEGIN")
+        clauses: list[str] = []
+        args: list[object] = []
+        if selection.did is not None:
+            # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
+            # always does in a real archive): the did index would force a sort of them all.
+            common = self._did_is_common(selection.did)
+            clauses.append("+did = ?" if common else "did = ?")
+            args.append(selection.did)
+        if selection.dated:
+            # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
+            # day is within one of the stored day), checked on the created_at index before
+            # any table row is read; the SQL function then decides exactly, by instant.
+            # Let through to the exact test what the prefix cannot judge: text with leading
+            # white space (form 1 trims it) and numbers (both sort before '0-'; not '0',
+            # which the column's NUMERIC affinity would turn into the number 0), BLOBs
+            # (after all text), NULL (Go's zero time).
+            clauses.append("((created_at >= ? AND created_at < ?) OR created_at < '0-' "
+                           "OR created_at >= X'' OR created_at IS NULL)")
+            args.append(_day_before(selection.since, -1)
+                        if selection.since is not None else "")
+            args.append(_day_before(selection.until, 2)
+                        if selection.until is not None else "\uffff")
+            clauses.append("skyexport_in_range(created_at)")
+        self.where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        self.args = args
+        self._posts_total: int | None = None
+
+    def _did_is_common(self, did: str) -> bool:
+        total = self.arc.count("SELECT count(*) FROM posts")
+        mine = self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
+        return mine * 4 >= total
+
+    def _with_media(self, columns: str) -> str:
+        """The selected posts whose has_media is true (skyexport_true: the writer core's
+        own rule), as a SELECT of `columns`."""
+        where = self.where + (" AND " if self.where else " WHERE ") + HAS_MEDIA_TRUE
+        return f"SELECT {columns} FROM posts{where}"
+
+    @property
+    def posts_total(self) -> int:
+        """The number of posts selected (counted once)."""
+        if self._posts_total is None:
+            self._posts_total = self.arc.count(f"SELECT count(*) FROM posts{self.where}",
+                                               self.args)
+        return self._posts_total
+
+    def did_posts(self, did: str) -> int:
+        """Posts of `did` in the whole archive, whatever the dates."""
+        return self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
+
+    def media_total(self) -> int:
+        """Media rows of the selected posts with has_media."""
+        if not self.arc.has_media_table:
             return 0
-        posts = _with_media(count_sql, "uri")
-        return self.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})", args)
+        posts = self._with_media("uri")
+        return self.arc.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})",
+                              self.args)
 
-    def media_rows(self, count_sql: str, args: Sequence[object]
-                   ) -> Iterator[tuple[bytes, bytes, bytes]]:
-        """(post_uri, hash, file_path) of the media of the posts `count_sql` counts that
-        have has_media, in the export's own order (`created_at DESC, uri ASC`).
+    def rows(self) -> RowSource:
+        """The selected posts in the export's order, as a RowSource.
+
+        The sort (the uri tie-break, or all of it on the did index) holds only the keys
+        and rowid; each row's values are read once, after it.  Sorting whole rows kept
+        several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
+        values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort."""
+        arc = self.arc
+        sql = (f"SELECT {_columns(arc.has_quote_count, arc.direct)} FROM "
+               "(SELECT rowid AS r, created_at AS c, uri AS u FROM posts"
+               f"{self.where} ORDER BY created_at DESC, uri ASC LIMIT -1) AS o "
+               "CROSS JOIN posts ON posts.rowid = o.r ORDER BY o.c DESC, o.u ASC")
+        return arc._statement(sql, self.args)
+
+    def media_rows(self) -> Iterator[tuple[bytes, bytes, bytes]]:
+        """(post_uri, hash, file_path) of the media of the selected posts with has_media,
+        in the export's own order (`created_at DESC, uri ASC`).
 
         One statement for the whole export, merged with the posts batch by batch
         (media.MediaStream): the media table has no index on `post_uri`, so a lookup per
         batch would scan it once per batch.  SQLite searches posts by its primary key per
         media row and sorts the matches once (in a temporary file: temp_store=FILE)."""
-        if not self.has_media_table:
+        if not self.arc.has_media_table:
             return iter(())
-        posts = _with_media(count_sql, "uri, created_at")
-        return self.conn.execute(
+        posts = self._with_media("uri, created_at")
+        return self.arc.conn.execute(
             "SELECT CAST(m.post_uri AS BLOB), CAST(m.hash AS BLOB), CAST(m.file_path AS BLOB) "
             f"FROM ({posts}) AS p JOIN media AS m ON m.post_uri = p.uri "
-            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", args)
+            "ORDER BY p.created_at DESC, p.uri ASC, m.file_path ASC", self.args)
+
+    def bad_created_at(self, limit: int) -> tuple[list[tuple[str, str]], int]:
+        """Posts of the selected DID (all with None) whose created_at cannot be read - the
+        ones a date filter leaves out: (the first `limit` of them, their total)."""
+        did = self.selection.did
+        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
+        args = [did] if did is not None else []
+        # Counted first (without a DID: on the created_at index alone, a fraction of the
+        # table); the posts themselves are looked up only when there are any.
+        total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}", args)
+        if not total:
+            return [], 0
+        found = [(str(u), str(c)) for u, c in self.arc.conn.execute(
+            f"SELECT uri, created_at FROM posts WHERE {where} ORDER BY uri LIMIT ?",
+            [*args, limit])]
+        return found, total
 
 
-def _with_media(count_sql: str, columns: str) -> str:
-    """The export's `SELECT count(*) FROM posts WHERE ...` turned into a SELECT of
-    `columns` of those posts whose has_media is true."""
-    posts = count_sql.replace("SELECT count(*) FROM posts", f"SELECT {columns} FROM posts", 1)
-    # HAS_MEDIA_TRUE is looked up at call time (tests replace it to make SQL disagree).
-    return posts + (" AND " if " WHERE " in posts else " WHERE ") + HAS_MEDIA_TRUE
+# SQLite's extended result codes for a read-only connection that would have to write.
+SQLITE_READONLY_ROLLBACK = 776     # a hot journal needs rolling back
+SQLITE_READONLY_DIRECTORY = 1544   # WAL: the -shm cannot be created in the directory
 
 
-def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveError:
+def _is_wal(path: Path) -> bool:
+    """The database header says WAL mode (file format versions 2)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[:16] == b"SQLite format 3\x00" and \
+        (header[18] == 2 or header[19] == 2)
+
+
+def _companion_size(path: Path, suffix: str) -> int:
+    """Size of `path` + suffix (-wal, -shm, -journal); -1 when there is none."""
+    try:
+        return os.stat(f"{path}{suffix}").st_size
+    except OSError:
+        return -1
+
+
+def _dir_read_only(path: Path) -> bool:
+    return not os.access(os.path.dirname(os.path.abspath(path)) or ".", os.W_OK | os.X_OK)
+
+
+def _wal_readable_immutable(path: Path, exc: apsw.Error) -> bool:
+    """A WAL archive without -shm in a read-only directory and no WAL content to read."""
+    return (isinstance(exc, (apsw.ReadOnlyError, apsw.CantOpenError)) and _is_wal(path)
+            and _companion_size(path, "-shm") < 0 and _companion_size(path, "-wal") <= 0
+            and _dir_read_only(path))
+
+
+def _blocking_dir(path: Path) -> Path:
+    """The nearest directory on the way to `path` this user cannot search."""
+    parent = Path(os.path.abspath(path)).parent
+    chain = [parent, *parent.parents][::-1]
+    for d in chain:
+        if not os.access(d, os.X_OK):
+            return d
+    return parent
+
+
+def archive_error(path: Path, exc: BaseException, where: str = "",
+                  busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> ArchiveError:
     """One clear line for an SQLite failure."""
     at = f" {where}" if where else ""
+    code = getattr(exc, "extendedresult", 0)
+    if isinstance(exc, (apsw.ReadOnlyError, apsw.CantOpenError)):
+        if code == SQLITE_READONLY_ROLLBACK or (code & 0xff == 8 and
+                                               _companion_size(path, "-journal") > 0):
+            return ArchiveError(
+                f"archive {path} has a hot rollback journal ({path.name}-journal): a writer "
+                "crashed mid-transaction and the archive cannot be read until SQLite rolls "
+                "it back, which a read-only export never does; open it once with write "
+                f"access (sqlite3 '{path}' 'PRAGMA quick_check;', or start bskyarchive) in a "
+                "writable directory, then export again")
+        if _is_wal(path) and _companion_size(path, "-shm") < 0 and _dir_read_only(path):
+            return ArchiveError(
+                f"archive {path} is in WAL mode and its directory is read-only, so SQLite "
+                f"cannot create {path.name}-shm to read the changes in {path.name}-wal; make "
+                "the directory writable, or copy the archive with its -wal file to a "
+                "writable directory, then export again")
+    if isinstance(exc, apsw.CantOpenError) and not os.access(path, os.R_OK):
+        return ArchiveError(f"archive {path} cannot be read: permission denied; fix its "
+                            "permissions or run skyexport as a user who can read it")
     if isinstance(exc, apsw.NotADBError):
         return ArchiveError(f"archive {path} is not a SQLite database (or is encrypted); "
                             "pass bskyarchive's archive.db")
@@ -322,7 +491,7 @@ def archive_error(path: Path, exc: BaseException, where: str = "") -> ArchiveErr
                             "backup or run sqlite3 '.recover' on a copy")
     if isinstance(exc, apsw.BusyError):
         return ArchiveError(f"archive {path} is locked by another process{at} and was not "
-                            f"released within {busy_timeout_ms() / 1000:g} s; retry when the "
+                            f"released within {busy_timeout_ms / 1000:g} s; retry when the "
                             "archiver is done")
     if isinstance(exc, apsw.CantOpenError):
         return ArchiveError(f"archive {path} cannot be opened ({exc}); check that it exists "

@@ -116,9 +116,10 @@ class CarRepo:
 
     def __init__(self, path: str | os.PathLike[str], index_dir: str | os.PathLike[str],
                  on_blocks: Callable[[int, int], None] | None = None, *,
-                 verb: str = "imported") -> None:
+                 verb: str = "imported", reader: str = "core") -> None:
         self.path = Path(path)
         self.verb = verb
+        self.reader = reader  # "core" (CarWalker) or "python" (the walker below)
         self.fd = -1
         self.index: apsw.Connection | None = None
         self.index_path: Path | None = None
@@ -174,7 +175,7 @@ class CarRepo:
             con.execute("PRAGMA " + pragma).fetchall()
         con.execute("CREATE TABLE b (k INTEGER NOT NULL, off INTEGER NOT NULL, "
                     "n INTEGER NOT NULL)")
-        self.fast = os.environ.get("SKYEXPORT_CAR_READER") != "python" and _load_core(con)
+        self.fast = self.reader != "python" and _load_core(con)
         hasher = hashlib.sha256()
         scanner = _core.CarScanner(self.fd, start, head, hasher)
         try:
@@ -391,40 +392,41 @@ def _now_sqlite() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
 
-_COLUMNS_V2 = ("uri", "cid", "did", "text", "created_at", "indexed_at", "has_media",
-               "like_count", "repost_count", "reply_count", "quote_count", "is_reply",
-               "reply_parent", "embed_type", "embed_data", "labels", "archived_at")
+def _columns_v2() -> tuple[str, ...]:
+    from .schema import POST_COLUMNS
+
+    return POST_COLUMNS
 
 
 def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True,
               on_chunk: Callable[[], None] | None = None) -> int:
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
     Without `fts`, no full-text table and trigger (an export's temporary archive)."""
-    from .synth import _FTS, _INDEXES, _INSERT_V2, _MEDIA, _POSTS_V2, _TRIGGER
+    from .schema import FTS, INDEXES, INSERT_V2, MEDIA, POSTS_V2, TRIGGER
 
     n = 0
     with con:
-        con.execute(_POSTS_V2)
-        con.execute(_MEDIA)
+        con.execute(POSTS_V2)
+        con.execute(MEDIA)
         if fts:
-            con.execute(_FTS)
+            con.execute(FTS)
         chunk: list[tuple[object, ...]] = []
         for row in repo.post_rows(archived_at):
             chunk.append(row)
             if len(chunk) >= ROW_CHUNK:
-                con.executemany(_INSERT_V2, chunk)
+                con.executemany(INSERT_V2, chunk)
                 n += len(chunk)
                 chunk.clear()
                 if on_chunk is not None:
                     on_chunk()
         if chunk:
-            con.executemany(_INSERT_V2, chunk)
+            con.executemany(INSERT_V2, chunk)
             n += len(chunk)
-        for sql in _INDEXES:
+        for sql in INDEXES:
             con.execute(sql)
         if fts:
             con.execute("INSERT INTO posts_fts(posts_fts) VALUES('rebuild')")
-            con.execute(_TRIGGER)
+            con.execute(TRIGGER)
     return n
 
 
@@ -491,11 +493,12 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
         if not cols:
             raise ArchiveError(f"archive {final} has no posts table; --merge needs a "
                                "bskyarchive archive")
-        use = [i for i, c in enumerate(_COLUMNS_V2) if c in cols]
-        if len(use) < len(_COLUMNS_V2) - 1 or "uri" not in cols:
+        columns = _columns_v2()
+        use = [i for i, c in enumerate(columns) if c in cols]
+        if len(use) < len(columns) - 1 or "uri" not in cols:
             raise ArchiveError(f"archive {final}: table posts lacks bskyarchive's columns; "
                                "--merge needs a bskyarchive archive")
-        names = ", ".join(_COLUMNS_V2[i] for i in use)
+        names = ", ".join(columns[i] for i in use)
         sql = (f"INSERT INTO posts ({names}) SELECT {', '.join('?' * len(use))} "
                "WHERE NOT EXISTS (SELECT 1 FROM posts WHERE uri = ?1)")
         total = added = 0
@@ -523,13 +526,15 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
 
 def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
                "data/archive.db", *, merge: bool = False,
-               on_blocks: Callable[[int, int], None] | None = None) -> ImportResult:
+               on_blocks: Callable[[int, int], None] | None = None,
+               reader: str = "core") -> ImportResult:
     """Import the posts of the repository CAR `car` into `archive` (CAR.md, `import`).
 
     Without `merge` the archive must not exist: it is built under a temporary name and
     renamed into place when complete.  With `merge`, posts whose uri is not in the
     existing archive are added in one transaction; nothing else changes.  Raises
-    ArchiveError (one line) when the CAR cannot be read; nothing is imported then."""
+    ArchiveError (one line) when the CAR cannot be read; nothing is imported then.
+    `reader="python"` walks the MST in Python rather than in the core (for tests)."""
     started = time.monotonic()
     final = Path(archive)
     if merge:
@@ -549,7 +554,7 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
             raise OptionError(f"cannot create {parent} for the archive: "
                               f"{exc.strerror}") from None
     try:
-        with CarRepo(car, parent, on_blocks) as repo:
+        with CarRepo(car, parent, on_blocks, reader=reader) as repo:
             if merge:
                 posts, added = _merge(repo, final, _now_sqlite())
             else:
@@ -567,8 +572,8 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
 
 # --- info -------------------------------------------------------------------------------
 
-def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None = None
-             ) -> dict[str, object]:
+def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None = None,
+             *, reader: str = "core") -> dict[str, object]:
     """What `skyexport info REPO.car` prints, as a dict."""
     import tempfile
 
@@ -581,7 +586,7 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
         home = Path(car).resolve().parent
         index_dir = home if os.access(home, os.W_OK | os.X_OK) else tempfile.gettempdir()
     with tempfile.TemporaryDirectory(prefix=".skyexport-info-", dir=index_dir) as tmp, \
-            CarRepo(car, tmp, verb="") as repo:
+            CarRepo(car, tmp, verb="", reader=reader) as repo:
         for row in repo.post_rows(""):
             posts += 1
             created = row[4]

@@ -1,4 +1,4 @@
-"""The `skyexport` command: export, import, info, verify, synth, demo.
+"""The `skyexport` command: export, import, info, verify, synth, demo, completion.
 
 Results go to stdout (the last line of `export` is the export directory), progress and
 errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 0, 1, 2, 130, 143
 
 
-class _Formatter(argparse.HelpFormatter):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
     """argparse's formatter, told the terminal width up front: asking for it itself, it
-    imports shutil on every add_argument, a tenth of a small export's whole time."""
+    imports shutil on every add_argument, a tenth of a small export's whole time.  The
+    epilog (the examples) is printed as written."""
 
     def __init__(self, prog: str) -> None:
         try:
@@ -36,15 +37,47 @@ class _Formatter(argparse.HelpFormatter):
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in two lines, the usage joined into one (argparse wraps it over many),
-    then the error: `stderr` stays greppable, as for every other failure."""
+    then the error: `stderr` stays greppable, as for every other failure.  An unknown
+    option gets a suggestion (`--sinse`: did you mean `--since`?)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        # No abbreviations: `--med` working today would break scripts the day another
+        # --med... option appears.  A typo gets a suggestion instead.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         usage = " ".join(self.format_usage().split())
         self.exit(EXIT_USAGE, f"{usage}\n{self.prog}: error: {message}\n")
+
+    def unknown(self, extras: list[str]) -> NoReturn:
+        """Arguments this (sub)command does not take, with the closest option named."""
+        import difflib
+
+        options = [o for action in self._actions for o in action.option_strings
+                   if o.startswith("--")]
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], options, n=1,
+                                                  cutoff=0.6)
+                if close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        self.error(message)
+
+
+class _Once(argparse.Action):
+    """An option that may be given once: a second value is a usage error, never a silent
+    "last one wins"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(f"{option_string} given twice ({getattr(namespace, self.dest)} and "
+                         f"{values}); give it once")
+        setattr(namespace, self.dest, values)
 
 
 class _Terminated(BaseException):
@@ -65,16 +98,59 @@ def _positive_int(text: str) -> int:
     return value
 
 
+EXPORT_EXAMPLES = """\
+examples:
+  skyexport export                                  # data/archive.db -> exports/<time>/
+  skyexport export archive.db -f csv -o ~/backup    # Excel-friendly CSV
+  skyexport export archive.db -f jsonl --since 2024-01-01 --until 2024-06-30 -q
+  skyexport export archive.db --media --media-root ~/bskyarchive
+"""
+VERIFY_EXAMPLES = """\
+examples:
+  skyexport verify exports/2024-06-01_10-00-00
+  skyexport verify "$(skyexport export -q)"         # export, then check it
+"""
+SYNTH_EXAMPLES = """\
+examples:
+  skyexport synth /tmp/big.db --posts 1000000
+  skyexport synth /tmp/m/archive.db --posts 5000 --media --dids 3
+"""
+DEMO_EXAMPLES = """\
+examples:
+  skyexport demo                                    # 50,000 posts in a temporary directory
+  skyexport demo --posts 200000 --keep
+  skyexport demo --output ./demo                    # a new directory, kept
+"""
+INFO_EXAMPLES = """\
+examples:
+  skyexport info data/archive.db
+  skyexport info data/archive.db --json | jq '.dids[0]'
+  skyexport info repo.car                           # a Bluesky repository export
+"""
+IMPORT_EXAMPLES = """\
+examples:
+  skyexport import repo.car                         # a new data/archive.db
+  skyexport import repo.car --archive data/archive.db --merge
+"""
+COMPLETION_EXAMPLES = """\
+examples:
+  source <(skyexport completion bash)               # this shell
+  skyexport completion bash > ~/.local/share/bash-completion/completions/skyexport
+  skyexport completion zsh > "${fpath[1]}/_skyexport"
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="skyexport",
-        description="Export bskyarchive post archives to JSON, CSV or JSON Lines, "
-                    "byte-exact and in flat memory.")
-    p.add_argument("--version", action="version", version=f"skyexport {_version()}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+        description="Export Bluesky post archives (the SQLite files bskyarchive writes) to "
+                    "JSON, CSV or JSON Lines, byte-exact and in flat memory.",
+        epilog="Run `skyexport COMMAND --help` for a command's options and examples.")
+    p.add_argument("--version", "-V", action="version", version=f"skyexport {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    e = sub.add_parser("export", help="export an archive's posts",
+    e = sub.add_parser("export", help="export an archive's posts", epilog=EXPORT_EXAMPLES,
                        description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
                                    "directory; the last line printed is its path.")
     e.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
@@ -83,12 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="posts.json (default), posts.csv or posts.jsonl")
     e.add_argument("--output", "-o", default="exports", metavar="DIR",
                    help="where export directories are created (default: ./exports)")
-    e.add_argument("--did", help="only posts of this DID")
-    e.add_argument("--since", metavar="DATE", help="only posts created at or after DATE "
-                   "(YYYY-MM-DD or RFC 3339, e.g. 2024-01-31T10:00:00Z)")
-    e.add_argument("--until", metavar="DATE", help="only posts created at or before DATE "
-                   "(a bare date includes the whole day, UTC)")
-    e.add_argument("--media", action="store_true", help="copy the posts' media files")
+    e.add_argument("--did", action=_Once, help="only posts of this DID (once; `skyexport "
+                   "info` lists an archive's DIDs)")
+    e.add_argument("--since", action=_Once, metavar="DATE",
+                   help="only posts created at or after DATE (YYYY-MM-DD or RFC 3339, e.g. "
+                        "2024-01-31T10:00:00Z; no zone = UTC)")
+    e.add_argument("--until", action=_Once, metavar="DATE",
+                   help="only posts created at or before DATE (a bare date includes the "
+                        "whole day, UTC)")
+    e.add_argument("--media", action="store_true",
+                   help="copy the posts' media files into media/ (listed in media.sha256)")
     e.add_argument("--media-root", metavar="DIR", help="resolve relative media paths "
                    "against DIR first (default: the current directory), then the archive's "
                    "directory and its parent; files outside these are skipped")
@@ -100,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default); hardlink: no space used, but the export's files ARE the "
                         "archive's (editing one changes the other)")
     e.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
-                   help="posts per batch (default 1000)")
+                   help="posts per batch: progress and media copying step (default 1000); "
+                        "memory hardly depends on it")
     e.add_argument("--on-bad-value", choices=("error", "keep"), default="error",
                    help="unreadable timestamp or invalid stored JSON: stop (default) or "
                         "export it as text and list it in the manifest")
@@ -110,49 +191,91 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
                    help="progress on stderr: a bar (default on a terminal), JSON lines, "
                         "or nothing")
-    e.add_argument("--quiet", "-q", action="store_true", help="same as --progress none")
+    talk = e.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", "-q", action="store_true",
+                      help="print only the export directory; no progress")
+    talk.add_argument("--verbose", "-v", action="store_true",
+                      help="also print the archive, the filters, the time taken and the "
+                           "first warnings")
 
-    i = sub.add_parser("import", help="import a Bluesky repository export (repo.car) into "
-                       "an archive", description="Read the posts of a repository CAR "
-                       "(Settings -> Export my data) into a bskyarchive-schema archive.")
-    i.add_argument("car", metavar="REPO.car")
-    i.add_argument("--archive", default="data/archive.db", metavar="ARCHIVE",
+    m = sub.add_parser("import", help="import a Bluesky repository export (repo.car) into "
+                       "an archive", epilog=IMPORT_EXAMPLES,
+                       description="Read the posts of a repository CAR (Settings -> Export "
+                                   "my data) into a bskyarchive-schema archive.")
+    m.add_argument("car", metavar="REPO.car", help="the repository export")
+    m.add_argument("--archive", default="data/archive.db", metavar="ARCHIVE",
                    help="the archive to create (default: ./data/archive.db); it must not "
                         "exist unless --merge")
-    i.add_argument("--merge", action="store_true",
+    m.add_argument("--merge", action="store_true",
                    help="add the posts not yet in an existing archive (one transaction); "
                         "rows already there are left as they are")
 
-    n = sub.add_parser("info", help="describe a repository CAR: DID, commit, records, posts",
-                       description="Print what a repository CAR holds: its DID, commit "
-                                   "version and rev, records per collection, posts and "
-                                   "their date range.")
-    n.add_argument("source", metavar="REPO.car")
-    n.add_argument("--json", action="store_true", help="one JSON object, for machines")
+    v = sub.add_parser("verify", help="re-hash an export against its manifest",
+                       epilog=VERIFY_EXAMPLES,
+                       description="Check an export directory against its manifest.json; "
+                                   "exit 1 with one line per problem.")
+    v.add_argument("directory", metavar="EXPORT_DIR",
+                   help="an export directory (OUTPUT/YYYY-MM-DD_HH-MM-SS)")
 
-    v = sub.add_parser("verify", help="re-hash an export against its manifest")
-    v.add_argument("directory", metavar="EXPORT_DIR")
-
-    s = sub.add_parser("synth", help="write a synthetic archive in bskyarchive's schema")
-    s.add_argument("archive", metavar="ARCHIVE")
-    s.add_argument("--posts", type=_positive_int, metavar="N")
+    s = sub.add_parser("synth", help="write a synthetic archive in bskyarchive's schema",
+                       epilog=SYNTH_EXAMPLES,
+                       description="Write a realistic synthetic archive (for trying and "
+                                   "benchmarking); never replaces an existing file.")
+    s.add_argument("archive", metavar="ARCHIVE", help="the new archive's path (must not exist)")
+    s.add_argument("--posts", type=_positive_int, metavar="N",
+                   help="number of posts")
     s.add_argument("--car", type=_positive_int, metavar="N",
                    help="instead: a repository CAR with N posts, 2N likes and N/5 follows "
                         "(shuffled blocks, some duplicate and unreachable)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--media", action="store_true", help="also a media table and files")
+    s.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="random seed: the same arguments always give the same file "
+                        "(default 0)")
+    s.add_argument("--media", action="store_true",
+                   help="also a media table and small image files in a new media/ "
+                        "directory beside the archive")
     s.add_argument("--schema", type=int, choices=(1, 2), default=2,
-                   help="schema version (1 lacks quote_count)")
-    s.add_argument("--dids", type=_positive_int, default=1, help="number of DIDs")
+                   help="schema version (default 2; 1 lacks quote_count)")
+    s.add_argument("--dids", type=_positive_int, default=1, metavar="K",
+                   help="number of accounts owning the posts (default 1)")
 
-    d = sub.add_parser("demo", help="build a synthetic archive, export it, show numbers")
-    d.add_argument("--posts", type=_positive_int, default=50_000, metavar="N")
+    d = sub.add_parser("demo", help="build a synthetic archive, export it, show numbers",
+                       epilog=DEMO_EXAMPLES,
+                       description="Build a synthetic archive with media, export it as "
+                                   "JSON (with media) and CSV, and print posts/s, sizes and "
+                                   "peak memory.")
+    d.add_argument("--posts", type=_positive_int, default=50_000, metavar="N",
+                   help="posts in the synthetic archive (default 50000)")
     d.add_argument("--output", metavar="DIR", help="a new (or empty) directory to put the "
                    "demo in, kept (default: a temporary directory, removed at the end)")
     d.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (its path is the last line)")
-    d.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto")
+    d.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                   help="progress on stderr: a bar (default on a terminal), JSON lines, "
+                        "or nothing")
+
+    i = sub.add_parser("info", help="what an archive holds: posts, DIDs, dates, media",
+                       epilog=INFO_EXAMPLES,
+                       description="Describe an archive without exporting it: schema "
+                                   "version, posts, each DID's posts and date range, media "
+                                   "rows, file size, journal mode.")
+    i.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
+                   help="the archive (default: ./data/archive.db), or a repository CAR")
+    i.add_argument("--json", action="store_true", help="one JSON object, for machines")
+
+    c = sub.add_parser("completion", help="print a shell completion script",
+                       epilog=COMPLETION_EXAMPLES,
+                       description="Print a completion script for bash or zsh on stdout.")
+    c.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     return p
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> _Parser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub = action.choices[name]
+            assert isinstance(sub, _Parser)
+            return sub
+    raise LookupError(name)
 
 
 def _version() -> str:
@@ -187,18 +310,37 @@ def cmd_export(args: argparse.Namespace) -> int:
         return _fail("--output - (stdout) is not supported yet; give a directory, e.g. "
                      "--output ./exports", EXIT_USAGE)
     progress = "none" if args.quiet else args.progress
+    t0 = time.monotonic()
     try:
         result = export(args.archive, args.output, format=args.format, did=args.did,
                         since=args.since, until=args.until, media=args.media,
                         media_root=args.media_root, media_any_path=args.media_any_path,
                         media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
-                        csv_formula_guard=args.csv_formula_guard)
+                        csv_formula_guard=args.csv_formula_guard, _option=_cli_option,
+                        **_archive_env())
         args.published = result.directory
     except OptionError as exc:
         sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
         return _fail(str(exc), EXIT_USAGE)
+    if result.post_count == 0 and (args.since or args.until):
+        sys.stderr.write("skyexport: note: no post was created in the range given by "
+                         "--since/--until; the export is empty\n")
     out = sys.stdout
+    if args.quiet:
+        out.write(f"{result.directory}\n")
+        return EXIT_OK
+    if args.verbose:
+        secs = time.monotonic() - t0
+        m = result.manifest
+        out.write(f"archive: {args.archive}\n")
+        filters = [f"{k} {v}" for k, v in (("--did", args.did), ("--since", args.since),
+                                            ("--until", args.until)) if v is not None]
+        out.write(f"filters: {', '.join(filters) or 'none'}\n")
+        if "date_range" in m:
+            r = m["date_range"]
+            out.write(f"date range (UTC): {r['start_date']} .. {r['end_date']}\n")
+        out.write(f"time: {secs:.2f} s ({result.post_count / max(secs, 1e-9):,.0f} posts/s)\n")
     out.write(f"posts: {result.post_count}\n")
     if args.media:
         out.write(f"media files: {result.media_count}\n")
@@ -206,41 +348,57 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{result.sha256}\n")
     if result.warnings_total:
         out.write(f"warnings: {result.warnings_total} (listed in manifest.json)\n")
+        if args.verbose:
+            for w in result.warnings[:20]:
+                out.write(f"  {w.uri or '-'}: {w.message}\n")
+            if result.warnings_total > 20:
+                out.write(f"  ... and {result.warnings_total - 20} more\n")
     out.write(f"{result.directory}\n")
     return EXIT_OK
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from .car import import_car
-    from .errors import OptionError
+def _archive_env() -> dict[str, Any]:
+    """The environment's say in how an archive is read - read here, the library reads no
+    environment: SKYEXPORT_ROW_SOURCE (pipe, direct, cursor; for testing and diagnosis)
+    and SKYEXPORT_BUSY_TIMEOUT_MS (how long a writer's lock is waited for)."""
+    out: dict[str, Any] = {}
+    source = os.environ.get("SKYEXPORT_ROW_SOURCE", "")
+    if source in ("pipe", "direct", "cursor"):
+        out["_row_source"] = source
+    timeout = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "").strip()
+    if timeout.isdigit():
+        out["_busy_timeout_ms"] = int(timeout)
+    if os.environ.get("SKYEXPORT_CAR_READER") == "python":  # a CAR's MST walked in Python
+        out["_car_reader"] = "python"
+    return out
 
-    try:
-        r = import_car(args.car, args.archive, merge=args.merge)
-    except OptionError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    out = sys.stdout
-    out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
-    if args.merge:
-        out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
-    out.write(f"{r.archive}\n")
-    return EXIT_OK
+
+def _cli_option(name: str) -> str:
+    """An export() option as the command line spells it: media_root -> --media-root."""
+    return "--" + name.replace("_", "-")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .car import car_info, is_car
 
-    if is_car(args.source):
-        info = car_info(args.source)
-    else:
-        # `info ARCHIVE.db` (CAR.md) would be a branch of its own here.
-        return _fail(f"{args.source}: not a repository CAR (a CARv1 file with one root); "
-                     "info reads repository exports (repo.car)")
+    env = _archive_env()
+    if is_car(args.archive):
+        cinfo = car_info(args.archive, reader=env.get("_car_reader", "core"))
+        if args.json:
+            import json
+            sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
+        else:
+            _print_car_info(cinfo)
+        return EXIT_OK
+    from .info import archive_info, format_info
+
+    info = archive_info(args.archive, row_source=env.get("_row_source"),
+                        busy_timeout_ms=env.get("_busy_timeout_ms"))
     if args.json:
         import json
-
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
-        return EXIT_OK
-    _print_car_info(info)
+        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(format_info(info))
     return EXIT_OK
 
 
@@ -260,6 +418,30 @@ def _print_car_info(info: dict[str, Any]) -> None:
     w(f"first created_at: {info['first_created_at'] or '-'}\n")
     w(f"last created_at: {info['last_created_at'] or '-'}\n")
     w(f"media rows: {info['media_rows']} (a CAR holds no media files)\n")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .car import import_car
+    from .errors import OptionError
+
+    try:
+        r = import_car(args.car, args.archive, merge=args.merge,
+                       reader=_archive_env().get("_car_reader", "core"))
+    except OptionError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    out = sys.stdout
+    out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
+    if args.merge:
+        out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
+    out.write(f"{r.archive}\n")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from .completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -420,13 +602,18 @@ def _demo(root: str, args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # Reported by the subcommand, with its usage and the closest option it has.
+        sub = _subparser(parser, args.command)
+        sub.unknown(extras)
     from .errors import ExportError
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
-                "demo": cmd_demo, "import": cmd_import, "info": cmd_info}[args.command](args)
+                "demo": cmd_demo, "info": cmd_info, "import": cmd_import,
+                "completion": cmd_completion}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))
     except (KeyboardInterrupt, _Terminated) as exc:

@@ -12,6 +12,10 @@ class OptionError(ExportError, ValueError):
     """An option value is wrong (bad date, batch size, format...).  The CLI exits 2."""
 
 
+class SelectionError(ExportError):
+    """The options select nothing the archive could hold: a DID it has no post of."""
+
+
 class ArchiveError(ExportError):
     """The archive cannot be read: missing, not SQLite, no posts table, corrupt, locked."""
 

@@ -51,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
 # tens of thousands of names in the interpreter's interned-string table per export).
-StrPath = str | os.PathLike
+StrPath = str | os.PathLike[str]
 
 FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write filesystems)
 MAX_WARNINGS = 1000   # kept word for word; the rest are only counted

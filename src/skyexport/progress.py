@@ -88,10 +88,6 @@ class ExportProgress(Record):
         """Posts per second so far."""
         return self.posts_processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
-    @property
-    def elapsed(self) -> float:
-        return self.elapsed_s
-
     def to_dict(self) -> dict[str, object]:
         """The event as JSON-ready data: DESIGN.md's keys plus bytes, rate and error."""
         d: dict[str, object] = {
@@ -129,7 +125,6 @@ class ProgressChannel:
         self._last_put = time.monotonic()
         self._final = False    # a completed/failed event was accepted
         self._closing = False  # close() gave up waiting: deliver the final event now
-        self.delivered = 0
         self.dropped = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="skyexport-progress",
@@ -240,7 +235,6 @@ class ProgressChannel:
                     with self._cond:
                         self.error = exc
                         self._cond.notify_all()
-            self.delivered += 1
 
 
 class JsonLinesReporter:

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import bisect
 import datetime as _dt
-import errno
 import json
 import os
 import random
@@ -61,6 +60,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import apsw
+
+from .errors import OutputError
+from .schema import (
+    FTS,
+    INDEXES,
+    INSERT_MEDIA,
+    INSERT_V1,
+    INSERT_V2,
+    MEDIA,
+    POSTS_V1,
+    POSTS_V2,
+    TRIGGER,
+)
 
 __all__ = ["SynthStats", "build_archive"]
 
@@ -81,43 +93,10 @@ class SynthStats:
 
 
 # --- Schema ---------------------------------------------------------------------------------
-# The statements are bskyarchive's own text (as `sqlite3 .dump` shows it in the golden
-# archive), so `sqlite_schema` of a synthetic archive reads like a real one.
-
-_POSTS_V2 = (
-    "CREATE TABLE posts (uri TEXT PRIMARY KEY, cid TEXT NOT NULL, did TEXT NOT NULL, text TEXT,\n"
-    " created_at TIMESTAMP NOT NULL, indexed_at TIMESTAMP NOT NULL, has_media BOOLEAN DEFAULT 0,\n"
-    " like_count INTEGER DEFAULT 0, repost_count INTEGER DEFAULT 0,"
-    " reply_count INTEGER DEFAULT 0,\n"
-    " quote_count INTEGER DEFAULT 0, is_reply BOOLEAN DEFAULT 0, reply_parent TEXT,"
-    " embed_type TEXT,\n"
-    " embed_data JSON, labels JSON, archived_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
-)
-_POSTS_V1 = _POSTS_V2.replace("\n quote_count INTEGER DEFAULT 0,", "\n")
-_MEDIA = (
-    "CREATE TABLE media (hash TEXT PRIMARY KEY, post_uri TEXT NOT NULL, mime_type TEXT NOT NULL,\n"
-    " file_path TEXT NOT NULL, size_bytes INTEGER NOT NULL, width INTEGER, height INTEGER,"
-    " alt_text TEXT,\n created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
-)
-_FTS = (
-    "CREATE VIRTUAL TABLE posts_fts USING fts5(uri UNINDEXED, text, content='posts',"
-    " content_rowid='rowid')"
-)
-_INDEXES = (
-    "CREATE INDEX idx_posts_did ON posts(did)",
-    "CREATE INDEX idx_posts_created_at ON posts(created_at DESC)",
-)
-_TRIGGER = (
-    "CREATE TRIGGER posts_ai AFTER INSERT ON posts BEGIN\n"
-    " INSERT INTO posts_fts(rowid, uri, text) VALUES (new.rowid, new.uri, new.text); END"
-)
-_INSERT_V2 = "INSERT INTO posts VALUES (" + ",".join("?" * 17) + ")"
-_INSERT_V1 = (
-    "INSERT INTO posts (uri, cid, did, text, created_at, indexed_at, has_media, like_count,"
-    " repost_count, reply_count, is_reply, reply_parent, embed_type, embed_data, labels,"
-    " archived_at) VALUES (" + ",".join("?" * 16) + ")"
-)
-_INSERT_MEDIA = "INSERT INTO media VALUES (?,?,?,?,?,?,?,?,?)"
+# One definition (schema.py), shared with `import` and the tests.
+_POSTS_V2, _POSTS_V1, _MEDIA, _FTS = POSTS_V2, POSTS_V1, MEDIA, FTS
+_INDEXES, _TRIGGER = INDEXES, TRIGGER
+_INSERT_V2, _INSERT_V1, _INSERT_MEDIA = INSERT_V2, INSERT_V1, INSERT_MEDIA
 
 # --- Time line --------------------------------------------------------------------------------
 # Fixed, so that no build depends on today's date: from Bluesky's public app launch to early
@@ -703,6 +682,18 @@ def _exclusive_temp(final: str) -> str:
         return tmp
 
 
+def _check_writable_dir(final: str, directory: str) -> None:
+    """The archive's directory exists and this user may create files in it, else one
+    clear line (OutputError) before anything is written."""
+    if not os.path.isdir(directory):
+        what = "does not exist" if not os.path.lexists(directory) else "is not a directory"
+        raise OutputError(f"cannot write {final}: directory {directory} {what}; create it "
+                          "first or choose another path")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {final}: directory {directory} is not writable; "
+                          "choose another path or fix its permissions")
+
+
 def build_archive(
     path: str | os.PathLike[str],
     posts: int,
@@ -719,7 +710,8 @@ def build_archive(
     The archive is built under a fresh hidden name beside `path` and linked to `path` only
     when complete; on failure the temporary file is removed.  Nothing synth did not create is
     ever deleted, replaced or written into: an existing `path` is refused
-    (`FileExistsError`), and so is an existing media directory.  `schema_version` is 2 (with
+    (`FileExistsError`), and so is an existing media directory; a missing or unwritable
+    directory raises OutputError, before anything is written.  `schema_version` is 2 (with
     ``quote_count``) or 1.  `dids` accounts own the posts, the first about 90 % of them.
     With `media`, image files are written into a new directory `media_dir` (default:
     ``media`` beside the archive) and listed in the ``media`` table with paths relative to the
@@ -738,8 +730,7 @@ def build_archive(
     if os.path.lexists(final):
         raise FileExistsError(f"refusing to overwrite {final}")
     archive_dir = os.path.dirname(os.path.abspath(final))
-    if not os.path.isdir(archive_dir):
-        raise FileNotFoundError(errno.ENOENT, "no such directory", archive_dir)
+    _check_writable_dir(final, archive_dir)
 
     rng = random.Random(seed)
     writer = None

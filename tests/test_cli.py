@@ -1,0 +1,228 @@
+"""The command line's manners (issue 10): every case runs the installed command in a
+subprocess on a real archive."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import skyexport
+from skyexport.synth import build_archive
+
+COMMANDS = ("export", "verify", "synth", "demo", "info", "completion")
+
+
+def cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "skyexport", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=cwd, check=False)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "archive.db"
+    build_archive(path, 3000, seed=5, dids=7, media=True)
+    return path
+
+
+def dids_of(archive: Path) -> list[tuple[str, int, str, str]]:
+    con = sqlite3.connect(archive)
+    try:
+        return con.execute("SELECT did, count(*), min(created_at), max(created_at) FROM posts "
+                           "GROUP BY did ORDER BY count(*) DESC, did").fetchall()
+    finally:
+        con.close()
+
+
+# --- info --------------------------------------------------------------------------------
+
+def test_info_json(archive: Path) -> None:
+    proc = cli("info", archive, "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    con = sqlite3.connect(archive)
+    (posts, lo, hi), = con.execute("SELECT count(*), min(created_at), max(created_at) "
+                                   "FROM posts").fetchall()
+    (media,), = con.execute("SELECT count(*) FROM media").fetchall()
+    (mode,), = con.execute("PRAGMA journal_mode").fetchall()
+    con.close()
+    assert info["posts"] == posts == 3000
+    assert (info["first_created_at"], info["last_created_at"]) == (lo, hi)
+    assert info["media_rows"] == media > 0
+    assert info["schema_version"] == 2 and info["journal_mode"] == mode
+    assert info["size_bytes"] == archive.stat().st_size
+    assert [(d["did"], d["posts"], d["first_created_at"], d["last_created_at"])
+            for d in info["dids"]] == dids_of(archive)
+
+
+def test_info_text(archive: Path) -> None:
+    proc = cli("info", archive)
+    assert proc.returncode == 0, proc.stderr
+    assert "posts: 3000" in proc.stdout and "DIDs: 7" in proc.stdout
+    for did, n, _lo, _hi in dids_of(archive):
+        assert any(did in line and f"{n} posts" in line for line in proc.stdout.splitlines())
+
+
+def test_info_bad_archive(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"not sqlite at all" * 100)
+    proc = cli("info", tmp_path / "x.db")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "x.db" in proc.stderr
+
+
+# --- --did that matches nothing, dates that match nothing, repeated options -----------------
+
+def test_unknown_did_lists_the_dids(archive: Path, tmp_path: Path) -> None:
+    proc = cli("export", archive, "-o", tmp_path / "out", "--did", "did:plc:typo")
+    assert proc.returncode == 1 and proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    held = dids_of(archive)
+    for did, n, _lo, _hi in held[:5]:
+        assert f"{did} ({n} posts)" in line
+    assert held[5][0] not in line and ", ..." in line
+    assert "did:plc:typo" in line and "skyexport info" in line
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(skyexport.SelectionError):
+        skyexport.export(archive, tmp_path / "out", did="")
+
+
+def test_dates_matching_nothing_export_empty_and_say_so(archive: Path, tmp_path: Path) -> None:
+    proc = cli("export", archive, "-o", tmp_path / "out", "--since", "2099-01-01", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "no post was created in the range" in proc.stderr
+    (directory,) = proc.stdout.splitlines()
+    assert Path(directory, "posts.json").read_bytes() == b"[]\n"
+
+
+@pytest.mark.parametrize("option", ["--did", "--since", "--until"])
+def test_repeated_filter_is_a_usage_error(archive: Path, tmp_path: Path, option: str) -> None:
+    proc = cli("export", archive, "-o", tmp_path / "out", option, "2024-01-01", option,
+               "2024-02-01")
+    assert proc.returncode == 2
+    usage, line = proc.stderr.splitlines()
+    assert usage.startswith("usage: skyexport export")
+    assert f"{option} given twice" in line
+    assert not (tmp_path / "out").exists()
+
+
+# --- manners -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "wanted"), [
+    (["export", "--sinse", "2024-01-01"], "--since"),
+    (["export", "--formt", "csv"], "--format"),
+    (["synth", "x.db", "--posts", "5", "--sed", "1"], "--seed"),
+    (["export", "--med"], "--media"),
+    (["demo", "--kep"], "--keep"),
+])
+def test_typo_gets_its_subcommand_usage_and_a_suggestion(tmp_path: Path, args: list[str],
+                                                         wanted: str) -> None:
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    usage, line = proc.stderr.splitlines()
+    assert usage.startswith(f"usage: skyexport {args[0]} ")
+    assert line.endswith(f"(did you mean {wanted}?)"), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version() -> None:
+    for flag in ("-V", "--version"):
+        proc = cli(flag)
+        assert proc.returncode == 0 and proc.stdout == f"skyexport {skyexport.__version__}\n"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_describes_every_option_and_has_examples(command: str) -> None:
+    proc = cli(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    parser = __import__("skyexport.cli", fromlist=["build_parser"]).build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for action in sub.choices[command]._actions:
+        assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
+    examples = text.split("examples:\n", 1)[1].splitlines()
+    assert len([x for x in examples if x.startswith("  skyexport ") or "skyexport" in x]) >= 2
+
+
+def test_quiet_prints_only_the_directory(archive: Path, tmp_path: Path) -> None:
+    proc = cli("export", archive, "-o", tmp_path / "out", "-q")
+    assert proc.returncode == 0 and proc.stderr == ""
+    (line,) = proc.stdout.splitlines()
+    assert Path(line).parent == tmp_path / "out" and skyexport.verify(line).ok
+
+
+def test_verbose_adds_detail(archive: Path, tmp_path: Path) -> None:
+    plain = cli("export", archive, "-o", tmp_path / "a", "--progress", "none")
+    loud = cli("export", archive, "-o", tmp_path / "b", "-v", "--since", "2024-01-01",
+               "--progress", "none")
+    assert plain.returncode == loud.returncode == 0
+    assert len(loud.stdout.splitlines()) > len(plain.stdout.splitlines())
+    assert "filters: --since 2024-01-01" in loud.stdout and "posts/s" in loud.stdout
+    assert cli("export", archive, "-q", "-v").returncode == 2
+
+
+# --- the Python API's options ------------------------------------------------------------
+
+def test_api_errors_name_keyword_arguments(archive: Path, tmp_path: Path) -> None:
+    for kwargs, needle in [({"since": "soon"}, "since= "), ({"until": "2024-13-01"}, "until= "),
+                           ({"since": 20240101}, "since= must be a str, datetime.date"),
+                           ({"since": "2024-03-01", "until": "2024-01-01"},
+                            "since= 2024-03-01 is after until= 2024-01-01"),
+                           ({"batch_size": 0}, "batch_size= "),
+                           ({"media": True, "media_root": tmp_path / "no"}, "media_root= ")]:
+        with pytest.raises(skyexport.OptionError) as info:
+            skyexport.export(archive, tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+        assert needle in str(info.value) and "--" not in str(info.value), info.value
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_accepts_dates(archive: Path, tmp_path: Path) -> None:
+    by_text = skyexport.export(archive, tmp_path / "t", since="2024-01-01",
+                               until="2024-06-30T12:00:00Z")
+    by_date = skyexport.export(archive, tmp_path / "d", since=dt.date(2024, 1, 1),
+                               until=dt.datetime(2024, 6, 30, 12, 0))
+    aware = skyexport.export(archive, tmp_path / "a", since=dt.date(2024, 1, 1),
+                             until=dt.datetime(2024, 6, 30, 14, 0, tzinfo=dt.timezone(
+                                 dt.timedelta(hours=2))))
+    assert by_text.post_count > 0
+    assert by_text.data_file.read_bytes() == by_date.data_file.read_bytes() \
+        == aware.data_file.read_bytes()
+
+
+# --- completion --------------------------------------------------------------------------
+
+def _complete(shell_cmd: list[str], script: str, words: list[str]) -> list[str]:
+    """What the generated function offers for the command line `words` (the last being
+    completed), set up as each shell's completion system sets it up."""
+    quoted = " ".join(repr(w) for w in words)
+    if shell_cmd[0] == "bash":
+        setup = f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}"
+    else:
+        setup = f"words=({quoted}); CURRENT={len(words)}"
+    body = f"{script}\n{setup}; _skyexport; printf '%s\\n' \"${{COMPREPLY[@]}}\""
+    proc = subprocess.run([*shell_cmd, body], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    offered = proc.stdout.split()
+    # zsh's compgen (bashcompinit) offers every candidate and leaves matching the word
+    # being completed to compadd, as zsh does: match it here the same way.
+    return [w for w in offered if w.startswith(words[-1])]
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion(shell: str) -> None:
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    proc = cli("completion", shell)
+    assert proc.returncode == 0
+    run = ["bash", "-c"] if shell == "bash" else ["zsh", "-f", "-c"]
+    assert _complete(run, proc.stdout, ["skyexport", "ex"]) == ["export"]
+    assert _complete(run, proc.stdout, ["skyexport", "export", "--sin"]) == ["--since"]
+    assert _complete(run, proc.stdout, ["skyexport", "export", "-f", ""]) == \
+        ["json", "csv", "jsonl"]
+    assert "--media-any-path" in _complete(run, proc.stdout, ["skyexport", "export", "--me"])
