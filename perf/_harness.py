@@ -685,6 +685,73 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def floor_case(key: str, info: ArchiveInfo, *, where: str = "") -> Case:
+    """The read floor: the sqlite3 shell stepping the export's SELECT and only summing the
+    bytes of every column - where an exporter that hid all of its encoding behind the
+    stepping thread would land."""
+    shell = sqlite3_shell() or "sqlite3"
+    total = " + ".join(f"ifnull(length(CAST({c.strip()} AS BLOB)), 0)"
+                       for c in COLUMNS.split(","))
+    sql = f"SELECT sum({total}) FROM ({select_sql(where)})"
+
+    def build(out: Path) -> tuple[list[str], Path]:
+        return [shell, str(info.path), sql], out / "stdout.txt"
+
+    def collect(out: Path, s: Sample) -> None:
+        text = (out / "stdout.txt").read_text().strip()
+        s.out_bytes = int(text) if text.isdigit() else 0
+
+    return Case(key, "sqlite3", "floor", "all", info.posts, build, collect, archive=info.path)
+
+
+def copy_media_case(key: str, info: ArchiveInfo) -> Case:
+    """`cp -r --reflink=auto` of the archive's media files: what --media competes with."""
+    src = info.path.parent / "media"
+
+    def build(out: Path) -> tuple[list[str], Path]:
+        return ["cp", "-r", "--reflink=auto", str(src), str(out / "media-copy")], \
+            out / "stdout.txt"
+
+    def collect(out: Path, s: Sample) -> None:
+        pass
+
+    return Case(key, "cp", "media", "all", info.posts, build, collect, archive=info.path)
+
+
+class BusyCore:
+    """One core kept busy by a child process for the duration of a `with` block (the
+    benchmark's own, bounded: it is killed on exit and after `limit_s` at the latest)."""
+
+    def __init__(self, limit_s: float = 3600.0) -> None:
+        self.limit_s = limit_s
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> BusyCore:
+        code = f"import time\nend = time.monotonic() + {self.limit_s}\n" \
+               "while time.monotonic() < end:\n    pass\n"
+        self.proc = subprocess.Popen([sys.executable, "-c", code])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def script_case(key: str, tool: str, fmt: str, info: ArchiveInfo, argv: Sequence[str]) -> Case:
+    """A peer exporter script (perf/peers.py): `argv + [archive, format, output file]`."""
+    ext = {"json": "json", "csv": "csv", "jsonl": "jsonl"}[fmt]
+
+    def build(out: Path) -> tuple[list[str], Path]:
+        return [*argv, str(info.path), fmt, str(out / f"posts.{ext}")], out / "stdout.txt"
+
+    def collect(out: Path, s: Sample) -> None:
+        data = out / f"posts.{ext}"
+        s.out_bytes = data.stat().st_size if data.exists() else 0
+
+    return Case(key, tool, fmt, "all", info.posts, build, collect, archive=info.path)
+
+
 def command_case(key: str, tool: str, argv: Sequence[str], *, exact_rss: bool = False) -> Case:
     """A command whose output does not matter (start-up measurements)."""
     def build(out: Path) -> tuple[list[str], Path]:

@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 
+PERF_DIR = h.PERF_DIR
+
 # The issue's wall-time targets, as ratios to the sqlite3 shell on the same rows.
 TARGETS = {"json": 0.8, "csv": 0.8, "jsonl": 0.7}
 # ...which it sets for these sizes; smaller archives are dominated by start-up.
@@ -48,6 +50,13 @@ RSS_GROWTH_MB = 4.0       # from 10k to 1M posts
 LINEAR_SLACK = 1.1        # time(1M)/time(100k) <= 11 = 1.1 x 10
 STARTUP_RATIO = 4.0       # `skyexport export` of 500 posts vs `python3 -c pass`
 STARTUP_POSTS = 500
+# Issue 11 (at 1M posts; media at 200k) and issue 13.2:
+FLOOR_RATIO = 1.15        # wall vs the read floor (the shell stepping the SELECT, summing bytes)
+CPU_RATIO = 0.8           # CPU (user + sys) vs the sqlite3 shell's for the same format
+LOADED_RATIO = 0.9        # wall vs the shell, both with one core kept busy
+MEDIA_RATIO = 1.0         # (--media wall - plain wall) vs `cp -r --reflink=auto` of the files
+FILTER_RATIO = 1.05       # --since 1970 --until 2100 (all rows match) vs no filter
+ALL_DATES = ["--since", "1970-01-01", "--until", "2100-12-31"]
 
 # Which sqlite3 run each format is compared with.
 SHELL_FORMAT = {"json": "json", "csv": "csv", "jsonl": "json"}
@@ -61,6 +70,10 @@ def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool) -
     cases: list[h.Case] = []
     for fmt in ("json", "csv"):
         cases.append(h.sqlite3_case(f"sqlite3 {fmt} all", info, fmt))
+    cases.append(h.floor_case("sqlite3 read floor", info))
+    c = h.skyexport_case("skyexport json dated", info, "json", extra=ALL_DATES, rows="dated")
+    c.baseline, c.target = "skyexport json all", FILTER_RATIO
+    cases.append(c)
     for fmt in ("json", "csv", "jsonl"):
         c = h.skyexport_case(f"skyexport {fmt} all", info, fmt)
         c.baseline, c.target = f"sqlite3 {SHELL_FORMAT[fmt]} all", TARGETS[fmt]
@@ -83,6 +96,7 @@ def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool) -
         c = h.skyexport_case("skyexport json all +media", info, "json", media=True)
         c.baseline = "sqlite3 json all"
         cases.append(c)
+        cases.append(h.copy_media_case("cp -r media", info))
     if reference:
         for fmt in ("json", "csv", "jsonl"):
             c = h.reference_case(f"reference {fmt} all", info, fmt)
@@ -106,6 +120,45 @@ def car_cases(info: h.CarInfo) -> list[h.Case]:
     imp = h.car_import_case("skyexport import car", info)
     imp.baseline = "libipld car walk"
     return [walk, c, imp]
+
+
+def loaded_cases(info: h.ArchiveInfo) -> list[h.Case]:
+    """Each format and its shell again, run while one core is kept busy (issue 13.2)."""
+    cases: list[h.Case] = []
+    for fmt in ("json", "csv"):
+        cases.append(h.sqlite3_case(f"sqlite3 {fmt} all busy-core", info, fmt,
+                                    rows="all, 1 core busy"))
+    for fmt in ("json", "csv", "jsonl"):
+        c = h.skyexport_case(f"skyexport {fmt} all busy-core", info, fmt,
+                             rows="all, 1 core busy")
+        c.baseline, c.target = f"sqlite3 {SHELL_FORMAT[fmt]} all busy-core", LOADED_RATIO
+        cases.append(c)
+    return cases
+
+
+def peer_cases(info: h.ArchiveInfo) -> tuple[list[h.Case], list[str]]:
+    """DuckDB (sqlite_scanner) and polars (ADBC) dumping the same rows in the same order,
+    where installed (the `perf` extra); notes for those that are not."""
+    import importlib.util
+
+    cases, notes = [], []
+    py = sys.executable
+    if importlib.util.find_spec("duckdb") and importlib.util.find_spec(
+            "duckdb_extension_sqlite_scanner"):
+        for fmt in ("json", "csv", "jsonl"):
+            cases.append(h.script_case(f"duckdb {fmt} all", "duckdb", fmt, info,
+                                       [py, str(PERF_DIR / "peers.py"), "duckdb"]))
+    else:
+        notes.append("duckdb: not installed (pip install -e '.[perf]')")
+    if importlib.util.find_spec("polars") and importlib.util.find_spec("adbc_driver_sqlite"):
+        for fmt in ("json", "csv", "jsonl"):
+            cases.append(h.script_case(f"polars {fmt} all", "polars", fmt, info,
+                                       [py, str(PERF_DIR / "peers.py"), "polars"]))
+    else:
+        notes.append("polars: not installed (pip install -e '.[perf]')")
+    for c in cases:
+        c.baseline = f"sqlite3 {SHELL_FORMAT[c.fmt]} all"
+    return cases, notes
 
 
 def summarize(size: int, cases: list[h.Case]) -> list[dict[str, Any]]:
@@ -253,6 +306,35 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
                 else None
             checks.append(check(f"linearity {fmt}: time({h.size_label(big)})/time(100k)",
                                 value, limit, "x", f"{big // 100_000}x the posts"))
+    for size in [s for s in sizes if s in TARGET_SIZES]:
+        label = h.size_label(size)
+        floor = get(size, "sqlite3 read floor")
+        for fmt in ("json", "csv", "jsonl"):
+            r = get(size, f"skyexport {fmt} all")
+            if r is None:
+                continue
+            if floor is not None and floor["wall_s"] and r["wall_s"]:
+                checks.append(check(f"{fmt} {label} wall vs the read floor",
+                                    r["wall_s"] / floor["wall_s"], FLOOR_RATIO, "x"))
+            checks.append(check(f"{fmt} {label} CPU vs sqlite3 -{SHELL_FORMAT[fmt]}",
+                                r["cpu_ratio"], CPU_RATIO, "x"))
+            busy = get(size, f"skyexport {fmt} all busy-core")
+            if busy is not None:
+                checks.append(check(f"{fmt} {label} wall vs sqlite3 -{SHELL_FORMAT[fmt]}, "
+                                    "one core busy", busy["ratio"], LOADED_RATIO, "x"))
+        dated = get(size, "skyexport json dated")
+        if dated is not None:
+            checks.append(check(f"json {label} --since 1970 --until 2100 vs no filter",
+                                dated["ratio"], FILTER_RATIO, "x"))
+    for size in sizes:
+        m, plain = get(size, "skyexport json all +media"), get(size, "skyexport json all")
+        cp = get(size, "cp -r media")
+        if m and plain and cp and m["wall_s"] and plain["wall_s"] and cp["wall_s"]:
+            checks.append(check(
+                f"--media cost vs cp -r --reflink=auto, {h.size_label(size)}"
+                + ("" if size == 200_000 else " (target is for 200k)"),
+                (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
+                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
     checks += car_checks(results)
     if startup is not None:
         checks.append(check(f"start-up: skyexport export of {STARTUP_POSTS} posts vs "
@@ -335,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-did", action="store_true", help="skip the --did / WHERE did variants")
     p.add_argument("--no-media", action="store_true", help="skip the --media runs")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up check")
+    p.add_argument("--no-busy-core", action="store_true",
+                   help="skip the runs with one core kept busy")
+    p.add_argument("--peers", action="store_true",
+                   help="also DuckDB (sqlite_scanner) and polars (ADBC), where installed")
     p.add_argument("--startup-runs", type=int, default=15)
     p.add_argument("--settle", type=float, default=0.5, metavar="CORES",
                    help="before each round, wait until other processes use fewer than CORES "
@@ -396,9 +482,20 @@ def main(argv: list[str] | None = None) -> int:
                           reference=0 < size <= ref_max)
         for c in cases:
             c.cold = args.cold
+        if args.peers:
+            peers, notes = peer_cases(info)
+            cases += peers
+            for note in notes:
+                log(f"  peers: {note}")
         h.alternate(cases, runs, work, timeout=args.timeout, log=log,
                     settle_cores=args.settle if args.settle >= 0 else None,
                     settle_max_s=args.settle_max)
+        if not args.no_busy_core and size in TARGET_SIZES:
+            # One core kept busy by the benchmark itself (no settling: it is the load).
+            busy = loaded_cases(info)
+            with h.BusyCore():
+                h.alternate(busy, runs, work, timeout=args.timeout, log=log)
+            cases += busy
         after = h.code_fingerprint()
         if after != before or before != env["skyexport_code"]:
             code_changes.append(size)

@@ -144,3 +144,15 @@ def test_progress_covers_the_import_phase(tmp_path: Path) -> None:
     blocks = [e.car_blocks for e in events]
     assert blocks == sorted(blocks)
     assert events[-1].to_dict()["car_blocks"] == 768
+
+
+def test_stream_and_layout_did_with_a_car(tmp_path: Path) -> None:
+    """Not supported with a CAR yet: a usage error, nothing written."""
+    r = run("export", BSKY, "--output", "-")
+    assert r.returncode == 2 and "stream" in r.stderr and r.stdout == ""
+    r = run("export", BSKY, "--output", tmp_path / "o", "--layout", "did")
+    assert r.returncode == 2 and "--did" in r.stderr
+    assert not (tmp_path / "o").exists()
+    d = export(BSKY, tmp_path / "o", "--layout", "did", "--did",
+               "did:plc:z72i7hdynmk6r22z27h6tvur")
+    assert d.parent.name == "did:plc:z72i7hdynmk6r22z27h6tvur"

@@ -309,16 +309,23 @@ def test_wal_archive_without_shm_in_a_read_only_directory(tmp_path: Path,
     assert [p["uri"] for p in got] == [_post(i)["uri"] for i in range(3)]  # type: ignore[index]
 
 
+def _export_as_user(archive: Path, out: Path, *, read_only_dir: bool):  # type: ignore[no-untyped-def]
+    """`export` as a user file permissions bind, the archive's directory made read-only
+    (0555) for it if asked; the archive must come out unchanged."""
+    if read_only_dir:
+        archive.parent.chmod(0o555)
+    try:
+        with unchanged(archive):
+            return cli_as_user("export", archive, "-o", out)
+    finally:
+        archive.parent.chmod(0o755)
+
+
 def test_wal_archive_with_wal_file_in_a_read_only_directory(tmp_path: Path,
                                                             permissions_bind: None) -> None:
     archive = _wal_archive(tmp_path / "ro", keep_wal=True)
     out = tmp_path / "out"
-    archive.parent.chmod(0o555)
-    try:
-        with unchanged(archive):
-            proc = cli_as_user("export", archive, "-o", out)
-    finally:
-        archive.parent.chmod(0o755)
+    proc = _export_as_user(archive, out, read_only_dir=True)
     assert_failed(proc, 1, str(archive), "WAL mode", "read-only", "archive.db-wal",
                   "writable")
     assert_nothing_left(out)
@@ -350,13 +357,7 @@ def test_hot_rollback_journal(tmp_path: Path, read_only_dir: bool,
                               permissions_bind: None) -> None:
     archive = _hot_journal_archive(tmp_path / "arc")
     out = tmp_path / "out"
-    if read_only_dir:
-        archive.parent.chmod(0o555)
-    try:
-        with unchanged(archive):
-            proc = cli_as_user("export", archive, "-o", out)
-    finally:
-        archive.parent.chmod(0o755)
+    proc = _export_as_user(archive, out, read_only_dir=read_only_dir)
     assert_failed(proc, 1, str(archive), "hot rollback journal", "crashed",
                   "archive.db-journal", "then export again")
     assert_nothing_left(out)
@@ -382,13 +383,18 @@ def huge_archives(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
         "embed": make_archive(d / "embed.db", [_post(0, has_media=1,
                                                      embed_data='{"a": "' + "b" * HUGE),
                                                *small]),
+        # Valid: CSV reads its MediaFiles out of it (in place, not from a copy).
+        "validembed": make_archive(d / "validembed.db", [_post(0, has_media=1, embed_data=(
+            '{"images":[{"fullsize":"https://c/x/bafkhuge@jpeg"}],"alt":"'
+            + "b" * HUGE + '"}')), *small]),
     }
     yield archives
     shutil.rmtree(d, ignore_errors=True)
 
 
 HUGE_CASES = [("text", fmt, "error") for fmt in FORMATS] + \
-    [("embed", fmt, mode) for fmt in FORMATS for mode in ("error", "keep")]
+    [("embed", fmt, mode) for fmt in FORMATS for mode in ("error", "keep")] + \
+    [("validembed", "csv", "error"), ("validembed", "json", "error")]
 
 
 def _export_huge(archive: Path, out: Path, fmt: str, mode: str, kind: str) -> None:
@@ -406,7 +412,9 @@ def _export_huge(archive: Path, out: Path, fmt: str, mode: str, kind: str) -> No
                                       on_bad_value=mode)  # type: ignore[arg-type]
             assert result.post_count == 6
             # CSV has no embed_data column: that export is small.
-            assert result.bytes_written > HUGE or (kind, fmt) == ("embed", "csv")
+            assert result.bytes_written > HUGE or (kind != "text" and fmt == "csv")
+            if (kind, fmt) == ("validembed", "csv"):
+                assert b",true,bafkhuge," in result.data_file.read_bytes()
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -439,6 +447,7 @@ sys.exit(proc.returncode)
     ("embed", "jsonl", "error", "pipe"),
     ("embed", "csv", "keep", "pipe"),
     ("embed", "json", "keep", "direct"),
+    ("validembed", "csv", "error", "pipe"),
 ])
 def test_huge_value_peak_rss(huge_archives: dict[str, Path], tmp_path: Path, kind: str,
                              fmt: str, mode: str, source: str) -> None:

@@ -1128,13 +1128,16 @@ def test_argument_errors(mid_archive: Path, tmp_path: Path, args: list[str]) -> 
     assert not out.exists()
 
 
-def test_output_dash_is_refused_not_created(mid_archive: Path, tmp_path: Path) -> None:
-    # Issue 13.4: `--output -` made a directory named `-` in the current directory.
+def test_output_dash_is_stdout_not_created(mid_archive: Path, tmp_path: Path) -> None:
+    # Issue 13.4: `--output -` made a directory named `-` in the current directory.  Since
+    # issue 10 it is stdout (tests/test_pipe.py checks the bytes); never a directory.
     with unchanged(mid_archive):
-        proc = cli("export", mid_archive, "--output", "-", cwd=tmp_path)
-    line = assert_failed(proc, 2, "--output -", "stdout")
-    assert proc.stderr.startswith("usage: skyexport export"), proc.stderr
-    assert list(tmp_path.iterdir()) == [], line
+        proc = cli("export", mid_archive, "--output", "-", "-f", "jsonl", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith('{"uri":'), proc.stdout[:100]
+    assert proc.stderr.splitlines()[-1].startswith(f"skyexport: wrote {MID_POSTS} posts "
+                                                   "to stdout: ")
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- 11. security ------------------------------------------------------------------------------

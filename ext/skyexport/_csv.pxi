@@ -376,12 +376,70 @@ cdef int _add_blob_images(list out, object images) except -1:
     return 0
 
 
+cdef bint _utf8_clean(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """No byte that Go's decoder would replace (go_sanitize_utf8 would return it as is)."""
+    cdef Py_ssize_t i = 0
+    cdef int k
+    while i < n:
+        if s[i] < 0x80:
+            i += 1
+            continue
+        k = utf8_seq_len(s + i, n - i)
+        if k == 0:
+            return False
+        i += k
+    return True
+
+
+cdef int _max_depth(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """How deep valid JSON nests (strings skipped)."""
+    cdef Py_ssize_t i = 0
+    cdef int depth = 0, deepest = 0
+    while i < n:
+        if s[i] == b'"':
+            i += 1
+            while i < n and s[i] != b'"':
+                i += 2 if s[i] == b'\\' else 1
+        elif s[i] == b'{' or s[i] == b'[':
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        elif s[i] == b'}' or s[i] == b']':
+            depth -= 1
+        i += 1
+    return deepest
+
+
+cdef object _decode_embed_at(const unsigned char* p, Py_ssize_t n):
+    """_decode_embed of the n bytes at p, read in place where it can be: the usual embed
+    (valid UTF-8, no number out of range, not deeply nested) is decoded from a view of the
+    cell's memory, so a 200 MB embed is never copied; the exact slow paths copy it."""
+    if ob_raw_json(NULL, p, n, 0, False):
+        return None
+    decoder = _embed_decoder if _embed_decoder is not None else _load_embed_decoder()
+    if _utf8_clean(p, n) and not may_overflow(p, n) and _max_depth(p, n) < PRUNE_FROM:
+        view = PyMemoryView_FromMemory(<char*>p, n, PyBUF_READ)
+        try:
+            return decoder.decode(view)
+        except Exception:
+            pass
+        finally:
+            view.release()
+    return _decode_embed(PyBytes_FromStringAndSize(<const char*>p, n))
+
+
 cdef bytes media_files(object embed):
     """The MediaFiles column for a post whose has_media is true (FORMAT.md, posts.csv;
     CAR.md for record embeds)."""
     if type(embed) is not bytes:
         return b""
-    obj = _decode_embed(<bytes>embed)
+    return media_files_at(<const unsigned char*>PyBytes_AS_STRING(embed),
+                          PyBytes_GET_SIZE(embed))
+
+
+cdef bytes media_files_at(const unsigned char* p, Py_ssize_t n):
+    """media_files of the n bytes at p (a cell's, valid for this row)."""
+    obj = _decode_embed_at(p, n)
     cdef list out = []
     t = _type_of(obj)
     if _is_str(t) and t in RECORD_EMBEDS:

@@ -485,10 +485,11 @@ cdef class Writer:
         embed = &self.row[C_EMBED_DATA]
         # Invalid stored JSON has no media files: a large one is checked in place, never
         # copied into a bytes object just to be found invalid (media_files checks the rest).
-        if has_media and not (embed.kind == K_BYTES and embed.n > LARGE_JSON
-                              and ob_raw_json(NULL, embed.p, embed.n, 0, False)):
+        # A valid one is decoded from the cell's own memory (media_files_at), not copied.
+        if has_media and embed.kind == K_BYTES and not (
+                embed.n > LARGE_JSON and ob_raw_json(NULL, embed.p, embed.n, 0, False)):
             with gil:
-                v = media_files(cell_object(embed))
+                v = media_files_at(embed.p, embed.n)
                 self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         ob_byte(b, b',')
         self.csv_cell(C_EMBED_TYPE)

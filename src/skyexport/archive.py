@@ -318,7 +318,12 @@ class Snapshot:
             common = self._did_is_common(selection.did)
             clauses.append("+did = ?" if common else "did = ?")
             args.append(selection.did)
-        if selection.dated:
+        self._posts_total: int | None = None
+        self._bad_total: int | None = None
+        # When every stored date is readable and far enough inside the range, the filter
+        # would keep every row: leave it out (no test per row, a plain count).
+        self.dates_filter = selection.dated and not self._dates_cover_all()
+        if self.dates_filter:
             # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
             # day is within one of the stored day), checked on the created_at index before
             # any table row is read; the SQL function then decides exactly, by instant.
@@ -335,7 +340,35 @@ class Snapshot:
             clauses.append("skyexport_in_range(created_at)")
         self.where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         self.args = args
-        self._posts_total: int | None = None
+
+    def _dates_cover_all(self) -> bool:
+        """Whether [since, until] holds every post's created_at: all are readable text (no
+        NULL - Go's zero time -, number or BLOB; none unreadable) and the earliest and
+        latest text dates lie two days inside the range (offsets are under 24 h).  From
+        the created_at index: its two ends, a NULL lookup and one pass for unreadable
+        dates (which are counted for bad_created_at anyway)."""
+        sel, conn = self.selection, self.arc.conn
+        ends = []
+        for agg in ("min", "max"):   # one aggregate a query: each is an index lookup
+            row: Any = conn.execute(
+                f"SELECT typeof(v), CAST(v AS BLOB) FROM (SELECT {agg}(created_at) AS v "
+                "FROM posts)").fetchall()[0]
+            kind, value = row
+            if kind != "text":       # a number, a BLOB, or no posts at all
+                return False
+            ends.append(bytes(value))
+        lo, hi = ends
+        if lo < b"0-":
+            return False
+        if sel.since is not None and lo < _day_before(sel.since, 2).encode():
+            return False
+        if sel.until is not None and hi >= _day_before(sel.until, -1).encode():
+            return False
+        if conn.execute("SELECT 1 FROM posts WHERE created_at IS NULL LIMIT 1").fetchall():
+            return False
+        bad, bad_args = self._bad_where()
+        self._bad_total = self.arc.count(f"SELECT count(*) FROM posts WHERE {bad}", bad_args)
+        return self._bad_total == 0
 
     def _did_is_common(self, did: str) -> bool:
         total = self.arc.count("SELECT count(*) FROM posts")
@@ -352,9 +385,28 @@ class Snapshot:
     def posts_total(self) -> int:
         """The number of posts selected (counted once)."""
         if self._posts_total is None:
-            self._posts_total = self.arc.count(f"SELECT count(*) FROM posts{self.where}",
-                                               self.args)
+            if self.dates_filter:
+                self._count_dated()
+            else:
+                self._posts_total = self.arc.count(
+                    f"SELECT count(*) FROM posts{self.where}", self.args)
+        assert self._posts_total is not None
         return self._posts_total
+
+    def _bad_where(self) -> tuple[str, list[object]]:
+        did = self.selection.did
+        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
+        return where, [did] if did is not None else []
+
+    def _count_dated(self) -> None:
+        """With a date filter: the posts selected and the unreadable dates it leaves out,
+        counted in one pass (without a DID, over the created_at index alone)."""
+        bad, bad_args = self._bad_where()
+        where = self.where[len(" WHERE "):]
+        row: Any = self.arc.conn.execute(
+            f"SELECT count(*) FILTER (WHERE {where}), count(*) FILTER (WHERE {bad}) "
+            "FROM posts", [*self.args, *bad_args]).fetchall()[0]
+        self._posts_total, self._bad_total = int(row[0]), int(row[1])
 
     def did_posts(self, did: str) -> int:
         """Posts of `did` in the whole archive, whatever the dates."""
@@ -401,12 +453,17 @@ class Snapshot:
     def bad_created_at(self, limit: int) -> tuple[list[tuple[str, str]], int]:
         """Posts of the selected DID (all with None) whose created_at cannot be read - the
         ones a date filter leaves out: (the first `limit` of them, their total)."""
-        did = self.selection.did
-        where = "skyexport_bad_stamp(created_at)" + (" AND did = ?" if did is not None else "")
-        args = [did] if did is not None else []
-        # Counted first (without a DID: on the created_at index alone, a fraction of the
-        # table); the posts themselves are looked up only when there are any.
-        total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}", args)
+        where, args = self._bad_where()
+        # Counted first (with the posts total, in one pass); the posts themselves are
+        # looked up only when there are any.
+        if self._bad_total is None:
+            if self.dates_filter:
+                self._count_dated()
+            else:
+                self._bad_total = self.arc.count(f"SELECT count(*) FROM posts WHERE {where}",
+                                                 args)
+        total = self._bad_total
+        assert total is not None
         if not total:
             return [], 0
         found = [(str(u), str(c)) for u, c in self.arc.conn.execute(

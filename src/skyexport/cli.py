@@ -2,8 +2,8 @@
 
 Results go to stdout (the last line of `export` is the export directory), progress and
 errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
-130 interrupted (SIGINT), 143 terminated (SIGTERM).  Imports are lazy so that start-up
-stays close to the interpreter's own.
+130 interrupted (SIGINT), 143 terminated (SIGTERM), 141 stdout closed early (`| head`).
+Imports are lazy so that start-up stays close to the interpreter's own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM = 0, 1, 2, 130, 143
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM, EXIT_PIPE = 0, 1, 2, 130, 143, 141
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -104,6 +104,8 @@ examples:
   skyexport export archive.db -f csv -o ~/backup    # Excel-friendly CSV
   skyexport export archive.db -f jsonl --since 2024-01-01 --until 2024-06-30 -q
   skyexport export archive.db --media --media-root ~/bskyarchive
+  skyexport export archive.db -f jsonl -o - | jq -r .text   # stdout, summary on stderr
+  skyexport export archive.db --compress zstd --layout did  # exports/<did>/<time>/
 """
 VERIFY_EXAMPLES = """\
 examples:
@@ -158,7 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", "-f", choices=("json", "csv", "jsonl"), default="json",
                    help="posts.json (default), posts.csv or posts.jsonl")
     e.add_argument("--output", "-o", default="exports", metavar="DIR",
-                   help="where export directories are created (default: ./exports)")
+                   help="where export directories are created (default: ./exports); `-` "
+                        "writes the data file alone to stdout (summary on stderr)")
+    e.add_argument("--compress", choices=("gzip", "zstd"),
+                   help="compress the data file: posts.*.gz (gzip -dc reads it) or "
+                        "posts.*.zst (needs skyexport[zstd]); also with --output -")
+    e.add_argument("--compress-level", type=int, metavar="N",
+                   help="gzip 1-9 (default 6), zstd 1-22 (default 3)")
+    e.add_argument("--layout", choices=("time", "did"), default="time",
+                   help="time: OUTPUT/YYYY-MM-DD_HH-MM-SS/ (default); did: "
+                        "OUTPUT/<did>/YYYY-MM-DD_HH-MM-SS/, bskyarchive's current layout "
+                        "(the --did given, or the archive's only DID)")
     e.add_argument("--did", action=_Once, help="only posts of this DID (once; `skyexport "
                    "info` lists an archive's DIDs)")
     e.add_argument("--since", action=_Once, metavar="DATE",
@@ -302,30 +314,39 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export
-    from .errors import OptionError
+    from .errors import ExportError, OptionError
 
-    if args.output == "-":
-        # Not yet a way to write to stdout (issue 10): refuse rather than create `./-`.
-        sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
-        return _fail("--output - (stdout) is not supported yet; give a directory, e.g. "
-                     "--output ./exports", EXIT_USAGE)
+    # `-` is stdout, never a directory named `-` (`./-` writes one, if that is wanted).
+    to_stdout = args.output == "-"
     progress = "none" if args.quiet else args.progress
     t0 = time.monotonic()
     try:
-        result = export(args.archive, args.output, format=args.format, did=args.did,
+        result = export(args.archive, sys.stdout.fileno() if to_stdout else args.output,
+                        format=args.format, did=args.did,
                         since=args.since, until=args.until, media=args.media,
                         media_root=args.media_root, media_any_path=args.media_any_path,
                         media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
-                        csv_formula_guard=args.csv_formula_guard, _option=_cli_option,
-                        **_archive_env())
+                        csv_formula_guard=args.csv_formula_guard, compress=args.compress,
+                        compress_level=args.compress_level, layout=args.layout,
+                        _option=_cli_option, **_archive_env())
         args.published = result.directory
     except OptionError as exc:
         sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
         return _fail(str(exc), EXIT_USAGE)
+    except ExportError as exc:
+        written = getattr(exc, "stream_bytes", 0)
+        if to_stdout and written:
+            # What went out cannot be taken back: say so on the same line.
+            return _fail(f"{exc}; {written} bytes had already gone to stdout: an incomplete "
+                         "export, discard them")
+        raise
     if result.post_count == 0 and (args.since or args.until):
         sys.stderr.write("skyexport: note: no post was created in the range given by "
                          "--since/--until; the export is empty\n")
+    if to_stdout:
+        return _stream_summary(args, result, time.monotonic() - t0)
+    assert result.directory is not None and result.data_file is not None
     out = sys.stdout
     if args.quiet:
         out.write(f"{result.directory}\n")
@@ -333,6 +354,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.verbose:
         secs = time.monotonic() - t0
         m = result.manifest
+        assert m is not None
         out.write(f"archive: {args.archive}\n")
         filters = [f"{k} {v}" for k, v in (("--did", args.did), ("--since", args.since),
                                             ("--until", args.until)) if v is not None]
@@ -346,6 +368,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         out.write(f"media files: {result.media_count}\n")
     out.write(f"{result.data_file.name}: {result.bytes_written} bytes, sha256 "
               f"{result.sha256}\n")
+    if result.compression:
+        out.write(f"uncompressed: {result.uncompressed_bytes} bytes, sha256 "
+                  f"{result.uncompressed_sha256}\n")
     if result.warnings_total:
         out.write(f"warnings: {result.warnings_total} (listed in manifest.json)\n")
         if args.verbose:
@@ -371,6 +396,29 @@ def _archive_env() -> dict[str, Any]:
     if os.environ.get("SKYEXPORT_CAR_READER") == "python":  # a CAR's MST walked in Python
         out["_car_reader"] = "python"
     return out
+
+
+def _stream_summary(args: argparse.Namespace, result: Any, secs: float) -> int:
+    """`--output -`: stdout holds the data alone; the summary goes to stderr, its last line
+    the posts, bytes and SHA-256 of what was written.  `-q`: nothing."""
+    if args.quiet:
+        return EXIT_OK
+    err = sys.stderr
+    if args.verbose:
+        err.write(f"skyexport: archive {args.archive}, {secs:.2f} s "
+                  f"({result.post_count / max(secs, 1e-9):,.0f} posts/s)\n")
+    if result.warnings_total:
+        err.write(f"skyexport: {result.warnings_total} warnings (no manifest on stdout; "
+                  "export to a directory to have them listed)\n")
+        for w in result.warnings[:20 if args.verbose else 5]:
+            err.write(f"  {w.uri or '-'}: {w.message}\n")
+    codec = ""
+    if result.compression:
+        codec = (f" ({result.compression}; uncompressed {result.uncompressed_bytes} bytes, "
+                 f"sha256 {result.uncompressed_sha256})")
+    err.write(f"skyexport: wrote {result.post_count} posts to stdout: {result.bytes_written} "
+              f"bytes, sha256 {result.sha256}{codec}\n")
+    return EXIT_OK
 
 
 def _cli_option(name: str) -> str:
@@ -584,6 +632,7 @@ def _demo(root: str, args: argparse.Namespace) -> str:
                         on_progress=_reporter(args.progress))
         secs = time.perf_counter() - t0
         m = result.manifest
+        assert m is not None
         out.write(f"  {result.post_count} posts -> {result.data_file} "
                   f"({result.bytes_written / 1e6:.1f} MB)\n"
                   f"  {result.post_count / secs:,.0f} posts/s, "
@@ -621,7 +670,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       else ("terminated", EXIT_TERM))
         published = getattr(exc, "published_directory", None) or getattr(
             args, "published", None)
-        if published is None:
+        streamed = getattr(exc, "stream_bytes", 0)
+        if streamed:
+            sys.stderr.write(f"skyexport: {word}; {streamed} bytes had already gone to "
+                             "stdout: an incomplete export, discard them\n")
+        elif published is None:
             sys.stderr.write(f"skyexport: {word}; nothing was exported\n")
         else:
             # The signal came after the final rename: the export is whole and visible.
@@ -635,9 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         return _fail("out of memory; lower --batch-size or free memory")
     except BrokenPipeError:
-        # stdout closed early (`| head`): not an error of ours.
+        # stdout closed early (`| head`): not an error of ours; quiet, as a program killed
+        # by SIGPIPE, with its status (128 + 13).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
+        return EXIT_PIPE
     except Exception as exc:
         # A bug of ours, not bad input: still one line, unless asked for the traceback.
         if os.environ.get("SKYEXPORT_TRACEBACK"):

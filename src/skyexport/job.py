@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from .archive import Archive, Selection, Snapshot
 from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
-from .sink import FileSink
+from .sink import CODECS, DEFAULT_LEVELS, LEVELS, SUFFIXES, CodecMissing, FileSink, compressor
 from .staged import (
     StagedDir,
     mark_published,
@@ -38,7 +39,7 @@ from .staged import (
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Literal
+    from typing import Any, BinaryIO, Literal
 
     from .media import MediaCopier
 
@@ -69,19 +70,22 @@ class ExportWarning(Record):
 class ExportResult(Record):
     """What a finished export produced; everything here is also in `manifest.json`.
 
-    `directory` is the published export directory, `data_file` the posts file in it;
+    `directory` is the published export directory, `data_file` the posts file in it (both
+    None for an export to a stream, which has no directory and no manifest);
     `post_count` posts, `media_count` distinct media files copied; `bytes_written` and
-    `sha256` describe the data file; `warnings` holds the first warnings (a kept bad
+    `sha256` describe the data file as written (compressed, with `compression`);
+    `uncompressed_bytes` and `uncompressed_sha256` the posts before compression (equal to
+    the former without it); `warnings` holds the first warnings (a kept bad
     value, a missing media file...) and `warnings_total` counts them all; `duration_s`
-    is the export's wall time; `manifest` is the manifest as written.
+    is the export's wall time; `manifest` is the manifest as written (None for a stream).
     """
 
     __slots__ = ("directory", "format", "data_file", "post_count", "media_count",
                  "bytes_written", "sha256", "warnings", "warnings_total", "duration_s",
-                 "manifest")
-    directory: Path
+                 "manifest", "compression", "uncompressed_bytes", "uncompressed_sha256")
+    directory: Path | None
     format: str
-    data_file: Path
+    data_file: Path | None
     post_count: int
     media_count: int
     bytes_written: int
@@ -89,27 +93,40 @@ class ExportResult(Record):
     warnings: tuple[ExportWarning, ...]
     warnings_total: int
     duration_s: float
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] | None
+    compression: str | None
+    uncompressed_bytes: int
+    uncompressed_sha256: str
 
-    def __init__(self, directory: Path, format: str, data_file: Path, post_count: int,
-                 media_count: int, bytes_written: int, sha256: str,
+    def __init__(self, directory: Path | None, format: str, data_file: Path | None,
+                 post_count: int, media_count: int, bytes_written: int, sha256: str,
                  warnings: tuple[ExportWarning, ...], warnings_total: int, duration_s: float,
-                 manifest: dict[str, Any]) -> None:
+                 manifest: dict[str, Any] | None, compression: str | None = None,
+                 uncompressed_bytes: int | None = None,
+                 uncompressed_sha256: str | None = None) -> None:
         self._set(directory=directory, format=format, data_file=data_file,
                   post_count=post_count, media_count=media_count,
                   bytes_written=bytes_written, sha256=sha256, warnings=warnings,
-                  warnings_total=warnings_total, duration_s=duration_s, manifest=manifest)
+                  warnings_total=warnings_total, duration_s=duration_s, manifest=manifest,
+                  compression=compression,
+                  uncompressed_bytes=(bytes_written if uncompressed_bytes is None
+                                      else uncompressed_bytes),
+                  uncompressed_sha256=(sha256 if uncompressed_sha256 is None
+                                       else uncompressed_sha256))
 
     @property
     def checksums(self) -> dict[str, dict[str, Any]]:
         """`{file name: {"sha256": hex, "bytes": n}}` for the data file and, with media,
-        `media.sha256` (which holds the SHA-256 of every media file)."""
+        `media.sha256` (which holds the SHA-256 of every media file); empty for a
+        stream."""
+        if self.manifest is None:
+            return {}
         return self.manifest["checksums"]  # type: ignore[no-any-return]
 
 
 def export(
     archive: str | os.PathLike[str] = DEFAULT_ARCHIVE,
-    output: str | os.PathLike[str] = DEFAULT_OUTPUT,
+    output: str | os.PathLike[str] | int | BinaryIO = DEFAULT_OUTPUT,
     *,
     format: Format = "json",
     did: str | None = None,
@@ -123,6 +140,9 @@ def export(
     on_bad_value: Literal["error", "keep"] = "error",
     on_progress: Callable[[ExportProgress], object] | None = None,
     csv_formula_guard: bool = False,
+    compress: Literal["gzip", "zstd"] | None = None,
+    compress_level: int | None = None,
+    layout: Literal["time", "did"] = "time",
     _option: Callable[[str], str] | None = None,
     _flush_size: int | None = None,
     _row_source: str | None = None,
@@ -133,7 +153,9 @@ def export(
 
     `archive` may also be a Bluesky repository export (`repo.car`, recognised by its
     content): its posts are imported into a temporary archive inside the export's hidden
-    directory first (../shared/CAR.md); `media=True` is then an OptionError.
+    directory first (../shared/CAR.md); `media=True` is then an OptionError, and so are a
+    stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
+    `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -150,8 +172,17 @@ def export(
     handing them to the data file (default 1 MiB): a tiny one makes every row, and every
     large value mid-row, cross a flush.  `_row_source` ("pipe", "direct" or "cursor") and
     `_busy_timeout_ms` (private; the CLI passes SKYEXPORT_ROW_SOURCE and
-    SKYEXPORT_BUSY_TIMEOUT_MS) choose how rows are read and how long a lock is waited for;
-    `_car_reader="python"` (SKYEXPORT_CAR_READER) walks a CAR's MST in Python.
+    SKYEXPORT_BUSY_TIMEOUT_MS) choose how rows are read and how long a lock is waited for.
+
+    `output` may also be a stream: an int file descriptor or a binary file object (one
+    with a fileno() is flushed, then written through its descriptor; others get write()
+    calls from the writer thread).  Only the data file's bytes go there: no directory,
+    manifest or media (`media=True` is an OptionError); the result's `directory`,
+    `data_file` and `manifest` are None.  Bytes written before a failure stay written.
+    `compress` ("gzip" or "zstd", at `compress_level`: gzip 1-9, default 6; zstd 1-22,
+    default 3) compresses the data file: posts.json.gz / posts.json.zst, or a compressed
+    stream.  `layout="did"` puts the export in `output/<did>/YYYY-MM-DD_HH-MM-SS/`
+    (bskyarchive's current layout): the `did` given, or the one DID that owns every post.
 
     `on_progress` is called with an ExportProgress after every batch and at least every
     second, on a thread of its own: a slow callback sees fewer events but never slows the
@@ -217,27 +248,84 @@ def export(
                           f"{media_link!r}")
     if media and media_root is not None and not os.path.isdir(media_root):
         raise OptionError(f"{opt('media_root')} {os.fspath(media_root)} is not a directory")
+    if compress is not None and compress not in CODECS:
+        raise OptionError(f"{opt('compress')} must be one of {', '.join(CODECS)}, not "
+                          f"{compress!r}")
+    if compress_level is not None:
+        low, high = LEVELS.get(compress or "", (0, 0))
+        if compress is None:
+            raise OptionError(f"{opt('compress_level')} needs {opt('compress')}")
+        if isinstance(compress_level, bool) or not isinstance(compress_level, int) \
+                or not low <= compress_level <= high:
+            raise OptionError(f"{opt('compress_level')} for {compress} must be an integer "
+                              f"{low}..{high}, not {compress_level!r}")
+    if layout not in ("time", "did"):
+        raise OptionError(f"{opt('layout')} must be 'time' or 'did', not {layout!r}")
+    stream = _stream_target(output)
+    if stream is not None:
+        shown = "-" if _option is not None else repr(output)
+        if media:
+            raise OptionError(f"{opt('media')} cannot be used with {opt('output')} {shown}: "
+                              "a stream holds the data file only; export to a directory "
+                              "for media")
+        if layout != "time":
+            raise OptionError(f"{opt('layout')} {layout} cannot be used with "
+                              f"{opt('output')} {shown}: a stream has no directory")
+    try:
+        compressor(compress)
+    except CodecMissing as exc:
+        raise OptionError(f"{opt('compress')} {exc}") from None
 
     def open_archive(path: str | os.PathLike[str]) -> Archive:
         return Archive(path, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms)
 
     car = _car_source(archive)
-    if car is not None and media:
-        raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
-                          "files; leave it out")
+    if car is not None:
+        if media:
+            raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
+                              "files; leave it out")
+        if stream is not None:
+            shown = "-" if _option is not None else repr(output)
+            raise OptionError(f"{opt('output')} {shown} (a stream) with {car}: a repository "
+                              "CAR is exported into a directory only (for now)")
+        if layout == "did" and did is None:
+            raise OptionError(f"{opt('layout')} did with {car} needs {opt('did')} (the "
+                              f"repository's DID: `skyexport info {car}`)")
+        if layout == "did" and did is not None and (did in ("", ".", "..")
+                                                    or did.startswith(".") or "/" in did
+                                                    or "\0" in did):
+            raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory "
+                              f"name; use {opt('layout')} time")
     with (open_archive(archive) if car is None else _NoArchive()) as arc:
-        out, created = prepare_output(Path(output))
-        job = _Job(arc, out, format, Selection(did, lo, hi), media,
-                   Path(media_root) if media_root is not None else None, batch_size,
+        if layout == "did" and car is None:
+            did = _layout_did(arc, did, opt)
+        selection = Selection(did, lo, hi)
+        mroot = Path(media_root) if media_root is not None else None
+        if stream is not None:
+            job = _Job(arc, None, format, selection, False, None, batch_size, on_bad_value,
+                       on_progress, csv_formula_guard, stream=stream, compress=compress,
+                       compress_level=compress_level, flush_size=_flush_size)
+            return job.run()
+        base = Path(output)  # type: ignore[arg-type]
+        if layout == "did":
+            assert did is not None
+            created_base = not base.exists()
+            target = base / did
+        else:
+            created_base, target = False, base
+        out, created = prepare_output(target)
+        job = _Job(arc, out, format, selection, media, mroot, batch_size,
                    on_bad_value, on_progress, csv_formula_guard,
                    media_any_path=media_any_path, media_link=media_link,
-                   flush_size=_flush_size, car=car, open_archive=open_archive,
-                   car_reader=_car_reader)
+                   compress=compress, compress_level=compress_level, flush_size=_flush_size,
+                   car=car, open_archive=open_archive, car_reader=_car_reader)
         try:
             return job.run()
         except BaseException:
             if created:
                 rmdir_if_empty(out)
+                if created_base:
+                    rmdir_if_empty(base)
             raise
 
 
@@ -274,6 +362,60 @@ def _car_source(archive: str | os.PathLike[str]) -> Path | None:
     return Path(archive) if is_car(archive) else None
 
 
+def _stream_target(output: object) -> int | BinaryIO | None:
+    """The descriptor or file object an export streams to, or None for a directory."""
+    if isinstance(output, bool):
+        raise OptionError(f"output must be a directory, a file descriptor or a binary file, "
+                          f"not {output!r}")
+    if isinstance(output, int):
+        return output
+    if isinstance(output, (str, os.PathLike)):
+        return None
+    if not callable(getattr(output, "write", None)):
+        raise OptionError(f"output must be a directory, a file descriptor or a binary file, "
+                          f"not {type(output).__name__}")
+    flush = getattr(output, "flush", None)
+    if callable(flush):
+        flush()
+    try:
+        return int(output.fileno())  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return output  # type: ignore[return-value]
+
+
+def _layout_did(arc: Archive, did: str | None, opt: Callable[[str], str]) -> str:
+    """The DID that names OUTPUT/<did>/: `did`, or the only DID the archive's posts have.
+    Checked before anything is created in OUTPUT."""
+    try:
+        if did is None:
+            held = arc.conn.execute("SELECT DISTINCT CAST(did AS BLOB) FROM posts "
+                                    "LIMIT 2").fetchall()
+            if len(held) != 1 or held[0][0] is None:
+                what = ("holds no posts" if not held else
+                        "holds posts of several DIDs" if len(held) > 1 else
+                        "holds posts without a DID")
+                raise OptionError(f"{opt('layout')} did needs {opt('did')}: archive "
+                                  f"{arc.path} {what}; give {opt('did')} DID (`skyexport "
+                                  f"info {arc.path}` lists them)")
+            raw = held[0][0]
+            assert isinstance(raw, bytes)
+            try:
+                did = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise OptionError(f"{opt('layout')} did: the archive's DID "
+                                  f"{_shown(raw)} is not valid UTF-8, so it cannot name a "
+                                  f"directory; use {opt('layout')} time") from None
+        elif not arc.conn.execute("SELECT 1 FROM posts WHERE did = ? LIMIT 1",
+                                  (did,)).fetchall():
+            raise _unknown_did(arc, did)
+    except apsw.Error as exc:
+        raise arc.error(exc, "while reading its DIDs") from None
+    if did in ("", ".", "..") or did.startswith(".") or "/" in did or "\0" in did:
+        raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory name; "
+                          f"use {opt('layout')} time")
+    return did
+
+
 def _shown(value: object) -> str:
     """A stored value for a message: bytes as UTF-8 (escaped where invalid)."""
     if isinstance(value, bytes):
@@ -302,21 +444,26 @@ class _Job:
     """One export: run() pumps the snapshot's rows through the writer into a staged
     directory, copies media per batch, writes the manifest and publishes."""
 
-    def __init__(self, arc: Archive, out: Path, fmt: str, selection: Selection, media: bool,
-                 media_root: Path | None, batch_size: int, on_bad_value: str,
+    def __init__(self, arc: Archive, out: Path | None, fmt: str, selection: Selection,
+                 media: bool, media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
                  formula_guard: bool, *, media_any_path: bool = False,
-                 media_link: str = "copy", flush_size: int | None = None,
-                 car: Path | None = None,
+                 media_link: str = "copy", stream: int | BinaryIO | None = None,
+                 compress: str | None = None, compress_level: int | None = None,
+                 flush_size: int | None = None, car: Path | None = None,
                  open_archive: Callable[[Path], Archive] | None = None,
                  car_reader: str = "core") -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
-        self.car = car                              # the source, when it is a CAR
-        self.car_reader = car_reader
+        self.car, self.car_reader = car, car_reader  # the source, when it is a CAR
         self.open_archive = open_archive or Archive
         self.car_source: dict[str, Any] | None = None
         self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
+        self.stream = stream
+        self.compress = compress
+        self.compress_level = (DEFAULT_LEVELS[compress] if compress and compress_level is None
+                               else compress_level)
+        self.data_name = DATA_FILES[fmt] + (SUFFIXES[compress] if compress else "")
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
@@ -376,12 +523,16 @@ class _Job:
     def run(self) -> ExportResult:
         try:
             self.emit("queued")
-            with StagedDir(self.out) as staged:
-                self.staged = staged
-                if self.car is not None:
-                    assert staged.path is not None
-                    self._open_car(staged.path)
-                result = self._export(staged)
+            if self.stream is not None:
+                result = self._export_stream(self.stream)
+            else:
+                assert self.out is not None
+                with StagedDir(self.out) as staged:
+                    self.staged = staged
+                    if self.car is not None:
+                        assert staged.path is not None
+                        self._open_car(staged.path)
+                    result = self._export(staged)
             self.emit("completed")
             return result
         except BaseException as exc:
@@ -408,10 +559,10 @@ class _Job:
             arc.set_heartbeat(self.heartbeat)  # counting can take seconds too
         snap = self._totals()
         self.phase = "running"  # the first event with the totals is the first batch's
-        data_path = tmp / DATA_FILES[self.fmt]
+        data_path = tmp / self.data_name
         fd = open_new(data_path)
         try:
-            sink = FileSink(fd)
+            sink = FileSink(fd, codec=self.compress, level=self.compress_level)
             try:
                 self._pump(snap, tmp, sink)
                 sink.close()
@@ -438,7 +589,13 @@ class _Job:
                 self.warn(uri, "media", message)
             self.warnings_total += self.copier.warnings_total - len(self.copier.warnings)
         digest = sink.sha256.hexdigest()
-        checksums = {DATA_FILES[self.fmt]: {"sha256": digest, "bytes": writer.bytes_written}}
+        raw_digest = sink.raw_sha256.hexdigest()
+        assert sink.raw_bytes == writer.bytes_written
+        data_sum: dict[str, Any] = {"sha256": digest, "bytes": sink.written}
+        if self.compress is not None:
+            data_sum.update({"uncompressed_sha256": raw_digest,
+                             "uncompressed_bytes": sink.raw_bytes})
+        checksums = {self.data_name: data_sum}
         if self.copier is not None:
             digest_sums, size_sums = sha256_file(tmp / MEDIA_SUMS)
             checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
@@ -452,11 +609,57 @@ class _Job:
             raise output_error(exc, tmp) from None
         final = staged.publish()
         return ExportResult(
-            directory=final, format=self.fmt, data_file=final / DATA_FILES[self.fmt],
+            directory=final, format=self.fmt, data_file=final / self.data_name,
             post_count=writer.rows, media_count=self.copier.copied if self.copier else 0,
-            bytes_written=writer.bytes_written, sha256=digest,
+            bytes_written=sink.written, sha256=digest,
             warnings=tuple(self.warnings), warnings_total=self.warnings_total,
-            duration_s=duration, manifest=manifest)
+            duration_s=duration, manifest=manifest, compression=self.compress,
+            uncompressed_bytes=sink.raw_bytes, uncompressed_sha256=raw_digest)
+
+    def _export_stream(self, stream: int | BinaryIO) -> ExportResult:
+        """The data file's bytes to a descriptor or file object: no directory, manifest or
+        media.  What was written before a failure stays written (the exception carries
+        its count as `stream_bytes`)."""
+        snap = self._totals()
+        self.phase = "running"
+        regular = False
+        if isinstance(stream, int):
+            try:
+                regular = stat.S_ISREG(os.fstat(stream).st_mode)
+            except OSError as exc:
+                raise OutputError(f"output file descriptor {stream} cannot be used: "
+                                  f"{exc.strerror}; give a directory or an open "
+                                  "descriptor") from None
+        # A pipe cannot be fsync'd; a file stdout was redirected to can.
+        sink = FileSink(stream, sync=regular, codec=self.compress, level=self.compress_level)
+        try:
+            self._pump(snap, None, sink)
+            sink.close()
+        except BaseException as exc:
+            sink.abort()
+            if not hasattr(exc, "stream_bytes"):
+                try:
+                    exc.stream_bytes = sink.written  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
+            if isinstance(exc, OSError) and not isinstance(exc, (OutputError,
+                                                                 BrokenPipeError)):
+                err = _stream_error(exc, stream)
+                err.stream_bytes = sink.written  # type: ignore[attr-defined]
+                raise err from None
+            raise
+        writer = self.writer
+        assert writer is not None
+        if writer.rows != self.posts_total:
+            raise ArchiveError(f"archive {self.arc.path}: counted {self.posts_total} posts "
+                               f"but read {writer.rows}; the output is incomplete")
+        return ExportResult(
+            directory=None, format=self.fmt, data_file=None, post_count=writer.rows,
+            media_count=0, bytes_written=sink.written, sha256=sink.sha256.hexdigest(),
+            warnings=tuple(self.warnings), warnings_total=self.warnings_total,
+            duration_s=time.monotonic() - self.start, manifest=None,
+            compression=self.compress, uncompressed_bytes=sink.raw_bytes,
+            uncompressed_sha256=sink.raw_sha256.hexdigest())
 
     def _totals(self) -> Snapshot:
         """Open the snapshot; count what it selects; warn about the dates it cannot read."""
@@ -464,7 +667,7 @@ class _Job:
         try:
             snap = arc.snapshot(sel)
             if sel.did is not None and not snap.did_posts(sel.did):
-                raise self._unknown_did(sel.did)
+                raise _unknown_did(arc, sel.did)
             self.posts_total = snap.posts_total
             if self.media:
                 self.media_total = snap.media_total()
@@ -478,22 +681,7 @@ class _Job:
             raise arc.error(exc, "while counting posts") from None
         return snap
 
-    def _unknown_did(self, did: str) -> SelectionError:
-        """A DID the archive holds no post of is a mistake (a typo, another account),
-        not an empty export: say which DIDs it does hold."""
-        arc = self.arc
-        # As bytes: a DID stored with invalid UTF-8 must not break the message.
-        held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
-                                "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
-        if not held:
-            listed = "it holds no posts at all"
-        else:
-            shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
-            listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
-        return SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
-                              f"`skyexport info {arc.path}` lists them all")
-
-    def _pump(self, snap: Snapshot, tmp: Path, sink: FileSink) -> None:
+    def _pump(self, snap: Snapshot, tmp: Path | None, sink: FileSink) -> None:
         """The batch loop: encode up to batch_size rows, copy their media, report."""
         arc = self.arc
         sizing = {} if self.flush_size is None else {"flush_size": self.flush_size}
@@ -506,6 +694,7 @@ class _Job:
             roots = [self.media_root or Path.cwd(), home, home.parent]
             from .media import MediaCopier, MediaStream  # only with --media
 
+            assert tmp is not None
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS,
                                       any_path=self.media_any_path, link=self.media_link)
             if arc.has_media_table:
@@ -544,7 +733,7 @@ class _Job:
     def _manifest(self, checksums: dict[str, dict[str, Any]], duration: float) -> dict[str, Any]:
         w = self.writer
         assert w is not None
-        files = [DATA_FILES[self.fmt]]
+        files = [self.data_name]
         if self.copier is not None:
             files.append(f"media/ ({self.copier.copied} files)")
         m: dict[str, Any] = {
@@ -566,6 +755,8 @@ class _Job:
             "did": sel.did,
             "batch_size": self.batch_size,
             "csv_formula_guard": self.formula_guard,
+            **({"compression": self.compress,
+                "compression_level": self.compress_level} if self.compress else {}),
             "duration_s": round(duration, 3),
             "checksums": checksums,
             "warnings": [{"uri": x.uri, "column": x.column, "message": x.message}
@@ -613,6 +804,31 @@ class _Job:
 
 
 # --- small helpers ----------------------------------------------------------------------
+
+def _unknown_did(arc: Archive, did: str) -> SelectionError:
+    """A DID the archive holds no post of is a mistake (a typo, another account),
+    not an empty export: say which DIDs it does hold."""
+    # As bytes: a DID stored with invalid UTF-8 must not break the message.
+    held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
+                            "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
+    if not held:
+        listed = "it holds no posts at all"
+    else:
+        shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
+        listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
+    return SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
+                          f"`skyexport info {arc.path}` lists them all")
+
+
+def _stream_error(exc: OSError, stream: object) -> OutputError:
+    """A write to the output stream failed (not a closed pipe: that is BrokenPipeError)."""
+    where = ("stdout" if stream == 1 else f"file descriptor {stream}"
+             if isinstance(stream, int) else "the output stream")
+    err = OutputError(f"writing to {where} failed: {exc.strerror or exc}; the bytes "
+                      "already written are an incomplete export: discard them")
+    err.errno = exc.errno
+    return err
+
 
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):

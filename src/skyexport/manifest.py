@@ -121,7 +121,12 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = _OPEN_FLAGS | os.O_DIRECTORY
 # As job.DATA_FILES (job imports this module, not the other way round).
 DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
-_FORMAT_OF = {name: fmt for fmt, name in DATA_FILES.items()}
+# As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
+_SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
+_FORMAT_OF = {name + suffix: fmt for fmt, name in DATA_FILES.items()
+              for suffix in ("", *_SUFFIXES.values())}
+_CODEC_OF = {name + suffix: codec for name in DATA_FILES.values()
+             for codec, suffix in _SUFFIXES.items()}
 _HEX = frozenset("0123456789abcdef")
 _SUM_LINE = re.compile(rb"([0-9a-f]{64})  media/([^/\x00]+)")
 _MAX_LINE = 64 + 2 + len("media/") + 4096
@@ -288,7 +293,8 @@ _COUNTERS: dict[str, type[_JsonPosts | _JsonlPosts | _CsvPosts]] = {
 # --- the manifest, scanned ---------------------------------------------------------------------
 
 # The members verify reads; every other member (warnings, padding...) is skipped unread.
-_WANTED = frozenset({"export_format", "post_count", "media_count", "checksums"})
+_WANTED = frozenset({"export_format", "post_count", "media_count", "checksums",
+                     "compression"})
 _MAX_WANTED = 16 << 20   # bytes of one wanted member's value
 _MAX_DEPTH = 16          # nesting inside a wanted member's value
 _WS = re.compile(rb"[ \t\r\n]*")
@@ -507,34 +513,29 @@ class _NameSet:
     def _key(name: bytes) -> int:
         return hash(name) or 1   # 0 marks an empty slot
 
+    def _slot(self, h: int) -> int:
+        """The slot holding key `h`, or the empty one where it would go (linear probing)."""
+        t, size = self.table, self.size
+        i = h % size
+        while t[i] != 0 and t[i] != h:
+            i = i + 1 if i + 1 < size else 0
+        return i
+
     def add(self, name: bytes) -> bool:
         """Add `name`; False if it was there already."""
         if self.n >= self.size * 0.9:
             self._grow()
         h = self._key(name)
-        t, size = self.table, self.size
-        i = h % size
-        while True:
-            v = t[i]
-            if v == 0:
-                t[i] = h
-                self.n += 1
-                return True
-            if v == h:
-                return False
-            i = i + 1 if i + 1 < size else 0
+        i = self._slot(h)
+        if self.table[i] == h:
+            return False
+        self.table[i] = h
+        self.n += 1
+        return True
 
     def __contains__(self, name: bytes) -> bool:
         h = self._key(name)
-        t, size = self.table, self.size
-        i = h % size
-        while True:
-            v = t[i]
-            if v == 0:
-                return False
-            if v == h:
-                return True
-            i = i + 1 if i + 1 < size else 0
+        return bool(self.table[self._slot(h)] == h)
 
     def _grow(self) -> None:
         old = self.table
@@ -626,6 +627,12 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         return
 
     expected: dict[str, tuple[str, int | None]] = {}
+    uncompressed: dict[str, tuple[str, int]] = {}
+    compression = manifest.get("compression")
+    if compression is not None and compression not in _SUFFIXES:
+        problems.append(f"{MANIFEST}: compression {compression!r} is not one of "
+                        f"{', '.join(_SUFFIXES)}")
+        compression = None
     for name, info in checksums.items():
         if not _plain_name(name):
             problems.append(f"{MANIFEST} lists {name!r}, which is not a plain file name")
@@ -636,16 +643,29 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
             problems.append(f"{MANIFEST}: the checksum of {name} is malformed")
             continue
         expected[name] = (digest, size)  # type: ignore[assignment]
+        if name in _CODEC_OF:
+            udigest = info.get("uncompressed_sha256")
+            usize = info.get("uncompressed_bytes")
+            if not _is_digest(udigest) or not isinstance(usize, int) \
+                    or isinstance(usize, bool):
+                problems.append(f"{MANIFEST}: the uncompressed checksum of {name} is "
+                                "missing or malformed")
+            else:
+                uncompressed[name] = (udigest, usize)
 
     fmt = manifest.get("export_format")
     post_count = manifest.get("post_count")
     data_names = [n for n in expected if n in _FORMAT_OF]
+    data_name = None
     if fmt not in DATA_FILES:
         problems.append(f"{MANIFEST}: export_format {fmt!r} is not one of json, csv, jsonl")
-    elif DATA_FILES[fmt] not in expected:
-        found = ", ".join(data_names) or "no data file"
-        problems.append(f"{MANIFEST} says export_format {fmt}, but its checksums list "
-                        f"{found}, not {DATA_FILES[fmt]}")
+    else:
+        data_name = DATA_FILES[fmt] + (_SUFFIXES[compression] if compression else "")
+        if data_name not in expected:
+            found = ", ".join(data_names) or "no data file"
+            said = f" and compression {compression}" if compression else ""
+            problems.append(f"{MANIFEST} says export_format {fmt}{said}, but its checksums "
+                            f"list {found}, not {data_name}")
     if len(data_names) > 1:
         problems.append(f"{MANIFEST} lists {len(data_names)} data files "
                         f"({', '.join(sorted(data_names))}); an export has one")
@@ -659,13 +679,38 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         digest, size = expected[name]
         counter = _COUNTERS[_FORMAT_OF[name]]() if name in _FORMAT_OF else None
         feed = counter.feed if counter is not None else None
+        unpack = None
+        if counter is not None and name in _CODEC_OF:
+            try:
+                unpack = _Decompressing(_CODEC_OF[name], counter.feed)
+            except ImportError:
+                problems.append(f"{name}: the uncompressed posts are not checked: zstd "
+                                "needs the zstandard package (pip install 'skyexport[zstd]')")
+                counter = None
+                feed = None
+            else:
+                feed = unpack.feed
         if not _check_file(dir_fd, name, name, digest, size, feed, report):
             continue
+        if unpack is not None:
+            why = unpack.finish()
+            if why is not None:
+                problems.append(f"{name}: not a valid {_CODEC_OF[name]} stream: {why}")
+                continue
+            if name in uncompressed:
+                udigest, usize = uncompressed[name]
+                if unpack.size != usize:
+                    problems.append(f"{name}: decompresses to {unpack.size} bytes, "
+                                    f"{MANIFEST} says {usize}")
+                elif unpack.sha256.hexdigest() != udigest:
+                    problems.append(f"{name}: decompressed SHA-256 "
+                                    f"{unpack.sha256.hexdigest()}, the manifest says "
+                                    f"{udigest}")
         if counter is not None:
             why = counter.shape()
             if why is not None:
                 problems.append(f"{name}: not a {_FORMAT_OF[name]} export's data file: {why}")
-            elif name == DATA_FILES.get(str(fmt)) and post_count is not None \
+            elif name == data_name and post_count is not None \
                     and counter.count != post_count:
                 problems.append(f"{name}: holds {counter.count} posts, {MANIFEST} says "
                                 f"post_count {post_count}")
@@ -779,6 +824,79 @@ def _check_media_list(dir_fd: int, media_fd: int | None, media_kind: str | None,
         problems.append(f"{MEDIA_SUMS} lists {listed} media files, "
                         f"{MANIFEST} says media_count {count}")
     return names
+
+
+class _Decompressing:
+    """Decompresses a data file while it is hashed, in bounded memory (at most BLOCK bytes
+    of output at a time, however well a block compresses): hashes and counts the
+    uncompressed bytes and passes them on to `out`."""
+
+    def __init__(self, codec: str, out: Callable[[bytes], None]) -> None:
+        self.codec, self.out = codec, out
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self.trailing = 0
+        self.error: str | None = None
+        if codec == "gzip":
+            import zlib
+            self._z: Any = zlib.decompressobj(31)
+            self._zerror: Any = zlib.error
+        else:
+            import zstandard
+            # stream_writer hands the output on in write_size pieces as it decompresses.
+            self._z = zstandard.ZstdDecompressor().stream_writer(
+                self, write_size=BLOCK, write_return_read=True,  # type: ignore[arg-type]
+                closefd=False)
+            self._zerror = zstandard.ZstdError
+
+    def write(self, data: bytes) -> int:   # zstandard's output side
+        self._take(bytes(data))
+        return len(data)
+
+    def _take(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+        self.out(data)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            if self.codec == "zstd":
+                self._z.write(chunk)
+                return
+            z = self._z
+            if z.eof:
+                self.trailing += len(chunk)
+                return
+            data = chunk
+            while True:
+                piece = z.decompress(data, BLOCK)
+                self._take(piece)
+                data = z.unconsumed_tail
+                if z.eof:
+                    self.trailing += len(z.unused_data)  # the rest of this chunk
+                    return
+                if not data and len(piece) < BLOCK:
+                    return
+        except self._zerror as exc:
+            self.error = str(exc)
+
+    def finish(self) -> str | None:
+        """Why the stream is not one whole, valid stream; None if it is."""
+        if self.error is not None:
+            return self.error
+        if self.codec == "gzip":
+            if not self._z.eof:
+                return "it ends before the end of the gzip stream (truncated)"
+            if self.trailing:
+                return f"{self.trailing} bytes follow the end of the gzip stream"
+        else:
+            try:
+                self._z.flush()
+            except self._zerror as exc:
+                return str(exc)
+        return None
 
 
 class _LineCount:

@@ -1,13 +1,15 @@
 """The data file's writer thread.
 
-The writer core hands over encoded blocks (about 1 MiB each); this thread writes them with
-write(2) and feeds them to SHA-256.  Both release the GIL, so on a machine with two cores
-the disk and the hash work while the main thread steps SQLite and encodes the next block.
+The writer core hands over encoded blocks (about 1 MiB each); this thread compresses them
+(with --compress), writes them with write(2) and feeds them to SHA-256.  All of that
+releases the GIL, so on a machine with two cores the disk, the codec and the hash work
+while the main thread steps SQLite and encodes the next block.
 
 Blocks travel in a fixed pool of POOL_BLOCKS buffers, allocated once and reused: the sink
 copies each block into a free buffer (waiting for one while the disk is slower than the
 encoder), and the thread hands it back once written.  Memory is the same for ten posts or
-a million, and no block is allocated, faulted in and freed per megabyte of output.
+a million, and no block is allocated, faulted in and freed per megabyte of output; a codec
+adds its own fixed window (zlib's 256 KiB, zstd's a few MiB at the default level).
 """
 
 from __future__ import annotations
@@ -17,23 +19,66 @@ import os
 import queue
 import threading
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
 POOL_BLOCKS = 3        # one being filled, two waiting for the disk
 SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
+
+CODECS = ("gzip", "zstd")
+SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
+DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
+LEVELS = {"gzip": (1, 9), "zstd": (1, 22)}
+
+
+class CodecMissing(Exception):
+    """The codec's module is not installed (zstd without `zstandard`)."""
+
+
+def compressor(codec: str | None, level: int | None = None) -> Any:
+    """An object with compress(bytes) -> bytes and flush() -> bytes, or None (no codec).
+    gzip: one real gzip member (zlib, wbits 31: `gzip -dc` reads it; no name, mtime 0,
+    so the same posts give the same bytes); zstd: one frame from `zstandard`."""
+    if codec is None:
+        return None
+    lvl = DEFAULT_LEVELS[codec] if level is None else level
+    if codec == "gzip":
+        import zlib
+        return zlib.compressobj(lvl, zlib.DEFLATED, 31, 9)
+    try:
+        import zstandard
+    except ImportError:
+        raise CodecMissing("zstd needs the zstandard package: pip install "
+                           "'skyexport[zstd]' (or use --compress gzip)") from None
+    return zstandard.ZstdCompressor(level=lvl).compressobj()
 
 
 class FileSink:
     """Callable sink: `sink(block)` copies a block (any bytes-like object; it is not kept)
-    and queues it; `close()` waits until everything is on disk (fsync'd) and re-raises the
-    first write error, if any.
+    and queues it; `close()` waits until everything is written (fsync'd unless told not
+    to) and re-raises the first write error, if any.
+
+    `out` is a file descriptor, or a binary file object without one (its write() is called
+    on the writer thread).  `sync=False` never fsyncs (a pipe cannot be).  With `codec`
+    ("gzip" or "zstd") the blocks are compressed on the writer thread: `sha256`/`written`
+    describe the bytes written, `raw_sha256`/`raw_bytes` the bytes before compression
+    (the same when there is no codec).
 
     Invariant: once an error has happened no further block is written, and the error is
     raised by the next call (`__call__` or `close`).  Every buffer is either free, queued,
     or being written: the thread returns each one to `_free` whatever happens to it."""
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, out: int | BinaryIO, *, sync: bool = True, codec: str | None = None,
+                 level: int | None = None) -> None:
+        self.fd = out if isinstance(out, int) else -1
+        self._file = None if isinstance(out, int) else out
+        self.sync = sync and self._file is None
+        self._codec = compressor(codec, level)
         self.sha256 = hashlib.sha256()
+        self.raw_sha256 = self.sha256 if self._codec is None else hashlib.sha256()
         self.written = 0
+        self.raw_bytes = 0
         self._synced = 0
         self.error: OSError | None = None
         self._free: queue.Queue[bytearray] = queue.Queue()
@@ -52,13 +97,14 @@ class FileSink:
         self._queue.put(buf)
 
     def close(self, sync: bool = True) -> None:
-        """Drain the queue, fsync, and stop the thread (idempotent)."""
+        """Drain the queue, end the compressed stream, fsync, and stop the thread
+        (idempotent)."""
         if self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
         if self.error is not None:
             raise self.error
-        if sync:
+        if sync and self.sync:
             os.fsync(self.fd)
 
     def abort(self) -> None:
@@ -72,6 +118,11 @@ class FileSink:
         while True:
             buf = self._queue.get()
             if buf is None:
+                try:
+                    if self.error is None and self._codec is not None:
+                        self._emit(self._codec.flush())  # the stream's end
+                except OSError as exc:
+                    self.error = exc
                 return
             try:
                 if self.error is None:  # after an error: drain without writing
@@ -82,13 +133,29 @@ class FileSink:
                 self._free.put(buf)
 
     def _write(self, buf: bytearray) -> None:
-        view = memoryview(buf)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.sha256.update(buf)
-        self.written += len(buf)
-        if self.written - self._synced >= SYNC_EVERY:
+        if self._codec is None:
+            self._emit(buf)
+        else:
+            self.raw_sha256.update(buf)
+            self._emit(self._codec.compress(buf))
+        self.raw_bytes += len(buf)
+
+    def _emit(self, data: bytes | bytearray) -> None:
+        """Write `data` whole and hash it."""
+        if not data:
+            return
+        view = memoryview(data)
+        if self._file is not None:
+            while view:
+                n = self._file.write(view)
+                view = view[len(view) if n is None else n:]
+        else:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        self.sha256.update(data)
+        self.written += len(data)
+        if self.sync and self.written - self._synced >= SYNC_EVERY:
             # Flush to disk as we go, on this thread, so that the fsync before publishing
             # has only the tail left to write.
             os.fdatasync(self.fd)
