@@ -761,3 +761,113 @@ def command_case(key: str, tool: str, argv: Sequence[str], *, exact_rss: bool = 
         pass
 
     return Case(key, tool, "-", "-", 0, build, collect, exact_rss=exact_rss)
+
+
+# ------------------------------------------------------------------------ repository CARs
+
+@dataclass
+class CarInfo:
+    path: Path
+    posts: int
+    build_s: float
+    size_bytes: int
+
+
+def car(posts: int, *, seed: int = SEED, rebuild: bool = False,
+        log: Callable[[str], None] = print) -> CarInfo:
+    """The cached synthetic repository `perf/.cache/car-p<posts>-s<seed>/repo.car` (posts,
+    2x likes, 0.2x follows; `skyexport synth --car`), rebuilt when carwrite.py changed."""
+    folder = CACHE / f"car-p{posts}-s{seed}"
+    path = folder / "repo.car"
+    stamp = folder / "build.json"
+    spec = importlib.util.find_spec("skyexport.carwrite")
+    fingerprint = (hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+                   if spec and spec.origin else "?")
+    ok = path.exists() and stamp.exists() and not rebuild
+    if ok:
+        try:
+            ok = json.loads(stamp.read_text()).get("carwrite") == fingerprint
+        except (OSError, ValueError):
+            ok = False
+    build_s = 0.0
+    if not ok:
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        log(f"  building {size_label(posts)}-post repository CAR ...")
+        t0 = time.perf_counter()
+        done = subprocess.run([*skyexport_argv(), "synth", str(path), "--car", str(posts),
+                               "--seed", str(seed)], check=False, capture_output=True,
+                              text=True)
+        build_s = time.perf_counter() - t0
+        if done.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise SystemExit(f"skyexport synth --car failed: {done.stderr.strip()[-300:]}")
+        stamp.write_text(json.dumps({"carwrite": fingerprint, "posts": posts, "seed": seed,
+                                     "build_s": build_s}))
+        log(f"  built in {build_s:.1f} s")
+    return CarInfo(path, posts, build_s, path.stat().st_size)
+
+
+def car_export_case(key: str, info: CarInfo, fmt: str) -> Case:
+    as_archive = ArchiveInfo(info.path, info.posts, 0.0, [], 0, info.size_bytes)
+    c = skyexport_case(key, as_archive, fmt)
+    c.fmt = f"{fmt} car"
+    return c
+
+
+def car_import_case(key: str, info: CarInfo) -> Case:
+    def build(out: Path) -> tuple[list[str], Path]:
+        return ([*skyexport_argv(), "import", str(info.path), "--archive",
+                 str(out / "archive.db")], out / "stdout.txt")
+
+    def collect(out: Path, s: Sample) -> None:
+        for line in (out / "stdout.txt").read_text(errors="replace").splitlines():
+            if line.startswith("posts: "):
+                s.posts = int(line.split()[1])
+        db = out / "archive.db"
+        s.out_bytes = db.stat().st_size if db.exists() else 0
+        if s.ok and s.posts != info.posts:
+            s.error = f"imported {s.posts} posts, expected {info.posts}"
+
+    return Case(key, "skyexport", "import car", "all", info.posts, build, collect,
+                archive=info.path)
+
+
+# The competitor of issue 12: the whole CAR read with libipld.decode_car, then the MST walked
+# from the commit and every post record's fields taken, as a script would.
+_LIBIPLD = r"""
+import sys, libipld
+header, blocks = libipld.decode_car(open(sys.argv[1], 'rb').read())
+commit = blocks[header['roots'][0]]
+posts = 0
+stack = [commit['data']]
+while stack:
+    node = blocks[stack.pop()]
+    if node['l'] is not None:
+        stack.append(node['l'])
+    key = b''
+    for e in node['e']:
+        key = key[:e['p']] + e['k']
+        if key.startswith(b'app.bsky.feed.post/'):
+            rec = blocks[e['v']]
+            posts += bool(rec.get('createdAt') is not None or rec.get('text') is not None)
+        if e['t'] is not None:
+            stack.append(e['t'])
+print(f'posts: {posts}')
+"""
+
+
+def libipld_case(key: str, info: CarInfo) -> Case:
+    def build(out: Path) -> tuple[list[str], Path]:
+        return [sys.executable, "-c", _LIBIPLD, str(info.path)], out / "stdout.txt"
+
+    def collect(out: Path, s: Sample) -> None:
+        for line in (out / "stdout.txt").read_text(errors="replace").splitlines():
+            if line.startswith("posts: "):
+                s.posts = int(line.split()[1])
+        if s.ok and s.posts != info.posts:
+            s.error = f"walked {s.posts} posts, expected {info.posts}"
+
+    return Case(key, "libipld", "car walk", "all", info.posts, build, collect,
+                archive=info.path)

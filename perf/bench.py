@@ -105,6 +105,23 @@ def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool) -
     return cases
 
 
+# Issue 12's targets for a repository CAR (1M posts, 2M likes, 200k follows).
+CAR_TARGET = 0.5           # export REPO.car --format jsonl vs libipld.decode_car + MST walk
+CAR_RSS_LIMIT_MB = 64.0    # its peak RSS at 1M posts
+CAR_RSS_GROWTH_MB = 8.0    # from 10k posts
+
+
+def car_cases(info: h.CarInfo) -> list[h.Case]:
+    """libipld's reader, `export REPO.car --format jsonl`, `import REPO.car`, and the
+    export of the archive that import writes (for the import-vs-export report)."""
+    walk = h.libipld_case("libipld car walk", info)
+    c = h.car_export_case("skyexport jsonl car", info, "jsonl")
+    c.baseline, c.target = "libipld car walk", CAR_TARGET
+    imp = h.car_import_case("skyexport import car", info)
+    imp.baseline = "libipld car walk"
+    return [walk, c, imp]
+
+
 def loaded_cases(info: h.ArchiveInfo) -> list[h.Case]:
     """Each format and its shell again, run while one core is kept busy (issue 13.2)."""
     cases: list[h.Case] = []
@@ -160,6 +177,9 @@ def summarize(size: int, cases: list[h.Case]) -> list[dict[str, Any]]:
         status = ""
         if c.target is not None and ratio is not None:
             status = ("PASS" if ratio <= c.target else "FAIL") if size in TARGET_SIZES else "-"
+            if c.fmt.endswith(" car"):
+                status = ("PASS" if ratio <= c.target else "FAIL") if size == 1_000_000 \
+                    else "-"
         out.append({
             "size": size, "key": c.key, "tool": c.tool, "format": c.fmt, "rows": c.rows,
             "posts": c.posts, "wall_s": wall, "spread": c.spread(),
@@ -315,6 +335,7 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
                 + ("" if size == 200_000 else " (target is for 200k)"),
                 (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
                 f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
+    checks += car_checks(results)
     if startup is not None:
         checks.append(check(f"start-up: skyexport export of {STARTUP_POSTS} posts vs "
                             "python -c pass", startup["ratio"], STARTUP_RATIO, "x",
@@ -332,6 +353,34 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
         checks.append(check(f"reference exporter / skyexport, json {h.size_label(small)}",
                             ref["wall_s"] / fast["wall_s"], None, "x",
                             "how much faster than naive Python", info=True))
+    return checks
+
+
+def car_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 12's targets, on the CAR rows (sizes marked `car` in the table)."""
+    rows = {(r["size"], r["key"]): r for r in results if r.get("source") == "car"}
+    sizes = sorted({s for s, _ in rows})
+    checks: list[dict[str, Any]] = []
+    if not sizes:
+        return checks
+    big, small = sizes[-1], sizes[0]
+    scope = "" if big == 1_000_000 else f" (target is for 1M; measured at {h.size_label(big)})"
+    e = rows.get((big, "skyexport jsonl car"))
+    checks.append(check(f"CAR {h.size_label(big)} export jsonl vs libipld walk{scope}",
+                        e["ratio"] if e else None, CAR_TARGET, "x"))
+    checks.append(check(f"CAR {h.size_label(big)} export jsonl peak RSS{scope}",
+                        e["peak_rss_mb"] if e else None, CAR_RSS_LIMIT_MB, "MB"))
+    if big > small:
+        a = rows.get((small, "skyexport jsonl car"))
+        growth = (e["median_rss_mb"] - a["median_rss_mb"]) if a and e and \
+            a["median_rss_mb"] is not None and e["median_rss_mb"] is not None else None
+        checks.append(check(f"CAR RSS growth {h.size_label(small)}->{h.size_label(big)}",
+                            growth, CAR_RSS_GROWTH_MB, "MB"))
+    imp, exp = rows.get((big, "skyexport import car")), rows.get((big, "skyexport jsonl car"))
+    if imp and exp and imp["wall_s"] and exp["wall_s"]:
+        checks.append(check(f"CAR {h.size_label(big)} import vs export REPO.car",
+                            imp["wall_s"] / exp["wall_s"], None, "x",
+                            f"{imp['wall_s']:.2f} s vs {exp['wall_s']:.2f} s", info=True))
     return checks
 
 
@@ -387,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where exports are written and removed (default perf/.cache/work; "
                         "must be on the archives' file system for --media hard links)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all results to FILE")
+    p.add_argument("--car", metavar="SIZES", default="",
+                   help="also repository CARs of these sizes (e.g. 10k,1M: posts, with 2x "
+                        "likes and 0.2x follows): export REPO.car vs libipld (issue 12)")
     args = p.parse_args(argv)
 
     sizes = sorted({h.parse_size(s) for s in (args.sizes or (
@@ -452,6 +504,18 @@ def main(argv: list[str] | None = None) -> int:
             if "+media" in r["format"]:
                 r["media_files"] = info.media_files
         results.extend(rows)
+    for size in sorted({h.parse_size(x) for x in args.car.split(",") if x.strip()}):
+        cinfo = h.car(size, rebuild=args.rebuild, log=log)
+        log(f"CAR {h.size_label(size)} posts ({cinfo.size_bytes / 1e6:.0f} MB):")
+        cases = car_cases(cinfo)
+        for c in cases:
+            c.cold = args.cold
+        h.alternate(cases, runs, work, timeout=args.timeout, log=log,
+                    settle_cores=args.settle if args.settle >= 0 else None,
+                    settle_max_s=args.settle_max)
+        for r in summarize(size, cases):
+            r["source"] = "car"
+            results.append(r)
     shutil.rmtree(work, ignore_errors=True)
 
     print("\n".join(table(results)))

@@ -624,6 +624,8 @@ def media_files(embed: dict | None) -> bytes:
                 if isinstance(img, dict):
                     add(img.get("fullsize"))
 
+    if embed.get("$type") in RECORD_EMBEDS:
+        return _record_media_files(embed)
     add_images(embed.get("images"))
     media = embed.get("media")
     if isinstance(media, dict):
@@ -631,6 +633,40 @@ def media_files(embed: dict | None) -> bytes:
     external = embed.get("external")
     if isinstance(external, dict):
         add(external.get("thumb"))
+    return ";".join(hashes).encode("utf-8")
+
+
+# CAR.md, "MediaFiles for records": an imported post stores the record's embed.
+RECORD_EMBEDS = ("app.bsky.embed.images", "app.bsky.embed.external", "app.bsky.embed.video",
+                 "app.bsky.embed.recordWithMedia")
+
+
+def _record_media_files(embed: dict) -> bytes:
+    hashes: list[str] = []
+
+    def obj(v: Any) -> dict:
+        return v if isinstance(v, dict) else {}
+
+    def blob(b: Any) -> None:
+        b = obj(b)
+        link = obj(b.get("ref")).get("$link")
+        if not (isinstance(link, str) and link):
+            link = b.get("cid")
+        if isinstance(link, str) and link:
+            hashes.append(_no_surrogates(link))
+
+    def images(v: Any) -> None:
+        if isinstance(v, list):
+            for img in v:
+                blob(obj(img).get("image"))
+
+    media = obj(embed.get("media"))
+    images(embed.get("images"))
+    images(media.get("images"))
+    blob(media.get("video"))
+    blob(embed.get("video"))
+    blob(obj(embed.get("external")).get("thumb"))
+    blob(obj(media.get("external")).get("thumb"))
     return ";".join(hashes).encode("utf-8")
 
 

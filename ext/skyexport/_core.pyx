@@ -18,6 +18,7 @@ sees everything at once and can inline across them):
     _filter.pxi   --since/--until as SQL functions; parsing the bounds
     _writer.pxi   Writer: the per-row encoders and the batch loop
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
+    _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -49,6 +50,7 @@ include "_sqlite.pxi"
 include "_filter.pxi"
 include "_writer.pxi"
 include "_pipe.pxi"
+include "_car.pxi"
 
 init_json_tables()
 init_writer_tables()

@@ -137,23 +137,28 @@ cdef object _load_embed_decoder():
 
     import msgspec
     any_ = typing.Any
-    image = msgspec.defstruct("_Image", [("fullsize", any_, None)])
+    # `image` and `video` are records' blob references (CAR.md, MediaFiles for records)
+    image = msgspec.defstruct("_Image", [("fullsize", any_, None), ("image", any_, None)])
     images = typing.Optional[list[image]]
-    media = msgspec.defstruct("_Media", [("images", images, None)])
     external = msgspec.defstruct("_External", [("thumb", any_, None)])
-    embed = msgspec.defstruct("_Embed", [("images", images, None),
+    opt_external = typing.Optional[external]
+    media = msgspec.defstruct("_Media", [("images", images, None), ("video", any_, None),
+                                         ("external", opt_external, None)])
+    embed = msgspec.defstruct("_Embed", [("type_", any_, None), ("images", images, None),
                                          ("media", typing.Optional[media], None),
-                                         ("external", typing.Optional[external], None)])
+                                         ("external", opt_external, None),
+                                         ("video", any_, None)],
+                              rename={"type_": "$type"})
     _embed_decoder = msgspec.json.Decoder(embed)
     return _embed_decoder
 
 
 # Containers opened this deep or deeper cannot hold a field MediaFiles reads (the deepest,
-# media.images[i].fullsize, is a value inside four containers): only whether they are a
+# a record's media.images[i].image.ref.$link, is a value inside six): only whether they are a
 # string matters, and they are not.  Embeds nested at least PRUNE_FROM deep are decoded with
 # every such container replaced by `null`, so no decoder recurses deeper than that, however
 # deep the value (Go reads up to JSON_MAX_DEPTH levels; Python's decoders stop near 1000).
-DEF MEDIA_FIELDS_DEPTH = 4
+DEF MEDIA_FIELDS_DEPTH = 6
 DEF PRUNE_FROM = 64
 
 
@@ -336,6 +341,41 @@ cdef object _field(object obj, str name):
     return getattr(obj, name, None)
 
 
+# Top-level $type of a *record* embed (what a CAR import stores), as opposed to the
+# AppView's `...#view` that bskyarchive stores: its MediaFiles are blob CIDs (CAR.md).
+RECORD_EMBEDS = frozenset(("app.bsky.embed.images", "app.bsky.embed.external",
+                           "app.bsky.embed.video", "app.bsky.embed.recordWithMedia"))
+
+
+cdef object _type_of(object obj):
+    if type(obj) is dict:
+        return (<dict>obj).get("$type")
+    if obj is None or type(obj) in (list, str, int, float, bool):
+        return None
+    return getattr(obj, "type_", None)
+
+
+cdef int _add_blob(list out, object blob) except -1:
+    """A blob reference's CID: `ref.$link`, or a legacy blob's `cid`."""
+    if type(blob) is not dict:
+        return 0
+    ref = (<dict>blob).get("ref")
+    link = (<dict>ref).get("$link") if type(ref) is dict else None
+    if not (_is_str(link) and link):
+        link = (<dict>blob).get("cid")
+    if _is_str(link) and link:
+        out.append(link)
+    return 0
+
+
+cdef int _add_blob_images(list out, object images) except -1:
+    if type(images) is not list:
+        return 0
+    for img in <list>images:
+        _add_blob(out, _field(img, "image"))
+    return 0
+
+
 cdef bint _utf8_clean(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """No byte that Go's decoder would replace (go_sanitize_utf8 would return it as is)."""
     cdef Py_ssize_t i = 0
@@ -389,7 +429,8 @@ cdef object _decode_embed_at(const unsigned char* p, Py_ssize_t n):
 
 
 cdef bytes media_files(object embed):
-    """The MediaFiles column for a post whose has_media is true (FORMAT.md, posts.csv)."""
+    """The MediaFiles column for a post whose has_media is true (FORMAT.md, posts.csv;
+    CAR.md for record embeds)."""
     if type(embed) is not bytes:
         return b""
     return media_files_at(<const unsigned char*>PyBytes_AS_STRING(embed),
@@ -400,9 +441,19 @@ cdef bytes media_files_at(const unsigned char* p, Py_ssize_t n):
     """media_files of the n bytes at p (a cell's, valid for this row)."""
     obj = _decode_embed_at(p, n)
     cdef list out = []
-    _add_images(out, _field(obj, "images"))
-    _add_images(out, _field(_field(obj, "media"), "images"))
-    _add_hash(out, _field(_field(obj, "external"), "thumb"))
+    t = _type_of(obj)
+    if _is_str(t) and t in RECORD_EMBEDS:
+        media = _field(obj, "media")
+        _add_blob_images(out, _field(obj, "images"))
+        _add_blob_images(out, _field(media, "images"))
+        _add_blob(out, _field(media, "video"))
+        _add_blob(out, _field(obj, "video"))
+        _add_blob(out, _field(_field(obj, "external"), "thumb"))
+        _add_blob(out, _field(_field(media, "external"), "thumb"))
+    else:
+        _add_images(out, _field(obj, "images"))
+        _add_images(out, _field(_field(obj, "media"), "images"))
+        _add_hash(out, _field(_field(obj, "external"), "thumb"))
     if not out:
         return b""
     cdef str joined = ";".join(out)

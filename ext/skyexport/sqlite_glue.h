@@ -50,9 +50,14 @@ static inline int sx_bind_double(sqlite3_stmt *st, int i, double v)
 
 static inline int sx_bind_null(sqlite3_stmt *st, int i) { return sqlite3_bind_null(st, i); }
 static inline int sx_step(sqlite3_stmt *st) { return sqlite3_step(st); }
+static inline int sx_reset(sqlite3_stmt *st) { return sqlite3_reset(st); }
 static inline int sx_finalize(sqlite3_stmt *st) { return sqlite3_finalize(st); }
 static inline int sx_column_count(sqlite3_stmt *st) { return sqlite3_column_count(st); }
 static inline int sx_column_bytes(sqlite3_stmt *st, int i) { return sqlite3_column_bytes(st, i); }
+static inline sqlite3_int64 sx_column_int64(sqlite3_stmt *st, int i)
+{
+    return sqlite3_column_int64(st, i);
+}
 /* A number as text by SQLite's own rules (exactly CAST(x AS TEXT)); valid until the next
  * step.  Only for the rare number stored in a text column. */
 static inline const unsigned char *sx_column_text(sqlite3_stmt *st, int i)

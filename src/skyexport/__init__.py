@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "OptionError", "OutputError", "SelectionError", "VerifyReport", "export",
-    "verify", "__version__",
+    "ExportWarning", "ImportResult", "OptionError", "OutputError", "SelectionError",
+    "VerifyReport", "export", "import_car", "verify", "__version__",
 ]
 
 _WHERE = {
@@ -23,10 +23,12 @@ _WHERE = {
     "ExportResult": "job", "ExportWarning": "job", "export": "job",
     "VerifyReport": "manifest", "verify": "manifest",
     "ExportProgress": "progress",
+    "ImportResult": "car", "import_car": "car",
 }
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .car import ImportResult, import_car
     from .errors import (
         ArchiveError,
         BadValueError,

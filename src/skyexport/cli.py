@@ -1,4 +1,4 @@
-"""The `skyexport` command: export, verify, synth, demo.
+"""The `skyexport` command: export, import, info, verify, synth, demo, completion.
 
 Results go to stdout (the last line of `export` is the export directory), progress and
 errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
@@ -127,6 +127,12 @@ INFO_EXAMPLES = """\
 examples:
   skyexport info data/archive.db
   skyexport info data/archive.db --json | jq '.dids[0]'
+  skyexport info repo.car                           # a Bluesky repository export
+"""
+IMPORT_EXAMPLES = """\
+examples:
+  skyexport import repo.car                         # a new data/archive.db
+  skyexport import repo.car --archive data/archive.db --merge
 """
 COMPLETION_EXAMPLES = """\
 examples:
@@ -204,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also print the archive, the filters, the time taken and the "
                            "first warnings")
 
+    m = sub.add_parser("import", help="import a Bluesky repository export (repo.car) into "
+                       "an archive", epilog=IMPORT_EXAMPLES,
+                       description="Read the posts of a repository CAR (Settings -> Export "
+                                   "my data) into a bskyarchive-schema archive.")
+    m.add_argument("car", metavar="REPO.car", help="the repository export")
+    m.add_argument("--archive", default="data/archive.db", metavar="ARCHIVE",
+                   help="the archive to create (default: ./data/archive.db); it must not "
+                        "exist unless --merge")
+    m.add_argument("--merge", action="store_true",
+                   help="add the posts not yet in an existing archive (one transaction); "
+                        "rows already there are left as they are")
+
     v = sub.add_parser("verify", help="re-hash an export against its manifest",
                        epilog=VERIFY_EXAMPLES,
                        description="Check an export directory against its manifest.json; "
@@ -216,8 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a realistic synthetic archive (for trying and "
                                    "benchmarking); never replaces an existing file.")
     s.add_argument("archive", metavar="ARCHIVE", help="the new archive's path (must not exist)")
-    s.add_argument("--posts", type=_positive_int, required=True, metavar="N",
+    s.add_argument("--posts", type=_positive_int, metavar="N",
                    help="number of posts")
+    s.add_argument("--car", type=_positive_int, metavar="N",
+                   help="instead: a repository CAR with N posts, 2N likes and N/5 follows "
+                        "(shuffled blocks, some duplicate and unreachable)")
     s.add_argument("--seed", type=int, default=0, metavar="S",
                    help="random seed: the same arguments always give the same file "
                         "(default 0)")
@@ -250,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "version, posts, each DID's posts and date range, media "
                                    "rows, file size, journal mode.")
     i.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db)")
+                   help="the archive (default: ./data/archive.db), or a repository CAR")
     i.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
     c = sub.add_parser("completion", help="print a shell completion script",
@@ -372,6 +393,8 @@ def _archive_env() -> dict[str, Any]:
     timeout = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "").strip()
     if timeout.isdigit():
         out["_busy_timeout_ms"] = int(timeout)
+    if os.environ.get("SKYEXPORT_CAR_READER") == "python":  # a CAR's MST walked in Python
+        out["_car_reader"] = "python"
     return out
 
 
@@ -404,9 +427,19 @@ def _cli_option(name: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .info import archive_info, format_info
+    from .car import car_info, is_car
 
     env = _archive_env()
+    if is_car(args.archive):
+        cinfo = car_info(args.archive, reader=env.get("_car_reader", "core"))
+        if args.json:
+            import json
+            sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
+        else:
+            _print_car_info(cinfo)
+        return EXIT_OK
+    from .info import archive_info, format_info
+
     info = archive_info(args.archive, row_source=env.get("_row_source"),
                         busy_timeout_ms=env.get("_busy_timeout_ms"))
     if args.json:
@@ -414,6 +447,41 @@ def cmd_info(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(format_info(info))
+    return EXIT_OK
+
+
+def _print_car_info(info: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"source: {info['source']} (repository CAR, {info['bytes']} bytes, "
+      f"{info['blocks']} blocks, sha256 {info['sha256']})\n")
+    w(f"did: {info['did']}\n")
+    w(f"commit: version {info['commit_version']}, rev {info['rev'] or '- (none in v2)'}\n")
+    w(f"records: {info['records']}\n")
+    width = max((len(c) for c in info["collections"]), default=0)
+    for coll, count in info["collections"].items():
+        w(f"  {coll:<{width}}  {count}\n")
+    w(f"posts: {info['posts']}\n")
+    for did, count in info["dids"].items():
+        w(f"  {did}  {count}\n")
+    w(f"first created_at: {info['first_created_at'] or '-'}\n")
+    w(f"last created_at: {info['last_created_at'] or '-'}\n")
+    w(f"media rows: {info['media_rows']} (a CAR holds no media files)\n")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .car import import_car
+    from .errors import OptionError
+
+    try:
+        r = import_car(args.car, args.archive, merge=args.merge,
+                       reader=_archive_env().get("_car_reader", "core"))
+    except OptionError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    out = sys.stdout
+    out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
+    if args.merge:
+        out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
+    out.write(f"{r.archive}\n")
     return EXIT_OK
 
 
@@ -437,6 +505,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if (args.posts is None) == (args.car is None):
+        sys.stderr.write("usage: skyexport synth ARCHIVE (--posts N | --car N)\n")
+        return _fail("give exactly one of --posts N (an archive) and --car N (a CAR)",
+                     EXIT_USAGE)
+    if args.car is not None:
+        return _synth_car(args)
     from .synth import build_archive
 
     try:
@@ -446,6 +520,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return _fail(f"{args.archive} already exists; synth never overwrites an archive")
     sys.stdout.write(f"{stats.posts} posts, {stats.media_files} media files in "
                      f"{stats.seconds:.1f} s\n{args.archive}\n")
+    return EXIT_OK
+
+
+def _synth_car(args: argparse.Namespace) -> int:
+    from .carwrite import synth_car
+
+    t0 = time.perf_counter()
+    try:
+        made = synth_car(args.archive, args.car, seed=args.seed)
+    except FileExistsError:
+        return _fail(f"{args.archive} already exists; synth never overwrites a file")
+    except OSError as exc:
+        return _fail(f"writing {args.archive} failed: {exc.strerror or exc}")
+    sys.stdout.write(f"{args.car} posts, {made['records']} records, {made['blocks']} blocks "
+                     f"in {time.perf_counter() - t0:.1f} s\n{args.archive}\n")
     return EXIT_OK
 
 
@@ -572,7 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
-                "demo": cmd_demo, "info": cmd_info,
+                "demo": cmd_demo, "info": cmd_info, "import": cmd_import,
                 "completion": cmd_completion}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))

@@ -147,8 +147,15 @@ def export(
     _flush_size: int | None = None,
     _row_source: str | None = None,
     _busy_timeout_ms: int | None = None,
+    _car_reader: str = "core",
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
+
+    `archive` may also be a Bluesky repository export (`repo.car`, recognised by its
+    content): its posts are imported into a temporary archive inside the export's hidden
+    directory first (../shared/CAR.md); `media=True` is then an OptionError, and so are a
+    stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
+    `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -268,8 +275,29 @@ def export(
         compressor(compress)
     except CodecMissing as exc:
         raise OptionError(f"{opt('compress')} {exc}") from None
-    with Archive(archive, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms) as arc:
-        if layout == "did":
+
+    def open_archive(path: str | os.PathLike[str]) -> Archive:
+        return Archive(path, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms)
+
+    car = _car_source(archive)
+    if car is not None:
+        if media:
+            raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
+                              "files; leave it out")
+        if stream is not None:
+            shown = "-" if _option is not None else repr(output)
+            raise OptionError(f"{opt('output')} {shown} (a stream) with {car}: a repository "
+                              "CAR is exported into a directory only (for now)")
+        if layout == "did" and did is None:
+            raise OptionError(f"{opt('layout')} did with {car} needs {opt('did')} (the "
+                              f"repository's DID: `skyexport info {car}`)")
+        if layout == "did" and did is not None and (did in ("", ".", "..")
+                                                    or did.startswith(".") or "/" in did
+                                                    or "\0" in did):
+            raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory "
+                              f"name; use {opt('layout')} time")
+    with (open_archive(archive) if car is None else _NoArchive()) as arc:
+        if layout == "did" and car is None:
             did = _layout_did(arc, did, opt)
         selection = Selection(did, lo, hi)
         mroot = Path(media_root) if media_root is not None else None
@@ -289,7 +317,8 @@ def export(
         job = _Job(arc, out, format, selection, media, mroot, batch_size,
                    on_bad_value, on_progress, csv_formula_guard,
                    media_any_path=media_any_path, media_link=media_link,
-                   compress=compress, compress_level=compress_level, flush_size=_flush_size)
+                   compress=compress, compress_level=compress_level, flush_size=_flush_size,
+                   car=car, open_archive=open_archive, car_reader=_car_reader)
         try:
             return job.run()
         except BaseException:
@@ -298,6 +327,39 @@ def export(
                 if created_base:
                     rmdir_if_empty(base)
             raise
+
+
+# --- a repository CAR as the source (CAR.md) --------------------------------------------
+# The CAR's posts are imported into a temporary archive in the export's hidden directory
+# (CAR_DIR, removed before publishing); from then on it is the ordinary archive export.
+
+CAR_DIR = ".car"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class _NoArchive:
+    """Stands in for the Archive until the CAR has been imported (_Job._open_car)."""
+
+    def __enter__(self) -> Any:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _car_source(archive: str | os.PathLike[str]) -> Path | None:
+    """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
+    and anything unreadable go the archive way, which reports them)."""
+    try:
+        with open(archive, "rb") as f:
+            magic = f.read(len(_SQLITE_MAGIC))
+    except OSError:
+        return None
+    if magic == _SQLITE_MAGIC or not magic:
+        return None
+    from .car import is_car
+
+    return Path(archive) if is_car(archive) else None
 
 
 def _stream_target(output: object) -> int | BinaryIO | None:
@@ -388,9 +450,15 @@ class _Job:
                  formula_guard: bool, *, media_any_path: bool = False,
                  media_link: str = "copy", stream: int | BinaryIO | None = None,
                  compress: str | None = None, compress_level: int | None = None,
-                 flush_size: int | None = None) -> None:
+                 flush_size: int | None = None, car: Path | None = None,
+                 open_archive: Callable[[Path], Archive] | None = None,
+                 car_reader: str = "core") -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
+        self.car, self.car_reader = car, car_reader  # the source, when it is a CAR
+        self.open_archive = open_archive or Archive
+        self.car_source: dict[str, Any] | None = None
+        self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
         self.stream = stream
         self.compress = compress
         self.compress_level = (DEFAULT_LEVELS[compress] if compress and compress_level is None
@@ -421,7 +489,8 @@ class _Job:
             posts_processed=w.rows if w else 0, posts_total=self.posts_total,
             media_copied=c.seen if c else 0, media_total=self.media_total,
             bytes_written=(w.bytes_written + w.pending) if w else 0,
-            elapsed_s=time.monotonic() - self.start, error=error)
+            elapsed_s=time.monotonic() - self.start, error=error,
+            car_blocks=self.car_blocks, car_bytes=self.car_bytes)
 
     def emit(self, status: str | None = None, error: str | None = None) -> None:
         if self.channel is not None:
@@ -460,6 +529,9 @@ class _Job:
                 assert self.out is not None
                 with StagedDir(self.out) as staged:
                     self.staged = staged
+                    if self.car is not None:
+                        assert staged.path is not None
+                        self._open_car(staged.path)
                     result = self._export(staged)
             self.emit("completed")
             return result
@@ -471,6 +543,8 @@ class _Job:
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
+            if self.car is not None and self.arc is not None:
+                self.arc.close()
             if self.channel is not None:
                 try:
                     self.channel.close()  # the final event is delivered before we return
@@ -525,6 +599,8 @@ class _Job:
         if self.copier is not None:
             digest_sums, size_sums = sha256_file(tmp / MEDIA_SUMS)
             checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
+        if self.car is not None:
+            self._drop_car(tmp)
         duration = time.monotonic() - self.start
         manifest = self._manifest(checksums, duration)
         try:
@@ -674,7 +750,7 @@ class _Job:
             "version": MANIFEST_VERSION,
             "files": files,
             "generator": f"skyexport {__version__}",
-            "source_archive": str(self.arc.path.resolve()),
+            "source_archive": str((self.car or self.arc.path).resolve()),
             "schema_version": self.arc.schema_version,
             "did": sel.did,
             "batch_size": self.batch_size,
@@ -689,7 +765,42 @@ class _Job:
         })
         if self.copier is not None:
             m["media_rows"] = self.media_total
+        if self.car_source is not None:
+            m["source_car"] = self.car_source
         return m
+
+    # --- a CAR as the source --------------------------------------------------------------
+
+    def _open_car(self, tmp: Path) -> None:
+        """Import the CAR into tmp/.car/archive.db and export from that archive."""
+        from .car import CarRepo, build_archive_from
+
+        assert self.car is not None
+        d = tmp / CAR_DIR
+        d.mkdir()
+
+        def on_blocks(blocks: int, offset: int) -> None:
+            self.car_blocks, self.car_bytes = blocks, offset
+            self.heartbeat()
+
+        try:
+            with CarRepo(self.car, d, on_blocks, verb="exported",
+                         reader=self.car_reader) as repo:
+                self.emit()  # the whole CAR read and indexed
+                build_archive_from(repo, d / "archive.db", scratch=True,
+                                   on_chunk=self.heartbeat)
+                self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
+                                   "commit_version": repo.version, "bytes": repo.size}
+        except OSError as exc:
+            raise output_error(exc, d) from None
+        self.arc = self.open_archive(d / "archive.db")
+
+    def _drop_car(self, tmp: Path) -> None:
+        """The temporary archive is not part of the export: gone before publishing."""
+        import shutil
+
+        self.arc.close()
+        shutil.rmtree(tmp / CAR_DIR, ignore_errors=True)
 
 
 # --- small helpers ----------------------------------------------------------------------

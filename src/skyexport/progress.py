@@ -56,11 +56,14 @@ class ExportProgress(Record):
     - `bytes_written`: bytes of the data file produced so far; `elapsed_s`: seconds since
       the export started; `rate`: posts per second so far.
 
+    - `car_blocks`, `car_bytes`: with a repository CAR as the source, the blocks framed and
+      the bytes read of it while its posts are imported (status `queued`); 0 otherwise.
+
     Within one export every count and `elapsed_s` only grow from one event to the next.
     """
 
     __slots__ = ("status", "posts_processed", "posts_total", "media_copied", "media_total",
-                 "bytes_written", "elapsed_s", "error")
+                 "bytes_written", "elapsed_s", "error", "car_blocks", "car_bytes")
     status: Status
     posts_processed: int
     posts_total: int
@@ -69,13 +72,16 @@ class ExportProgress(Record):
     bytes_written: int
     elapsed_s: float
     error: str | None
+    car_blocks: int
+    car_bytes: int
 
     def __init__(self, status: Status, posts_processed: int, posts_total: int,
                  media_copied: int, media_total: int, bytes_written: int, elapsed_s: float,
-                 error: str | None = None) -> None:
+                 error: str | None = None, car_blocks: int = 0, car_bytes: int = 0) -> None:
         self._set(status=status, posts_processed=posts_processed, posts_total=posts_total,
                   media_copied=media_copied, media_total=media_total,
-                  bytes_written=bytes_written, elapsed_s=elapsed_s, error=error)
+                  bytes_written=bytes_written, elapsed_s=elapsed_s, error=error,
+                  car_blocks=car_blocks, car_bytes=car_bytes)
 
     @property
     def rate(self) -> float:
@@ -90,6 +96,9 @@ class ExportProgress(Record):
             "media_total": self.media_total, "bytes_written": self.bytes_written,
             "elapsed_s": round(self.elapsed_s, 3), "rate": round(self.rate, 1),
         }
+        if self.car_blocks:
+            d["car_blocks"] = self.car_blocks
+            d["car_bytes"] = self.car_bytes
         if self.error is not None:
             d["error"] = self.error
         return d

@@ -1,0 +1,1174 @@
+# Reading a Bluesky repository CAR (../shared/CAR.md): CARv1 framing, the atproto
+# DAG-CBOR data model, and post records as posts rows.
+#
+#   car_header(bytes)       the header block -> (version, roots)
+#   CarScanner              one sequential pass: (key, offset, length) of every block, in
+#                           batches for the on-disk index; the file's SHA-256 on the way
+#   cbor_to_py(bytes)       a small block (commit, MST node) as Python objects; links as CID
+#   post_row(bytes)         a post record -> the fields of its posts row, its embed and
+#                           labels as JSON exactly as CAR.md says
+#   cid_str(bytes)          a CID's text form (base32, "b..." for v1)
+#
+# Every decoder validates the whole block: floats, undefined, tags other than 42,
+# indefinite lengths, non-string map keys and invalid UTF-8 raise CarFormatError.
+
+from libc.errno cimport EINTR
+from libc.string cimport memmove, strlen
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t pread(int fd, void* buf, size_t count, long long offset)
+
+cdef enum:
+    CBOR_MAX_DEPTH = 10000
+    SCAN_CHUNK = 1 << 20
+    MAX_BLOCK = 1 << 30
+
+
+class CarFormatError(ValueError):
+    """A CAR or a block in it is not what CAR.md allows; the message says what."""
+
+
+class CID(bytes):
+    """The binary form of a CID that a tag-42 link holds (without the 0x00 prefix)."""
+
+    def __str__(self):
+        return cid_str(self)
+
+    def __repr__(self):
+        return f"CID({cid_str(self)})"
+
+
+cdef const char* B32 = b"abcdefghijklmnopqrstuvwxyz234567"
+cdef const char* B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+cdef const char* B58 = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+cdef int ob_base32(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
+    cdef Py_ssize_t i
+    cdef uint64_t acc = 0
+    cdef int bits = 0
+    ob_reserve(b, n * 8 // 5 + 2)
+    for i in range(n):
+        acc = (acc << 8) | s[i]
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            b.data[b.len] = B32[(acc >> bits) & 31]
+            b.len += 1
+    if bits:
+        b.data[b.len] = B32[(acc << (5 - bits)) & 31]
+        b.len += 1
+    return 0
+
+
+cdef int ob_base64(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
+    """Standard alphabet, no padding (atproto's $bytes)."""
+    cdef Py_ssize_t i = 0
+    cdef uint32_t v
+    ob_reserve(b, (n + 2) // 3 * 4 + 1)
+    while i + 3 <= n:
+        v = (<uint32_t>s[i] << 16) | (<uint32_t>s[i + 1] << 8) | s[i + 2]
+        b.data[b.len] = B64[v >> 18]
+        b.data[b.len + 1] = B64[(v >> 12) & 63]
+        b.data[b.len + 2] = B64[(v >> 6) & 63]
+        b.data[b.len + 3] = B64[v & 63]
+        b.len += 4
+        i += 3
+    if n - i == 1:
+        v = <uint32_t>s[i] << 16
+        b.data[b.len] = B64[v >> 18]
+        b.data[b.len + 1] = B64[(v >> 12) & 63]
+        b.len += 2
+    elif n - i == 2:
+        v = (<uint32_t>s[i] << 16) | (<uint32_t>s[i + 1] << 8)
+        b.data[b.len] = B64[v >> 18]
+        b.data[b.len + 1] = B64[(v >> 12) & 63]
+        b.data[b.len + 2] = B64[(v >> 6) & 63]
+        b.len += 3
+    return 0
+
+
+cdef int ob_cid(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+    """A CID's string form: base58btc for v0 (`Qm...`), else multibase base32 (`b...`)."""
+    if n == 34 and s[0] == 0x12 and s[1] == 0x20:
+        t = base58(s, n)
+        ob_write(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
+        return 0
+    ob_byte(b, b'b')
+    ob_base32(b, s, n)
+    return 0
+
+
+cdef bytes base58(const unsigned char* s, Py_ssize_t n):
+    cdef object v = int.from_bytes(PyBytes_FromStringAndSize(<const char*>s, n), "big")
+    out = bytearray()
+    while v:
+        v, r = divmod(v, 58)
+        out.append(B58[r])
+    cdef Py_ssize_t i = 0
+    while i < n and s[i] == 0:
+        out.append(B58[0])
+        i += 1
+    out.reverse()
+    return bytes(out)
+
+
+def cid_str(cid):
+    """The text form of a binary CID."""
+    cdef bytes c = bytes(cid)
+    cdef OutBuf b
+    ob_init(&b, 64)
+    try:
+        ob_cid(&b, <const unsigned char*>PyBytes_AS_STRING(c), PyBytes_GET_SIZE(c))
+        return b.data[:b.len].decode("ascii")
+    finally:
+        ob_free(&b)
+
+
+# --- varints and CIDs ------------------------------------------------------------------
+
+cdef inline Py_ssize_t uvarint(const unsigned char* s, Py_ssize_t n, uint64_t* out) noexcept nogil:
+    """Bytes used by the unsigned LEB128 varint at s (at most 9), 0 if incomplete, -1 if
+    invalid (too long or not minimal)."""
+    cdef uint64_t v = 0
+    cdef Py_ssize_t i = 0
+    cdef int shift = 0
+    while i < n:
+        if i >= 9:
+            return -1
+        v |= (<uint64_t>(s[i] & 0x7F)) << shift
+        if s[i] < 0x80:
+            if i > 0 and s[i] == 0:
+                return -1
+            out[0] = v
+            return i + 1
+        shift += 7
+        i += 1
+    return 0
+
+
+cdef Py_ssize_t cid_len(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Length of the binary CID at s, 0 if incomplete, -1 if it is not one."""
+    cdef uint64_t version, codec, code, dlen
+    cdef Py_ssize_t i = 0, k
+    if n >= 2 and s[0] == 0x12 and s[1] == 0x20:
+        return 34 if n >= 34 else 0
+    k = uvarint(s, n, &version)
+    if k <= 0:
+        return k
+    if version != 1:
+        return -1
+    i += k
+    k = uvarint(s + i, n - i, &codec)
+    if k <= 0:
+        return k
+    i += k
+    k = uvarint(s + i, n - i, &code)
+    if k <= 0:
+        return k
+    i += k
+    k = uvarint(s + i, n - i, &dlen)
+    if k <= 0:
+        return k
+    i += k
+    if dlen > 128:
+        return -1
+    if i + <Py_ssize_t>dlen > n:
+        return 0
+    return i + <Py_ssize_t>dlen
+
+
+cdef inline int64_t cid_key(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """The index key of a CID: its last 8 bytes (the end of its digest) as an integer."""
+    cdef uint64_t v = 0
+    cdef Py_ssize_t i = n - 8 if n > 8 else 0
+    while i < n:
+        v = (v << 8) | s[i]
+        i += 1
+    return <int64_t>v
+
+
+def cid_index_key(cid):
+    cdef bytes c = bytes(cid)
+    return cid_key(<const unsigned char*>PyBytes_AS_STRING(c), PyBytes_GET_SIZE(c))
+
+
+def cid_digest(cid):
+    """(hash code, digest) of a binary CID."""
+    cdef bytes c = bytes(cid)
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(c)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(c), i = 0, k
+    cdef uint64_t v
+    if n == 34 and s[0] == 0x12 and s[1] == 0x20:
+        return 0x12, c[2:]
+    for _ in range(2):  # version, codec
+        k = uvarint(s + i, n - i, &v)
+        if k <= 0:
+            raise CarFormatError("not a CID")
+        i += k
+    k = uvarint(s + i, n - i, &v)
+    if k <= 0:
+        raise CarFormatError("not a CID")
+    i += k
+    code = v
+    k = uvarint(s + i, n - i, &v)
+    if k <= 0:
+        raise CarFormatError("not a CID")
+    i += k
+    return code, c[i:]
+
+
+def read_uvarint(bytes data, Py_ssize_t pos=0):
+    """(value, bytes used) of the varint at data[pos:]; (None, 0) if incomplete."""
+    cdef uint64_t v
+    cdef Py_ssize_t k
+    if pos < 0 or pos > PyBytes_GET_SIZE(data):
+        raise ValueError("pos")
+    k = uvarint(<const unsigned char*>PyBytes_AS_STRING(data) + pos,
+                PyBytes_GET_SIZE(data) - pos, &v)
+    if k < 0:
+        raise CarFormatError("invalid varint")
+    if k == 0:
+        return None, 0
+    return v, k
+
+
+# --- the sequential scan -----------------------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CarScanner:
+    """Reads a CAR from `fd` once, front to back, from `start` (just after the header):
+    `next_batch()` returns up to `n` (key, offset, length) tuples (offset: the block's CID;
+    length: CID plus data), [] at the end.  `hasher` (hashlib) is fed every byte of the
+    file, the header included (`head` holds the bytes before `start`)."""
+    cdef int fd
+    cdef unsigned char* buf
+    cdef Py_ssize_t cap, lo, hi       # buf holds file bytes [base + lo, base + hi)
+    cdef int64_t base                 # file offset of buf[0]
+    cdef readonly int64_t pos         # file offset of the next block
+    cdef readonly int64_t blocks, size
+    cdef bint eof
+    cdef object hasher
+
+    def __cinit__(self):
+        self.cap = SCAN_CHUNK
+        self.buf = <unsigned char*>PyMem_RawMalloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __init__(self, int fd, int64_t start, bytes head, hasher):
+        self.fd = fd
+        self.hasher = hasher
+        hasher.update(head)
+        self.base = len(head)
+        self.lo = self.hi = 0
+        self.pos = start
+        self.size = start
+        if start != len(head):
+            raise ValueError("head must be the bytes before start")
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.buf)
+
+    cdef int fill(self) except -1:
+        """Read more bytes after buf[hi), keeping [pos, hi); 0 at end of file."""
+        cdef Py_ssize_t keep_from = <Py_ssize_t>(self.pos - self.base)
+        cdef ssize_t got
+        if keep_from > self.hi:
+            keep_from = self.hi
+        if keep_from > 0:
+            memmove(self.buf, self.buf + keep_from, self.hi - keep_from)
+            self.hi -= keep_from
+            self.base += keep_from
+        self.lo = 0
+        with nogil:
+            got = pread(self.fd, self.buf + self.hi, self.cap - self.hi, self.base + self.hi)
+        if got < 0:
+            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+        if got == 0:
+            self.eof = True
+            return 0
+        self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got, PyBUF_READ))
+        self.hi += got
+        self.size = self.base + self.hi
+        return 1
+
+    def index_into(self, conn, Py_ssize_t every=20000, on_batch=None):
+        """Insert every block's (key, offset, length) into table `b` of `conn` (an APSW
+        connection this module is loaded into; the caller holds a transaction), calling
+        on_batch() every `every` blocks.  Returns the number of blocks."""
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef sqlite3_stmt* ins = NULL
+        cdef bytes q = b"INSERT INTO b VALUES (?, ?, ?)"
+        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
+        cdef Py_ssize_t i
+        if rc != SQLITE_OK:
+            raise sqlite_error(db, rc)
+        try:
+            while True:
+                batch = self.next_batch(every)
+                if not batch:
+                    return self.blocks
+                for k, off, ln in batch:
+                    sx_bind_int64(ins, 1, k)
+                    sx_bind_int64(ins, 2, off)
+                    sx_bind_int64(ins, 3, ln)
+                    rc = sx_step(ins)
+                    sx_reset(ins)
+                    if rc != SQLITE_DONE:
+                        raise sqlite_error(db, rc)
+                if on_batch is not None:
+                    on_batch()
+        finally:
+            sx_finalize(ins)
+
+    def next_batch(self, Py_ssize_t n):
+        out = []
+        cdef uint64_t L
+        cdef Py_ssize_t k, c, at
+        cdef int64_t off
+        while len(out) < n:
+            # the bytes of the next block header (varint + CID) must be in the buffer
+            while True:
+                at = <Py_ssize_t>(self.pos - self.base)
+                if at < self.hi:
+                    k = uvarint(self.buf + at, self.hi - at, &L)
+                    if k > 0:
+                        c = cid_len(self.buf + at + k, self.hi - at - k)
+                        if c > 0 or c < 0:
+                            break
+                    elif k < 0:
+                        raise CarFormatError(f"invalid block length varint at byte {self.pos}")
+                if self.eof or not self.fill():
+                    if self.pos == self.size:
+                        return out  # a clean end
+                    raise CarFormatError(f"truncated: the block at byte {self.pos} is cut "
+                                         f"off (the file ends at byte {self.size})")
+            if c < 0:
+                raise CarFormatError(f"the block at byte {self.pos} does not start with a CID")
+            if L < <uint64_t>c or L > MAX_BLOCK:
+                raise CarFormatError(f"the block at byte {self.pos} has an impossible length "
+                                     f"{L}")
+            off = self.pos + k
+            out.append((cid_key(self.buf + at + k, c), off, <int64_t>L))
+            self.blocks += 1
+            self.pos = off + <int64_t>L
+            # make sure the block's bytes exist (and are hashed), without keeping them
+            while self.base + self.hi < self.pos:
+                if self.eof or not self.fill():
+                    raise CarFormatError(f"truncated: the block at byte {off - k} needs "
+                                         f"{L} bytes but the file ends at byte {self.size}")
+        return out
+
+
+def pread_bytes(int fd, Py_ssize_t n, int64_t off):
+    """Exactly n bytes of fd at off, or fewer at end of file."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* p = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t done = 0
+    cdef ssize_t got
+    while done < n:
+        with nogil:
+            got = pread(fd, p + done, n - done, off + done)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+        if got == 0:
+            return out[:done]
+        done += got
+    return out
+
+
+# --- DAG-CBOR ----------------------------------------------------------------------------
+
+cdef struct Item:
+    int major
+    uint64_t arg           # the value, length or count
+    Py_ssize_t head        # bytes of the initial byte and its argument
+
+
+cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Item* it) except -1:
+    cdef unsigned char b
+    cdef int info, k, j
+    cdef uint64_t v
+    if i >= n:
+        raise CarFormatError("ends in the middle of a value")
+    b = s[i]
+    it.major = b >> 5
+    info = b & 31
+    if info < 24:
+        it.arg = info
+        it.head = 1
+        return 0
+    if info > 27:
+        if info == 31:
+            raise CarFormatError("has an indefinite-length item (not DAG-CBOR)")
+        raise CarFormatError(f"has a reserved CBOR byte 0x{b:02x}")
+    if it.major == 7:
+        if info == 24:
+            raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+        raise CarFormatError("has a float (not allowed in atproto records)")
+    k = 1 << (info - 24)
+    if i + 1 + k > n:
+        raise CarFormatError("ends in the middle of a value")
+    v = 0
+    for j in range(k):
+        v = (v << 8) | s[i + 1 + j]
+    it.arg = v
+    it.head = 1 + k
+    return 0
+
+
+cdef bint utf8_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8: no overlong forms, no surrogates, nothing above U+10FFFF."""
+    cdef Py_ssize_t i = 0
+    cdef unsigned char c
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xC2:
+            return False
+        elif c < 0xE0:
+            if i + 1 >= n or (s[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+        elif c < 0xF0:
+            if i + 2 >= n or (s[i + 1] & 0xC0) != 0x80 or (s[i + 2] & 0xC0) != 0x80:
+                return False
+            if c == 0xE0 and s[i + 1] < 0xA0:
+                return False
+            if c == 0xED and s[i + 1] >= 0xA0:
+                return False
+            i += 3
+        elif c < 0xF5:
+            if (i + 3 >= n or (s[i + 1] & 0xC0) != 0x80 or (s[i + 2] & 0xC0) != 0x80
+                    or (s[i + 3] & 0xC0) != 0x80):
+                return False
+            if c == 0xF0 and s[i + 1] < 0x90:
+                return False
+            if c == 0xF4 and s[i + 1] >= 0x90:
+                return False
+            i += 4
+        else:
+            return False
+    return True
+
+
+cdef Py_ssize_t cb_len(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t arg) except -1:
+    if arg > <uint64_t>(n - i):
+        raise CarFormatError("ends in the middle of a value")
+    return <Py_ssize_t>arg
+
+
+cdef Py_ssize_t cb_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                        Py_ssize_t* start) except -1:
+    """At tag 42's content (i just after the tag): checks the byte string is 0x00 + CID;
+    returns the offset after it, the CID's start in start[0]."""
+    cdef Item it
+    cdef Py_ssize_t ln, c
+    cb_head(s, i, n, &it)
+    if it.major != 2:
+        raise CarFormatError("has a tag-42 link that is not a byte string")
+    i += it.head
+    ln = cb_len(s, i, n, it.arg)
+    if ln < 2 or s[i] != 0:
+        raise CarFormatError("has a malformed tag-42 link")
+    c = cid_len(s + i + 1, ln - 1)
+    if c != ln - 1:
+        raise CarFormatError("has a tag-42 link that is not a CID")
+    start[0] = i + 1
+    return i + ln
+
+
+cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
+    """Validates the item at i; returns the offset after it."""
+    cdef Item it
+    cdef Py_ssize_t ln, start
+    cdef uint64_t j
+    if depth > CBOR_MAX_DEPTH:
+        raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
+    cb_head(s, i, n, &it)
+    i += it.head
+    if it.major <= 1:
+        return i
+    if it.major == 2:
+        return i + cb_len(s, i, n, it.arg)
+    if it.major == 3:
+        ln = cb_len(s, i, n, it.arg)
+        if not utf8_ok(s + i, ln):
+            raise CarFormatError("has a text string that is not valid UTF-8")
+        return i + ln
+    if it.major == 4:
+        cb_len(s, i, n, it.arg)  # each item takes at least one byte
+        for j in range(it.arg):
+            i = cb_skip(s, i, n, depth + 1)
+        return i
+    if it.major == 5:
+        cb_len(s, i, n, it.arg)
+        for j in range(it.arg):
+            i = cb_key(s, i, n, NULL, NULL)
+            i = cb_skip(s, i, n, depth + 1)
+        return i
+    if it.major == 6:
+        if it.arg != 42:
+            raise CarFormatError(f"has CBOR tag {it.arg} (only 42, links, is allowed)")
+        return cb_link(s, i, n, &start)
+    # major 7, no argument bytes: false, true, null only
+    if it.arg == 20 or it.arg == 21 or it.arg == 22:
+        return i
+    if it.arg == 23:
+        raise CarFormatError("has `undefined` (not DAG-CBOR)")
+    raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+
+
+cdef Py_ssize_t cb_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                       const unsigned char** kp, Py_ssize_t* kn) except -1:
+    """A map key (a text string) at i: offset after it; its bytes in kp/kn if given."""
+    cdef Item it
+    cdef Py_ssize_t ln
+    cb_head(s, i, n, &it)
+    if it.major != 3:
+        raise CarFormatError("has a map key that is not a text string")
+    i += it.head
+    ln = cb_len(s, i, n, it.arg)
+    if not utf8_ok(s + i, ln):
+        raise CarFormatError("has a map key that is not valid UTF-8")
+    if kp != NULL:
+        kp[0] = s + i
+        kn[0] = ln
+    return i + ln
+
+
+cdef Py_ssize_t cb_find(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                        const char* key) except -2:
+    """The offset of `key`'s value if the item at i is a map holding it, else -1.
+    (The item was validated before.)"""
+    cdef Item it
+    cdef const unsigned char* kp
+    cdef Py_ssize_t kn, klen = <Py_ssize_t>strlen(key)
+    cdef uint64_t j
+    cb_head(s, i, n, &it)
+    if it.major != 5:
+        return -1
+    i += it.head
+    for j in range(it.arg):
+        i = cb_key(s, i, n, &kp, &kn)
+        if kn == klen and memcmp(kp, key, klen) == 0:
+            return i
+        i = cb_skip(s, i, n, 0)
+    return -1
+
+
+cdef bint cb_text_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                     const unsigned char** tp, Py_ssize_t* tn) except -1:
+    """True and the text if the item at i (i >= 0) is a text string."""
+    cdef Item it
+    if i < 0:
+        return False
+    cb_head(s, i, n, &it)
+    if it.major != 3:
+        return False
+    tp[0] = s + i + it.head
+    tn[0] = <Py_ssize_t>it.arg
+    return True
+
+
+cdef bint cb_text_is(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                     const char* want) except -1:
+    cdef const unsigned char* tp
+    cdef Py_ssize_t tn
+    if not cb_text_at(s, i, n, &tp, &tn):
+        return False
+    return tn == <Py_ssize_t>strlen(want) and memcmp(tp, want, tn) == 0
+
+
+cdef int ob_json_str_go(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+    """A validated UTF-8 string as Go's json.Marshal writes it (HTML-safe: < > & escaped,
+    U+2028/U+2029 too)."""
+    cdef Py_ssize_t i, run = 0
+    cdef unsigned char c
+    ob_byte(b, b'"')
+    i = 0
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            if c < 0x20 or c == b'"' or c == b'\\' or c == b'<' or c == b'>' or c == b'&':
+                if c == b'"':
+                    ob_write(b, b'\\"', 2)
+                elif c == b'\\':
+                    ob_write(b, b'\\\\', 2)
+                elif c == b'\n':
+                    ob_write(b, b'\\n', 2)
+                elif c == b'\r':
+                    ob_write(b, b'\\r', 2)
+                elif c == b'\t':
+                    ob_write(b, b'\\t', 2)
+                else:
+                    ob_reserve(b, 6)
+                    memcpy(b.data + b.len, b"\\u00", 4)
+                    b.data[b.len + 4] = HEX[c >> 4]
+                    b.data[b.len + 5] = HEX[c & 15]
+                    b.len += 6
+            else:
+                ob_byte(b, <char>c)
+            i += 1
+        elif (c == 0xE2 and i + 2 < n and s[i + 1] == 0x80
+              and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9)):
+            ob_write(b, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
+            i += 3
+        else:
+            ob_byte(b, <char>c)
+            i += 1
+    ob_byte(b, b'"')
+    return 0
+
+
+cdef int ob_uint64(OutBuf* b, uint64_t v) except -1:
+    cdef char tmp[24]
+    cdef int k = 0
+    if v == 0:
+        return ob_byte(b, b'0')
+    while v:
+        tmp[k] = <char>(48 + v % 10)
+        v //= 10
+        k += 1
+    ob_reserve(b, k)
+    while k:
+        k -= 1
+        b.data[b.len] = tmp[k]
+        b.len += 1
+    return 0
+
+
+cdef Py_ssize_t cb_json(OutBuf* b, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                        int depth) except -1:
+    """The validated item at i as compact JSON (CAR.md); returns the offset after it."""
+    cdef Item it
+    cdef Py_ssize_t ln, start
+    cdef uint64_t j
+    cdef const unsigned char* kp
+    cdef Py_ssize_t kn
+    if depth > CBOR_MAX_DEPTH:
+        raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
+    cb_head(s, i, n, &it)
+    i += it.head
+    if it.major == 0:
+        ob_uint64(b, it.arg)
+        return i
+    if it.major == 1:
+        ob_byte(b, b'-')
+        if it.arg == <uint64_t>0xFFFFFFFFFFFFFFFF:
+            ob_write(b, b"18446744073709551616", 20)
+        else:
+            ob_uint64(b, it.arg + 1)
+        return i
+    if it.major == 2:
+        ln = cb_len(s, i, n, it.arg)
+        ob_write(b, b'{"$bytes":"', 11)
+        ob_base64(b, s + i, ln)
+        ob_write(b, b'"}', 2)
+        return i + ln
+    if it.major == 3:
+        ln = cb_len(s, i, n, it.arg)
+        if not utf8_ok(s + i, ln):
+            raise CarFormatError("has a text string that is not valid UTF-8")
+        ob_json_str_go(b, s + i, ln)
+        return i + ln
+    if it.major == 4:
+        cb_len(s, i, n, it.arg)
+        ob_byte(b, b'[')
+        for j in range(it.arg):
+            if j:
+                ob_byte(b, b',')
+            i = cb_json(b, s, i, n, depth + 1)
+        ob_byte(b, b']')
+        return i
+    if it.major == 5:
+        cb_len(s, i, n, it.arg)
+        ob_byte(b, b'{')
+        for j in range(it.arg):
+            if j:
+                ob_byte(b, b',')
+            i = cb_key(s, i, n, &kp, &kn)
+            ob_json_str_go(b, kp, kn)
+            ob_byte(b, b':')
+            i = cb_json(b, s, i, n, depth + 1)
+        ob_byte(b, b'}')
+        return i
+    if it.major == 6:
+        if it.arg != 42:
+            raise CarFormatError(f"has CBOR tag {it.arg} (only 42, links, is allowed)")
+        ln = cb_link(s, i, n, &start)
+        ob_write(b, b'{"$link":"', 10)
+        ob_cid(b, s + start, ln - start)
+        ob_write(b, b'"}', 2)
+        return ln
+    if it.arg == 20:
+        ob_write(b, b"false", 5)
+    elif it.arg == 21:
+        ob_write(b, b"true", 4)
+    elif it.arg == 22:
+        ob_write(b, b"null", 4)
+    elif it.arg == 23:
+        raise CarFormatError("has `undefined` (not DAG-CBOR)")
+    else:
+        raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+    return i
+
+
+cdef object cb_py(const unsigned char* s, Py_ssize_t* pi, Py_ssize_t n, int depth):
+    """The item at pi[0] as Python objects (links as CID, bytes as bytes)."""
+    cdef Item it
+    cdef Py_ssize_t i = pi[0], ln, start
+    cdef uint64_t j
+    cdef const unsigned char* kp
+    cdef Py_ssize_t kn
+    if depth > 64:
+        raise CarFormatError("nests too deep for a commit or MST node")
+    cb_head(s, i, n, &it)
+    i += it.head
+    if it.major == 0:
+        pi[0] = i
+        return it.arg
+    if it.major == 1:
+        pi[0] = i
+        return -1 - <object>it.arg
+    if it.major == 2 or it.major == 3:
+        ln = cb_len(s, i, n, it.arg)
+        pi[0] = i + ln
+        v = PyBytes_FromStringAndSize(<const char*>s + i, ln)
+        if it.major == 3:
+            if not utf8_ok(s + i, ln):
+                raise CarFormatError("has a text string that is not valid UTF-8")
+            return v.decode("utf-8")
+        return v
+    if it.major == 4:
+        cb_len(s, i, n, it.arg)
+        out = []
+        pi[0] = i
+        for j in range(it.arg):
+            out.append(cb_py(s, pi, n, depth + 1))
+        return out
+    if it.major == 5:
+        cb_len(s, i, n, it.arg)
+        d = {}
+        for j in range(it.arg):
+            i = cb_key(s, i, n, &kp, &kn)
+            k = PyBytes_FromStringAndSize(<const char*>kp, kn).decode("utf-8")
+            pi[0] = i
+            d[k] = cb_py(s, pi, n, depth + 1)
+            i = pi[0]
+        pi[0] = i
+        return d
+    if it.major == 6:
+        if it.arg != 42:
+            raise CarFormatError(f"has CBOR tag {it.arg} (only 42, links, is allowed)")
+        ln = cb_link(s, i, n, &start)
+        pi[0] = ln
+        return CID(PyBytes_FromStringAndSize(<const char*>s + start, ln - start))
+    pi[0] = i
+    if it.arg == 20:
+        return False
+    if it.arg == 21:
+        return True
+    if it.arg == 22:
+        return None
+    if it.arg == 23:
+        raise CarFormatError("has `undefined` (not DAG-CBOR)")
+    raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+
+
+def cbor_to_py(data, Py_ssize_t pos=0, bint whole=True):
+    """Decode one DAG-CBOR item at data[pos:] -> (object, offset after it).  With `whole`,
+    nothing may follow it."""
+    cdef bytes d = bytes(data)
+    cdef Py_ssize_t i = pos, n = PyBytes_GET_SIZE(d)
+    v = cb_py(<const unsigned char*>PyBytes_AS_STRING(d), &i, n, 0)
+    if whole and i != n:
+        raise CarFormatError("has bytes after its value")
+    return v, i
+
+
+def cbor_to_json(data):
+    """One DAG-CBOR block as compact JSON bytes (CAR.md's DAG-CBOR -> JSON)."""
+    cdef bytes d = bytes(data)
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(d)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(d), end
+    cdef OutBuf b
+    ob_init(&b, n * 2 + 16)
+    try:
+        end = cb_json(&b, s, 0, n, 0)
+        if end != n:
+            raise CarFormatError("has bytes after its value")
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)
+
+
+cdef object cb_json_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n):
+    cdef OutBuf b
+    ob_init(&b, 256)
+    try:
+        cb_json(&b, s, i, n, 0)
+        return PyBytes_FromStringAndSize(b.data, b.len).decode("utf-8")
+    finally:
+        ob_free(&b)
+
+
+cdef bint is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """A blob reference: {"$type": "blob", "ref": link, ...} or legacy {"cid", "mimeType"}."""
+    if i < 0:
+        return False
+    if cb_text_is(s, cb_find(s, i, n, "$type"), n, "blob"):
+        return True
+    cdef const unsigned char* tp
+    cdef Py_ssize_t tn
+    return (cb_text_at(s, cb_find(s, i, n, "cid"), n, &tp, &tn)
+            and cb_find(s, i, n, "mimeType") >= 0)
+
+
+cdef bint is_media_embed(const unsigned char* s, Py_ssize_t e, Py_ssize_t n) except -1:
+    cdef Py_ssize_t t = cb_find(s, e, n, "$type"), x
+    if cb_text_is(s, t, n, "app.bsky.embed.images") or cb_text_is(s, t, n, "app.bsky.embed.video"):
+        return True
+    if cb_text_is(s, t, n, "app.bsky.embed.external"):
+        x = cb_find(s, e, n, "external")
+        return x >= 0 and is_blob(s, cb_find(s, x, n, "thumb"), n)
+    return False
+
+
+EMBED_TYPES = {
+    "app.bsky.embed.images": "images",
+    "app.bsky.embed.external": "external",
+    "app.bsky.embed.record": "record",
+    "app.bsky.embed.recordWithMedia": "record_with_media",
+    "app.bsky.embed.video": "video",
+}
+
+
+def post_fields(data):
+    """A post record's posts-row fields (CAR.md's table):
+    (text, created_at, has_media, is_reply, reply_parent, embed_type, embed_data, labels).
+    Raises CarFormatError if the block is not valid atproto DAG-CBOR or not a map."""
+    cdef bytes d = bytes(data)
+    return post_fields_c(<const unsigned char*>PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
+
+
+cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
+    cdef Py_ssize_t v, e, r, t
+    cdef const unsigned char* tp
+    cdef Py_ssize_t tn
+    cdef Item it
+    if cb_skip(s, 0, n, 0) != n:
+        raise CarFormatError("has bytes after its value")
+    cb_head(s, 0, n, &it)
+    if it.major != 5:
+        raise CarFormatError("is not a map")
+    v = cb_find(s, 0, n, "text")
+    if v < 0:
+        text = ""
+    elif cb_text_at(s, v, n, &tp, &tn):
+        text = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
+    else:
+        raise CarFormatError("has a `text` that is not a string")
+    v = cb_find(s, 0, n, "createdAt")
+    if v < 0:
+        created = ""
+    elif cb_text_at(s, v, n, &tp, &tn):
+        created = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
+    else:
+        raise CarFormatError("has a `createdAt` that is not a string")
+    has_media = False
+    embed_type = ""
+    embed_data = None
+    e = cb_find(s, 0, n, "embed")
+    if e >= 0:
+        embed_data = cb_json_at(s, e, n)
+        t = cb_find(s, e, n, "$type")
+        if cb_text_at(s, t, n, &tp, &tn):
+            ty = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
+            embed_type = EMBED_TYPES.get(ty, ty)
+        has_media = is_media_embed(s, e, n)
+        if not has_media and cb_text_is(s, t, n, "app.bsky.embed.recordWithMedia"):
+            has_media = is_media_embed(s, cb_find(s, e, n, "media"), n)
+    is_reply = False
+    parent = ""
+    r = cb_find(s, 0, n, "reply")
+    if r >= 0:
+        is_reply = True
+        v = cb_find(s, r, n, "parent")
+        if v >= 0 and cb_text_at(s, cb_find(s, v, n, "uri"), n, &tp, &tn):
+            parent = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
+    v = cb_find(s, 0, n, "labels")
+    labels = cb_json_at(s, v, n) if v >= 0 else None
+    return (text, created, has_media, is_reply, parent, embed_type, embed_data, labels)
+
+
+# --- the MST walk, in the core ---------------------------------------------------------
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _Frame:
+    """One MST node on the walk's path: its block, where its next entry starts, how many
+    entries are left, the last key read in it (keys are prefix-compressed per node)."""
+    cdef bytes data
+    cdef Py_ssize_t pos
+    cdef uint64_t left
+    cdef bytes key
+
+
+POST_PREFIX = b"app.bsky.feed.post/"
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class CarWalker:
+    """The MST of a CAR walked depth-first in key order, every block it uses read through
+    the block index (table `b` of `conn`, an APSW connection this module is loaded into as
+    an extension) and checked against its CID.  `rows(n, archived_at)` returns up to n
+    posts rows (17 columns, schema v2 order), [] at the end.  `collections` counts every
+    key by collection.  Errors raise CarFormatError with the block's CID and key."""
+    cdef int fd
+    cdef sqlite3* db
+    cdef sqlite3_stmt* sel
+    cdef object conn
+    cdef list stack
+    cdef readonly dict collections
+    cdef readonly int64_t blocks_read
+    cdef str did
+    cdef object sha256
+    cdef bytes last_key
+    cdef bytes value          # the record CID of the key next_key() returned
+
+    def __init__(self, int fd, conn, data_cid, str did):
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        self.fd = fd
+        self.conn = conn
+        self.db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef bytes q = b"SELECT off, n FROM b WHERE k = ?"
+        cdef int rc = sx_prepare(self.db, q, <int>len(q), &self.sel)
+        if rc != SQLITE_OK:
+            raise sqlite_error(self.db, rc)
+        import hashlib
+        self.sha256 = hashlib.sha256
+        self.did = did
+        self.collections = {}
+        self.stack = []
+        self.last_key = None
+        self.push(bytes(data_cid), None)
+
+    def __dealloc__(self):
+        if self.sel != NULL:
+            sx_finalize(self.sel)
+
+    def close(self):
+        if self.sel != NULL:
+            sx_finalize(self.sel)
+            self.sel = NULL
+
+    cdef bytes fetch(self, const unsigned char* cid, Py_ssize_t cn, what):
+        """The checked data of block `cid`."""
+        cdef unsigned char head[80]
+        cdef int rc
+        cdef int64_t off, n
+        cdef bint damaged = False
+        cdef bytes data = None
+        cdef ssize_t got
+        cdef Py_ssize_t i = 0, k
+        cdef uint64_t v, code = 0, dlen = 0
+        if cn > 80:
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) has an overlong CID")
+        sx_bind_int64(self.sel, 1, cid_key(cid, cn))
+        try:
+            while True:
+                rc = sx_step(self.sel)
+                if rc == SQLITE_DONE:
+                    break
+                if rc != SQLITE_ROW:
+                    raise sqlite_error(self.db, rc)
+                off = sx_column_int64(self.sel, 0)
+                n = sx_column_int64(self.sel, 1)
+                # one read: the block's CID and its data, the data then copied out once
+                whole = <bytes>pread_bytes(self.fd, n, off)
+                if PyBytes_GET_SIZE(whole) != n:
+                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is cut off")
+                if memcmp(PyBytes_AS_STRING(whole), cid, cn) != 0:
+                    continue
+                data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole) + cn, n - cn)
+                # the multihash: CIDv1 = version, codec, then code and digest length
+                if cn == 34 and cid[0] == 0x12:
+                    i = 0
+                else:
+                    i = uvarint(cid, cn, &v)
+                    i += uvarint(cid + i, cn - i, &v)
+                k = uvarint(cid + i, cn - i, &code)
+                i += k
+                k = uvarint(cid + i, cn - i, &dlen)
+                i += k
+                if code != 0x12 or dlen != 32 or i + 32 != cn:
+                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) uses hash "
+                                         f"0x{code:x}; only SHA-256 CIDs can be checked")
+                digest = self.sha256(data).digest()
+                if memcmp(PyBytes_AS_STRING(digest), cid + i, 32) == 0:
+                    self.blocks_read += 1
+                    return data
+                damaged = True
+        finally:
+            sx_reset(self.sel)
+        if damaged:
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) does not match its CID "
+                                 "(the file is damaged); download the repository again")
+        raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is missing (a partial "
+                             "CAR?); download the whole repository again")
+
+    cdef int push(self, bytes cid, bytes prev) except -1:
+        """Put the node `cid` on the path, and its leftmost descendants after it."""
+        cdef Item it
+        cdef Py_ssize_t n, e, left, start, end
+        cdef const unsigned char* s
+        cdef _Frame f
+        while True:
+            what = (f"MST node after key {prev.decode('ascii')}" if prev is not None
+                    else "MST node before the first key")
+            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid),
+                              PyBytes_GET_SIZE(cid), what)
+            s = <const unsigned char*>PyBytes_AS_STRING(data)
+            n = PyBytes_GET_SIZE(data)
+            try:
+                if cb_skip(s, 0, n, 0) != n:
+                    raise CarFormatError("has bytes after its value")
+                e = cb_find(s, 0, n, "e")
+                left = cb_find(s, 0, n, "l")
+                if e < 0 or left < 0:
+                    raise CarFormatError("is not an MST node {l, e}")
+                cb_head(s, e, n, &it)
+                if it.major != 4:
+                    raise CarFormatError("has an `e` that is not an array")
+            except CarFormatError as exc:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) {exc}") from None
+            if len(self.stack) > 128:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) is more than 128 "
+                                     "levels deep")
+            f = _Frame.__new__(_Frame)
+            f.data = data
+            f.pos = e + it.head
+            f.left = it.arg
+            f.key = b""
+            self.stack.append(f)
+            cb_head(s, left, n, &it)
+            if it.major == 7 and it.arg == 22:
+                return 0
+            if it.major != 6:
+                raise CarFormatError(f"block {cid_str(cid)} ({what}) has an `l` that is "
+                                     "not a link")
+            start = 0
+            end = cb_link(s, left + it.head, n, &start)
+            cid = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+
+    cdef bytes next_key(self):
+        """The next key of the walk (its record CID in self.value), None at the end."""
+        cdef _Frame f
+        cdef const unsigned char* s
+        cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen
+        cdef Item it
+        cdef bytes key, sub
+        while self.stack:
+            f = <_Frame>self.stack[len(self.stack) - 1]
+            if f.left == 0:
+                self.stack.pop()
+                continue
+            s = <const unsigned char*>PyBytes_AS_STRING(f.data)
+            n = PyBytes_GET_SIZE(f.data)
+            i = f.pos
+            cb_head(s, i, n, &it)
+            try:
+                if it.major != 5:
+                    raise CarFormatError("has an entry that is not a map")
+                pp = cb_find(s, i, n, "p")
+                kp = cb_find(s, i, n, "k")
+                vp = cb_find(s, i, n, "v")
+                tp = cb_find(s, i, n, "t")
+                if pp < 0 or kp < 0 or vp < 0 or tp < 0:
+                    raise CarFormatError("has a malformed entry")
+                cb_head(s, pp, n, &it)
+                if it.major != 0 or it.arg > <uint64_t>PyBytes_GET_SIZE(f.key):
+                    raise CarFormatError("has a malformed entry (p)")
+                klen = <Py_ssize_t>it.arg
+                cb_head(s, kp, n, &it)
+                if it.major != 2:
+                    raise CarFormatError("has a malformed entry (k)")
+                key = f.key[:klen] + PyBytes_FromStringAndSize(<const char*>s + kp + it.head,
+                                                               <Py_ssize_t>it.arg)
+                for j in range(PyBytes_GET_SIZE(key)):
+                    if not 0x21 <= (<const unsigned char*>PyBytes_AS_STRING(key))[j] <= 0x7e:
+                        raise CarFormatError("has a key that is not printable ASCII")
+                if self.last_key is not None and key <= self.last_key:
+                    raise CarFormatError(f"has key {key.decode('ascii')} out of order (the "
+                                         "MST is damaged)")
+                cb_head(s, vp, n, &it)
+                if it.major != 6:
+                    raise CarFormatError("has a malformed entry (v)")
+                end = cb_link(s, vp + it.head, n, &start)
+                self.value = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+                cb_head(s, tp, n, &it)
+                sub = None
+                if it.major == 6:
+                    end = cb_link(s, tp + it.head, n, &start)
+                    sub = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
+                elif not (it.major == 7 and it.arg == 22):
+                    raise CarFormatError("has a malformed entry (t)")
+            except CarFormatError as exc:
+                prev = self.last_key
+                where = (f"after key {prev.decode('ascii')}" if prev is not None
+                         else "before the first key")
+                raise CarFormatError(f"MST node ({where}) {exc}") from None
+            f.pos = cb_skip(s, i, n, 0)
+            f.left -= 1
+            f.key = key
+            self.last_key = key
+            if sub is not None:
+                self.push(sub, key)
+            return key
+        return None
+
+    def rows(self, Py_ssize_t limit, str archived_at):
+        """Up to `limit` posts rows; [] at the end."""
+        cdef list out = []
+        cdef bytes key, value
+        cdef Py_ssize_t slash
+        cdef dict counts = self.collections
+        cdef bytes prefix = POST_PREFIX
+        cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
+        cdef const unsigned char* kp
+        did = self.did
+        while len(out) < limit:
+            key = self.next_key()
+            if key is None:
+                break
+            value = self.value
+            kp = <const unsigned char*>PyBytes_AS_STRING(key)
+            slash = key.find(b"/")
+            coll = key[:slash] if slash >= 0 else key
+            counts[coll] = counts.get(coll, 0) + 1
+            if PyBytes_GET_SIZE(key) <= pn or memcmp(kp, <const char*>prefix, pn) != 0:
+                continue
+            skey = key.decode("ascii")
+            what = f"record {skey}"
+            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(value),
+                              PyBytes_GET_SIZE(value), what)
+            try:
+                (text, created, media, reply, parent, etype, edata,
+                 labels) = post_fields_c(<const unsigned char*>PyBytes_AS_STRING(data),
+                                         PyBytes_GET_SIZE(data))
+            except CarFormatError as exc:
+                raise CarFormatError(f"block {cid_str(value)} ({what}) {exc}") from None
+            out.append((f"at://{did}/{skey}", cid_str(value), did, text, created, created,
+                        int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
+                        archived_at))
+        return out
