@@ -1,7 +1,7 @@
 """Bluesky repository CARs (``repo.car``, Settings -> Export my data): import their posts
 into a bskyarchive-schema archive, describe them (``info``), feed them to an export.
 
-The contract is ../shared/CAR.md.  How a CAR is read, in flat memory whatever its size:
+The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its size:
 
 1. One sequential pass over the file (the compiled core's CarScanner) frames every block
    and writes `(key, offset, length)` rows into an index table in a temporary SQLite file

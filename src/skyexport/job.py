@@ -153,7 +153,7 @@ def export(
 
     `archive` may also be a Bluesky repository export (`repo.car`, recognised by its
     content): its posts are imported into a temporary archive inside the export's hidden
-    directory first (../shared/CAR.md); `media=True` is then an OptionError, and so are a
+    directory first (docs/CAR.md); `media=True` is then an OptionError, and so are a
     stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
     `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
