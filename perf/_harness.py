@@ -37,15 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from skyexport.schema import POST_COLUMNS
+
 PERF_DIR = Path(__file__).resolve().parent
 REPO = PERF_DIR.parent
 # SKYEXPORT_PERF_CACHE moves the archive cache (and the scratch exports) elsewhere.
 CACHE = Path(os.environ.get("SKYEXPORT_PERF_CACHE") or PERF_DIR / ".cache")
 TESTS_DIR = REPO / "tests"
 
-COLUMNS = ("uri, cid, did, text, created_at, indexed_at, has_media, like_count, repost_count, "
-           "reply_count, quote_count, is_reply, reply_parent, embed_type, embed_data, labels, "
-           "archived_at")
+COLUMNS = ", ".join(POST_COLUMNS)  # the export's 17 columns, in its order
 ORDER = " ORDER BY created_at DESC, uri ASC"
 
 # Every archive the benchmarks use comes from `skyexport synth` with these settings: three

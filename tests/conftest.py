@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 
 import skyexport
+from skyexport.defaults import DATA_FILES, FORMATS  # noqa: F401 - shared with the tests
 
 from archives import load_golden
 
-FORMATS = ("json", "csv", "jsonl")
-DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
 # Around the default 1000 and the edges: one row per batch, batches larger than any archive.
 BATCH_SIZES = (1, 7, 999, 1000, 1001, 1_000_000)
 

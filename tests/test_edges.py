@@ -32,9 +32,7 @@ from test_faults import (
 )
 
 from archives import _insert, default_row, schema_sql
-
-ROW_SOURCES = ("pipe", "direct", "cursor")
-FORMATS = ("json", "csv", "jsonl")
+from conftest import FORMATS, ROW_SOURCES
 
 
 def _cli_env(row_source: str) -> dict[str, str]:

@@ -39,13 +39,14 @@ from typing import Any
 
 import pytest
 
+from skyexport.defaults import DATA_FILES
+from skyexport.staged import TMP_PREFIX
 from skyexport.synth import build_archive
 
 from archives import make_archive, schema_sql
 
 PY = sys.executable
-TMP_PREFIX = ".skyexport-tmp-"
-DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
+
 TIMEOUT = 120          # seconds for any one subprocess: generous, a loaded 2-core machine
 BIG_POSTS = 200_000    # --batch-size 1 --progress jsonl on this takes a few seconds
 MID_POSTS = 20_000     # about 15 MB of posts.json

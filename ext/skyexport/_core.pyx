@@ -58,7 +58,8 @@ _apsw_exception_for = apsw.exception_for
 
 
 def json_string(bytes value):
-    """Test hook: `value` encoded as a JSON string, as the text column is."""
+    """`value` encoded as a JSON string, as the text column is: the core's one JSON string
+    encoder, also used by the manifest writer (manifest.py) so that both escape alike."""
     cdef OutBuf b
     ob_init(&b, 64)
     try:

@@ -15,6 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from .defaults import DEFAULT_ARCHIVE, DEFAULT_BATCH, DEFAULT_OUTPUT, FORMATS
+
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -155,11 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="export an archive's posts", epilog=EXPORT_EXAMPLES,
                        description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
                                    "directory; the last line printed is its path.")
-    e.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
+    e.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
                    help="the archive (default: ./data/archive.db)")
-    e.add_argument("--format", "-f", choices=("json", "csv", "jsonl"), default="json",
+    e.add_argument("--format", "-f", choices=FORMATS, default="json",
                    help="posts.json (default), posts.csv or posts.jsonl")
-    e.add_argument("--output", "-o", default="exports", metavar="DIR",
+    e.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
                    help="where export directories are created (default: ./exports); `-` "
                         "writes the data file alone to stdout (summary on stderr)")
     e.add_argument("--compress", choices=("gzip", "zstd"),
@@ -191,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy: independent copies, reflinked where the file system can "
                         "(default); hardlink: no space used, but the export's files ARE the "
                         "archive's (editing one changes the other)")
-    e.add_argument("--batch-size", type=_positive_int, default=1000, metavar="N",
+    e.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH, metavar="N",
                    help="posts per batch: progress and media copying step (default 1000); "
                         "memory hardly depends on it")
     e.add_argument("--on-bad-value", choices=("error", "keep"), default="error",
@@ -215,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read the posts of a repository CAR (Settings -> Export "
                                    "my data) into a bskyarchive-schema archive.")
     m.add_argument("car", metavar="REPO.car", help="the repository export")
-    m.add_argument("--archive", default="data/archive.db", metavar="ARCHIVE",
+    m.add_argument("--archive", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
                    help="the archive to create (default: ./data/archive.db); it must not "
                         "exist unless --merge")
     m.add_argument("--merge", action="store_true",
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Describe an archive without exporting it: schema "
                                    "version, posts, each DID's posts and date range, media "
                                    "rows, file size, journal mode.")
-    i.add_argument("archive", nargs="?", default="data/archive.db", metavar="ARCHIVE",
+    i.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
                    help="the archive (default: ./data/archive.db), or a repository CAR")
     i.add_argument("--json", action="store_true", help="one JSON object, for machines")
 

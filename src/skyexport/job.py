@@ -23,6 +23,14 @@ from . import __version__
 from ._core import Writer, parse_bound
 from ._record import Record
 from .archive import Archive, Selection, Snapshot
+from .defaults import (
+    DATA_FILES,
+    DEFAULT_ARCHIVE,
+    DEFAULT_BATCH,
+    DEFAULT_OUTPUT,
+    FORMATS,
+    MAX_WARNINGS,
+)
 from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
 from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .progress import ExportProgress, ProgressChannel
@@ -45,14 +53,8 @@ if TYPE_CHECKING:
 
     Format = Literal["json", "csv", "jsonl"]
 
-FORMATS: tuple[str, ...] = ("json", "csv", "jsonl")
-DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
 
-DEFAULT_ARCHIVE = "data/archive.db"
-DEFAULT_OUTPUT = "exports"
-DEFAULT_BATCH = 1000
 BATCH_BYTES = 4 << 20      # a batch also ends once it has produced this many bytes
-MAX_WARNINGS = 1000        # kept in full in the manifest; the rest are counted
 
 
 class ExportWarning(Record):

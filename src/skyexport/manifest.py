@@ -19,6 +19,7 @@ import stat
 from pathlib import Path
 
 from ._core import CSV_HEADER, json_string
+from .defaults import DATA_FILES
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -120,7 +121,6 @@ BLOCK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = _OPEN_FLAGS | os.O_DIRECTORY
 # As job.DATA_FILES (job imports this module, not the other way round).
-DATA_FILES = {"json": "posts.json", "csv": "posts.csv", "jsonl": "posts.jsonl"}
 # As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
 _SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
 _FORMAT_OF = {name + suffix: fmt for fmt, name in DATA_FILES.items()

@@ -49,12 +49,13 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
+from .defaults import MAX_WARNINGS
+
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
 # tens of thousands of names in the interpreter's interned-string table per export).
 StrPath = str | os.PathLike[str]
 
 FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write filesystems)
-MAX_WARNINGS = 1000   # kept word for word; the rest are only counted
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
 CHUNK = 1 << 20       # bytes per read when copying
 SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
