@@ -243,6 +243,28 @@ def _synth_fingerprint() -> str:
     raise SystemExit(f"skyexport/synth.py not found in {', '.join(map(str, places))}")
 
 
+def _build(folder: Path, argv: list[str]) -> float:
+    """Run the `skyexport synth` command `argv` into a fresh `folder`; its wall time."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(f"{' '.join(argv[-6:])} failed ({done.returncode}): "
+                         f"{done.stderr.strip()[-300:]}")
+    return time.perf_counter() - t0
+
+
+def _stamp_matches(stamp: Path, key: str, fingerprint: str) -> bool:
+    """A cached build's build.json says it was made by this version of its builder."""
+    try:
+        return bool(json.loads(stamp.read_text()).get(key) == fingerprint)
+    except (OSError, ValueError):
+        return False
+
+
 def archive(posts: int, *, seed: int = SEED, dids: int = DIDS, media: bool = MEDIA,
             rebuild: bool = False, log: Callable[[str], None] = print) -> ArchiveInfo:
     """The cached archive `perf/.cache/p<posts>-s<seed>-d<dids>[-media]/archive.db`, built by
@@ -254,27 +276,15 @@ def archive(posts: int, *, seed: int = SEED, dids: int = DIDS, media: bool = MED
     fingerprint = _synth_fingerprint()
     ok = db.exists() and stamp.exists() and not rebuild
     if ok:
-        try:
-            ok = json.loads(stamp.read_text()).get("synth") == fingerprint
-        except (OSError, ValueError):
-            ok = False
+        ok = _stamp_matches(stamp, "synth", fingerprint)
         if not ok:
             log(f"  {name}: synth.py changed since it was built; rebuilding")
     build_s = 0.0
     if not ok:
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
         log(f"  building {size_label(posts)}-post archive ({name}) ...")
-        argv = [*skyexport_argv(), "synth", str(db), "--posts", str(posts), "--seed", str(seed),
-                "--dids", str(dids)] + (["--media"] if media else [])
-        t0 = time.perf_counter()
-        done = subprocess.run(argv, check=False, capture_output=True, text=True)
-        build_s = time.perf_counter() - t0
-        if done.returncode != 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise SystemExit(f"skyexport synth failed ({done.returncode}): "
-                             f"{done.stderr.strip().splitlines()[-1:]}")
+        build_s = _build(folder, [*skyexport_argv(), "synth", str(db), "--posts", str(posts),
+                                  "--seed", str(seed), "--dids", str(dids)]
+                         + (["--media"] if media else []))
         stamp.write_text(json.dumps({"synth": fingerprint, "posts": posts, "seed": seed,
                                      "dids": dids, "media": media, "build_s": build_s}))
         log(f"  built in {build_s:.1f} s")
@@ -783,26 +793,12 @@ def car(posts: int, *, seed: int = SEED, rebuild: bool = False,
     spec = importlib.util.find_spec("skyexport.carwrite")
     fingerprint = (hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
                    if spec and spec.origin else "?")
-    ok = path.exists() and stamp.exists() and not rebuild
-    if ok:
-        try:
-            ok = json.loads(stamp.read_text()).get("carwrite") == fingerprint
-        except (OSError, ValueError):
-            ok = False
+    ok = path.exists() and not rebuild and _stamp_matches(stamp, "carwrite", fingerprint)
     build_s = 0.0
     if not ok:
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
         log(f"  building {size_label(posts)}-post repository CAR ...")
-        t0 = time.perf_counter()
-        done = subprocess.run([*skyexport_argv(), "synth", str(path), "--car", str(posts),
-                               "--seed", str(seed)], check=False, capture_output=True,
-                              text=True)
-        build_s = time.perf_counter() - t0
-        if done.returncode != 0:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise SystemExit(f"skyexport synth --car failed: {done.stderr.strip()[-300:]}")
+        build_s = _build(folder, [*skyexport_argv(), "synth", str(path), "--car", str(posts),
+                                  "--seed", str(seed)])
         stamp.write_text(json.dumps({"carwrite": fingerprint, "posts": posts, "seed": seed,
                                      "build_s": build_s}))
         log(f"  built in {build_s:.1f} s")

@@ -311,17 +311,7 @@ def test_verify_gzip_trailing_and_truncated(archive: Path, tmp_path: Path) -> No
     assert "truncated" in run("verify", d).stderr.decode()
 
 
-_PEAK_RSS = r"""
-import sys
-from skyexport.cli import main
-report = sys.argv.pop(1)
-code = main(sys.argv[1:])
-with open("/proc/self/status") as f:
-    kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-with open(report, "w") as f:
-    f.write(str(kb * 1024))
-sys.exit(code)
-"""
+from test_faults import _PEAK_RSS  # noqa: E402 - the CLI's main() and its own VmHWM
 
 
 def _peak_rss(tmp_path: Path, *args: object) -> tuple[int, int]:
