@@ -14,7 +14,11 @@ For every archive size it runs, each as a child process:
 * the same with ``--did`` / ``WHERE did = '...'`` for the DID that owns ~90 % of the posts
   (bskyarchive always exports one DID), plus ``sqlite3 -json`` with ``WHERE +did = ...``,
   which lets the shell keep the created_at index the way skyexport does;
-* ``skyexport export --media`` (the archives have media files; they are hard-linked);
+* ``skyexport export --media`` (the archives have media files; they are copied, reflinked
+  where the file system can) and ``cp -r --reflink=auto`` of the same media directory;
+* the read floor (the shell stepping the same SELECT, summing every column's bytes), a
+  filtered export whose range holds every post, and each format with one core kept busy;
+* with ``--peers``, DuckDB and polars (perf/peers.py) on the same rows;
 * the reference exporter of tests/reference.py (pure Python, loads everything) on the small
   sizes only.
 
@@ -434,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per run (default 1200)")
     p.add_argument("--work", type=Path, default=h.CACHE / "work",
                    help="where exports are written and removed (default perf/.cache/work; "
-                        "must be on the archives' file system for --media hard links)")
+                        "on the archives' file system, so that --media can reflink where it can)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write all results to FILE")
     p.add_argument("--car", metavar="SIZES", default="",
                    help="also repository CARs of these sizes (e.g. 10k,1M: posts, with 2x "
