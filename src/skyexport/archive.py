@@ -366,9 +366,19 @@ class Snapshot:
             return False
         if conn.execute("SELECT 1 FROM posts WHERE created_at IS NULL LIMIT 1").fetchall():
             return False
+        # The unreadable dates and the posts total in one pass (without a DID: over the
+        # created_at index alone); the total stands only if there are none.
         bad, bad_args = self._bad_where()
-        self._bad_total = self.arc.count(f"SELECT count(*) FROM posts WHERE {bad}", bad_args)
-        return self._bad_total == 0
+        did = sel.did
+        mine = "did = ?" if did is not None else "1"
+        counts: Any = conn.execute(
+            f"SELECT count(*) FILTER (WHERE {mine}), count(*) FILTER (WHERE {bad}) FROM posts",
+            [*([did] if did is not None else []), *bad_args]).fetchall()[0]
+        self._bad_total = int(counts[1])
+        if self._bad_total:
+            return False
+        self._posts_total = int(counts[0])
+        return True
 
     def _did_is_common(self, did: str) -> bool:
         total = self.arc.count("SELECT count(*) FROM posts")
