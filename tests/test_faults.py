@@ -430,12 +430,12 @@ from pathlib import Path
 import skyexport.staged as job
 from skyexport.cli import main
 out, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2])
-real = job._fsync_dir
+real = job.fsync_dir
 def fsync_dir(path):
     if Path(path).resolve() == out:
         os.kill(os.getpid(), sig)
     real(path)
-job._fsync_dir = fsync_dir
+job.fsync_dir = fsync_dir
 sys.exit(main(sys.argv[3:]))
 """
 

@@ -246,6 +246,14 @@ class Archive:
                 return False  # False: do not interrupt the query
             self.conn.set_progress_handler(handler, HEARTBEAT_STEPS)
 
+    def did_counts(self, limit: int = -1) -> list[tuple[bytes | None, int]]:
+        """(DID, posts) for the DIDs the archive holds, most posts first (at most `limit`).
+        DIDs as bytes (a stored one may not be valid UTF-8), None for a NULL one."""
+        rows: Any = self.conn.execute(
+            "SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
+            "ORDER BY count(*) DESC, did LIMIT ?", (limit,)).fetchall()
+        return [(bytes(d) if d is not None else None, int(n)) for d, n in rows]
+
     def count(self, sql: str, args: Sequence[object] = ()) -> int:
         value: Any = self.conn.execute(sql, args).fetchall()[0][0]
         return int(value)
@@ -312,11 +320,14 @@ class Snapshot:
         arc.conn.execute("BEGIN")
         clauses: list[str] = []
         args: list[object] = []
+        self.did_posts = 0   # posts of the selected DID, whatever the dates
         if selection.did is not None:
             # '+did' keeps SQLite on the created_at index when one DID owns most rows (it
             # always does in a real archive): the did index would force a sort of them all.
-            common = self._did_is_common(selection.did)
-            clauses.append("+did = ?" if common else "did = ?")
+            total = arc.count("SELECT count(*) FROM posts")
+            self.did_posts = arc.count("SELECT count(*) FROM posts WHERE did = ?",
+                                       (selection.did,))
+            clauses.append("+did = ?" if self.did_posts * 4 >= total else "did = ?")
             args.append(selection.did)
         self._posts_total: int | None = None
         self._bad_total: int | None = None
@@ -380,11 +391,6 @@ class Snapshot:
         self._posts_total = int(counts[0])
         return True
 
-    def _did_is_common(self, did: str) -> bool:
-        total = self.arc.count("SELECT count(*) FROM posts")
-        mine = self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
-        return mine * 4 >= total
-
     def _with_media(self, columns: str) -> str:
         """The selected posts whose has_media is true (skyexport_true: the writer core's
         own rule), as a SELECT of `columns`."""
@@ -417,10 +423,6 @@ class Snapshot:
             f"SELECT count(*) FILTER (WHERE {where}), count(*) FILTER (WHERE {bad}) "
             "FROM posts", [*self.args, *bad_args]).fetchall()[0]
         self._posts_total, self._bad_total = int(row[0]), int(row[1])
-
-    def did_posts(self, did: str) -> int:
-        """Posts of `did` in the whole archive, whatever the dates."""
-        return self.arc.count("SELECT count(*) FROM posts WHERE did = ?", (did,))
 
     def media_total(self) -> int:
         """Media rows of the selected posts with has_media."""

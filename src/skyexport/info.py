@@ -35,11 +35,9 @@ def archive_info(path: str | os.PathLike[str], *, row_source: str | None = None,
             first_last: Any = conn.execute("SELECT CAST(min(created_at) AS BLOB), "
                                            "CAST(max(created_at) AS BLOB) FROM posts"
                                            ).fetchall()[0]
-            # DIDs as bytes (a stored one may not be valid UTF-8); matched back as TEXT or
-            # BLOB, whichever it is stored as, so the DID index still serves.
-            per_did: list[Any] = conn.execute(
-                "SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
-                "ORDER BY count(*) DESC, did").fetchall()
+            # DIDs as bytes, matched back as TEXT or BLOB, whichever it is stored as, so
+            # the DID index still serves.
+            per_did = arc.did_counts()
             dids = []
             for did, n in per_did:
                 if n * 4 >= posts:   # most rows: the created_at index finds its ends at once

@@ -668,7 +668,7 @@ class _Job:
         arc, sel = self.arc, self.selection
         try:
             snap = arc.snapshot(sel)
-            if sel.did is not None and not snap.did_posts(sel.did):
+            if sel.did is not None and not snap.did_posts:
                 raise _unknown_did(arc, sel.did)
             self.posts_total = snap.posts_total
             if self.media:
@@ -810,9 +810,7 @@ class _Job:
 def _unknown_did(arc: Archive, did: str) -> SelectionError:
     """A DID the archive holds no post of is a mistake (a typo, another account),
     not an empty export: say which DIDs it does hold."""
-    # As bytes: a DID stored with invalid UTF-8 must not break the message.
-    held = arc.conn.execute("SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
-                            "ORDER BY count(*) DESC, did LIMIT 6").fetchall()
+    held = arc.did_counts(limit=6)
     if not held:
         listed = "it holds no posts at all"
     else:

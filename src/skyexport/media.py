@@ -50,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from .defaults import MAX_WARNINGS
+from .staged import fsync_dir
 
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
 # tens of thousands of names in the interpreter's interned-string table per export).
@@ -160,11 +161,7 @@ class MediaCopier:
         os.fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
-        fd = os.open(self.media_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(self.media_dir)
 
     def close(self) -> None:
         """Release the list file (idempotent).  On failure paths nothing is written or

@@ -84,7 +84,7 @@ class StagedDir:
         tmp = self.path
         assert tmp is not None
         try:
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.unlink(tmp / LOCK_NAME)  # the lock stays held through our open fds
             base = time.strftime("%Y-%m-%d_%H-%M-%S")
             for n in range(1, 10_000):
@@ -101,7 +101,7 @@ class StagedDir:
                         continue
                     os.rename(tmp, final)
                 self.published = final
-                _fsync_dir(self.out)
+                fsync_dir(self.out)
                 return final
         except OSError as exc:
             raise output_error(exc, tmp) from None
@@ -210,7 +210,8 @@ def open_new(path: Path) -> int:
         raise output_error(exc, path) from None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make the names in a directory durable (its entries, not the files' contents)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
