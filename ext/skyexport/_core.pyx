@@ -26,7 +26,7 @@ cursor, files, progress, media, the manifest.
 
 cimport cython
 from libc.stdint cimport int64_t, uint64_t, uint32_t, uintptr_t, INT64_MAX, INT64_MIN
-from libc.string cimport memcpy, memset, memcmp, strerror
+from libc.string cimport memchr, memcpy, memset, memcmp, strerror, strlen
 from libc.errno cimport errno, EINVAL, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLong
@@ -95,8 +95,38 @@ def csv_field(bytes value):
 
 
 def media_files_of(embed_data):
-    """Test hook: the MediaFiles column for a has_media post with this embed_data."""
+    """Test hook: the MediaFiles column for a has_media post with this embed_data, as the
+    CSV writer computes it (media_files_fast where it can, else the exact path)."""
+    if type(embed_data) is not bytes:
+        return b""
+    cdef OutBuf m
+    ob_init(&m, 64)
+    try:
+        if media_files_into(&m, <const unsigned char*>PyBytes_AS_STRING(embed_data),
+                            PyBytes_GET_SIZE(embed_data)) == 0:
+            return PyBytes_FromStringAndSize(m.data, m.len)
+    finally:
+        ob_free(&m)
     return media_files(embed_data)
+
+
+def media_files_exact(bytes embed_data):
+    """Test hook: MediaFiles by the exact path alone (Go's decoder as msgspec/json)."""
+    return media_files(embed_data)
+
+
+def media_files_fast_of(bytes embed_data):
+    """Test hook: MediaFiles by media_files_fast alone (valid JSON only), or None where it
+    leaves the answer to the exact path."""
+    cdef OutBuf m
+    ob_init(&m, 64)
+    try:
+        if media_files_fast(&m, <const unsigned char*>PyBytes_AS_STRING(embed_data),
+                            PyBytes_GET_SIZE(embed_data)) == 0:
+            return PyBytes_FromStringAndSize(m.data, m.len)
+        return None
+    finally:
+        ob_free(&m)
 
 
 def format_real(double value):

@@ -463,3 +463,316 @@ cdef bytes media_files_at(const unsigned char* p, Py_ssize_t n):
         # A lone surrogate from a \uD8xx escape: Go decodes each one to U+FFFD.
         return "".join(["\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch
                         for ch in joined]).encode("utf-8")
+
+
+# --- MediaFiles without Python --------------------------------------------------------
+# The usual embed is read in one pass over the cell's bytes, without the GIL, giving the
+# same column as media_files_at.  Whatever that pass cannot be sure of - an escape in an
+# object key or in a value it reads, invalid UTF-8 in a value it reads, a number that may
+# not fit a float64 (anywhere: Go then fails on the whole text), nesting PRUNE_FROM deep -
+# makes it answer MF_SLOW, and the exact path above decides.  The text is valid JSON
+# (ob_raw_json said so), so the scanner need not check the grammar again.
+
+cdef enum:
+    MF_SLOW = -1
+    MF_KEYS = 5    # the most names one object lookup asks for
+
+
+cdef Py_ssize_t mf_string_end(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                              bint* escaped) noexcept nogil:
+    """s[i] is '"' of a valid string: the index past its closing quote."""
+    cdef const unsigned char* q
+    cdef Py_ssize_t j, k
+    i += 1
+    while True:
+        q = <const unsigned char*>memchr(s + i, b'"', n - i)
+        if q == NULL:
+            return n            # cannot happen in valid JSON
+        j = q - s
+        # a quote preceded by an odd run of backslashes is escaped
+        k = j
+        while k > i and s[k - 1] == b'\\':
+            k -= 1
+        if k != j:
+            escaped[0] = True
+        elif memchr(s + i, b'\\', j - i) != NULL:
+            escaped[0] = True
+        if (j - k) % 2 == 0:
+            return j + 1
+        i = j + 1
+
+
+cdef Py_ssize_t mf_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                        int depth) noexcept nogil:
+    """s[i] starts a value (valid JSON) at nesting `depth`: the index past it, or MF_SLOW
+    (a number that may overflow, nesting PRUNE_FROM deep)."""
+    cdef unsigned char c
+    cdef int d = 0
+    cdef Py_ssize_t run
+    cdef bint esc = False
+    while i < n:
+        c = s[i]
+        if c == b'"':
+            i = mf_string_end(s, i, n, &esc)
+            if d == 0:
+                return i
+            continue
+        if c == b'{' or c == b'[':
+            d += 1
+            if depth + d >= PRUNE_FROM:
+                return MF_SLOW
+        elif c == b'}' or c == b']':
+            d -= 1
+            if d == 0:
+                return i + 1
+        elif c == b'-' or is_digit(c):
+            run = 0
+            while i < n and (is_digit(s[i]) or s[i] == b'-' or s[i] == b'.' or s[i] == b'+'):
+                if is_digit(s[i]):
+                    run += 1
+                i += 1
+            if run >= 309 or (i < n and (s[i] == b'e' or s[i] == b'E')):
+                return MF_SLOW       # may not fit a float64: the exact path checks
+            if d == 0:
+                return i
+            continue
+        elif c == b't' or c == b'n':
+            if d == 0:
+                return i + 4
+            i += 4
+            continue
+        elif c == b'f':
+            if d == 0:
+                return i + 5
+            i += 5
+            continue
+        i += 1
+    return i
+
+
+cdef Py_ssize_t mf_object(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth,
+                          const char** names, int count, Py_ssize_t* found) noexcept nogil:
+    """s[i] is '{' at nesting `depth` - 1: found[j] = where the value of key names[j]
+    starts (the last one, as a Go map keeps it), -1 when absent.  The index past the
+    object, or MF_SLOW (an escaped key, or mf_skip's reasons)."""
+    cdef Py_ssize_t k0, k1, j
+    cdef int m
+    cdef bint esc
+    for m in range(count):
+        found[m] = -1
+    if depth >= PRUNE_FROM:
+        return MF_SLOW
+    i = skip_ws(s, i + 1, n)
+    if i < n and s[i] == b'}':
+        return i + 1
+    while i < n:
+        esc = False
+        k0 = i + 1
+        i = mf_string_end(s, i, n, &esc)
+        if esc:
+            return MF_SLOW
+        k1 = i - 1
+        i = skip_ws(s, i, n) + 1           # past ':'
+        i = skip_ws(s, i, n)
+        for m in range(count):
+            j = <Py_ssize_t>strlen(names[m])
+            if k1 - k0 == j and memcmp(s + k0, names[m], j) == 0:
+                found[m] = i
+        i = mf_skip(s, i, n, depth)
+        if i < 0:
+            return MF_SLOW
+        i = skip_ws(s, i, n)
+        if i >= n or s[i] == b'}':
+            return i + 1
+        i = skip_ws(s, i + 1, n)          # past ','
+    return i
+
+
+cdef int mf_string(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                   const unsigned char** p, Py_ssize_t* length) noexcept nogil:
+    """The value at i as raw string bytes: 1, or 0 when it is not a string, or MF_SLOW
+    when it has an escape or invalid UTF-8 (Go would decode or replace them)."""
+    cdef bint esc = False
+    cdef Py_ssize_t end
+    if i < 0 or s[i] != b'"':
+        return 0
+    end = mf_string_end(s, i, n, &esc)
+    if esc or not _utf8_clean(s + i + 1, end - i - 2):
+        return MF_SLOW
+    p[0] = s + i + 1
+    length[0] = end - i - 2
+    return 1
+
+
+cdef int mf_add(OutBuf* out, const unsigned char* p, Py_ssize_t n) except -1 nogil:
+    if out.len:
+        ob_byte(out, b';')
+    return ob_write(out, <const char*>p, n)
+
+
+cdef int mf_hash(OutBuf* out, const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -2 nogil:
+    """_add_hash of the value at i: the URL's last path segment up to its '@'."""
+    cdef const unsigned char* p
+    cdef const unsigned char* at
+    cdef Py_ssize_t m, slash
+    cdef int r = mf_string(s, i, n, &p, &m)
+    if r != 1:
+        return r
+    slash = m - 1
+    while slash >= 0 and p[slash] != b'/':
+        slash -= 1
+    if slash < 0:
+        return 0
+    p += slash + 1
+    m -= slash + 1
+    at = <const unsigned char*>memchr(p, b'@', m)
+    if at != NULL:
+        m = at - p
+    if m:
+        mf_add(out, p, m)
+    return 0
+
+
+cdef const char* MF_FULLSIZE[1]
+cdef const char* MF_IMAGE[1]
+cdef const char* MF_THUMB[1]
+cdef const char* MF_BLOB[2]
+cdef const char* MF_LINK[1]
+cdef const char* MF_TOP[5]
+cdef const char* MF_MEDIA[3]
+MF_FULLSIZE[0] = b"fullsize"
+MF_IMAGE[0] = b"image"
+MF_THUMB[0] = b"thumb"
+MF_BLOB[0] = b"ref"
+MF_BLOB[1] = b"cid"
+MF_LINK[0] = b"$link"
+MF_TOP[0] = b"$type"
+MF_TOP[1] = b"images"
+MF_TOP[2] = b"media"
+MF_TOP[3] = b"external"
+MF_TOP[4] = b"video"
+MF_MEDIA[0] = b"images"
+MF_MEDIA[1] = b"video"
+MF_MEDIA[2] = b"external"
+
+
+cdef int mf_blob(OutBuf* out, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                 int depth) except -2 nogil:
+    """_add_blob of the value at i: `ref.$link`, else a legacy blob's `cid`."""
+    cdef Py_ssize_t f[2]
+    cdef Py_ssize_t link[1]
+    cdef const unsigned char* p
+    cdef Py_ssize_t m
+    cdef int r
+    if i < 0 or s[i] != b'{':
+        return 0
+    if mf_object(s, i, n, depth + 1, MF_BLOB, 2, f) < 0:
+        return MF_SLOW
+    if f[0] >= 0 and s[f[0]] == b'{':
+        if mf_object(s, f[0], n, depth + 2, MF_LINK, 1, link) < 0:
+            return MF_SLOW
+        r = mf_string(s, link[0], n, &p, &m)
+        if r == MF_SLOW:
+            return MF_SLOW
+        if r == 1 and m:
+            return mf_add(out, p, m)
+    r = mf_string(s, f[1], n, &p, &m)
+    if r == MF_SLOW:
+        return MF_SLOW
+    if r == 1 and m:
+        mf_add(out, p, m)
+    return 0
+
+
+cdef int mf_images(OutBuf* out, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                   int depth, bint blobs) except -2 nogil:
+    """Each image of the array at i: its `image` blob (blobs) or its `fullsize` URL."""
+    cdef Py_ssize_t f[1]
+    if i < 0 or s[i] != b'[':
+        return 0
+    i = skip_ws(s, i + 1, n)
+    while i < n and s[i] != b']':
+        if s[i] == b'{':
+            if mf_object(s, i, n, depth + 2, &MF_IMAGE[0] if blobs else &MF_FULLSIZE[0], 1,
+                         f) < 0:
+                return MF_SLOW
+            if (mf_blob(out, s, f[0], n, depth + 2) if blobs
+                    else mf_hash(out, s, f[0], n)) == MF_SLOW:
+                return MF_SLOW
+        i = mf_skip(s, i, n, depth + 1)
+        if i < 0:
+            return MF_SLOW
+        i = skip_ws(s, i, n)
+        if i < n and s[i] == b',':
+            i = skip_ws(s, i + 1, n)
+    return 0
+
+
+cdef int mf_thumb(OutBuf* out, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                  int depth, bint blobs) except -2 nogil:
+    """The `thumb` of the external at i: a blob, or a URL."""
+    cdef Py_ssize_t f[1]
+    if i < 0 or s[i] != b'{':
+        return 0
+    if mf_object(s, i, n, depth + 1, MF_THUMB, 1, f) < 0:
+        return MF_SLOW
+    return mf_blob(out, s, f[0], n, depth + 1) if blobs else mf_hash(out, s, f[0], n)
+
+
+cdef bint mf_record_type(const unsigned char* p, Py_ssize_t m) noexcept nogil:
+    """One of RECORD_EMBEDS."""
+    return ((m == 21 and memcmp(p, b"app.bsky.embed.images", 21) == 0)
+            or (m == 23 and memcmp(p, b"app.bsky.embed.external", 23) == 0)
+            or (m == 20 and memcmp(p, b"app.bsky.embed.video", 20) == 0)
+            or (m == 30 and memcmp(p, b"app.bsky.embed.recordWithMedia", 30) == 0))
+
+
+cdef int media_files_fast(OutBuf* out, const unsigned char* s, Py_ssize_t n) except -2 nogil:
+    """media_files_at of the valid JSON text at s, appended to `out`: 0, or MF_SLOW (out
+    then holds a partial answer the caller drops)."""
+    cdef Py_ssize_t top[5]
+    cdef Py_ssize_t med[3]
+    cdef Py_ssize_t i = skip_ws(s, 0, n)
+    cdef const unsigned char* t
+    cdef Py_ssize_t tn
+    cdef int r
+    cdef bint blobs
+    if i >= n:
+        return 0
+    if s[i] != b'{':
+        return 0        # not an object: no fields (and no MediaFiles if Go fails on it)
+    if mf_object(s, i, n, 1, MF_TOP, 5, top) < 0:
+        return MF_SLOW
+    r = mf_string(s, top[0], n, &t, &tn)
+    if r == MF_SLOW:
+        return MF_SLOW
+    blobs = r == 1 and mf_record_type(t, tn)
+    med[0] = med[1] = med[2] = -1
+    if top[2] >= 0 and s[top[2]] == b'{':
+        if mf_object(s, top[2], n, 2, MF_MEDIA, 3, med) < 0:
+            return MF_SLOW
+    if blobs:
+        if (mf_images(out, s, top[1], n, 1, True) == MF_SLOW
+                or mf_images(out, s, med[0], n, 2, True) == MF_SLOW
+                or mf_blob(out, s, med[1], n, 2) == MF_SLOW
+                or mf_blob(out, s, top[4], n, 1) == MF_SLOW
+                or mf_thumb(out, s, top[3], n, 1, True) == MF_SLOW
+                or mf_thumb(out, s, med[2], n, 2, True) == MF_SLOW):
+            return MF_SLOW
+    elif (mf_images(out, s, top[1], n, 1, False) == MF_SLOW
+          or mf_images(out, s, med[0], n, 2, False) == MF_SLOW
+          or mf_thumb(out, s, top[3], n, 1, False) == MF_SLOW):
+        return MF_SLOW
+    return 0
+
+
+cdef int media_files_into(OutBuf* m, const unsigned char* p, Py_ssize_t n) except -1 nogil:
+    """The MediaFiles of the embed_data at p into `m` (emptied first): 0, or 1 when only
+    the exact path (media_files_at, with the GIL) can tell.  Invalid JSON has none."""
+    m.len = 0
+    if ob_raw_json(NULL, p, n, 0, False):
+        return 0
+    if media_files_fast(m, p, n) == 0:
+        return 0
+    m.len = 0
+    return 1

@@ -158,6 +158,7 @@ cdef class Writer:
     (`take_media_posts`).
     """
     cdef OutBuf buf
+    cdef OutBuf media_buf     # a CSV row's MediaFiles, before it is quoted as a field
     cdef Cell row[N_COLUMNS]
     cdef int fmt
     cdef KeyText* keys
@@ -204,6 +205,7 @@ cdef class Writer:
 
     def __dealloc__(self):
         ob_free(&self.buf)
+        ob_free(&self.media_buf)
 
     @property
     def pending(self):
@@ -462,6 +464,22 @@ cdef class Writer:
             self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
         return 0
 
+    cdef int csv_media(self, const Cell* embed) except -1 nogil:
+        """The MediaFiles field of a has_media post: read in C where media_files_fast can
+        (no GIL), else by the exact path (media_files_at).  Invalid stored JSON has none."""
+        cdef OutBuf* m = &self.media_buf
+        if m.data == NULL:
+            ob_init(m, 256)
+        if media_files_into(m, embed.p, embed.n) == 0:
+            self.csv_text(<const unsigned char*>m.data, m.len)
+        else:
+            with gil:
+                v = media_files_at(embed.p, embed.n)
+                self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+        if m.cap > 1 << 16:
+            ob_free(m)      # a huge embed's list is not kept for the rest of the export
+        return 0
+
     cdef int csv_row(self, bint has_media) except -1 nogil:
         cdef OutBuf* b = &self.buf
         cdef int col
@@ -483,14 +501,9 @@ cdef class Writer:
         ob_write(b, "true", 4) if has_media else ob_write(b, "false", 5)
         ob_byte(b, b',')
         embed = &self.row[C_EMBED_DATA]
-        # Invalid stored JSON has no media files: a large one is checked in place, never
-        # copied into a bytes object just to be found invalid (media_files checks the rest).
-        # A valid one is decoded from the cell's own memory (media_files_at), not copied.
-        if has_media and embed.kind == K_BYTES and not (
-                embed.n > LARGE_JSON and ob_raw_json(NULL, embed.p, embed.n, 0, False)):
-            with gil:
-                v = media_files_at(embed.p, embed.n)
-                self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+        # Read from the cell's own memory, never copied: a 200 MB embed stays one copy.
+        if has_media and embed.kind == K_BYTES:
+            self.csv_media(embed)
         ob_byte(b, b',')
         self.csv_cell(C_EMBED_TYPE)
         ob_byte(b, b',')
