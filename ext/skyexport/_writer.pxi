@@ -355,9 +355,8 @@ cdef class Writer:
         if c.kind == K_BYTES:
             return ob_json_str(&self.buf, c.p, c.n)
         with gil:
-            v = go_format_float(c.d) if stored_json and c.kind == K_FLOAT else cell_text(c)
-            ob_json_str(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
-                        PyBytes_GET_SIZE(v))
+            self.json_bytes(go_format_float(c.d) if stored_json and c.kind == K_FLOAT
+                            else cell_text(c))
         return 0
 
     cdef int json_raw(self, int col) except -1 nogil:
@@ -374,8 +373,7 @@ cdef class Writer:
         if c.kind == K_FLOAT:
             if c.d - c.d == 0.0:          # finite
                 with gil:
-                    v = go_format_float(c.d)
-                    ob_write(&self.buf, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+                    self.raw_bytes(go_format_float(c.d))
                 return 0
             self.bad_value(col)
             return self.json_kept(c, True)
@@ -440,11 +438,29 @@ cdef class Writer:
                                          or p[0] == b'@' or p[0] == 9 or p[0] == 13):
             # --csv-formula-guard: a leading ' makes spreadsheets show the text, not run it.
             with gil:
-                v = b"'" + PyBytes_FromStringAndSize(<const char*>p, n)
-                ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
-                             PyBytes_GET_SIZE(v))
+                self.csv_bytes(b"'" + PyBytes_FromStringAndSize(<const char*>p, n), False)
             return 0
         return ob_csv_field(&self.buf, p, n)
+
+    # The per-row functions are nogil and hold no Python object in a named local: Cython
+    # takes the GIL on every return of a nogil function that has one, to release it.  What
+    # needs Python (rare values) is a temporary handed to one of these, the GIL held.
+
+    cdef int csv_bytes(self, bytes v, bint guarded) except -1:
+        """v as one CSV field: through csv_text (formula-guarded), or as it is."""
+        if guarded:
+            return self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+        return ob_csv_field(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
+                            PyBytes_GET_SIZE(v))
+
+    cdef int raw_bytes(self, bytes v) except -1:
+        """v as it is."""
+        return ob_write(&self.buf, PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+
+    cdef int json_bytes(self, bytes v) except -1:
+        """v as a JSON string."""
+        return ob_json_str(&self.buf, <const unsigned char*>PyBytes_AS_STRING(v),
+                           PyBytes_GET_SIZE(v))
 
     cdef int csv_cell(self, int col) except -1 nogil:
         cdef const unsigned char* p
@@ -460,8 +476,7 @@ cdef class Writer:
         if c.kind == K_BYTES:
             return self.csv_text(c.p, c.n)
         with gil:
-            v = cell_text(c)
-            self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+            self.csv_bytes(cell_text(c), True)
         return 0
 
     cdef int csv_media(self, const Cell* embed) except -1 nogil:
@@ -474,8 +489,7 @@ cdef class Writer:
             self.csv_text(<const unsigned char*>m.data, m.len)
         else:
             with gil:
-                v = media_files_at(embed.p, embed.n)
-                self.csv_text(<const unsigned char*>PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v))
+                self.csv_bytes(media_files_at(embed.p, embed.n), True)
         if m.cap > 1 << 16:
             ob_free(m)      # a huge embed's list is not kept for the rest of the export
         return 0
