@@ -330,3 +330,32 @@ def test_demo_removes_its_temporary_directory(tmp_path: Path) -> None:
     (kept,) = tmp_path.iterdir()
     last = Path(proc.stdout.splitlines()[-1])
     assert last.parent == kept / "exports" and skyexport.verify(last).ok
+
+
+def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --media only the stepping thread uses the connection while rows flow: it
+    is opened without SQLite's per-connection mutex (SQLITE_OPEN_NOMUTEX; two lock round
+    trips per column read otherwise).  --media steps a second cursor on the main thread
+    beside the pipe: that export keeps the mutex.  Both give the same posts."""
+    import apsw
+
+    from skyexport import archive as archive_mod
+    from skyexport import job
+
+    flags: list[int] = []
+
+    class Recording(archive_mod.Archive):
+        def _open(self, immutable: bool) -> tuple[set[str], set[str], bool]:
+            found = super()._open(immutable)
+            flags.append(self.conn.open_flags)
+            return found
+
+    monkeypatch.setattr(job, "Archive", Recording)
+    db = make_archive(tmp_path / "a.db", [{"has_media": 1} for _ in range(300)])
+    plain = skyexport.export(db, tmp_path / "plain", format="jsonl")
+    assert flags and flags[-1] & apsw.SQLITE_OPEN_NOMUTEX
+    with_media = skyexport.export(db, tmp_path / "media", format="jsonl", media=True)
+    assert not flags[-1] & apsw.SQLITE_OPEN_NOMUTEX
+    assert plain.post_count == with_media.post_count == 300
+    assert plain.sha256 == with_media.sha256

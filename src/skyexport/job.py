@@ -279,7 +279,9 @@ def export(
         raise OptionError(f"{opt('compress')} {exc}") from None
 
     def open_archive(path: str | os.PathLike[str]) -> Archive:
-        return Archive(path, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms)
+        # Without --media nothing else uses the connection while the pipe steps it.
+        return Archive(path, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms,
+                       nomutex=not media)
 
     car = _car_source(archive)
     if car is not None:
