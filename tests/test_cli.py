@@ -226,3 +226,28 @@ def test_completion(shell: str) -> None:
     assert _complete(run, proc.stdout, ["skyexport", "export", "-f", ""]) == \
         ["json", "csv", "jsonl"]
     assert "--media-any-path" in _complete(run, proc.stdout, ["skyexport", "export", "--me"])
+
+
+def test_an_export_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """Start-up is part of every export (SC-006, perf/bench.py's start-up check): a plain
+    export in a fresh interpreter never imports what only other paths need - argparse's
+    translation lookup (locale, gettext's .mo search), datetime (the API's date objects),
+    array (verify's name set), msgspec (CSV's rare embeds), shutil (failure paths),
+    typing - and the parser's strings are argparse's own."""
+    db = tmp_path / "a.db"
+    build_archive(db, posts=50, seed=1)
+    code = (
+        "import sys, os\n"
+        "from skyexport.cli import main\n"
+        f"rc = main(['export', {str(db)!r}, '-o', {str(tmp_path / 'out')!r}, "
+        "'--progress', 'none', '-q'])\n"
+        "bad = sorted(m for m in ('locale', 'datetime', 'array', 'msgspec', 'shutil', "
+        "'typing') if m in sys.modules)\n"
+        "print(rc, bad)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    from skyexport.cli import build_parser
+
+    help_text = build_parser().format_help()
+    assert "options:" in help_text and "positional arguments:" in help_text

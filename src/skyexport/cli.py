@@ -144,7 +144,27 @@ examples:
 """
 
 
+class _NoGettext:
+    """argparse looks up a translation (gettext: the locale module, a search for .mo files)
+    for each of its ~24 strings as the parser is built - more than a third of building
+    it, on every run.  CPython ships no argparse translations and skyexport's own text is
+    English: while build_parser runs, argparse's strings are taken as they are (restored
+    after; errors and help later translate as usual)."""
+
+    def __enter__(self) -> None:
+        self.saved = argparse._  # type: ignore[attr-defined]
+        argparse._ = str  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        argparse._ = self.saved  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    with _NoGettext():
+        return _build_parser()
+
+
+def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="skyexport",
         description="Export Bluesky post archives (the SQLite files bskyarchive writes) to "

@@ -10,7 +10,6 @@ until publish() renames it into place, and removes it on any failure or interrup
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import stat
 import time
@@ -47,6 +46,7 @@ from .staged import (
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import datetime as _dt
     from typing import Any, BinaryIO, Literal
 
     from .media import MediaCopier
@@ -436,6 +436,8 @@ def _bound_text(option: str, value: object) -> str | None:
     3339 (naive: UTC, as a zone-less text bound is)."""
     if value is None or isinstance(value, str):
         return value
+    import datetime as _dt  # only for the API's date objects: not at every start-up
+
     if isinstance(value, _dt.datetime):
         return value.isoformat()
     if isinstance(value, _dt.date):

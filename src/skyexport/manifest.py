@@ -10,7 +10,6 @@ the manifest stays small however many media files there are.  `verify` walks it.
 
 from __future__ import annotations
 
-import array
 import errno
 import hashlib
 import os
@@ -505,6 +504,8 @@ class _NameSet:
     hash is keyed per process, so names cannot be chosen to collide."""
 
     def __init__(self, expected: int) -> None:
+        import array  # verify's alone: not imported by every export
+
         self.size = max(int(expected / 0.7), 16)
         self.table = array.array("q", [0]) * self.size
         self.n = 0
@@ -540,7 +541,7 @@ class _NameSet:
     def _grow(self) -> None:
         old = self.table
         self.size *= 2
-        self.table = array.array("q", [0]) * self.size
+        self.table = type(old)("q", [0]) * self.size
         t, size = self.table, self.size
         for h in old:
             if h:
