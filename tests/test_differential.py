@@ -265,7 +265,8 @@ _EDGE_STAMPS = ["2024-03-10 23:30:00 -1000 HST", "2024-03-11 00:30:00 +1400 LINT
 
 
 @pytest.mark.parametrize("odd", [None, "null", 20240315, " 2024-03-15 10:00:00 +0000 UTC",
-                                 "not a date", b"2024-03-15 10:00:00 +0000 UTC"])
+                                 "not a date", b"2024-03-15 10:00:00 +0000 UTC",
+                                 "2024-03-15 junk", "2024-13-45T00:00:00Z"])
 @pytest.mark.parametrize(("since", "until"), [
     ("2024-03-11", "2024-03-29"), ("2024-03-09", "2024-03-31"), ("2024-03-08", "2024-04-01"),
     ("2024-03-12", None), (None, "2024-03-28"), ("1970-01-01", "2100-12-31")])
@@ -285,6 +286,47 @@ def test_a_range_around_every_date_matches_reference(tmp_path: Path, odd: object
     fast, ref = run_both(tmp_path, rows, "jsonl", not_null=False, since=since, until=until,
                          on_bad_value="keep")
     assert fast == ref
+
+
+def test_unreadable_dates_inside_a_range_that_holds_every_date(tmp_path: Path) -> None:
+    """A range around every stored date leaves the SQL filter out (no test per row, a
+    plain count: Snapshot.drop_unreadable) and the writer leaves out the unreadable dates
+    it meets: the same posts and the same warnings, in the same order (export order,
+    interleaved with bad values), as the reference; the totals say what was exported."""
+    from skyexport.archive import Archive, Selection
+
+    stamps = ["2024-03-20T12:00:00Z", "2024-03-15 junk", "2024-03-12T12:00:00Z",
+              "2024-13-45T00:00:00Z", "2024-03-10T00:00:00Z", "2024-03-14T00:00:00Z"]
+    rows = [{"uri": f"at://did:plc:e/app.bsky.feed.post/{i}", "created_at": c,
+             "indexed_at": "yesterday" if i == 2 else c if i % 2 == 0 else "2024-03-01T00:00:00Z"}
+            for i, c in enumerate(stamps)]
+    archive = make_archive(tmp_path / "a.db", rows)
+    with Archive(archive) as arc:
+        snap = arc.snapshot(Selection(None, (0, 0), (4133980799, 0)))
+        assert snap.drop_unreadable and not snap.dates_filter
+    events: list[skyexport.ExportProgress] = []
+    for fmt in ("json", "csv", "jsonl"):
+        ref = reference_outcome(archive, fmt, since="1970-01-01", until="2100-12-31",
+                                on_bad_value="keep")
+        out = _fresh(tmp_path, fmt)
+        result = skyexport.export(archive, out, format=fmt, since="1970-01-01",
+                                  until="2100-12-31", on_bad_value="keep",
+                                  on_progress=events.append)
+        fast = ("ok", result.data_file.read_bytes(),
+                [(w.uri, w.column) for w in result.warnings], result.warnings_total)
+        assert fast == ref
+        assert result.post_count == 4 and result.manifest["post_count"] == 4
+        assert [w.message for w in result.warnings if w.column == "created_at"
+                and "left out" in w.message] == [
+            "created_at '2024-13-45T00:00:00Z' cannot be read; left out by the date filter",
+            "created_at '2024-03-15 junk' cannot be read; left out by the date filter"]
+        last = events[-1]
+        assert last.status == "completed"
+        assert last.posts_processed == last.posts_total == 4
+        # A narrower range takes the SQL filter: the same posts.
+        narrow = skyexport.export(archive, _fresh(tmp_path, fmt), format=fmt,
+                                  since="2024-03-10", until="2024-03-20", on_bad_value="keep")
+        assert narrow.data_file.read_bytes() == ref[1]
 
 
 def _decompress(codec: str, data: bytes) -> bytes:

@@ -156,6 +156,11 @@ cdef class Writer:
     means "keep" (the stored text is written as a JSON string / verbatim CSV field).
     With `collect_media`, the URIs of posts with has_media are gathered per batch
     (`take_media_posts`).
+
+    With `on_unreadable_date(uri, value)`, a row whose created_at is text FORMAT.md cannot
+    read is left out (not encoded, not counted in `rows`; counted in `dropped`) and
+    reported there: what a date filter does with it, for a filter that the SQL leaves out
+    because it holds every readable stored date (archive.Snapshot).
     """
     cdef OutBuf buf
     cdef OutBuf media_buf     # a CSV row's MediaFiles, before it is quoted as a field
@@ -169,12 +174,15 @@ cdef class Writer:
     cdef bint collect_media
     cdef bint formula_guard
     cdef bint finished
+    cdef object on_unreadable_date
     cdef readonly Py_ssize_t rows
+    cdef readonly Py_ssize_t dropped
     cdef readonly long long bytes_written
     cdef readonly bint exhausted
 
     def __init__(self, sink, str fmt, *, on_bad, bint collect_media=False,
-                 Py_ssize_t flush_size=1 << 20, bint formula_guard=False):
+                 Py_ssize_t flush_size=1 << 20, bint formula_guard=False,
+                 on_unreadable_date=None):
         if fmt == "json":
             self.fmt = FMT_JSON
         elif fmt == "jsonl":
@@ -195,6 +203,7 @@ cdef class Writer:
         self.collect_media = collect_media
         self.media_posts = []
         self.formula_guard = formula_guard
+        self.on_unreadable_date = on_unreadable_date
         ob_free(&self.buf)
         ob_init(&self.buf, flush_size + (flush_size >> 2) + 4096)
         self.buf.spill = writer_spill
@@ -230,6 +239,9 @@ cdef class Writer:
     cdef int row_encoded(self, long long stop) except -1 nogil:
         """Encode the row in `self.row`, count it, flush a full buffer.  1 when the batch
         has reached `stop` bytes (the caller ends the batch), else 0."""
+        if self.on_unreadable_date is not None and self.created_unreadable():
+            self.dropped += 1
+            return 0
         self.encode_row()
         self.rows += 1
         if self.buf.len >= self.flush_size:
@@ -240,7 +252,8 @@ cdef class Writer:
         """Encode up to `max_rows` rows from `rows` (a RowSource, or any iterable of
         17-tuples, wrapped in a TupleRows), stopping early once this batch has produced
         `max_bytes` bytes.  Runs without the GIL except for sink calls, rare values and
-        Python sources.  Returns the rows encoded; sets `exhausted` at the end."""
+        Python sources.  Returns the rows read (encoded or left out); sets `exhausted` at
+        the end."""
         cdef RowSource source = rows if isinstance(rows, RowSource) else TupleRows(rows)
         cdef long long stop = self.batch_end(max_bytes)
         cdef Py_ssize_t done = 0
@@ -298,6 +311,24 @@ cdef class Writer:
         if has_media and self.collect_media:
             with gil:
                 self.media_posts.append(cell_object(&self.row[C_URI]))
+        return 0
+
+    cdef bint created_unreadable(self) except -1 nogil:
+        """created_at is text that cannot be read (reported to on_unreadable_date)."""
+        cdef const Cell* c = &self.row[C_CREATED]
+        cdef Stamp st
+        if c.kind != K_BYTES or parse_stamp(c.p, c.n, &st):
+            return 0
+        with gil:
+            self.report_unreadable_date()
+        return 1
+
+    cdef int report_unreadable_date(self) except -1:
+        cdef Cell shown = self.row[C_CREATED]
+        if shown.n > BAD_VALUE_PREFIX:
+            shown.n = BAD_VALUE_PREFIX
+        uri = cell_object(&self.row[C_URI])
+        self.on_unreadable_date(uri if uri is not None else b"", cell_text(&shown))
         return 0
 
     cdef int bad_value(self, int col) except -1 nogil:

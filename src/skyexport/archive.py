@@ -338,9 +338,12 @@ class Snapshot:
             args.append(selection.did)
         self._posts_total: int | None = None
         self._bad_total: int | None = None
-        # When every stored date is readable and far enough inside the range, the filter
-        # would keep every row: leave it out (no test per row, a plain count).
-        self.dates_filter = selection.dated and not self._dates_cover_all()
+        # When every stored date lies far enough inside the range, the filter can only
+        # leave out unreadable ones: no SQL filter then (no test per row, a plain count),
+        # and the writer leaves out and reports any unreadable date it meets
+        # (`drop_unreadable`; each one lowers posts_total by one).
+        self.drop_unreadable = selection.dated and self._dates_cover_all()
+        self.dates_filter = selection.dated and not self.drop_unreadable
         if self.dates_filter:
             # A text prefilter on the date prefix (offsets are under 24 h, so the instant's
             # day is within one of the stored day), checked on the created_at index before
@@ -360,11 +363,10 @@ class Snapshot:
         self.args = args
 
     def _dates_cover_all(self) -> bool:
-        """Whether [since, until] holds every post's created_at: all are readable text (no
-        NULL - Go's zero time -, number or BLOB; none unreadable) and the earliest and
-        latest text dates lie two days inside the range (offsets are under 24 h).  From
-        the created_at index: its two ends, a NULL lookup and one pass for unreadable
-        dates (which are counted for bad_created_at anyway)."""
+        """Whether [since, until] holds every readable created_at: all are text (no NULL -
+        Go's zero time -, number or BLOB) and the earliest and latest lie two days inside
+        the range (offsets are under 24 h), so that the filter could only leave out the
+        unreadable ones.  From the created_at index: its two ends and a NULL lookup."""
         sel, conn = self.selection, self.arc.conn
         ends = []
         for agg in ("min", "max"):   # one aggregate a query: each is an index lookup
@@ -382,21 +384,8 @@ class Snapshot:
             return False
         if sel.until is not None and hi >= _day_before(sel.until, -1).encode():
             return False
-        if conn.execute("SELECT 1 FROM posts WHERE created_at IS NULL LIMIT 1").fetchall():
-            return False
-        # The unreadable dates and the posts total in one pass (without a DID: over the
-        # created_at index alone); the total stands only if there are none.
-        bad, bad_args = self._bad_where()
-        did = sel.did
-        mine = "did = ?" if did is not None else "1"
-        counts: Any = conn.execute(
-            f"SELECT count(*) FILTER (WHERE {mine}), count(*) FILTER (WHERE {bad}) FROM posts",
-            [*([did] if did is not None else []), *bad_args]).fetchall()[0]
-        self._bad_total = int(counts[1])
-        if self._bad_total:
-            return False
-        self._posts_total = int(counts[0])
-        return True
+        return not conn.execute(
+            "SELECT 1 FROM posts WHERE created_at IS NULL LIMIT 1").fetchall()
 
     def _with_media(self, columns: str) -> str:
         """The selected posts whose has_media is true (skyexport_true: the writer core's
@@ -410,9 +399,10 @@ class Snapshot:
         if self._posts_total is None:
             if self.dates_filter:
                 self._count_dated()
+            elif self.selection.did is not None:
+                self._posts_total = self.did_posts  # counted on the did index already
             else:
-                self._posts_total = self.arc.count(
-                    f"SELECT count(*) FROM posts{self.where}", self.args)
+                self._posts_total = self.arc.count("SELECT count(*) FROM posts")
         assert self._posts_total is not None
         return self._posts_total
 
@@ -471,7 +461,10 @@ class Snapshot:
 
     def bad_created_at(self, limit: int) -> tuple[list[tuple[str, str]], int]:
         """Posts of the selected DID (all with None) whose created_at cannot be read - the
-        ones a date filter leaves out: (the first `limit` of them, their total)."""
+        ones a date filter leaves out: (the first `limit` of them, their total).  None
+        with drop_unreadable: the writer meets and reports them."""
+        if self.drop_unreadable:
+            return [], 0
         where, args = self._bad_where()
         # Counted first (with the posts total, in one pass); the posts themselves are
         # looked up only when there are any.

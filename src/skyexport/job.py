@@ -431,6 +431,12 @@ def _api_option(name: str) -> str:
     return f"{name}="
 
 
+def _shown(value: bytes | float | None) -> str:
+    """A stored value as a message shows it: decoded, at most 80 characters."""
+    shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
 def _bound_text(option: str, value: object) -> str | None:
     """--since/--until as text: a str as given, a date as YYYY-MM-DD, a datetime in RFC
     3339 (naive: UTC, as a zone-less text bound is)."""
@@ -517,12 +523,17 @@ class _Job:
     def on_bad(self, uri: bytes, column: str, value: bytes | float | None) -> None:
         """The writer core's bad-value callback: raise, or record a warning and keep."""
         u = uri.decode("utf-8", "replace")
-        shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
+        shown = _shown(value)
         if not self.keep_bad:
             raise BadValueError(u, column, shown)
         self.warn(u, column, f"{column} {shown!r} could not be read; exported as text")
+
+    def on_unreadable_date(self, uri: bytes, value: bytes) -> None:
+        """The writer left out a post whose created_at cannot be read (a date filter the
+        SQL left out: Snapshot.drop_unreadable): one post fewer selected, and said."""
+        self.posts_total -= 1
+        self.warn(uri.decode("utf-8", "replace"), "created_at",
+                  f"created_at {_shown(value)!r} cannot be read; left out by the date filter")
 
     # --- the pump -----------------------------------------------------------------------
 
@@ -691,9 +702,11 @@ class _Job:
         """The batch loop: encode up to batch_size rows, copy their media, report."""
         arc = self.arc
         sizing = {} if self.flush_size is None else {"flush_size": self.flush_size}
-        self.writer = writer = Writer(sink, self.fmt, on_bad=self.on_bad,
-                                      collect_media=self.media,
-                                      formula_guard=self.formula_guard, **sizing)
+        self.writer = writer = Writer(
+            sink, self.fmt, on_bad=self.on_bad, collect_media=self.media,
+            formula_guard=self.formula_guard,
+            on_unreadable_date=self.on_unreadable_date if snap.drop_unreadable else None,
+            **sizing)
         stream = None
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
