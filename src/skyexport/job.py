@@ -431,7 +431,7 @@ def _api_option(name: str) -> str:
     return f"{name}="
 
 
-def _shown(value: bytes | float | None) -> str:
+def _value_shown(value: bytes | float | None) -> str:
     """A stored value as a message shows it: decoded, at most 80 characters."""
     shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
@@ -523,7 +523,7 @@ class _Job:
     def on_bad(self, uri: bytes, column: str, value: bytes | float | None) -> None:
         """The writer core's bad-value callback: raise, or record a warning and keep."""
         u = uri.decode("utf-8", "replace")
-        shown = _shown(value)
+        shown = _value_shown(value)
         if not self.keep_bad:
             raise BadValueError(u, column, shown)
         self.warn(u, column, f"{column} {shown!r} could not be read; exported as text")
@@ -533,7 +533,7 @@ class _Job:
         SQL left out: Snapshot.drop_unreadable): one post fewer selected, and said."""
         self.posts_total -= 1
         self.warn(uri.decode("utf-8", "replace"), "created_at",
-                  f"created_at {_shown(value)!r} cannot be read; left out by the date filter")
+                  f"created_at {_value_shown(value)!r} cannot be read; left out by the date filter")
 
     # --- the pump -----------------------------------------------------------------------
 
