@@ -254,3 +254,23 @@ def test_ties_sort_by_uri_and_text_order_decides(tmp_path: Path) -> None:
     archive = make_archive(tmp_path / "a.db", rows)
     lines = export_bytes(archive, tmp_path / "l", "jsonl").splitlines()
     assert [json.loads(line)["uri"][-1] for line in lines] == ["d", "c", "a", "b"]
+
+
+# The JSON and CSV scans go 16 bytes at a time (ext/skyexport/scan.h): every byte that needs
+# attention, at every offset across two 16-byte blocks and the tail, with non-ASCII beside.
+_ATTENTION = [b'"', b"\\", b"\x00", b"\x1f", b"\n", b"\r", b",", b"\x7f", b"\xc3\xa9",
+              b"\xe2\x80\xa8", b"\xff", b"\xf0\x9f\x98\x80", b" "]
+
+
+@pytest.mark.parametrize("special", _ATTENTION)
+def test_scans_find_every_byte_at_every_offset(special: bytes) -> None:
+    import reference
+
+    for length in (15, 16, 17, 31, 32, 33, 47):
+        for at in range(length):
+            field = (b"a" * at + special + b"b" * length)[:length + len(special)]
+            assert _core.json_string(field) == reference.json_string(field), (at, length)
+            assert _core.csv_field(field) == reference.csv_field(field), (at, length)
+            twice = field + b"x" * at + special
+            assert _core.json_string(twice) == reference.json_string(twice), (at, length)
+            assert _core.csv_field(twice) == reference.csv_field(twice), (at, length)

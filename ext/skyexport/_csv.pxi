@@ -19,30 +19,31 @@ cdef bint starts_with_space(const unsigned char* s, Py_ssize_t n) noexcept nogil
 
 
 cdef bint csv_needs_quotes(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef unsigned char c
     if n == 0:
         return False
     if n == 2 and s[0] == b'\\' and s[1] == b'.':
         return True
-    for i in range(n):
-        c = s[i]
-        if c == b',' or c == b'"' or c == b'\n' or c == b'\r':
-            return True
+    if sx_csv_plain(s, n) < n:
+        return True
     return starts_with_space(s, n)
 
 
 cdef int ob_csv_field(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
     """One field, quoted iff Go would; bytes otherwise unchanged."""
     cdef Py_ssize_t i, start
+    cdef const unsigned char* q
     if not csv_needs_quotes(s, n):
         return ob_write(b, <const char*>s, n)
     ob_byte(b, b'"')
     start = 0
-    for i in range(n):
-        if s[i] == b'"':
-            ob_write(b, <const char*>s + start, i + 1 - start)
-            start = i     # the quote is written again with the next run: doubled
+    while start < n:
+        q = <const unsigned char*>memchr(s + start, b'"', n - start)
+        if q == NULL:
+            break
+        i = q - s
+        ob_write(b, <const char*>s + start, i + 1 - start)
+        ob_byte(b, b'"')  # doubled
+        start = i + 1
     ob_write(b, <const char*>s + start, n - start)
     ob_byte(b, b'"')
     return 0

@@ -1,6 +1,10 @@
 # JSON encoding of text and stored JSON, as Go's encoding/json writes it with
 # SetEscapeHTML(false) (FORMAT.md, posts.json).
 
+cdef extern from "scan.h" nogil:
+    Py_ssize_t sx_json_plain(const unsigned char* s, Py_ssize_t n)
+    Py_ssize_t sx_csv_plain(const unsigned char* s, Py_ssize_t n)
+
 cdef const char* HEX = b"0123456789abcdef"
 
 # What each ASCII byte becomes inside a JSON string: 0 = itself, 'u' = \u00XX, else the
@@ -75,6 +79,14 @@ cdef int ob_json_str(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 
         ob_reserve(b, (stop - i) * 6 + 24)
         o = <unsigned char*>b.data + b.len
         while i < stop:
+            # the run written as it is, found 16 bytes at a time (scan.h)
+            run = sx_json_plain(s + i, stop - i)
+            if run:
+                memcpy(o, s + i, run)
+                o += run
+                i += run
+                if i >= stop:
+                    break
             c = s[i]
             if c < 0x80:
                 e = JSON_ESC[c]
