@@ -17,6 +17,28 @@ from archives import load_golden
 BATCH_SIZES = (1, 7, 999, 1000, 1001, 1_000_000)
 
 
+# pytest-memray's markers: the tests that state a memory limit.
+MEMRAY_MARKERS = ("limit_memory", "limit_leaks", "limit_leaked_objects")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> object:
+    """Under `--memray`, pytest-memray runs every test inside a memray Tracker, which about
+    doubles the time of Python-heavy tests (the reference exporter, hypothesis).  Only the
+    tests with a memray marker assert anything about memory (the other peaks feed just the
+    summary, hidden by addopts' --hide-memray-summary): those are still tracked, the others
+    run untracked.  The option is switched off around the call of an unmarked test only."""
+    option = pyfuncitem.config.option
+    marked = any(m.name in MEMRAY_MARKERS for m in pyfuncitem.iter_markers())
+    if marked or not getattr(option, "memray", False):
+        return (yield)
+    option.memray = False
+    try:
+        return (yield)
+    finally:
+        option.memray = True
+
+
 @pytest.fixture(params=FORMATS)
 def fmt(request: pytest.FixtureRequest) -> str:
     return request.param
