@@ -5,15 +5,12 @@ failure being guarded against."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -344,20 +341,16 @@ def long_media_list(directory: Path, n: int) -> None:
 
 
 @pytest.fixture
-def long_list_export(tmp_path: Path) -> Iterator[Path]:
+def long_list_export(ram_path: Path) -> Path:
     """export_dir with 200,000 media files and their list, made in the fixture: outside the
     test's memray tracking (which counts only verify then, and would slow the 200,000 creates
-    down), and on a RAM file system where there is one (/dev/shm): 200,000 files take 10-90 s
-    of the kernel's time to make on the disk's ext4 under load, 2 s on tmpfs.  verify meets
-    the same regular files, directory and list either way."""
-    shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(prefix="skyexport-verify-", dir=shm) \
-            if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) \
-            else contextlib.nullcontext(str(tmp_path)) as d:
-        export = cli_export(media_archive(Path(d), ["img0.jpg", "img1.jpg"]), Path(d) / "out",
-                            "--media")
-        long_media_list(export, 200_000)
-        yield export
+    down), and on a RAM file system where there is one (conftest.ram_dir): 200,000 files take
+    10-90 s of the kernel's time to make on the disk's ext4 under load, 2 s on tmpfs.  verify
+    meets the same regular files, directory and list either way."""
+    export = cli_export(media_archive(ram_path, ["img0.jpg", "img1.jpg"]), ram_path / "out",
+                        "--media")
+    long_media_list(export, 200_000)
+    return export
 
 
 @pytest.mark.limit_memory("24 MB")
