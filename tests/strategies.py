@@ -16,6 +16,7 @@ on. Values still come in every storage class SQLite's affinity leaves them in (a
 from __future__ import annotations
 
 import calendar
+import functools
 
 from hypothesis import strategies as st
 
@@ -378,31 +379,50 @@ _URI_KEYS = st.one_of(
 )
 
 
+@functools.cache
+def _row_strategies(allow_bad: bool, not_null: bool) -> dict[str, st.SearchStrategy]:
+    """The strategies row() draws its columns from, built once for each (allow_bad,
+    not_null).  Built anew for every row, as they were, each new strategy object was
+    validated again by hypothesis at its first draw: most of a differential test's time."""
+    return {
+        "cid": text_values(nullable=not not_null),
+        "did": text_values(nullable=not not_null),
+        "text": text_values(),
+        "stamp": timestamps(nullable=not not_null, allow_bad=allow_bad),
+        "reply_parent": st.one_of(st.just(""), st.none(), text_values()),
+        "embed_type": st.one_of(
+            st.just(""), st.none(),
+            st.sampled_from(["images", "external", "record", "record_with_media", "video"]),
+            text_values()),
+        "embed_data": stored_json(allow_bad=allow_bad, media=True),
+        "labels": stored_json(allow_bad=allow_bad),
+        "archived_at": timestamps(nullable=True, allow_bad=allow_bad),
+    }
+
+
 @st.composite
 def row(draw, *, allow_bad: bool = False, not_null: bool = True) -> dict:
     """One row dict (its uri is only a sort key; ``rows()`` makes uris unique)."""
+    s = _row_strategies(allow_bad, not_null)
     did = draw(st.sampled_from(DIDS))
     r = {
         "uri": f"at://{did}/app.bsky.feed.post/{draw(_URI_KEYS)}",
-        "cid": draw(text_values(nullable=not not_null)),
-        "did": did if draw(st.integers(0, 9)) else draw(text_values(nullable=not not_null)),
-        "text": draw(text_values()),
-        "created_at": draw(timestamps(nullable=not not_null, allow_bad=allow_bad)),
-        "indexed_at": draw(timestamps(nullable=not not_null, allow_bad=allow_bad)),
+        "cid": draw(s["cid"]),
+        "did": did if draw(st.integers(0, 9)) else draw(s["did"]),
+        "text": draw(s["text"]),
+        "created_at": draw(s["stamp"]),
+        "indexed_at": draw(s["stamp"]),
         "has_media": draw(booleans),
         "like_count": draw(counts),
         "repost_count": draw(counts),
         "reply_count": draw(counts),
         "quote_count": draw(counts),
         "is_reply": draw(booleans),
-        "reply_parent": draw(st.one_of(st.just(""), st.none(), text_values())),
-        "embed_type": draw(st.one_of(
-            st.just(""), st.none(),
-            st.sampled_from(["images", "external", "record", "record_with_media", "video"]),
-            text_values())),
-        "embed_data": draw(stored_json(allow_bad=allow_bad, media=True)),
-        "labels": draw(stored_json(allow_bad=allow_bad)),
-        "archived_at": draw(timestamps(nullable=True, allow_bad=allow_bad)),
+        "reply_parent": draw(s["reply_parent"]),
+        "embed_type": draw(s["embed_type"]),
+        "embed_data": draw(s["embed_data"]),
+        "labels": draw(s["labels"]),
+        "archived_at": draw(s["archived_at"]),
     }
     return r
 

@@ -12,12 +12,15 @@ Without --memray the tests still run the exports and check their results.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import skyexport
 from skyexport.synth import build_archive
+
+from conftest import ram_dir
 
 SIZES = (20_000, 200_000)
 # One limit for every size: memory must not grow with the archive.  The issue asks for
@@ -27,16 +30,17 @@ FLAT_MB = 4  # peak growth allowed from 20k to 200k posts (issue 5: from 10k to 
 
 
 @pytest.fixture(scope="session")
-def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """Synthetic archives with media files, built once per session (a few seconds)."""
-    root = tmp_path_factory.mktemp("memory")
-    out = {}
-    for n in SIZES:
-        arc = root / f"posts-{n}" / "archive.db"
-        arc.parent.mkdir()
-        build_archive(arc, n, seed=11, media=True)
-        out[n] = arc
-    return out
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, Path]]:
+    """Synthetic archives with media files, built once per session (a few seconds), on a
+    RAM file system where there is one (conftest.ram_dir: 52k media files)."""
+    with ram_dir(tmp_path_factory.mktemp("memory")) as root:
+        out = {}
+        for n in SIZES:
+            arc = root / f"posts-{n}" / "archive.db"
+            arc.parent.mkdir()
+            build_archive(arc, n, seed=11, media=True)
+            out[n] = arc
+        yield out
 
 
 class Consumer:
@@ -68,27 +72,27 @@ def check(result: skyexport.ExportResult, consumer: Consumer, n: int) -> None:
 
 @pytest.mark.limit_memory(LIMIT)
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_200k_with_media_and_progress(synthetic: dict[int, Path], tmp_path: Path,
+def test_200k_with_media_and_progress(synthetic: dict[int, Path], ram_path: Path,
                                       fmt: str) -> None:
-    result, consumer = run_export(synthetic[200_000], tmp_path / "out", fmt)
+    result, consumer = run_export(synthetic[200_000], ram_path / "out", fmt)
     check(result, consumer, 200_000)
 
 
 @pytest.mark.limit_memory(LIMIT)
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_20k_with_media_and_progress(synthetic: dict[int, Path], tmp_path: Path,
+def test_20k_with_media_and_progress(synthetic: dict[int, Path], ram_path: Path,
                                      fmt: str) -> None:
     """The same limit as for ten times the posts: a flat profile, not one that merely
     fits."""
-    result, consumer = run_export(synthetic[20_000], tmp_path / "out", fmt)
+    result, consumer = run_export(synthetic[20_000], ram_path / "out", fmt)
     check(result, consumer, 20_000)
 
 
 PEAK_SCRIPT = """
 import sys, tempfile, memray
 import skyexport
-archive, fmt = sys.argv[1], sys.argv[2]
-with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cap:
+archive, fmt, tmp = sys.argv[1], sys.argv[2], sys.argv[3]
+with tempfile.TemporaryDirectory(dir=tmp) as out, tempfile.TemporaryDirectory(dir=tmp) as cap:
     path = cap + "/capture.bin"
     with memray.Tracker(path, native_traces=False):
         skyexport.export(archive, out, format=fmt, media=True, on_progress=lambda ev: None)
@@ -97,7 +101,8 @@ with tempfile.TemporaryDirectory() as out, tempfile.TemporaryDirectory() as cap:
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
-def test_peak_does_not_grow_with_the_archive(synthetic: dict[int, Path], fmt: str) -> None:
+def test_peak_does_not_grow_with_the_archive(synthetic: dict[int, Path], ram_path: Path,
+                                            fmt: str) -> None:
     """The peak, measured by memray in a process of its own (pytest-memray may be tracking
     this one), for 20k and for 200k posts: within FLAT_MB of each other."""
     import subprocess
@@ -105,7 +110,8 @@ def test_peak_does_not_grow_with_the_archive(synthetic: dict[int, Path], fmt: st
 
     peaks = {}
     for n in SIZES:
-        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(synthetic[n]), fmt],
+        proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(synthetic[n]), fmt,
+                               str(ram_path)],
                               capture_output=True, text=True, check=True)
         peaks[n] = int(proc.stdout.split()[-1])
     growth = peaks[200_000] - peaks[20_000]
