@@ -883,23 +883,47 @@ cdef Py_ssize_t cb_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return i + ln
 
 
+cdef Py_ssize_t cb_pass(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """The offset after the item at i, which was validated before (cb_skip): nothing is
+    checked again, but no byte outside [0, n) is read whatever s holds."""
+    cdef Item it
+    cdef uint64_t j
+    cb_head(s, i, n, &it)
+    i += it.head
+    if it.major == 2 or it.major == 3:
+        return i + cb_len(s, i, n, it.arg)
+    if it.major == 4:
+        for j in range(it.arg):
+            i = cb_pass(s, i, n)
+        return i
+    if it.major == 5:
+        for j in range(it.arg):
+            i = cb_pass(s, i, n)
+            i = cb_pass(s, i, n)
+        return i
+    if it.major == 6:
+        return cb_pass(s, i, n)
+    return i
+
+
 cdef Py_ssize_t cb_find(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                         const char* key) except -2:
     """The offset of `key`'s value if the item at i is a map holding it, else -1.
-    (The item was validated before.)"""
+    (The item was validated before: keys and values are not checked again.)"""
     cdef Item it
-    cdef const unsigned char* kp
-    cdef Py_ssize_t kn, klen = <Py_ssize_t>strlen(key)
+    cdef Py_ssize_t klen = <Py_ssize_t>strlen(key)
     cdef uint64_t j
     cb_head(s, i, n, &it)
     if it.major != 5:
         return -1
     i += it.head
     for j in range(it.arg):
-        i = cb_key(s, i, n, &kp, &kn)
-        if kn == klen and memcmp(kp, key, klen) == 0:
-            return i
-        i = cb_skip(s, i, n, 0)
+        cb_head(s, i, n, &it)
+        i += it.head
+        if (it.major == 3 and it.arg == <uint64_t>klen and i + klen <= n
+                and memcmp(s + i, key, klen) == 0):
+            return i + klen
+        i = cb_pass(s, cb_pass(s, i - it.head, n), n)
     return -1
 
 
@@ -1531,7 +1555,7 @@ cdef class CarWalker:
                 where = (f"after key {prev.decode('ascii')}" if prev is not None
                          else "before the first key")
                 raise CarFormatError(f"MST node ({where}) {exc}") from None
-            f.pos = cb_skip(s, i, n, 0)
+            f.pos = cb_pass(s, i, n)
             f.left -= 1
             f.key = key
             self.last_key = key
