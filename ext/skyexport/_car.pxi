@@ -16,6 +16,7 @@ from libc.errno cimport EINTR
 from libc.string cimport memmove, strlen
 
 from libc.stdlib cimport qsort
+from cpython.unicode cimport PyUnicode_DecodeUTF8
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void* buf, size_t count, long long offset)
@@ -1222,54 +1223,131 @@ def post_fields(data):
     return post_fields_c(<const unsigned char*>PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
 
 
-cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
-    cdef Py_ssize_t v, e, r, t
+cdef struct PostFields:
+    # text fields point into the record (checked UTF-8); NULL: absent ('')
+    const unsigned char* text
+    Py_ssize_t text_n
+    const unsigned char* created
+    Py_ssize_t created_n
+    const unsigned char* parent
+    Py_ssize_t parent_n
+    const char* etype                 # embed_type: EMBED_TYPES' short name, or the $type
+    Py_ssize_t etype_n
+    bint has_media
+    bint is_reply
+    bint has_embed                    # embed_data, as JSON, in the `embed` OutBuf
+    bint has_labels                   # labels, as JSON, in the `labels` OutBuf
+
+
+cdef const char* embed_short(const unsigned char* tp, Py_ssize_t tn) noexcept:
+    """EMBED_TYPES' name for an embed $type, NULL for any other."""
+    if tn == 21 and memcmp(tp, b"app.bsky.embed.images", 21) == 0:
+        return "images"
+    if tn == 23 and memcmp(tp, b"app.bsky.embed.external", 23) == 0:
+        return "external"
+    if tn == 21 and memcmp(tp, b"app.bsky.embed.record", 21) == 0:
+        return "record"
+    if tn == 30 and memcmp(tp, b"app.bsky.embed.recordWithMedia", 30) == 0:
+        return "record_with_media"
+    if tn == 20 and memcmp(tp, b"app.bsky.embed.video", 20) == 0:
+        return "video"
+    return NULL
+
+
+cdef int post_fields_into(const unsigned char* s, Py_ssize_t n, PostFields* f,
+                          OutBuf* embed, OutBuf* labels) except -1:
+    """The posts-row fields of the post record s[:n] (CAR.md's table) into f; embed_data
+    and labels as JSON appended to `embed` and `labels`."""
+    cdef Py_ssize_t i, v = -1, c = -1, e = -1, r = -1, lb = -1, t, x
     cdef const unsigned char* tp
     cdef Py_ssize_t tn
+    cdef const char* short
     cdef Item it
+    cdef uint64_t j
     if cb_skip(s, 0, n, 0) != n:
         raise CarFormatError("has bytes after its value")
     cb_head(s, 0, n, &it)
     if it.major != 5:
         raise CarFormatError("is not a map")
-    v = cb_find(s, 0, n, "text")
-    if v < 0:
-        text = ""
-    elif cb_text_at(s, v, n, &tp, &tn):
-        text = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    else:
+    # one pass over the top-level keys (the first of a repeated key counts, as cb_find)
+    i = it.head
+    for j in range(it.arg):
+        cb_head(s, i, n, &it)
+        i += it.head
+        x = <Py_ssize_t>it.arg
+        tp = s + i
+        i += x
+        if x == 4 and memcmp(tp, b"text", 4) == 0:
+            if v < 0:
+                v = i
+        elif x == 9 and memcmp(tp, b"createdAt", 9) == 0:
+            if c < 0:
+                c = i
+        elif x == 5 and memcmp(tp, b"embed", 5) == 0:
+            if e < 0:
+                e = i
+        elif x == 5 and memcmp(tp, b"reply", 5) == 0:
+            if r < 0:
+                r = i
+        elif x == 6 and memcmp(tp, b"labels", 6) == 0:
+            if lb < 0:
+                lb = i
+        i = cb_pass(s, i, n)
+    f.text = f.created = f.parent = NULL
+    f.text_n = f.created_n = f.parent_n = 0
+    if v >= 0 and not cb_text_at(s, v, n, &f.text, &f.text_n):
         raise CarFormatError("has a `text` that is not a string")
-    v = cb_find(s, 0, n, "createdAt")
-    if v < 0:
-        created = ""
-    elif cb_text_at(s, v, n, &tp, &tn):
-        created = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    else:
+    if c >= 0 and not cb_text_at(s, c, n, &f.created, &f.created_n):
         raise CarFormatError("has a `createdAt` that is not a string")
-    has_media = False
-    embed_type = ""
-    embed_data = None
-    e = cb_find(s, 0, n, "embed")
+    f.has_media = False
+    f.etype = NULL
+    f.etype_n = 0
+    f.has_embed = e >= 0
     if e >= 0:
-        embed_data = cb_json_at(s, e, n)
+        cb_json(embed, s, e, n, 0)
         t = cb_find(s, e, n, "$type")
         if cb_text_at(s, t, n, &tp, &tn):
-            ty = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-            embed_type = EMBED_TYPES.get(ty, ty)
-        has_media = is_media_embed(s, e, n)
-        if not has_media and cb_text_is(s, t, n, "app.bsky.embed.recordWithMedia"):
-            has_media = is_media_embed(s, cb_find(s, e, n, "media"), n)
-    is_reply = False
-    parent = ""
-    r = cb_find(s, 0, n, "reply")
+            short = embed_short(tp, tn)
+            if short != NULL:
+                f.etype, f.etype_n = short, <Py_ssize_t>strlen(short)
+            else:
+                f.etype, f.etype_n = <const char*>tp, tn
+        f.has_media = is_media_embed(s, e, n)
+        if not f.has_media and cb_text_is(s, t, n, "app.bsky.embed.recordWithMedia"):
+            f.has_media = is_media_embed(s, cb_find(s, e, n, "media"), n)
+    f.is_reply = r >= 0
     if r >= 0:
-        is_reply = True
-        v = cb_find(s, r, n, "parent")
-        if v >= 0 and cb_text_at(s, cb_find(s, v, n, "uri"), n, &tp, &tn):
-            parent = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    v = cb_find(s, 0, n, "labels")
-    labels = cb_json_at(s, v, n) if v >= 0 else None
-    return (text, created, has_media, is_reply, parent, embed_type, embed_data, labels)
+        x = cb_find(s, r, n, "parent")
+        if x >= 0 and not cb_text_at(s, cb_find(s, x, n, "uri"), n, &f.parent, &f.parent_n):
+            f.parent = NULL
+            f.parent_n = 0
+    f.has_labels = lb >= 0
+    if lb >= 0:
+        cb_json(labels, s, lb, n, 0)
+    return 0
+
+
+cdef inline str utf8_str(const void* p, Py_ssize_t n):
+    return PyUnicode_DecodeUTF8(<const char*>p, n, NULL) if n else ""
+
+
+cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
+    cdef PostFields f
+    cdef OutBuf embed, labels
+    ob_init(&embed, 256)
+    try:
+        ob_init(&labels, 64)
+        try:
+            post_fields_into(s, n, &f, &embed, &labels)
+            return (utf8_str(f.text, f.text_n), utf8_str(f.created, f.created_n),
+                    bool(f.has_media), bool(f.is_reply), utf8_str(f.parent, f.parent_n),
+                    utf8_str(f.etype, f.etype_n),
+                    utf8_str(embed.data, embed.len) if f.has_embed else None,
+                    utf8_str(labels.data, labels.len) if f.has_labels else None)
+        finally:
+            ob_free(&labels)
+    finally:
+        ob_free(&embed)
 
 
 # --- the MST walk, in the core ---------------------------------------------------------
@@ -1328,6 +1406,7 @@ cdef class CarWalker:
     cdef bytes value          # the record CID of the key next_key() returned
     cdef unsigned char* buf   # the last block fetch() read: its CID, then its data
     cdef Py_ssize_t cap
+    cdef Py_ssize_t dn        # the data length of the record next_post() read
 
     def __cinit__(self):
         self.buf = NULL
@@ -1569,36 +1648,46 @@ cdef class CarWalker:
             return key
         return None
 
-    def rows(self, Py_ssize_t limit, str archived_at):
-        """Up to `limit` posts rows; [] at the end."""
-        cdef list out = []
-        cdef bytes key, value
-        cdef Py_ssize_t slash, cn, dn
+    cdef bytes next_post(self):
+        """The next post's key, its record read and checked (data at self.buf + len(cid),
+        self.dn bytes; the CID in self.value); None at the end."""
+        cdef bytes key
+        cdef Py_ssize_t slash, cn
         cdef dict counts = self.collections
         cdef bytes prefix = POST_PREFIX
         cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
-        cdef const unsigned char* kp
-        did = self.did
-        while len(out) < limit:
+        while True:
             key = self.next_key()
             if key is None:
-                break
-            value = self.value
-            kp = <const unsigned char*>PyBytes_AS_STRING(key)
+                return None
             if not self.posts_only:
                 slash = key.find(b"/")
                 coll = key[:slash] if slash >= 0 else key
                 counts[coll] = counts.get(coll, 0) + 1
-            if PyBytes_GET_SIZE(key) <= pn or memcmp(kp, <const char*>prefix, pn) != 0:
+            if (PyBytes_GET_SIZE(key) <= pn
+                    or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), pn) != 0):
                 if self.posts_only and bytes_cmp(key, POST_END) >= 0:
                     self.stack = []  # past the posts: nothing after them is used
-                    break
+                    return None
                 continue
-            cn = PyBytes_GET_SIZE(value)
-            dn = self.fetch(<const unsigned char*>PyBytes_AS_STRING(value), cn, key, None)
+            cn = PyBytes_GET_SIZE(self.value)
+            self.dn = self.fetch(<const unsigned char*>PyBytes_AS_STRING(self.value), cn,
+                                 key, None)
+            return key
+
+    def rows(self, Py_ssize_t limit, str archived_at):
+        """Up to `limit` posts rows; [] at the end."""
+        cdef list out = []
+        cdef bytes key, value
+        did = self.did
+        while len(out) < limit:
+            key = self.next_post()
+            if key is None:
+                break
+            value = self.value
             try:
                 (text, created, media, reply, parent, etype, edata,
-                 labels) = post_fields_c(self.buf + cn, dn)
+                 labels) = post_fields_c(self.buf + PyBytes_GET_SIZE(value), self.dn)
             except CarFormatError as exc:
                 raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
                                      f"{exc}") from None
@@ -1607,3 +1696,91 @@ cdef class CarWalker:
                         int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
                         archived_at))
         return out
+
+    def insert(self, conn, Py_ssize_t limit, str archived_at):
+        """Insert up to `limit` posts rows (those rows() returns) into table `posts` of
+        `conn` (schema v2; an APSW connection this module is loaded into as an extension;
+        the caller holds the transaction), with no Python object per row.  Returns how
+        many were inserted: 0 at the end."""
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef sqlite3_stmt* ins = NULL
+        cdef bytes q = ("INSERT INTO posts VALUES (" + ",".join(["?"] * 17) + ")").encode()
+        cdef bytes did = self.did.encode("utf-8")
+        cdef bytes at = archived_at.encode("utf-8")
+        cdef bytes key, value
+        cdef PostFields f
+        cdef OutBuf uri, cid, embed, labels
+        cdef Py_ssize_t done = 0, cn
+        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
+        if rc != SQLITE_OK:
+            raise sqlite_error(db, rc)
+        ob_init(&uri, 128)
+        ob_init(&cid, 64)
+        ob_init(&embed, 256)
+        ob_init(&labels, 64)
+        try:
+            while done < limit:
+                key = self.next_post()
+                if key is None:
+                    break
+                value = self.value
+                cn = PyBytes_GET_SIZE(value)
+                embed.len = labels.len = uri.len = cid.len = 0
+                try:
+                    post_fields_into(self.buf + cn, self.dn, &f, &embed, &labels)
+                except CarFormatError as exc:
+                    raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
+                                         f"{exc}") from None
+                ob_write(&uri, "at://", 5)
+                ob_write(&uri, PyBytes_AS_STRING(did), PyBytes_GET_SIZE(did))
+                ob_byte(&uri, b"/")
+                ob_write(&uri, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+                ob_cid(&cid, <const unsigned char*>PyBytes_AS_STRING(value), cn)
+                bind_text(ins, 1, uri.data, uri.len)
+                bind_text(ins, 2, cid.data, cid.len)
+                bind_text(ins, 3, PyBytes_AS_STRING(did), PyBytes_GET_SIZE(did))
+                bind_text(ins, 4, <const char*>f.text, f.text_n)
+                bind_text(ins, 5, <const char*>f.created, f.created_n)
+                bind_text(ins, 6, <const char*>f.created, f.created_n)
+                sx_bind_int64(ins, 7, f.has_media)
+                sx_bind_int64(ins, 8, 0)
+                sx_bind_int64(ins, 9, 0)
+                sx_bind_int64(ins, 10, 0)
+                sx_bind_int64(ins, 11, 0)
+                sx_bind_int64(ins, 12, f.is_reply)
+                bind_text(ins, 13, <const char*>f.parent, f.parent_n)
+                bind_text(ins, 14, f.etype, f.etype_n)
+                if f.has_embed:
+                    bind_text(ins, 15, embed.data, embed.len)
+                else:
+                    sx_bind_null(ins, 15)
+                if f.has_labels:
+                    bind_text(ins, 16, labels.data, labels.len)
+                else:
+                    sx_bind_null(ins, 16)
+                bind_text(ins, 17, PyBytes_AS_STRING(at), PyBytes_GET_SIZE(at))
+                rc = sx_step(ins)
+                sx_reset(ins)
+                if rc != SQLITE_DONE:
+                    raise sqlite_error(db, rc)
+                done += 1
+            return done
+        finally:
+            sx_finalize(ins)
+            ob_free(&uri)
+            ob_free(&cid)
+            ob_free(&embed)
+            ob_free(&labels)
+
+
+cdef inline int bind_text(sqlite3_stmt* st, int i, const char* p, Py_ssize_t n) except -1:
+    """Text (copied by SQLite); '' for NULL p.  A bind fails only on a value over
+    SQLite's length limit, which the step then reports."""
+    if n > 0x7FFFFFFF:
+        raise CarFormatError("has a value too long for SQLite")
+    if p == NULL:
+        p = b""
+    sx_bind_text(st, i, p, <int>n)
+    return 0

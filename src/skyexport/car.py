@@ -116,6 +116,20 @@ def is_car(path: str | os.PathLike[str]) -> bool:
     return roots is not None and len(roots) == 1 and isinstance(roots[0], _core.CID)
 
 
+def _load_core(con: apsw.Connection) -> bool:
+    """Load the compiled core as an SQLite extension of `con` (see
+    archive.Archive._load_core), so CarWalker can insert rows without Python in between."""
+    try:
+        con.enable_load_extension(True)
+        try:
+            con.load_extension(_core.__file__, _core.EXTENSION_ENTRY_POINT)
+        finally:
+            con.enable_load_extension(False)
+    except (apsw.Error, AttributeError):
+        return False
+    return bool(_core.direct_ready())
+
+
 @dataclass
 class _Stats:
     blocks: int = 0
@@ -349,6 +363,31 @@ class CarRepo:
             self.stats.collections = {k.decode("ascii"): v
                                       for k, v in walker.collections.items()}
 
+    def insert_posts(self, con: apsw.Connection, archived_at: str,
+                     on_chunk: Callable[[], None] | None = None) -> int:
+        """Insert the posts rows (those of post_rows()) into table posts of `con`, which
+        the core is loaded into (_load_core), straight from the core; returns the count.
+        The caller holds the transaction."""
+        assert self.index is not None
+        try:
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, True)
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
+        n = 0
+        try:
+            while True:
+                try:
+                    k = walker.insert(con, ROW_CHUNK, archived_at)
+                except ValueError as exc:
+                    raise self._fail(str(exc)) from None
+                if not k:
+                    return n
+                n += k
+                if on_chunk is not None:
+                    on_chunk()
+        finally:
+            walker.close()
+
     def _post_rows_py(self, archived_at: str,
                       posts_only: bool) -> Iterator[tuple[object, ...]]:
         prefix = POST_COLLECTION + "/"
@@ -423,18 +462,21 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
         con.execute(MEDIA)
         if fts:
             con.execute(FTS)
-        chunk: list[tuple[object, ...]] = []
-        for row in repo.post_rows(archived_at):
-            chunk.append(row)
-            if len(chunk) >= ROW_CHUNK:
+        if repo.reader != "python" and _load_core(con):
+            n = repo.insert_posts(con, archived_at, on_chunk)
+        else:
+            chunk: list[tuple[object, ...]] = []
+            for row in repo.post_rows(archived_at):
+                chunk.append(row)
+                if len(chunk) >= ROW_CHUNK:
+                    con.executemany(INSERT_V2, chunk)
+                    n += len(chunk)
+                    chunk.clear()
+                    if on_chunk is not None:
+                        on_chunk()
+            if chunk:
                 con.executemany(INSERT_V2, chunk)
                 n += len(chunk)
-                chunk.clear()
-                if on_chunk is not None:
-                    on_chunk()
-        if chunk:
-            con.executemany(INSERT_V2, chunk)
-            n += len(chunk)
         for sql in INDEXES:
             con.execute(sql)
         if fts:
