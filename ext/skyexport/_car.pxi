@@ -450,8 +450,8 @@ cdef int ix_emit_all(BlockIndex ix, IxEntry* a, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int ix_merge(BlockIndex ix, int src, int64_t runs) except -1:
-    """Merge the `runs` sorted runs of file `src` (run r: entries [r * IX_RUN, ...)) into
+cdef int ix_merge(BlockIndex ix, int src, int64_t runs, Py_ssize_t run) except -1:
+    """Merge the `runs` sorted runs of file `src` (run r: entries [r * run, ...)) into
     the index file, with IX_MERGE entries of each in RAM."""
     cdef IxOut o
     cdef IxEntry* bufs = NULL
@@ -476,8 +476,8 @@ cdef int ix_merge(BlockIndex ix, int src, int64_t runs) except -1:
                 or have == NULL or heap == NULL):
             raise MemoryError()
         for r in range(runs):
-            nxt[r] = r * <int64_t>IX_RUN
-            end[r] = min(nxt[r] + IX_RUN, total)
+            nxt[r] = r * <int64_t>run
+            end[r] = min(nxt[r] + run, total)
             have[r] = at[r] = 0
             if ix_refill(src, bufs + r * IX_MERGE, &nxt[r], end[r], &have[r], &at[r]):
                 # sift up
@@ -653,55 +653,58 @@ cdef class CarScanner:
             out.append((<int64_t>e.key, e.off, <int64_t>e.n))
         return out
 
-    def build_index(self, int fd, int runs_fd, Py_ssize_t every=20000, on_batch=None):
+    def build_index(self, int fd, int runs_fd, Py_ssize_t every=20000, on_batch=None,
+                    Py_ssize_t run=IX_RUN):
         """Read the rest of the CAR and write its block index into file `fd` (empty, read
         and written by offset): every block's (key, offset, length) sorted by key.  Runs
-        of up to IX_RUN entries are sorted in RAM; when there is more than one they go to
-        file `runs_fd` and are merged from there.  Calls on_batch() every `every` blocks.
-        Returns the BlockIndex over `fd`."""
-        cdef IxEntry* run = NULL
+        of up to `run` entries (at most IX_RUN; fewer for tests) are sorted in RAM; when
+        there is more than one they go to file `runs_fd` and are merged from there.  Calls
+        on_batch() every `every` blocks.  Returns the BlockIndex over `fd`."""
+        cdef IxEntry* buf = NULL
         cdef IxEntry* grown
         cdef Py_ssize_t cap = 0, used = 0
         cdef int64_t runs = 0, report = every
         cdef IxEntry e
         cdef BlockIndex ix
+        if not 0 < run <= IX_RUN:
+            raise ValueError(f"run must be in 1..{IX_RUN}")
         try:
             while self.next_block(&e):
                 if used == cap:
-                    if cap == IX_RUN:
-                        ix_sort(run, used)
-                        pwrite_all(runs_fd, run, used * sizeof(IxEntry),
-                                   runs * IX_RUN * <int64_t>sizeof(IxEntry))
+                    if cap == run:
+                        ix_sort(buf, used)
+                        pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
+                                   runs * run * <int64_t>sizeof(IxEntry))
                         runs += 1
                         used = 0
                     else:
-                        cap = min(max(cap * 2, 4096), IX_RUN)
-                        grown = <IxEntry*>PyMem_RawRealloc(run, cap * sizeof(IxEntry))
+                        cap = min(max(cap * 2, 4096), run)
+                        grown = <IxEntry*>PyMem_RawRealloc(buf, cap * sizeof(IxEntry))
                         if grown == NULL:
                             raise MemoryError()
-                        run = grown
-                run[used] = e
+                        buf = grown
+                buf[used] = e
                 used += 1
                 if on_batch is not None and self.blocks >= report:
                     on_batch()
                     report += every
             if on_batch is not None:
                 on_batch()
-            ix_sort(run, used)
+            ix_sort(buf, used)
             ix = BlockIndex.__new__(BlockIndex)
             ix.setup(fd, self.blocks)
             if runs == 0:
-                ix_emit_all(ix, run, used)
+                ix_emit_all(ix, buf, used)
             else:
-                pwrite_all(runs_fd, run, used * sizeof(IxEntry),
-                           runs * IX_RUN * <int64_t>sizeof(IxEntry))
+                pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
+                           runs * run * <int64_t>sizeof(IxEntry))
                 runs += 1
-                PyMem_RawFree(run)
-                run = NULL
-                ix_merge(ix, runs_fd, runs)
+                PyMem_RawFree(buf)
+                buf = NULL
+                ix_merge(ix, runs_fd, runs, run)
             return ix
         finally:
-            PyMem_RawFree(run)
+            PyMem_RawFree(buf)
 
 
 def pread_bytes(int fd, Py_ssize_t n, int64_t off):
