@@ -552,8 +552,8 @@ cdef bint ix_refill(int src, IxEntry* buf, int64_t* nxt, int64_t end, Py_ssize_t
 cdef class CarScanner:
     """Reads a CAR from `fd` once, front to back, from `start` (just after the header):
     `next_batch()` returns up to `n` (key, offset, length) tuples (offset: the block's CID;
-    length: CID plus data), [] at the end.  `hasher` (hashlib) is fed every byte of the
-    file, the header included (`head` holds the bytes before `start`)."""
+    length: CID plus data), [] at the end.  `hasher` (hashlib, or None) is fed every byte
+    of the file, the header included (`head` holds the bytes before `start`)."""
     cdef int fd
     cdef unsigned char* buf
     cdef Py_ssize_t cap, lo, hi       # buf holds file bytes [base + lo, base + hi)
@@ -572,7 +572,8 @@ cdef class CarScanner:
     def __init__(self, int fd, int64_t start, bytes head, hasher):
         self.fd = fd
         self.hasher = hasher
-        hasher.update(head)
+        if hasher is not None:
+            hasher.update(head)
         self.base = len(head)
         self.lo = self.hi = 0
         self.pos = start
@@ -601,7 +602,9 @@ cdef class CarScanner:
         if got == 0:
             self.eof = True
             return 0
-        self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got, PyBUF_READ))
+        if self.hasher is not None:
+            self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got,
+                                                       PyBUF_READ))
         self.hi += got
         self.size = self.base + self.hi
         return 1

@@ -5,8 +5,8 @@ The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its siz
 
 1. One sequential pass over the file (the compiled core's CarScanner) frames every block
    and writes its `(key, offset, length)` into the block index, a temporary file on disk
-   sorted by key (runs sorted in RAM, merged on disk); the file's SHA-256 is computed on
-   the way.  No block and no key is kept in RAM: only a directory of at most 1 MB.
+   sorted by key (runs sorted in RAM, merged on disk); the file's SHA-256 is computed
+   meanwhile, on a second thread.  No block and no key is kept in RAM: only a directory of at most 1 MB.
 2. The commit (the header's one root) gives the DID, version, rev and the MST root.
 3. The MST is walked depth-first (memory: one path from the root); every block it uses is
    read by offset through the index and checked against its CID (SHA-256).  Only records
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
 POST_COLLECTION = "app.bsky.feed.post"
 HEADER_MAX = 1 << 16       # a CARv1 header of one root is under 100 bytes
 INDEX_BATCH = 20_000       # blocks between progress reports while indexing
+HASH_CHUNK = 1 << 20       # bytes per read while hashing the file
 ROW_CHUNK = 2_000          # posts per executemany
 MST_MAX_DEPTH = 128        # an honest MST of 2^64 keys is 32 levels deep
 POST_END = POST_COLLECTION + "0"  # "/" + 1: every post key is in [POST_COLLECTION/, this)
@@ -151,6 +153,9 @@ class CarRepo:
         self.index_fd = -1
         self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
+        self._hashing: threading.Thread | None = None
+        self._hash: list[str | OSError] = []
+        self._stop_hashing = False
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -179,8 +184,40 @@ class CarRepo:
                              "has exactly one (its commit)")
         self.root: _core.CID = roots[0]
         _, start, head = found
-        self.sha256 = self._build_index(index_dir, start, head, on_blocks)
+        # the file's SHA-256 on the second core, while the first indexes and walks it
+        self._hashing = threading.Thread(target=self._hash_file, name="skyexport-car-sha256",
+                                         daemon=True)
+        self._hashing.start()
+        self._build_index(index_dir, start, head, on_blocks)
         self._read_commit()
+
+    def _hash_file(self) -> None:
+        """The file's SHA-256 into self._hash (or the OSError reading it)."""
+        h = hashlib.sha256()
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        off = 0
+        try:
+            while not self._stop_hashing:
+                n = os.preadv(self.fd, [buf], off)  # both release the GIL
+                if not n:
+                    self._hash.append(h.hexdigest())
+                    return
+                h.update(view[:n])
+                off += n
+        except OSError as exc:
+            self._hash.append(exc)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the whole file (hex)."""
+        if self._hashing is not None:
+            self._hashing.join()
+            self._hashing = None
+        got = self._hash[0] if self._hash else OSError("not hashed")
+        if isinstance(got, OSError):
+            raise self._fail(f"reading failed ({got.strerror or got})")
+        return got
 
     def _scratch_fd(self, index_dir: Path) -> int:
         """A new empty file in index_dir, open for reading and writing and already
@@ -199,11 +236,10 @@ class CarRepo:
             return fd
 
     def _build_index(self, index_dir: Path, start: int, head: bytes,
-                     on_blocks: Callable[[int, int], None] | None) -> str:
+                     on_blocks: Callable[[int, int], None] | None) -> None:
         self.index_fd = self._scratch_fd(index_dir)
         runs_fd = self._scratch_fd(index_dir)  # sorted runs, merged into the index
-        hasher = hashlib.sha256()
-        scanner = _core.CarScanner(self.fd, start, head, hasher)
+        scanner = _core.CarScanner(self.fd, start, head, None)
         try:
             self.index = scanner.build_index(
                 self.index_fd, runs_fd, INDEX_BATCH,
@@ -216,7 +252,6 @@ class CarRepo:
             os.close(runs_fd)
         self.stats.blocks = scanner.blocks
         self.size = scanner.size
-        return hasher.hexdigest()
 
     # --- blocks -----------------------------------------------------------------------
 
@@ -409,6 +444,10 @@ class CarRepo:
                    archived_at)
 
     def close(self) -> None:
+        if self._hashing is not None:
+            self._stop_hashing = True
+            self._hashing.join()
+            self._hashing = None
         self.index = None
         if self.index_fd >= 0:
             os.close(self.index_fd)
