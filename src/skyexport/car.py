@@ -490,9 +490,10 @@ def _columns_v2() -> tuple[str, ...]:
 
 
 def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True,
-              on_chunk: Callable[[], None] | None = None) -> int:
+              on_chunk: Callable[[], None] | None = None, did_index: bool = True) -> int:
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
-    Without `fts`, no full-text table and trigger (an export's temporary archive)."""
+    Without `fts`, no full-text table and trigger (an export's temporary archive); without
+    `did_index`, no index on did (one that selects no DID never reads it)."""
     from .schema import FTS, INDEXES, INSERT_V2, MEDIA, POSTS_V2, TRIGGER
 
     n = 0
@@ -517,7 +518,8 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
                 con.executemany(INSERT_V2, chunk)
                 n += len(chunk)
         for sql in INDEXES:
-            con.execute(sql)
+            if did_index or "(did)" not in sql:
+                con.execute(sql)
         if fts:
             con.execute("INSERT INTO posts_fts(posts_fts) VALUES('rebuild')")
             con.execute(TRIGGER)
@@ -525,11 +527,13 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
 
 
 def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
-                       on_chunk: Callable[[], None] | None = None) -> int:
+                       on_chunk: Callable[[], None] | None = None,
+                       did_index: bool = True) -> int:
     """Write a new archive at `final` (which must not exist) from `repo`: built under a
     fresh hidden name beside it, linked into place only when complete, never replacing
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
-    read once and deleted: no full-text index, no fsync."""
+    read once and deleted: no full-text index, no fsync; `did_index=False` (only with
+    scratch): no index on did either, for an export that selects no DID."""
     from .synth import _exclusive_temp
 
     tmp = _exclusive_temp(str(final))
@@ -539,7 +543,8 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
                        "cache_size=-2048", "temp_store=FILE"):
             con.execute("PRAGMA " + pragma).fetchall()
-        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk)
+        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk,
+                      did_index=did_index or not scratch)
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
         con.execute("PRAGMA journal_mode=DELETE").fetchall()
         if not scratch:
