@@ -296,12 +296,14 @@ cdef int pwrite_all(int fd, const void* p, Py_ssize_t n, int64_t off) except -1:
 
 
 cdef Py_ssize_t pread_full(int fd, void* p, Py_ssize_t n, int64_t off) except -1:
-    """Bytes read into p: n, or fewer at end of file."""
+    """Bytes read into p: n, or fewer at end of file.  Without the GIL meanwhile (the
+    other threads: the file's hash, the archive's inserts)."""
     cdef char* c = <char*>p
     cdef Py_ssize_t done = 0
     cdef ssize_t got
     while done < n:
-        got = pread(fd, c + done, n - done, off + done)
+        with nogil:
+            got = pread(fd, c + done, n - done, off + done)
         if got < 0:
             if errno == EINTR:
                 continue
@@ -1703,90 +1705,178 @@ cdef class CarWalker:
                         archived_at))
         return out
 
-    def insert(self, conn, Py_ssize_t limit, str archived_at):
-        """Insert up to `limit` posts rows (those rows() returns) into table `posts` of
-        `conn` (schema v2; an APSW connection this module is loaded into as an extension;
-        the caller holds the transaction), with no Python object per row.  Returns how
-        many were inserted: 0 at the end."""
-        if not sx_ready():
-            raise RuntimeError("the SQLite API table is not loaded")
-        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
-        cdef sqlite3_stmt* ins = NULL
-        cdef bytes q = ("INSERT INTO posts VALUES (" + ",".join(["?"] * 17) + ")").encode()
-        cdef bytes did = self.did.encode("utf-8")
-        cdef bytes at = archived_at.encode("utf-8")
+    def fill(self, RowBatch batch not None, Py_ssize_t limit):
+        """Decode up to `limit` posts rows (those rows() returns) into `batch`, replacing
+        what it held; returns how many: 0 at the end."""
         cdef bytes key, value
         cdef PostFields f
-        cdef OutBuf uri, cid, embed, labels
-        cdef Py_ssize_t done = 0, cn
-        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
-        if rc != SQLITE_OK:
-            raise sqlite_error(db, rc)
-        ob_init(&uri, 128)
-        ob_init(&cid, 64)
+        cdef OutBuf embed, labels
+        cdef Py_ssize_t cn, r
+        cdef OutBuf* a = &batch.arena
+        cdef int64_t* x
+        if limit > batch.cap:
+            batch.grow(limit)
+        a.len = 0
+        batch.n = 0
         ob_init(&embed, 256)
         ob_init(&labels, 64)
         try:
-            while done < limit:
+            while batch.n < limit:
                 key = self.next_post()
                 if key is None:
                     break
                 value = self.value
                 cn = PyBytes_GET_SIZE(value)
-                embed.len = labels.len = uri.len = cid.len = 0
+                embed.len = labels.len = 0
                 try:
                     post_fields_into(self.buf + cn, self.dn, &f, &embed, &labels)
                 except CarFormatError as exc:
                     raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
                                          f"{exc}") from None
-                ob_write(&uri, "at://", 5)
-                ob_write(&uri, PyBytes_AS_STRING(did), PyBytes_GET_SIZE(did))
-                ob_byte(&uri, b"/")
-                ob_write(&uri, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-                ob_cid(&cid, <const unsigned char*>PyBytes_AS_STRING(value), cn)
-                bind_text(ins, 1, uri.data, uri.len)
-                bind_text(ins, 2, cid.data, cid.len)
-                bind_text(ins, 3, PyBytes_AS_STRING(did), PyBytes_GET_SIZE(did))
-                bind_text(ins, 4, <const char*>f.text, f.text_n)
-                bind_text(ins, 5, <const char*>f.created, f.created_n)
-                bind_text(ins, 6, <const char*>f.created, f.created_n)
-                sx_bind_int64(ins, 7, f.has_media)
-                sx_bind_int64(ins, 8, 0)
-                sx_bind_int64(ins, 9, 0)
-                sx_bind_int64(ins, 10, 0)
-                sx_bind_int64(ins, 11, 0)
-                sx_bind_int64(ins, 12, f.is_reply)
-                bind_text(ins, 13, <const char*>f.parent, f.parent_n)
-                bind_text(ins, 14, f.etype, f.etype_n)
+                x = batch.fields + batch.n * RB_FIELDS
+                x[0] = a.len                                   # uri
+                ob_write(a, "at://", 5)
+                ob_write(a, PyBytes_AS_STRING(batch.did), PyBytes_GET_SIZE(batch.did))
+                ob_byte(a, b"/")
+                ob_write(a, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+                x[1] = a.len                                   # cid
+                ob_cid(a, <const unsigned char*>PyBytes_AS_STRING(value), cn)
+                x[2] = a.len                                   # text
+                ob_put(a, f.text, f.text_n)
+                x[3] = a.len                                   # created_at
+                ob_put(a, f.created, f.created_n)
+                x[4] = a.len                                   # reply_parent
+                ob_put(a, f.parent, f.parent_n)
+                x[5] = a.len                                   # embed_type
+                ob_put(a, f.etype, f.etype_n)
+                x[6] = a.len                                   # embed_data
                 if f.has_embed:
-                    bind_text(ins, 15, embed.data, embed.len)
-                else:
-                    sx_bind_null(ins, 15)
+                    ob_write(a, embed.data, embed.len)
+                x[7] = a.len                                   # labels
                 if f.has_labels:
-                    bind_text(ins, 16, labels.data, labels.len)
-                else:
-                    sx_bind_null(ins, 16)
-                bind_text(ins, 17, PyBytes_AS_STRING(at), PyBytes_GET_SIZE(at))
-                rc = sx_step(ins)
-                sx_reset(ins)
-                if rc != SQLITE_DONE:
-                    raise sqlite_error(db, rc)
-                done += 1
-            return done
+                    ob_write(a, labels.data, labels.len)
+                x[8] = a.len                                   # the end
+                x[9] = (f.has_media | (f.is_reply << 1) | (f.has_embed << 2)
+                        | (f.has_labels << 3))
+                batch.n += 1
+            return batch.n
         finally:
-            sx_finalize(ins)
-            ob_free(&uri)
-            ob_free(&cid)
             ob_free(&embed)
             ob_free(&labels)
 
 
-cdef inline int bind_text(sqlite3_stmt* st, int i, const char* p, Py_ssize_t n) except -1:
-    """Text (copied by SQLite); '' for NULL p.  A bind fails only on a value over
-    SQLite's length limit, which the step then reports."""
-    if n > 0x7FFFFFFF:
-        raise CarFormatError("has a value too long for SQLite")
-    if p == NULL:
-        p = b""
-    sx_bind_text(st, i, p, <int>n)
+cdef inline int ob_put(OutBuf* b, const void* p, Py_ssize_t n) except -1:
+    """ob_write, for a pointer that is NULL when n is 0."""
+    if n > 0:
+        ob_write(b, <const char*>p, n)
     return 0
+
+
+cdef enum:
+    RB_FIELDS = 10   # per row: 9 offsets into the arena (8 values and the end), flags
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class RowBatch:
+    """posts rows decoded by CarWalker.fill, held in C memory, and inserted by
+    insert_into() without the GIL: the walk fills the next batch meanwhile."""
+    cdef OutBuf arena
+    cdef int64_t* fields
+    cdef Py_ssize_t cap, n
+    cdef bytes did, archived_at
+
+    def __cinit__(self):
+        self.fields = NULL
+        self.cap = self.n = 0
+        ob_init(&self.arena, 1 << 16)
+
+    def __init__(self, str did, str archived_at):
+        self.did = did.encode("utf-8")
+        self.archived_at = archived_at.encode("utf-8")
+
+    def __dealloc__(self):
+        ob_free(&self.arena)
+        PyMem_RawFree(self.fields)
+
+    cdef int grow(self, Py_ssize_t cap) except -1:
+        cdef int64_t* f = <int64_t*>PyMem_RawRealloc(self.fields,
+                                                     cap * RB_FIELDS * sizeof(int64_t))
+        if f == NULL:
+            raise MemoryError()
+        self.fields, self.cap = f, cap
+        return 0
+
+    def __len__(self):
+        return self.n
+
+    def insert_into(self, conn):
+        """Insert the rows into table `posts` of `conn` (schema v2; an APSW connection
+        this module is loaded into as an extension; the caller holds the transaction and
+        uses the connection for nothing else meanwhile).  SQLite runs without the GIL."""
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef sqlite3_stmt* ins = NULL
+        cdef bytes q = ("INSERT INTO posts VALUES (" + ",".join(["?"] * 17) + ")").encode()
+        cdef Py_ssize_t i
+        cdef const int64_t* x
+        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
+        if rc != SQLITE_OK:
+            raise sqlite_error(db, rc)
+        for i in range(self.n):
+            x = self.fields + i * RB_FIELDS
+            if x[8] - x[0] > 0x7FFFFFFF:
+                sx_finalize(ins)
+                raise CarFormatError("has a value too long for SQLite")
+        cdef const char* did = PyBytes_AS_STRING(self.did)
+        cdef Py_ssize_t did_n = PyBytes_GET_SIZE(self.did)
+        cdef const char* at = PyBytes_AS_STRING(self.archived_at)
+        cdef Py_ssize_t at_n = PyBytes_GET_SIZE(self.archived_at)
+        try:
+            with nogil:
+                rc = rb_insert(ins, self.arena.data, self.fields, self.n, did, did_n, at,
+                               at_n)
+            if rc != SQLITE_DONE:
+                raise sqlite_error(db, rc)
+        finally:
+            sx_finalize(ins)
+
+
+cdef int rb_insert(sqlite3_stmt* ins, const char* a, const int64_t* fields, Py_ssize_t n,
+                   const char* did, Py_ssize_t did_n, const char* at,
+                   Py_ssize_t at_n) noexcept nogil:
+    """Bind and step every row; SQLITE_DONE, or the first failing step's code."""
+    cdef Py_ssize_t i
+    cdef const int64_t* x
+    cdef int rc
+    for i in range(n):
+        x = fields + i * RB_FIELDS
+        sx_bind_text(ins, 1, a + x[0], <int>(x[1] - x[0]))
+        sx_bind_text(ins, 2, a + x[1], <int>(x[2] - x[1]))
+        sx_bind_text(ins, 3, did, <int>did_n)
+        sx_bind_text(ins, 4, a + x[2], <int>(x[3] - x[2]))
+        sx_bind_text(ins, 5, a + x[3], <int>(x[4] - x[3]))
+        sx_bind_text(ins, 6, a + x[3], <int>(x[4] - x[3]))
+        sx_bind_int64(ins, 7, x[9] & 1)
+        sx_bind_int64(ins, 8, 0)
+        sx_bind_int64(ins, 9, 0)
+        sx_bind_int64(ins, 10, 0)
+        sx_bind_int64(ins, 11, 0)
+        sx_bind_int64(ins, 12, (x[9] >> 1) & 1)
+        sx_bind_text(ins, 13, a + x[4], <int>(x[5] - x[4]))
+        sx_bind_text(ins, 14, a + x[5], <int>(x[6] - x[5]))
+        if x[9] & 4:
+            sx_bind_text(ins, 15, a + x[6], <int>(x[7] - x[6]))
+        else:
+            sx_bind_null(ins, 15)
+        if x[9] & 8:
+            sx_bind_text(ins, 16, a + x[7], <int>(x[8] - x[7]))
+        else:
+            sx_bind_null(ins, 16)
+        sx_bind_text(ins, 17, at, <int>at_n)
+        rc = sx_step(ins)
+        sx_reset(ins)
+        if rc != SQLITE_DONE:
+            return rc
+    return SQLITE_DONE

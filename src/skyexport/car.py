@@ -6,14 +6,17 @@ The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its siz
 1. One sequential pass over the file (the compiled core's CarScanner) frames every block
    and writes its `(key, offset, length)` into the block index, a temporary file on disk
    sorted by key (runs sorted in RAM, merged on disk); the file's SHA-256 is computed
-   meanwhile, on a second thread.  No block and no key is kept in RAM: only a directory of at most 1 MB.
+   meanwhile, on a second thread.  No block and no key is kept in RAM: only a directory
+   of at most 1 MB.
 2. The commit (the header's one root) gives the DID, version, rev and the MST root.
 3. The MST is walked depth-first (memory: one path from the root); every block it uses is
    read by offset through the index and checked against its CID (SHA-256).  Only records
    of `app.bsky.feed.post` are read.  `import` and `export` skip the subtrees whose key
    range cannot hold a post (keys are sorted: likes and follows are never reached);
    `info` walks every key and counts the collections.
-4. Each post record becomes a posts row (core: post_fields), inserted in chunks.
+4. Each post record becomes a posts row (core: post_fields_into), inserted in batches:
+   SQLite inserts one batch on a second thread, without the GIL, while the walk decodes
+   the next.
 
 Any problem with a block that is used -- missing, damaged, undecodable -- is an
 ArchiveError naming its CID and key; nothing is imported then.
@@ -130,6 +133,27 @@ def _load_core(con: apsw.Connection) -> bool:
     except (apsw.Error, AttributeError):
         return False
     return bool(_core.direct_ready())
+
+
+class _Insert:
+    """RowBatch.insert_into(con) on a thread of its own."""
+
+    def __init__(self, batch: Any, con: apsw.Connection) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(batch, con),
+                                       name="skyexport-car-insert", daemon=True)
+        self.thread.start()
+
+    def _run(self, batch: Any, con: apsw.Connection) -> None:
+        try:
+            batch.insert_into(con)
+        except BaseException as exc:  # re-raised by wait() on the walking thread
+            self.error = exc
+
+    def wait(self, raise_error: bool = True) -> None:
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
 
 
 @dataclass
@@ -402,25 +426,37 @@ class CarRepo:
                      on_chunk: Callable[[], None] | None = None) -> int:
         """Insert the posts rows (those of post_rows()) into table posts of `con`, which
         the core is loaded into (_load_core), straight from the core; returns the count.
-        The caller holds the transaction."""
+        The caller holds the transaction.  Two batches take turns: SQLite inserts one on a
+        second thread (without the GIL) while the walk decodes the next."""
         assert self.index is not None
         try:
             walker = _core.CarWalker(self.fd, self.index, self.data, self.did, True)
         except ValueError as exc:
             raise self._fail(str(exc)) from None
+        batches = [_core.RowBatch(self.did, archived_at) for _ in range(2)]
         n = 0
+        pending: _Insert | None = None
         try:
             while True:
+                batch = batches[0]  # batches[1]: the one being inserted
                 try:
-                    k = walker.insert(con, ROW_CHUNK, archived_at)
+                    k = walker.fill(batch, ROW_CHUNK)
                 except ValueError as exc:
                     raise self._fail(str(exc)) from None
+                finally:
+                    if pending is not None:
+                        pending.wait()  # its batch is free again; raises its error
+                        pending = None
+                        if on_chunk is not None:
+                            on_chunk()
                 if not k:
                     return n
                 n += k
-                if on_chunk is not None:
-                    on_chunk()
+                pending = _Insert(batch, con)
+                batches.reverse()
         finally:
+            if pending is not None:
+                pending.wait(raise_error=False)
             walker.close()
 
     def _post_rows_py(self, archived_at: str,
