@@ -15,8 +15,12 @@
 from libc.errno cimport EINTR
 from libc.string cimport memmove, strlen
 
+from libc.stdlib cimport qsort
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t pread(int fd, void* buf, size_t count, long long offset)
+    ssize_t pwrite(int fd, const void* buf, size_t count, long long offset)
 
 cdef enum:
     CBOR_MAX_DEPTH = 10000
@@ -233,6 +237,316 @@ def read_uvarint(bytes data, Py_ssize_t pos=0):
     return v, k
 
 
+# --- the block index: a sorted file of (key, offset, length) ---------------------------
+#
+# Keys are the last 8 bytes of a block's CID (of its SHA-256 digest: uniformly spread), so
+# a directory of 2^bits positions, one per value of the top `bits` key bits, finds the few
+# entries (about 16 to 32) a key can be among with one small read.  The directory is the
+# only part in RAM: at most 2^IX_DIR_BITS positions (1 MB) whatever the CAR's size.  Equal
+# keys (a repeated block, or two CIDs ending alike) sit side by side; the reader compares
+# the CID at each one's offset.
+
+cdef packed struct IxEntry:
+    uint64_t key
+    int64_t off           # the block's CID in the CAR
+    uint32_t n            # bytes of CID and data (at most MAX_BLOCK)
+
+
+cdef enum:
+    IX_RUN = 1 << 17      # entries sorted in RAM at once (2.5 MB)
+    IX_MERGE = 256        # entries read ahead per run while merging
+    IX_OUT = 4096         # entries written at once
+    IX_WINDOW = 64        # entries one lookup reads at most at once
+    IX_DIR_BITS = 17
+
+
+cdef int ix_cmp(const void* a, const void* b) noexcept nogil:
+    cdef const IxEntry* x = <const IxEntry*>a
+    cdef const IxEntry* y = <const IxEntry*>b
+    if x.key != y.key:
+        return -1 if x.key < y.key else 1
+    if x.off != y.off:
+        return -1 if x.off < y.off else 1
+    return 0
+
+
+cdef inline bint ix_less(const IxEntry* x, const IxEntry* y) noexcept nogil:
+    return x.key < y.key or (x.key == y.key and x.off < y.off)
+
+
+cdef void ix_sort(IxEntry* a, Py_ssize_t n) noexcept nogil:
+    if n > 1:
+        qsort(a, n, sizeof(IxEntry), ix_cmp)
+
+
+cdef int pwrite_all(int fd, const void* p, Py_ssize_t n, int64_t off) except -1:
+    cdef const char* c = <const char*>p
+    cdef ssize_t got
+    while n > 0:
+        with nogil:
+            got = pwrite(fd, c, n, off)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+        c += got
+        n -= got
+        off += got
+    return 0
+
+
+cdef Py_ssize_t pread_full(int fd, void* p, Py_ssize_t n, int64_t off) except -1:
+    """Bytes read into p: n, or fewer at end of file.  Without the GIL meanwhile (the
+    other threads: the file's hash, the archive's inserts)."""
+    cdef char* c = <char*>p
+    cdef Py_ssize_t done = 0
+    cdef ssize_t got
+    while done < n:
+        with nogil:
+            got = pread(fd, c + done, n - done, off + done)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class BlockIndex:
+    """The block index of a CAR (CarScanner.build_index): `count` entries sorted by key
+    in a file, found through a directory in RAM.  `find(key)` lists the (offset, length)
+    of the blocks whose CID has index key `key` (cid_index_key)."""
+    cdef int fd
+    cdef readonly int64_t count
+    cdef int bits
+    cdef int64_t* dir                 # 2^bits + 1 positions
+    cdef IxEntry win[IX_WINDOW]       # entries [win_lo, win_hi) of the file
+    cdef int64_t win_lo, win_hi
+
+    def __cinit__(self):
+        self.fd = -1
+        self.dir = NULL
+        self.win_lo = self.win_hi = 0
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.dir)
+
+    cdef int setup(self, int fd, int64_t count) except -1:
+        self.fd = fd
+        self.count = count
+        self.bits = 1
+        while self.bits < IX_DIR_BITS and (count >> (self.bits + 4)) > 0:
+            self.bits += 1
+        self.dir = <int64_t*>PyMem_RawMalloc(((1 << self.bits) + 1) * sizeof(int64_t))
+        if self.dir == NULL:
+            raise MemoryError()
+        return 0
+
+    cdef int load(self, int64_t lo, int64_t hi) except -1:
+        """Entries [lo, hi) (at most IX_WINDOW) into the window."""
+        cdef Py_ssize_t want = <Py_ssize_t>(hi - lo) * sizeof(IxEntry)
+        self.win_lo = self.win_hi = 0
+        if pread_full(self.fd, self.win, want, lo * <int64_t>sizeof(IxEntry)) != want:
+            raise CarFormatError("the block index is cut off (was it changed while "
+                                 "reading?)")
+        self.win_lo = lo
+        self.win_hi = hi
+        return 0
+
+    cdef int64_t first(self, uint64_t key, int64_t* stop) except -1:
+        """The position of the first entry whose key is >= `key`; every entry with that
+        key is before stop[0]."""
+        cdef uint64_t b = key >> (64 - self.bits)
+        cdef int64_t lo = self.dir[b], hi = self.dir[b + 1], mid
+        cdef uint64_t k
+        stop[0] = hi
+        while hi - lo > IX_WINDOW:  # a crowded bucket (not with SHA-256 digests)
+            mid = lo + (hi - lo) // 2
+            if pread_full(self.fd, &k, 8, mid * <int64_t>sizeof(IxEntry)) != 8:
+                raise CarFormatError("the block index is cut off")
+            if k < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        if hi > lo and not (self.win_lo <= lo and hi <= self.win_hi):
+            self.load(lo, hi)
+        while lo < hi and self.win[lo - self.win_lo].key < key:
+            lo += 1
+        return lo
+
+    cdef int get(self, int64_t i, IxEntry* e) except -1:
+        """Entry i (< count)."""
+        if not (self.win_lo <= i < self.win_hi):
+            self.load(i, min(i + IX_WINDOW, self.count))
+        e[0] = self.win[i - self.win_lo]
+        return 0
+
+    def find(self, key):
+        """[(offset, length)] of the entries with index key `key`."""
+        cdef uint64_t k = <uint64_t>(<int64_t>key)
+        cdef int64_t stop
+        cdef int64_t i = self.first(k, &stop)
+        cdef IxEntry e
+        out = []
+        while i < stop:
+            self.get(i, &e)
+            if e.key != k:
+                break
+            out.append((e.off, <int64_t>e.n))
+            i += 1
+        return out
+
+
+cdef struct IxOut:
+    IxEntry* buf          # IX_OUT entries
+    Py_ssize_t n          # in buf, not yet written
+    int64_t done          # entries written or in buf
+    uint64_t bucket       # the next directory slot to fill
+
+
+cdef int ix_put(BlockIndex ix, IxOut* o, const IxEntry* e) except -1:
+    cdef uint64_t b = e.key >> (64 - ix.bits)
+    while o.bucket <= b:
+        ix.dir[o.bucket] = o.done
+        o.bucket += 1
+    o.buf[o.n] = e[0]
+    o.n += 1
+    o.done += 1
+    if o.n == IX_OUT:
+        pwrite_all(ix.fd, o.buf, o.n * sizeof(IxEntry),
+                   (o.done - o.n) * <int64_t>sizeof(IxEntry))
+        o.n = 0
+    return 0
+
+
+cdef int ix_end(BlockIndex ix, IxOut* o) except -1:
+    if o.n:
+        pwrite_all(ix.fd, o.buf, o.n * sizeof(IxEntry),
+                   (o.done - o.n) * <int64_t>sizeof(IxEntry))
+        o.n = 0
+    while o.bucket <= (<uint64_t>1 << ix.bits):
+        ix.dir[o.bucket] = o.done
+        o.bucket += 1
+    if o.done != ix.count:
+        raise CarFormatError("the block index is incomplete (an internal error)")
+    return 0
+
+
+cdef int ix_emit_all(BlockIndex ix, IxEntry* a, Py_ssize_t n) except -1:
+    cdef IxOut o
+    cdef Py_ssize_t i
+    o.buf = <IxEntry*>PyMem_RawMalloc(IX_OUT * sizeof(IxEntry))
+    if o.buf == NULL:
+        raise MemoryError()
+    o.n = o.done = o.bucket = 0
+    try:
+        for i in range(n):
+            ix_put(ix, &o, a + i)
+        ix_end(ix, &o)
+    finally:
+        PyMem_RawFree(o.buf)
+    return 0
+
+
+cdef int ix_merge(BlockIndex ix, int src, int64_t runs, Py_ssize_t run) except -1:
+    """Merge the `runs` sorted runs of file `src` (run r: entries [r * run, ...)) into
+    the index file, with IX_MERGE entries of each in RAM."""
+    cdef IxOut o
+    cdef IxEntry* bufs = NULL
+    cdef int64_t* nxt = NULL          # per run: its next entry in src
+    cdef int64_t* end = NULL          # per run: its end in src
+    cdef Py_ssize_t* at = NULL        # per run: its current entry in its buffer
+    cdef Py_ssize_t* have = NULL      # per run: entries in its buffer
+    cdef Py_ssize_t* heap = NULL      # runs by their current entry, smallest first
+    cdef Py_ssize_t hn = 0, r, i, c, m
+    cdef int64_t total = ix.count
+    o.buf = NULL
+    o.n = o.done = o.bucket = 0
+    try:
+        o.buf = <IxEntry*>PyMem_RawMalloc(IX_OUT * sizeof(IxEntry))
+        bufs = <IxEntry*>PyMem_RawMalloc(runs * IX_MERGE * sizeof(IxEntry))
+        nxt = <int64_t*>PyMem_RawMalloc(runs * sizeof(int64_t))
+        end = <int64_t*>PyMem_RawMalloc(runs * sizeof(int64_t))
+        at = <Py_ssize_t*>PyMem_RawMalloc(runs * sizeof(Py_ssize_t))
+        have = <Py_ssize_t*>PyMem_RawMalloc(runs * sizeof(Py_ssize_t))
+        heap = <Py_ssize_t*>PyMem_RawMalloc(runs * sizeof(Py_ssize_t))
+        if (o.buf == NULL or bufs == NULL or nxt == NULL or end == NULL or at == NULL
+                or have == NULL or heap == NULL):
+            raise MemoryError()
+        for r in range(runs):
+            nxt[r] = r * <int64_t>run
+            end[r] = min(nxt[r] + run, total)
+            have[r] = at[r] = 0
+            if ix_refill(src, bufs + r * IX_MERGE, &nxt[r], end[r], &have[r], &at[r]):
+                # sift up
+                i = hn
+                hn += 1
+                while i > 0:
+                    c = (i - 1) // 2
+                    if not ix_less(bufs + r * IX_MERGE + at[r],
+                                   bufs + heap[c] * IX_MERGE + at[heap[c]]):
+                        break
+                    heap[i] = heap[c]
+                    i = c
+                heap[i] = r
+        while hn:
+            r = heap[0]
+            ix_put(ix, &o, bufs + r * IX_MERGE + at[r])
+            at[r] += 1
+            if at[r] == have[r] and not ix_refill(src, bufs + r * IX_MERGE, &nxt[r],
+                                                  end[r], &have[r], &at[r]):
+                hn -= 1
+                r = heap[hn]
+                if hn == 0:
+                    break
+            # sift r down from the top
+            i = 0
+            while True:
+                c = 2 * i + 1
+                if c >= hn:
+                    break
+                m = heap[c]
+                if c + 1 < hn and ix_less(bufs + heap[c + 1] * IX_MERGE + at[heap[c + 1]],
+                                          bufs + m * IX_MERGE + at[m]):
+                    c += 1
+                    m = heap[c]
+                if not ix_less(bufs + m * IX_MERGE + at[m], bufs + r * IX_MERGE + at[r]):
+                    break
+                heap[i] = m
+                i = c
+            heap[i] = r
+        ix_end(ix, &o)
+    finally:
+        PyMem_RawFree(o.buf)
+        PyMem_RawFree(bufs)
+        PyMem_RawFree(nxt)
+        PyMem_RawFree(end)
+        PyMem_RawFree(at)
+        PyMem_RawFree(have)
+        PyMem_RawFree(heap)
+    return 0
+
+
+cdef bint ix_refill(int src, IxEntry* buf, int64_t* nxt, int64_t end, Py_ssize_t* have,
+                    Py_ssize_t* at) except -1:
+    """The next entries of a run into its buffer: False when the run is used up."""
+    cdef Py_ssize_t n = <Py_ssize_t>min(<int64_t>IX_MERGE, end - nxt[0])
+    cdef Py_ssize_t want = n * sizeof(IxEntry)
+    if n <= 0:
+        return False
+    if pread_full(src, buf, want, nxt[0] * <int64_t>sizeof(IxEntry)) != want:
+        raise CarFormatError("the block index's sorting file is cut off (an internal "
+                             "error)")
+    nxt[0] += n
+    have[0] = n
+    at[0] = 0
+    return True
+
+
 # --- the sequential scan -----------------------------------------------------------------
 
 @cython.final
@@ -240,8 +554,8 @@ def read_uvarint(bytes data, Py_ssize_t pos=0):
 cdef class CarScanner:
     """Reads a CAR from `fd` once, front to back, from `start` (just after the header):
     `next_batch()` returns up to `n` (key, offset, length) tuples (offset: the block's CID;
-    length: CID plus data), [] at the end.  `hasher` (hashlib) is fed every byte of the
-    file, the header included (`head` holds the bytes before `start`)."""
+    length: CID plus data), [] at the end.  `hasher` (hashlib, or None) is fed every byte
+    of the file, the header included (`head` holds the bytes before `start`)."""
     cdef int fd
     cdef unsigned char* buf
     cdef Py_ssize_t cap, lo, hi       # buf holds file bytes [base + lo, base + hi)
@@ -260,7 +574,8 @@ cdef class CarScanner:
     def __init__(self, int fd, int64_t start, bytes head, hasher):
         self.fd = fd
         self.hasher = hasher
-        hasher.update(head)
+        if hasher is not None:
+            hasher.update(head)
         self.base = len(head)
         self.lo = self.hi = 0
         self.pos = start
@@ -289,79 +604,112 @@ cdef class CarScanner:
         if got == 0:
             self.eof = True
             return 0
-        self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got, PyBUF_READ))
+        if self.hasher is not None:
+            self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got,
+                                                       PyBUF_READ))
         self.hi += got
         self.size = self.base + self.hi
         return 1
 
-    def index_into(self, conn, Py_ssize_t every=20000, on_batch=None):
-        """Insert every block's (key, offset, length) into table `b` of `conn` (an APSW
-        connection this module is loaded into; the caller holds a transaction), calling
-        on_batch() every `every` blocks.  Returns the number of blocks."""
-        if not sx_ready():
-            raise RuntimeError("the SQLite API table is not loaded")
-        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
-        cdef sqlite3_stmt* ins = NULL
-        cdef bytes q = b"INSERT INTO b VALUES (?, ?, ?)"
-        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
-        cdef Py_ssize_t i
-        if rc != SQLITE_OK:
-            raise sqlite_error(db, rc)
-        try:
-            while True:
-                batch = self.next_batch(every)
-                if not batch:
-                    return self.blocks
-                for k, off, ln in batch:
-                    sx_bind_int64(ins, 1, k)
-                    sx_bind_int64(ins, 2, off)
-                    sx_bind_int64(ins, 3, ln)
-                    rc = sx_step(ins)
-                    sx_reset(ins)
-                    if rc != SQLITE_DONE:
-                        raise sqlite_error(db, rc)
-                if on_batch is not None:
-                    on_batch()
-        finally:
-            sx_finalize(ins)
-
-    def next_batch(self, Py_ssize_t n):
-        out = []
+    cdef int next_block(self, IxEntry* e) except -1:
+        """The next block's (key, offset, length) in e: 1, or 0 at a clean end."""
         cdef uint64_t L
         cdef Py_ssize_t k, c, at
         cdef int64_t off
-        while len(out) < n:
-            # the bytes of the next block header (varint + CID) must be in the buffer
-            while True:
-                at = <Py_ssize_t>(self.pos - self.base)
-                if at < self.hi:
-                    k = uvarint(self.buf + at, self.hi - at, &L)
-                    if k > 0:
-                        c = cid_len(self.buf + at + k, self.hi - at - k)
-                        if c > 0 or c < 0:
-                            break
-                    elif k < 0:
-                        raise CarFormatError(f"invalid block length varint at byte {self.pos}")
-                if self.eof or not self.fill():
-                    if self.pos == self.size:
-                        return out  # a clean end
-                    raise CarFormatError(f"truncated: the block at byte {self.pos} is cut "
-                                         f"off (the file ends at byte {self.size})")
-            if c < 0:
-                raise CarFormatError(f"the block at byte {self.pos} does not start with a CID")
-            if L < <uint64_t>c or L > MAX_BLOCK:
-                raise CarFormatError(f"the block at byte {self.pos} has an impossible length "
-                                     f"{L}")
-            off = self.pos + k
-            out.append((cid_key(self.buf + at + k, c), off, <int64_t>L))
-            self.blocks += 1
-            self.pos = off + <int64_t>L
-            # make sure the block's bytes exist (and are hashed), without keeping them
-            while self.base + self.hi < self.pos:
-                if self.eof or not self.fill():
-                    raise CarFormatError(f"truncated: the block at byte {off - k} needs "
-                                         f"{L} bytes but the file ends at byte {self.size}")
+        # the bytes of the next block header (varint + CID) must be in the buffer
+        while True:
+            at = <Py_ssize_t>(self.pos - self.base)
+            if at < self.hi:
+                k = uvarint(self.buf + at, self.hi - at, &L)
+                if k > 0:
+                    c = cid_len(self.buf + at + k, self.hi - at - k)
+                    if c > 0 or c < 0:
+                        break
+                elif k < 0:
+                    raise CarFormatError(f"invalid block length varint at byte {self.pos}")
+            if self.eof or not self.fill():
+                if self.pos == self.size:
+                    return 0  # a clean end
+                raise CarFormatError(f"truncated: the block at byte {self.pos} is cut "
+                                     f"off (the file ends at byte {self.size})")
+        if c < 0:
+            raise CarFormatError(f"the block at byte {self.pos} does not start with a CID")
+        if L < <uint64_t>c or L > MAX_BLOCK:
+            raise CarFormatError(f"the block at byte {self.pos} has an impossible length "
+                                 f"{L}")
+        off = self.pos + k
+        e.key = <uint64_t>cid_key(self.buf + at + k, c)
+        e.off = off
+        e.n = <uint32_t>L
+        self.blocks += 1
+        self.pos = off + <int64_t>L
+        # make sure the block's bytes exist (and are hashed), without keeping them
+        while self.base + self.hi < self.pos:
+            if self.eof or not self.fill():
+                raise CarFormatError(f"truncated: the block at byte {off - k} needs "
+                                     f"{L} bytes but the file ends at byte {self.size}")
+        return 1
+
+    def next_batch(self, Py_ssize_t n):
+        """Up to n (key, offset, length) tuples of the next blocks, [] at the end."""
+        out = []
+        cdef IxEntry e
+        while len(out) < n and self.next_block(&e):
+            out.append((<int64_t>e.key, e.off, <int64_t>e.n))
         return out
+
+    def build_index(self, int fd, int runs_fd, Py_ssize_t every=20000, on_batch=None,
+                    Py_ssize_t run=IX_RUN):
+        """Read the rest of the CAR and write its block index into file `fd` (empty, read
+        and written by offset): every block's (key, offset, length) sorted by key.  Runs
+        of up to `run` entries (at most IX_RUN; fewer for tests) are sorted in RAM; when
+        there is more than one they go to file `runs_fd` and are merged from there.  Calls
+        on_batch() every `every` blocks.  Returns the BlockIndex over `fd`."""
+        cdef IxEntry* buf = NULL
+        cdef IxEntry* grown
+        cdef Py_ssize_t cap = 0, used = 0
+        cdef int64_t runs = 0, report = every
+        cdef IxEntry e
+        cdef BlockIndex ix
+        if not 0 < run <= IX_RUN:
+            raise ValueError(f"run must be in 1..{IX_RUN}")
+        try:
+            while self.next_block(&e):
+                if used == cap:
+                    if cap == run:
+                        ix_sort(buf, used)
+                        pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
+                                   runs * run * <int64_t>sizeof(IxEntry))
+                        runs += 1
+                        used = 0
+                    else:
+                        cap = min(max(cap * 2, 4096), run)
+                        grown = <IxEntry*>PyMem_RawRealloc(buf, cap * sizeof(IxEntry))
+                        if grown == NULL:
+                            raise MemoryError()
+                        buf = grown
+                buf[used] = e
+                used += 1
+                if on_batch is not None and self.blocks >= report:
+                    on_batch()
+                    report += every
+            if on_batch is not None:
+                on_batch()
+            ix_sort(buf, used)
+            ix = BlockIndex.__new__(BlockIndex)
+            ix.setup(fd, self.blocks)
+            if runs == 0:
+                ix_emit_all(ix, buf, used)
+            else:
+                pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
+                           runs * run * <int64_t>sizeof(IxEntry))
+                runs += 1
+                PyMem_RawFree(buf)
+                buf = NULL
+                ix_merge(ix, runs_fd, runs, run)
+            return ix
+        finally:
+            PyMem_RawFree(buf)
 
 
 def pread_bytes(int fd, Py_ssize_t n, int64_t off):
@@ -544,23 +892,47 @@ cdef Py_ssize_t cb_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return i + ln
 
 
+cdef Py_ssize_t cb_pass(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """The offset after the item at i, which was validated before (cb_skip): nothing is
+    checked again, but no byte outside [0, n) is read whatever s holds."""
+    cdef Item it
+    cdef uint64_t j
+    cb_head(s, i, n, &it)
+    i += it.head
+    if it.major == 2 or it.major == 3:
+        return i + cb_len(s, i, n, it.arg)
+    if it.major == 4:
+        for j in range(it.arg):
+            i = cb_pass(s, i, n)
+        return i
+    if it.major == 5:
+        for j in range(it.arg):
+            i = cb_pass(s, i, n)
+            i = cb_pass(s, i, n)
+        return i
+    if it.major == 6:
+        return cb_pass(s, i, n)
+    return i
+
+
 cdef Py_ssize_t cb_find(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
                         const char* key) except -2:
     """The offset of `key`'s value if the item at i is a map holding it, else -1.
-    (The item was validated before.)"""
+    (The item was validated before: keys and values are not checked again.)"""
     cdef Item it
-    cdef const unsigned char* kp
-    cdef Py_ssize_t kn, klen = <Py_ssize_t>strlen(key)
+    cdef Py_ssize_t klen = <Py_ssize_t>strlen(key)
     cdef uint64_t j
     cb_head(s, i, n, &it)
     if it.major != 5:
         return -1
     i += it.head
     for j in range(it.arg):
-        i = cb_key(s, i, n, &kp, &kn)
-        if kn == klen and memcmp(kp, key, klen) == 0:
-            return i
-        i = cb_skip(s, i, n, 0)
+        cb_head(s, i, n, &it)
+        i += it.head
+        if (it.major == 3 and it.arg == <uint64_t>klen and i + klen <= n
+                and memcmp(s + i, key, klen) == 0):
+            return i + klen
+        i = cb_pass(s, cb_pass(s, i - it.head, n), n)
     return -1
 
 
@@ -859,54 +1231,131 @@ def post_fields(data):
     return post_fields_c(<const unsigned char*>PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d))
 
 
-cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
-    cdef Py_ssize_t v, e, r, t
+cdef struct PostFields:
+    # text fields point into the record (checked UTF-8); NULL: absent ('')
+    const unsigned char* text
+    Py_ssize_t text_n
+    const unsigned char* created
+    Py_ssize_t created_n
+    const unsigned char* parent
+    Py_ssize_t parent_n
+    const char* etype                 # embed_type: EMBED_TYPES' short name, or the $type
+    Py_ssize_t etype_n
+    bint has_media
+    bint is_reply
+    bint has_embed                    # embed_data, as JSON, in the `embed` OutBuf
+    bint has_labels                   # labels, as JSON, in the `labels` OutBuf
+
+
+cdef const char* embed_short(const unsigned char* tp, Py_ssize_t tn) noexcept:
+    """EMBED_TYPES' name for an embed $type, NULL for any other."""
+    if tn == 21 and memcmp(tp, b"app.bsky.embed.images", 21) == 0:
+        return "images"
+    if tn == 23 and memcmp(tp, b"app.bsky.embed.external", 23) == 0:
+        return "external"
+    if tn == 21 and memcmp(tp, b"app.bsky.embed.record", 21) == 0:
+        return "record"
+    if tn == 30 and memcmp(tp, b"app.bsky.embed.recordWithMedia", 30) == 0:
+        return "record_with_media"
+    if tn == 20 and memcmp(tp, b"app.bsky.embed.video", 20) == 0:
+        return "video"
+    return NULL
+
+
+cdef int post_fields_into(const unsigned char* s, Py_ssize_t n, PostFields* f,
+                          OutBuf* embed, OutBuf* labels) except -1:
+    """The posts-row fields of the post record s[:n] (CAR.md's table) into f; embed_data
+    and labels as JSON appended to `embed` and `labels`."""
+    cdef Py_ssize_t i, v = -1, c = -1, e = -1, r = -1, lb = -1, t, x
     cdef const unsigned char* tp
     cdef Py_ssize_t tn
+    cdef const char* short
     cdef Item it
+    cdef uint64_t j
     if cb_skip(s, 0, n, 0) != n:
         raise CarFormatError("has bytes after its value")
     cb_head(s, 0, n, &it)
     if it.major != 5:
         raise CarFormatError("is not a map")
-    v = cb_find(s, 0, n, "text")
-    if v < 0:
-        text = ""
-    elif cb_text_at(s, v, n, &tp, &tn):
-        text = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    else:
+    # one pass over the top-level keys (the first of a repeated key counts, as cb_find)
+    i = it.head
+    for j in range(it.arg):
+        cb_head(s, i, n, &it)
+        i += it.head
+        x = <Py_ssize_t>it.arg
+        tp = s + i
+        i += x
+        if x == 4 and memcmp(tp, b"text", 4) == 0:
+            if v < 0:
+                v = i
+        elif x == 9 and memcmp(tp, b"createdAt", 9) == 0:
+            if c < 0:
+                c = i
+        elif x == 5 and memcmp(tp, b"embed", 5) == 0:
+            if e < 0:
+                e = i
+        elif x == 5 and memcmp(tp, b"reply", 5) == 0:
+            if r < 0:
+                r = i
+        elif x == 6 and memcmp(tp, b"labels", 6) == 0:
+            if lb < 0:
+                lb = i
+        i = cb_pass(s, i, n)
+    f.text = f.created = f.parent = NULL
+    f.text_n = f.created_n = f.parent_n = 0
+    if v >= 0 and not cb_text_at(s, v, n, &f.text, &f.text_n):
         raise CarFormatError("has a `text` that is not a string")
-    v = cb_find(s, 0, n, "createdAt")
-    if v < 0:
-        created = ""
-    elif cb_text_at(s, v, n, &tp, &tn):
-        created = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    else:
+    if c >= 0 and not cb_text_at(s, c, n, &f.created, &f.created_n):
         raise CarFormatError("has a `createdAt` that is not a string")
-    has_media = False
-    embed_type = ""
-    embed_data = None
-    e = cb_find(s, 0, n, "embed")
+    f.has_media = False
+    f.etype = NULL
+    f.etype_n = 0
+    f.has_embed = e >= 0
     if e >= 0:
-        embed_data = cb_json_at(s, e, n)
+        cb_json(embed, s, e, n, 0)
         t = cb_find(s, e, n, "$type")
         if cb_text_at(s, t, n, &tp, &tn):
-            ty = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-            embed_type = EMBED_TYPES.get(ty, ty)
-        has_media = is_media_embed(s, e, n)
-        if not has_media and cb_text_is(s, t, n, "app.bsky.embed.recordWithMedia"):
-            has_media = is_media_embed(s, cb_find(s, e, n, "media"), n)
-    is_reply = False
-    parent = ""
-    r = cb_find(s, 0, n, "reply")
+            short = embed_short(tp, tn)
+            if short != NULL:
+                f.etype, f.etype_n = short, <Py_ssize_t>strlen(short)
+            else:
+                f.etype, f.etype_n = <const char*>tp, tn
+        f.has_media = is_media_embed(s, e, n)
+        if not f.has_media and cb_text_is(s, t, n, "app.bsky.embed.recordWithMedia"):
+            f.has_media = is_media_embed(s, cb_find(s, e, n, "media"), n)
+    f.is_reply = r >= 0
     if r >= 0:
-        is_reply = True
-        v = cb_find(s, r, n, "parent")
-        if v >= 0 and cb_text_at(s, cb_find(s, v, n, "uri"), n, &tp, &tn):
-            parent = PyBytes_FromStringAndSize(<const char*>tp, tn).decode("utf-8")
-    v = cb_find(s, 0, n, "labels")
-    labels = cb_json_at(s, v, n) if v >= 0 else None
-    return (text, created, has_media, is_reply, parent, embed_type, embed_data, labels)
+        x = cb_find(s, r, n, "parent")
+        if x >= 0 and not cb_text_at(s, cb_find(s, x, n, "uri"), n, &f.parent, &f.parent_n):
+            f.parent = NULL
+            f.parent_n = 0
+    f.has_labels = lb >= 0
+    if lb >= 0:
+        cb_json(labels, s, lb, n, 0)
+    return 0
+
+
+cdef inline str utf8_str(const void* p, Py_ssize_t n):
+    return PyUnicode_DecodeUTF8(<const char*>p, n, NULL) if n else ""
+
+
+cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
+    cdef PostFields f
+    cdef OutBuf embed, labels
+    ob_init(&embed, 256)
+    try:
+        ob_init(&labels, 64)
+        try:
+            post_fields_into(s, n, &f, &embed, &labels)
+            return (utf8_str(f.text, f.text_n), utf8_str(f.created, f.created_n),
+                    bool(f.has_media), bool(f.is_reply), utf8_str(f.parent, f.parent_n),
+                    utf8_str(f.etype, f.etype_n),
+                    utf8_str(embed.data, embed.len) if f.has_embed else None,
+                    utf8_str(labels.data, labels.len) if f.has_labels else None)
+        finally:
+            ob_free(&labels)
+    finally:
+        ob_free(&embed)
 
 
 # --- the MST walk, in the core ---------------------------------------------------------
@@ -915,131 +1364,189 @@ cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
 @cython.auto_pickle(False)
 cdef class _Frame:
     """One MST node on the walk's path: its block, where its next entry starts, how many
-    entries are left, the last key read in it (keys are prefix-compressed per node)."""
+    entries are left, the last key read in it (keys are prefix-compressed per node), and
+    (pruned walks) a bound every key under it is below (None: none known)."""
     cdef bytes data
     cdef Py_ssize_t pos
     cdef uint64_t left
     cdef bytes key
+    cdef bytes hi
 
 
 POST_PREFIX = b"app.bsky.feed.post/"
+POST_END = b"app.bsky.feed.post0"    # "/" + 1: every post key is in [POST_PREFIX, POST_END)
+
+
+cdef int bytes_cmp(bytes a, bytes b) noexcept:
+    cdef Py_ssize_t na = PyBytes_GET_SIZE(a), nb = PyBytes_GET_SIZE(b)
+    cdef int c = memcmp(PyBytes_AS_STRING(a), PyBytes_AS_STRING(b), na if na < nb else nb)
+    if c != 0:
+        return c
+    return (na > nb) - (na < nb)
+
+
+cdef inline bint may_hold_posts(bytes lo, bytes hi) noexcept:
+    """Can a subtree whose keys are all above lo and below hi (None: no bound) hold an
+    app.bsky.feed.post key?"""
+    return ((lo is None or bytes_cmp(lo, POST_END) < 0)
+            and (hi is None or bytes_cmp(hi, POST_PREFIX) > 0))
 
 
 @cython.final
 @cython.auto_pickle(False)
 cdef class CarWalker:
     """The MST of a CAR walked depth-first in key order, every block it uses read through
-    the block index (table `b` of `conn`, an APSW connection this module is loaded into as
-    an extension) and checked against its CID.  `rows(n, archived_at)` returns up to n
-    posts rows (17 columns, schema v2 order), [] at the end.  `collections` counts every
-    key by collection.  Errors raise CarFormatError with the block's CID and key."""
+    the block index and checked against its CID.  `rows(n, archived_at)` returns up to n
+    posts rows (17 columns, schema v2 order), [] at the end.  With `posts_only`, subtrees
+    whose key range cannot hold an app.bsky.feed.post key are not read (nor checked: they
+    are not used) and the walk ends after the last post; else every key is read and
+    `collections` counts them by collection.  Errors raise CarFormatError with the block's
+    CID and key."""
     cdef int fd
-    cdef sqlite3* db
-    cdef sqlite3_stmt* sel
-    cdef object conn
+    cdef BlockIndex ix
     cdef list stack
     cdef readonly dict collections
     cdef readonly int64_t blocks_read
+    cdef readonly bint posts_only
     cdef str did
     cdef object sha256
     cdef bytes last_key
     cdef bytes value          # the record CID of the key next_key() returned
+    cdef unsigned char* buf   # the last block fetch() read: its CID, then its data
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t dn        # the data length of the record next_post() read
 
-    def __init__(self, int fd, conn, data_cid, str did):
-        if not sx_ready():
-            raise RuntimeError("the SQLite API table is not loaded")
+    def __cinit__(self):
+        self.buf = NULL
+        self.cap = 0
+
+    def __init__(self, int fd, BlockIndex index not None, data_cid, str did,
+                 bint posts_only=False):
         self.fd = fd
-        self.conn = conn
-        self.db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
-        cdef bytes q = b"SELECT off, n FROM b WHERE k = ?"
-        cdef int rc = sx_prepare(self.db, q, <int>len(q), &self.sel)
-        if rc != SQLITE_OK:
-            raise sqlite_error(self.db, rc)
+        self.ix = index
         import hashlib
         self.sha256 = hashlib.sha256
         self.did = did
+        self.posts_only = posts_only
         self.collections = {}
         self.stack = []
         self.last_key = None
-        self.push(bytes(data_cid), None)
+        self.push(bytes(data_cid), None, None)
 
     def __dealloc__(self):
-        if self.sel != NULL:
-            sx_finalize(self.sel)
+        PyMem_RawFree(self.buf)
 
     def close(self):
-        if self.sel != NULL:
-            sx_finalize(self.sel)
-            self.sel = NULL
+        self.stack = []
 
-    cdef bytes fetch(self, const unsigned char* cid, Py_ssize_t cn, what):
-        """The checked data of block `cid`."""
-        cdef unsigned char head[80]
-        cdef int rc
-        cdef int64_t off, n
+    cdef str what(self, bytes key, bytes prev):
+        """The block's name in errors: a record by its key, an MST node by the key before."""
+        if key is not None:
+            return f"record {key.decode('ascii')}"
+        if prev is not None:
+            return f"MST node after key {prev.decode('ascii')}"
+        return "MST node before the first key"
+
+    cdef Py_ssize_t fetch(self, const unsigned char* cid, Py_ssize_t cn, bytes key,
+                          bytes prev) except -1:
+        """Reads block `cid` (the record of `key`, or the MST node after key `prev`) into
+        self.buf and checks it: returns the length of its data (at self.buf + cn)."""
+        cdef unsigned char* grown
         cdef bint damaged = False
-        cdef bytes data = None
-        cdef ssize_t got
-        cdef Py_ssize_t i = 0, k
+        cdef Py_ssize_t i = 0, k, n
         cdef uint64_t v, code = 0, dlen = 0
+        cdef uint64_t ikey
+        cdef int64_t at, stop
+        cdef IxEntry e
         if cn > 80:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) has an overlong CID")
-        sx_bind_int64(self.sel, 1, cid_key(cid, cn))
-        try:
-            while True:
-                rc = sx_step(self.sel)
-                if rc == SQLITE_DONE:
-                    break
-                if rc != SQLITE_ROW:
-                    raise sqlite_error(self.db, rc)
-                off = sx_column_int64(self.sel, 0)
-                n = sx_column_int64(self.sel, 1)
-                # one read: the block's CID and its data, the data then copied out once
-                whole = <bytes>pread_bytes(self.fd, n, off)
-                if PyBytes_GET_SIZE(whole) != n:
-                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is cut off")
-                if memcmp(PyBytes_AS_STRING(whole), cid, cn) != 0:
-                    continue
-                data = PyBytes_FromStringAndSize(PyBytes_AS_STRING(whole) + cn, n - cn)
-                # the multihash: CIDv1 = version, codec, then code and digest length
-                if cn == 34 and cid[0] == 0x12:
-                    i = 0
-                else:
-                    i = uvarint(cid, cn, &v)
-                    i += uvarint(cid + i, cn - i, &v)
-                k = uvarint(cid + i, cn - i, &code)
-                i += k
-                k = uvarint(cid + i, cn - i, &dlen)
-                i += k
-                if code != 0x12 or dlen != 32 or i + 32 != cn:
-                    raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) uses hash "
-                                         f"0x{code:x}; only SHA-256 CIDs can be checked")
-                digest = self.sha256(data).digest()
-                if memcmp(PyBytes_AS_STRING(digest), cid + i, 32) == 0:
-                    self.blocks_read += 1
-                    return data
-                damaged = True
-        finally:
-            sx_reset(self.sel)
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) has "
+                                 "an overlong CID")
+        ikey = <uint64_t>cid_key(cid, cn)
+        at = self.ix.first(ikey, &stop)
+        while at < stop:
+            self.ix.get(at, &e)
+            if e.key != ikey:
+                break
+            at += 1
+            n = <Py_ssize_t>e.n
+            if n > self.cap:
+                grown = <unsigned char*>PyMem_RawRealloc(self.buf, n)
+                if grown == NULL:
+                    raise MemoryError()
+                self.buf, self.cap = grown, n
+            # one read: the block's CID and its data
+            if pread_full(self.fd, self.buf, n, e.off) != n:
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                     "is cut off")
+            if n < cn or memcmp(self.buf, cid, cn) != 0:
+                continue
+            # the multihash: CIDv1 = version, codec, then code and digest length
+            if cn == 34 and cid[0] == 0x12:
+                i = 0
+            else:
+                i = uvarint(cid, cn, &v)
+                i += uvarint(cid + i, cn - i, &v)
+            k = uvarint(cid + i, cn - i, &code)
+            i += k
+            k = uvarint(cid + i, cn - i, &dlen)
+            i += k
+            if code != 0x12 or dlen != 32 or i + 32 != cn:
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                     f"uses hash 0x{code:x}; only SHA-256 CIDs can be "
+                                     "checked")
+            digest = self.sha256(PyMemoryView_FromMemory(<char*>self.buf + cn, n - cn,
+                                                         PyBUF_READ)).digest()
+            if memcmp(PyBytes_AS_STRING(digest), cid + i, 32) == 0:
+                self.blocks_read += 1
+                return n - cn
+            damaged = True
         if damaged:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) does not match its CID "
-                                 "(the file is damaged); download the repository again")
-        raise CarFormatError(f"block {cid_str(cid[:cn])} ({what}) is missing (a partial "
-                             "CAR?); download the whole repository again")
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
+                                 "not match its CID (the file is damaged); download the "
+                                 "repository again")
+        raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
+                             "missing (a partial CAR?); download the whole repository "
+                             "again")
 
-    cdef int push(self, bytes cid, bytes prev) except -1:
-        """Put the node `cid` on the path, and its leftmost descendants after it."""
+    cdef bytes peek(self, _Frame f):
+        """The key of f's next entry, or None when it cannot be read (the walk reads it
+        properly later, and fails there)."""
+        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(f.data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(f.data), i = f.pos, pp, kp
         cdef Item it
-        cdef Py_ssize_t n, e, left, start, end
+        try:
+            cb_head(s, i, n, &it)
+            if it.major != 5:
+                return None
+            pp = cb_find(s, i, n, "p")
+            kp = cb_find(s, i, n, "k")
+            if pp < 0 or kp < 0:
+                return None
+            cb_head(s, pp, n, &it)
+            if it.major != 0 or it.arg > <uint64_t>PyBytes_GET_SIZE(f.key):
+                return None
+            i = <Py_ssize_t>it.arg
+            cb_head(s, kp, n, &it)
+            if it.major != 2 or it.arg > <uint64_t>(n - kp - it.head):
+                return None
+            return f.key[:i] + PyBytes_FromStringAndSize(<const char*>s + kp + it.head,
+                                                         <Py_ssize_t>it.arg)
+        except CarFormatError:
+            return None
+
+    cdef int push(self, bytes cid, bytes prev, bytes hi) except -1:
+        """Put the node `cid` on the path, and its leftmost descendants after it (in a
+        pruned walk, those whose keys can be posts: all above prev, below hi)."""
+        cdef Item it
+        cdef Py_ssize_t n, e, left, start, end, cn
         cdef const unsigned char* s
         cdef _Frame f
+        cdef bytes bound
         while True:
-            what = (f"MST node after key {prev.decode('ascii')}" if prev is not None
-                    else "MST node before the first key")
-            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid),
-                              PyBytes_GET_SIZE(cid), what)
+            cn = PyBytes_GET_SIZE(cid)
+            n = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, None, prev)
+            data = PyBytes_FromStringAndSize(<const char*>self.buf + cn, n)
             s = <const unsigned char*>PyBytes_AS_STRING(data)
-            n = PyBytes_GET_SIZE(data)
             try:
                 if cb_skip(s, 0, n, 0) != n:
                     raise CarFormatError("has bytes after its value")
@@ -1051,22 +1558,29 @@ cdef class CarWalker:
                 if it.major != 4:
                     raise CarFormatError("has an `e` that is not an array")
             except CarFormatError as exc:
-                raise CarFormatError(f"block {cid_str(cid)} ({what}) {exc}") from None
+                raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) "
+                                     f"{exc}") from None
             if len(self.stack) > 128:
-                raise CarFormatError(f"block {cid_str(cid)} ({what}) is more than 128 "
-                                     "levels deep")
+                raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) is "
+                                     "more than 128 levels deep")
             f = _Frame.__new__(_Frame)
             f.data = data
             f.pos = e + it.head
             f.left = it.arg
             f.key = b""
+            f.hi = hi
             self.stack.append(f)
             cb_head(s, left, n, &it)
             if it.major == 7 and it.arg == 22:
                 return 0
             if it.major != 6:
-                raise CarFormatError(f"block {cid_str(cid)} ({what}) has an `l` that is "
-                                     "not a link")
+                raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) has "
+                                     "an `l` that is not a link")
+            if self.posts_only:
+                bound = self.peek(f) if f.left else hi
+                if not may_hold_posts(prev, bound):
+                    return 0
+                hi = bound
             start = 0
             end = cb_link(s, left + it.head, n, &start)
             cid = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
@@ -1077,7 +1591,7 @@ cdef class CarWalker:
         cdef const unsigned char* s
         cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen
         cdef Item it
-        cdef bytes key, sub
+        cdef bytes key, sub, bound
         while self.stack:
             f = <_Frame>self.stack[len(self.stack) - 1]
             if f.left == 0:
@@ -1108,7 +1622,7 @@ cdef class CarWalker:
                 for j in range(PyBytes_GET_SIZE(key)):
                     if not 0x21 <= (<const unsigned char*>PyBytes_AS_STRING(key))[j] <= 0x7e:
                         raise CarFormatError("has a key that is not printable ASCII")
-                if self.last_key is not None and key <= self.last_key:
+                if self.last_key is not None and bytes_cmp(key, self.last_key) <= 0:
                     raise CarFormatError(f"has key {key.decode('ascii')} out of order (the "
                                          "MST is damaged)")
                 cb_head(s, vp, n, &it)
@@ -1128,47 +1642,241 @@ cdef class CarWalker:
                 where = (f"after key {prev.decode('ascii')}" if prev is not None
                          else "before the first key")
                 raise CarFormatError(f"MST node ({where}) {exc}") from None
-            f.pos = cb_skip(s, i, n, 0)
+            f.pos = cb_pass(s, i, n)
             f.left -= 1
             f.key = key
             self.last_key = key
             if sub is not None:
-                self.push(sub, key)
+                if not self.posts_only:
+                    self.push(sub, key, None)
+                else:
+                    bound = self.peek(f) if f.left else f.hi
+                    if may_hold_posts(key, bound):
+                        self.push(sub, key, bound)
             return key
         return None
+
+    cdef bytes next_post(self):
+        """The next post's key, its record read and checked (data at self.buf + len(cid),
+        self.dn bytes; the CID in self.value); None at the end."""
+        cdef bytes key
+        cdef Py_ssize_t slash, cn
+        cdef dict counts = self.collections
+        cdef bytes prefix = POST_PREFIX
+        cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
+        while True:
+            key = self.next_key()
+            if key is None:
+                return None
+            if not self.posts_only:
+                slash = key.find(b"/")
+                coll = key[:slash] if slash >= 0 else key
+                counts[coll] = counts.get(coll, 0) + 1
+            if (PyBytes_GET_SIZE(key) <= pn
+                    or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), pn) != 0):
+                if self.posts_only and bytes_cmp(key, POST_END) >= 0:
+                    self.stack = []  # past the posts: nothing after them is used
+                    return None
+                continue
+            cn = PyBytes_GET_SIZE(self.value)
+            self.dn = self.fetch(<const unsigned char*>PyBytes_AS_STRING(self.value), cn,
+                                 key, None)
+            return key
 
     def rows(self, Py_ssize_t limit, str archived_at):
         """Up to `limit` posts rows; [] at the end."""
         cdef list out = []
         cdef bytes key, value
-        cdef Py_ssize_t slash
-        cdef dict counts = self.collections
-        cdef bytes prefix = POST_PREFIX
-        cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
-        cdef const unsigned char* kp
         did = self.did
         while len(out) < limit:
-            key = self.next_key()
+            key = self.next_post()
             if key is None:
                 break
             value = self.value
-            kp = <const unsigned char*>PyBytes_AS_STRING(key)
-            slash = key.find(b"/")
-            coll = key[:slash] if slash >= 0 else key
-            counts[coll] = counts.get(coll, 0) + 1
-            if PyBytes_GET_SIZE(key) <= pn or memcmp(kp, <const char*>prefix, pn) != 0:
-                continue
-            skey = key.decode("ascii")
-            what = f"record {skey}"
-            data = self.fetch(<const unsigned char*>PyBytes_AS_STRING(value),
-                              PyBytes_GET_SIZE(value), what)
             try:
                 (text, created, media, reply, parent, etype, edata,
-                 labels) = post_fields_c(<const unsigned char*>PyBytes_AS_STRING(data),
-                                         PyBytes_GET_SIZE(data))
+                 labels) = post_fields_c(self.buf + PyBytes_GET_SIZE(value), self.dn)
             except CarFormatError as exc:
-                raise CarFormatError(f"block {cid_str(value)} ({what}) {exc}") from None
+                raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
+                                     f"{exc}") from None
+            skey = key.decode("ascii")
             out.append((f"at://{did}/{skey}", cid_str(value), did, text, created, created,
                         int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
                         archived_at))
         return out
+
+    def fill(self, RowBatch batch not None, Py_ssize_t limit):
+        """Decode up to `limit` posts rows (those rows() returns) into `batch`, replacing
+        what it held; returns how many: 0 at the end."""
+        cdef bytes key, value
+        cdef PostFields f
+        cdef OutBuf embed, labels
+        cdef Py_ssize_t cn, r
+        cdef OutBuf* a = &batch.arena
+        cdef int64_t* x
+        if limit > batch.cap:
+            batch.grow(limit)
+        a.len = 0
+        batch.n = 0
+        ob_init(&embed, 256)
+        ob_init(&labels, 64)
+        try:
+            while batch.n < limit:
+                key = self.next_post()
+                if key is None:
+                    break
+                value = self.value
+                cn = PyBytes_GET_SIZE(value)
+                embed.len = labels.len = 0
+                try:
+                    post_fields_into(self.buf + cn, self.dn, &f, &embed, &labels)
+                except CarFormatError as exc:
+                    raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
+                                         f"{exc}") from None
+                x = batch.fields + batch.n * RB_FIELDS
+                x[0] = a.len                                   # uri
+                ob_write(a, "at://", 5)
+                ob_write(a, PyBytes_AS_STRING(batch.did), PyBytes_GET_SIZE(batch.did))
+                ob_byte(a, b"/")
+                ob_write(a, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+                x[1] = a.len                                   # cid
+                ob_cid(a, <const unsigned char*>PyBytes_AS_STRING(value), cn)
+                x[2] = a.len                                   # text
+                ob_put(a, f.text, f.text_n)
+                x[3] = a.len                                   # created_at
+                ob_put(a, f.created, f.created_n)
+                x[4] = a.len                                   # reply_parent
+                ob_put(a, f.parent, f.parent_n)
+                x[5] = a.len                                   # embed_type
+                ob_put(a, f.etype, f.etype_n)
+                x[6] = a.len                                   # embed_data
+                if f.has_embed:
+                    ob_write(a, embed.data, embed.len)
+                x[7] = a.len                                   # labels
+                if f.has_labels:
+                    ob_write(a, labels.data, labels.len)
+                x[8] = a.len                                   # the end
+                x[9] = (f.has_media | (f.is_reply << 1) | (f.has_embed << 2)
+                        | (f.has_labels << 3))
+                batch.n += 1
+            return batch.n
+        finally:
+            ob_free(&embed)
+            ob_free(&labels)
+
+
+cdef inline int ob_put(OutBuf* b, const void* p, Py_ssize_t n) except -1:
+    """ob_write, for a pointer that is NULL when n is 0."""
+    if n > 0:
+        ob_write(b, <const char*>p, n)
+    return 0
+
+
+cdef enum:
+    RB_FIELDS = 10   # per row: 9 offsets into the arena (8 values and the end), flags
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class RowBatch:
+    """posts rows decoded by CarWalker.fill, held in C memory, and inserted by
+    insert_into() without the GIL: the walk fills the next batch meanwhile."""
+    cdef OutBuf arena
+    cdef int64_t* fields
+    cdef Py_ssize_t cap, n
+    cdef bytes did, archived_at
+
+    def __cinit__(self):
+        self.fields = NULL
+        self.cap = self.n = 0
+        ob_init(&self.arena, 1 << 16)
+
+    def __init__(self, str did, str archived_at):
+        self.did = did.encode("utf-8")
+        self.archived_at = archived_at.encode("utf-8")
+
+    def __dealloc__(self):
+        ob_free(&self.arena)
+        PyMem_RawFree(self.fields)
+
+    cdef int grow(self, Py_ssize_t cap) except -1:
+        cdef int64_t* f = <int64_t*>PyMem_RawRealloc(self.fields,
+                                                     cap * RB_FIELDS * sizeof(int64_t))
+        if f == NULL:
+            raise MemoryError()
+        self.fields, self.cap = f, cap
+        return 0
+
+    def __len__(self):
+        return self.n
+
+    def insert_into(self, conn):
+        """Insert the rows into table `posts` of `conn` (schema v2; an APSW connection
+        this module is loaded into as an extension; the caller holds the transaction and
+        uses the connection for nothing else meanwhile).  SQLite runs without the GIL."""
+        if not sx_ready():
+            raise RuntimeError("the SQLite API table is not loaded")
+        cdef sqlite3* db = <sqlite3*><uintptr_t>conn.sqlite3_pointer()
+        cdef sqlite3_stmt* ins = NULL
+        cdef bytes q = ("INSERT INTO posts VALUES (" + ",".join(["?"] * 17) + ")").encode()
+        cdef Py_ssize_t i
+        cdef const int64_t* x
+        cdef int rc = sx_prepare(db, q, <int>len(q), &ins)
+        if rc != SQLITE_OK:
+            raise sqlite_error(db, rc)
+        for i in range(self.n):
+            x = self.fields + i * RB_FIELDS
+            if x[8] - x[0] > 0x7FFFFFFF:
+                sx_finalize(ins)
+                raise CarFormatError("has a value too long for SQLite")
+        cdef const char* did = PyBytes_AS_STRING(self.did)
+        cdef Py_ssize_t did_n = PyBytes_GET_SIZE(self.did)
+        cdef const char* at = PyBytes_AS_STRING(self.archived_at)
+        cdef Py_ssize_t at_n = PyBytes_GET_SIZE(self.archived_at)
+        try:
+            with nogil:
+                rc = rb_insert(ins, self.arena.data, self.fields, self.n, did, did_n, at,
+                               at_n)
+            if rc != SQLITE_DONE:
+                raise sqlite_error(db, rc)
+        finally:
+            sx_finalize(ins)
+
+
+cdef int rb_insert(sqlite3_stmt* ins, const char* a, const int64_t* fields, Py_ssize_t n,
+                   const char* did, Py_ssize_t did_n, const char* at,
+                   Py_ssize_t at_n) noexcept nogil:
+    """Bind and step every row; SQLITE_DONE, or the first failing step's code."""
+    cdef Py_ssize_t i
+    cdef const int64_t* x
+    cdef int rc
+    for i in range(n):
+        x = fields + i * RB_FIELDS
+        sx_bind_text(ins, 1, a + x[0], <int>(x[1] - x[0]))
+        sx_bind_text(ins, 2, a + x[1], <int>(x[2] - x[1]))
+        sx_bind_text(ins, 3, did, <int>did_n)
+        sx_bind_text(ins, 4, a + x[2], <int>(x[3] - x[2]))
+        sx_bind_text(ins, 5, a + x[3], <int>(x[4] - x[3]))
+        sx_bind_text(ins, 6, a + x[3], <int>(x[4] - x[3]))
+        sx_bind_int64(ins, 7, x[9] & 1)
+        sx_bind_int64(ins, 8, 0)
+        sx_bind_int64(ins, 9, 0)
+        sx_bind_int64(ins, 10, 0)
+        sx_bind_int64(ins, 11, 0)
+        sx_bind_int64(ins, 12, (x[9] >> 1) & 1)
+        sx_bind_text(ins, 13, a + x[4], <int>(x[5] - x[4]))
+        sx_bind_text(ins, 14, a + x[5], <int>(x[6] - x[5]))
+        if x[9] & 4:
+            sx_bind_text(ins, 15, a + x[6], <int>(x[7] - x[6]))
+        else:
+            sx_bind_null(ins, 15)
+        if x[9] & 8:
+            sx_bind_text(ins, 16, a + x[7], <int>(x[8] - x[7]))
+        else:
+            sx_bind_null(ins, 16)
+        sx_bind_text(ins, 17, at, <int>at_n)
+        rc = sx_step(ins)
+        sx_reset(ins)
+        if rc != SQLITE_DONE:
+            return rc
+    return SQLITE_DONE

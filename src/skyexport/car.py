@@ -4,13 +4,19 @@ into a bskyarchive-schema archive, describe them (``info``), feed them to an exp
 The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its size:
 
 1. One sequential pass over the file (the compiled core's CarScanner) frames every block
-   and writes `(key, offset, length)` rows into an index table in a temporary SQLite file
-   on disk; the file's SHA-256 is computed on the way.  No block and no key is kept in RAM.
+   and writes its `(key, offset, length)` into the block index, a temporary file on disk
+   sorted by key (runs sorted in RAM, merged on disk); the file's SHA-256 is computed
+   meanwhile, on a second thread.  No block and no key is kept in RAM: only a directory
+   of at most 1 MB.
 2. The commit (the header's one root) gives the DID, version, rev and the MST root.
 3. The MST is walked depth-first (memory: one path from the root); every block it uses is
    read by offset through the index and checked against its CID (SHA-256).  Only records
-   of `app.bsky.feed.post` are read; other collections are only counted.
-4. Each post record becomes a posts row (core: post_fields), inserted in chunks.
+   of `app.bsky.feed.post` are read.  `import` and `export` skip the subtrees whose key
+   range cannot hold a post (keys are sorted: likes and follows are never reached);
+   `info` walks every key and counts the collections.
+4. Each post record becomes a posts row (core: post_fields_into), inserted in batches:
+   SQLite inserts one batch on a second thread, without the GIL, while the walk decodes
+   the next.
 
 Any problem with a block that is used -- missing, damaged, undecodable -- is an
 ArchiveError naming its CID and key; nothing is imported then.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,9 +42,33 @@ __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
 
 POST_COLLECTION = "app.bsky.feed.post"
 HEADER_MAX = 1 << 16       # a CARv1 header of one root is under 100 bytes
-INDEX_BATCH = 20_000       # blocks per index insert
+INDEX_BATCH = 20_000       # blocks between progress reports while indexing
+HASH_CHUNK = 1 << 20       # bytes per read while hashing the file
 ROW_CHUNK = 2_000          # posts per executemany
 MST_MAX_DEPTH = 128        # an honest MST of 2^64 keys is 32 levels deep
+POST_END = POST_COLLECTION + "0"  # "/" + 1: every post key is in [POST_COLLECTION/, this)
+
+
+def _may_hold_posts(lo: str | None, hi: str | None) -> bool:
+    """Can an MST subtree whose keys are all above lo and below hi (None: no bound) hold
+    an app.bsky.feed.post key?"""
+    return (lo is None or lo < POST_END) and (hi is None or hi > POST_COLLECTION + "/")
+
+
+def _peek_key(entries: list[Any], i: int, key: bytes) -> str | None:
+    """The key of entries[i] after `key`, or None when it cannot be read (the walk reads
+    it properly later, and fails there)."""
+    e = entries[i]
+    if not isinstance(e, dict):
+        return None
+    p, k = e.get("p"), e.get("k")
+    if (not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(key)
+            or not isinstance(k, bytes) or isinstance(k, _core.CID)):
+        return None
+    try:
+        return (key[:p] + k).decode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def _read_header(fd: int) -> tuple[object, int, bytes] | None:
@@ -91,8 +122,8 @@ def is_car(path: str | os.PathLike[str]) -> bool:
 
 
 def _load_core(con: apsw.Connection) -> bool:
-    """Load the compiled core as an SQLite extension (see archive.Archive._load_core), so
-    CarWalker can look blocks up without Python in between."""
+    """Load the compiled core as an SQLite extension of `con` (see
+    archive.Archive._load_core), so CarWalker can insert rows without Python in between."""
     try:
         con.enable_load_extension(True)
         try:
@@ -104,6 +135,27 @@ def _load_core(con: apsw.Connection) -> bool:
     return bool(_core.direct_ready())
 
 
+class _Insert:
+    """RowBatch.insert_into(con) on a thread of its own."""
+
+    def __init__(self, batch: Any, con: apsw.Connection) -> None:
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(batch, con),
+                                       name="skyexport-car-insert", daemon=True)
+        self.thread.start()
+
+    def _run(self, batch: Any, con: apsw.Connection) -> None:
+        try:
+            batch.insert_into(con)
+        except BaseException as exc:  # re-raised by wait() on the walking thread
+            self.error = exc
+
+    def wait(self, raise_error: bool = True) -> None:
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise self.error
+
+
 @dataclass
 class _Stats:
     blocks: int = 0
@@ -111,8 +163,9 @@ class _Stats:
 
 
 class CarRepo:
-    """A repository CAR opened for reading, with its block index in `index_path` (a new
-    file, removed by close()).  Use as a context manager."""
+    """A repository CAR opened for reading, with its block index in a new file in
+    `index_dir` (unlinked at once: only its descriptor is kept, closed by close()).  Use
+    as a context manager."""
 
     def __init__(self, path: str | os.PathLike[str], index_dir: str | os.PathLike[str],
                  on_blocks: Callable[[int, int], None] | None = None, *,
@@ -121,9 +174,12 @@ class CarRepo:
         self.verb = verb
         self.reader = reader  # "core" (CarWalker) or "python" (the walker below)
         self.fd = -1
-        self.index: apsw.Connection | None = None
-        self.index_path: Path | None = None
+        self.index_fd = -1
+        self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
+        self._hashing: threading.Thread | None = None
+        self._hash: list[str | OSError] = []
+        self._stop_hashing = False
         try:
             self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -152,51 +208,74 @@ class CarRepo:
                              "has exactly one (its commit)")
         self.root: _core.CID = roots[0]
         _, start, head = found
-        self.sha256 = self._build_index(index_dir, start, head, on_blocks)
+        # the file's SHA-256 on the second core, while the first indexes and walks it
+        self._hashing = threading.Thread(target=self._hash_file, name="skyexport-car-sha256",
+                                         daemon=True)
+        self._hashing.start()
+        self._build_index(index_dir, start, head, on_blocks)
         self._read_commit()
 
-    def _build_index(self, index_dir: Path, start: int, head: bytes,
-                     on_blocks: Callable[[int, int], None] | None) -> str:
+    def _hash_file(self) -> None:
+        """The file's SHA-256 into self._hash (or the OSError reading it)."""
+        h = hashlib.sha256()
+        buf = bytearray(HASH_CHUNK)
+        view = memoryview(buf)
+        off = 0
+        try:
+            while not self._stop_hashing:
+                n = os.preadv(self.fd, [buf], off)  # both release the GIL
+                if not n:
+                    self._hash.append(h.hexdigest())
+                    return
+                h.update(view[:n])
+                off += n
+        except OSError as exc:
+            self._hash.append(exc)
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the whole file (hex)."""
+        if self._hashing is not None:
+            self._hashing.join()
+            self._hashing = None
+        got = self._hash[0] if self._hash else OSError("not hashed")
+        if isinstance(got, OSError):
+            raise self._fail(f"reading failed ({got.strerror or got})")
+        return got
+
+    def _scratch_fd(self, index_dir: Path) -> int:
+        """A new empty file in index_dir, open for reading and writing and already
+        unlinked: nothing is left behind, whatever happens."""
         while True:
             p = index_dir / f".{self.path.name}.{os.urandom(4).hex()}.car-index"
             try:
-                os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                                 0o600))
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:
                 raise self._fail(f"cannot create the block index in {index_dir} "
                                  f"({exc.strerror})") from None
-            break
-        self.index_path = p
-        con = self.index = apsw.Connection(str(p))
-        for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
-                       "cache_size=-2048", "temp_store=FILE", "mmap_size=0"):
-            con.execute("PRAGMA " + pragma).fetchall()
-        con.execute("CREATE TABLE b (k INTEGER NOT NULL, off INTEGER NOT NULL, "
-                    "n INTEGER NOT NULL)")
-        self.fast = self.reader != "python" and _load_core(con)
-        hasher = hashlib.sha256()
-        scanner = _core.CarScanner(self.fd, start, head, hasher)
+            os.unlink(p)
+            return fd
+
+    def _build_index(self, index_dir: Path, start: int, head: bytes,
+                     on_blocks: Callable[[int, int], None] | None) -> None:
+        self.index_fd = self._scratch_fd(index_dir)
+        runs_fd = self._scratch_fd(index_dir)  # sorted runs, merged into the index
+        scanner = _core.CarScanner(self.fd, start, head, None)
         try:
-            with con:
-                if self.fast:  # straight from the core into SQLite
-                    scanner.index_into(con, INDEX_BATCH, None if on_blocks is None else
-                                       lambda: on_blocks(scanner.blocks, scanner.pos))
-                while batch := scanner.next_batch(INDEX_BATCH):
-                    con.executemany("INSERT INTO b VALUES (?,?,?)", batch)
-                    if on_blocks is not None:
-                        on_blocks(scanner.blocks, scanner.pos)
-                # covering: a lookup is one B-tree search, no second one into the table
-                con.execute("CREATE INDEX b_k ON b (k, off, n)")
+            self.index = scanner.build_index(
+                self.index_fd, runs_fd, INDEX_BATCH,
+                None if on_blocks is None else lambda: on_blocks(scanner.blocks, scanner.pos))
         except ValueError as exc:
             raise self._fail(str(exc)) from None
         except OSError as exc:
             raise self._fail(f"reading failed ({exc.strerror})") from None
+        finally:
+            os.close(runs_fd)
         self.stats.blocks = scanner.blocks
         self.size = scanner.size
-        self._lookup = con.cursor()
-        return hasher.hexdigest()
 
     # --- blocks -----------------------------------------------------------------------
 
@@ -206,9 +285,7 @@ class CarRepo:
         name = _core.cid_str(cid)
         n_cid = len(cid)
         damaged = False
-        rows: Any = self._lookup.execute(
-            "SELECT off, n FROM b WHERE k = ?", (_core.cid_index_key(cid),)).fetchall()
-        for off, n in rows:
+        for off, n in self.index.find(_core.cid_index_key(cid)):
             if _core.pread_bytes(self.fd, n_cid, off) != cid:
                 continue
             data = _core.pread_bytes(self.fd, n - n_cid, off + n_cid)
@@ -255,17 +332,19 @@ class CarRepo:
 
     # --- the MST ------------------------------------------------------------------------
 
-    def walk(self) -> Iterator[tuple[str, _core.CID]]:
-        """Every (key, record CID) of the MST, in key order; counts collections."""
+    def walk(self, posts_only: bool = False) -> Iterator[tuple[str, _core.CID]]:
+        """Every (key, record CID) of the MST, in key order; counts collections.  With
+        `posts_only`, the subtrees whose key range cannot hold a post are skipped (not
+        read, so not checked) and nothing is counted."""
         self._last_key: str | None = None
-        return self._walk(self.data, None, 0)
+        return self._walk(self.data, None, 0, None, posts_only)
 
     def _node_error(self, cid: bytes, prev: str | None, why: str) -> ArchiveError:
         where = f"after key {prev}" if prev is not None else "before the first key"
         return self._fail(f"MST node {_core.cid_str(cid)} ({where}) {why}")
 
-    def _walk(self, cid: _core.CID, prev: str | None,
-              depth: int) -> Iterator[tuple[str, _core.CID]]:
+    def _walk(self, cid: _core.CID, prev: str | None, depth: int, hi: str | None,
+              posts_only: bool) -> Iterator[tuple[str, _core.CID]]:
         where = f"MST node after key {prev}" if prev is not None else \
             "MST node before the first key"
         if depth > MST_MAX_DEPTH:
@@ -274,14 +353,17 @@ class CarRepo:
         if not isinstance(node, dict) or not isinstance(node.get("e"), list) \
                 or "l" not in node:
             raise self._node_error(cid, prev, "is not an MST node {l, e}")
+        entries = node["e"]
         left = node["l"]
         if left is not None:
             if not isinstance(left, _core.CID):
                 raise self._node_error(cid, prev, "has an `l` that is not a link")
-            yield from self._walk(left, prev, depth + 1)
+            bound = _peek_key(entries, 0, b"") if entries else hi
+            if not posts_only or _may_hold_posts(prev, bound):
+                yield from self._walk(left, prev, depth + 1, bound, posts_only)
         key = b""
         counts = self.stats.collections
-        for e in node["e"]:
+        for i, e in enumerate(entries):
             if not isinstance(e, dict):
                 raise self._node_error(cid, prev, "has an entry that is not a map")
             p, k, v, t = e.get("p"), e.get("k"), e.get("v"), e.get("t")
@@ -298,25 +380,32 @@ class CarRepo:
                 raise self._node_error(cid, prev, f"has key {text} out of order (the MST "
                                        "is damaged)")
             self._last_key = text
-            coll = text.partition("/")[0]
-            counts[coll] = counts.get(coll, 0) + 1
+            if not posts_only:
+                coll = text.partition("/")[0]
+                counts[coll] = counts.get(coll, 0) + 1
             prev = text
             yield text, v
             if t is not None:
-                yield from self._walk(t, prev, depth + 1)
+                bound = _peek_key(entries, i + 1, key) if i + 1 < len(entries) else hi
+                if not posts_only or _may_hold_posts(text, bound):
+                    yield from self._walk(t, prev, depth + 1, bound, posts_only)
 
-    def post_rows(self, archived_at: str) -> Iterator[tuple[object, ...]]:
+    def post_rows(self, archived_at: str, *,
+                  posts_only: bool = True) -> Iterator[tuple[object, ...]]:
         """posts rows (17 columns, schema v2 order) of every post record: walked by the
-        core (CarWalker) where it can load into SQLite, else by the Python walker below
-        (the same rows and errors)."""
-        if self.fast:
-            yield from self._post_rows_core(archived_at)
+        core (CarWalker), or by the Python walker above with reader="python" (the same
+        rows and errors).  `posts_only=False` walks every key (for `info`: every block
+        of the tree checked, the collections counted)."""
+        if self.reader != "python":
+            yield from self._post_rows_core(archived_at, posts_only)
             return
-        yield from self._post_rows_py(archived_at)
+        yield from self._post_rows_py(archived_at, posts_only)
 
-    def _post_rows_core(self, archived_at: str) -> Iterator[tuple[object, ...]]:
+    def _post_rows_core(self, archived_at: str,
+                        posts_only: bool) -> Iterator[tuple[object, ...]]:
+        assert self.index is not None
         try:
-            walker = _core.CarWalker(self.fd, self.index, self.data, self.did)
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
         except ValueError as exc:
             raise self._fail(str(exc)) from None
         try:
@@ -333,11 +422,51 @@ class CarRepo:
             self.stats.collections = {k.decode("ascii"): v
                                       for k, v in walker.collections.items()}
 
-    def _post_rows_py(self, archived_at: str) -> Iterator[tuple[object, ...]]:
+    def insert_posts(self, con: apsw.Connection, archived_at: str,
+                     on_chunk: Callable[[], None] | None = None) -> int:
+        """Insert the posts rows (those of post_rows()) into table posts of `con`, which
+        the core is loaded into (_load_core), straight from the core; returns the count.
+        The caller holds the transaction.  Two batches take turns: SQLite inserts one on a
+        second thread (without the GIL) while the walk decodes the next."""
+        assert self.index is not None
+        try:
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, True)
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
+        batches = [_core.RowBatch(self.did, archived_at) for _ in range(2)]
+        n = 0
+        pending: _Insert | None = None
+        try:
+            while True:
+                batch = batches[0]  # batches[1]: the one being inserted
+                try:
+                    k = walker.fill(batch, ROW_CHUNK)
+                except ValueError as exc:
+                    raise self._fail(str(exc)) from None
+                finally:
+                    if pending is not None:
+                        pending.wait()  # its batch is free again; raises its error
+                        pending = None
+                        if on_chunk is not None:
+                            on_chunk()
+                if not k:
+                    return n
+                n += k
+                pending = _Insert(batch, con)
+                batches.reverse()
+        finally:
+            if pending is not None:
+                pending.wait(raise_error=False)
+            walker.close()
+
+    def _post_rows_py(self, archived_at: str,
+                      posts_only: bool) -> Iterator[tuple[object, ...]]:
         prefix = POST_COLLECTION + "/"
         did = self.did
-        for key, cid in self.walk():
+        for key, cid in self.walk(posts_only):
             if not key.startswith(prefix):
+                if posts_only and key >= POST_END:
+                    break  # past the posts: nothing after them is used
                 continue
             what = f"record {key}"
             data = self.block(cid, what)
@@ -351,16 +480,14 @@ class CarRepo:
                    archived_at)
 
     def close(self) -> None:
-        if self.index is not None:
-            self.index.close()
-            self.index = None
-        if self.index_path is not None:
-            for p in (self.index_path, Path(f"{self.index_path}-journal")):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
-            self.index_path = None
+        if self._hashing is not None:
+            self._stop_hashing = True
+            self._hashing.join()
+            self._hashing = None
+        self.index = None
+        if self.index_fd >= 0:
+            os.close(self.index_fd)
+            self.index_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -399,9 +526,10 @@ def _columns_v2() -> tuple[str, ...]:
 
 
 def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True,
-              on_chunk: Callable[[], None] | None = None) -> int:
+              on_chunk: Callable[[], None] | None = None, did_index: bool = True) -> int:
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
-    Without `fts`, no full-text table and trigger (an export's temporary archive)."""
+    Without `fts`, no full-text table and trigger (an export's temporary archive); without
+    `did_index`, no index on did (one that selects no DID never reads it)."""
     from .schema import FTS, INDEXES, INSERT_V2, MEDIA, POSTS_V2, TRIGGER
 
     n = 0
@@ -410,20 +538,24 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
         con.execute(MEDIA)
         if fts:
             con.execute(FTS)
-        chunk: list[tuple[object, ...]] = []
-        for row in repo.post_rows(archived_at):
-            chunk.append(row)
-            if len(chunk) >= ROW_CHUNK:
+        if repo.reader != "python" and _load_core(con):
+            n = repo.insert_posts(con, archived_at, on_chunk)
+        else:
+            chunk: list[tuple[object, ...]] = []
+            for row in repo.post_rows(archived_at):
+                chunk.append(row)
+                if len(chunk) >= ROW_CHUNK:
+                    con.executemany(INSERT_V2, chunk)
+                    n += len(chunk)
+                    chunk.clear()
+                    if on_chunk is not None:
+                        on_chunk()
+            if chunk:
                 con.executemany(INSERT_V2, chunk)
                 n += len(chunk)
-                chunk.clear()
-                if on_chunk is not None:
-                    on_chunk()
-        if chunk:
-            con.executemany(INSERT_V2, chunk)
-            n += len(chunk)
         for sql in INDEXES:
-            con.execute(sql)
+            if did_index or "(did)" not in sql:
+                con.execute(sql)
         if fts:
             con.execute("INSERT INTO posts_fts(posts_fts) VALUES('rebuild')")
             con.execute(TRIGGER)
@@ -431,11 +563,13 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
 
 
 def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
-                       on_chunk: Callable[[], None] | None = None) -> int:
+                       on_chunk: Callable[[], None] | None = None,
+                       did_index: bool = True) -> int:
     """Write a new archive at `final` (which must not exist) from `repo`: built under a
     fresh hidden name beside it, linked into place only when complete, never replacing
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
-    read once and deleted: no full-text index, no fsync."""
+    read once and deleted: no full-text index, no fsync; `did_index=False` (only with
+    scratch): no index on did either, for an export that selects no DID."""
     from .synth import _exclusive_temp
 
     tmp = _exclusive_temp(str(final))
@@ -445,7 +579,8 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "locking_mode=EXCLUSIVE",
                        "cache_size=-2048", "temp_store=FILE"):
             con.execute("PRAGMA " + pragma).fetchall()
-        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk)
+        n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk,
+                      did_index=did_index or not scratch)
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
         con.execute("PRAGMA journal_mode=DELETE").fetchall()
         if not scratch:
@@ -587,7 +722,7 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
         index_dir = home if os.access(home, os.W_OK | os.X_OK) else tempfile.gettempdir()
     with tempfile.TemporaryDirectory(prefix=".skyexport-info-", dir=index_dir) as tmp, \
             CarRepo(car, tmp, verb="", reader=reader) as repo:
-        for row in repo.post_rows(""):
+        for row in repo.post_rows("", posts_only=False):
             posts += 1
             created = row[4]
             assert isinstance(created, str)

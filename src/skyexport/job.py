@@ -807,7 +807,8 @@ class _Job:
                          reader=self.car_reader) as repo:
                 self.emit()  # the whole CAR read and indexed
                 build_archive_from(repo, d / "archive.db", scratch=True,
-                                   on_chunk=self.heartbeat)
+                                   on_chunk=self.heartbeat,
+                                   did_index=self.selection.did is not None)
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
                                    "commit_version": repo.version, "bytes": repo.size}
         except OSError as exc:
