@@ -10,6 +10,7 @@ import json
 import math
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ import skyexport.progress as progress_mod
 import skyexport.sink as sink_mod
 from skyexport import BadValueError, ExportProgress
 from skyexport.progress import BarReporter, JsonLinesReporter, ProgressChannel
+from skyexport.signals import Shield
 
 from archives import make_archive
 
@@ -297,6 +299,143 @@ def test_channel_coalesces_for_a_slow_consumer() -> None:
     assert events[-1].status == "completed"
     assert len(events) < 100 and ch.dropped > 900
     assert_monotonic(events)
+
+
+# A child that puts events as fast as it can while a real SIGINT arrives at a random
+# instant, 40 times over.  Python runs the handler between any two bytecodes, so without
+# the channel's SignalShield about half the rounds raised KeyboardInterrupt after the lock
+# was taken and before the `with` that would release it: the delivery thread then never got
+# the lock back, the final event was never delivered, and close() waited out its timeout.
+_PUT_UNDER_SIGINT = """
+import os, random, signal, threading, time, warnings
+from skyexport.progress import ExportProgress, ProgressChannel
+running = ExportProgress("running", 1, 10, 0, 0, 0, 0.0)
+for _ in range(40):
+    got = []
+    ch = ProgressChannel(got.append)
+    def kill():
+        time.sleep(random.uniform(0.002, 0.02))
+        os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=kill).start()
+    try:
+        while True:
+            ch.put(running)
+    except KeyboardInterrupt:
+        interrupted = True
+    ch.put(ExportProgress("failed", 1, 10, 0, 0, 0, 0.0, error="interrupted"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ch.close(grace_s=0.05, timeout_s=2)
+    print(interrupted, got[-1].status, len(caught),
+          signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_a_signal_inside_put_never_strands_the_final_event() -> None:
+    proc = subprocess.run([sys.executable, "-c", _PUT_UNDER_SIGINT], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rounds = proc.stdout.splitlines()
+    # Every round: interrupted, the final event delivered last, no close() warning, and
+    # Python's own SIGINT handler back in place after close().
+    assert rounds == ["True failed 0 True"] * 40, proc.stdout
+
+
+# The same for the data file's writer: the export's thread takes the queues' locks in
+# FileSink.__call__; had a signal stranded one, abort() would wait for the writer forever.
+_SINK_UNDER_SIGINT = """
+import os, random, signal, threading, time
+from skyexport.sink import FileSink
+fd = os.open(os.devnull, os.O_WRONLY)
+for _ in range(100):
+    sink = FileSink(fd, sync=False)
+    threading.Timer(random.uniform(0.001, 0.01), os.kill, (os.getpid(), signal.SIGINT)).start()
+    try:
+        while True:
+            sink(b"x" * 100)
+    except KeyboardInterrupt:
+        pass
+    done = threading.Event()
+    def watchdog():
+        if not done.wait(10):
+            print("abort() hung", flush=True)
+            os._exit(3)
+    threading.Thread(target=watchdog, daemon=True).start()
+    sink.abort()
+    done.set()
+    print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_a_signal_inside_a_sink_write_never_hangs_abort() -> None:
+    proc = subprocess.run([sys.executable, "-c", _SINK_UNDER_SIGINT], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == ["True"] * 100
+
+
+def test_a_signal_held_back_by_the_channel_is_raised_when_it_lets_go() -> None:
+    shield = Shield()
+    installed = shield.install()
+    try:
+        assert installed and signal.getsignal(signal.SIGINT) == shield._handler
+        with pytest.raises(KeyboardInterrupt):
+            with shield:
+                with shield:  # nested: let go only by the outermost
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)  # the handler runs here, held back: nothing raised
+                held = list(shield.pending)
+        assert held == [signal.SIGINT] and not shield.pending
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # outside `with`: raised at once
+            time.sleep(1)
+    finally:
+        shield.uninstall(installed)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _Term(Exception):
+    pass
+
+
+def _raise_term(signum: int, frame: object) -> None:
+    raise _Term
+
+
+def test_two_signals_held_back_are_both_raised() -> None:
+    # Both arrive inside: letting go raises the first; the second stays held until the
+    # last user uninstalls, which restores the handlers and raises it.
+    previous = signal.signal(signal.SIGTERM, _raise_term)
+    shield = Shield()
+    installed = shield.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with shield:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+        assert shield.pending == [signal.SIGTERM]
+        with pytest.raises(_Term):
+            shield.uninstall(installed)
+        assert signal.getsignal(signal.SIGTERM) is _raise_term and not shield.pending
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_the_shield_leaves_other_threads_and_plain_handlers_alone() -> None:
+    shield = Shield()
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(shield.install()))
+    t.start()
+    t.join()
+    assert got == [False] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        installed = shield.install()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # never raises: not wrapped
+        shield.uninstall(installed)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_heartbeat_inside_sqlite_steps(tmp_path: Path, row_source: str,

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 
 from ._record import Record
+from .signals import SHIELD
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -127,6 +128,7 @@ class ProgressChannel:
         self._closing = False  # close() gave up waiting: deliver the final event now
         self.dropped = 0
         self.error: BaseException | None = None
+        self._shielded = SHIELD.install()  # see signals.py: put and close take the lock
         self._thread = threading.Thread(target=self._run, name="skyexport-progress",
                                         daemon=True)
         self._thread.start()
@@ -136,7 +138,7 @@ class ProgressChannel:
         return time.monotonic() - self._last_put
 
     def put(self, event: ExportProgress) -> None:
-        with self._cond:
+        with SHIELD, self._cond:
             self._accept(event)
 
     def _accept(self, event: ExportProgress) -> None:
@@ -173,14 +175,19 @@ class ProgressChannel:
         """Wait up to `grace_s` for the consumer to take what is queued; then skip the
         running events it has not reached, deliver the final event, and stop.  A callback
         that raised is reported here, as a RuntimeWarning; so is one still running after
-        `timeout_s` (the final event then follows when it returns, still last)."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._queue or self.error is not None,
-                                timeout=grace_s)
-            self._closing = True
-            self._final = True
-            self._cond.notify_all()
-        self._thread.join(CLOSE_TIMEOUT_S if timeout_s is None else timeout_s)
+        `timeout_s` (the final event then follows when it returns, still last).  A signal
+        that came while the lock was held is raised here, after the handlers are restored."""
+        try:
+            with SHIELD, self._cond:
+                self._cond.wait_for(lambda: not self._queue or self.error is not None,
+                                    timeout=grace_s)
+                self._closing = True
+                self._final = True
+                self._cond.notify_all()
+            self._thread.join(CLOSE_TIMEOUT_S if timeout_s is None else timeout_s)
+        finally:
+            SHIELD.uninstall(self._shielded)
+            self._shielded = False
         if self._thread.is_alive():
             warnings.warn("skyexport: the on_progress callback has not returned for "
                           f"{CLOSE_TIMEOUT_S if timeout_s is None else timeout_s:g} s; "
