@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_car_index import frames as car_frames
 
 from skyexport import _core
 from skyexport.synth import build_archive
@@ -149,7 +150,7 @@ def test_partial_car_fails_naming_cid_and_key(tmp_path: Path, reader: str) -> No
 def test_missing_record_names_its_key(tmp_path: Path, reader: str) -> None:
     """Drop one post record's block from a real CAR: the error names its CID and key."""
     raw = BNEW.read_bytes()
-    blocks = _frames(raw)
+    blocks = car_frames(raw)
     con = imported(BNEW, tmp_path)
     uri, cid = con.execute("SELECT uri, cid FROM posts ORDER BY uri LIMIT 1").fetchone()
     con.close()
@@ -161,19 +162,6 @@ def test_missing_record_names_its_key(tmp_path: Path, reader: str) -> None:
     key = uri.split("/", 3)[3]
     assert_one_line_failure(r, cid, f"record {key}", "missing")
     assert not (tmp_path / "a.db").exists()
-
-
-def _frames(raw: bytes) -> list[tuple[int, int, bytes]]:
-    """(start, end, cid) of every block of a CAR."""
-    n, used = _core.read_uvarint(raw)
-    pos = used + n
-    out = []
-    while pos < len(raw):
-        ln, k = _core.read_uvarint(raw, pos)
-        cid = raw[pos + k:pos + k + 36]
-        out.append((pos, pos + k + ln, cid))
-        pos += k + ln
-    return out
 
 
 def _without(raw: bytes, blocks: list[tuple[int, int, bytes]], cid: str) -> bytes:
@@ -197,7 +185,7 @@ def test_flipped_byte_in_used_block(tmp_path: Path, reader: str) -> None:
     (cid,) = con.execute("SELECT cid FROM posts LIMIT 1").fetchone()
     con.close()
     (tmp_path / "a.db").unlink()
-    for _s, e, c in _frames(bytes(raw)):
+    for _s, e, c in car_frames(bytes(raw)):
         if _core.cid_str(c) == cid:
             raw[e - 3] ^= 0x01
     car = tmp_path / "f.car"
@@ -301,7 +289,7 @@ def test_failed_merge_changes_nothing(tmp_path: Path) -> None:
     imported(BNEW, tmp_path).close()
     before = (tmp_path / "a.db").read_bytes()
     raw = bytearray(BSKY.read_bytes())
-    frames = _frames(bytes(raw))
+    frames = car_frames(bytes(raw))
     s, e, c = frames[len(frames) // 2]
     raw[e - 2] ^= 0x40
     car = tmp_path / "d.car"
