@@ -5,8 +5,8 @@ dev:            ## editable install that rebuilds the core on import
 	$(PY) -m pip install scikit-build-core cython cython-cmake ninja
 	$(PY) -m pip install --no-build-isolation -Ceditable.rebuild=true -e '.[test,dev]'
 
-test:           ## the whole suite, memory limits included
-	$(PY) -m pytest --memray -q
+test:           ## the whole suite, memory limits included, on two workers
+	$(PY) -m pytest --memray -q -n 2 --dist loadfile
 
 memtest:        ## only the memory contracts
 	$(PY) -m pytest --memray -q tests/test_memory.py
