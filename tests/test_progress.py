@@ -429,6 +429,18 @@ def test_the_shield_leaves_other_threads_and_plain_handlers_alone() -> None:
     t.start()
     t.join()
     assert got == [False] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Installed on the main thread, let go on another (a channel closed elsewhere): no
+    # handler can be set there, so ours stays and forwards; the next main-thread user ends it.
+    installed = shield.install()
+    t = threading.Thread(target=shield.uninstall, args=(installed,))
+    t.start()
+    t.join()
+    assert shield.users == 0 and signal.getsignal(signal.SIGINT) == shield._handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)  # forwarded to Python's own handler
+        time.sleep(1)
+    shield.uninstall(shield.install())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         installed = shield.install()

@@ -50,7 +50,7 @@ class Shield:
         if not self._on_main():
             return False
         self.users += 1
-        if self.users == 1:
+        if self.users == 1 and not self.saved:  # (saved: still ours, left off the main thread)
             for sig in SIGNALS:
                 handler = signal.getsignal(sig)
                 if callable(handler):  # SIG_DFL and SIG_IGN never raise in Python
@@ -64,8 +64,8 @@ class Shield:
         if not installed:
             return
         self.users -= 1
-        if self.users:
-            return
+        if self.users or not self._on_main():
+            return  # off the main thread no handler can be set: ours stays, forwarding
         saved, self.saved = self.saved, {}
         for sig, handler in saved.items():
             if signal.getsignal(sig) == self._handler:
