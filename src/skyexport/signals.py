@@ -4,14 +4,15 @@ Python runs a signal's handler in the main thread between any two bytecodes, and
 handlers that matter here raise: KeyboardInterrupt, and the CLI's exception for SIGTERM.
 Raised inside `Condition.__enter__` or `queue.Queue.put` just after their lock was taken,
 and before the `with` that releases it began, the exception leaves the lock held for good.
-The thread on the other side (progress delivery, the data file's writer) then waits for it
-forever, and so does the cleanup that follows the interruption: the final `failed` event was
-lost behind a 10 s timeout, and `FileSink.abort()` could hang.
+The thread on the other side (progress delivery) then waits for it forever, and so does the
+cleanup that follows the interruption: the final `failed` event was lost behind a 10 s
+timeout.
 
-So the few places where the main thread takes such a lock run `with SHIELD:`.  While the
-shield is up a signal is only recorded; its handler runs, and raises, as the shield comes
-down, when no lock is held.  The handlers are wrapped once, by `install()` (when a channel
-or a sink starts), not per use: `with SHIELD` is a counter, cheap enough for every batch.
+So where the main thread takes such a lock (`ProgressChannel.put` and `close`) it runs
+`with SHIELD:`.  While the shield is up a signal is only recorded; its handler runs, and
+raises, as the shield comes down, when no lock is held.  The handlers are wrapped once, by
+`install()` (when a channel starts), not per use: `with SHIELD` is a counter, cheap enough
+for every batch.
 """
 
 from __future__ import annotations

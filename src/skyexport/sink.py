@@ -19,8 +19,6 @@ import os
 import queue
 import threading
 
-from .signals import SHIELD
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
@@ -87,9 +85,6 @@ class FileSink:
         for _ in range(POOL_BLOCKS):
             self._free.put(bytearray())
         self._queue: queue.Queue[bytearray | None] = queue.Queue()
-        # The queues' locks are taken on this thread: a signal must not strand one (see
-        # signals.py), or abort() would wait for the writer forever.
-        self._shielded = SHIELD.install()
         self._thread = threading.Thread(target=self._run, name="skyexport-writer",
                                         daemon=True)
         self._thread.start()
@@ -97,24 +92,16 @@ class FileSink:
     def __call__(self, block: bytes | bytearray | memoryview) -> None:
         if self.error is not None:
             raise self.error
-        with SHIELD:
-            buf = self._free.get()  # back-pressure: waits while every buffer is queued
-            buf[:] = block
-            self._queue.put(buf)
-
-    def _stop(self) -> None:
-        """Queue the end and wait for the writer thread; then stop holding signals."""
-        if self._thread.is_alive():
-            with SHIELD:
-                self._queue.put(None)
-            self._thread.join()
-        SHIELD.uninstall(self._shielded)
-        self._shielded = False
+        buf = self._free.get()  # back-pressure: waits while every buffer is queued
+        buf[:] = block
+        self._queue.put(buf)
 
     def close(self, sync: bool = True) -> None:
         """Drain the queue, end the compressed stream, fsync, and stop the thread
         (idempotent)."""
-        self._stop()
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         if self.error is not None:
             raise self.error
         if sync and self.sync:
@@ -124,7 +111,8 @@ class FileSink:
         """Stop without waiting for queued blocks to reach the disk (failure path)."""
         if self._thread.is_alive():
             self.error = self.error or OSError("export aborted")
-        self._stop()
+            self._queue.put(None)
+            self._thread.join()
 
     def _run(self) -> None:
         while True:
