@@ -303,7 +303,7 @@ def test_channel_coalesces_for_a_slow_consumer() -> None:
 
 # A child that puts events as fast as it can while a real SIGINT arrives at a random
 # instant, 40 times over.  Python runs the handler between any two bytecodes, so without
-# the channel's SignalShield about half the rounds raised KeyboardInterrupt after the lock
+# the channel's Shield (signals.py) about half the rounds raised KeyboardInterrupt after the lock
 # was taken and before the `with` that would release it: the delivery thread then never got
 # the lock back, the final event was never delivered, and close() waited out its timeout.
 _PUT_UNDER_SIGINT = """

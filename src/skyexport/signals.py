@@ -2,8 +2,8 @@
 
 Python runs a signal's handler in the main thread between any two bytecodes, and the
 handlers that matter here raise: KeyboardInterrupt, and the CLI's exception for SIGTERM.
-Raised inside `Condition.__enter__` or `queue.Queue.put` just after their lock was taken,
-and before the `with` that releases it began, the exception leaves the lock held for good.
+Raised inside `Condition.__enter__` just after its lock was taken, and before the `with`
+that releases it began, the exception leaves the lock held for good.
 The thread on the other side (progress delivery) then waits for it forever, and so does the
 cleanup that follows the interruption: the final `failed` event was lost behind a 10 s
 timeout.
