@@ -303,8 +303,9 @@ def test_demo_never_replaces_what_is_there(tmp_path: Path, layout: str) -> None:
                     for p in tmp_path.rglob("*"))
     proc = _demo("--output", str(target))
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith("skyexport: error: demo --output ") and "already exists" in line
+    usage, line = proc.stderr.splitlines()  # a usage error, printed as the parser's own
+    assert usage.startswith("usage: skyexport demo ")
+    assert line.startswith("skyexport demo: error: demo --output ") and "already exists" in line
     assert sorted((str(p), p.is_symlink() or p.read_bytes() if p.is_file() else None)
                   for p in tmp_path.rglob("*")) == before
 
