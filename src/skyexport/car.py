@@ -704,11 +704,12 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
                               f"{exc.strerror}") from None
     try:
         with CarRepo(car, parent, on_blocks, reader=reader) as repo:
+            sha256 = repo.sha256  # a failure to hash it fails the import before it is made
             if merge:
                 posts, added = _merge(repo, final, _now_sqlite())
             else:
                 posts = added = build_archive_from(repo, final)
-            return ImportResult(final, posts, added, repo.did, repo.rev, repo.sha256,
+            return ImportResult(final, posts, added, repo.did, repo.rev, sha256,
                                 time.monotonic() - started)
     except BaseException:
         if made_parent:

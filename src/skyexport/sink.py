@@ -125,7 +125,10 @@ class FileSink:
             exc = self.error = RuntimeError("the writer thread ended early")
         if isinstance(exc, (OSError, MemoryError)):
             raise exc
-        raise WriterThreadError(f"{type(exc).__name__}: {exc}") from exc
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__qualname__}"
+        raise WriterThreadError(f"{name}: {exc}") from exc
 
     def _stop(self) -> None:
         """Queue the end and wait until the thread has ended (a signal may interrupt the
