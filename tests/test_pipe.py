@@ -460,3 +460,45 @@ def test_verify_zstd_without_zstandard_says_so(archive: Path, tmp_path: Path) ->
     done = subprocess.run([PY, "-m", "skyexport", "verify", d], capture_output=True,
                           env=env, timeout=TIMEOUT, check=False)
     assert b"posts.json.zst: 1 bytes, manifest.json says" in done.stderr
+
+
+def _read_raw(fd: int, n: int | None = None) -> bytes:
+    """Exactly n bytes from a raw descriptor (None: to EOF); no buffer reads ahead."""
+    got = bytearray()
+    while n is None or len(got) < n:
+        chunk = os.read(fd, 65536 if n is None else min(65536, n - len(got)))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("posts", [400, 5000])
+def test_sigterm_on_a_stream_says_what_went_out(tmp_path: Path, posts: int) -> None:
+    """A real SIGTERM to an export writing to a real pipe, once 200,000 bytes have been
+    read: its one line says how many bytes had gone out, and that is what the reader got.
+    400 posts are one write(2) of ~300 KB that the signal lands in; 5000 posts, several.
+    Three rounds each: where the signal lands varies."""
+    import signal
+    arc = tmp_path / "a.db"
+    build_archive(arc, posts, seed=5)
+    for _ in range(3):
+        p = subprocess.Popen([PY, "-m", "skyexport", "export", arc, "-o", "-"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout is not None and p.stderr is not None
+        got = _read_raw(p.stdout.fileno(), 200_000)
+        p.send_signal(signal.SIGTERM)
+        got += _read_raw(p.stdout.fileno())
+        err = p.stderr.read().decode()
+        assert p.wait(TIMEOUT) == 143, err
+        (line,) = err.splitlines()
+        done = re.fullmatch(r"skyexport: terminated after the export was complete; all "
+                            r"(\d+) bytes had gone to stdout, sha256 ([0-9a-f]{64})", line)
+        if done:
+            assert int(done[1]) == len(got)
+            assert done[2] == hashlib.sha256(got).hexdigest()
+        else:
+            cut = re.fullmatch(r"skyexport: terminated; (\d+) bytes had already gone to "
+                               r"stdout: an incomplete export, discard them", line)
+            assert cut, line
+            assert int(cut[1]) == len(got) >= 200_000
