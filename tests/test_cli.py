@@ -348,3 +348,38 @@ def test_closed_stderr_never_fails_a_success(archive: Path, tmp_path: Path,
         assert out.splitlines()[-1] == str(tmp_path / "synth.db")
     else:
         assert "peak memory (RSS)" in out and out.splitlines()[-1].startswith("removed ")
+
+
+# --- options that must not be ignored ---------------------------------------------------------
+
+def test_explicit_progress_holds_with_quiet(archive: Path, tmp_path: Path) -> None:
+    """-q means no progress by default; an explicit --progress still holds, and -q keeps
+    stdout to the directory alone."""
+    proc = cli("export", archive, "-o", tmp_path / "out", "--progress", "jsonl", "-q")
+    assert proc.returncode == 0, proc.stderr
+    (directory,) = proc.stdout.splitlines()
+    assert skyexport.verify(directory).ok
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert events[0]["status"] == "queued" and events[-1]["status"] == "completed"
+    assert events[-1]["posts_processed"] == 3000
+    quiet = cli("export", archive, "-o", tmp_path / "out", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_usage_errors_look_alike(archive: Path, tmp_path: Path) -> None:
+    """A usage error found by the parser (a bad choice) and one found by skyexport's own
+    checks (the dates the wrong way round) print the same usage line and prefix."""
+    parser_found = cli("export", archive, "-o", tmp_path, "--format", "xml")
+    own_check = cli("export", archive, "-o", tmp_path, "--since", "2024-02-01", "--until",
+                    "2024-01-01")
+    assert parser_found.returncode == own_check.returncode == 2
+    usage_a, line_a = parser_found.stderr.splitlines()
+    usage_b, line_b = own_check.stderr.splitlines()
+    assert usage_a == usage_b and usage_a.startswith("usage: skyexport export [-h] ")
+    assert line_a.startswith("skyexport export: error: argument --format/-f: invalid ")
+    assert line_b == ("skyexport export: error: --since 2024-02-01 is after --until "
+                      "2024-01-01")
+    synth = cli("synth", tmp_path / "s.db")  # neither --posts nor --car: skyexport's check
+    usage, line = synth.stderr.splitlines()
+    assert synth.returncode == 2 and usage.startswith("usage: skyexport synth [-h] ")
+    assert line.startswith("skyexport synth: error: give exactly one of --posts N")
