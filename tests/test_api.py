@@ -5,6 +5,7 @@ commands that put the whole job together."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -360,3 +361,33 @@ def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
     assert not flags[-1] & apsw.SQLITE_OPEN_NOMUTEX
     assert plain.post_count == with_media.post_count == 300
     assert plain.sha256 == with_media.sha256
+
+
+def test_api_is_typed_for_mypy_strict(tmp_path: Path) -> None:
+    """tests/typed/api_usage.py, a typed script using the API as the README does
+    (`skyexport.verify(result)` included), passes `mypy --strict`; and a type error in
+    such a script is caught (the check can fail)."""
+    pytest.importorskip("mypy")
+    script = Path(__file__).parent / "typed" / "api_usage.py"
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import skyexport\n\nskyexport.verify(42)\n")
+    outcome = {}
+    for path in (script, wrong):
+        done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                               "--cache-dir", os.devnull, str(path)],
+                              capture_output=True, text=True, timeout=300, check=False)
+        outcome[path] = (done.returncode, done.stdout)
+    assert outcome[script] == (0, outcome[script][1]), outcome[script][1]
+    assert outcome[script][1].startswith("Success: no issues found in 1 source file")
+    assert outcome[wrong][0] == 1 and 'Argument 1 to "verify" has incompatible type "int"' \
+        in outcome[wrong][1], outcome[wrong][1]
+
+
+def test_verify_takes_an_export_result(tmp_path: Path) -> None:
+    arc = make_archive(tmp_path / "a.db", [{}, {}])
+    result = skyexport.export(arc, tmp_path / "out", format="jsonl")
+    report = skyexport.verify(result)
+    assert report.ok and report.checked == 1 and report.directory == result.directory
+    streamed = skyexport.export(arc, io.BytesIO())
+    with pytest.raises(skyexport.OptionError, match="this ExportResult has none"):
+        skyexport.verify(streamed)

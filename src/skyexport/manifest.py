@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any
 
+    from .job import ExportResult
+
 MANIFEST = "manifest.json"
 MEDIA_SUMS = "media.sha256"
 MANIFEST_VERSION = "1.0"
@@ -584,7 +586,7 @@ def _sum_lines(fd: int) -> Iterator[tuple[int, bytes | None]]:
 
 # --- verify itself -------------------------------------------------------------------------------
 
-def verify(directory: str | os.PathLike[str]) -> VerifyReport:
+def verify(directory: str | os.PathLike[str] | ExportResult) -> VerifyReport:
     """Check an export against its manifest and report every difference: re-hash the data
     file, `media.sha256` and each media file that list names; count the posts in the data
     file against `post_count` and check its name and shape against `export_format`; check
@@ -595,8 +597,20 @@ def verify(directory: str | os.PathLike[str]) -> VerifyReport:
     file is opened (each is reported instead).  The manifest's names are only trusted as
     plain names inside the export directory (`media/<name>` for media); anything else is
     itself reported, never opened.  Memory stays bounded whatever the files' sizes.
+
+    `directory` is the export directory, or the ExportResult that `export()` returned
+    (its `directory`); a result of an export to a stream has none: OptionError.
     """
-    d = Path(directory)
+    if isinstance(directory, (str, os.PathLike)):
+        d = Path(directory)
+    else:
+        where = getattr(directory, "directory", None)
+        if where is None:
+            from .errors import OptionError
+
+            raise OptionError("verify needs an export directory, and this ExportResult has "
+                              "none (its export went to a stream, with no manifest)")
+        d = Path(where)
     report = VerifyReport(d)
     try:
         dir_fd = os.open(d, _DIR_FLAGS)
