@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -383,3 +384,29 @@ def test_usage_errors_look_alike(archive: Path, tmp_path: Path) -> None:
     usage, line = synth.stderr.splitlines()
     assert synth.returncode == 2 and usage.startswith("usage: skyexport synth [-h] ")
     assert line.startswith("skyexport synth: error: give exactly one of --posts N")
+
+
+def test_bash_completion_offers_file_names_whole(tmp_path: Path) -> None:
+    """Real bash, the generated script sourced, the function called as bash calls it: a
+    file name with a space is one candidate, and glob characters in names are not
+    expanded (`a*b.db` is offered once, as itself, not as every match of a pattern).
+    `complete -o filenames` then quotes the candidate as it is inserted (`my\\ repo.car`)."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    for name in ("my repo.car", "a*b.db", "axb.db", "a?c.db"):
+        (tmp_path / name).write_bytes(b"")
+    script = cli("completion", "bash").stdout
+    assert "complete -o filenames -F _skyexport skyexport" in script
+
+    def offered(word: str) -> list[str]:
+        body = (f"{script}\nCOMP_WORDS=(skyexport info {shlex.quote(word)}); COMP_CWORD=2; "
+                "_skyexport; printf '%s\\0' \"${COMPREPLY[@]}\"")
+        done = subprocess.run(["bash", "--norc", "--noprofile", "-c", body], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return sorted(done.stdout.split("\0")[:-1])
+
+    assert offered("my") == ["my repo.car"]
+    assert offered("a") == ["a*b.db", "a?c.db", "axb.db"]
+    assert offered("a*") == ["a*b.db"]
+    assert offered("") == ["a*b.db", "a?c.db", "axb.db", "my repo.car"]
