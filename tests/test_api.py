@@ -326,7 +326,7 @@ def test_demo_removes_its_temporary_directory(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1].startswith("removed the temporary directory ")
     assert "warnings: the media files the synthetic archive leaves out on purpose" \
         in proc.stdout
-    assert "peak memory (RSS), the export's own:" in proc.stdout
+    assert "peak memory (RSS), the export's own process:" in proc.stdout
     proc = _demo("--keep", env=env)
     assert proc.returncode == 0, proc.stderr
     (kept,) = tmp_path.iterdir()
@@ -391,3 +391,39 @@ def test_verify_takes_an_export_result(tmp_path: Path) -> None:
     streamed = skyexport.export(arc, io.BytesIO())
     with pytest.raises(skyexport.OptionError, match="this ExportResult has none"):
         skyexport.verify(streamed)
+
+
+# A fresh small launcher runs the export and reads its peak from wait4: the export's maxrss
+# then starts from the launcher's few MB, not from the memory of whoever started it.
+_LAUNCH = """\
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+print(usage.ru_maxrss / 1024)
+"""
+
+
+def test_demo_peak_memory_is_the_exports_own(tmp_path: Path) -> None:
+    """The peak memory demo prints for each export is a standalone export's (the same
+    archive, the same options), within a generous tolerance: building the synthetic
+    archive first, in demo's own process, does not count."""
+    if not hasattr(os, "wait4"):
+        pytest.skip("no os.wait4 here")
+    proc = subprocess.run([sys.executable, "-m", "skyexport", "demo", "--posts", "20000",
+                           "--progress", "none", "--output", str(tmp_path / "d")],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    shown = [float(m) for m in re.findall(
+        r"peak memory \(RSS\), the export's own(?: process)?: (\d+) MB", proc.stdout)]
+    assert len(shown) == 2, proc.stdout
+    data = tmp_path / "d" / "data"
+    standalone = []
+    for extra in (["--media", "--media-root", str(data)], ["-f", "csv"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, sys.executable, "-m", "skyexport", "export",
+             str(data / "archive.db"), "-o", str(tmp_path / "alone"), "-q", *extra],
+            capture_output=True, text=True, check=True, timeout=300)
+        standalone.append(float(done.stdout))
+    for demo_mb, alone_mb in zip(shown, standalone, strict=True):
+        assert abs(demo_mb - alone_mb) <= max(6.0, 0.2 * alone_mb), (shown, standalone)

@@ -614,19 +614,21 @@ def _synth_car(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs), so that the next
-    reading is one step's own peak; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+# The demo's export, in a process of its own: the export as a user runs it, then its peak
+# RSS on the last line.  Read in the child itself: a child's getrusage/wait4 maxrss also
+# counts the parent's memory it was forked from (Linux carries it across exec).
+_EXPORT_CHILD = """\
+import sys
+from skyexport.cli import main, _own_peak_rss_mb
+code = main(sys.argv[1:])
+sys.stdout.write(f"peak {_own_peak_rss_mb()}\\n")
+sys.exit(code)
+"""
 
 
-def _peak_rss_mb() -> float:
-    """Peak RSS since the last reset (VmHWM), else since start (getrusage)."""
+def _own_peak_rss_mb() -> float | None:
+    """This process's peak RSS in MB: VmHWM (Linux: this program's own, since its exec),
+    else getrusage where it exists (kilobytes; bytes on macOS); None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -634,8 +636,31 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+
+
+def _export_child(argv: list[str]) -> tuple[str, float | None]:
+    """Run `skyexport export ARGV` as a process of its own (stderr shared: its progress
+    bar draws here) and return the export directory it printed and its own peak RSS in
+    MB (None where the system does not say): nothing this process did before (building
+    the archive) counted in."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, "export", *argv],
+                          stdout=subprocess.PIPE, text=True, check=False)
+    *lines, last = done.stdout.splitlines() or [""]
+    if done.returncode != 0 or not lines or not last.startswith("peak "):
+        from .errors import ExportError
+
+        raise ExportError(f"demo: the export failed (exit {done.returncode}; its message "
+                          "is above)")
+    peak = last.split()[1]
+    return lines[-1], None if peak == "None" else float(peak)
 
 
 def _demo_root(output: str | None) -> tuple[str, bool]:
@@ -684,8 +709,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_manifest(directory: str) -> dict[str, Any]:
+    import json
+
+    with open(os.path.join(directory, "manifest.json"), "rb") as f:
+        manifest: dict[str, Any] = json.load(f)
+    return manifest
+
+
 def _demo(root: str, args: argparse.Namespace) -> str:
-    from . import export
     from .synth import build_archive
 
     data = os.path.join(root, "data")
@@ -701,27 +733,31 @@ def _demo(root: str, args: argparse.Namespace) -> str:
     for fmt in ("json", "csv"):
         out.write(f"exporting as {fmt}{' with media' if fmt == 'json' else ''} ...\n")
         out.flush()
-        own_peak = _reset_peak_rss()
-        t0 = time.perf_counter()
-        result = export(archive, os.path.join(root, "exports"), format=fmt,
-                        media=fmt == "json", media_root=data,
-                        on_progress=_reporter(args.progress))
-        secs = time.perf_counter() - t0
-        m = result.manifest
-        assert m is not None
-        out.write(f"  {result.post_count} posts -> {result.data_file} "
-                  f"({result.bytes_written / 1e6:.1f} MB)\n"
-                  f"  {result.post_count / secs:,.0f} posts/s, "
-                  f"{result.bytes_written / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
+        # In a process of its own, as a user runs it: its peak memory is the export's own.
+        argv = [archive, "-o", os.path.join(root, "exports"), "-f", fmt, "-q",
+                "--progress", args.progress]
+        if fmt == "json":
+            argv += ["--media", "--media-root", data]
+        directory, peak = _export_child(argv)
+        m = _read_manifest(directory)
+        (name,) = (n for n in m["checksums"] if n != "media.sha256")
+        size, digest = m["checksums"][name]["bytes"], m["checksums"][name]["sha256"]
+        secs = max(m["duration_s"], 1e-3)
+        out.write(f"  {m['post_count']} posts -> {os.path.join(directory, name)} "
+                  f"({size / 1e6:.1f} MB)\n"
+                  f"  {m['post_count'] / secs:,.0f} posts/s, "
+                  f"{size / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
                   f"  manifest: {m['post_count']} posts, {m['media_count']} media files, "
-                  f"sha256 {result.sha256[:16]}...\n")
+                  f"sha256 {digest[:16]}...\n")
         if m["warnings_total"]:
             out.write(f"  {m['warnings_total']} warnings: the media files the synthetic "
                       "archive leaves out on purpose (about 1 %), as a real archive's failed "
                       "downloads\n")
-        peak = "the export's own" if own_peak else "this process's (archive build included)"
-        out.write(f"  peak memory (RSS), {peak}: {_peak_rss_mb():.0f} MB\n")
-        last = str(result.directory)
+        if peak is None:
+            out.write("  peak memory (RSS): not measured on this system\n")
+        else:
+            out.write(f"  peak memory (RSS), the export's own process: {peak:.0f} MB\n")
+        last = directory
     return last
 
 
