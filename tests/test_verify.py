@@ -367,3 +367,107 @@ def test_media_is_a_regular_file(export_dir: Path) -> None:
     (export_dir / "media").write_bytes(b"")
     rejected(export_dir, "media: a regular file, not a directory",
              "media/img0.jpg: not checked, media is a regular file")
+
+
+# --- a compressed data file that expands far past the manifest's uncompressed_bytes -------------
+
+BOMB_GIB = 8
+# Seconds.  A verify that reads the whole 8 GiB took 12-15 s (an idle machine) to 37 s; one that
+# stops takes well under one.  Either way the old verify fails: on the time or on its line.
+BOMB_TIMEOUT = 10
+
+
+def _crc32_of_zeros(n: int) -> int:
+    """zlib.crc32 of `n` zero bytes without reading them: a zero byte maps the CRC register
+    linearly over GF(2), so the map for `n` bytes is a matrix power (zlib's crc32_combine)."""
+
+    def times(mat: list[int], vec: int) -> int:
+        out, i = 0, 0
+        while vec:
+            if vec & 1:
+                out ^= mat[i]
+            vec >>= 1
+            i += 1
+        return out
+
+    one = [0xEDB88320] + [1 << i for i in range(31)]   # one zero bit, on the reflected register
+    power = one
+    for _ in range(3):                                    # one zero byte: eight bits
+        power = [times(power, power[i]) for i in range(32)]
+    reg = 0xFFFFFFFF                                      # crc32's initial register
+    while n:
+        if n & 1:
+            reg = times(power, reg)
+        power = [times(power, power[i]) for i in range(32)]
+        n >>= 1
+    return reg ^ 0xFFFFFFFF
+
+
+def gzip_bomb(size: int) -> bytes:
+    """A valid gzip file of `size` zero bytes (a multiple of 1 MiB), made in milliseconds: after
+    a full flush deflate forgets the past, so each further MiB of zeros compresses to the same
+    bytes, which are repeated instead of compressed again."""
+    import struct
+    import zlib
+
+    mib = bytes(1 << 20)
+    c = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = c.compress(mib) + c.flush(zlib.Z_FULL_FLUSH)
+    seg = c.compress(mib) + c.flush(zlib.Z_FULL_FLUSH)
+    assert c.compress(mib) + c.flush(zlib.Z_FULL_FLUSH) == seg
+    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush()   # an empty final block
+    trailer = struct.pack("<II", _crc32_of_zeros(size), size & 0xFFFFFFFF)
+    return head + seg * ((size >> 20) - 1) + end + trailer
+
+
+def zstd_bomb(size: int) -> bytes:
+    """A zstd frame of `size` zero bytes, stream-compressed (zeros compress at GB/s)."""
+    import zstandard
+
+    c = zstandard.ZstdCompressor(level=1).compressobj()
+    block = bytes(16 << 20)
+    return b"".join(c.compress(block) for _ in range(size // len(block))) + c.flush()
+
+
+def test_the_bomb_makers_make_what_they_say() -> None:
+    """The bombs are real streams: small ones decompress, with the standard libraries, to
+    exactly the zeros they stand for (the gzip one with a right CRC and length)."""
+    import gzip
+
+    for n in (1 << 20, 5 << 20):
+        assert gzip.decompress(gzip_bomb(n)) == bytes(n)
+    import zlib
+    assert _crc32_of_zeros(12345) == zlib.crc32(bytes(12345))
+    zstandard = pytest.importorskip("zstandard")
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(zstd_bomb(32 << 20)) \
+        == bytes(32 << 20)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "zstd"])
+def test_a_decompression_bomb_stops_at_the_stated_size(tmp_path: Path, codec: str) -> None:
+    """A data file that expands to 8 GiB while the manifest says a few KB: verify stops as
+    soon as the output passes the stated size, with one line, well inside the time limit
+    (reading it all takes half a minute or more)."""
+    if codec == "zstd":
+        pytest.importorskip("zstandard")
+    export = cli_export(tricky_archive(tmp_path, 7), tmp_path / "out", "--compress", codec)
+    name = "posts.json" + {"gzip": ".gz", "zstd": ".zst"}[codec]
+    stated = json.loads((export / "manifest.json").read_bytes())["checksums"][name][
+        "uncompressed_bytes"]
+    assert 0 < stated < 1 << 20
+    bomb = (gzip_bomb if codec == "gzip" else zstd_bomb)(BOMB_GIB << 30)
+    assert len(bomb) < 16 << 20
+    (export / name).write_bytes(bomb)
+    m = json.loads((export / "manifest.json").read_bytes())
+    m["checksums"][name].update(sha256=sha(bomb), bytes=len(bomb))
+    (export / "manifest.json").write_text(json.dumps(m, indent=2))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "skyexport", "verify", str(export)],
+                              capture_output=True, text=True, timeout=BOMB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"verify read the bomb for over {BOMB_TIMEOUT} s")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"skyexport: verify: {name}: decompresses to more than the {stated} bytes "
+        "manifest.json says (verify stopped there)",
+        f"skyexport: error: {export}: 1 problem(s) found"], proc.stderr

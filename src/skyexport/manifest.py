@@ -681,9 +681,12 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         counter = _COUNTERS[_FORMAT_OF[name]]() if name in _FORMAT_OF else None
         feed = counter.feed if counter is not None else None
         unpack = None
-        if counter is not None and name in _CODEC_OF:
+        if counter is not None and name in _CODEC_OF and name not in uncompressed:
+            counter = None  # no size to stop at: reported above, not decompressed
+            feed = None
+        elif counter is not None and name in _CODEC_OF:
             try:
-                unpack = _Decompressing(_CODEC_OF[name], counter.feed)
+                unpack = _Decompressing(_CODEC_OF[name], counter.feed, uncompressed[name][1])
             except ImportError:
                 problems.append(f"{name}: the uncompressed posts are not checked: zstd "
                                 "needs the zstandard package (pip install 'skyexport[zstd]')")
@@ -694,19 +697,22 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         if not _check_file(dir_fd, name, name, digest, size, feed, report):
             continue
         if unpack is not None:
+            if unpack.over:
+                problems.append(f"{name}: decompresses to more than the "
+                                f"{unpack.limit} bytes {MANIFEST} says (verify stopped there)")
+                continue
             why = unpack.finish()
             if why is not None:
                 problems.append(f"{name}: not a valid {_CODEC_OF[name]} stream: {why}")
                 continue
-            if name in uncompressed:
-                udigest, usize = uncompressed[name]
-                if unpack.size != usize:
-                    problems.append(f"{name}: decompresses to {unpack.size} bytes, "
-                                    f"{MANIFEST} says {usize}")
-                elif unpack.sha256.hexdigest() != udigest:
-                    problems.append(f"{name}: decompressed SHA-256 "
-                                    f"{unpack.sha256.hexdigest()}, the manifest says "
-                                    f"{udigest}")
+            udigest, usize = uncompressed[name]
+            if unpack.size != usize:
+                problems.append(f"{name}: decompresses to {unpack.size} bytes, "
+                                f"{MANIFEST} says {usize}")
+            elif unpack.sha256.hexdigest() != udigest:
+                problems.append(f"{name}: decompressed SHA-256 "
+                                f"{unpack.sha256.hexdigest()}, the manifest says "
+                                f"{udigest}")
         if counter is not None:
             why = counter.shape()
             if why is not None:
@@ -827,16 +833,23 @@ def _check_media_list(dir_fd: int, media_fd: int | None, media_kind: str | None,
     return names
 
 
+class _TooLarge(Exception):
+    """The decompressed stream went past the size the manifest states."""
+
+
 class _Decompressing:
     """Decompresses a data file while it is hashed, in bounded memory (at most BLOCK bytes
     of output at a time, however well a block compresses): hashes and counts the
-    uncompressed bytes and passes them on to `out`."""
+    uncompressed bytes and passes them on to `out`.  It stops as soon as the output passes
+    `limit` bytes (the manifest's `uncompressed_bytes`): a small file that expands to
+    gigabytes costs no more than the size the manifest states (`over` is then True)."""
 
-    def __init__(self, codec: str, out: Callable[[bytes], None]) -> None:
-        self.codec, self.out = codec, out
+    def __init__(self, codec: str, out: Callable[[bytes], None], limit: int) -> None:
+        self.codec, self.out, self.limit = codec, out, limit
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.trailing = 0
+        self.over = False
         self.error: str | None = None
         if codec == "gzip":
             import zlib
@@ -855,12 +868,15 @@ class _Decompressing:
         return len(data)
 
     def _take(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            self.over = True
+            raise _TooLarge
         self.sha256.update(data)
         self.size += len(data)
         self.out(data)
 
     def feed(self, chunk: bytes) -> None:
-        if self.error is not None:
+        if self.error is not None or self.over:
             return
         try:
             if self.codec == "zstd":
@@ -880,6 +896,8 @@ class _Decompressing:
                     return
                 if not data and len(piece) < BLOCK:
                     return
+        except _TooLarge:
+            pass
         except self._zerror as exc:
             self.error = str(exc)
 
