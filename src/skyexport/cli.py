@@ -517,11 +517,12 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .manifest import verify
 
-    report = verify(args.directory)
-    for problem in report.problems:
+    def show(problem: str) -> None:   # as found: a long list's problems are not all kept
         sys.stderr.write(f"skyexport: verify: {problem}\n")
+
+    report = verify(args.directory, on_problem=show)
     if not report.ok:
-        return _fail(f"{args.directory}: {len(report.problems)} problem(s) found")
+        return _fail(f"{args.directory}: {report.problems_total} problem(s) found")
     sys.stdout.write(f"ok: {report.checked} files match the manifest\n")
     return EXIT_OK
 
