@@ -460,15 +460,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             _print_car_info(cinfo)
         return EXIT_OK
-    from .info import archive_info, format_info
+    from .info import write_info
 
-    info = archive_info(args.archive, row_source=env.get("_row_source"),
-                        busy_timeout_ms=env.get("_busy_timeout_ms"))
-    if args.json:
-        import json
-        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(format_info(info))
+    write_info(args.archive, sys.stdout, as_json=args.json, row_source=env.get("_row_source"),
+               busy_timeout_ms=env.get("_busy_timeout_ms"))
     return EXIT_OK
 
 
