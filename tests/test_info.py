@@ -186,3 +186,40 @@ def test_a_1_mib_did_among_3000(long_did_archive: Path, tmp_path: Path,
         at = lines.index(f"DIDs: {total}")
         assert max(len(line) for line in lines) < 300
         assert lines[at + 2].startswith(f"  did:plc:{'a' * 48}... ({LONG} characters)  ")
+
+
+def _shown(value: object) -> str | None:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else (
+        None if value is None else str(value))
+
+
+@pytest.mark.parametrize("main_did", [None, b"did:plc:blob", "did:plc:text"])
+def test_odd_dids_and_dates_against_the_reference(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  main_did: object) -> None:
+    """NULL DIDs, a DID stored as a BLOB beside the same bytes as TEXT, a number, NULL and
+    odd dates: each stored DID is one entry whose count and dates are SQL's own, whichever
+    DID owns most posts (its dates come from the created_at index, the others' from the
+    grouped query)."""
+    from archives import make_archive
+
+    others: list[object] = [None, b"did:plc:blob", "did:plc:blob", "did:plc:text", 5, b"\xff"]
+    dids = [main_did] * 12 + [d for d in others for _ in range(2)]
+    stamps = ["2024-05-01 10:00:00 +0000 UTC", "2023-01-01T00:00:00Z", None, "x", "",
+              "2025-12-31 23:59:59 +0000 UTC", "2024-05-01 10:00:00 +0000 UTC m=+1.5"]
+    rows = [{"did": d, "created_at": stamps[i * 5 % len(stamps)]} for i, d in enumerate(dids)]
+    path = make_archive(tmp_path / "odd.db", rows, not_null=False)
+    con = sqlite3.connect(path)
+    with con:   # make_archive stores text: the bytes DIDs become BLOBs here
+        con.executemany("UPDATE posts SET did = CAST(did AS BLOB) WHERE rowid = ?",
+                        [(i + 1,) for i, d in enumerate(dids) if isinstance(d, bytes)])
+    (blobs,), = con.execute("SELECT count(*) FROM posts WHERE typeof(did) = 'blob'").fetchall()
+    assert blobs == sum(isinstance(d, bytes) for d in dids)
+    con.text_factory = bytes      # stored text may not be UTF-8: shown as info shows it
+    expected = [{"did": _shown(d), "posts": n, "first_created_at": _shown(a),
+                 "last_created_at": _shown(b)} for d, n, a, b in con.execute(
+        "SELECT did, count(*), min(created_at), max(created_at) FROM posts GROUP BY did "
+        "ORDER BY count(*) DESC, did")]
+    con.close()
+    assert len(expected) == 6   # the main DID is also one of the others
+    assert json.loads(run_info(capsys, path, "--json"))["dids"] == expected
