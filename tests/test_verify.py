@@ -706,3 +706,26 @@ def test_no_room_for_the_sort_is_one_problem(tmp_path: Path) -> None:
     assert report.problems == [f"the temporary files that sort a long media list cannot be "
                                f"written in {not_a_dir} (Not a directory); set TMPDIR to a "
                                "directory with room"]
+
+
+def test_a_bomb_whose_size_the_manifest_does_not_state_is_not_decompressed(
+        tmp_path: Path) -> None:
+    """Without uncompressed_bytes there is no size to stop at: the missing member is the one
+    problem, and the 8 GiB behind the compressed bytes are never produced."""
+    export = cli_export(tricky_archive(tmp_path, 7), tmp_path / "out", "--compress", "gzip")
+    bomb = gzip_bomb(BOMB_GIB << 30)
+    (export / "posts.json.gz").write_bytes(bomb)
+    m = json.loads((export / "manifest.json").read_bytes())
+    entry = m["checksums"]["posts.json.gz"]
+    entry.update(sha256=sha(bomb), bytes=len(bomb))
+    del entry["uncompressed_bytes"]
+    (export / "manifest.json").write_text(json.dumps(m, indent=2))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "skyexport", "verify", str(export)],
+                              capture_output=True, text=True, timeout=BOMB_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"verify read the bomb for over {BOMB_TIMEOUT} s")
+    assert proc.stderr.splitlines() == [
+        "skyexport: verify: manifest.json: the uncompressed checksum of posts.json.gz is "
+        "missing or malformed",
+        f"skyexport: error: {export}: 1 problem(s) found"], proc.stderr
