@@ -128,14 +128,6 @@ def describe(path: str | os.PathLike[str], *, row_source: str | None = None,
         yield ArchiveInfo(arc, summary, dids_total, spans)
 
 
-def archive_info(path: str | os.PathLike[str], *, row_source: str | None = None,
-                 busy_timeout_ms: int | None = None) -> dict[str, Any]:
-    """`info --json` as one dict, every DID in a list (its memory grows with the DIDs: for
-    a small archive; `write_info` streams)."""
-    with describe(path, row_source=row_source, busy_timeout_ms=busy_timeout_ms) as info:
-        return _ordered(info.summary, list(info.dids()))
-
-
 def _ordered(summary: dict[str, Any], dids: Any) -> dict[str, Any]:
     """The summary with `dids` in its place, after last_created_at."""
     out: dict[str, Any] = {}
@@ -159,7 +151,7 @@ def write_info(path: str | os.PathLike[str], out: IO[str], *, as_json: bool = Fa
 
 
 def _write_json(info: ArchiveInfo, out: IO[str]) -> None:
-    """The same bytes as json.dumps(archive_info(...), ensure_ascii=False), streamed."""
+    """The same bytes as json.dumps of the whole object (ensure_ascii=False), streamed."""
     marker = "\0dids\0"
     whole = json.dumps(_ordered(info.summary, marker), ensure_ascii=False)
     head, tail = whole.split(json.dumps(marker), 1)
@@ -201,12 +193,11 @@ def format_info(summary: dict[str, Any], dids_total: int,
     lines.append("media rows: " + ("none (no media table)" if summary["media_rows"] is None
                                    else str(summary["media_rows"])))
     lines.append(f"DIDs: {dids_total}")
-    shown = [(_cut(d["did"]), d) for d in dids]
-    width = max((len(name) for name, _d in shown), default=0)
-    for name, d in shown:
-        lines.append(f"  {name:<{width}}  {d['posts']:>9} posts  "
-                     f"{_cut(d['first_created_at'], 'None')} .. "
-                     f"{_cut(d['last_created_at'], 'None')}")
+    shown = [(_cut(d["did"]), d["posts"], _cut(d["first_created_at"], "None"),
+              _cut(d["last_created_at"], "None")) for d in dids]   # only the cut text kept
+    width = max((len(row[0]) for row in shown), default=0)
+    for name, posts, first, last in shown:
+        lines.append(f"  {name:<{width}}  {posts:>9} posts  {first} .. {last}")
     if dids_total > len(shown):
         lines.append(f"  ... and {dids_total - len(shown)} more DIDs "
                      "(--json lists them all)")
