@@ -10,9 +10,9 @@ another way or refused with one clear line (PlatformError) - never silently weak
                                                                    file or ELOOP
     open_dir(...)          O_DIRECTORY       O_DIRECTORY           open, fstat: S_ISDIR or
                                                                    ENOTDIR
-    O_NONBLOCK             os.O_NONBLOCK     os.O_NONBLOCK         0 (only Windows lacks it,
-                                                                   and has no FIFOs in its
-                                                                   file system)
+    O_NONBLOCK             os.O_NONBLOCK     os.O_NONBLOCK         0 where there are no FIFOs
+                                                                   (Windows); else reading
+                                                                   a name is PlatformError
     flock(fd, ...)         fcntl.flock       fcntl.flock           PlatformError
     reflink(dst, src)      ioctl FICLONE     OSError(ENOTSUP)      OSError(ENOTSUP): the
                                                                    caller copies
@@ -93,14 +93,17 @@ def open_nofollow(path: str | bytes | os.PathLike[str], flags: int, mode: int = 
     is one.  With O_NOFOLLOW where there is one; else the name is lstat'ed, opened and the
     descriptor fstat'ed, and anything but the same file (a link, or a swap in between) is
     closed again and refused with ELOOP."""
+    if (not O_NONBLOCK and hasattr(os, "mkfifo") and not flags & (os.O_WRONLY | os.O_RDWR)
+            and not flags & O_DIRECTORY):
+        # Reading a name that may be (or become) a FIFO would hang without O_NONBLOCK.
+        raise PlatformError(f"this platform ({sys.platform}) has FIFOs but no O_NONBLOCK, "
+                            "so skyexport cannot open a file it is given without risking a "
+                            "hang; use Linux or macOS")
     if O_NOFOLLOW:
         return os.open(path, flags | O_NOFOLLOW, mode, dir_fd=dir_fd)
-    try:
-        before = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        if flags & os.O_CREAT and flags & os.O_EXCL:
-            return os.open(path, flags, mode, dir_fd=dir_fd)  # O_EXCL follows nothing
-        raise
+    if flags & os.O_CREAT and flags & os.O_EXCL:
+        return os.open(path, flags, mode, dir_fd=dir_fd)  # O_EXCL follows nothing
+    before = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
     if stat.S_ISLNK(before.st_mode):
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), os.fsdecode(path))
     fd = os.open(path, flags, mode, dir_fd=dir_fd)
