@@ -40,7 +40,8 @@ except ImportError:  # Windows
 
 from .errors import ExportError
 
-__all__ = ["O_CLOEXEC", "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "fdatasync", "flock",
+__all__ = ["LOCK_EX", "LOCK_NB", "O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK",
+           "PlatformError", "fdatasync", "flock",
            "fsync", "open_dir", "open_nofollow", "peak_rss_bytes", "reflink",
            "require_dir_fd", "set_blocking"]
 

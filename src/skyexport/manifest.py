@@ -18,7 +18,16 @@ import stat
 from pathlib import Path
 
 from ._core import CSV_HEADER, json_string
-from ._platform import O_CLOEXEC, O_NONBLOCK, fsync, open_dir, open_nofollow, require_dir_fd
+from ._platform import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    fsync,
+    open_dir,
+    open_nofollow,
+    require_dir_fd,
+)
 from .defaults import DATA_FILES
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
@@ -118,7 +127,8 @@ class VerifyReport:
 # manifest is scanned, never loaded whole, and media.sha256 is read line by line.
 
 BLOCK = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | O_NONBLOCK | O_CLOEXEC  # opened by open_nofollow / open_dir
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
+_DIR_FLAGS = _OPEN_FLAGS | O_DIRECTORY  # (open_dir adds O_DIRECTORY itself)
 # As job.DATA_FILES (job imports this module, not the other way round).
 # As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
 _SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}

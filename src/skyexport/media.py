@@ -73,7 +73,7 @@ LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per file
-_OPEN_SOURCE = os.O_RDONLY | O_NONBLOCK | O_CLOEXEC  # opened by open_nofollow
+_OPEN_SOURCE = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "cgroup",
@@ -382,7 +382,7 @@ class MediaCopier:
         if digest is not None:
             return digest
         try:
-            fd = os.open(os.path.join(self.media_dir, name), _OPEN_SOURCE)
+            fd = open_nofollow(os.path.join(self.media_dir, name), _OPEN_SOURCE)
         except OSError:
             return None
         try:
