@@ -40,10 +40,10 @@ except ImportError:  # Windows
 
 from .errors import ExportError
 
-__all__ = ["LOCK_EX", "LOCK_NB", "O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK",
-           "PlatformError", "fdatasync", "flock",
-           "fsync", "open_dir", "open_nofollow", "peak_rss_bytes", "reflink",
-           "require_dir_fd", "set_blocking"]
+__all__ = ["FICLONE", "HAVE_DIR_FD", "LOCK_EX", "LOCK_NB", "O_CLOEXEC", "O_DIRECTORY",
+           "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "fdatasync", "flock", "fsync",
+           "open_dir", "open_nofollow", "peak_rss_bytes", "reflink", "require_dir_fd",
+           "set_blocking"]
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
