@@ -41,7 +41,7 @@ wheel:          ## dist/skyexport-*-manylinux*.whl: built, then repaired by audi
 wheel-check:    ## install dist's wheel in a fresh venv with no compiler; demo + golden export
 	bash .ci/wheel-check
 
-cross:          ## compile the core for macOS and Windows with zig cc (compile only)
+cross:          ## compile the core for macOS, Windows, FreeBSD with zig cc (compile only)
 	PY=$(PY) bash .ci/cross-compile
 
 fresh-install-check:  ## the README's prerequisites on a fresh Debian (root, slow; not in CI)

@@ -7,9 +7,10 @@
  *   sx_rename_noreplace  rename that never replaces an existing name (_core.pyx)
  *   sx_sync ...          a mutex and a condition variable (pipe_sync.h, _pipe.pxi)
  *
- * Linux is built and tested; macOS (aarch64/x86_64) and Windows (x86_64, MinGW-w64 or
- * MSVC) are compiled by .ci/run with `zig cc -c` (.ci/cross-compile), not run.  Anything
- * else POSIX gets the portable path of each, and a clear refusal where there is none
+ * Linux is built and tested; macOS (aarch64/x86_64), Windows (x86_64, MinGW-w64; MSVC is
+ * written for, not compiled here) and FreeBSD (x86_64, the generic paths) are compiled by
+ * .ci/run with `zig cc -c` (.ci/cross-compile), not run.  Anything else POSIX gets the
+ * portable path of each, and a clear refusal where there is none
  * (sx_rename_noreplace: ENOSYS, which the Python side answers with its mkdir+rename). */
 #ifndef SKYEXPORT_PLATFORM_H
 #define SKYEXPORT_PLATFORM_H

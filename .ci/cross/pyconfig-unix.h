@@ -1,12 +1,13 @@
 /* pyconfig.h for COMPILING (never linking or running) skyexport's core against CPython's
- * own headers for macOS, arm64 or x86_64 (both LP64, little-endian), with `zig cc -target
- * aarch64-macos -c` (.ci/cross-compile).  CPython's configure writes the real one on a Mac;
- * there is none on this Linux machine, and the host's Linux pyconfig.h would claim glibc
+ * own headers for a 64-bit Unix other than Linux/glibc: macOS arm64 and x86_64, and
+ * FreeBSD x86_64 (all LP64, little-endian), with `zig cc -target aarch64-macos -c` and so on
+ * (.ci/cross-compile).  CPython's configure writes the real one on such a machine; there is
+ * none on this Linux machine, and the host's Linux pyconfig.h would claim glibc
  * (_GNU_SOURCE, _POSIX_C_SOURCE, which hide macOS's own API such as renamex_np).  So this
  * states only what the headers need: the type sizes of the target and the feature macros a
- * macOS build of CPython 3.10-3.13 defines.  Everything else in CPython's headers is
- * platform-neutral, so the compile checks the core's own C against the macOS SDK headers
- * zig carries. */
+ * macOS build of CPython 3.10-3.13 defines (_DARWIN_C_SOURCE means nothing elsewhere).
+ * Everything else in CPython's headers is platform-neutral, so the compile checks the
+ * core's own C against the SDK / libc headers zig carries for the target. */
 #ifndef Py_PYCONFIG_H
 #define Py_PYCONFIG_H
 
