@@ -576,8 +576,8 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ._platform import peak_rss_bytes
+    return (peak_rss_bytes() or 0) / (1 << 20)
 
 
 def _demo_root(output: str | None) -> tuple[str, bool]:

@@ -18,6 +18,16 @@ import stat
 from pathlib import Path
 
 from ._core import CSV_HEADER, json_string
+from ._platform import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    fsync,
+    open_dir,
+    open_nofollow,
+    require_dir_fd,
+)
 from .defaults import DATA_FILES, MAX_WARNINGS
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
@@ -40,7 +50,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def encode_json(value: object, level: int = 0) -> bytes:
@@ -128,8 +138,8 @@ class VerifyReport:
 # manifest is scanned, never loaded whole, and media.sha256 is read line by line.
 
 BLOCK = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_DIR_FLAGS = _OPEN_FLAGS | os.O_DIRECTORY
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
+_DIR_FLAGS = _OPEN_FLAGS | O_DIRECTORY  # (open_dir adds O_DIRECTORY itself)
 # As job.DATA_FILES (job imports this module, not the other way round).
 # As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
 _SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
@@ -183,7 +193,7 @@ def _open_regular(name: str | bytes, dir_fd: int) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise _NotRegular(_kind(st.st_mode))
     try:
-        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+        fd = open_nofollow(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
             raise _NotRegular("a symbolic link") from None
@@ -546,8 +556,9 @@ def verify(directory: str | os.PathLike[str], *,
     """
     d = Path(directory)
     report = VerifyReport(d, on_problem=on_problem)
+    require_dir_fd("skyexport verify")
     try:
-        dir_fd = os.open(d, _DIR_FLAGS)
+        dir_fd = open_dir(d, _OPEN_FLAGS, nofollow=True)
     except OSError as exc:
         if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(d)):
             report._add(f"{d} is a symbolic link; verify does not follow it, "
@@ -742,7 +753,7 @@ def _open_media(dir_fd: int) -> tuple[int | None, str | None]:
     if not stat.S_ISDIR(st.st_mode):
         return None, _kind(st.st_mode)
     try:
-        return os.open("media", _DIR_FLAGS, dir_fd=dir_fd), None
+        return open_dir("media", _OPEN_FLAGS, dir_fd=dir_fd, nofollow=True), None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             return None, "a symbolic link"
