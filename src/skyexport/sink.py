@@ -19,6 +19,8 @@ import os
 import queue
 import threading
 
+from ._platform import fdatasync, fsync
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, NoReturn
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 POOL_BLOCKS = 3        # one being filled, two waiting for the disk
 SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
 WAIT_S = 0.5           # how often a caller waiting for a free buffer checks the thread
-
-# fdatasync is not everywhere (macOS has none): fsync, which also syncs the metadata, stands in.
-_datasync = getattr(os, "fdatasync", os.fsync)
 
 CODECS = ("gzip", "zstd")
 SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
@@ -146,7 +145,7 @@ class FileSink:
         if self.error is not None:
             self._raise()
         if sync and self.sync:
-            os.fsync(self.fd)
+            fsync(self.fd)
 
     def abort(self) -> None:
         """Stop without writing the blocks still queued (failure path); waits for a write
@@ -202,5 +201,5 @@ class FileSink:
         if self.sync and self.written - self._synced >= SYNC_EVERY:
             # Flush to disk as we go, on this thread, so that the fsync before publishing
             # has only the tail left to write.
-            _datasync(self.fd)
+            fdatasync(self.fd)
             self._synced = self.written
