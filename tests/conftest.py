@@ -57,9 +57,9 @@ def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     (the default), on the encoding thread, or through an APSW cursor: all must give the
     same bytes.  In this process through the library's default, in a child through the
     CLI's SKYEXPORT_ROW_SOURCE."""
-    import skyexport.archive
+    import skyexport.sources.archive
 
-    monkeypatch.setattr(skyexport.archive, "DEFAULT_ROW_SOURCE", request.param)
+    monkeypatch.setattr(skyexport.sources.archive, "DEFAULT_ROW_SOURCE", request.param)
     monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
     return request.param
 

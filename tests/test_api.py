@@ -342,8 +342,8 @@ def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
     beside the pipe: that export keeps the mutex.  Both give the same posts."""
     import apsw
 
-    from skyexport import archive as archive_mod
-    from skyexport import job
+    from skyexport.exporter import job
+    from skyexport.sources import archive as archive_mod
 
     flags: list[int] = []
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from skyexport.carwrite import post_record, write_car
+from skyexport.testing.carwrite import post_record, write_car
 
 CARS = Path(__file__).parent / "car"
 BSKY = CARS / "bsky-app.z72i7hdynmk6r22z27h6tvur.car"

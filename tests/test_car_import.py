@@ -18,7 +18,7 @@ import pytest
 from test_car_index import frames as car_frames
 
 from skyexport import _core
-from skyexport.synth import build_archive
+from skyexport.testing.synth import build_archive
 
 CARS = Path(__file__).parent / "car"
 BSKY = CARS / "bsky-app.z72i7hdynmk6r22z27h6tvur.car"
@@ -225,7 +225,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_float_in_record(tmp_path: Path, reader: str) -> None:
     """A post record holding a float: undecodable, named by CID and key."""
-    from skyexport.carwrite import post_record, write_car
+    from skyexport.testing.carwrite import post_record, write_car
 
     car = tmp_path / "fl.car"
     recs = {"app.bsky.feed.post/3kaaaaaaaaa22": post_record("ok", "2024-01-01T00:00:00Z"),
@@ -237,7 +237,7 @@ def test_float_in_record(tmp_path: Path, reader: str) -> None:
 
 
 def test_unknown_commit_version(tmp_path: Path) -> None:
-    from skyexport.carwrite import post_record, write_car
+    from skyexport.testing.carwrite import post_record, write_car
 
     car = tmp_path / "v.car"
     write_car(car, "did:plc:test", {"app.bsky.feed.post/3kaaaaaaaaa22":
@@ -339,7 +339,7 @@ def test_core_and_python_walkers_agree(car: Path, tmp_path: Path) -> None:
 
 def _raw_car(path: Path, entries: list[tuple[str, object]], version: int = 3) -> None:
     """A one-node MST holding `entries` as given (in that order, unchecked)."""
-    from skyexport.carwrite import _varint, cid_for, dag_cbor
+    from skyexport.testing.carwrite import _varint, cid_for, dag_cbor
 
     blocks = []
     es = []
@@ -362,7 +362,7 @@ def _raw_car(path: Path, entries: list[tuple[str, object]], version: int = 3) ->
 def test_repeated_or_unsorted_keys(tmp_path: Path, reader: str) -> None:
     """A damaged MST whose keys repeat or go backwards: one line naming the key, nothing
     imported (without the check the same post would be inserted twice)."""
-    from skyexport.carwrite import post_record
+    from skyexport.testing.carwrite import post_record
 
     rec = post_record("x", "2024-01-01T00:00:00Z")
     for name, keys in (("dup", ["app.bsky.feed.post/3kb", "app.bsky.feed.post/3kb"]),

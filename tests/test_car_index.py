@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from skyexport import _core
-from skyexport.car import CarRepo
-from skyexport.carwrite import Link, _varint, cid_for, dag_cbor, post_record, synth_car
+from skyexport.sources.car.repo import CarRepo
+from skyexport.testing.carwrite import Link, _varint, cid_for, dag_cbor, post_record, synth_car
 
 POSTS = "app.bsky.feed.post/"
 

@@ -1,4 +1,4 @@
-"""The CAR writer (skyexport.carwrite, `synth --car N`) checked against independent readers
+"""The CAR writer (skyexport.testing.carwrite, `synth --car N`) checked against independent readers
 from PyPI: one test body, two implementations (libipld; atmst, with cbrrr)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from skyexport import _core
-from skyexport.car import CarRepo
-from skyexport.carwrite import dag_cbor, key_height, synth_car, write_car
+from skyexport.sources.car.repo import CarRepo
+from skyexport.testing.carwrite import dag_cbor, key_height, synth_car, write_car
 
 libipld = pytest.importorskip("libipld", reason="libipld (test extra) is not installed")
 atmst = pytest.importorskip("atmst", reason="atmst (test extra) is not installed")
@@ -111,7 +111,7 @@ def test_mst_is_atmsts_and_blocks_canonical(tmp_path: Path) -> None:
 
 
 def _cid(block: bytes) -> bytes:
-    from skyexport.carwrite import cid_for
+    from skyexport.testing.carwrite import cid_for
 
     return cid_for(block)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import skyexport
-from skyexport.synth import build_archive
+from skyexport.testing.synth import build_archive
 
 COMMANDS = ("export", "verify", "synth", "demo", "info", "completion")
 
@@ -143,7 +143,7 @@ def test_help_describes_every_option_and_has_examples(command: str) -> None:
     proc = cli(command, "--help")
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
-    parser = __import__("skyexport.cli", fromlist=["build_parser"]).build_parser()
+    parser = __import__("skyexport.cli.commands", fromlist=["build_parser"]).build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for action in sub.choices[command]._actions:
         assert action.help, f"{command}: {action.option_strings or action.dest} has no help"
@@ -240,7 +240,7 @@ def test_an_export_imports_only_what_it_uses(tmp_path: Path) -> None:
     build_archive(db, posts=50, seed=1)
     code = (
         "import sys, os\n"
-        "from skyexport.cli import main\n"
+        "from skyexport.cli.commands import main\n"
         f"rc = main(['export', {str(db)!r}, '-o', {str(tmp_path / 'out')!r}, "
         "'--progress', 'none', '-q'])\n"
         "bad = sorted(m for m in ('locale', 'datetime', 'array', 'msgspec', 'shutil', "
@@ -249,7 +249,7 @@ def test_an_export_imports_only_what_it_uses(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
-    from skyexport.cli import build_parser
+    from skyexport.cli.commands import build_parser
 
     help_text = build_parser().format_help()
     assert "options:" in help_text and "positional arguments:" in help_text
@@ -268,7 +268,7 @@ def _closed(fd: int, *args: object, cwd: Path) -> subprocess.CompletedProcess[st
 @pytest.fixture(scope="module")
 def streams(tmp_path_factory: pytest.TempPathFactory, archive: Path) -> dict[str, Path]:
     """An export to verify and a repository CAR to import."""
-    from skyexport.carwrite import synth_car
+    from skyexport.testing.carwrite import synth_car
 
     base = tmp_path_factory.mktemp("streams")
     done = skyexport.export(archive, base / "exports", format="csv")

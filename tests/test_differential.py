@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import skyexport
-from skyexport.job import MAX_WARNINGS
+from skyexport.exporter.job import MAX_WARNINGS
 
 import strategies
 from archives import make_archive
@@ -91,14 +91,14 @@ def assert_same(fast: tuple, ref: tuple, where: str) -> None:
 @contextlib.contextmanager
 def row_source(source: str) -> Iterator[None]:
     """Exports in this block read rows through `source` (the library's default)."""
-    import skyexport.archive
+    import skyexport.sources.archive
 
-    old = skyexport.archive.DEFAULT_ROW_SOURCE
-    skyexport.archive.DEFAULT_ROW_SOURCE = source
+    old = skyexport.sources.archive.DEFAULT_ROW_SOURCE
+    skyexport.sources.archive.DEFAULT_ROW_SOURCE = source
     try:
         yield
     finally:
-        skyexport.archive.DEFAULT_ROW_SOURCE = old
+        skyexport.sources.archive.DEFAULT_ROW_SOURCE = old
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])
@@ -293,7 +293,7 @@ def test_unreadable_dates_inside_a_range_that_holds_every_date(tmp_path: Path) -
     plain count: Snapshot.drop_unreadable) and the writer leaves out the unreadable dates
     it meets: the same posts and the same warnings, in the same order (export order,
     interleaved with bad values), as the reference; the totals say what was exported."""
-    from skyexport.archive import Archive, Selection
+    from skyexport.sources.archive import Archive, Selection
 
     stamps = ["2024-03-20T12:00:00Z", "2024-03-15 junk", "2024-03-12T12:00:00Z",
               "2024-13-45T00:00:00Z", "2024-03-10T00:00:00Z", "2024-03-14T00:00:00Z"]

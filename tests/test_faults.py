@@ -40,8 +40,8 @@ from typing import Any
 import pytest
 
 from skyexport.defaults import DATA_FILES
-from skyexport.staged import TMP_PREFIX
-from skyexport.synth import build_archive
+from skyexport.exporter.staged import TMP_PREFIX
+from skyexport.testing.synth import build_archive
 
 from archives import make_archive, schema_sql
 
@@ -267,7 +267,7 @@ def stopped_mid_export(archive: Path, out: Path, *extra: object,
 # pytest process) across exec() into it.
 _PEAK_RSS = r"""
 import sys
-from skyexport.cli import main
+from skyexport.cli.commands import main
 report = sys.argv.pop(1)
 code = main(sys.argv[1:])
 with open("/proc/self/status") as f:
@@ -427,8 +427,8 @@ def test_signal_mid_export(big_archive: Path, tmp_path: Path, sig: int, code: in
 _SIGNAL_AFTER_RENAME = """
 import os, signal, sys
 from pathlib import Path
-import skyexport.staged as job
-from skyexport.cli import main
+import skyexport.exporter.staged as job
+from skyexport.cli.commands import main
 out, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2])
 real = job.fsync_dir
 def fsync_dir(path):
@@ -473,7 +473,7 @@ def test_signal_after_the_final_rename(mid_archive: Path, tmp_path: Path, sig: i
 _PAUSED_MAKER = """
 import fcntl, sys
 from pathlib import Path
-import skyexport.staged as job
+import skyexport.exporter.staged as job
 def pause(frame, event, arg):
     if event == "c_call" and arg is fcntl.flock:
         print("flock", flush=True)
@@ -487,7 +487,7 @@ sys.stdin.readline()
 
 
 def test_cleaner_never_takes_a_directory_being_created(tmp_path: Path) -> None:
-    from skyexport.staged import STALE_UNLOCKED_S, clean_stale_temp_dirs
+    from skyexport.exporter.staged import STALE_UNLOCKED_S, clean_stale_temp_dirs
 
     out = tmp_path / "out"
     out.mkdir()
@@ -1193,7 +1193,7 @@ def test_media_paths_cannot_escape(tmp_path: Path) -> None:
 
 
 def test_placing_never_follows_a_symlink(tmp_path: Path) -> None:
-    from skyexport import media as media_mod
+    from skyexport.exporter import media as media_mod
 
     src = tmp_path / "src.jpg"
     src.write_bytes(b"new content")

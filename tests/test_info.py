@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-import skyexport.info
-from skyexport.archive import Archive
-from skyexport.cli import main
-from skyexport.synth import build_archive
+import skyexport.sources.archive_info
+from skyexport.cli.commands import main
+from skyexport.sources.archive import Archive
+from skyexport.testing.synth import build_archive
 
 
 def many_dids(path: Path, posts: int, dids: int, *, seed: int = 3) -> Path:
@@ -78,7 +78,7 @@ def test_text_lists_the_first_dids_and_counts_the_rest(archive: Path,
                                                        ) -> None:
     out = run_info(capsys, archive).splitlines()
     dids = reference(archive)["dids"]
-    n = skyexport.info.TEXT_DIDS
+    n = skyexport.sources.archive_info.TEXT_DIDS
     start = out.index("DIDs: 700") + 1
     width = max(len(d["did"]) for d in dids[:n])
     assert out[start:] == [
@@ -110,7 +110,7 @@ class _Counted(Archive):
 
 def _count(path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
            *args: str) -> tuple[int, int]:
-    monkeypatch.setattr(skyexport.info, "Archive", _Counted)
+    monkeypatch.setattr(skyexport.sources.archive_info, "Archive", _Counted)
     _Counted.statements = _Counted.steps = 0
     run_info(capsys, path, *args)
     return _Counted.statements, _Counted.steps
@@ -133,7 +133,7 @@ def test_statements_are_fixed_and_steps_grow_linearly(
 _PEAK = r"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))   # a runaway fails, not the host
-from skyexport.cli import main
+from skyexport.cli.commands import main
 report = sys.argv.pop(1)
 code = main(sys.argv[1:])
 sys.stdout.flush()

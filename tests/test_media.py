@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import skyexport
-import skyexport.media as media_mod
+import skyexport.exporter.media as media_mod
 from skyexport import ExportProgress
 
 from archives import make_archive
@@ -433,7 +433,7 @@ def test_failed_export_leaves_no_media(tmp_path: Path, elsewhere: Path) -> None:
 def test_synthetic_archive_media(tmp_path: Path, elsewhere: Path) -> None:
     """A synthetic archive: every media row of an exported post is accounted for, as a
     file in media/ or a warning (synth leaves ~1 % of the files missing on purpose)."""
-    from skyexport.synth import build_archive
+    from skyexport.testing.synth import build_archive
 
     arc = tmp_path / "data" / "archive.db"
     arc.parent.mkdir()
@@ -481,7 +481,7 @@ def test_disagreement_is_never_silent(tmp_path: Path, elsewhere: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """If SQL and the core ever disagreed about has_media, the media rows the merge could
     not place are reported, not dropped silently."""
-    archive_mod = sys.modules["skyexport.archive"]
+    archive_mod = sys.modules["skyexport.sources.archive"]
 
     put(tmp_path / "data" / "media" / "a.jpg", b"a")
     put(tmp_path / "data" / "media" / "b.jpg", b"b")

@@ -206,7 +206,7 @@ def test_every_row_is_exported_or_warned(world: dict[str, Path]) -> None:
 def test_never_more_than_fstat_said(tmp_path: Path) -> None:
     # A source that grows while it is copied: the copy holds the size fstat gave, and its
     # digest is of those bytes.  (A real growing file: another process appends to it.)
-    from skyexport.media import MediaCopier
+    from skyexport.exporter.media import MediaCopier
 
     src = put(tmp_path / "grow.jpg", b"x" * 100)
     export_dir = tmp_path / "e"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import skyexport
-from skyexport.synth import build_archive
+from skyexport.testing.synth import build_archive
 
 from conftest import ram_dir
 

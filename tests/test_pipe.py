@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import skyexport
-from skyexport.synth import build_archive
+from skyexport.testing.synth import build_archive
 
 from archives import make_archive
 from conftest import DATA_FILES

@@ -56,7 +56,7 @@ PRELUDES = {
 def run(without: tuple[str, ...], *args: object, cwd: Path | None = None,
         ) -> subprocess.CompletedProcess[str]:
     prelude = "\n".join(PRELUDES[w] for w in without)
-    code = (f"{prelude}\nimport sys\nfrom skyexport.cli import main\n"
+    code = (f"{prelude}\nimport sys\nfrom skyexport.cli.commands import main\n"
             "sys.exit(main(sys.argv[1:]))")
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
                           text=True, timeout=TIMEOUT, cwd=cwd, check=False)
@@ -187,8 +187,9 @@ def test_the_package_imports_without_fcntl_or_resource() -> None:
     """Windows has neither module: importing skyexport and its command line must not need
     them (the features that do refuse when used, above)."""
     code = (PRELUDES["fcntl"] + "\n" + PRELUDES["resource"] + "\n"
-            "import skyexport, skyexport.cli, skyexport.staged, skyexport.media, "
-            "skyexport.manifest, skyexport.sink, skyexport.job, skyexport.car\n"
+            "import skyexport, skyexport.cli.commands, skyexport.exporter.staged, "
+            "skyexport.exporter.media, skyexport.manifest.verify, skyexport.exporter.sink, "
+            "skyexport.exporter.job, skyexport.sources.car.repo\n"
             "from skyexport._platform import peak_rss_bytes\n"
             "assert peak_rss_bytes() is None\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -324,7 +325,7 @@ def test_demo_peak_memory_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     getrusage, in MB all the same."""
     import builtins
 
-    from skyexport import cli
+    from skyexport.cli import commands as cli
     with_proc = cli._own_peak_rss_mb()
     real_open = builtins.open
 
@@ -382,7 +383,7 @@ def test_publish_without_rename_noreplace_never_replaces(tmp_path: Path,
     replaced (-2 instead)."""
     import time
 
-    from skyexport import staged
+    from skyexport.exporter import staged
 
     def unsupported(src: Any, dst: Any) -> None:
         raise NotImplementedError("no rename without replace on this platform or file system")

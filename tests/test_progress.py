@@ -21,13 +21,13 @@ import msgspec
 import pytest
 
 import skyexport
-import skyexport.archive as archive_mod
-import skyexport.media as media_mod
-import skyexport.progress as progress_mod
-import skyexport.sink as sink_mod
+import skyexport.exporter.media as media_mod
+import skyexport.exporter.progress as progress_mod
+import skyexport.exporter.sink as sink_mod
+import skyexport.sources.archive as archive_mod
 from skyexport import BadValueError, ExportProgress
-from skyexport.progress import BarReporter, JsonLinesReporter, ProgressChannel
-from skyexport.signals import Shield
+from skyexport.exporter.progress import BarReporter, JsonLinesReporter, ProgressChannel
+from skyexport.exporter.signals import Shield
 
 from archives import make_archive
 
@@ -308,7 +308,7 @@ def test_channel_coalesces_for_a_slow_consumer() -> None:
 # the lock back, the final event was never delivered, and close() waited out its timeout.
 _PUT_UNDER_SIGINT = """
 import os, random, signal, threading, time, warnings
-from skyexport.progress import ExportProgress, ProgressChannel
+from skyexport.exporter.progress import ExportProgress, ProgressChannel
 running = ExportProgress("running", 1, 10, 0, 0, 0, 0.0)
 for _ in range(40):
     got = []
@@ -648,7 +648,7 @@ def test_output_failure_is_reported_and_leaves_no_thread(tmp_path: Path,
     """The temporary directory cannot be made: a failed event, and the delivery thread
     ends (no thread left behind per failed export)."""
     arc = posts_archive(tmp_path / "a.db", 3)
-    staged_mod = sys.modules["skyexport.staged"]
+    staged_mod = sys.modules["skyexport.exporter.staged"]
 
     def refuse(out: Path) -> None:
         raise skyexport.OutputError(f"writing {out} failed: permission denied")

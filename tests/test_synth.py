@@ -18,7 +18,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from skyexport import synth
+from skyexport.testing import synth
 
 GO_FORM = re.compile(
     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(\.\d{1,9})? ([+-])(\d\d)(\d\d) ([A-Z]+)( m=\+\d+\.\d{9})?"

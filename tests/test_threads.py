@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import skyexport
-from skyexport.progress import ExportProgress, ProgressChannel
-from skyexport.sink import FileSink, WriterThreadError
-from skyexport.synth import build_archive
+from skyexport.exporter.progress import ExportProgress, ProgressChannel
+from skyexport.exporter.sink import FileSink, WriterThreadError
+from skyexport.testing.synth import build_archive
 
 PY = sys.executable
 HANG_S = 60  # an export of these archives takes about a second; this long is a hang
@@ -38,7 +38,7 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CHILD = """\
 import os, sys, zlib
 {prelude}
-from skyexport.cli import run
+from skyexport.cli.commands import run
 sys.argv = ["skyexport", *sys.argv[1:]]
 run()
 """
@@ -53,14 +53,14 @@ zlib.compressobj = lambda *args, **kwargs: Broken()
 BROKEN_FDATASYNC = """\
 def fdatasync(fd): raise RuntimeError("injected: fdatasync failed")
 os.fdatasync = fdatasync
-import skyexport.sink
-skyexport.sink.SYNC_EVERY = 1  # a data sync after every block
+import skyexport.exporter.sink
+skyexport.exporter.sink.SYNC_EVERY = 1  # a data sync after every block
 """
 
 NO_FDATASYNC = """\
 del os.fdatasync  # as on macOS
-import skyexport.sink
-skyexport.sink.SYNC_EVERY = 1
+import skyexport.exporter.sink
+skyexport.exporter.sink.SYNC_EVERY = 1
 """
 
 
@@ -148,7 +148,7 @@ def test_car_hashing_thread_exception_is_reported(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The CAR's SHA-256 is computed on a thread of its own (the only os.preadv user): an
     exception of any type there is the import's one-line error."""
-    from skyexport.carwrite import synth_car
+    from skyexport.testing.carwrite import synth_car
 
     car = tmp_path / "repo.car"
     synth_car(car, 50, seed=1)

@@ -481,7 +481,7 @@ LIST_LIMIT_MB = 64
 
 _VERIFY_PEAK = r"""
 import sys
-from skyexport.cli import main
+from skyexport.cli.commands import main
 report = sys.argv.pop(1)
 code = main(sys.argv[1:])
 with open("/proc/self/status") as f:
@@ -635,7 +635,7 @@ def test_media_comparison_against_a_reference(run_bytes: int, case: tuple) -> No
     runs of a few lines merged two at a time over several passes (as a long list is)."""
     import tempfile
 
-    from skyexport import manifest
+    from skyexport.manifest import verify as manifest
 
     lines, entries, contents, media_count = case
     with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
@@ -667,7 +667,7 @@ def test_media_comparison_against_a_reference(run_bytes: int, case: tuple) -> No
 def test_external_sort_is_sorted(lines: list[bytes], run_bytes: int, fanin: int) -> None:
     """The external sort gives back exactly the lines given, in sorted order, whatever the
     run size and the merge fan-in (one run in memory, or several merge passes on disk)."""
-    from skyexport import manifest
+    from skyexport.manifest import verify as manifest
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(manifest._ExternalSort, "RUN_BYTES", run_bytes)
@@ -681,7 +681,7 @@ def test_external_sort_is_sorted(lines: list[bytes], run_bytes: int, fanin: int)
 @given(a=st.binary(max_size=8).filter(lambda b: b"\0" not in b),
        b=st.binary(max_size=8).filter(lambda b: b"\0" not in b))
 def test_escaped_names_round_trip_and_stay_distinct(a: bytes, b: bytes) -> None:
-    from skyexport.manifest import _escape, _unescape
+    from skyexport.manifest.verify import _escape, _unescape
 
     assert _unescape(_escape(a)) == a
     assert b"\n" not in _escape(a)
@@ -693,7 +693,7 @@ def test_no_room_for_the_sort_is_one_problem(tmp_path: Path) -> None:
     one problem that says where and what to do, no traceback."""
     import tempfile
 
-    from skyexport import manifest
+    from skyexport.manifest import verify as manifest
 
     lines = [sha(b"").encode() + b"  media/f%03d" % i for i in range(50)]
     export = bare_export(tmp_path / "export", lines)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import apsw
 
-from . import __version__
-from ._core import Writer, parse_bound
-from ._record import Record
-from .archive import Archive, Selection, Snapshot
-from .defaults import (
+from .. import __version__
+from .._core import Writer, parse_bound
+from .._record import Record
+from ..defaults import (
     DATA_FILES,
     DEFAULT_ARCHIVE,
     DEFAULT_BATCH,
@@ -30,8 +29,9 @@ from .defaults import (
     FORMATS,
     MAX_WARNINGS,
 )
-from .errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
-from .manifest import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
+from ..errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
+from ..manifest.verify import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
+from ..sources.archive import Archive, Selection, Snapshot
 from .progress import ExportProgress, ProgressChannel
 from .sink import CODECS, DEFAULT_LEVELS, LEVELS, SUFFIXES, CodecMissing, FileSink, compressor
 from .staged import (
@@ -379,7 +379,7 @@ def _car_source(archive: str | os.PathLike[str]) -> Path | None:
         return None
     if magic == _SQLITE_MAGIC or not magic:
         return None
-    from .car import is_car
+    from ..sources.car.repo import is_car
 
     return Path(archive) if is_car(archive) else None
 
@@ -829,7 +829,7 @@ class _Job:
 
     def _open_car(self, tmp: Path) -> None:
         """Import the CAR into tmp/.car/archive.db and export from that archive."""
-        from .car import CarRepo, build_archive_from
+        from ..sources.car.repo import CarRepo, build_archive_from
 
         assert self.car is not None
         d = tmp / CAR_DIR

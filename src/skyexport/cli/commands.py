@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .defaults import DEFAULT_ARCHIVE, DEFAULT_BATCH, DEFAULT_OUTPUT, FORMATS
+from ..defaults import DEFAULT_ARCHIVE, DEFAULT_BATCH, DEFAULT_OUTPUT, FORMATS
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -330,7 +330,7 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> _Parser:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
     return __version__
 
 
@@ -338,10 +338,10 @@ def _reporter(mode: str) -> Any:
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
     if mode == "bar":
-        from .progress import BarReporter
+        from ..exporter.progress import BarReporter
         return BarReporter()
     if mode == "jsonl":
-        from .progress import JsonLinesReporter
+        from ..exporter.progress import JsonLinesReporter
         return JsonLinesReporter(sys.stderr)
     return None
 
@@ -387,8 +387,8 @@ _PRINTS_ITS_RESULT = {"info": "its answer", "completion": "the script",
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from . import export
-    from .errors import ExportError, OptionError
+    from .. import export
+    from ..errors import ExportError, OptionError
 
     # `-` is stdout, never a directory named `-` (`./-` writes one, if that is wanted).
     to_stdout = args.output == "-"
@@ -505,7 +505,7 @@ def _cli_option(name: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .car import car_info, is_car
+    from ..sources.car.repo import car_info, is_car
 
     env = _archive_env()
     if is_car(args.archive):
@@ -516,7 +516,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             _print_car_info(cinfo)
         return EXIT_OK
-    from .info import write_info
+    from ..sources.archive_info import write_info
 
     write_info(args.archive, sys.stdout, as_json=args.json, row_source=env.get("_row_source"),
                busy_timeout_ms=env.get("_busy_timeout_ms"))
@@ -542,8 +542,8 @@ def _print_car_info(info: dict[str, Any]) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .car import import_car
-    from .errors import OptionError
+    from ..errors import OptionError
+    from ..sources.car.repo import import_car
 
     try:
         r = import_car(args.car, args.archive, merge=args.merge,
@@ -566,7 +566,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .manifest import verify
+    from ..manifest.verify import verify
 
     def show(problem: str) -> None:   # as found: a long list's problems are not all kept
         sys.stderr.write(f"skyexport: verify: {problem}\n")
@@ -583,7 +583,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         return _usage(args, "give exactly one of --posts N (an archive) and --car N (a CAR)")
     if args.car is not None:
         return _synth_car(args)
-    from .synth import build_archive
+    from ..testing.synth import build_archive
 
     try:
         stats = build_archive(args.archive, args.posts, seed=args.seed, media=args.media,
@@ -596,7 +596,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _synth_car(args: argparse.Namespace) -> int:
-    from .carwrite import synth_car
+    from ..testing.carwrite import synth_car
 
     t0 = time.perf_counter()
     try:
@@ -615,7 +615,7 @@ def _synth_car(args: argparse.Namespace) -> int:
 # counts the parent's memory it was forked from (Linux carries it across exec).
 _EXPORT_CHILD = """\
 import sys
-from skyexport.cli import main, _own_peak_rss_mb
+from skyexport.cli.commands import main, _own_peak_rss_mb
 code = main(sys.argv[1:])
 sys.stdout.write(f"peak {_own_peak_rss_mb()}\\n")
 sys.exit(code)
@@ -632,7 +632,7 @@ def _own_peak_rss_mb() -> float | None:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    from ._platform import peak_rss_bytes
+    from .._platform import peak_rss_bytes
 
     peak = peak_rss_bytes()
     return None if peak is None else peak / (1 << 20)
@@ -649,7 +649,7 @@ def _export_child(argv: list[str]) -> tuple[str, float | None]:
                           stdout=subprocess.PIPE, text=True, check=False)
     *lines, last = done.stdout.splitlines() or [""]
     if done.returncode != 0 or not lines or not last.startswith("peak "):
-        from .errors import ExportError
+        from ..errors import ExportError
 
         raise ExportError(f"demo: the export failed (exit {done.returncode}; its message "
                           "is above)")
@@ -662,7 +662,7 @@ def _demo_root(output: str | None) -> tuple[str, bool]:
     directory it creates (or an empty one it is given): never next to someone's archive."""
     import tempfile
 
-    from .errors import OptionError
+    from ..errors import OptionError
 
     if output is None:
         return tempfile.mkdtemp(prefix="skyexport-demo-"), True
@@ -683,7 +683,7 @@ def _demo_root(output: str | None) -> tuple[str, bool]:
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from .errors import OptionError
+    from ..errors import OptionError
 
     try:
         root, temporary = _demo_root(args.output)
@@ -712,7 +712,7 @@ def _read_manifest(directory: str) -> dict[str, Any]:
 
 
 def _demo(root: str, args: argparse.Namespace) -> str:
-    from .synth import build_archive
+    from ..testing.synth import build_archive
 
     data = os.path.join(root, "data")
     os.mkdir(data)
@@ -764,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = _subparser(parser, args.command)
         sub.unknown(extras)
     args.subparser = _subparser(parser, args.command)
-    from .errors import ExportError
+    from ..errors import ExportError
 
     if stdout_closed and (args.command in _PRINTS_ITS_RESULT or (
             args.command == "export" and args.output == "-")):

@@ -23,7 +23,7 @@ import time
 import warnings
 from collections.abc import Callable
 
-from ._record import Record
+from .._record import Record
 from .signals import SHIELD
 
 # typing is not imported at run time: start-up is part of every export (SC-006).

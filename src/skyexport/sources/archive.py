@@ -17,8 +17,8 @@ from pathlib import Path
 
 import apsw
 
-from . import _core
-from ._core import (
+from .. import _core
+from .._core import (
     InstantRange,
     RowPipe,
     RowSource,
@@ -28,9 +28,9 @@ from ._core import (
     is_true,
     register_filters,
 )
-from ._record import Record
-from .errors import ArchiveError
-from .schema import POST_COLUMNS, POST_COLUMNS_V1
+from .._record import Record
+from ..errors import ArchiveError
+from ..schema import POST_COLUMNS, POST_COLUMNS_V1
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False

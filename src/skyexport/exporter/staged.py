@@ -27,8 +27,8 @@ import os
 import time
 from pathlib import Path
 
-from ._core import rename_noreplace
-from ._platform import (
+from .._core import rename_noreplace
+from .._platform import (
     LOCK_EX,
     LOCK_NB,
     O_CLOEXEC,
@@ -38,7 +38,7 @@ from ._platform import (
     open_dir,
     open_nofollow,
 )
-from .errors import OutputError
+from ..errors import OutputError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

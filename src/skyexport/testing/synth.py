@@ -64,9 +64,9 @@ from typing import Any, TypeVar, cast
 
 import apsw
 
-from ._platform import O_NOFOLLOW
-from .errors import OutputError
-from .schema import (
+from .._platform import O_NOFOLLOW
+from ..errors import OutputError
+from ..schema import (
     FTS,
     INDEXES,
     INSERT_MEDIA,

@@ -17,8 +17,8 @@ import re
 import stat
 from pathlib import Path
 
-from ._core import CSV_HEADER, json_string
-from ._platform import (
+from .._core import CSV_HEADER, json_string
+from .._platform import (
     O_CLOEXEC,
     O_DIRECTORY,
     O_NOFOLLOW,
@@ -28,7 +28,7 @@ from ._platform import (
     open_nofollow,
     require_dir_fd,
 )
-from .defaults import DATA_FILES, MAX_WARNINGS
+from ..defaults import DATA_FILES, MAX_WARNINGS
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
-    from .job import ExportResult
+    from ..exporter.job import ExportResult
 
 MANIFEST = "manifest.json"
 MEDIA_SUMS = "media.sha256"
@@ -576,7 +576,7 @@ def verify(directory: str | os.PathLike[str] | ExportResult, *,
     else:
         where = getattr(directory, "directory", None)
         if where is None:
-            from .errors import OptionError
+            from ..errors import OptionError
 
             raise OptionError("verify needs an export directory, and this ExportResult has "
                               "none (its export went to a stream, with no manifest)")

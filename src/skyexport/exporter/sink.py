@@ -19,7 +19,7 @@ import os
 import queue
 import threading
 
-from ._platform import fdatasync, fsync
+from .._platform import fdatasync, fsync
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

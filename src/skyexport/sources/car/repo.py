@@ -35,9 +35,9 @@ from typing import Any
 
 import apsw
 
-from . import _core
-from ._platform import O_CLOEXEC, O_NOFOLLOW, fsync
-from .errors import ArchiveError, OptionError
+from ... import _core
+from ..._platform import O_CLOEXEC, O_NOFOLLOW, fsync
+from ...errors import ArchiveError, OptionError
 
 __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
 
@@ -535,7 +535,7 @@ def _now_sqlite() -> str:
 
 
 def _columns_v2() -> tuple[str, ...]:
-    from .schema import POST_COLUMNS
+    from ...schema import POST_COLUMNS
 
     return POST_COLUMNS
 
@@ -545,7 +545,7 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
     Without `fts`, no full-text table and trigger (an export's temporary archive); without
     `did_index`, no index on did (one that selects no DID never reads it)."""
-    from .schema import FTS, INDEXES, INSERT_V2, MEDIA, POSTS_V2, TRIGGER
+    from ...schema import FTS, INDEXES, INSERT_V2, MEDIA, POSTS_V2, TRIGGER
 
     n = 0
     with con:
@@ -585,7 +585,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
     read once and deleted: no full-text index, no fsync; `did_index=False` (only with
     scratch): no index on did either, for an export that selects no DID."""
-    from .synth import _exclusive_temp
+    from ...testing.synth import _exclusive_temp
 
     tmp = _exclusive_temp(str(final))
     con = None
@@ -728,7 +728,7 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
     """What `skyexport info REPO.car` prints, as a dict."""
     import tempfile
 
-    from ._core import parse_bound
+    from ..._core import parse_bound
 
     first = last = None
     first_t = last_t = None

@@ -48,7 +48,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
-from ._platform import (
+from .._platform import (
     O_CLOEXEC,
     O_NOFOLLOW,
     O_NONBLOCK,
@@ -57,7 +57,7 @@ from ._platform import (
     reflink,
     set_blocking,
 )
-from .defaults import MAX_WARNINGS
+from ..defaults import MAX_WARNINGS
 from .staged import fsync_dir
 
 # Paths are plain str inside: pathlib would intern every file name it parses (a churn of
