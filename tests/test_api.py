@@ -25,6 +25,7 @@ from skyexport import (
     OptionError,
     OutputError,
 )
+from skyexport.exporter.options import tuning
 
 from archives import make_archive
 
@@ -123,19 +124,38 @@ def one_line(exc: BaseException) -> str:
     ({"until": "2024-13-01"}, "until="),
     ({"since": "2024-03-01", "until": "2024-02-01"}, "is after until="),
     ({"media": True, "media_root": "/nonexistent/media"}, "media_root="),
-    ({"_flush_size": 0}, "_flush_size= must be a positive integer"),
-    ({"_flush_size": True}, "_flush_size= must be a positive integer"),
+    ({"flush_size": 0}, "tuning(flush_size=) must be a positive integer"),
+    ({"flush_size": True}, "tuning(flush_size=) must be a positive integer"),
 ])
 def test_option_error(archive: Path, tmp_path: Path, options: dict, needle: str) -> None:
-    with pytest.raises(OptionError) as info:
+    knobs = {"flush_size": options.pop("flush_size")} if "flush_size" in options else {}
+    with pytest.raises(OptionError) as info, tuning(**knobs):
         skyexport.export(archive, tmp_path / "out", **options)
     assert needle in one_line(info.value)
     assert not (tmp_path / "out").exists()
 
 
+def test_export_signature_has_only_public_parameters() -> None:
+    # What help() and an IDE show: no private knob among export()'s parameters; the tests
+    # and the command line tune an export through exporter.options.tuning instead.
+    import inspect
+
+    params = inspect.signature(skyexport.export).parameters
+    assert [p for p in params if p.startswith("_")] == []
+    assert {"archive", "output", "format", "did", "since", "until", "media", "layout",
+            "compress", "on_progress"} <= set(params)
+
+
+def test_tuning_holds_only_inside_its_block(archive: Path, tmp_path: Path) -> None:
+    # The knob applies to the exports inside the `with`, and is gone after it.
+    with pytest.raises(OptionError, match="flush_size"), tuning(flush_size=0):
+        skyexport.export(archive, tmp_path / "a")
+    assert skyexport.export(archive, tmp_path / "b").post_count > 0
+
+
 @pytest.mark.parametrize("fmt", ["json", "csv", "jsonl"])
 def test_tiny_flush_size_gives_the_same_bytes(tmp_path: Path, fmt: str) -> None:
-    # The private _flush_size reaches the writer: flushing after every few bytes (and
+    # The private flush size (tuning) reaches the writer: flushing after every few bytes (and
     # mid-row inside a 3 MiB text and a 40 KiB embed_data) changes nothing in the file.
     rows = [{"uri": URI.format(i), "text": f"post {i} \u00e9\n" * (i % 9)} for i in range(300)]
     rows.append({"uri": URI.format(999), "text": ("\u2028x\"\u00e9" * 600_000).encode(),
@@ -143,7 +163,8 @@ def test_tiny_flush_size_gives_the_same_bytes(tmp_path: Path, fmt: str) -> None:
     archive = make_archive(tmp_path / "a.db", rows)
     want = skyexport.export(archive, tmp_path / "default", format=fmt).data_file.read_bytes()
     for size in (1, 4097, 16385):
-        got = skyexport.export(archive, tmp_path / f"f{size}", format=fmt, _flush_size=size)
+        with tuning(flush_size=size):
+            got = skyexport.export(archive, tmp_path / f"f{size}", format=fmt)
         assert got.data_file.read_bytes() == want, size
         assert got.bytes_written == len(want)
 
@@ -342,7 +363,6 @@ def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
     beside the pipe: that export keeps the mutex.  Both give the same posts."""
     import apsw
 
-    from skyexport.exporter import job
     from skyexport.sources import archive as archive_mod
 
     flags: list[int] = []
@@ -353,7 +373,7 @@ def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
             flags.append(self.conn.open_flags)
             return found
 
-    monkeypatch.setattr(job, "Archive", Recording)
+    monkeypatch.setattr(archive_mod, "Archive", Recording)
     db = make_archive(tmp_path / "a.db", [{"has_media": 1} for _ in range(300)])
     plain = skyexport.export(db, tmp_path / "plain", format="jsonl")
     assert flags and flags[-1] & apsw.SQLITE_OPEN_NOMUTEX

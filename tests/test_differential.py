@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import skyexport
 from skyexport.exporter.job import MAX_WARNINGS
+from skyexport.exporter.options import tuning
 
 import strategies
 from archives import make_archive
@@ -208,9 +209,9 @@ def test_large_archives_match_reference(fmt: str, case: tuple, batches: list[int
         for source in ROW_SOURCES:
             for batch_size, flush_size in zip(batches, flushes, strict=True):
                 out = _fresh(Path(d), "out")
-                with row_source(source):
+                with row_source(source), tuning(flush_size=flush_size):
                     fast = fast_outcome(archive, out, fmt, on_bad_value=policy,
-                                        batch_size=batch_size, _flush_size=flush_size)
+                                        batch_size=batch_size)
                 shutil.rmtree(out, ignore_errors=True)
                 assert_same(fast, ref, f"{source=} {batch_size=} {flush_size=}")
 

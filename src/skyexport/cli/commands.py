@@ -389,23 +389,28 @@ _PRINTS_ITS_RESULT = {"info": "its answer", "completion": "the script",
 def cmd_export(args: argparse.Namespace) -> int:
     from .. import export
     from ..errors import ExportError, OptionError
+    from ..exporter.options import tuning
 
     # `-` is stdout, never a directory named `-` (`./-` writes one, if that is wanted).
     to_stdout = args.output == "-"
     # An explicit --progress holds with -q too; -q's default is none.
     progress = args.progress or ("none" if args.quiet else "auto")
     t0 = time.monotonic()
+    env = _archive_env()
+    knobs = {"row_source": env.get("_row_source"),
+             "busy_timeout_ms": env.get("_busy_timeout_ms"),
+             "source": {"reader": env["_car_reader"]} if "_car_reader" in env else None}
     try:
-        result = export(args.archive, sys.stdout.fileno() if to_stdout else args.output,
-                        format=args.format, did=args.did,
-                        since=args.since, until=args.until, media=args.media,
-                        media_root=args.media_root, media_any_path=args.media_any_path,
-                        media_link=args.media_link, batch_size=args.batch_size,
-                        on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
-                        csv_formula_guard=args.csv_formula_guard, bom=args.bom,
-                        compress=args.compress,
-                        compress_level=args.compress_level, layout=args.layout,
-                        _option=_cli_option, **_archive_env())
+        with tuning(option=_cli_option, **knobs):
+            result = export(args.archive, sys.stdout.fileno() if to_stdout else args.output,
+                            format=args.format, did=args.did,
+                            since=args.since, until=args.until, media=args.media,
+                            media_root=args.media_root, media_any_path=args.media_any_path,
+                            media_link=args.media_link, batch_size=args.batch_size,
+                            on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
+                            csv_formula_guard=args.csv_formula_guard, bom=args.bom,
+                            compress=args.compress,
+                            compress_level=args.compress_level, layout=args.layout)
         args.published = result.directory
         args.streamed = result if to_stdout else None
     except OptionError as exc:

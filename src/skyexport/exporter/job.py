@@ -1,11 +1,14 @@
-"""The export job: a short pump from one archive snapshot to one published directory.
+"""The export job: a short pump from one source's snapshot to one published directory.
 
-    Selection -> Archive.snapshot -> Snapshot.rows() (a RowSource) -> Writer (the core)
-              -> StagedDir/posts.*, media/ per batch, manifest.json -> StagedDir.publish()
+    check_options -> Source (sources/) -> Archive.snapshot(Selection) -> Snapshot.rows()
+      -> Writer (the core) -> StagedDir/posts.*, media/ per batch, manifest.json
+      -> StagedDir.publish()
 
-Options are checked and turned into a Selection first; the archive is opened (nothing is
-created in OUTPUT for a bad archive); the staged directory (staged.py) holds everything
-until publish() renames it into place, and removes it on any failure or interruption.
+Every option is checked first (options.py); then the source is opened (nothing is created
+in OUTPUT for a bad input); the staged directory (staged.py) holds everything until
+publish() renames it into place, and removes it on any failure or interruption.  The job
+knows a source only through `Source` (sources/__init__.py): which kind of input it is,
+and what that kind needs, is the source's business.
 """
 
 from __future__ import annotations
@@ -19,21 +22,20 @@ from pathlib import Path
 import apsw
 
 from .. import __version__
-from .._core import Writer, parse_bound
+from .._core import Writer
 from .._record import Record
 from ..defaults import (
     DATA_FILES,
     DEFAULT_ARCHIVE,
     DEFAULT_BATCH,
     DEFAULT_OUTPUT,
-    FORMATS,
     MAX_WARNINGS,
 )
-from ..errors import ArchiveError, BadValueError, OptionError, OutputError, SelectionError
+from ..errors import ArchiveError, BadValueError, OutputError
 from ..manifest.verify import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
-from ..sources.archive import Archive, Selection, Snapshot
+from .options import Options, check_options, current_tuning, did_dirname
 from .progress import ExportProgress, ProgressChannel
-from .sink import CODECS, DEFAULT_LEVELS, LEVELS, SUFFIXES, CodecMissing, FileSink, compressor
+from .sink import SUFFIXES, FileSink
 from .staged import (
     StagedDir,
     mark_published,
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     import datetime as _dt
     from typing import Any, BinaryIO, Literal
 
+    from ..sources import Source
+    from ..sources.archive import Archive, Selection, Snapshot
     from .media import MediaCopier
 
     Format = Literal["json", "csv", "jsonl"]
@@ -146,11 +150,6 @@ def export(
     compress: Literal["gzip", "zstd"] | None = None,
     compress_level: int | None = None,
     layout: Literal["time", "did"] = "time",
-    _option: Callable[[str], str] | None = None,
-    _flush_size: int | None = None,
-    _row_source: str | None = None,
-    _busy_timeout_ms: int | None = None,
-    _car_reader: str = "core",
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
@@ -158,7 +157,6 @@ def export(
     content): its posts are imported into a temporary archive inside the export's hidden
     directory first (docs/CAR.md); `media=True` is then an OptionError, and so are a
     stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
-    `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -174,11 +172,6 @@ def export(
     `bom=False` leaves out the UTF-8 byte-order mark that begins posts.csv (there for
     Excel; every other CSV reader takes it for part of the first column's name).  Both are
     for format="csv" only: with another format they are an OptionError.
-    `_flush_size` (private, for tests) is how many encoded bytes the writer gathers before
-    handing them to the data file (default 1 MiB): a tiny one makes every row, and every
-    large value mid-row, cross a flush.  `_row_source` ("pipe", "direct" or "cursor") and
-    `_busy_timeout_ms` (private; the CLI passes SKYEXPORT_ROW_SOURCE and
-    SKYEXPORT_BUSY_TIMEOUT_MS) choose how rows are read and how long a lock is waited for.
 
     `output` may also be a stream: an int file descriptor or a binary file object (one
     with a fileno() is flushed, then written through its descriptor; others get write()
@@ -220,123 +213,39 @@ def export(
         >>> skyexport.verify(result.directory).ok
         True
     """
-    # Options are named as the caller wrote them: `since=` here, `--since` from the CLI.
-    opt = _option or _api_option
-    if format not in FORMATS:
-        raise OptionError(f"{opt('format')} {format!r} is not a format; choose one of "
-                          f"{', '.join(FORMATS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"{opt('batch_size')} must be a positive integer, not "
-                          f"{batch_size!r}")
-    if on_bad_value not in ("error", "keep"):
-        raise OptionError(f"{opt('on_bad_value')} must be 'error' or 'keep', not "
-                          f"{on_bad_value!r}")
-    if did is not None and not isinstance(did, str):
-        raise OptionError(f"{opt('did')} must be a str, not {type(did).__name__}")
-    bounds = []
-    texts = []
-    for name, value, end in (("since", since, False), ("until", until, True)):
-        text = _bound_text(opt(name), value)
-        texts.append(text)
-        try:
-            bounds.append(parse_bound(text, end) if text is not None else None)
-        except ValueError as exc:
-            raise OptionError(f"{opt(name)} {exc}") from None
-    lo, hi = bounds
-    since, until = texts
-    if lo is not None and hi is not None and lo > hi:
-        raise OptionError(f"{opt('since')} {since} is after {opt('until')} {until}")
-    if _flush_size is not None and (isinstance(_flush_size, bool)
-                                    or not isinstance(_flush_size, int) or _flush_size < 1):
-        raise OptionError(f"_flush_size= must be a positive integer, not {_flush_size!r}")
-    if media_link not in ("copy", "hardlink"):
-        raise OptionError(f"{opt('media_link')} must be 'copy' or 'hardlink', not "
-                          f"{media_link!r}")
-    if media and media_root is not None and not os.path.isdir(media_root):
-        raise OptionError(f"{opt('media_root')} {os.fspath(media_root)} is not a directory")
-    if compress is not None and compress not in CODECS:
-        raise OptionError(f"{opt('compress')} must be one of {', '.join(CODECS)}, not "
-                          f"{compress!r}")
-    if compress_level is not None:
-        low, high = LEVELS.get(compress or "", (0, 0))
-        if compress is None:
-            raise OptionError(f"{opt('compress_level')} needs {opt('compress')}")
-        if isinstance(compress_level, bool) or not isinstance(compress_level, int) \
-                or not low <= compress_level <= high:
-            raise OptionError(f"{opt('compress_level')} for {compress} must be an integer "
-                              f"{low}..{high}, not {compress_level!r}")
-    if layout not in ("time", "did"):
-        raise OptionError(f"{opt('layout')} must be 'time' or 'did', not {layout!r}")
-    for flag, on, default in (("csv_formula_guard", csv_formula_guard, False),
-                              ("bom", bom, True)):
-        if not isinstance(on, bool):
-            raise OptionError(f"{opt(flag)} must be True or False, not {on!r}")
-        if on != default and format != "csv":
-            raise OptionError(f"{opt(flag)} applies to CSV only, not to {opt('format')} "
-                              f"{format}; leave it out or export CSV")
-    stream = _stream_target(output)
-    if stream is not None:
-        shown = "-" if _option is not None else repr(output)
-        if media:
-            raise OptionError(f"{opt('media')} cannot be used with {opt('output')} {shown}: "
-                              "a stream holds the data file only; export to a directory "
-                              "for media")
-        if layout != "time":
-            raise OptionError(f"{opt('layout')} {layout} cannot be used with "
-                              f"{opt('output')} {shown}: a stream has no directory")
-    try:
-        compressor(compress)
-    except CodecMissing as exc:
-        raise OptionError(f"{opt('compress')} {exc}") from None
+    options = check_options(
+        archive, output, format=format, did=did, since=since, until=until, media=media,
+        media_root=media_root, media_any_path=media_any_path, media_link=media_link,
+        batch_size=batch_size, on_bad_value=on_bad_value,
+        csv_formula_guard=csv_formula_guard, bom=bom, compress=compress,
+        compress_level=compress_level, layout=layout, tuning=current_tuning())
+    return _run(options, on_progress)
 
-    def open_archive(path: str | os.PathLike[str]) -> Archive:
-        # Without --media nothing else uses the connection while the pipe steps it.
-        return Archive(path, row_source=_row_source, busy_timeout_ms=_busy_timeout_ms,
-                       nomutex=not media)
 
-    car = _car_source(archive)
-    if car is not None:
-        if media:
-            raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
-                              "files; leave it out")
-        if stream is not None:
-            shown = "-" if _option is not None else repr(output)
-            raise OptionError(f"{opt('output')} {shown} (a stream) with {car}: a repository "
-                              "CAR is exported into a directory only (for now)")
-        if layout == "did" and did is None:
-            raise OptionError(f"{opt('layout')} did with {car} needs {opt('did')} (the "
-                              f"repository's DID: `skyexport info {car}`)")
-        if layout == "did" and did is not None and (did in ("", ".", "..")
-                                                    or did.startswith(".") or "/" in did
-                                                    or "\0" in did):
-            raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory "
-                              f"name; use {opt('layout')} time")
+def _run(o: Options, on_progress: Callable[[ExportProgress], object] | None) -> ExportResult:
+    """The checked options' export: open the source, name the directory, run the job."""
+    t = o.tuning
     job: _Job | None = None
     try:
-        with (open_archive(archive) if car is None else _NoArchive()) as arc:
-            if layout == "did" and car is None:
-                did = _layout_did(arc, did, opt)
-            selection = Selection(did, lo, hi)
-            mroot = Path(media_root) if media_root is not None else None
-            if stream is not None:
-                job = _Job(arc, None, format, selection, False, None, batch_size,
-                           on_bad_value, on_progress, csv_formula_guard, bom=bom,
-                           stream=stream, compress=compress, compress_level=compress_level,
-                           flush_size=_flush_size)
+        # Without --media nothing else uses the connection while the pipe steps it.
+        with o.kind(o.archive, row_source=t.row_source, busy_timeout_ms=t.busy_timeout_ms,
+                    nomutex=not o.media, **t.source) as source:
+            did = o.did
+            if o.layout == "did":
+                did = did_dirname(source.layout_did(did, o.opt), o.opt)
+            if o.stream is not None:
+                job = _Job(source, None, o, o.selection(did), on_progress)
                 return job.run()
-            base = Path(output)  # type: ignore[arg-type]
-            if layout == "did":
+            base = o.output
+            assert base is not None
+            if o.layout == "did":
                 assert did is not None
                 created_base = not base.exists()
                 target = base / did
             else:
                 created_base, target = False, base
             out, created = prepare_output(target)
-            job = _Job(arc, out, format, selection, media, mroot, batch_size,
-                       on_bad_value, on_progress, csv_formula_guard, bom=bom,
-                       media_any_path=media_any_path, media_link=media_link,
-                       compress=compress, compress_level=compress_level, flush_size=_flush_size,
-                       car=car, open_archive=open_archive, car_reader=_car_reader)
+            job = _Job(source, out, o, o.selection(did), on_progress)
             try:
                 return job.run()
             except BaseException:
@@ -351,154 +260,29 @@ def export(
         raise
 
 
-# --- a repository CAR as the source (CAR.md) --------------------------------------------
-# The CAR's posts are imported into a temporary archive in the export's hidden directory
-# (CAR_DIR, removed before publishing); from then on it is the ordinary archive export.
-
-CAR_DIR = ".car"
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-class _NoArchive:
-    """Stands in for the Archive until the CAR has been imported (_Job._open_car)."""
-
-    def __enter__(self) -> Any:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _car_source(archive: str | os.PathLike[str]) -> Path | None:
-    """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
-    and anything unreadable go the archive way, which reports them)."""
-    try:
-        with open(archive, "rb") as f:
-            magic = f.read(len(_SQLITE_MAGIC))
-    except OSError:
-        return None
-    if magic == _SQLITE_MAGIC or not magic:
-        return None
-    from ..sources.car.repo import is_car
-
-    return Path(archive) if is_car(archive) else None
-
-
-def _stream_target(output: object) -> int | BinaryIO | None:
-    """The descriptor or file object an export streams to, or None for a directory."""
-    if isinstance(output, bool):
-        raise OptionError(f"output must be a directory, a file descriptor or a binary file, "
-                          f"not {output!r}")
-    if isinstance(output, int):
-        return output
-    if isinstance(output, (str, os.PathLike)):
-        return None
-    if not callable(getattr(output, "write", None)):
-        raise OptionError(f"output must be a directory, a file descriptor or a binary file, "
-                          f"not {type(output).__name__}")
-    flush = getattr(output, "flush", None)
-    if callable(flush):
-        flush()
-    try:
-        return int(output.fileno())  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return output  # type: ignore[return-value]
-
-
-def _layout_did(arc: Archive, did: str | None, opt: Callable[[str], str]) -> str:
-    """The DID that names OUTPUT/<did>/: `did`, or the only DID the archive's posts have.
-    Checked before anything is created in OUTPUT."""
-    try:
-        if did is None:
-            held = arc.conn.execute("SELECT DISTINCT CAST(did AS BLOB) FROM posts "
-                                    "LIMIT 2").fetchall()
-            if len(held) != 1 or held[0][0] is None:
-                what = ("holds no posts" if not held else
-                        "holds posts of several DIDs" if len(held) > 1 else
-                        "holds posts without a DID")
-                raise OptionError(f"{opt('layout')} did needs {opt('did')}: archive "
-                                  f"{arc.path} {what}; give {opt('did')} DID (`skyexport "
-                                  f"info {arc.path}` lists them)")
-            raw = held[0][0]
-            assert isinstance(raw, bytes)
-            try:
-                did = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise OptionError(f"{opt('layout')} did: the archive's DID "
-                                  f"{_shown(raw)} is not valid UTF-8, so it cannot name a "
-                                  f"directory; use {opt('layout')} time") from None
-        elif not arc.conn.execute("SELECT 1 FROM posts WHERE did = ? LIMIT 1",
-                                  (did,)).fetchall():
-            raise _unknown_did(arc, did)
-    except apsw.Error as exc:
-        raise arc.error(exc, "while reading its DIDs") from None
-    if did in ("", ".", "..") or did.startswith(".") or "/" in did or "\0" in did:
-        raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory name; "
-                          f"use {opt('layout')} time")
-    return did
-
-
-def _shown(value: object) -> str:
-    """A stored value for a message: bytes as UTF-8 (escaped where invalid)."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return "(none)" if value is None else str(value)
-
-
-def _api_option(name: str) -> str:
-    return f"{name}="
-
-
 def _value_shown(value: bytes | float | None) -> str:
     """A stored value as a message shows it: decoded, at most 80 characters."""
     shown = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return shown if len(shown) <= 80 else shown[:77] + "..."
 
 
-def _bound_text(option: str, value: object) -> str | None:
-    """--since/--until as text: a str as given, a date as YYYY-MM-DD, a datetime in RFC
-    3339 (naive: UTC, as a zone-less text bound is)."""
-    if value is None or isinstance(value, str):
-        return value
-    import datetime as _dt  # only for the API's date objects: not at every start-up
-
-    if isinstance(value, _dt.datetime):
-        return value.isoformat()
-    if isinstance(value, _dt.date):
-        return value.isoformat()
-    raise OptionError(f"{option} must be a str, datetime.date or datetime.datetime, not "
-                      f"{type(value).__name__}")
-
-
 class _Job:
     """One export: run() pumps the snapshot's rows through the writer into a staged
     directory, copies media per batch, writes the manifest and publishes."""
 
-    def __init__(self, arc: Archive, out: Path | None, fmt: str, selection: Selection,
-                 media: bool, media_root: Path | None, batch_size: int, on_bad_value: str,
-                 on_progress: Callable[[ExportProgress], object] | None,
-                 formula_guard: bool, *, bom: bool = True, media_any_path: bool = False,
-                 media_link: str = "copy", stream: int | BinaryIO | None = None,
-                 compress: str | None = None, compress_level: int | None = None,
-                 flush_size: int | None = None, car: Path | None = None,
-                 open_archive: Callable[[Path], Archive] | None = None,
-                 car_reader: str = "core") -> None:
-        self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
-        self.flush_size = flush_size
-        self.car, self.car_reader = car, car_reader  # the source, when it is a CAR
-        self.open_archive = open_archive or Archive
-        self.car_source: dict[str, Any] | None = None
-        self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
-        self.stream = stream
-        self.compress = compress
-        self.compress_level = (DEFAULT_LEVELS[compress] if compress and compress_level is None
-                               else compress_level)
-        self.data_name = DATA_FILES[fmt] + (SUFFIXES[compress] if compress else "")
-        self.media, self.media_root, self.batch_size = media, media_root, batch_size
-        self.keep_bad = on_bad_value == "keep"
-        self.formula_guard = formula_guard
-        self.bom = bom
-        self.media_any_path, self.media_link = media_any_path, media_link
+    def __init__(self, source: Source, out: Path | None, o: Options, selection: Selection,
+                 on_progress: Callable[[ExportProgress], object] | None) -> None:
+        self.source, self.out, self.fmt, self.selection = source, out, o.format, selection
+        self.arc: Archive | None = None  # the source's archive, once run() has it
+        self.flush_size = o.tuning.flush_size
+        self.stream = o.stream
+        self.compress, self.compress_level = o.compress, o.compress_level
+        self.data_name = DATA_FILES[o.format] + (SUFFIXES[o.compress] if o.compress else "")
+        self.media, self.media_root, self.batch_size = o.media, o.media_root, o.batch_size
+        self.keep_bad = o.keep_bad
+        self.formula_guard = o.formula_guard
+        self.bom = o.bom
+        self.media_any_path, self.media_link = o.media_any_path, o.media_link
         self.start = time.monotonic()
         self.phase = "queued"  # "running" once the totals are counted
         self.posts_total = self.media_total = 0
@@ -522,7 +306,7 @@ class _Job:
             media_copied=c.seen if c else 0, media_total=self.media_total,
             bytes_written=(w.bytes_written + w.pending) if w else 0,
             elapsed_s=time.monotonic() - self.start, error=error,
-            car_blocks=self.car_blocks, car_bytes=self.car_bytes)
+            **self.source.progress())
 
     def emit(self, status: str | None = None, error: str | None = None) -> None:
         if self.channel is not None:
@@ -573,15 +357,23 @@ class _Job:
         try:
             self.emit("queued")
             if self.stream is not None:
+                self.arc = self.source.archive(None, selection=self.selection,
+                                               emit=self.emit, heartbeat=self.heartbeat)
                 result = self._export_stream(self.stream)
                 self.streamed = result
             else:
                 assert self.out is not None
                 with StagedDir(self.out) as staged:
                     self.staged = staged
-                    if self.car is not None:
-                        assert staged.path is not None
-                        self._open_car(staged.path)
+                    assert staged.path is not None
+                    try:
+                        self.arc = self.source.archive(
+                            staged.path, selection=self.selection, emit=self.emit,
+                            heartbeat=self.heartbeat)
+                    except OutputError:
+                        raise
+                    except OSError as exc:
+                        raise output_error(exc, staged.path) from None
                     result = self._export(staged)
             self.emit("completed")
             return result
@@ -596,8 +388,6 @@ class _Job:
             self.emit("failed", error=_one_line(exc))
             raise
         finally:
-            if self.car is not None and self.arc is not None:
-                self.arc.close()
             if self.channel is not None:
                 try:
                     self.channel.close()  # the final event is delivered before we return
@@ -607,7 +397,7 @@ class _Job:
 
     def _export(self, staged: StagedDir) -> ExportResult:
         arc, tmp = self.arc, staged.path
-        assert tmp is not None
+        assert arc is not None and tmp is not None
         if self.channel is not None:
             arc.set_heartbeat(self.heartbeat)  # counting can take seconds too
         snap = self._totals()
@@ -652,10 +442,10 @@ class _Job:
         if self.copier is not None:
             digest_sums, size_sums = sha256_file(tmp / MEDIA_SUMS)
             checksums[MEDIA_SUMS] = {"sha256": digest_sums, "bytes": size_sums}
-        if self.car is not None:
-            self._drop_car(tmp)
+        manifest_source = self.source.manifest(arc)
+        self.source.release()  # what the source built in tmp is not part of the export
         duration = time.monotonic() - self.start
-        manifest = self._manifest(checksums, duration)
+        manifest = self._manifest(checksums, duration, manifest_source)
         try:
             write_manifest(tmp, manifest)
         except OSError as exc:
@@ -704,6 +494,7 @@ class _Job:
         writer = self.writer
         assert writer is not None
         if writer.rows != self.posts_total:
+            assert self.arc is not None
             raise ArchiveError(f"archive {self.arc.path}: counted {self.posts_total} posts "
                                f"but read {writer.rows}; the output is incomplete")
         return ExportResult(
@@ -717,10 +508,11 @@ class _Job:
     def _totals(self) -> Snapshot:
         """Open the snapshot; count what it selects; warn about the dates it cannot read."""
         arc, sel = self.arc, self.selection
+        assert arc is not None
         try:
             snap = arc.snapshot(sel)
             if sel.did is not None and not snap.did_posts:
-                raise _unknown_did(arc, sel.did)
+                raise arc.unknown_did(sel.did)
             self.posts_total = snap.posts_total
             if self.media:
                 self.media_total = snap.media_total()
@@ -737,6 +529,7 @@ class _Job:
     def _pump(self, snap: Snapshot, tmp: Path | None, sink: FileSink) -> None:
         """The batch loop: encode up to batch_size rows, copy their media, report."""
         arc = self.arc
+        assert arc is not None
         sizing = {} if self.flush_size is None else {"flush_size": self.flush_size}
         self.writer = writer = Writer(
             sink, self.fmt, on_bad=self.on_bad, collect_media=self.media,
@@ -785,7 +578,8 @@ class _Job:
         arc.set_heartbeat(None)
         writer.finish()
 
-    def _manifest(self, checksums: dict[str, dict[str, Any]], duration: float) -> dict[str, Any]:
+    def _manifest(self, checksums: dict[str, dict[str, Any]], duration: float,
+                  source: dict[str, Any]) -> dict[str, Any]:
         w = self.writer
         assert w is not None
         files = [self.data_name]
@@ -805,8 +599,8 @@ class _Job:
             "version": MANIFEST_VERSION,
             "files": files,
             "generator": f"skyexport {__version__}",
-            "source_archive": str((self.car or self.arc.path).resolve()),
-            "schema_version": self.arc.schema_version,
+            "source_archive": source.pop("source_archive"),
+            "schema_version": source.pop("schema_version"),
             "did": sel.did,
             "batch_size": self.batch_size,
             "csv_formula_guard": self.formula_guard,
@@ -821,59 +615,11 @@ class _Job:
         })
         if self.copier is not None:
             m["media_rows"] = self.media_total
-        if self.car_source is not None:
-            m["source_car"] = self.car_source
+        m.update(source)  # any further keys the source adds (Source.manifest)
         return m
-
-    # --- a CAR as the source --------------------------------------------------------------
-
-    def _open_car(self, tmp: Path) -> None:
-        """Import the CAR into tmp/.car/archive.db and export from that archive."""
-        from ..sources.car.repo import CarRepo, build_archive_from
-
-        assert self.car is not None
-        d = tmp / CAR_DIR
-        d.mkdir()
-
-        def on_blocks(blocks: int, offset: int) -> None:
-            self.car_blocks, self.car_bytes = blocks, offset
-            self.heartbeat()
-
-        try:
-            with CarRepo(self.car, d, on_blocks, verb="exported",
-                         reader=self.car_reader) as repo:
-                self.emit()  # the whole CAR read and indexed
-                build_archive_from(repo, d / "archive.db", scratch=True,
-                                   on_chunk=self.heartbeat,
-                                   did_index=self.selection.did is not None)
-                self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
-                                   "commit_version": repo.version, "bytes": repo.size}
-        except OSError as exc:
-            raise output_error(exc, d) from None
-        self.arc = self.open_archive(d / "archive.db")
-
-    def _drop_car(self, tmp: Path) -> None:
-        """The temporary archive is not part of the export: gone before publishing."""
-        import shutil
-
-        self.arc.close()
-        shutil.rmtree(tmp / CAR_DIR, ignore_errors=True)
 
 
 # --- small helpers ----------------------------------------------------------------------
-
-def _unknown_did(arc: Archive, did: str) -> SelectionError:
-    """A DID the archive holds no post of is a mistake (a typo, another account),
-    not an empty export: say which DIDs it does hold."""
-    held = arc.did_counts(limit=6)
-    if not held:
-        listed = "it holds no posts at all"
-    else:
-        shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
-        listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
-    return SelectionError(f"archive {arc.path} holds no post of DID {did}; {listed}; "
-                          f"`skyexport info {arc.path}` lists them all")
-
 
 def _stream_error(exc: OSError, stream: object) -> OutputError:
     """A write to the output stream failed (not a closed pipe: that is BrokenPipeError)."""

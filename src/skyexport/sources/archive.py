@@ -29,8 +29,9 @@ from .._core import (
     register_filters,
 )
 from .._record import Record
-from ..errors import ArchiveError
+from ..errors import ArchiveError, OptionError, SelectionError
 from ..schema import POST_COLUMNS, POST_COLUMNS_V1
+from . import Source
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -260,6 +261,18 @@ class Archive:
             "SELECT CAST(did AS BLOB), count(*) FROM posts GROUP BY did "
             "ORDER BY count(*) DESC, did LIMIT ?", (limit,)).fetchall()
         return [(bytes(d) if d is not None else None, int(n)) for d, n in rows]
+
+    def unknown_did(self, did: str) -> SelectionError:
+        """A DID the archive holds no post of is a mistake (a typo, another account),
+        not an empty export: say which DIDs it does hold."""
+        held = self.did_counts(limit=6)
+        if not held:
+            listed = "it holds no posts at all"
+        else:
+            shown = ", ".join(f"{_shown(d)} ({n} posts)" for d, n in held[:5])
+            listed = f"it holds {shown}{', ...' if len(held) > 5 else ''}"
+        return SelectionError(f"archive {self.path} holds no post of DID {did}; {listed}; "
+                              f"`skyexport info {self.path}` lists them all")
 
     def count(self, sql: str, args: Sequence[object] = ()) -> int:
         value: Any = self.conn.execute(sql, args).fetchall()[0][0]
@@ -566,3 +579,54 @@ def archive_error(path: Path, exc: BaseException, where: str = "",
         return ArchiveError(f"archive {path} cannot be opened ({exc}); check that it exists "
                             "and is readable")
     return ArchiveError(f"reading archive {path} failed{at}: {exc}")
+
+
+class ArchiveSource(Source):
+    """A bskyarchive archive as the source of an export: the Archive, opened at once (a
+    bad archive is reported before anything is created in OUTPUT)."""
+
+    def __init__(self, path: str | os.PathLike[str], **how: Any) -> None:
+        super().__init__(path, **how)
+        self.arc = self.open_archive(self.path)
+
+    def layout_did(self, did: str | None, opt: Callable[[str], str]) -> str:
+        arc = self.arc
+        try:
+            if did is None:
+                held = arc.conn.execute("SELECT DISTINCT CAST(did AS BLOB) FROM posts "
+                                        "LIMIT 2").fetchall()
+                if len(held) != 1 or held[0][0] is None:
+                    what = ("holds no posts" if not held else
+                            "holds posts of several DIDs" if len(held) > 1 else
+                            "holds posts without a DID")
+                    raise OptionError(f"{opt('layout')} did needs {opt('did')}: archive "
+                                      f"{arc.path} {what}; give {opt('did')} DID (`skyexport "
+                                      f"info {arc.path}` lists them)")
+                raw = held[0][0]
+                assert isinstance(raw, bytes)
+                try:
+                    did = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise OptionError(f"{opt('layout')} did: the archive's DID "
+                                      f"{_shown(raw)} is not valid UTF-8, so it cannot name "
+                                      f"a directory; use {opt('layout')} time") from None
+            elif not arc.conn.execute("SELECT 1 FROM posts WHERE did = ? LIMIT 1",
+                                      (did,)).fetchall():
+                raise arc.unknown_did(did)
+        except apsw.Error as exc:
+            raise arc.error(exc, "while reading its DIDs") from None
+        return did
+
+    def archive(self, scratch: Path | None, *, selection: Selection, emit: Callable[[], None],
+                heartbeat: Callable[[], None]) -> Archive:
+        return self.arc
+
+    def close(self) -> None:
+        self.arc.close()
+
+
+def _shown(value: object) -> str:
+    """A stored value for a message: bytes as UTF-8 (escaped where invalid)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "(none)" if value is None else str(value)
