@@ -30,12 +30,13 @@ from ..defaults import (
     DEFAULT_BATCH,
     DEFAULT_OUTPUT,
     MAX_WARNINGS,
+    SUFFIXES,
 )
 from ..errors import ArchiveError, BadValueError, OutputError
-from ..manifest.verify import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
+from ..manifest.write import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
 from .options import Options, check_options, current_tuning, did_dirname
 from .progress import ExportProgress, ProgressChannel
-from .sink import SUFFIXES, FileSink
+from .sink import FileSink
 from .staged import (
     StagedDir,
     mark_published,

@@ -20,6 +20,7 @@ import queue
 import threading
 
 from .._platform import fdatasync, fsync
+from ..defaults import SUFFIXES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,8 +30,7 @@ POOL_BLOCKS = 3        # one being filled, two waiting for the disk
 SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
 WAIT_S = 0.5           # how often a caller waiting for a free buffer checks the thread
 
-CODECS = ("gzip", "zstd")
-SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
+CODECS = tuple(SUFFIXES)
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 LEVELS = {"gzip": (1, 9), "zstd": (1, 22)}
 

@@ -1,11 +1,6 @@
-"""manifest.json: bskyarchive's keys plus what lets anyone check the export later, and
-`verify`, which does that check.
-
-An export directory holds the data file, `manifest.json` and, with media, `media/` and
-`media.sha256`.  The manifest's `checksums` give the SHA-256 and size of the data file and
-of `media.sha256`; that list gives the SHA-256 of every file in `media/`, one line each in
-`sha256sum`'s format (`<hex>  media/<name>`).  So one hash chain covers every byte, and
-the manifest stays small however many media files there are.  `verify` walks it.
+"""`verify`: an export checked against its manifest (write.py says what the manifest
+holds).  The manifest is scanned (scan.py), the data file hashed and its posts counted
+(counters.py), media.sha256 and media/ sorted in bounded memory and walked side by side.
 """
 
 from __future__ import annotations
@@ -17,18 +12,19 @@ import re
 import stat
 from pathlib import Path
 
-from .._core import CSV_HEADER, json_string
 from .._platform import (
     O_CLOEXEC,
     O_DIRECTORY,
     O_NOFOLLOW,
     O_NONBLOCK,
-    fsync,
     open_dir,
     open_nofollow,
     require_dir_fd,
 )
-from ..defaults import DATA_FILES, MAX_WARNINGS
+from ..defaults import DATA_FILES, MAX_WARNINGS, SUFFIXES
+from .counters import _counter
+from .scan import _BadManifest, _Scanner
+from .write import MANIFEST, MEDIA_SUMS
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
@@ -37,66 +33,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..exporter.job import ExportResult
-
-MANIFEST = "manifest.json"
-MEDIA_SUMS = "media.sha256"
-MANIFEST_VERSION = "1.0"
-
-
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest.json` (two-space indent, as bskyarchive's) durably; never replaces
-    an existing file."""
-    data = encode_json(manifest) + b"\n"
-    path = directory / MANIFEST
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        fsync(f.fileno())
-
-
-def encode_json(value: object, level: int = 0) -> bytes:
-    """JSON with a two-space indent, `{}`/`[]` when empty: what msgspec.json.format
-    writes, without importing msgspec (its import costs more than a small export takes).
-    Strings are escaped by the core, as the posts' text fields are."""
-    pad = b"\n" + b"  " * (level + 1)
-    end = b"\n" + b"  " * level
-    if value is None:
-        return b"null"
-    if value is True or value is False:
-        return b"true" if value else b"false"
-    if isinstance(value, int):
-        return str(value).encode()
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"{value!r} has no JSON form")
-        return repr(value).encode()
-    if isinstance(value, str):
-        return json_string(value.encode("utf-8", "surrogateescape"))
-    if isinstance(value, dict):
-        if not value:
-            return b"{}"
-        items = [json_string(str(k).encode("utf-8", "surrogateescape")) + b": "
-                 + encode_json(v, level + 1) for k, v in value.items()]
-        return b"{" + pad + (b"," + pad).join(items) + end + b"}"
-    if isinstance(value, (list, tuple)):
-        if not value:
-            return b"[]"
-        return b"[" + pad + (b"," + pad).join(encode_json(v, level + 1) for v in value) \
-            + end + b"]"
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """(SHA-256 hex digest, size) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
-
 
 class VerifyReport:
     """What `verify` found: `problems_total` 0 (`ok`) means every byte is as the manifest
@@ -142,13 +78,11 @@ class VerifyReport:
 BLOCK = 1 << 20
 _OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
 _DIR_FLAGS = _OPEN_FLAGS | O_DIRECTORY  # (open_dir adds O_DIRECTORY itself)
-# As job.DATA_FILES (job imports this module, not the other way round).
-# As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
-_SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
+
 _FORMAT_OF = {name + suffix: fmt for fmt, name in DATA_FILES.items()
-              for suffix in ("", *_SUFFIXES.values())}
+              for suffix in ("", *SUFFIXES.values())}
 _CODEC_OF = {name + suffix: codec for name in DATA_FILES.values()
-             for codec, suffix in _SUFFIXES.items()}
+             for codec, suffix in SUFFIXES.items()}
 _HEX = frozenset("0123456789abcdef")
 _SUM_LINE = re.compile(rb"([0-9a-f]{64})  media/([^/\x00]+)")
 _MAX_LINE = 64 + 2 + len("media/") + 4096
@@ -210,310 +144,6 @@ def _open_regular(name: str | bytes, dir_fd: int) -> int:
 def _blocks(fd: int) -> Iterator[bytes]:
     while chunk := os.read(fd, BLOCK):
         yield chunk
-
-
-# --- counting posts while hashing (FORMAT.md's layouts) ----------------------------------------
-
-class _JsonPosts:
-    """posts.json: `[`, each post opening on a line that is exactly two spaces and `{`
-    (strings hold no raw newline), `}`, newline, `]`, newline; or `[]` and a newline."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.size = 0
-        self.head = b""
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> None:
-        data = self.tail + chunk
-        self.count += data.count(b"\n  {\n")
-        self.tail = data[-4:]
-        if len(self.head) < 8:
-            self.head = (self.head + chunk)[:8]
-        self.size += len(chunk)
-
-    def shape(self) -> str | None:
-        if self.size == 3 and self.head == b"[]\n":
-            return None
-        if not self.head.startswith(b"[\n  {\n"):
-            return "it does not begin with '[' and a post"
-        if self.tail != b"}\n]\n":
-            return "it does not end with a post and ']'"
-        return None
-
-
-class _JsonlPosts:
-    """posts.jsonl: one `{...}` object a line, each line ending in a newline."""
-
-    def __init__(self) -> None:
-        self.count = 0    # newlines
-        self.starts = 0   # lines that begin with '{'
-        self.ends = 0     # lines that end with '}'
-        self.size = 0
-        self.tail = b""
-
-    def feed(self, chunk: bytes) -> None:
-        if self.size == 0 and chunk[:1] == b"{":
-            self.starts += 1
-        data = self.tail + chunk
-        self.count += chunk.count(b"\n")
-        self.starts += data.count(b"\n{")
-        self.ends += data.count(b"}\n")
-        self.tail = data[-1:]
-        self.size += len(chunk)
-
-    def shape(self) -> str | None:
-        if self.size == 0:
-            return None
-        if self.tail != b"\n":
-            return "its last line has no newline"
-        if self.starts != self.count or self.ends != self.count:
-            return "not every line is one JSON object"
-        return None
-
-
-class _CsvPosts:
-    """posts.csv: the BOM and header (the header alone when the manifest says csv_bom
-    false: --no-bom), then one record a line; a quoted field may hold newlines, and a `"`
-    inside quotes is doubled, so quotes toggle the state."""
-
-    def __init__(self, bom: bool = True) -> None:
-        self.header = CSV_HEADER if bom else CSV_HEADER[3:]
-        self.newlines = 0
-        self.quoted = False
-        self.head = b""
-        self.tail = b""
-
-    @property
-    def count(self) -> int:
-        return max(self.newlines - 1, 0)
-
-    def feed(self, chunk: bytes) -> None:
-        if len(self.head) < len(self.header):
-            self.head = (self.head + chunk)[:len(self.header)]
-        if not self.quoted and b'"' not in chunk:
-            self.newlines += chunk.count(b"\n")
-        else:
-            parts = chunk.split(b'"')
-            self.newlines += sum(p.count(b"\n") for p in parts[self.quoted::2])
-            if len(parts) % 2 == 0:
-                self.quoted = not self.quoted
-        self.tail = chunk[-1:]
-
-    def shape(self) -> str | None:
-        if self.head != self.header:
-            if self.header is CSV_HEADER:
-                return "it does not begin with the BOM and skyexport's header line"
-            return ("it does not begin with skyexport's header line without a BOM (the "
-                    "manifest says csv_bom false)")
-        if self.quoted:
-            return "it ends inside a quoted field"
-        if self.tail != b"\n":
-            return "its last record has no newline"
-        return None
-
-
-_COUNTERS: dict[str, type[_JsonPosts | _JsonlPosts | _CsvPosts]] = {
-    "json": _JsonPosts, "jsonl": _JsonlPosts, "csv": _CsvPosts}
-
-
-def _counter(fmt: str, manifest: dict[str, Any]) -> _JsonPosts | _JsonlPosts | _CsvPosts:
-    """The data file's counter; a CSV one expects a BOM unless the manifest says
-    `csv_bom: false` (exactly false: anything else, or no key, means the default BOM)."""
-    if fmt == "csv":
-        return _CsvPosts(bom=manifest.get("csv_bom") is not False)
-    return _COUNTERS[fmt]()
-
-
-# --- the manifest, scanned ---------------------------------------------------------------------
-
-# The members verify reads; every other member (warnings, padding...) is skipped unread.
-_WANTED = frozenset({"export_format", "post_count", "media_count", "checksums",
-                     "compression", "csv_bom"})
-_MAX_WANTED = 16 << 20   # bytes of one wanted member's value
-_MAX_DEPTH = 16          # nesting inside a wanted member's value
-_WS = re.compile(rb"[ \t\r\n]*")
-_SPECIAL = re.compile(rb'["\[\]{}]')
-_SCALAR = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
-_QUOTE, _BACKSLASH, _COMMA, _COLON = b'"'[0], b"\\"[0], b","[0], b":"[0]
-_OPEN_OF = {b"]"[0]: b"["[0], b"}"[0]: b"{"[0]}
-
-
-class _BadManifest(Exception):
-    """manifest.json is not a valid manifest; the message says why."""
-
-
-class _Scanner:
-    """Streams a JSON object from a descriptor, block by block, and keeps only the raw
-    text of the members in `_WANTED`: memory does not grow with the manifest."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = b""
-        self.pos = 0
-        self.base = 0          # file offset of buf[0]
-        self.eof = False
-        self.parts: list[bytes] | None = None   # what is being kept
-        self.kept_from = 0
-        self.kept = 0
-        self.limit = 0
-
-    def error(self, expected: str) -> _BadManifest:
-        return _BadManifest(f"not valid JSON at byte {self.base + self.pos} "
-                            f"(expected {expected})")
-
-    def fill(self) -> bool:
-        """Drop what was consumed, read one more block; False at the end of the file."""
-        if self.eof:
-            return False
-        chunk = os.read(self.fd, BLOCK)
-        if not chunk:
-            self.eof = True
-            return False
-        if self.parts is not None:
-            piece = self.buf[self.kept_from:self.pos]
-            self.parts.append(piece)
-            self.kept += len(piece)
-            if self.kept > self.limit:
-                raise _BadManifest(f"a member verify reads is over {self.limit >> 20} MiB")
-            self.kept_from = 0
-        self.base += self.pos
-        self.buf = self.buf[self.pos:] + chunk
-        self.pos = 0
-        return True
-
-    def keep(self, scan: Callable[[], None], limit: int) -> bytes:
-        """The raw text that `scan` consumes."""
-        self.parts, self.kept_from, self.kept, self.limit = [], self.pos, 0, limit
-        try:
-            scan()
-            if self.kept + self.pos - self.kept_from > limit:
-                raise _BadManifest(f"a member verify reads is over {limit >> 20} MiB")
-            self.parts.append(self.buf[self.kept_from:self.pos])
-            return b"".join(self.parts)
-        finally:
-            self.parts = None
-
-    def next_byte(self) -> int | None:
-        """Skip white space; the next byte (not consumed), None at the end."""
-        while True:
-            self.pos = _WS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
-            if self.pos < len(self.buf):
-                return self.buf[self.pos]
-            if not self.fill():
-                return None
-
-    def string(self) -> None:
-        """Skip a string; buf[pos] is its opening quote.  Only quotes and backslashes
-        matter; `p` is never inside an escape."""
-        p = self.pos + 1
-        while True:
-            buf = self.buf
-            q = buf.find(b'"', p)
-            if q >= 0:
-                if buf.find(b"\\", p, q) < 0:
-                    self.pos = q + 1
-                    return
-                seg = buf[p:q]
-                if (len(seg) - len(seg.rstrip(b"\\"))) % 2 == 0:
-                    self.pos = q + 1
-                    return
-                p = q + 1      # an escaped quote
-                continue
-            seg = buf[p:]
-            p = len(buf) - (len(seg) - len(seg.rstrip(b"\\"))) % 2
-            self.pos = p       # keep a dangling backslash with what follows it
-            if not self.fill():
-                raise self.error("the end of a string")
-            p = self.pos
-
-    def container(self, max_depth: int) -> None:
-        """Skip an array or object; buf[pos] is its opening bracket."""
-        stack = bytearray()
-        while True:
-            m = _SPECIAL.search(self.buf, self.pos)
-            if m is None:
-                self.pos = len(self.buf)
-                if not self.fill():
-                    raise self.error("the end of an array or object")
-                continue
-            i = m.start()
-            c = self.buf[i]
-            if c == _QUOTE:
-                self.pos = i
-                self.string()
-                continue
-            if c in _OPEN_OF:
-                if not stack or stack[-1] != _OPEN_OF[c]:
-                    self.pos = i
-                    raise self.error("a matching bracket")
-                stack.pop()
-                self.pos = i + 1
-                if not stack:
-                    return
-            else:
-                stack.append(c)
-                self.pos = i + 1
-                if len(stack) > max_depth:
-                    raise _BadManifest(f"nested more than {max_depth} deep at byte "
-                                       f"{self.base + i}")
-
-    def value(self, max_depth: int = 1 << 62) -> None:
-        c = self.next_byte()
-        if c == _QUOTE:
-            self.string()
-        elif c in _OPEN_OF.values():
-            self.container(max_depth)
-        else:
-            while len(self.buf) - self.pos < 512 and self.fill():
-                pass
-            m = _SCALAR.match(self.buf, self.pos)
-            if m is None:
-                raise self.error("a value")
-            self.pos = m.end()
-
-    def members(self) -> dict[str, bytes]:
-        """The raw text of each wanted member of the top-level object."""
-        import msgspec
-
-        c = self.next_byte()
-        if c is None:
-            raise _BadManifest("the file is empty")
-        if c != b"{"[0]:
-            raise _BadManifest("not a JSON object")
-        self.pos += 1
-        found: dict[str, bytes] = {}
-        c = self.next_byte()
-        if c == b"}"[0]:
-            self.pos += 1
-        else:
-            while True:
-                if c != _QUOTE:
-                    raise self.error("a member name")
-                raw = self.keep(self.string, 1 << 20)
-                try:
-                    key = msgspec.json.decode(raw)
-                except msgspec.DecodeError:
-                    raise self.error("a valid member name") from None
-                if self.next_byte() != _COLON:
-                    raise self.error("':'")
-                self.pos += 1
-                if key in _WANTED:
-                    found[key] = self.keep(lambda: self.value(_MAX_DEPTH), _MAX_WANTED)
-                else:
-                    self.value()
-                c = self.next_byte()
-                if c == _COMMA:
-                    self.pos += 1
-                    c = self.next_byte()
-                    continue
-                if c == b"}"[0]:
-                    self.pos += 1
-                    break
-                raise self.error("',' or '}'")
-        if self.next_byte() is not None:
-            raise self.error("the end of the file")
-        return found
 
 
 def _read_manifest(dir_fd: int) -> dict[str, Any]:
@@ -627,9 +257,9 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
     expected: dict[str, tuple[str, int | None]] = {}
     uncompressed: dict[str, tuple[str, int]] = {}
     compression = manifest.get("compression")
-    if compression is not None and compression not in _SUFFIXES:
+    if compression is not None and compression not in SUFFIXES:
         report._add(f"{MANIFEST}: compression {compression!r} is not one of "
-                    f"{', '.join(_SUFFIXES)}")
+                    f"{', '.join(SUFFIXES)}")
         compression = None
     for name, info in checksums.items():
         if not _plain_name(name):
@@ -658,7 +288,7 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
     if fmt not in DATA_FILES:
         report._add(f"{MANIFEST}: export_format {fmt!r} is not one of json, csv, jsonl")
     else:
-        data_name = DATA_FILES[fmt] + (_SUFFIXES[compression] if compression else "")
+        data_name = DATA_FILES[fmt] + (SUFFIXES[compression] if compression else "")
         if data_name not in expected:
             found = ", ".join(data_names) or "no data file"
             said = f" and compression {compression}" if compression else ""
