@@ -149,7 +149,6 @@ def export(
     _flush_size: int | None = None,
     _row_source: str | None = None,
     _busy_timeout_ms: int | None = None,
-    _car_reader: str = "core",
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
@@ -157,7 +156,6 @@ def export(
     content): its posts are imported into a temporary archive inside the export's hidden
     directory first (docs/CAR.md); `media=True` is then an OptionError, and so are a
     stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
-    `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -322,7 +320,7 @@ def export(
                    on_bad_value, on_progress, csv_formula_guard,
                    media_any_path=media_any_path, media_link=media_link,
                    compress=compress, compress_level=compress_level, flush_size=_flush_size,
-                   car=car, open_archive=open_archive, car_reader=_car_reader)
+                   car=car, open_archive=open_archive)
         try:
             return job.run()
         except BaseException:
@@ -354,11 +352,18 @@ class _NoArchive:
 def _car_source(archive: str | os.PathLike[str]) -> Path | None:
     """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
     and anything unreadable go the archive way, which reports them)."""
-    try:
-        with open(archive, "rb") as f:
-            magic = f.read(len(_SQLITE_MAGIC))
+    try:  # without blocking: a FIFO never hangs the open (the archive check refuses it)
+        fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        magic = os.read(fd, len(_SQLITE_MAGIC))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if magic == _SQLITE_MAGIC or not magic:
         return None
     from .car import is_car
@@ -463,11 +468,10 @@ class _Job:
                  media_link: str = "copy", stream: int | BinaryIO | None = None,
                  compress: str | None = None, compress_level: int | None = None,
                  flush_size: int | None = None, car: Path | None = None,
-                 open_archive: Callable[[Path], Archive] | None = None,
-                 car_reader: str = "core") -> None:
+                 open_archive: Callable[[Path], Archive] | None = None) -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
-        self.car, self.car_reader = car, car_reader  # the source, when it is a CAR
+        self.car = car  # the source, when it is a CAR
         self.open_archive = open_archive or Archive
         self.car_source: dict[str, Any] | None = None
         self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
@@ -803,8 +807,7 @@ class _Job:
             self.heartbeat()
 
         try:
-            with CarRepo(self.car, d, on_blocks, verb="exported",
-                         reader=self.car_reader) as repo:
+            with CarRepo(self.car, d, on_blocks, verb="exported") as repo:
                 self.emit()  # the whole CAR read and indexed
                 build_archive_from(repo, d / "archive.db", scratch=True,
                                    on_chunk=self.heartbeat,
