@@ -418,6 +418,11 @@ cdef class BlockIndex:
             i += 1
         return out
 
+    cdef uint64_t key_at(self, int64_t i) except? 0:
+        cdef IxEntry e
+        self.get(i, &e)
+        return e.key
+
     cdef int put(self, int64_t i, const IxEntry* e) except -1:
         """Entry i (< count) rewritten, in the file and the window."""
         pwrite_all(self.fd, e, sizeof(IxEntry), i * <int64_t>sizeof(IxEntry))
@@ -507,6 +512,25 @@ cdef class BlockIndex:
         if e.key != key:
             return -1
         if not (e.n & (IX_GOOD | IX_BAD)):
+            if at + 1 >= stop or self.key_at(at + 1) != key:
+                # the only entry with this key (the usual case): no verdict to keep, since
+                # any answer but its good copy ends the walk
+                n = <Py_ssize_t>(e.n & IX_LEN)
+                if n > cap[0]:
+                    grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
+                    if grown == NULL:
+                        raise MemoryError()
+                    buf[0], cap[0] = grown, n
+                if pread_full(fd, buf[0], n, e.off) != n:
+                    raise CarFormatError("the CAR changed while it was read (a block is "
+                                         "cut off)")
+                if n < cn or memcmp(buf[0], cid, cn) != 0:
+                    return -1
+                digest = sha256(PyMemoryView_FromMemory(<char*>buf[0] + cn, n - cn,
+                                                        PyBUF_READ)).digest()
+                if memcmp(PyBytes_AS_STRING(digest), cid + cn - 32, 32) != 0:
+                    return -2
+                return n - cn
             r = self.decide(fd, key, at, stop, cid, cn, buf, cap, sha256)
             if r >= 0:
                 return r
