@@ -5,6 +5,7 @@ Used by test_car_hostile.py and as seeds of the fuzz corpus (fuzz/seed_corpus.py
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,7 @@ class Car:
         prev = b""
         for key, v, t in entries:
             k = key.encode()
-            p = 0
-            if compress:
-                while p < min(len(prev), len(k)) and prev[p] == k[p]:
-                    p += 1
+            p = len(os.path.commonprefix([prev, k])) if compress else 0
             es.append({"p": p, "k": k[p:], "v": v, "t": t})
             prev = k
         return self.add({"l": left, "e": es})
@@ -116,10 +114,10 @@ def long_key(posts: int = 300, size: int = 1 << 20) -> bytes:
     """One MST key of `size` bytes whose prefix the other entries reuse."""
     car = Car()
     rec = car.add(post())
-    long = POST + "a" * size
-    keys = [long] + [long + tid(i) for i in range(posts)]
-    node = car.node([(k, rec, None) for k in keys])
-    return car.finish(node)
+    long = (POST + "a" * size).encode()
+    es = [{"p": 0, "k": long, "v": rec, "t": None}]
+    es += [{"p": len(long), "k": tid(i).encode(), "v": rec, "t": None} for i in range(posts)]
+    return car.finish(car.add({"l": None, "e": es}))
 
 
 def big_record(size: int, escaped: bool = True) -> bytes:

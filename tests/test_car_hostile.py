@@ -450,7 +450,7 @@ def test_merge_into_a_locked_archive_says_it_is_locked(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def big_car(tmp_path_factory: pytest.TempPathFactory) -> Path:
     car = tmp_path_factory.mktemp("term") / "repo.car"
-    synth_car(car, 20_000, seed=6)
+    synth_car(car, 10_000, seed=6)
     return car
 
 
