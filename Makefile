@@ -19,7 +19,7 @@ stubtest:       ## the hand-written _core.pyi against the compiled module
 	$(PY) -m mypy.stubtest skyexport._core
 
 lint:           ## ruff, mypy --strict, stubtest of _core.pyi, cython-lint: all clean
-	$(PY) -m ruff check src tests perf
+	$(PY) -m ruff check src tests perf fuzz
 	$(PY) -m mypy --strict src
 	$(PY) -m mypy.stubtest skyexport._core
 	cython-lint --max-line-length 100 ext/skyexport
@@ -30,4 +30,10 @@ perf:           ## the benchmark table (perf/README.md); slow: builds archives u
 gate:           ## the CI performance gate
 	$(PY) perf/gate.py
 
-.PHONY: dev test memtest annotate stubtest lint perf gate
+fuzz:           ## fuzz the CAR reader and the JSON re-indenter, ASan+UBSan build, FUZZ_SECONDS each
+	fuzz/run.sh fuzz
+
+asan-test:      ## the CAR and golden test modules once, on the ASan+UBSan build
+	fuzz/run.sh asan-test
+
+.PHONY: dev test memtest annotate stubtest lint perf gate fuzz asan-test
