@@ -272,7 +272,8 @@ def test_no_partial_export_of_a_damaged_tree(case: str, tmp_path: Path) -> None:
 
 def test_an_entry_without_t_is_malformed_whatever_the_environment(tmp_path: Path) -> None:
     """atproto's MST entries always carry `t` (null when empty): one without it is
-    malformed, and there is one reader (SKYEXPORT_CAR_READER no longer picks another)."""
+    malformed; there is one MST reader, and the environment variable that once chose a
+    second one (SKYEXPORT_CAR_READER=python) changes nothing."""
     car = tmp_path / "not.car"
     car.write_bytes(no_t())
     for env in ({}, {"SKYEXPORT_CAR_READER": "python"}):

@@ -232,7 +232,7 @@ def _all_keys(data: Any, cid: bytes) -> list[bytes]:
 
 def _outside_posts(repo: dict[str, Any]) -> set[bytes]:
     """The MST nodes whose neighbouring keys (the one before the smallest key under them,
-    the one after the largest) enclose no post key: a pruned walk never reads them."""
+    the one after the largest) enclose no post key: they hold only likes or only follows."""
     keys = repo["keys"]
     out = set()
     for cid, (lo, hi) in repo["spans"].items():
