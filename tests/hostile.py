@@ -85,7 +85,7 @@ def reused_chain(keys: int, chain: int = 120, end_with_key: bool = False) -> byt
     car = Car()
     rec = car.add(post())
     if end_with_key:
-        link = car.node([("zzz.last/x", rec, None)])
+        link = car.node([("zzz.last.x/x", rec, None)])
     else:
         link = car.node([])
     for _ in range(chain - 1):
@@ -162,8 +162,8 @@ def deep_record(depth: int) -> bytes:
     car = Car()
     nested = b"\x81" * depth + b"\x01"
     rec = dag_cbor(post("deep"))
-    # splice the nesting in as the value of one more key ("zz": sorts last)
-    body = bytes([rec[0] + 1]) + rec[1:] + b"\x62zz" + nested
+    # splice the nesting in as the value of one more key ("z": shortest, so first)
+    body = bytes([rec[0] + 1]) + b"\x61z" + nested + rec[1:]
     cid = cid_for(body)
     car.add_raw(cid, body)
     return car.finish(car.node([(POST + tid(0), cid, None)]))

@@ -173,10 +173,17 @@ def test_limits_at_their_edges(tmp_path: Path) -> None:
     one_line(run("info", car_with(did=ok_did + "a")).stderr, "2049 bytes", "at most 2048")
     assert run("info", car_with(key=POST + "r" * 512)).returncode == 0
     one_line(run("info", car_with(key=POST + "r" * 513)).stderr, "record key of 1 to 512")
-    coll = "a." + "b" * 315
+    coll = ".".join(c * 63 for c in "abcd") + ".e" + "e" * 60    # 317 bytes
+    assert len(coll) == 317
     assert run("info", car_with(key=coll + "/r")).returncode == 0
-    one_line(run("info", car_with(key=coll + "b/r")).stderr, "collection of 1 to 317")
+    one_line(run("info", car_with(key=coll + "e/r")).stderr, "NSID of 1 to 317")
     one_line(run("info", car_with(key=POST)).stderr, "not COLLECTION/RKEY")
+    # atproto's NSID and record-key syntax
+    for bad in (POST + "alpha/beta", POST + ".", POST + "..", "a.b/x",
+                "1a.b.c/x", "a.b.-c/x", "a.b.1c/x", "a..b.c/x"):
+        one_line(run("info", car_with(key=bad)).stderr, "not COLLECTION/RKEY")
+    for good in (POST + "a.-_:~Z9", "a-b.c.d/x", "a.b.cD9/..."):
+        assert run("info", car_with(key=good)).returncode == 0, good
     big = car_with(rec=post("x" * (1 << 20)))
     one_line(run("import", big, "--archive", tmp_path / "big.db").stderr,
              "atproto records are at most 1 MiB", "record app.bsky.feed.post/k")

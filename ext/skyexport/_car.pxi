@@ -974,6 +974,9 @@ cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Item
     v = 0
     for j in range(k):
         v = (v << 8) | s[i + 1 + j]
+    # DAG-CBOR: every argument in its shortest form
+    if v < (<uint64_t>24 if k == 1 else (<uint64_t>1) << (4 * k)):
+        raise CarFormatError("has a non-minimal CBOR integer or length (not DAG-CBOR)")
     it.arg = v
     it.head = 1 + k
     return 0
@@ -1041,16 +1044,65 @@ cdef Py_ssize_t cb_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return i + ln
 
 
-cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
-    """Validates the item at i; returns the offset after it."""
+cdef inline bint key_before(const unsigned char* a, Py_ssize_t an, const unsigned char* b,
+                           Py_ssize_t bn) noexcept nogil:
+    """DAG-CBOR's map key order: shorter first, then bytewise."""
+    if an != bn:
+        return an < bn
+    return memcmp(a, b, an) < 0
+
+
+cdef bint cb_type_is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """Checks the value of a `$type` key (a non-empty string): is it "blob"?"""
     cdef Item it
-    cdef Py_ssize_t ln, start
+    cb_head(s, i, n, &it)
+    if it.major != 3 or it.arg == 0:
+        raise CarFormatError("has a `$type` that is not a non-empty string")
+    return it.arg == 4 and i + 5 <= n and memcmp(s + i + 1, b"blob", 4) == 0
+
+
+cdef int cb_check_blob(const unsigned char* s, Py_ssize_t m, Py_ssize_t n) except -1:
+    """A validated map at m whose `$type` is "blob": a `ref` link, a non-empty `mimeType`
+    string and an integer `size` >= 0 (atproto's data model)."""
+    cdef Item it
+    cdef Py_ssize_t x = cb_find(s, m, n, "ref")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 6:
+        raise CarFormatError("has a blob without a `ref` link")
+    x = cb_find(s, m, n, "mimeType")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 3 or it.arg == 0:
+        raise CarFormatError("has a blob without a `mimeType`")
+    x = cb_find(s, m, n, "size")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 0:
+        raise CarFormatError("has a blob without an integer `size`")
+    return 0
+
+
+cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
+    """Validates the item at i as atproto's data model in DAG-CBOR; returns the offset
+    after it.  Beside what cb_head refuses (floats, simple values, indefinite lengths,
+    non-minimal arguments): integers outside the signed 64-bit range, tags but 42, links
+    that are not CIDs, invalid UTF-8, non-string map keys, map keys repeated or out of
+    DAG-CBOR's order, a `$type` that is not a non-empty string, a blob without its `ref`,
+    `mimeType` and integer `size`; nesting deeper than CBOR_MAX_DEPTH."""
+    cdef Item it
+    cdef Py_ssize_t ln, start, m = i, kn, pn = 0
+    cdef const unsigned char* kp
+    cdef const unsigned char* pk = NULL
     cdef uint64_t j
+    cdef bint blob = False
     if depth > CBOR_MAX_DEPTH:
         raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
     cb_head(s, i, n, &it)
     i += it.head
     if it.major <= 1:
+        if it.arg > <uint64_t>0x7FFFFFFFFFFFFFFF:
+            raise CarFormatError("has an integer outside the signed 64-bit range")
         return i
     if it.major == 2:
         return i + cb_len(s, i, n, it.arg)
@@ -1067,8 +1119,15 @@ cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int 
     if it.major == 5:
         cb_len(s, i, n, it.arg)
         for j in range(it.arg):
-            i = cb_key(s, i, n, NULL, NULL)
+            i = cb_key(s, i, n, &kp, &kn)
+            if j and not key_before(pk, pn, kp, kn):
+                raise CarFormatError("has map keys repeated or out of DAG-CBOR's order")
+            pk, pn = kp, kn
+            if kn == 5 and memcmp(kp, b"$type", 5) == 0:
+                blob = cb_type_is_blob(s, i, n)
             i = cb_skip(s, i, n, depth + 1)
+        if blob:
+            cb_check_blob(s, m, n)
         return i
     if it.major == 6:
         if it.arg != 42:
@@ -1368,6 +1427,9 @@ def cbor_to_py(data, Py_ssize_t pos=0, bint whole=True):
     nothing may follow it."""
     cdef bytes d = bytes(data)
     cdef Py_ssize_t i = pos, n = PyBytes_GET_SIZE(d)
+    if not 0 <= pos <= n:
+        raise ValueError("pos")
+    cb_skip(<const unsigned char*>PyBytes_AS_STRING(d), pos, n, 0)
     v = cb_py(<const unsigned char*>PyBytes_AS_STRING(d), &i, n, 0)
     if whole and i != n:
         raise CarFormatError("has bytes after its value")
@@ -1380,6 +1442,7 @@ def cbor_to_json(data):
     cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(d)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(d), end
     cdef OutBuf b
+    cb_skip(s, 0, n, 0)
     ob_init(&b, n * 2 + 16)
     try:
         end = cb_json(&b, s, 0, n, 0)
@@ -1581,6 +1644,56 @@ cdef class _Frame:
 
 POST_PREFIX = b"app.bsky.feed.post/"
 POST_END = b"app.bsky.feed.post0"    # "/" + 1: every post key is in [POST_PREFIX, POST_END)
+
+
+cdef inline bint alnum(unsigned char c) noexcept nogil:
+    return (b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9')
+
+
+cdef bint nsid_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """atproto's NSID syntax: at least three segments separated by '.', each 1-63 bytes;
+    the domain segments of letters, digits and '-' (not at either end; the first not
+    starting with a digit), the name of letters and digits starting with a letter."""
+    cdef Py_ssize_t i = 0, start = 0, segs = 0, last = 0
+    cdef unsigned char c
+    while True:
+        start = i
+        while i < n and s[i] != b'.':
+            i += 1
+        if i == start or i - start > 63:
+            return False
+        segs += 1
+        last = start
+        if i == n:
+            break
+        # a domain segment
+        if s[start] == b'-' or s[i - 1] == b'-' or (segs == 1 and b'0' <= s[start] <= b'9'):
+            return False
+        for start in range(start, i):
+            c = s[start]
+            if not (alnum(c) or c == b'-'):
+                return False
+        i += 1
+    if segs < 3 or b'0' <= s[last] <= b'9':
+        return False
+    for i in range(last, n):
+        if not alnum(s[i]):
+            return False
+    return True
+
+
+cdef bint rkey_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """atproto's record key syntax: 1-512 of A-Za-z0-9 . - _ : ~, not "." or ".."."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n < 1 or n > MAX_RKEY or (n == 1 and s[0] == b'.') or (n == 2 and s[0] == b'.'
+                                                               and s[1] == b'.'):
+        return False
+    for i in range(n):
+        c = s[i]
+        if not (alnum(c) or c == b'.' or c == b'-' or c == b'_' or c == b':' or c == b'~'):
+            return False
+    return True
 
 
 cdef int bytes_cmp(bytes a, bytes b) noexcept:
@@ -1796,10 +1909,12 @@ cdef class CarWalker:
                         raise CarFormatError("has a key that is not printable ASCII")
                     if ks[j] == b'/' and slash < 0:
                         slash = j
-                if slash < 1 or slash > MAX_NSID or kn - slash - 1 < 1 or kn - slash - 1 > MAX_RKEY:
+                if (slash < 1 or slash > MAX_NSID or kn - slash - 1 < 1
+                        or kn - slash - 1 > MAX_RKEY or not nsid_ok(ks, slash)
+                        or not rkey_ok(ks + slash + 1, kn - slash - 1)):
                     raise CarFormatError(f"has key {key.decode('ascii')}, not COLLECTION/RKEY "
-                                         f"(a collection of 1 to {MAX_NSID} bytes, a record "
-                                         f"key of 1 to {MAX_RKEY})")
+                                         f"(an NSID of 1 to {MAX_NSID} bytes, a record "
+                                         f"key of 1 to {MAX_RKEY} of A-Za-z0-9.-_:~)")
                 if self.last_key is not None and bytes_cmp(key, self.last_key) <= 0:
                     raise CarFormatError(f"has key {key.decode('ascii')} out of order (the "
                                          "MST is damaged)")
