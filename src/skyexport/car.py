@@ -39,6 +39,7 @@ from typing import Any
 import apsw
 
 from . import _core
+from ._platform import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, fsync, set_blocking
 from .errors import ArchiveError, OptionError
 
 __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
@@ -87,14 +88,13 @@ def _header_roots(obj: object) -> list[object] | None:
 def _open_regular(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(descriptor, size) of `path` opened for reading, when it is a regular file; opened
     without blocking (a FIFO or a device never hangs the open), then checked with fstat.
-    Raises OSError, or IsADirectoryError-like ValueError for anything but a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    Raises OSError, or ValueError for anything but a regular file."""
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("not a regular file")
-        if hasattr(os, "set_blocking"):
-            os.set_blocking(fd, True)
+        set_blocking(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -253,8 +253,8 @@ class CarRepo:
         while True:
             p = index_dir / f".{self.path.name}.{os.urandom(4).hex()}.car-index"
             try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
+                             | O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -539,7 +539,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
         if not scratch:
             fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                fsync(fd)
             finally:
                 os.close(fd)
         con.close()

@@ -352,8 +352,10 @@ class _NoArchive:
 def _car_source(archive: str | os.PathLike[str]) -> Path | None:
     """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
     and anything unreadable go the archive way, which reports them)."""
+    from ._platform import O_CLOEXEC, O_NONBLOCK
+
     try:  # without blocking: a FIFO never hangs the open (the archive check refuses it)
-        fd = os.open(archive, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(archive, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     except OSError:
         return None
     try:
