@@ -1044,8 +1044,8 @@ cdef Py_ssize_t cb_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return i + ln
 
 
-cdef inline bint key_before(const unsigned char* a, Py_ssize_t an, const unsigned char* b,
-                           Py_ssize_t bn) noexcept nogil:
+cdef inline bint key_before(const unsigned char* a, Py_ssize_t an,
+                            const unsigned char* b, Py_ssize_t bn) noexcept nogil:
     """DAG-CBOR's map key order: shorter first, then bytewise."""
     if an != bn:
         return an < bn
@@ -1686,8 +1686,9 @@ cdef bint rkey_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """atproto's record key syntax: 1-512 of A-Za-z0-9 . - _ : ~, not "." or ".."."""
     cdef Py_ssize_t i
     cdef unsigned char c
-    if n < 1 or n > MAX_RKEY or (n == 1 and s[0] == b'.') or (n == 2 and s[0] == b'.'
-                                                               and s[1] == b'.'):
+    if n < 1 or n > MAX_RKEY:
+        return False
+    if s[0] == b'.' and (n == 1 or (n == 2 and s[1] == b'.')):
         return False
     for i in range(n):
         c = s[i]
