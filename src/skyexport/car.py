@@ -196,6 +196,7 @@ class CarRepo:
         return ArchiveError(f"{self.path}: {what}{tail}")
 
     def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
+        self.index_dir = index_dir
         found = _read_header(self.fd)
         roots = _header_roots(found[0]) if found is not None else None
         if found is None or roots is None:
@@ -263,6 +264,19 @@ class CarRepo:
             os.unlink(p)
             return fd
 
+    def _error(self, exc: ValueError | OSError) -> ArchiveError:
+        """The one line for an error of the core's reader: a bad CAR (ValueError), no room
+        for the block index (ScratchWriteError: the temporary file and its disk are
+        named, not the CAR), or the CAR unreadable (OSError)."""
+        if isinstance(exc, _core.ScratchWriteError):
+            tail = f"; nothing was {self.verb}" if self.verb else ""
+            return ArchiveError(f"writing the block index of {self.path} (a temporary file in "
+                                f"{self.index_dir}) failed: {exc.strerror}; free space on "
+                                f"that disk{tail}")
+        if isinstance(exc, OSError):
+            return self._fail(f"reading failed ({exc.strerror})")
+        return self._fail(str(exc))
+
     def _build_index(self, index_dir: Path, start: int, head: bytes,
                      on_blocks: Callable[[int, int], None] | None) -> None:
         self.index_fd = self._scratch_fd(index_dir)
@@ -273,14 +287,8 @@ class CarRepo:
             self.index = scanner.build_index(
                 self.index_fd, runs_fd, INDEX_BATCH,
                 None if on_blocks is None else lambda: on_blocks(scanner.blocks, scanner.pos))
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
-        except _core.ScratchWriteError as exc:
-            raise ArchiveError(f"writing the block index of {self.path} (a temporary file in "
-                               f"{index_dir}) failed: {exc.strerror}; free space on that "
-                               "disk") from None
-        except OSError as exc:
-            raise self._fail(f"reading failed ({exc.strerror})") from None
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
         finally:
             os.close(runs_fd)
         self.stats.blocks = scanner.blocks
@@ -294,8 +302,8 @@ class CarRepo:
         name = _core.cid_str(cid)
         try:
             status, data = self.index.block(self.fd, cid)
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
         if status == 0:
             assert data is not None
             return data
@@ -350,8 +358,8 @@ class CarRepo:
         assert self.index is not None
         try:
             return _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
 
     def walk(self) -> Iterator[tuple[str, _core.CID]]:
         """Every (key, record CID) of the MST, in key order (records are not read);
@@ -361,8 +369,8 @@ class CarRepo:
             while True:
                 try:
                     got = walker.entries(ROW_CHUNK)
-                except ValueError as exc:
-                    raise self._fail(str(exc)) from None
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
                 if not got:
                     break
                 yield from got
@@ -381,8 +389,8 @@ class CarRepo:
             while True:
                 try:
                     rows = walker.rows(ROW_CHUNK, archived_at, ROW_BYTES)
-                except ValueError as exc:
-                    raise self._fail(str(exc)) from None
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
                 if not rows:
                     break
                 yield from rows
@@ -406,8 +414,8 @@ class CarRepo:
                 batch = batches[0]  # batches[1]: the one being inserted
                 try:
                     k = walker.fill(batch, ROW_CHUNK, ROW_BYTES)
-                except ValueError as exc:
-                    raise self._fail(str(exc)) from None
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
                 finally:
                     if pending is not None:
                         pending.wait()  # its batch is free again; raises its error
