@@ -121,16 +121,14 @@ def refused_by_all(car: Path, tmp: Path, *needles: str) -> dict[str, Run]:
     ("did", ("`did` of 1048584 bytes", "at most 2048")),
     ("key", ("key of 1048595 bytes", "at most 830")),
     ("block", ("is 20971719 bytes", "at most 5 MiB per block")),
-    ("path", ("more than 8 MiB",)),
 ])
 def test_amplifying_cars_are_refused_in_flat_memory(case: str, needles: tuple[str, ...],
                                                     tmp_path: Path) -> None:
-    """A 1 MiB DID, a 1 MiB MST key whose prefix 300 keys reuse, a 20 MiB record, an MST
-    path of 40 nodes of 1.2 MB: refused in one line by info, import and export, each
-    under 64 MB (an unguarded reader: 67 to 408 MB)."""
+    """A 1 MiB DID, a 1 MiB MST key whose prefix 300 keys reuse, a 20 MiB record: refused
+    in one line by info, import and export, each under 64 MB (an unguarded reader: 280 to
+    408 MB)."""
     data = {"did": lambda: long_did(300, 1 << 20), "key": lambda: long_key(300, 1 << 20),
-            "block": lambda: big_record(20 << 20),
-            "path": lambda: fat_path(40, 1_200_000)}[case]()
+            "block": lambda: big_record(20 << 20)}[case]()
     car = tmp_path / f"{case}.car"
     car.write_bytes(data)
     del data
@@ -138,14 +136,17 @@ def test_amplifying_cars_are_refused_in_flat_memory(case: str, needles: tuple[st
 
 
 @needs_proc
-@pytest.mark.parametrize("case", ["big", "embeds"])
+@pytest.mark.parametrize("case", ["big", "embeds", "path"])
 def test_large_records_within_the_limits_stay_flat(case: str, tmp_path: Path) -> None:
-    """A post of 900 KB whose embed escapes to 5.4 MB of JSON, and 300 posts with 50 KB
-    embeds (15 MB of CAR, 90 MB of JSON): every command succeeds under 64 MB (batches
-    are sized by bytes as well as rows)."""
+    """A post of 900 KB whose embed escapes to 5.4 MB of JSON; 300 posts with 50 KB
+    embeds (15 MB of CAR, 90 MB of JSON); an MST path of 40 nodes of 1.2 MB each (47 MB):
+    every command succeeds under 64 MB (batches are sized by bytes as well as rows; the
+    walk holds one node of its path at a time -- an unguarded reader: 67 to 114 MB)."""
     car = tmp_path / f"{case}.car"
-    car.write_bytes(big_record(900_000) if case == "big" else many_embeds(300, 50_000))
-    posts = 1 if case == "big" else 300
+    car.write_bytes({"big": lambda: big_record(900_000),
+                     "embeds": lambda: many_embeds(300, 50_000),
+                     "path": lambda: fat_path(40, 1_200_000)}[case]())
+    posts = 300 if case == "embeds" else 1
     runs = three_commands(car, tmp_path)
     for cmd, r in runs.items():
         assert r.code == 0, (cmd, r.stderr)
@@ -245,7 +246,8 @@ def test_a_record_shared_by_many_keys_has_a_budget(tmp_path: Path) -> None:
 
 def test_walk_budget_is_proportional_to_the_file(tmp_path: Path) -> None:
     """The walk's budget (a test hook: CarWalker.budget) is 8 times the file's size and
-    8 MiB, and each block read spends its bytes and 64 more."""
+    8 MiB, and each block read spends its bytes and 64 more; an honest walk spends about
+    the file's size."""
     from skyexport.car import CarRepo
 
     car = tmp_path / "s.car"
@@ -257,7 +259,10 @@ def test_walk_budget_is_proportional_to_the_file(tmp_path: Path) -> None:
             pass
         spent = 8 * car.stat().st_size + (8 << 20) - w.budget
         assert w.blocks_read == 200 + w.nodes_read
-        assert 100 * w.blocks_read < spent <= car.stat().st_size + 64 * w.blocks_read
+        # nodes read again when the walk comes back up from a subtree spend too: an
+        # honest tree reads fewer than all its nodes once more
+        assert 0 < w.nodes_reread < w.nodes_read
+        assert 100 * w.blocks_read < spent <= 2 * car.stat().st_size
 
 
 # --- order: every walk reads every node -----------------------------------------------

@@ -33,7 +33,6 @@ cdef enum:
     MAX_NSID = 317
     MAX_RKEY = 512
     MAX_KEY = MAX_NSID + 1 + MAX_RKEY
-    PATH_MAX_BYTES = 8 << 20  # the MST nodes on the walk's path, together
     FETCH_COST = 64           # what one block read costs the walk's budget beside its bytes
 
 
@@ -432,7 +431,7 @@ cdef class BlockIndex:
 
     cdef Py_ssize_t decide(self, int fd, uint64_t key, int64_t at, int64_t stop,
                            const unsigned char* want, Py_ssize_t wn, unsigned char** buf,
-                           Py_ssize_t* cap, object sha256) except -2:
+                           Py_ssize_t* cap, object sha256, int64_t* where) except -2:
         """Decide the verdict of every entry with index key `key` (from position `at`),
         once: each block is read and hashed at most once in the whole walk, however often
         it is looked up.  Good entries are moved before the bad ones, so a lookup stops at
@@ -481,6 +480,7 @@ cdef class BlockIndex:
                         good.append(cid)
                         if c == wn and memcmp(head, want, wn) == 0:
                             hit = n - c
+                            where[0] = e.off
             e.n = (e.n & IX_LEN) | (IX_GOOD if ok else IX_BAD)
             if ok and i != w:   # entries [w, i) are bad: swap the first of them with i
                 self.get(w, &o)
@@ -495,10 +495,10 @@ cdef class BlockIndex:
 
     cdef Py_ssize_t resolve(self, int fd, const unsigned char* cid, Py_ssize_t cn,
                             unsigned char** buf, Py_ssize_t* cap,
-                            object sha256) except -3:
+                            object sha256, int64_t* where) except -3:
         """The good copy of block `cid` (a SHA-256 CID) read into buf[0] (CID, then
-        data; grown as needed): returns its data length; -1 when no block has that CID,
-        -2 when every copy is damaged."""
+        data; grown as needed), its offset in the CAR in where[0]: returns its data
+        length; -1 when no block has that CID, -2 when every copy is damaged."""
         cdef uint64_t key = <uint64_t>cid_key(cid, cn)
         cdef int64_t stop, i
         cdef int64_t at = self.first(key, &stop)
@@ -530,8 +530,9 @@ cdef class BlockIndex:
                                                         PyBUF_READ)).digest()
                 if memcmp(PyBytes_AS_STRING(digest), cid + cn - 32, 32) != 0:
                     return -2
+                where[0] = e.off
                 return n - cn
-            r = self.decide(fd, key, at, stop, cid, cn, buf, cap, sha256)
+            r = self.decide(fd, key, at, stop, cid, cn, buf, cap, sha256, where)
             if r >= 0:
                 return r
         i = at
@@ -548,7 +549,8 @@ cdef class BlockIndex:
             if pread_full(fd, buf[0], n, e.off) != n:
                 raise CarFormatError("the CAR changed while it was read (a block is cut "
                                      "off)")
-            if n >= cn and memcmp(buf[0], cid, cn) == 0 and (n == cn or cid_len(buf[0], n) == cn):
+            if n >= cn and memcmp(buf[0], cid, cn) == 0:
+                where[0] = e.off
                 return n - cn
             i += 1
         # no good copy: a damaged one, or none at all (read once, just before failing)
@@ -569,12 +571,13 @@ cdef class BlockIndex:
         cdef bytes c = bytes(cid)
         cdef unsigned char* buf = NULL
         cdef Py_ssize_t cap = 0, r, cn = PyBytes_GET_SIZE(c)
+        cdef int64_t where
         if not sha256_cid(<const unsigned char*>PyBytes_AS_STRING(c), cn):
             return 3, None
         import hashlib
         try:
             r = self.resolve(fd, <const unsigned char*>PyBytes_AS_STRING(c), cn, &buf, &cap,
-                             hashlib.sha256)
+                             hashlib.sha256, &where)
             if r < 0:
                 return (1 if r == -1 else 2), None
             return 0, PyBytes_FromStringAndSize(<const char*>buf + cn, r)
@@ -1634,9 +1637,13 @@ cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Frame:
-    """One MST node on the walk's path: its block, where its next entry starts, how many
+    """One MST node on the walk's path: its data (None while the walk is below it: only
+    the node being read is held, the others are read again from the CAR when the walk
+    comes back to them), where that is in the CAR, where its next entry starts, how many
     entries are left, and the last key read in it (keys are prefix-compressed per node)."""
     cdef bytes data
+    cdef int64_t off
+    cdef Py_ssize_t n
     cdef Py_ssize_t pos
     cdef uint64_t left
     cdef bytes key
@@ -1728,6 +1735,7 @@ cdef class CarWalker:
     cdef readonly dict collections
     cdef readonly int64_t blocks_read     # block reads (nodes and records)
     cdef readonly int64_t nodes_read
+    cdef readonly int64_t nodes_reread    # nodes read again when the walk came back up
     cdef readonly int64_t budget          # bytes the walk may still read
     cdef readonly bint posts_only
     cdef str did
@@ -1737,7 +1745,7 @@ cdef class CarWalker:
     cdef unsigned char* buf   # the last block fetch() read: its CID, then its data
     cdef Py_ssize_t cap
     cdef Py_ssize_t dn        # the data length of the record next_post() read
-    cdef Py_ssize_t path_bytes
+    cdef int64_t fetched_at   # where the block fetch() read starts in the CAR (its CID)
 
     def __cinit__(self):
         self.buf = NULL
@@ -1754,7 +1762,6 @@ cdef class CarWalker:
         self.collections = {}
         self.stack = []
         self.last_key = None
-        self.path_bytes = 0
         self.budget = 8 * index.size + (8 << 20)
         self.push(bytes(data_cid), None)
 
@@ -1789,7 +1796,8 @@ cdef class CarWalker:
             uvarint(cid + i, cn - i, &code)
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
                                  f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256)
+        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
+                            &self.fetched_at)
         if r == -2:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
                                  "not match its CID (the file is damaged); download the "
@@ -1798,15 +1806,30 @@ cdef class CarWalker:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
                                  "missing (a partial CAR?); download the whole repository "
                                  "again")
-        self.budget -= r + cn + FETCH_COST
-        if self.budget < 0:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}): the "
-                                 f"MST has read {self.blocks_read} blocks, more than 8 times "
-                                 "the file's size in all: it reuses a subtree or a record "
-                                 "many times (an honest repository reads each block about "
-                                 "once); refused")
+        self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
         self.blocks_read += 1
         return r
+
+    cdef int spend(self, Py_ssize_t n, str name, str what) except -1:
+        self.budget -= n + FETCH_COST
+        if self.budget < 0:
+            raise CarFormatError(f"block {name} ({what}): the MST has read "
+                                 f"{self.blocks_read} blocks, more than 8 times the file's "
+                                 "size in all: it reuses a subtree or a record many times (an "
+                                 "honest repository reads each block about once); refused")
+        return 0
+
+    cdef int reload(self, _Frame f) except -1:
+        """Read f's node again (the walk comes back to it from a subtree), checked as
+        the first time (not hashed again: the walk read it whole moments ago)."""
+        cdef bytes data = PyBytes_FromStringAndSize(NULL, f.n)
+        self.spend(f.n, "", "an MST node read again")
+        if (pread_full(self.fd, PyBytes_AS_STRING(data), f.n, f.off) != f.n
+                or cb_skip(<const unsigned char*>PyBytes_AS_STRING(data), 0, f.n, 0) != f.n):
+            raise CarFormatError("the CAR changed while it was read (an MST node differs)")
+        self.nodes_reread += 1
+        f.data = data
+        return 0
 
     cdef int push(self, bytes cid, bytes prev) except -1:
         """Put the node `cid` on the path, and its leftmost descendants after it."""
@@ -1815,13 +1838,10 @@ cdef class CarWalker:
         cdef const unsigned char* s
         cdef _Frame f
         while True:
+            if self.stack:   # one node held at a time: the parent is read again later
+                (<_Frame>self.stack[len(self.stack) - 1]).data = None
             cn = PyBytes_GET_SIZE(cid)
             n = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, None, prev)
-            if self.path_bytes + n > PATH_MAX_BYTES:
-                raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}): the "
-                                     "MST nodes from the root to it hold more than "
-                                     f"{PATH_MAX_BYTES >> 20} MiB (honest ones hold a few "
-                                     "KB); refused")
             self.nodes_read += 1
             data = PyBytes_FromStringAndSize(<const char*>self.buf + cn, n)
             s = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -1844,6 +1864,8 @@ cdef class CarWalker:
                                      "more than 128 levels deep")
             f = _Frame.__new__(_Frame)
             f.data = data
+            f.off = self.fetched_at + cn
+            f.n = n
             f.pos = e + it.head
             f.left = it.arg
             f.key = b""
@@ -1852,7 +1874,6 @@ cdef class CarWalker:
                 raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) is an "
                                      "empty MST node below the root (the MST is damaged)")
             self.stack.append(f)
-            self.path_bytes += n
             if it.major == 7 and it.arg == 22:
                 return 0
             if it.major != 6:
@@ -1874,8 +1895,9 @@ cdef class CarWalker:
             f = <_Frame>self.stack[len(self.stack) - 1]
             if f.left == 0:
                 self.stack.pop()
-                self.path_bytes -= PyBytes_GET_SIZE(f.data)
                 continue
+            if f.data is None:
+                self.reload(f)
             s = <const unsigned char*>PyBytes_AS_STRING(f.data)
             n = PyBytes_GET_SIZE(f.data)
             i = f.pos
