@@ -23,7 +23,7 @@ stubtest:       ## the hand-written _core.pyi against the compiled module
 
 lint:           ## ruff, mypy --strict, stubtest of _core.pyi, cython-lint: all clean
 	$(PY) -m ruff check src tests perf fuzz
-	$(PY) -m mypy --strict src
+	$(PY) -m mypy --strict src tests/typed/api_usage.py
 	$(PY) -m mypy.stubtest skyexport._core
 	cython-lint --max-line-length 100 ext/skyexport
 

@@ -60,6 +60,7 @@ class Writer:
         flush_size: int = 1048576,
         formula_guard: bool = False,
         on_unreadable_date: Callable[[bytes, bytes], object] | None = None,
+        bom: bool = True,
     ) -> None: ...
     def take_media_posts(self) -> list[bytes]: ...
     def encode(self, rows: RowSource | Iterable[tuple[object, ...]], max_rows: int,

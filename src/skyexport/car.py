@@ -136,10 +136,14 @@ def _load_core(con: apsw.Connection) -> bool:
 
 
 class _Insert:
-    """RowBatch.insert_into(con) on a thread of its own."""
+    """RowBatch.insert_into(con) on a thread of its own.  The thread marks its own end
+    (`done`), which wait() waits for: Thread.join() interrupted by a signal can take a
+    running thread for ended (Python 3.10-3.12), and the batch and the connection must not
+    be reused while it inserts."""
 
     def __init__(self, batch: Any, con: apsw.Connection) -> None:
         self.error: BaseException | None = None
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(batch, con),
                                        name="skyexport-car-insert", daemon=True)
         self.thread.start()
@@ -149,9 +153,11 @@ class _Insert:
             batch.insert_into(con)
         except BaseException as exc:  # re-raised by wait() on the walking thread
             self.error = exc
+        finally:
+            self.done.set()
 
     def wait(self, raise_error: bool = True) -> None:
-        self.thread.join()
+        self.done.wait()
         if self.error is not None and raise_error:
             raise self.error
 
@@ -177,7 +183,8 @@ class CarRepo:
         self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
         self._hashing: threading.Thread | None = None
-        self._hash: list[str | OSError] = []
+        self._hash: list[str | BaseException] = []
+        self._hashed = threading.Event()  # set by the hashing thread as it ends
         self._stop_hashing = False
         try:
             self.fd, self.size_at_open = _open_regular(self.path)
@@ -217,14 +224,15 @@ class CarRepo:
 
     def _hash_file(self) -> None:
         """The SHA-256 of the file's first size_at_open bytes -- exactly the bytes the
-        index frames, even if the file grows meanwhile -- into self._hash (or the OSError
-        reading it)."""
-        h = hashlib.sha256()
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        off = 0
-        end = self.size_at_open
+        index frames, even if the file grows meanwhile -- into self._hash, or the exception
+        (of any type) that stopped it; `_hashed` is set as the thread ends, whatever ends
+        it."""
         try:
+            h = hashlib.sha256()
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            off = 0
+            end = self.size_at_open
             while not self._stop_hashing:
                 n = os.preadv(self.fd, [view[:min(HASH_CHUNK, end - off)]], off) \
                     if off < end else 0  # both release the GIL
@@ -235,18 +243,25 @@ class CarRepo:
                     return
                 h.update(view[:n])
                 off += n
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by sha256 on the caller's thread
             self._hash.append(exc)
+        finally:
+            self._hashed.set()
+
+    def _join_hashing(self) -> None:
+        if self._hashing is not None:
+            self._hashed.wait()  # not join(): see _Insert
+            self._hashing = None
 
     @property
     def sha256(self) -> str:
         """The SHA-256 of the whole file (hex)."""
-        if self._hashing is not None:
-            self._hashing.join()
-            self._hashing = None
+        self._join_hashing()
         got = self._hash[0] if self._hash else OSError("not hashed")
         if isinstance(got, OSError):
             raise self._fail(f"reading failed ({got.strerror or got})")
+        if isinstance(got, BaseException):
+            raise self._fail(f"hashing failed ({type(got).__name__}: {got})") from got
         return got
 
     def _scratch_fd(self, index_dir: Path) -> int:
@@ -436,8 +451,7 @@ class CarRepo:
     def close(self) -> None:
         if self._hashing is not None:
             self._stop_hashing = True
-            self._hashing.join()
-            self._hashing = None
+            self._join_hashing()
         self.index = None
         if self.index_fd >= 0:
             os.close(self.index_fd)
@@ -666,11 +680,12 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
                           f"{exc.strerror}") from None
     try:
         with CarRepo(car, parent, on_blocks) as repo:
+            sha256 = repo.sha256  # a failure to hash it fails the import before it is made
             if merge:
                 posts, added = _merge(repo, final, _now_sqlite())
             else:
                 posts = added = build_archive_from(repo, final)
-            return ImportResult(final, posts, added, repo.did, repo.rev, repo.sha256,
+            return ImportResult(final, posts, added, repo.did, repo.rev, sha256,
                                 time.monotonic() - started)
     except BaseException:
         _remove_dirs(made)
