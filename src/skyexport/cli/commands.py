@@ -397,11 +397,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     progress = args.progress or ("none" if args.quiet else "auto")
     t0 = time.monotonic()
     env = _archive_env()
-    knobs = {"row_source": env.get("_row_source"),
-             "busy_timeout_ms": env.get("_busy_timeout_ms"),
-             "source": {"reader": env["_car_reader"]} if "_car_reader" in env else None}
     try:
-        with tuning(option=_cli_option, **knobs):
+        with tuning(option=_cli_option, row_source=env.get("_row_source"),
+                    busy_timeout_ms=env.get("_busy_timeout_ms")):
             result = export(args.archive, sys.stdout.fileno() if to_stdout else args.output,
                             format=args.format, did=args.did,
                             since=args.since, until=args.until, media=args.media,
@@ -474,8 +472,6 @@ def _archive_env() -> dict[str, Any]:
     timeout = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "").strip()
     if timeout.isdigit():
         out["_busy_timeout_ms"] = int(timeout)
-    if os.environ.get("SKYEXPORT_CAR_READER") == "python":  # a CAR's MST walked in Python
-        out["_car_reader"] = "python"
     return out
 
 
@@ -514,7 +510,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     env = _archive_env()
     if is_car(args.archive):
-        cinfo = car_info(args.archive, reader=env.get("_car_reader", "core"))
+        cinfo = car_info(args.archive)
         if args.json:
             import json
             sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
@@ -551,8 +547,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..sources.car.repo import import_car
 
     try:
-        r = import_car(args.car, args.archive, merge=args.merge,
-                       reader=_archive_env().get("_car_reader", "core"))
+        r = import_car(args.car, args.archive, merge=args.merge)
     except OptionError as exc:
         return _usage(args, str(exc))
     out = sys.stdout
@@ -798,7 +793,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"skyexport: {word}; {streamed} bytes had already gone to "
                              "stdout: an incomplete export, discard them\n")
         elif published is None:
-            sys.stderr.write(f"skyexport: {word}; nothing was exported\n")
+            # what was left undone, by command: info changes nothing at all
+            undone = {"import": "; nothing was imported (the archive is as it was)",
+                      "info": ""}.get(args.command, "; nothing was exported")
+            sys.stderr.write(f"skyexport: {word}{undone}\n")
         else:
             # The signal came after the final rename: the export is whole and visible.
             sys.stderr.write(f"skyexport: {word} after the export was complete; it is "

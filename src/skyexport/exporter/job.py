@@ -230,7 +230,7 @@ def _run(o: Options, on_progress: Callable[[ExportProgress], object] | None) -> 
     try:
         # Without --media nothing else uses the connection while the pipe steps it.
         with o.kind(o.archive, row_source=t.row_source, busy_timeout_ms=t.busy_timeout_ms,
-                    nomutex=not o.media, **t.source) as source:
+                    nomutex=not o.media) as source:
             did = o.did
             if o.layout == "did":
                 did = did_dirname(source.layout_did(did, o.opt), o.opt)

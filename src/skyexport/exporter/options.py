@@ -35,18 +35,15 @@ class Tuning:
     handing them to the data file (default 1 MiB: a tiny one makes every row, and every
     large value mid-row, cross a flush); `row_source` ("pipe", "direct" or "cursor") and
     `busy_timeout_ms` choose how rows are read and how long a lock is waited for (the CLI
-    passes SKYEXPORT_ROW_SOURCE and SKYEXPORT_BUSY_TIMEOUT_MS); `source` holds further
-    keywords for the kind of input opened (its Source subclass's own)."""
+    passes SKYEXPORT_ROW_SOURCE and SKYEXPORT_BUSY_TIMEOUT_MS)."""
 
-    __slots__ = ("option", "flush_size", "row_source", "busy_timeout_ms", "source")
+    __slots__ = ("option", "flush_size", "row_source", "busy_timeout_ms")
 
     def __init__(self, option: Callable[[str], str] | None = None,
                  flush_size: int | None = None, row_source: str | None = None,
-                 busy_timeout_ms: int | None = None,
-                 source: dict[str, Any] | None = None) -> None:
+                 busy_timeout_ms: int | None = None) -> None:
         self.option, self.flush_size = option, flush_size
         self.row_source, self.busy_timeout_ms = row_source, busy_timeout_ms
-        self.source = source or {}
 
 
 _TUNING: ContextVar[Tuning | None] = ContextVar("skyexport_tuning", default=None)

@@ -31,10 +31,8 @@ class CarSource(Source):
         "layout_did_without_did": "the repository's DID: `skyexport info {path}`",
     }
 
-    def __init__(self, path: str | os.PathLike[str], *, reader: str = "core",
-                 **how: Any) -> None:
+    def __init__(self, path: str | os.PathLike[str], **how: Any) -> None:
         super().__init__(path, **how)
-        self.reader = reader  # "python": the MST walked in Python (repo.py's walker)
         self.arc: Archive | None = None
         self.scratch: Path | None = None
         self.blocks = self.bytes = 0  # read of it so far (progress)
@@ -56,7 +54,7 @@ class CarSource(Source):
             self.blocks, self.bytes = blocks, offset
             heartbeat()
 
-        with CarRepo(self.path, d, on_blocks, verb="exported", reader=self.reader) as repo:
+        with CarRepo(self.path, d, on_blocks, verb="exported") as repo:
             emit()  # the whole CAR read and indexed
             build_archive_from(repo, d / "archive.db", scratch=True, on_chunk=heartbeat,
                                did_index=selection.did is not None)
