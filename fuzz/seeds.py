@@ -63,7 +63,7 @@ def main(outdir: str) -> None:
         raw = p.read_bytes()
         for i, b in enumerate(blocks(raw, 20)):
             try:
-                (json_dir / f"{p.stem}.{i}").write_bytes(b"\x01" + _core.cbor_to_json(b))
+                (json_dir / f"{p.stem}.{i}").write_bytes(b"\x01" + _core.testing.cbor_to_json(b))
             except ValueError:
                 pass
 

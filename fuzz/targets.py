@@ -54,7 +54,7 @@ def read_car(data: bytes) -> None:
 
 def read_block(data: bytes) -> None:
     verdicts = []
-    for f in (_core.cbor_to_json, _core.cbor_to_py):
+    for f in (_core.testing.cbor_to_json, _core.cbor_to_py):
         try:
             f(data)
             verdicts.append(True)
@@ -62,7 +62,7 @@ def read_block(data: bytes) -> None:
             verdicts.append(False)
     assert verdicts[0] == verdicts[1], (verdicts, data[:64])
     try:
-        _core.post_fields(data)
+        _core.testing.post_fields(data)
     except ValueError:
         pass
 
@@ -78,7 +78,7 @@ def json(data: bytes) -> None:
     pretty = bool(data[0] & 1)
     level = data[0] >> 1 & 7
     value = data[1:]
-    out = _core.reformat_json(value, pretty, level)
+    out = _core.testing.reformat_json(value, pretty, level)
     if out is None:
         return
     try:

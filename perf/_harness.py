@@ -240,7 +240,7 @@ def _synth_fingerprint() -> str:
         synth = place / "testing" / "synth.py"
         if synth.exists():
             return hashlib.sha256(synth.read_bytes()).hexdigest()[:16]
-    raise SystemExit(f"skyexport/testing/synth.py not found in {', '.join(map(str, places))}")
+    raise SystemExit(f"testing/synth.py not found in {', '.join(map(str, places))}")
 
 
 def _build(folder: Path, argv: list[str]) -> float:

@@ -1,6 +1,6 @@
 """Hand-made hostile repository CARs: each small file costs an unguarded reader far more
 than its size in time or memory, or hides posts from a reader that skips parts of the MST.
-Used by test_car_hostile.py and as seeds of the fuzz corpus (fuzz/seed_corpus.py)."""
+Used by test_car_hostile.py and as seeds of the fuzz corpus (fuzz/seeds.py)."""
 
 from __future__ import annotations
 

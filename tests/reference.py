@@ -1,7 +1,7 @@
 """The reference exporter: plain, slow, obviously correct.
 
 Pure Python over the standard library ``sqlite3`` module (deliberately not APSW), written from
-``shared/FORMAT.md`` and ``docs/format-decisions.md``. It loads every row, then encodes. The
+``docs/FORMAT.md`` and ``docs/format-decisions.md``. It loads every row, then encodes. The
 fast path must match it byte for byte.
 
 Public entry points::

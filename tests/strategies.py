@@ -468,7 +468,7 @@ def bounds() -> st.SearchStrategy[tuple[str | None, str | None]]:
 # large archives: across the core's thresholds
 
 KIB, MIB = 1 << 10, 1 << 20
-ESC_CHUNK = 16 * KIB  # _json.pxi: text is escaped this many input bytes at a time
+ESC_CHUNK = 16 * KIB  # encode/json.pxi: text is escaped this many input bytes at a time
 
 #: Sizes at and around each threshold: LARGE_JSON (1 KiB, stored JSON validated first),
 #: ESC_CHUNK, ARENA_BYTES (512 KiB), the flush (1 MiB), LEND_BYTES (2 MiB, lent from

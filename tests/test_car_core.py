@@ -1,4 +1,4 @@
-"""The compiled core's CAR reader (ext/skyexport/_car.pxi): DAG-CBOR -> JSON as CAR.md
+"""The compiled core's CAR reader (ext/skyexport/car/): DAG-CBOR -> JSON as CAR.md
 says, everything outside atproto's data model rejected, CAR framing on the real files."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_json_forms_and_key_order() -> None:
                  ("l", link(cid)), ("n", b"\xf6"), ("t", b"\xf5"), ("z", head(0, 7)),
                  ("arr", head(4, 2) + head(0, 1) + text("x")),
                  ("big", head(0, 2**63 - 1)), ("neg", head(1, 2**63 - 1)))
-    out = _core.cbor_to_json(block).decode()
+    out = _core.testing.cbor_to_json(block).decode()
     assert out == ('{"a":-5,"b":{"$bytes":"AQID"},"f":false,"l":{"$link":"'
                    + _core.cid_str(cid) + '"},"n":null,"t":true,"z":7,"arr":[1,"x"],'
                    '"big":9223372036854775807,"neg":-9223372036854775808}')
@@ -61,7 +61,7 @@ def test_json_forms_and_key_order() -> None:
 
 def test_go_escaping() -> None:
     s = 'a<b>&"\\\n\t\x01\u2028\u2029é😀'
-    out = _core.cbor_to_json(cmap(("k<", text(s)))).decode()
+    out = _core.testing.cbor_to_json(cmap(("k<", text(s)))).decode()
     assert out == ('{"k\\u003c":"a\\u003cb\\u003e\\u0026\\"\\\\\\n\\t\\u0001\\u2028\\u2029'
                    'é😀"}')
 
@@ -99,9 +99,9 @@ def test_go_escaping() -> None:
 ])
 def test_rejected(bad: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
-        _core.cbor_to_json(bad)
+        _core.testing.cbor_to_json(bad)
     with pytest.raises(ValueError):
-        _core.post_fields(cmap(("x", bad), ("text", text("t"))) if why != "after" else bad)
+        _core.testing.post_fields(cmap(("x", bad), ("text", text("t"))) if why != "after" else bad)
 
 
 def test_post_fields_mapping() -> None:
@@ -114,7 +114,7 @@ def test_post_fields_mapping() -> None:
                                ("parent", cmap(("uri", text("at://p")))))),
                 ("embed", ext),
                 ("labels", cmap(("values", head(4, 1) + cmap(("val", text("porn")))))))
-    (t, created, media, reply, parent, etype, edata, labels) = _core.post_fields(post)
+    (t, created, media, reply, parent, etype, edata, labels) = _core.testing.post_fields(post)
     assert (t, created, media, reply, parent, etype) == (
         "hi & <bye>", "2024-01-02T03:04:05Z", True, True, "at://p", "external")
     assert edata.startswith('{"$type":"app.bsky.embed.external","external":{"uri":')
@@ -122,13 +122,13 @@ def test_post_fields_mapping() -> None:
     # a link card without a thumbnail is not media; no embed, no reply: the defaults
     plain = cmap(("$type", text("app.bsky.embed.external")),
                  ("external", cmap(("uri", text("https://a")))))
-    assert _core.post_fields(cmap(("embed", plain)))[:8] == (
-        "", "", False, False, "", "external", _core.cbor_to_json(plain).decode(), None)
+    assert _core.testing.post_fields(cmap(("embed", plain)))[:8] == (
+        "", "", False, False, "", "external", _core.testing.cbor_to_json(plain).decode(), None)
     rwm = cmap(("$type", text("app.bsky.embed.recordWithMedia")), ("media", ext))
-    assert _core.post_fields(cmap(("embed", rwm)))[2] is True
-    assert _core.post_fields(cmap(("embed", rwm)))[5] == "record_with_media"
+    assert _core.testing.post_fields(cmap(("embed", rwm)))[2] is True
+    assert _core.testing.post_fields(cmap(("embed", rwm)))[5] == "record_with_media"
     other = cmap(("$type", text("com.example.embed")))
-    assert _core.post_fields(cmap(("embed", other)))[5] == "com.example.embed"
+    assert _core.testing.post_fields(cmap(("embed", other)))[5] == "com.example.embed"
 
 
 def test_scanner_frames_every_block() -> None:
@@ -149,6 +149,6 @@ def test_scanner_frames_every_block() -> None:
     assert h.hexdigest() == hashlib.sha256(raw).hexdigest()
     for k, off, length in rows[:50]:
         c = raw[off:off + 36]
-        assert _core.cid_index_key(c) == k
+        assert _core.testing.cid_index_key(c) == k
         assert hashlib.sha256(raw[off + 36:off + length]).digest() == c[4:]
     assert rows[-1][1] + rows[-1][2] == len(raw)

@@ -1,5 +1,5 @@
 """`skyexport import REPO.car`: the real repository files in tests/car/ (copied from
-../shared/car/, counts from its README) become bskyarchive-schema archives; every kind of
+tests/car/, counts from its README) become bskyarchive-schema archives; every kind of
 bad CAR fails with one line, exit 1, nothing created."""
 
 from __future__ import annotations

@@ -119,8 +119,8 @@ def test_lookups_find_every_block(tmp_path: Path, run_size: int | None) -> None:
             want[k].append((off, n))
         for k, hits in want.items():
             assert ix.find(k) == sorted(hits), k
-        assert len(ix.find(_core.cid_index_key(twin))) == 4
-        assert ix.find(_core.cid_index_key(bytes(8))) != []
+        assert len(ix.find(_core.testing.cid_index_key(twin))) == 4
+        assert ix.find(_core.testing.cid_index_key(bytes(8))) != []
         assert ix.find(-1) != []  # 0xff..ff as a signed 64-bit key
         absent = [k for k in (rng.getrandbits(64) - (1 << 63) for _ in range(2000))
                   if k not in want]

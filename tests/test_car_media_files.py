@@ -75,7 +75,7 @@ VIEW = {"$type": "app.bsky.embed.images#view",
 ])
 def test_record_rule(embed: dict[str, object], expected: bytes) -> None:
     raw = json.dumps(embed).encode()
-    assert _core.media_files_of(raw) == expected
+    assert _core.testing.media_files_of(raw) == expected
     assert reference.media_files(json.loads(raw)) == expected
 
 
@@ -87,7 +87,7 @@ def test_record_rule_deep_beside_the_fields() -> None:
         deep = [deep]
     embed = {**RWM_IMAGES, "extra": deep}
     raw = json.dumps(embed).encode()
-    assert _core.media_files_of(raw) == b"bafkreia;bafkreib"
+    assert _core.testing.media_files_of(raw) == b"bafkreia;bafkreib"
     assert reference.media_files(json.loads(raw)) == b"bafkreia;bafkreib"
 
 

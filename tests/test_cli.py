@@ -231,7 +231,7 @@ def test_completion(shell: str) -> None:
 
 
 def test_an_export_imports_only_what_it_uses(tmp_path: Path) -> None:
-    """Start-up is part of every export (SC-006, perf/bench.py's start-up check): a plain
+    """Start-up is part of every export (perf/bench.py's start-up check): a plain
     export in a fresh interpreter never imports what only other paths need - argparse's
     translation lookup (locale, gettext's .mo search), datetime (the API's date objects),
     array (verify's name set), msgspec (CSV's rare embeds), shutil (failure paths),

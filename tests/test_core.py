@@ -127,3 +127,38 @@ def test_only_the_cli_reads_the_environment() -> None:
     readers = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
                      if any(word in p.read_text() for word in ("os.environ", "getenv(")))
     assert readers == ["cli/commands.py"], readers
+
+
+def test_the_core_declares_its_production_names_in_one_list() -> None:
+    # _core.__all__ is the one list of production names: every public attribute of the
+    # module is in it (or is the `testing` namespace, or an imported module), the stub
+    # types exactly these, and no test hook is among them.
+    import ast
+    import types
+    from pathlib import Path
+
+    import skyexport
+
+    public = {n for n in dir(_core) if not n.startswith("_")
+              and not isinstance(getattr(_core, n), types.ModuleType)}
+    assert public - set(_core.__all__) == {"testing"}
+    stub = ast.parse((Path(skyexport.__file__).parent / "_core.pyi").read_text())
+    typed = {node.name for node in stub.body
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    typed |= {node.target.id for node in stub.body
+              if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+    assert typed == set(_core.__all__)
+    hooks = set(vars(_core.testing))
+    assert hooks and not hooks & set(_core.__all__)
+    assert all(not hasattr(_core, h) for h in hooks)
+
+
+def test_car_json_strings_are_escaped_as_json_marshal_does() -> None:
+    # Two JSON string escapers on purpose: a CAR record's embed JSON is written as Go's
+    # json.Marshal writes it (HTML-safe, \b and \f as \u00XX), the export's text as
+    # json.Encoder with SetEscapeHTML(false) does.  The same string, two byte forms.
+    s = "<a & b>\b\f\u2028"
+    raw = s.encode()
+    block = bytes([0x60 + len(raw)]) + raw  # a CBOR text string (shorter than 24 bytes)
+    assert _core.testing.cbor_to_json(block) == b'"\\u003ca \\u0026 b\\u003e\\u0008\\u000c\\u2028"'
+    assert _core.json_string(raw) == b'"<a & b>\\b\\f\\u2028"'

@@ -67,8 +67,8 @@ def test_json_string_longer_than_one_escape_chunk() -> None:
     (None, "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
 ])
 def test_timestamp_renderings(stored: bytes | None, json_form: str, csv_form: str) -> None:
-    assert _core.render_timestamp(stored, True) == json_form
-    assert _core.render_timestamp(stored, False) == csv_form
+    assert _core.testing.render_timestamp(stored, True) == json_form
+    assert _core.testing.render_timestamp(stored, False) == csv_form
 
 
 @pytest.mark.parametrize("stored", [
@@ -79,7 +79,7 @@ def test_timestamp_renderings(stored: bytes | None, json_form: str, csv_form: st
     b"m=+1.0", b"garbage", b"", b"2024", b"2024-1-15", b"2024-01-15T10:30:00ZZ",
 ])
 def test_bad_timestamps(stored: bytes) -> None:
-    assert _core.render_timestamp(stored) is None
+    assert _core.testing.render_timestamp(stored) is None
     assert _core.is_bad_stamp(stored) == 1
 
 
@@ -87,7 +87,7 @@ def test_bad_timestamps(stored: bytes) -> None:
 
 def test_stored_json_reindented_at_field_depth() -> None:
     stored = b'{"record" : {"n":[0, -1, 2.50, 1e10, -0.0], "s":"caf\\u00e9 \\/"}, "e":{}, "a":[ ]}'
-    assert _core.reformat_json(stored, True, 2) == (
+    assert _core.testing.reformat_json(stored, True, 2) == (
         b'{\n'
         b'      "record": {\n'
         b'        "n": [\n'
@@ -102,12 +102,12 @@ def test_stored_json_reindented_at_field_depth() -> None:
         b'      "e": {},\n'
         b'      "a": []\n'
         b'    }')
-    assert _core.reformat_json(stored, False) == (
+    assert _core.testing.reformat_json(stored, False) == (
         b'{"record":{"n":[0,-1,2.50,1e10,-0.0],"s":"caf\\u00e9 \\/"},"e":{},"a":[]}')
 
 
 def test_stored_json_keeps_raw_u2028_and_unchecked_high_bytes() -> None:
-    assert _core.reformat_json('["\u2028", "\xff"]'.encode("utf-8", "surrogateescape")
+    assert _core.testing.reformat_json('["\u2028", "\xff"]'.encode("utf-8", "surrogateescape")
                                .replace(b"\xc3\xbf", b"\xff"), False) == \
         '["\u2028","'.encode() + b'\xff"]'
 
@@ -118,11 +118,11 @@ def test_stored_json_keeps_raw_u2028_and_unchecked_high_bytes() -> None:
     b"[" * 10_001 + b"]" * 10_001,
 ])
 def test_invalid_stored_json(stored: bytes) -> None:
-    assert _core.reformat_json(stored) is None
+    assert _core.testing.reformat_json(stored) is None
 
 
 def test_nesting_limit_is_go_s() -> None:
-    assert _core.reformat_json(b"[" * 10_000 + b"]" * 10_000, False) == \
+    assert _core.testing.reformat_json(b"[" * 10_000 + b"]" * 10_000, False) == \
         b"[" * 10_000 + b"]" * 10_000
 
 
@@ -132,7 +132,7 @@ def test_nesting_limit_is_go_s() -> None:
     (1.5e-5, b"1.5e-05"), (0.0001, b"0.0001"), (float("inf"), b"+Inf"),
 ])
 def test_real_in_a_json_column(value: float, text: bytes) -> None:
-    assert _core.format_real(value) == text
+    assert _core.testing.format_real(value) == text
 
 
 # --- CSV (FORMAT.md "posts.csv") ----------------------------------------------------------
@@ -150,7 +150,7 @@ def test_real_in_a_json_column(value: float, text: bytes) -> None:
     (b"nul\x00inside", b"nul\x00inside"),
 ])
 def test_csv_field(field: bytes, expected: bytes) -> None:
-    assert _core.csv_field(field) == expected
+    assert _core.testing.csv_field(field) == expected
 
 
 @pytest.mark.parametrize(("embed", "expected"), [
@@ -168,7 +168,7 @@ def test_csv_field(field: bytes, expected: bytes) -> None:
     (b"null", b""), (b"[1]", b""), (b"{bad", b""), (42, b""), (None, b""),
 ])
 def test_media_files(embed: object, expected: bytes) -> None:
-    assert _core.media_files_of(embed) == expected
+    assert _core.testing.media_files_of(embed) == expected
 
 
 # --- whole exports of hand-written archives -----------------------------------------------
@@ -270,7 +270,7 @@ def test_scans_find_every_byte_at_every_offset(special: bytes) -> None:
         for at in range(length):
             field = (b"a" * at + special + b"b" * length)[:length + len(special)]
             assert _core.json_string(field) == reference.json_string(field), (at, length)
-            assert _core.csv_field(field) == reference.csv_field(field), (at, length)
+            assert _core.testing.csv_field(field) == reference.csv_field(field), (at, length)
             twice = field + b"x" * at + special
             assert _core.json_string(twice) == reference.json_string(twice), (at, length)
-            assert _core.csv_field(twice) == reference.csv_field(twice), (at, length)
+            assert _core.testing.csv_field(twice) == reference.csv_field(twice), (at, length)

@@ -1,4 +1,4 @@
-"""--media (FR-007): the media of exported posts copied to EXPORT/media/<basename>,
+"""--media: the media of exported posts copied to EXPORT/media/<basename>,
 streamed per batch, duplicates once, misses as warnings, never a byte outside the export
 directory whatever `file_path` says."""
 

@@ -122,13 +122,13 @@ def _embed(draw: st.DrawFn) -> bytes:
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_embed())
 def test_fast_path_gives_the_exact_column(raw: bytes) -> None:
-    exact = _core.media_files_exact(raw)
-    assert _core.media_files_of(raw) == exact
+    exact = _core.testing.media_files_exact(raw)
+    assert _core.testing.media_files_of(raw) == exact
     try:
         json.loads(raw)
     except ValueError:
         return                 # the fast path itself is only ever given valid JSON
-    fast = _core.media_files_fast_of(raw)
+    fast = _core.testing.media_files_fast_of(raw)
     if fast is not None:
         assert fast == exact
 
@@ -150,8 +150,8 @@ def test_fast_path_gives_the_exact_column(raw: bytes) -> None:
     (b'{"images":[{"fullsize":"a/\xc3\xa9t\xc3\xa9@png"}]}', "\u00e9t\u00e9".encode()),
 ])
 def test_read_in_c(raw: bytes, expected: bytes) -> None:
-    assert _core.media_files_fast_of(raw) == expected
-    assert _core.media_files_exact(raw) == expected
+    assert _core.testing.media_files_fast_of(raw) == expected
+    assert _core.testing.media_files_exact(raw) == expected
 
 
 @pytest.mark.parametrize("raw", [
@@ -165,8 +165,8 @@ def test_read_in_c(raw: bytes, expected: bytes) -> None:
 ])
 def test_left_to_the_exact_path(raw: bytes) -> None:
     """What C cannot be sure of goes to the exact path, and the column is still right."""
-    assert _core.media_files_fast_of(raw) is None
-    assert _core.media_files_of(raw) == _core.media_files_exact(raw)
+    assert _core.testing.media_files_fast_of(raw) is None
+    assert _core.testing.media_files_of(raw) == _core.testing.media_files_exact(raw)
 
 
 def test_most_generated_embeds_are_read_in_c() -> None:
@@ -183,7 +183,7 @@ def test_most_generated_embeds_are_read_in_c() -> None:
             json.loads(raw)
         except ValueError:
             return
-        seen["fast" if _core.media_files_fast_of(raw) is not None else "slow"] += 1
+        seen["fast" if _core.testing.media_files_fast_of(raw) is not None else "slow"] += 1
 
     count()
     assert seen["fast"] >= 0.4 * (seen["fast"] + seen["slow"]), seen

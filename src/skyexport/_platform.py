@@ -41,9 +41,9 @@ except ImportError:  # Windows
 from .errors import ExportError
 
 __all__ = ["FICLONE", "HAVE_DIR_FD", "LOCK_EX", "LOCK_NB", "O_CLOEXEC", "O_DIRECTORY",
-           "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "fdatasync", "flock", "fsync",
-           "open_dir", "open_nofollow", "peak_rss_bytes", "reflink", "require_dir_fd",
-           "set_blocking"]
+           "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "exclusive_temp", "fdatasync", "flock",
+           "fsync", "open_dir", "open_nofollow", "peak_rss_bytes", "reflink",
+           "require_dir_fd", "set_blocking"]
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
@@ -126,6 +126,19 @@ def open_dir(path: str | bytes | os.PathLike[str], flags: int = os.O_RDONLY, *,
         os.close(fd)
         raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), os.fsdecode(path))
     return fd
+
+
+def exclusive_temp(final: str) -> str:
+    """Create (O_EXCL, the umask's permissions) and return a fresh hidden name beside
+    `final`, for a file built there and linked into place when complete."""
+    head, base = os.path.split(final)
+    while True:
+        tmp = os.path.join(head, f".{base}.{os.urandom(4).hex()}.synth-tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def set_blocking(fd: int) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from ..defaults import DEFAULT_ARCHIVE, DEFAULT_BATCH, DEFAULT_OUTPUT, FORMATS
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NoReturn
@@ -826,7 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The `skyexport` command: main(), then exit at once.  By then every file is closed
     and fsync'd and every thread joined; skipping the interpreter's orderly teardown saves
-    a tenth of a small export's time (SC-006)."""
+    a tenth of a small export's time."""
     _fill_closed_descriptors()
     code = main()
     try:

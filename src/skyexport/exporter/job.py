@@ -46,7 +46,7 @@ from .staged import (
     rmdir_if_empty,
 )
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import datetime as _dt

@@ -1,4 +1,4 @@
-"""Copying the media files of exported posts into EXPORT/media/ (FR-007).
+"""Copying the media files of exported posts into EXPORT/media/.
 
 Streamed per batch: the writer core hands over the URIs of the batch's posts with
 `has_media`; their `media` rows are read in the export's snapshot and each file is placed

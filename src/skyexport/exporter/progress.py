@@ -26,7 +26,7 @@ from collections.abc import Callable
 from .._record import Record
 from .signals import SHIELD
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, Literal
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 FINAL: tuple[str, ...] = ("completed", "failed")
 
-HEARTBEAT_S = 1.0    # an event at least this often in every phase (SC-004 asks for 5 s)
+HEARTBEAT_S = 1.0    # an event at least this often in every phase (5 s is the most allowed)
 COALESCE_S = 1.0     # a queued running event this old gives way to a newer one
 CLOSE_GRACE_S = 0.5  # at the end, how long a lagging consumer may take to catch up
 CLOSE_TIMEOUT_S = 10.0  # ... and how long one callback may block the end of the export
@@ -90,7 +90,8 @@ class ExportProgress(Record):
         return self.posts_processed / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, object]:
-        """The event as JSON-ready data: DESIGN.md's keys plus bytes, rate and error."""
+        """The event as JSON-ready data: the keys README.md's Progress section shows, with
+        bytes, rate and error."""
         d: dict[str, object] = {
             "status": self.status, "posts_processed": self.posts_processed,
             "posts_total": self.posts_total, "media_copied": self.media_copied,
@@ -257,7 +258,7 @@ class ProgressChannel:
 
 class JsonLinesReporter:
     """`--progress jsonl`: every event as one JSON object per line on `stream` (stderr):
-    DESIGN.md's keys `status, posts_processed, posts_total, media_copied, media_total,
+    the keys `status, posts_processed, posts_total, media_copied, media_total,
     elapsed_s`, plus `bytes_written`, `rate` and, on failure, `error`.  The last line has
     status `completed` or `failed`."""
 

@@ -26,7 +26,7 @@ from .counters import _counter
 from .scan import _BadManifest, _Scanner
 from .write import MANIFEST, MEDIA_SUMS
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator

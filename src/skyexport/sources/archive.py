@@ -1,10 +1,10 @@
 """Reading a bskyarchive archive with APSW: one read-only connection, one read transaction,
-one SELECT stepped once (DESIGN.md, data flow).
+one SELECT stepped once (README.md, How it works).
 
 The SELECT hands the writer core exactly the Python types it expects: text and timestamp
 columns as bytes (CAST AS BLOB: no decoding cost, and invalid UTF-8 cannot raise), numeric
 columns as int/float/bytes/None, stored JSON as int/float (a number, by SQLite's affinity)
-or bytes.  The column order is the core's (`C_URI`... in ext/skyexport/_writer.pxi).
+or bytes.  The column order is the core's (`C_URI`... in ext/skyexport/rows/rows.pxi).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from ..errors import ArchiveError, OptionError, SelectionError
 from ..schema import POST_COLUMNS, POST_COLUMNS_V1
 from . import Source
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

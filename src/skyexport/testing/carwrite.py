@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .synth import _tid
+
 __all__ = ["Link", "cid_for", "dag_cbor", "key_height", "post_record", "synth_car",
            "synth_records", "write_car"]
 
@@ -287,14 +289,6 @@ def write_car(path: str | os.PathLike[str], did: str,
 
 
 # --- synthetic repositories --------------------------------------------------------------
-
-_B32S = "234567abcdefghijklmnopqrstuvwxyz"  # atproto's sortable base32 for TIDs
-
-
-def _tid(us: int, clock: int) -> str:
-    v = (us << 10) | (clock & 1023)
-    return "".join(_B32S[(v >> (5 * i)) & 31] for i in range(12, -1, -1))
-
 
 def synth_records(posts: int, *, seed: int = 0, likes_per_post: float = 2.0,
                   follows_per_post: float = 0.2, did: str = "did:plc:synthsynthsynthsynth"

@@ -64,7 +64,7 @@ from typing import Any, TypeVar, cast
 
 import apsw
 
-from .._platform import O_NOFOLLOW
+from .._platform import exclusive_temp
 from ..errors import OutputError
 from ..schema import (
     FTS,
@@ -127,7 +127,7 @@ _CLOCKS = range(1024)  # TID clock ids, drawn like a pool
 def _tid(us: int, clock: int) -> str:
     """A 13-character TID (microseconds since the epoch, 10-bit clock id), the record key of
     every post, so the URIs of a synthetic archive sort like real ones."""
-    v = (us << 10) | clock
+    v = (us << 10) | (clock & 1023)
     p = _S32_PAIRS
     return (
         _S32[v >> 60]
@@ -760,19 +760,6 @@ def _chunk_order(rng: random.Random, nchunks: int) -> list[int]:
     return order
 
 
-def _exclusive_temp(final: str) -> str:
-    """Create (O_EXCL, the umask's permissions) and return a fresh hidden name beside
-    `final` for the archive under construction."""
-    head, base = os.path.split(final)
-    while True:
-        tmp = os.path.join(head, f".{base}.{os.urandom(4).hex()}.synth-tmp")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o666))
-        except FileExistsError:
-            continue
-        return tmp
-
-
 def _check_writable_dir(final: str, directory: str) -> None:
     """The archive's directory exists and this user may create files in it, else one
     clear line (OutputError) before anything is written."""
@@ -836,7 +823,7 @@ def build_archive(
     gen = _Generator(rng, dids, schema_version, writer)
 
     # A name of our own (O_EXCL): a file someone left at `path.tmp` is not ours to delete.
-    tmp = _exclusive_temp(final)
+    tmp = exclusive_temp(final)
     con = None
     try:
         if writer is not None:

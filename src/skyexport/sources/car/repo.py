@@ -33,14 +33,21 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import apsw
 
 from ... import _core
-from ..._platform import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, fsync, set_blocking
+from ..._platform import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    exclusive_temp,
+    fsync,
+    set_blocking,
+)
+from ..._record import Record
 from ...errors import ArchiveError, OptionError
 
 __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
@@ -162,10 +169,12 @@ class _Insert:
             raise self.error
 
 
-@dataclass
 class _Stats:
-    blocks: int = 0
-    collections: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("blocks", "collections")
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.collections: dict[str, int] = {}
 
 
 class CarRepo:
@@ -469,11 +478,11 @@ class CarRepo:
 
 # --- import -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ImportResult:
+class ImportResult(Record):
     """What `import_car` did: the archive, the CAR's posts, how many were added (all of
     them for a new archive), and the commit's DID and rev and the CAR's SHA-256."""
 
+    __slots__ = ("archive", "posts", "added", "did", "rev", "sha256", "seconds")
     archive: Path
     posts: int
     added: int
@@ -481,6 +490,11 @@ class ImportResult:
     rev: str | None
     sha256: str
     seconds: float
+
+    def __init__(self, archive: Path, posts: int, added: int, did: str, rev: str | None,
+                 sha256: str, seconds: float) -> None:
+        self._set(archive=archive, posts=posts, added=added, did=did, rev=rev,
+                  sha256=sha256, seconds=seconds)
 
 
 def _now_sqlite() -> str:
@@ -546,9 +560,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
     read once and deleted: no full-text index, no fsync; `did_index=False` (only with
     scratch): no index on did either, for an export that selects no DID."""
-    from ...testing.synth import _exclusive_temp
-
-    tmp = _exclusive_temp(str(final))
+    tmp = exclusive_temp(str(final))
     con = None
     try:
         con = apsw.Connection(tmp)

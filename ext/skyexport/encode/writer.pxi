@@ -1,4 +1,4 @@
-# The writer: takes rows one at a time from a RowSource (_rows.pxi) - the SQLite statement
+# The writer: takes rows one at a time from a RowSource (rows/rows.pxi) - the SQLite statement
 # stepped directly or on its own thread, or any iterable of tuples - as C cells, encodes
 # them straight into the output buffer, and hands the buffer to a sink (the data file's
 # writer thread) at a fixed size.

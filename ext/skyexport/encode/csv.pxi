@@ -344,7 +344,7 @@ cdef object _field(object obj, str name):
 
 # Top-level $type of a *record* embed (what a CAR import stores), as opposed to the
 # AppView's `...#view` that bskyarchive stores: its MediaFiles are blob CIDs (CAR.md).
-RECORD_EMBEDS = frozenset(("app.bsky.embed.images", "app.bsky.embed.external",
+_RECORD_EMBEDS = frozenset(("app.bsky.embed.images", "app.bsky.embed.external",
                            "app.bsky.embed.video", "app.bsky.embed.recordWithMedia"))
 
 
@@ -443,7 +443,7 @@ cdef bytes media_files_at(const unsigned char* p, Py_ssize_t n):
     obj = _decode_embed_at(p, n)
     cdef list out = []
     t = _type_of(obj)
-    if _is_str(t) and t in RECORD_EMBEDS:
+    if _is_str(t) and t in _RECORD_EMBEDS:
         media = _field(obj, "media")
         _add_blob_images(out, _field(obj, "images"))
         _add_blob_images(out, _field(media, "images"))
@@ -721,7 +721,7 @@ cdef int mf_thumb(OutBuf* out, const unsigned char* s, Py_ssize_t i, Py_ssize_t 
 
 
 cdef bint mf_record_type(const unsigned char* p, Py_ssize_t m) noexcept nogil:
-    """One of RECORD_EMBEDS."""
+    """One of _RECORD_EMBEDS."""
     return ((m == 21 and memcmp(p, b"app.bsky.embed.images", 21) == 0)
             or (m == 23 and memcmp(p, b"app.bsky.embed.external", 23) == 0)
             or (m == 20 and memcmp(p, b"app.bsky.embed.video", 20) == 0)

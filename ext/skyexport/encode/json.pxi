@@ -362,3 +362,58 @@ cdef bytes go_format_float(double v):
     else:
         out = digits[:dp] + "." + digits[dp:]
     return (sign + out).encode()
+
+
+cdef int ob_json_str_html(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+    """A validated UTF-8 string as Go's json.Marshal writes it: the escaper of a CAR
+    record's embed and labels JSON (docs/CAR.md).  Not ob_json_str: json.Marshal escapes
+    < > & (HTML-safe) and writes \\b and \\f as \\u0008 and \\u000c, where the export's
+    json.Encoder (SetEscapeHTML(false)) does neither; its input is already valid UTF-8."""
+    cdef Py_ssize_t i, run = 0
+    cdef unsigned char c
+    ob_byte(b, b'"')
+    i = 0
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            if c < 0x20 or c == b'"' or c == b'\\' or c == b'<' or c == b'>' or c == b'&':
+                if c == b'"':
+                    ob_write(b, b'\\"', 2)
+                elif c == b'\\':
+                    ob_write(b, b'\\\\', 2)
+                elif c == b'\n':
+                    ob_write(b, b'\\n', 2)
+                elif c == b'\r':
+                    ob_write(b, b'\\r', 2)
+                elif c == b'\t':
+                    ob_write(b, b'\\t', 2)
+                else:
+                    ob_reserve(b, 6)
+                    memcpy(b.data + b.len, b"\\u00", 4)
+                    b.data[b.len + 4] = HEX[c >> 4]
+                    b.data[b.len + 5] = HEX[c & 15]
+                    b.len += 6
+            else:
+                ob_byte(b, <char>c)
+            i += 1
+        elif (c == 0xE2 and i + 2 < n and s[i + 1] == 0x80
+              and (s[i + 2] == 0xA8 or s[i + 2] == 0xA9)):
+            ob_write(b, b"\\u2028" if s[i + 2] == 0xA8 else b"\\u2029", 6)
+            i += 3
+        else:
+            ob_byte(b, <char>c)
+            i += 1
+    ob_byte(b, b'"')
+    return 0
+
+
+def json_string(bytes value):
+    """`value` encoded as a JSON string, as the text column is (ob_json_str), also used by
+    the manifest writer (src/skyexport/manifest/write.py) so that both escape alike."""
+    cdef OutBuf b
+    ob_init(&b, 64)
+    try:
+        ob_json_str(&b, <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
+        return PyBytes_FromStringAndSize(b.data, b.len)
+    finally:
+        ob_free(&b)

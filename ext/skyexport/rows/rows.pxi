@@ -1,17 +1,17 @@
 # Rows: the 17 columns of the export SELECT as C cells, and RowSource, the one thing
 # Writer.encode reads rows from.  Three sources implement it: Statement (the SELECT
-# stepped on the encoding thread, _sqlite.pxi), RowPipe (stepped on a thread of its own,
-# _pipe.pxi) and TupleRows (any Python iterable of 17-tuples: an APSW cursor, test data,
+# stepped on the encoding thread, rows/sqlite.pxi), RowPipe (stepped on a thread of its
+# own, rows/pipe.pxi) and TupleRows (any Python iterable of 17-tuples: an APSW cursor, test data,
 # a repository CAR's posts).
 
-# Column positions in the SELECT that skyexport.archive builds (_columns there).
+# Column positions in the SELECT that src/skyexport/sources/archive.py builds (_columns).
 cdef enum:
     C_URI, C_CID, C_DID, C_TEXT, C_CREATED, C_INDEXED, C_HAS_MEDIA, C_LIKES, C_REPOSTS
     C_REPLIES, C_QUOTES, C_IS_REPLY, C_REPLY_PARENT, C_EMBED_TYPE, C_EMBED_DATA, C_LABELS
     C_ARCHIVED, N_COLUMNS
 
 # A cell's storage class (SQLite's, with TEXT and BLOB both read as bytes).  K_LENT is the
-# row pipe's own: a giant value left in SQLite's memory while its arena fills (_pipe.pxi).
+# row pipe's own: a giant value left in SQLite's memory while its arena fills (pipe.pxi).
 cdef enum:
     K_NULL, K_INT, K_FLOAT, K_BYTES, K_LENT
 
