@@ -20,7 +20,8 @@ import apsw
 
 from skyexport import _core
 from skyexport.errors import ArchiveError
-from skyexport.sources.car.repo import CarRepo, _fill_new
+from skyexport.sources.car.importer import _fill_new
+from skyexport.sources.car.repo import CarRepo
 
 SCRATCH = tempfile.mkdtemp(prefix="skyexport-fuzz-",
                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import skyexport
-from skyexport.sources.car.repo import import_car
+from skyexport.sources.car.importer import import_car
 from skyexport.testing.carwrite import synth_car
 
 SIZES = (5_000, 50_000)
@@ -45,7 +45,7 @@ def test_export_50k(cars: dict[int, Path], tmp_path: Path) -> None:
 PEAK = """
 import sys, tempfile, memray
 import skyexport
-from skyexport.sources.car.repo import import_car
+from skyexport.sources.car.importer import import_car
 car, what = sys.argv[1], sys.argv[2]
 with tempfile.TemporaryDirectory(dir=sys.argv[3]) as out, tempfile.TemporaryDirectory() as cap:
     path = cap + "/capture.bin"

@@ -189,7 +189,7 @@ def test_the_package_imports_without_fcntl_or_resource() -> None:
     code = (PRELUDES["fcntl"] + "\n" + PRELUDES["resource"] + "\n"
             "import skyexport, skyexport.cli.commands, skyexport.exporter.staged, "
             "skyexport.exporter.media, skyexport.manifest.verify, skyexport.exporter.sink, "
-            "skyexport.exporter.job, skyexport.sources.car.repo\n"
+            "skyexport.exporter.job, skyexport.sources.car.importer\n"
             "from skyexport._platform import peak_rss_bytes\n"
             "assert peak_rss_bytes() is None\nprint('ok')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -23,7 +23,7 @@ _WHERE = {
     "ExportResult": "exporter.job", "ExportWarning": "exporter.job", "export": "exporter.job",
     "VerifyReport": "manifest.verify", "verify": "manifest.verify",
     "ExportProgress": "exporter.progress",
-    "ImportResult": "sources.car.repo", "import_car": "sources.car.repo",
+    "ImportResult": "sources.car.importer", "import_car": "sources.car.importer",
 }
 
 TYPE_CHECKING = False
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .exporter.job import ExportResult, ExportWarning, export
     from .exporter.progress import ExportProgress
     from .manifest.verify import VerifyReport, verify
-    from .sources.car.repo import ImportResult, import_car
+    from .sources.car.importer import ImportResult, import_car
 
 
 def __getattr__(name: str) -> object:

@@ -506,7 +506,8 @@ def _cli_option(name: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..sources.car.repo import car_info, is_car
+    from ..sources.car.info import car_info
+    from ..sources.car.repo import is_car
 
     env = _archive_env()
     if is_car(args.archive):
@@ -544,7 +545,7 @@ def _print_car_info(info: dict[str, Any]) -> None:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from ..errors import OptionError
-    from ..sources.car.repo import import_car
+    from ..sources.car.importer import import_car
 
     try:
         r = import_car(args.car, args.archive, merge=args.merge)

@@ -44,7 +44,8 @@ class CarSource(Source):
 
     def archive(self, scratch: Path | None, *, selection: Selection, emit: Callable[[], None],
                 heartbeat: Callable[[], None]) -> Archive:
-        from .repo import CarRepo, build_archive_from
+        from .importer import build_archive_from
+        from .repo import CarRepo
 
         assert scratch is not None  # refuses["stream"]
         d = self.scratch = scratch / CAR_DIR
