@@ -1,6 +1,6 @@
 """Write the fuzz targets' seed corpora: the real repositories in tests/car/ (cut to
 their first 256 KB too, so the fuzzer can work on small inputs), the hostile cases of
-tests/hostile.py at small sizes, some of their blocks on their own, and every committed
+tests/helpers/hostile.py at small sizes, some of their blocks on their own, and every committed
 regression input (fuzz/regressions/).  Usage: python fuzz/seeds.py OUTDIR"""
 
 from __future__ import annotations

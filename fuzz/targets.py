@@ -1,5 +1,5 @@
 """What the fuzz targets do with one input, without atheris: fuzz_car.py and fuzz_json.py
-run these under libFuzzer, tests/test_fuzz_regressions.py runs them on every input in
+run these under libFuzzer, tests/system/test_fuzz_regressions.py runs them on every input in
 fuzz/regressions/ (each crash the fuzzer ever found) and on the seed corpus.
 
 - car(data): the input as a whole CAR -- framing, the block index, CIDs, the commit, the

@@ -205,7 +205,7 @@ def header_lines(env: dict[str, Any]) -> list[str]:
          f"{env['skyexport_row_source']}; apsw {env['apsw']} with SQLite "
          f"{env['apsw_sqlite']}; msgspec {env['msgspec']}; cython {env['cython']}"),
         (f"sqlite3   shell {env['sqlite3_shell_version']} ({env['sqlite3_shell']}); reference "
-         f"exporter tests/reference.py on stdlib sqlite3 (SQLite "
+         f"exporter tests/helpers/reference.py on stdlib sqlite3 (SQLite "
          f"{env['python_stdlib_sqlite']})"),
         f"load      {load[0]} {load[1]} {load[2]} (1/5/15 min) at start",
         f"rss       {env['rss_method']}",

@@ -447,7 +447,7 @@ class Snapshot:
 
         The sort (the uri tie-break, or all of it on the did index) holds only the keys
         and rowid; each row's values are read once, after it.  Sorting whole rows kept
-        several copies of a giant post in SQLite's sorter (tests/test_faults.py, huge
+        several copies of a giant post in SQLite's sorter (tests/system/test_faults.py, huge
         values).  SQLite takes the co-routine's order for the outer ORDER BY: no re-sort."""
         arc = self.arc
         sql = (f"SELECT {_columns(arc.has_quote_count, arc.direct)} FROM "
