@@ -3,7 +3,8 @@
 fuzz/, .ci/, tools/ and the README.  A file moved or removed must take its mentions with it.
 
 A reference with a folder must exist from the repository's root, from the referring file's
-folder, or under src/skyexport/ or ext/skyexport/ (how the code names its own files); a bare
+folder, or under src/skyexport/, ext/skyexport/ or tests/ (how the code names its own
+files); a bare
 file name must be the name of some file in the repository.  System and Python headers and
 files a test creates are not references to the repository."""
 
@@ -55,7 +56,8 @@ def _dangling(scanned: list[str], files: list[str]) -> list[str]:
                     ok = ref in names
                 else:
                     ok = any((base / ref).is_file() for base in (
-                        ROOT, (ROOT / f).parent, ROOT / "src/skyexport", ROOT / "ext/skyexport"))
+                        ROOT, (ROOT / f).parent, ROOT / "src/skyexport", ROOT / "ext/skyexport",
+                        ROOT / "tests"))
                 if not ok:
                     bad.append(f"{f}:{n}: {ref}")
     return bad
