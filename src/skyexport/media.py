@@ -49,6 +49,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
+from . import staged
 from .defaults import MAX_WARNINGS
 from .staged import fsync_dir
 
@@ -156,8 +157,11 @@ class MediaCopier:
         self._sums_buf.clear()
 
     def finish(self) -> None:
-        """Make media.sha256 and the files and names in media/ durable."""
+        """Make media.sha256 and the files in media/, their data and names, durable."""
         self._flush_sums()
+        # The copies' data: without this, a power loss soon after the export is published
+        # can leave them empty (delayed allocation), though their names and list survive.
+        staged.sync_files(self.media_dir)
         os.fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
