@@ -548,7 +548,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in summarize(size, cases):
             r["source"] = "car"
             results.append(r)
-    shutil.rmtree(work, ignore_errors=True)
 
     print("\n".join(table(results)))
     if code_changes:
@@ -595,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         log(f"results written to {args.json}")
+    # Last: removing the kept media trees can take minutes (perf/README.md).
+    log(f"removing {work} ...")
+    sys.stdout.flush()
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -29,6 +29,7 @@ cdef extern from "media_io.h" nogil:
         const dev_t* pseudo
         int npseudo
         int clone
+        dev_t noclone[8]
         int nnoclone
         int no_openat2
         sx_media_job* jobs
@@ -189,6 +190,30 @@ cdef class MediaBatch:
         if j.status == SX_PLACED:
             digest = PyBytes_FromStringAndSize(<char*>j.digest, 32).hex()
         return (j.status, j.err, j.which, j.size, j.done, digest)
+
+    def sibling(self):
+        """A new, empty batch for the same media/, roots and pseudo file systems."""
+        roots = [self.ctx.root_fd[i] for i in range(self.ctx.nroots)]
+        devs = [self.pseudo[i] for i in range(self.ctx.npseudo)]
+        other = MediaBatch(self.ctx.media_fd, roots, devs, self.ctx.clone)
+        other.learn(self)
+        return other
+
+    def learn(self, MediaBatch other not None):
+        """Take what `other` found out: the devices FICLONE is unsupported on, and whether
+        openat2 exists.  Not while either runs."""
+        cdef int i, k
+        cdef bint known
+        for i in range(other.ctx.nnoclone):
+            known = False
+            for k in range(self.ctx.nnoclone):
+                if self.ctx.noclone[k] == other.ctx.noclone[i]:
+                    known = True
+            if not known and self.ctx.nnoclone < 8:
+                self.ctx.noclone[self.ctx.nnoclone] = other.ctx.noclone[i]
+                self.ctx.nnoclone += 1
+        if other.ctx.no_openat2:
+            self.ctx.no_openat2 = 1
 
     def clear(self):
         """Forget the jobs (the FICLONE and openat2 findings stay)."""

@@ -83,6 +83,11 @@ static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t bl
     while (blocks--) {
         __m128i m[4], save0 = s0, save1 = s1, msg;
         int i;
+#if defined(__clang__)
+#pragma clang loop unroll(full)
+#elif defined(__GNUC__)
+#pragma GCC unroll 16
+#endif
         for (i = 0; i < 16; i++) {
             if (i < 4) {
                 m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);

@@ -168,6 +168,7 @@ class MediaCopier:
         self._sums_buf = bytearray()
         self._fds: list[int] = []       # media/ and the roots, for the core's copy loop
         self._batch: _core.MediaBatch | None = None
+        self._spare: _core.MediaBatch | None = None  # the second of copy_rows's two
         if FAST_PATH and link == "copy" and len(self.roots) <= 8:
             self._start_batch()
 
@@ -192,7 +193,7 @@ class MediaCopier:
         self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()))
 
     def _close_fds(self) -> None:
-        self._batch = None
+        self._batch = self._spare = None
         while self._fds:
             os.close(self._fds.pop())
 
@@ -258,29 +259,60 @@ class MediaCopier:
                 finally:
                     self.seen += 1
             return
+        # Two batches: the core copies one on COPY_THREADS threads while this thread reads
+        # the next rows and fills the other.  A batch is settled (booked, its checked-path
+        # rows placed, in row order) before the next one starts copying.
+        other = self._spare
+        if other is None:
+            other = self._spare = batch.sibling()
+        running: _Running | None = None
         pending: list[tuple[object, object, int, bytes]] = []
         names: set[bytes] = set()
-        for post_uri, _hash, raw_path in rows:
-            tick()
-            job = _fast_job(raw_path)
-            name = job[2] if job is not None else _base_name(raw_path)
-            if len(pending) >= BATCH_FILES or (name and name in names):
-                self._flush(pending)
-                names.clear()
-            index = -1
-            names.add(name)
-            if job is not None:
-                index = batch.add(*job)
-            pending.append((post_uri, raw_path, index, name))
-        self._flush(pending)
-
-    def _flush(self, pending: list[tuple[object, object, int, bytes]]) -> None:
-        """Run the batch's jobs, then settle every pending row in order."""
-        batch = self._batch
-        assert batch is not None
         try:
-            if len(batch):
-                _run_threads(batch.run, COPY_THREADS if len(batch) > 1 else 1)
+            for post_uri, _hash, raw_path in rows:
+                tick()
+                job = _fast_job(raw_path)
+                name = job[2] if job is not None else _base_name(raw_path)
+                if len(pending) >= BATCH_FILES or (name and name in names):
+                    running = self._launch(running, batch, pending)
+                    batch, other = other, batch
+                    pending, names = [], set()
+                index = -1
+                names.add(name)
+                if job is not None:
+                    index = batch.add(*job)
+                pending.append((post_uri, raw_path, index, name))
+            running = self._launch(running, batch, pending)
+            if running is not None:
+                running.join()
+                self._settle_batch(running.batch, running.pending)
+                running = None
+        finally:
+            if running is not None:  # an exception here: the copying threads end first
+                running.join(quiet=True)
+                running.batch.clear()
+            batch.clear()
+            other.clear()
+        if not batch.openat2:
+            self._batch = None  # this kernel has no openat2: the checked path from now on
+
+    def _launch(self, running: _Running | None, batch: _core.MediaBatch,
+                pending: list[tuple[object, object, int, bytes]]) -> _Running | None:
+        """Settle the batch that is copying, then start `batch` copying (or settle it
+        at once: nothing in it for the core)."""
+        if running is not None:
+            running.join()
+            self._settle_batch(running.batch, running.pending)
+            batch.learn(running.batch)
+        if not len(batch):
+            self._settle_batch(batch, pending)
+            return None
+        return _Running(batch, pending, COPY_THREADS if len(batch) > 1 else 1)
+
+    def _settle_batch(self, batch: _core.MediaBatch,
+                      pending: list[tuple[object, object, int, bytes]]) -> None:
+        """Book each row of a batch whose copying has ended, in order."""
+        try:
             for post_uri, raw_path, index, name in pending:
                 uri = _uri(post_uri)
                 try:
@@ -291,10 +323,7 @@ class MediaCopier:
                 finally:
                     self.seen += 1
         finally:
-            pending.clear()
             batch.clear()
-        if not batch.openat2:
-            self._batch = None  # this kernel has no openat2: the checked path from now on
 
     def _settle(self, uri: str, raw_path: object, name: str,
                 result: tuple[int, int, int, int, int, str | None]) -> None:
@@ -562,36 +591,45 @@ def _base_name(raw_path: object) -> bytes:
     return name
 
 
-def _run_threads(work: Callable[[], None], threads: int) -> None:
-    """`work()` on this thread and `threads - 1` more at once; the first exception of any
-    of them is raised here, after all have ended."""
-    errors: list[BaseException] = []
+class _Running:
+    """A batch being copied by the core on `threads` threads of its own."""
 
-    def helper() -> None:
+    def __init__(self, batch: _core.MediaBatch,
+                 pending: list[tuple[object, object, int, bytes]], threads: int) -> None:
+        self.batch, self.pending = batch, pending
+        self.errors: list[BaseException] = []
+        self.threads = []
         try:
-            work()
-        except BaseException as exc:  # handed to the caller below
-            errors.append(exc)
+            for _ in range(threads):
+                t = threading.Thread(target=self._work, name="skyexport-media", daemon=True)
+                t.start()
+                self.threads.append(t)
+        except BaseException:
+            self.join(quiet=True)
+            raise
 
-    started = []
-    try:
-        for _ in range(threads - 1):
-            t = threading.Thread(target=helper, name="skyexport-media", daemon=True)
-            t.start()
-            started.append(t)
-        work()
-    finally:
+    def _work(self) -> None:
+        try:
+            self.batch.run()
+        except BaseException as exc:  # handed to whoever joins
+            self.errors.append(exc)
+
+    def join(self, quiet: bool = False) -> None:
+        """Wait for the threads (never leaving one using media/'s descriptor, even when
+        interrupted); then raise the first exception of theirs, or the interruption."""
         interrupted: BaseException | None = None
-        for t in started:
-            while t.is_alive():  # never leave a thread using media/'s descriptor
+        for t in self.threads:
+            while t.is_alive():
                 try:
                     t.join()
                 except BaseException as exc:
                     interrupted = interrupted or exc
+        if quiet:
+            return
         if interrupted is not None:
             raise interrupted
-    if errors:
-        raise errors[0]
+        if self.errors:
+            raise self.errors[0]
 
 
 def _show(path: str) -> str:
