@@ -18,9 +18,9 @@ from libc.string cimport memmove, strlen
 from libc.stdlib cimport qsort
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-cdef extern from "<unistd.h>" nogil:
-    ssize_t pread(int fd, void* buf, size_t count, long long offset)
-    ssize_t pwrite(int fd, const void* buf, size_t count, long long offset)
+cdef extern from "platform.h" nogil:
+    ssize_t pread "sx_pread"(int fd, void* buf, size_t count, long long offset)
+    ssize_t pwrite "sx_pwrite"(int fd, const void* buf, size_t count, long long offset)
 
 cdef enum:
     CBOR_MAX_DEPTH = 10000

@@ -1,25 +1,27 @@
 /* The media copy loop of _media.pxi, in C without the GIL: find a source beneath a
  * lookup root, check it, create its copy in media/, copy and hash it (src/skyexport/media.py
  * says which rules it keeps).  Anything unusual is handed back as SX_SLOW, untouched, to
- * media.py's checked path.  Linux-only calls (openat2, FICLONE, syncfs) are behind
- * __linux__; elsewhere every job is SX_SLOW and syncfs is ENOSYS. */
+ * media.py's checked path.  The loop is Linux's (openat2, FICLONE, syncfs, all behind
+ * __linux__); elsewhere every job is SX_SLOW at once and syncfs is ENOSYS, so media.py's
+ * checked path and its fsync per file do the work. */
 #ifndef SKYEXPORT_MEDIA_IO_H
 #define SKYEXPORT_MEDIA_IO_H
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <sys/types.h>
-#include <unistd.h>
 
-#include "sha256.h"
+#include "platform.h"
 #include "pipe_sync.h"
+#include "sha256.h"
 
 #ifdef __linux__
+#include <fcntl.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 #ifndef SYS_openat2
 #define SYS_openat2 437            /* the same number on every architecture (Linux 5.6) */
 #endif
@@ -34,13 +36,6 @@ struct sx_open_how {               /* linux/openat2.h */
 #define SX_RESOLVE_NO_MAGICLINKS 0x02
 #define SX_RESOLVE_NO_SYMLINKS 0x04
 #define SX_RESOLVE_BENEATH 0x08
-#endif
-
-#ifndef O_CLOEXEC
-#define O_CLOEXEC 0
-#endif
-#ifndef O_NOFOLLOW
-#define O_NOFOLLOW 0
 #endif
 
 enum {
@@ -78,6 +73,8 @@ typedef struct {
     sx_sync sync;
 } sx_media_ctx;
 
+#ifdef __linux__
+
 /* 1 when `p` has a ".." component. */
 static int sx_has_dotdot(const char *p)
 {
@@ -98,7 +95,6 @@ static int sx_has_dotdot(const char *p)
  * cannot hang.  -1 with errno; ENOSYS where openat2 does not exist. */
 static int sx_open_beneath(sx_media_ctx *c, int dirfd, const char *rel)
 {
-#ifdef __linux__
     struct sx_open_how how;
     long fd;
     if (c->no_openat2) {
@@ -114,24 +110,13 @@ static int sx_open_beneath(sx_media_ctx *c, int dirfd, const char *rel)
     if (fd < 0 && (errno == ENOSYS || errno == EPERM || errno == E2BIG))
         c->no_openat2 = 1;        /* an old kernel, or a sandbox that refuses the call */
     return (int)fd;
-#else
-    (void)c; (void)dirfd; (void)rel;
-    errno = ENOSYS;
-    return -1;
-#endif
 }
 
 /* syncfs(2) of the file system holding `fd`: its data and metadata on stable storage.
  * 0, or -1 with errno (ENOSYS where there is no syncfs). */
 static int sx_syncfs(int fd)
 {
-#ifdef __linux__
     return syncfs(fd);
-#else
-    (void)fd;
-    errno = ENOSYS;
-    return -1;
-#endif
 }
 
 static int sx_write_all(int fd, const unsigned char *p, size_t n)
@@ -242,7 +227,6 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
         return;
     }
     st = -1;
-#ifdef __linux__
     if (c->clone && j->size > 0) {
         int skip;
         sx_lock(&c->sync);
@@ -269,7 +253,6 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
             }
         }
     }
-#endif
     if (st < 0)
         st = sx_copy_hash(j, src, out, 0, buf, cap);
     close(src);
@@ -300,5 +283,30 @@ static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
         sx_media_one(c, &c->jobs[i], buf, cap);
     }
 }
+
+#else  /* not Linux: no loop here; media.py's checked path does every file */
+
+static int sx_syncfs(int fd)
+{
+    (void)fd;
+    errno = ENOSYS;
+    return -1;
+}
+
+static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
+{
+    long i;
+    (void)buf; (void)cap;
+    sx_lock(&c->sync);
+    for (i = c->next; i < c->njobs; i++) {
+        c->jobs[i].status = SX_SLOW;
+        c->jobs[i].which = -1;
+    }
+    c->next = c->njobs;
+    c->no_openat2 = 1;
+    sx_unlock(&c->sync);
+}
+
+#endif  /* __linux__ */
 
 #endif

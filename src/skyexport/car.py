@@ -36,6 +36,7 @@ from typing import Any
 import apsw
 
 from . import _core
+from ._platform import O_CLOEXEC, O_NOFOLLOW, fsync
 from .errors import ArchiveError, OptionError
 
 __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
@@ -104,7 +105,7 @@ def is_car(path: str | os.PathLike[str]) -> bool:
     """True when `path` is a file that starts with a CARv1 header with exactly one root
     (recognised by content, never by name)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -181,7 +182,7 @@ class CarRepo:
         self._hash: list[str | OSError] = []
         self._stop_hashing = False
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.open(self.path, os.O_RDONLY | O_CLOEXEC)
         except OSError as exc:
             raise ArchiveError(f"{self.path}: cannot open it ({exc.strerror}); pass the path "
                                "of a repository export (repo.car)") from None
@@ -249,8 +250,8 @@ class CarRepo:
         while True:
             p = index_dir / f".{self.path.name}.{os.urandom(4).hex()}.car-index"
             try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
+                             | O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -586,7 +587,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
         if not scratch:
             fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                fsync(fd)
             finally:
                 os.close(fd)
         con.close()

@@ -460,15 +460,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         else:
             _print_car_info(cinfo)
         return EXIT_OK
-    from .info import archive_info, format_info
+    from .info import write_info
 
-    info = archive_info(args.archive, row_source=env.get("_row_source"),
-                        busy_timeout_ms=env.get("_busy_timeout_ms"))
-    if args.json:
-        import json
-        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(format_info(info))
+    write_info(args.archive, sys.stdout, as_json=args.json, row_source=env.get("_row_source"),
+               busy_timeout_ms=env.get("_busy_timeout_ms"))
     return EXIT_OK
 
 
@@ -517,11 +512,12 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .manifest import verify
 
-    report = verify(args.directory)
-    for problem in report.problems:
+    def show(problem: str) -> None:   # as found: a long list's problems are not all kept
         sys.stderr.write(f"skyexport: verify: {problem}\n")
+
+    report = verify(args.directory, on_problem=show)
     if not report.ok:
-        return _fail(f"{args.directory}: {len(report.problems)} problem(s) found")
+        return _fail(f"{args.directory}: {report.problems_total} problem(s) found")
     sys.stdout.write(f"ok: {report.checked} files match the manifest\n")
     return EXIT_OK
 
@@ -580,8 +576,8 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ._platform import peak_rss_bytes
+    return (peak_rss_bytes() or 0) / (1 << 20)
 
 
 def _demo_root(output: str | None) -> tuple[str, bool]:

@@ -54,16 +54,26 @@ data durable (staged.sync_files: one syncfs) before the export can be published.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import re
 import stat
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from . import _core, staged
+from ._platform import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    fsync,
+    open_dir,
+    open_nofollow,
+    reflink,
+    set_blocking,
+)
 from .defaults import MAX_WARNINGS
 from .staged import fsync_dir
 
@@ -71,7 +81,6 @@ from .staged import fsync_dir
 # tens of thousands of names in the interpreter's interned-string table per export).
 StrPath = str | os.PathLike[str]
 
-FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write filesystems)
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
 CHUNK = 1 << 20       # bytes per read when copying
 SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
@@ -83,7 +92,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per
 _CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")
 # A name _place could give as an alternative (name-<12 or 64 hex digits>[.ext]).
 _ALT_NAME = re.compile(rb"-(?:[0-9a-f]{12}|[0-9a-f]{64})(?:\.[^.]*)?$")
-_OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_SOURCE = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
 # FICLONE errors that mean "this file system (pair) cannot share blocks": not tried again.
 _NO_CLONE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
                               errno.ENOSYS, errno.EPERM})
@@ -164,27 +173,27 @@ class MediaCopier:
         self._no_clone: set[int] = set()  # source devices where FICLONE is unsupported
         os.mkdir(self.media_dir)
         self._sums_fd = os.open(sums_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+                                | O_NOFOLLOW | O_CLOEXEC, 0o666)
         self._sums_buf = bytearray()
         self._fds: list[int] = []       # media/ and the roots, for the core's copy loop
         self._batch: _core.MediaBatch | None = None
         self._spare: _core.MediaBatch | None = None  # the second of copy_rows's two
-        if FAST_PATH and link == "copy" and len(self.roots) <= 8:
+        if FAST_PATH and link == "copy" and len(self.roots) <= 8 \
+                and sys.platform.startswith("linux"):  # the loop is Linux's (media_io.h)
             self._start_batch()
 
     def _start_batch(self) -> None:
         """The core's copy loop, given media/ and each root as a descriptor (-1: a root
         that cannot be opened, where nothing is found)."""
         try:
-            media_fd = os.open(self.media_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                               | os.O_CLOEXEC)
+            media_fd = open_dir(self.media_dir, nofollow=True)
         except OSError:
             return
         self._fds.append(media_fd)
         roots = []
         for root in self.roots:
             try:
-                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = open_dir(root)
             except OSError:
                 fd = -1
             else:
@@ -220,7 +229,7 @@ class MediaCopier:
         # The copies' data: without this, a power loss soon after the export is published
         # can leave them empty (delayed allocation), though their names and list survive.
         staged.sync_files(self.media_dir)
-        os.fsync(self._sums_fd)
+        fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
         fsync_dir(self.media_dir)
@@ -417,7 +426,7 @@ class MediaCopier:
                 where = ""
                 continue
             try:
-                fd = os.open(real, _OPEN_SOURCE)
+                fd = open_nofollow(real, _OPEN_SOURCE)
             except OSError as exc:
                 # ELOOP: the last component became a symlink after realpath (a race).
                 why = f"could not be opened: {exc.strerror or exc}"
@@ -430,8 +439,7 @@ class MediaCopier:
                     raise _Skip(f"is on a pseudo file system ({_show(real)}), not a "
                                 "stored file")
                 # Reads from here on block normally (O_NONBLOCK only guarded the open).
-                fcntl.fcntl(fd, fcntl.F_SETFL,
-                            fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+                set_blocking(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -497,13 +505,13 @@ class MediaCopier:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 # Another file system, or links refused: an independent copy instead.
-        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                       0o666)
         try:
             try:
                 if st.st_dev in self._no_clone:
                     raise OSError(errno.EOPNOTSUPP, "FICLONE failed here before")
-                fcntl.ioctl(out, FICLONE, fd)
+                reflink(out, fd)
             except OSError as exc:
                 if exc.errno in _NO_CLONE_ERRNOS:
                     self._no_clone.add(st.st_dev)
@@ -541,7 +549,7 @@ class MediaCopier:
         if digest is not None:
             return digest
         try:
-            fd = os.open(os.path.join(self.media_dir, name), _OPEN_SOURCE)
+            fd = open_nofollow(os.path.join(self.media_dir, name), _OPEN_SOURCE)
         except OSError:
             return None
         try:

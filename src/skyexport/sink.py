@@ -19,6 +19,8 @@ import os
 import queue
 import threading
 
+from ._platform import fdatasync, fsync
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
@@ -105,7 +107,7 @@ class FileSink:
         if self.error is not None:
             raise self.error
         if sync and self.sync:
-            os.fsync(self.fd)
+            fsync(self.fd)
 
     def abort(self) -> None:
         """Stop without waiting for queued blocks to reach the disk (failure path)."""
@@ -158,5 +160,5 @@ class FileSink:
         if self.sync and self.written - self._synced >= SYNC_EVERY:
             # Flush to disk as we go, on this thread, so that the fsync before publishing
             # has only the tail left to write.
-            os.fdatasync(self.fd)
+            fdatasync(self.fd)
             self._synced = self.written
