@@ -183,8 +183,9 @@ class MediaCopier:
             self._start_batch()
 
     def _start_batch(self) -> None:
-        """The core's copy loop, given media/ and each root as a descriptor (-1: a root
-        that cannot be opened, where nothing is found)."""
+        """The core's copy loop, given media/ and each root as a descriptor (O_PATH: a
+        root that can be searched but not listed still counts; -1: a root that cannot be
+        resolved, where the checked path finds nothing either)."""
         try:
             media_fd = open_dir(self.media_dir, nofollow=True)
         except OSError:
@@ -193,7 +194,7 @@ class MediaCopier:
         roots = []
         for root in self.roots:
             try:
-                fd = open_dir(root)
+                fd = open_dir(root, getattr(os, "O_PATH", os.O_RDONLY))
             except OSError:
                 fd = -1
             else:
