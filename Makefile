@@ -22,8 +22,8 @@ stubtest:       ## the hand-written _core.pyi against the compiled module
 	$(PY) -m mypy.stubtest skyexport._core
 
 lint:           ## ruff, mypy --strict, stubtest of _core.pyi, cython-lint: all clean
-	$(PY) -m ruff check src tests perf
-	$(PY) -m mypy --strict src
+	$(PY) -m ruff check src tests perf fuzz
+	$(PY) -m mypy --strict src tests/typed/api_usage.py
 	$(PY) -m mypy.stubtest skyexport._core
 	cython-lint --max-line-length 100 ext/skyexport
 
@@ -32,6 +32,12 @@ perf:           ## the benchmark table (perf/README.md); slow: builds archives u
 
 gate:           ## the CI performance gate
 	$(PY) perf/gate.py
+
+fuzz:           ## fuzz the CAR reader and the JSON re-indenter, ASan+UBSan build, FUZZ_SECONDS each
+	fuzz/run.sh fuzz
+
+asan-test:      ## the CAR and golden test modules once, on the ASan+UBSan build
+	fuzz/run.sh asan-test
 
 wheel:          ## dist/skyexport-*-manylinux*.whl: built, then repaired by auditwheel
 	rm -rf dist/raw dist/skyexport-*.whl && $(PY) -m pip wheel --no-deps -w dist/raw . -q
@@ -47,4 +53,4 @@ cross:          ## compile the core for macOS, Windows, FreeBSD with zig cc (com
 fresh-install-check:  ## the README's prerequisites on a fresh Debian (root, slow; not in CI)
 	bash tools/fresh-install-check
 
-.PHONY: dev test memtest annotate stubtest lint perf gate wheel wheel-check cross fresh-install-check
+.PHONY: dev test memtest annotate stubtest lint perf gate wheel wheel-check cross fresh-install-check fuzz asan-test

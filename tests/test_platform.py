@@ -325,7 +325,7 @@ def test_demo_peak_memory_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     import builtins
 
     from skyexport import cli
-    with_proc = cli._peak_rss_mb()
+    with_proc = cli._own_peak_rss_mb()
     real_open = builtins.open
 
     def no_proc(f: Any, *a: Any, **k: Any) -> Any:
@@ -334,10 +334,10 @@ def test_demo_peak_memory_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_open(f, *a, **k)
 
     monkeypatch.setattr(builtins, "open", no_proc)
-    assert not cli._reset_peak_rss()
-    without = cli._peak_rss_mb()
+    without = cli._own_peak_rss_mb()
     peak = _platform.peak_rss_bytes()
-    assert peak is not None and abs(without - peak / (1 << 20)) < 64
+    assert with_proc is not None and without is not None and peak is not None
+    assert abs(without - peak / (1 << 20)) < 64
     assert 0.5 * with_proc < without < 4 * with_proc + 64
 
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
+    from .job import ExportResult
+
 MANIFEST = "manifest.json"
 MEDIA_SUMS = "media.sha256"
 MANIFEST_VERSION = "1.0"
@@ -271,10 +273,12 @@ class _JsonlPosts:
 
 
 class _CsvPosts:
-    """posts.csv: the BOM and header, then one record a line; a quoted field may hold
-    newlines, and a `"` inside quotes is doubled, so quotes toggle the state."""
+    """posts.csv: the BOM and header (the header alone when the manifest says csv_bom
+    false: --no-bom), then one record a line; a quoted field may hold newlines, and a `"`
+    inside quotes is doubled, so quotes toggle the state."""
 
-    def __init__(self) -> None:
+    def __init__(self, bom: bool = True) -> None:
+        self.header = CSV_HEADER if bom else CSV_HEADER[3:]
         self.newlines = 0
         self.quoted = False
         self.head = b""
@@ -285,8 +289,8 @@ class _CsvPosts:
         return max(self.newlines - 1, 0)
 
     def feed(self, chunk: bytes) -> None:
-        if len(self.head) < len(CSV_HEADER):
-            self.head = (self.head + chunk)[:len(CSV_HEADER)]
+        if len(self.head) < len(self.header):
+            self.head = (self.head + chunk)[:len(self.header)]
         if not self.quoted and b'"' not in chunk:
             self.newlines += chunk.count(b"\n")
         else:
@@ -297,8 +301,11 @@ class _CsvPosts:
         self.tail = chunk[-1:]
 
     def shape(self) -> str | None:
-        if self.head != CSV_HEADER:
-            return "it does not begin with the BOM and skyexport's header line"
+        if self.head != self.header:
+            if self.header is CSV_HEADER:
+                return "it does not begin with the BOM and skyexport's header line"
+            return ("it does not begin with skyexport's header line without a BOM (the "
+                    "manifest says csv_bom false)")
         if self.quoted:
             return "it ends inside a quoted field"
         if self.tail != b"\n":
@@ -310,11 +317,19 @@ _COUNTERS: dict[str, type[_JsonPosts | _JsonlPosts | _CsvPosts]] = {
     "json": _JsonPosts, "jsonl": _JsonlPosts, "csv": _CsvPosts}
 
 
+def _counter(fmt: str, manifest: dict[str, Any]) -> _JsonPosts | _JsonlPosts | _CsvPosts:
+    """The data file's counter; a CSV one expects a BOM unless the manifest says
+    `csv_bom: false` (exactly false: anything else, or no key, means the default BOM)."""
+    if fmt == "csv":
+        return _CsvPosts(bom=manifest.get("csv_bom") is not False)
+    return _COUNTERS[fmt]()
+
+
 # --- the manifest, scanned ---------------------------------------------------------------------
 
 # The members verify reads; every other member (warnings, padding...) is skipped unread.
 _WANTED = frozenset({"export_format", "post_count", "media_count", "checksums",
-                     "compression"})
+                     "compression", "csv_bom"})
 _MAX_WANTED = 16 << 20   # bytes of one wanted member's value
 _MAX_DEPTH = 16          # nesting inside a wanted member's value
 _WS = re.compile(rb"[ \t\r\n]*")
@@ -537,7 +552,7 @@ def _sum_lines(fd: int) -> Iterator[tuple[int, bytes | None]]:
 
 # --- verify itself -------------------------------------------------------------------------------
 
-def verify(directory: str | os.PathLike[str], *,
+def verify(directory: str | os.PathLike[str] | ExportResult, *,
            on_problem: Callable[[str], None] | None = None) -> VerifyReport:
     """Check an export against its manifest and report every difference: re-hash the data
     file, `media.sha256` and each media file that list names; count the posts in the data
@@ -551,10 +566,21 @@ def verify(directory: str | os.PathLike[str], *,
     itself reported, never opened.  Memory stays bounded whatever the files' sizes and
     however long the media list (a long one is sorted through temporary files in TMPDIR).
 
+    `directory` is the export directory, or the ExportResult that `export()` returned
+    (its `directory`); a result of an export to a stream has none: OptionError.
     `on_problem` is called with each problem as it is found; the report keeps the first
     1000 and counts them all (`problems_total`).
     """
-    d = Path(directory)
+    if isinstance(directory, (str, os.PathLike)):
+        d = Path(directory)
+    else:
+        where = getattr(directory, "directory", None)
+        if where is None:
+            from .errors import OptionError
+
+            raise OptionError("verify needs an export directory, and this ExportResult has "
+                              "none (its export went to a stream, with no manifest)")
+        d = Path(where)
     report = VerifyReport(d, on_problem=on_problem)
     require_dir_fd("skyexport verify")
     try:
@@ -649,7 +675,7 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         if name == MEDIA_SUMS:
             continue  # below, with the files it lists
         digest, size = expected[name]
-        counter = _COUNTERS[_FORMAT_OF[name]]() if name in _FORMAT_OF else None
+        counter = _counter(_FORMAT_OF[name], manifest) if name in _FORMAT_OF else None
         feed = counter.feed if counter is not None else None
         unpack = None
         if counter is not None and name in _CODEC_OF and name not in uncompressed:
