@@ -27,6 +27,8 @@ translation unit, so the C compiler sees everything at once and can inline acros
     car/post.pxi        a post record's fields
     car/walk.pxi        CarWalker: the MST walk
     car/insert.pxi      RowBatch: post rows inserted into SQLite in bulk
+    media/copy.pxi      MediaBatch: media files found, checked, copied and hashed without
+                        the GIL (media_io.h, sha256.h); syncfs
     testing.pxi         test hooks (gathered into `testing`, below)
 
 `__all__` below is the module's production names, the one list of them (_core.pyi types
@@ -70,6 +72,7 @@ include "car/cbor.pxi"
 include "car/post.pxi"
 include "car/walk.pxi"
 include "car/insert.pxi"
+include "media/copy.pxi"
 include "testing.pxi"
 
 init_json_tables()
@@ -84,6 +87,8 @@ __all__ = (
     "is_true", "json_string", "parse_bound", "register_filters",
     # publishing (common/)
     "rename_noreplace",
+    # media (media/)
+    "MediaBatch", "syncfs",
     # repository CARs (car/)
     "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RowBatch",
     "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
@@ -93,7 +98,7 @@ __all__ = (
 _TEST_HOOKS = (
     "reformat_json", "csv_field", "media_files_of", "media_files_exact",
     "media_files_fast_of", "format_real", "parse_timestamp", "render_timestamp",
-    "cbor_to_json", "post_fields", "cid_index_key",
+    "cbor_to_json", "post_fields", "cid_index_key", "sha256_select", "sha256_digest",
 )
 
 

@@ -149,7 +149,7 @@ def set_blocking(fd: int) -> None:
 
 def flock(fd: int, operation: int) -> None:
     """fcntl.flock(fd, operation): the lock that tells a live export's staged directory from
-    a dead one's (staged.py).  Refused where there is no flock: a lock that does not end
+    a dead one's (exporter/staged.py).  Refused where there is no flock: a lock that does not end
     with its process would let a cleaner remove a live export, or never remove a dead one."""
     lock = getattr(fcntl, "flock", None)
     if lock is None:

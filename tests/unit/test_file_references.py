@@ -21,7 +21,8 @@ REF = re.compile(r"(?<![\w.:/$-])((?:\.\./|[\w.-]+/)*[\w-][\w.-]*"
                  r"\.(?:py|pxi|pyx|pyi|md|h|toml|sh|yml))\b")
 # Headers of the C library, the OS and Python's build: not files of this repository.
 INCLUDE = re.compile(r"#\s*include\s*<")
-EXTERNAL = {"Python.h", "pyconfig.h", "PC/pyconfig.h", "pyinc/pyconfig.h", "linux/fs.h"}
+EXTERNAL = {"Python.h", "pyconfig.h", "PC/pyconfig.h", "pyinc/pyconfig.h", "linux/fs.h",
+            "linux/openat2.h"}
 SCANNED = ("src/", "ext/skyexport/", "tests/", "perf/", "docs/", "fuzz/", ".ci/", "tools/")
 TOP = ("README.md", "Makefile", "CMakeLists.txt", "pyproject.toml")
 
