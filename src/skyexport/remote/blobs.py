@@ -1,0 +1,214 @@
+"""An account's blobs: `com.atproto.sync.listBlobs` (paged by cursor), then
+`com.atproto.sync.getBlob` for every CID not already present and whole in `blobs/`.
+
+A listed CID is untrusted: it becomes a file name only if it parses as a blob CID (CIDv1,
+raw codec, SHA-256, base32: `bafkrei...`), which also gives the digest its bytes are
+checked against.  Each blob is streamed to a temporary file in the backup's hidden work
+directory, hashed as it arrives, and renamed to `blobs/<cid>` only if it matches; a
+download that fails or is interrupted leaves nothing in `blobs/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import hashlib
+import os
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import AccountError, FetchError
+from .http import CapExceeded, Client, Interrupted, clean, truncate, write_all
+
+DEFAULT_JOBS = 4
+DEFAULT_MAX_BLOB = 100 * 1000 * 1000
+PAGE = 1000
+_CID = re.compile(r"^b[a-z2-7]{58}$")
+_PREFIX = bytes([0x01, 0x55, 0x12, 0x20])  # CIDv1, raw, sha2-256, 32 bytes
+
+
+def blob_digest(cid: str) -> bytes | None:
+    """The SHA-256 a blob CID names, or None if `cid` is not a blob CID (then it must never
+    become a file name)."""
+    if not isinstance(cid, str) or not _CID.match(cid):
+        return None
+    raw = base64.b32decode(cid[1:].upper() + "======")
+    if len(raw) != 36 or not raw.startswith(_PREFIX):
+        return None
+    return raw[4:]
+
+
+def list_blobs(client: Client, pds: str, did: str) -> Iterator[list[str]]:
+    """The listed CIDs, page by page (untrusted strings)."""
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        params = {"did": did, "limit": str(PAGE)}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = client.get_json(f"{pds}/xrpc/com.atproto.sync.listBlobs", params,
+                               f"listBlobs for {did}")
+        cids = page.get("cids") if isinstance(page, dict) else None
+        if not isinstance(cids, list):
+            raise FetchError(f"listBlobs for {did}: the answer has no `cids` list")
+        yield [c if isinstance(c, str) else repr(c) for c in cids]
+        nxt = page.get("cursor")
+        if not cids or not isinstance(nxt, str) or not nxt:
+            return
+        if nxt in seen:
+            raise FetchError(f"listBlobs for {did}: the server repeats cursor "
+                             f"{clean(nxt)!r} (it would never end)")
+        seen.add(nxt)
+        cursor = nxt
+
+
+def file_matches(path: Path, digest: bytes) -> bool:
+    """`path` is a regular file (not followed if a symlink) whose SHA-256 is `digest`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        h = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return h.digest() == digest
+            h.update(chunk)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class BlobOutcome:
+    __slots__ = ("cid", "kind", "size", "why")
+
+    def __init__(self, cid: str, kind: str, size: int = 0, why: str = "") -> None:
+        # kind: downloaded, present, missing (not served), bad (wrong bytes, too big),
+        # failed (after the retries)
+        self.cid, self.kind, self.size, self.why = cid, kind, size, why
+
+
+def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
+                  blobs_dir: Path, work_dir: Path, max_blob: int,
+                  on_bytes: Callable[[int], None]) -> BlobOutcome:
+    final = blobs_dir / cid
+    if file_matches(final, digest):
+        return BlobOutcome(cid, "present")
+    tmp = work_dir / f"{cid}.{os.urandom(4).hex()}.part"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    kept = False
+    try:
+        h = [hashlib.sha256()]
+        put = write_all(fd)
+        empty = truncate(fd)
+
+        def write(chunk: bytes) -> None:
+            put(chunk)
+            h[0].update(chunk)
+            on_bytes(len(chunk))
+
+        def restart() -> None:
+            empty()
+            h[0] = hashlib.sha256()
+
+        try:
+            size = client.get(f"{pds}/xrpc/com.atproto.sync.getBlob",
+                              {"did": did, "cid": cid}, f"blob {cid}", write, restart,
+                              max_blob, " (--max-blob-size)", )
+        except CapExceeded as exc:
+            return BlobOutcome(cid, "bad", why=str(exc))
+        except AccountError:
+            raise
+        except FetchError as exc:
+            if exc.status == 404 or exc.xrpc == "BlobNotFound":
+                return BlobOutcome(cid, "missing", why=str(exc))
+            return BlobOutcome(cid, "failed", why=str(exc))
+        if h[0].digest() != digest:
+            return BlobOutcome(cid, "bad", size,
+                               f"blob {cid}: its {size:,} bytes do not match its CID "
+                               "(SHA-256); discarded")
+        if os.path.lexists(final) and not os.path.isfile(final):
+            return BlobOutcome(cid, "bad", size, f"blob {cid}: blobs/{cid} exists and is "
+                               "not a regular file; left as it is")
+        os.rename(tmp, final)  # replaces a file there whose bytes did not match
+        kept = True
+        return BlobOutcome(cid, "downloaded", size)
+    finally:
+        os.close(fd)
+        if not kept:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+class BlobRun:
+    """The blob phase's counters (read by the progress snapshot)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.listed = 0
+        self.done = 0
+        self.bytes = 0
+        self.outcomes: dict[str, list[BlobOutcome]] = {
+            k: [] for k in ("downloaded", "present", "missing", "bad", "failed")}
+        self.refused: list[str] = []  # listed strings that are not blob CIDs
+        self.listed_cids: set[str] = set()
+
+    def add_bytes(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+
+def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: Path,
+                jobs: int, max_blob: int, run: BlobRun) -> None:
+    """Every listed blob into `blobs_dir`; outcomes into `run`.  Raises Interrupted or
+    KeyboardInterrupt (after every worker stopped and cleaned up), or an AccountError."""
+    pool = cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="skyexport-blob")
+    pending: set[cf.Future[BlobOutcome]] = set()
+
+    def reap(block: bool) -> None:
+        done, _ = cf.wait(pending, timeout=0.2 if block else 0,
+                          return_when=cf.FIRST_COMPLETED)
+        for f in done:
+            pending.discard(f)
+            out = f.result()  # re-raises a worker's exception here
+            with run.lock:
+                run.outcomes[out.kind].append(out)
+                run.done += 1
+
+    try:
+        for page in list_blobs(client, pds, did):
+            for cid in page:
+                digest = blob_digest(cid)
+                if digest is None:
+                    run.refused.append(clean(cid, 80))
+                    continue
+                if cid in run.listed_cids:
+                    continue
+                run.listed_cids.add(cid)
+                with run.lock:
+                    run.listed += 1
+                while len(pending) >= jobs * 4:
+                    reap(True)
+                pending.add(pool.submit(download_blob, client, pds, did, cid, digest,
+                                        blobs_dir, work_dir, max_blob, run.add_bytes))
+        while pending:
+            reap(True)
+    except BaseException:
+        client.stop.set()  # every worker stops at its next chunk and removes its file
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+__all__ = ["BlobRun", "DEFAULT_JOBS", "DEFAULT_MAX_BLOB", "Interrupted", "blob_digest",
+           "fetch_blobs", "file_matches"]

@@ -1,0 +1,123 @@
+"""The repository: `com.atproto.sync.getRepo` streamed to a hidden temporary file in the
+backup directory (never held in memory), checked with skyexport's own CAR reader - the
+framing of every block, the commit (its DID must be the account's), every MST node and
+every record against its CID - then fsync'd and renamed over `repo.car`.  A download that
+fails, is cut at the cap or is interrupted leaves the previous `repo.car` as it was."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ..errors import ArchiveError
+from .errors import FetchError
+from .http import Client, truncate, write_all
+
+DEFAULT_MAX_REPO = 16 * 1000 ** 3
+
+
+class RepoCheck:
+    """What the check of a repository CAR found."""
+
+    __slots__ = ("did", "rev", "sha256", "size", "blocks", "records", "collections")
+
+    def __init__(self, did: str, rev: str | None, sha256: str, size: int, blocks: int,
+                 records: int, collections: dict[str, int]) -> None:
+        self.did, self.rev, self.sha256, self.size = did, rev, sha256, size
+        self.blocks, self.records, self.collections = blocks, records, collections
+
+
+def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, bytes]]:
+    """(key, record CID) of every record of the CAR at `path`, in key order; with
+    `check`, every record's block is read and checked against its CID."""
+    from ..car import CarRepo
+
+    with CarRepo(path, index_dir, verb="") as repo:
+        for key, cid in repo.walk():
+            if check:
+                repo.block(cid, key)
+            yield key, bytes(cid)
+
+
+def check_car(path: Path, index_dir: Path, did: str) -> RepoCheck:
+    """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
+    of `did`."""
+    from ..car import CarRepo
+
+    try:
+        with CarRepo(path, index_dir, verb="") as repo:
+            if repo.did != did:
+                raise FetchError(f"the PDS sent the repository of {repo.did}, not of {did}")
+            n = 0
+            for key, cid in repo.walk():
+                repo.block(cid, key)
+                n += 1
+            return RepoCheck(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
+                             n, dict(sorted(repo.stats.collections.items())))
+    except ArchiveError as exc:
+        raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
+
+
+def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
+    """(added, removed, changed) records from the CAR `old` to `new`: both walked in key
+    order side by side, in flat memory."""
+    a = _records(old, index_dir, False)
+    b = _records(new, index_dir, False)
+    added = removed = changed = 0
+    x = next(a, None)
+    y = next(b, None)
+    while x is not None or y is not None:
+        if y is None or (x is not None and x[0] < y[0]):
+            removed += 1
+            x = next(a, None)
+        elif x is None or y[0] < x[0]:
+            added += 1
+            y = next(b, None)
+        else:
+            changed += x[1] != y[1]
+            x, y = next(a, None), next(b, None)
+    return added, removed, changed
+
+
+def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
+             on_bytes: Callable[[int], None]) -> Path:
+    """getRepo into a new hidden file in `directory` (fsync'd); its path.  The caller
+    renames or removes it."""
+    tmp = directory / f".repo.car.{os.urandom(4).hex()}.part"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644)
+    ok = False
+    try:
+        put = write_all(fd)
+
+        def write(chunk: bytes) -> None:
+            put(chunk)
+            on_bytes(len(chunk))
+
+        client.get(f"{pds}/xrpc/com.atproto.sync.getRepo", {"did": did},
+                   f"getRepo for {did}", write, truncate(fd), max_size,
+                   " (--max-repo-size)")
+        os.fsync(fd)
+        ok = True
+        return tmp
+    finally:
+        os.close(fd)
+        if not ok:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def latest_rev(client: Client, pds: str, did: str) -> str | None:
+    """The head rev the PDS reports (`getLatestCommit`), or None if it does not say."""
+    try:
+        got = client.get_json(f"{pds}/xrpc/com.atproto.sync.getLatestCommit", {"did": did},
+                              f"getLatestCommit for {did}", cap=64 * 1024)
+    except FetchError as exc:
+        if type(exc).__name__ == "AccountError":
+            raise
+        return None
+    rev = got.get("rev") if isinstance(got, dict) else None
+    return rev if isinstance(rev, str) else None
