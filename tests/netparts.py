@@ -277,7 +277,8 @@ class Dnsmasq:
         self.port = free_port()
         conf = tmp / "dnsmasq.conf"
         lines = ["no-resolv", "no-hosts", "no-poll", "bind-interfaces",
-                 "listen-address=127.0.0.1", f"port={self.port}", "log-facility=-"]
+                 "listen-address=127.0.0.1", f"port={self.port}", "log-facility=-",
+                 "local=/test/"]  # authoritative for .test: NXDOMAIN, not REFUSED
         for name, values in txt.items():
             for v in values:
                 lines.append(f'txt-record={name},"{v}"')

@@ -302,8 +302,6 @@ def fetch(who: str, output: str | os.PathLike[str] = DEFAULT_OUTPUT, *, pds: str
 def _fetch(client: Client, state: _State, who: str, output: Path, pds: str | None,
            want_blobs: bool, jobs: int, max_repo: int, max_blob: int,
            channel: ProgressChannel | None) -> FetchResult:
-    from .. import __version__
-
     def phase(name: str) -> None:
         with state.lock:
             state.phase = name
@@ -311,106 +309,123 @@ def _fetch(client: Client, state: _State, who: str, output: Path, pds: str | Non
             channel.put(state.event("running"))
 
     ident = resolve(who, client, pds)
+    phase("repo")
+    rev = latest_rev(client, ident.pds, ident.did)  # an account error before any file
     _dir(output, "the output directory")
     backup = output / ident.did
+    created = not os.path.lexists(backup)
     _dir(backup, "the backup directory")
     lock = _lock(backup)
     try:
-        _clear_work(backup)
-        _dir(backup / WORK, "the work directory")
-        blobs_dir = backup / "blobs"
-        _dir(blobs_dir, "the blobs directory")
-        before = _read_json(backup / "fetch.json")
-        car = backup / "repo.car"
-
-        phase("repo")
-        rev = latest_rev(client, ident.pds, ident.did)
-        old_repo = before.get("repo") if isinstance(before.get("repo"), dict) else {}
-        assert isinstance(old_repo, dict)
-        unchanged = (rev is not None and before.get("rev") == rev
-                     and old_repo.get("sha256") is not None
-                     and _sha256(car) == old_repo.get("sha256"))
-        added = removed = changed = 0
-        if unchanged:
-            sha, size = str(old_repo["sha256"]), int(old_repo.get("bytes", 0))
-            records = int(old_repo.get("records", 0))
-            collections = old_repo.get("collections", {})
-            new_rev: str | None = rev
-        else:
-            tmp = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo)
-            try:
-                phase("check")
-                chk = check_car(tmp, backup / WORK, ident.did)
-                if os.path.isfile(car) and not os.path.islink(car):
-                    try:
-                        added, removed, changed = diff(car, tmp, backup / WORK)
-                    except Exception:  # noqa: BLE001 - an unreadable old copy: all new
-                        added, removed, changed = chk.records, 0, 0
-                else:
-                    added = chk.records
-                _publish(tmp, car)
-            except BaseException:
+        return _into(client, state, ident, backup, rev, want_blobs, jobs, max_repo, max_blob,
+                     phase)
+    except BaseException:
+        if created:  # a first run that failed leaves no empty directories behind
+            for d in (backup / WORK, backup / "blobs", backup):
                 try:
-                    os.unlink(tmp)
+                    os.rmdir(d)
                 except OSError:
                     pass
-                raise
-            sha, size, records = chk.sha256, chk.size, chk.records
-            collections, new_rev = chk.collections, chk.rev
-
-        run = BlobRun()
-        state.blobs = run
-        unlisted = 0
-        if want_blobs:
-            phase("blobs")
-            fetch_blobs(client, ident.pds, ident.did, blobs_dir, backup / WORK, jobs,
-                        max_blob, run)
-            with os.scandir(blobs_dir) as it:
-                unlisted = sum(1 for e in it if e.name not in run.listed_cids)
-        phase("done")
-
-        def names(kind: str) -> tuple[str, ...]:
-            return tuple(o.why or o.cid for o in run.outcomes[kind])
-
-        result = FetchResult(
-            directory=backup, handle=ident.handle, did=ident.did, pds=ident.pds,
-            rev=new_rev, repo_sha256=sha, repo_bytes=size, records=records,
-            repo_changed=not unchanged, records_added=added, records_removed=removed,
-            records_changed=changed, blobs_listed=run.listed,
-            blobs_downloaded=len(run.outcomes["downloaded"]),
-            blobs_present=len(run.outcomes["present"]), blob_bytes=run.bytes,
-            blobs_missing=names("missing"), blobs_bad=names("bad"),
-            blobs_failed=names("failed"), blobs_refused=tuple(run.refused),
-            blobs_unlisted=unlisted, retries=client.retries,
-            elapsed_s=time.monotonic() - state.t0)
-        record = {
-            "tool": f"skyexport {__version__}",
-            "handle": ident.handle, "did": ident.did, "pds": ident.pds, "rev": new_rev,
-            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "repo": {"file": "repo.car", "sha256": sha, "bytes": size, "records": records,
-                     "collections": collections},
-            "blobs": None if not want_blobs else {
-                "listed": run.listed, "present": result.blobs_present
-                + result.blobs_downloaded, "missing": list(result.blobs_missing[:LISTED_MAX]),
-                "bad": list(result.blobs_bad[:LISTED_MAX]),
-                "failed": list(result.blobs_failed[:LISTED_MAX]),
-                "not_cids": list(result.blobs_refused[:LISTED_MAX]),
-                "unlisted": unlisted},
-            "this_run": {"repo_downloaded": not unchanged, "records_added": added,
-                         "records_removed": removed, "records_changed": changed,
-                         "blobs_downloaded": result.blobs_downloaded,
-                         "blob_bytes": run.bytes, "retries": client.retries},
-        }
-        data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
-        _publish(backup / WORK / f"fetch.json.{os.urandom(4).hex()}.part",
-                 backup / "fetch.json", data)
-        if result.blobs_failed:
-            raise FetchError(f"{len(result.blobs_failed)} blob(s) could not be downloaded "
-                             f"(first: {result.blobs_failed[0]}); run the same command again "
-                             "to fetch the rest")
-        return result
+        raise
     finally:
         os.close(lock)
+
+
+def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | None,
+          want_blobs: bool, jobs: int, max_repo: int, max_blob: int,
+          phase: Callable[[str], None]) -> FetchResult:
+    from .. import __version__
+
+    _clear_work(backup)
+    _dir(backup / WORK, "the work directory")
+    blobs_dir = backup / "blobs"
+    _dir(blobs_dir, "the blobs directory")
+    before = _read_json(backup / "fetch.json")
+    car = backup / "repo.car"
+    old_repo = before.get("repo") if isinstance(before.get("repo"), dict) else {}
+    assert isinstance(old_repo, dict)
+    unchanged = (rev is not None and before.get("rev") == rev
+                 and old_repo.get("sha256") is not None
+                 and _sha256(car) == old_repo.get("sha256"))
+    added = removed = changed = 0
+    if unchanged:
+        sha, size = str(old_repo["sha256"]), int(old_repo.get("bytes", 0))
+        records = int(old_repo.get("records", 0))
+        collections = old_repo.get("collections", {})
+        new_rev: str | None = rev
+    else:
+        tmp = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo)
+        try:
+            phase("check")
+            chk = check_car(tmp, backup / WORK, ident.did)
+            if os.path.isfile(car) and not os.path.islink(car):
+                try:
+                    added, removed, changed = diff(car, tmp, backup / WORK)
+                except Exception:  # noqa: BLE001 - an unreadable old copy: all new
+                    added, removed, changed = chk.records, 0, 0
+            else:
+                added = chk.records
+            _publish(tmp, car)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        sha, size, records = chk.sha256, chk.size, chk.records
+        collections, new_rev = chk.collections, chk.rev
+
+    run = BlobRun()
+    state.blobs = run
+    unlisted = 0
+    if want_blobs:
+        phase("blobs")
+        fetch_blobs(client, ident.pds, ident.did, blobs_dir, backup / WORK, jobs,
+                    max_blob, run)
+        with os.scandir(blobs_dir) as it:
+            unlisted = sum(1 for e in it if e.name not in run.listed_cids)
+    phase("done")
+
+    def names(kind: str) -> tuple[str, ...]:
+        return tuple(o.why or o.cid for o in run.outcomes[kind])
+
+    result = FetchResult(
+        directory=backup, handle=ident.handle, did=ident.did, pds=ident.pds,
+        rev=new_rev, repo_sha256=sha, repo_bytes=size, records=records,
+        repo_changed=not unchanged, records_added=added, records_removed=removed,
+        records_changed=changed, blobs_listed=run.listed,
+        blobs_downloaded=len(run.outcomes["downloaded"]),
+        blobs_present=len(run.outcomes["present"]), blob_bytes=run.bytes,
+        blobs_missing=names("missing"), blobs_bad=names("bad"),
+        blobs_failed=names("failed"), blobs_refused=tuple(run.refused),
+        blobs_unlisted=unlisted, retries=client.retries,
+        elapsed_s=time.monotonic() - state.t0)
+    record = {
+        "tool": f"skyexport {__version__}",
+        "handle": ident.handle, "did": ident.did, "pds": ident.pds, "rev": new_rev,
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "repo": {"file": "repo.car", "sha256": sha, "bytes": size, "records": records,
+                 "collections": collections},
+        "blobs": None if not want_blobs else {
+            "listed": run.listed, "present": result.blobs_present
+            + result.blobs_downloaded, "missing": list(result.blobs_missing[:LISTED_MAX]),
+            "bad": list(result.blobs_bad[:LISTED_MAX]),
+            "failed": list(result.blobs_failed[:LISTED_MAX]),
+            "not_cids": list(result.blobs_refused[:LISTED_MAX]),
+            "unlisted": unlisted},
+        "this_run": {"repo_downloaded": not unchanged, "records_added": added,
+                     "records_removed": removed, "records_changed": changed,
+                     "blobs_downloaded": result.blobs_downloaded,
+                     "blob_bytes": run.bytes, "retries": client.retries},
+    }
+    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
+    _publish(backup / WORK / f"fetch.json.{os.urandom(4).hex()}.part",
+             backup / "fetch.json", data)
+    if result.blobs_failed:
+        raise FetchError(f"{len(result.blobs_failed)} blob(s) could not be downloaded "
+                         f"(first: {result.blobs_failed[0]}); run the same command again "
+                         "to fetch the rest")
+    return result
 
 
 def open_backup(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:

@@ -26,9 +26,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from .errors import AccountError, FetchError
+
+try:
+    import httpx
+except ImportError:  # pragma: no cover - the `fetch` extra is not installed
+    raise FetchError("skyexport fetch needs httpx and dnspython: pip install "
+                     "'skyexport[fetch]'") from None
 
 CHUNK = 1 << 20
 ERROR_BODY_CAP = 64 * 1024
@@ -216,8 +220,7 @@ class Client:
             except httpx.TransportError as exc:
                 last = clean(str(exc) or type(exc).__name__)
             if attempt >= p.attempts:
-                raise FetchError(f"{what}: failed {attempt} times (last: {last}); try again "
-                                 "later, a rerun resumes") from None
+                raise FetchError(f"{what}: failed {attempt} times (last: {last})") from None
             with self._lock:
                 self.retries += 1
             if wait is None:

@@ -45,8 +45,12 @@ def normalize_handle(text: str) -> str:
 
 def handle_by_dns(handle: str) -> tuple[str | None, str]:
     """(the DID, or None with why) from `TXT _atproto.HANDLE`."""
-    import dns.exception
-    import dns.resolver
+    try:
+        import dns.exception
+        import dns.resolver
+    except ImportError:
+        raise ResolveError("skyexport fetch needs dnspython to resolve a handle: pip "
+                           "install 'skyexport[fetch]' (or pass the DID)") from None
 
     if _TEST["nameserver"] is not None:
         resolver = dns.resolver.Resolver(configure=False)
