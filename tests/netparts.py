@@ -81,7 +81,8 @@ class ArrobaPDS:
         import logging
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        server.storage = MemoryStorage()
+        if server.storage is None:  # arroba keeps one storage per process: shared
+            server.storage = MemoryStorage()
         server.server._validate = False
         self.server_mod = server
         self.util = util
@@ -229,6 +230,9 @@ class _Server(http.server.ThreadingHTTPServer):
     handler: Handler
     lock: threading.Lock
     log: list[tuple[str, dict[str, str]]]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hung up (the faults do it on purpose): nothing to print
 
 
 class XrpcServer:

@@ -295,9 +295,350 @@ def test_deactivated_on_arroba(tmp_path: Path) -> None:
     """A repository deactivated on arroba: the PDS's own RepoDeactivated is reported."""
     p = ArrobaPDS()
     try:
-        repo = p.create_repo(DID2, "bob.test")
+        did = "did:plc:" + "d" * 24
+        repo = p.create_repo(did, "dave.test")
         p.server_mod.storage.deactivate_repo(repo)
         with pytest.raises(AccountError, match="is deactivated .RepoDeactivated."):
-            skyexport.fetch(DID2, tmp_path, pds=p.url)
+            skyexport.fetch(did, tmp_path, pds=p.url)
     finally:
         p.close()
+
+
+# --- faults of the repository download (the hand-written XRPC server) -----------------
+
+@pytest.fixture(scope="module")
+def car(pds: ArrobaPDS) -> bytes:
+    """The repository arroba serves for DID (real bytes, replayed by the fault server)."""
+    return _raw(f"{pds.url}/xrpc/com.atproto.sync.getRepo?did={DID}")
+
+
+def _repo_server(car: bytes, get_repo: Any) -> XrpcServer:
+    """getRepo by `get_repo(req, n)` (n: the how-manyth call), an empty blob list."""
+    count = [0]
+    lock = threading.Lock()
+
+    def handler(req: _Req) -> None:
+        if req.route == "/xrpc/com.atproto.sync.getRepo":
+            with lock:
+                count[0] += 1
+                n = count[0]
+            get_repo(req, n)
+        elif req.route == "/xrpc/com.atproto.sync.listBlobs":
+            req.json({"cids": []})
+        else:
+            req.xrpc_error(501, "MethodNotImplemented")
+    return XrpcServer(handler)
+
+
+def _drop_after(req: _Req, body: bytes, sent: int) -> None:
+    """Promise all of `body`, send `sent` bytes of it, and close the connection."""
+    req.send_response(200)
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body[:sent])
+    req.wfile.flush()
+    req.close_connection = True
+    req.connection.shutdown(2)
+
+
+def _fetch_repo(url: str, out: Path, **kw: Any) -> skyexport.FetchResult:
+    return skyexport.fetch(DID, out, pds=url, **kw)
+
+
+def test_connection_dropped_mid_body_is_retried(car: bytes, tmp_path: Path) -> None:
+    """The first answer stops half-way (the connection closed): the partial body is
+    thrown away and the request made again; repo.car is the whole repository."""
+    def get_repo(req: _Req, n: int) -> None:
+        if n == 1:
+            _drop_after(req, car, len(car) // 2)
+        else:
+            req.send(200, car)
+    with contextlib_closing(_repo_server(car, get_repo)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+        assert len(s.calls("com.atproto.sync.getRepo")) == 2
+    assert (tmp_path / DID / "repo.car").read_bytes() == car and r.retries == 1
+
+
+def test_body_longer_than_its_content_length(car: bytes, tmp_path: Path) -> None:
+    """Bytes past the promised Content-Length are not part of the body: repo.car is the
+    promised bytes exactly, checked (a reader that reads to the end of the connection
+    would store the garbage too)."""
+    def get_repo(req: _Req, n: int) -> None:
+        req.send(200, car + b"\x00garbage" * 1000, length=len(car),
+                 headers={"Connection": "close"})
+    with contextlib_closing(_repo_server(car, get_repo)) as s:
+        _fetch_repo(s.url, tmp_path)
+    assert (tmp_path / DID / "repo.car").read_bytes() == car
+
+
+def test_500_then_success(car: bytes, tmp_path: Path) -> None:
+    def get_repo(req: _Req, n: int) -> None:
+        if n < 3:
+            req.xrpc_error(500 if n == 1 else 502, "InternalServerError")
+        else:
+            req.send(200, car)
+    with contextlib_closing(_repo_server(car, get_repo)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+        assert len(s.calls("com.atproto.sync.getRepo")) == 3
+    assert r.retries == 2 and (tmp_path / DID / "repo.car").read_bytes() == car
+
+
+@pytest.mark.parametrize("header", ["Retry-After", "RateLimit-Reset"])
+def test_429_waits_as_told(car: bytes, tmp_path: Path, header: str) -> None:
+    """429 with Retry-After (seconds) or RateLimit-Reset (atproto's Unix time): the next
+    try comes no sooner than the server asked (the policy's own pause is 10 ms here)."""
+    times: list[float] = []
+
+    def get_repo(req: _Req, n: int) -> None:
+        times.append(time.monotonic())
+        if n == 1:
+            value = "1" if header == "Retry-After" else str(int(time.time()) + 2)
+            req.xrpc_error(429, "RateLimitExceeded") if False else req.send(
+                429, b'{"error":"RateLimitExceeded"}', {header: value})
+        else:
+            req.send(200, car)
+    with contextlib_closing(_repo_server(car, get_repo)) as s:
+        _fetch_repo(s.url, tmp_path)
+    assert len(times) == 2 and times[1] - times[0] >= 0.9
+
+
+def test_429_asking_too_long_gives_up_at_once(car: bytes, tmp_path: Path) -> None:
+    with contextlib_closing(_repo_server(
+            car, lambda req, n: req.send(429, b"{}", {"Retry-After": "86400"}))) as s:
+        with pytest.raises(FetchError, match=r"asks to wait 86400 s \(HTTP 429\); try again "
+                                             "later"):
+            _fetch_repo(s.url, tmp_path)
+        assert len(s.calls("com.atproto.sync.getRepo")) == 1
+
+
+def test_endless_body_is_cut_at_the_cap(car: bytes, tmp_path: Path) -> None:
+    """A body with no Content-Length that never ends is cut at --max-repo-size; the
+    previous repo.car stays as it was and no temporary file is left."""
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, car))) as s:
+        _fetch_repo(s.url, tmp_path, blobs=False)
+    before = (tmp_path / DID / "repo.car").read_bytes()
+
+    def endless(req: _Req, n: int) -> None:
+        req.send_response(200)
+        req.send_header("Connection", "close")
+        req.end_headers()
+        chunk = b"\xa5" * 65536
+        for _ in range(10_000):  # 640 MB at most: bounded, the client stops long before
+            req.wfile.write(chunk)
+    with contextlib_closing(_repo_server(car, endless)) as s:
+        with pytest.raises(FetchError, match=r"the body grew past the cap of 1,000,000 "
+                                             r"bytes and was cut \(--max-repo-size\)"):
+            _fetch_repo(s.url, tmp_path, max_repo_size=1_000_000)
+    assert (tmp_path / DID / "repo.car").read_bytes() == before
+    assert _tree(tmp_path / DID) == ["blobs", "fetch.json", "repo.car"]
+
+
+def test_announced_length_over_the_cap_is_refused_unread(car: bytes, tmp_path: Path) -> None:
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, car))) as s:
+        with pytest.raises(FetchError, match=f"announces {len(car):,} bytes, more than "
+                                             "the cap of 100"):
+            _fetch_repo(s.url, tmp_path, max_repo_size=100)
+    assert os.listdir(tmp_path) == []
+
+
+def test_stalled_body_times_out(car: bytes, tmp_path: Path) -> None:
+    """Headers, a few bytes, then silence: the read timeout (1 s here) ends each try."""
+    stop = threading.Event()
+
+    def stall(req: _Req, n: int) -> None:
+        req.send_response(200)
+        req.send_header("Content-Length", str(len(car)))
+        req.end_headers()
+        req.wfile.write(car[:10])
+        req.wfile.flush()
+        stop.wait(30)
+    with contextlib_closing(_repo_server(car, stall)) as s:
+        t0 = time.monotonic()
+        with pytest.raises(FetchError, match=r"getRepo for .*: failed 4 times .last: "
+                                             r"(The read operation )?timed out"):
+            _fetch_repo(s.url, tmp_path)
+        stop.set()
+    assert time.monotonic() - t0 < 20
+    assert os.listdir(tmp_path) == []
+
+
+def test_damaged_or_foreign_repository_is_refused(car: bytes, tmp_path: Path) -> None:
+    """A repository whose block does not match its CID, or the repository of another
+    account: refused, the previous repo.car kept, nothing temporary left."""
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, car))) as s:
+        _fetch_repo(s.url, tmp_path, blobs=False)
+    good = (tmp_path / DID / "repo.car").read_bytes()
+    bad = bytearray(car)
+    i = bad.index(b"post 7")
+    bad[i:i + 6] = b"post 8"
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, bytes(bad)))) as s:
+        with pytest.raises(FetchError, match=r"the repository from the PDS is not sound: .*"
+                                             r"does not match its CID"):
+            _fetch_repo(s.url, tmp_path, blobs=False)
+    assert (tmp_path / DID / "repo.car").read_bytes() == good
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, car))) as s:
+        with pytest.raises(FetchError, match=f"the PDS sent the repository of {DID}, not "
+                                             f"of {DID2}"):
+            skyexport.fetch(DID2, tmp_path, pds=s.url)
+    assert _tree(tmp_path / DID) == ["blobs", "fetch.json", "repo.car"]
+    assert not (tmp_path / DID2).exists()
+
+
+def contextlib_closing(s: XrpcServer) -> Any:
+    import contextlib
+    return contextlib.closing(s)
+
+
+# --- faults of the blobs --------------------------------------------------------------
+
+GOOD = [os.urandom(3000 + i) for i in range(5)]
+GOOD_CIDS = [blob_cid(b) for b in GOOD]
+
+
+def _blob_server(car: bytes, pages: list[list[str]], get_blob: Any) -> XrpcServer:
+    """listBlobs serves `pages` (cursor = the page number), getBlob by get_blob(req, cid)."""
+    def handler(req: _Req) -> None:
+        if req.route == "/xrpc/com.atproto.sync.getRepo":
+            req.send(200, car)
+        elif req.route == "/xrpc/com.atproto.sync.listBlobs":
+            i = int(req.query.get("cursor", "0"))
+            out: dict[str, Any] = {"cids": pages[i] if i < len(pages) else []}
+            if i + 1 < len(pages):
+                out["cursor"] = str(i + 1)
+            req.json(out)
+        elif req.route == "/xrpc/com.atproto.sync.getBlob":
+            get_blob(req, req.query["cid"])
+        else:
+            req.xrpc_error(501, "MethodNotImplemented")
+    return XrpcServer(handler)
+
+
+def _serve_good(req: _Req, cid: str) -> None:
+    if cid in GOOD_CIDS:
+        req.send(200, GOOD[GOOD_CIDS.index(cid)])
+    else:
+        req.xrpc_error(400, "BlobNotFound", "Blob not found")
+
+
+def test_blobs_paged_by_cursor(car: bytes, tmp_path: Path) -> None:
+    pages = [GOOD_CIDS[:2], GOOD_CIDS[2:4], GOOD_CIDS[4:]]
+    with contextlib_closing(_blob_server(car, pages, _serve_good)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+        assert [q.get("cursor") for q in s.calls("com.atproto.sync.listBlobs")] == \
+            [None, "1", "2"]
+    assert r.blobs_downloaded == 5
+    for cid, data in zip(GOOD_CIDS, GOOD):
+        assert (tmp_path / DID / "blobs" / cid).read_bytes() == data
+
+
+def test_hostile_cids_never_become_file_names(car: bytes, tmp_path: Path) -> None:
+    """listBlobs naming `../../etc/passwd`, an absolute path, a CID of another codec or
+    an upper-case one: refused (listed as such), nothing requested or written for them."""
+    hostile = ["../../etc/passwd", "/etc/passwd", "bafkrei" + "a" * 52 + "/..",
+               "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm",
+               GOOD_CIDS[0].upper(), ".."]
+    with contextlib_closing(_blob_server(car, [hostile + GOOD_CIDS[:1]], _serve_good)) as s:
+        r = _fetch_repo(s.url, tmp_path / "out")
+        asked = [q["cid"] for q in s.calls("com.atproto.sync.getBlob")]
+    assert asked == GOOD_CIDS[:1]
+    assert r.blobs_refused == tuple(hostile)
+    assert _tree(tmp_path) == ["out", f"out/{DID}", f"out/{DID}/blobs",
+                               f"out/{DID}/blobs/{GOOD_CIDS[0]}", f"out/{DID}/fetch.json",
+                               f"out/{DID}/repo.car"]
+    meta = json.loads((tmp_path / "out" / DID / "fetch.json").read_text())
+    assert meta["blobs"]["not_cids"] == hostile
+
+
+def test_blob_with_wrong_bytes_is_discarded(car: bytes, tmp_path: Path) -> None:
+    """A blob whose bytes do not hash to its CID is not kept (and is reported); a blob
+    not served (BlobNotFound) is reported; neither is fatal."""
+    missing = blob_cid(b"never served")
+
+    def serve(req: _Req, cid: str) -> None:
+        if cid == GOOD_CIDS[1]:
+            req.send(200, GOOD[1][:-1] + b"X")
+        else:
+            _serve_good(req, cid)
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:3] + [missing]], serve)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+    assert sorted(os.listdir(tmp_path / DID / "blobs")) == sorted([GOOD_CIDS[0],
+                                                                   GOOD_CIDS[2]])
+    assert r.blobs_bad == (f"blob {GOOD_CIDS[1]}: its 3,001 bytes do not match its CID "
+                           "(SHA-256); discarded",)
+    assert len(r.blobs_missing) == 1 and "BlobNotFound" in r.blobs_missing[0]
+    assert _visible(tmp_path / DID) == sorted(
+        ["blobs", "fetch.json", "repo.car", f"blobs/{GOOD_CIDS[0]}", f"blobs/{GOOD_CIDS[2]}"])
+
+
+def test_redirects_only_to_http(car: bytes, tmp_path: Path) -> None:
+    """A redirect to another http URL is followed; one to file:// is refused (the blob
+    is reported failed, the run exits with an error saying a rerun fetches the rest)."""
+    def serve(req: _Req, cid: str) -> None:
+        if cid == GOOD_CIDS[0]:
+            req.send(302, b"", {"Location": "file:///etc/passwd"})
+        elif cid == GOOD_CIDS[1] and "moved" not in req.path:
+            req.send(307, b"", {"Location": f"/xrpc/com.atproto.sync.getBlob?cid={cid}"
+                                            "&moved=1"})
+        else:
+            _serve_good(req, cid)
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:3]], serve)) as s:
+        with pytest.raises(FetchError, match=r"1 blob\(s\) could not be downloaded "
+                           r"\(first: blob b\w+: the server redirected to a file: URL "
+                           r"\(file:///etc/passwd\); only http and https redirects are "
+                           r"followed\); run the same command again"):
+            _fetch_repo(s.url, tmp_path)
+    assert sorted(os.listdir(tmp_path / DID / "blobs")) == sorted(GOOD_CIDS[1:3])
+    meta = json.loads((tmp_path / DID / "fetch.json").read_text())
+    assert len(meta["blobs"]["failed"]) == 1
+
+
+def test_blob_faults_are_retried(car: bytes, tmp_path: Path) -> None:
+    """Per blob: a dropped connection, a 503, a 429 with Retry-After: each retried."""
+    seen: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def serve(req: _Req, cid: str) -> None:
+        with lock:
+            seen[cid] = seen.get(cid, 0) + 1
+            n = seen[cid]
+        data = GOOD[GOOD_CIDS.index(cid)]
+        if n == 1 and cid == GOOD_CIDS[0]:
+            _drop_after(req, data, 100)
+        elif n == 1 and cid == GOOD_CIDS[1]:
+            req.xrpc_error(503, "Unavailable")
+        elif n == 1 and cid == GOOD_CIDS[2]:
+            req.send(429, b"{}", {"Retry-After": "0"})
+        else:
+            req.send(200, data)
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS], serve)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+    assert r.blobs_downloaded == 5 and r.retries == 3
+    assert seen == {c: 2 if i < 3 else 1 for i, c in enumerate(GOOD_CIDS)}
+    for cid, data in zip(GOOD_CIDS, GOOD):
+        assert (tmp_path / DID / "blobs" / cid).read_bytes() == data
+
+
+def test_blob_over_its_cap_is_skipped(car: bytes, tmp_path: Path) -> None:
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:2]], _serve_good)) as s:
+        r = _fetch_repo(s.url, tmp_path, max_blob_size=3000)
+    assert os.listdir(tmp_path / DID / "blobs") == [GOOD_CIDS[0]]
+    assert "announces 3,001 bytes, more than the cap of 3,000 (--max-blob-size)" in \
+        r.blobs_bad[0]
+
+
+def test_a_corrupt_blob_on_disk_is_downloaded_again(car: bytes, tmp_path: Path) -> None:
+    """A file in blobs/ whose bytes do not match its name (a crash, a disk fault) is
+    replaced; a symlink there is never followed."""
+    blobs = tmp_path / DID / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / GOOD_CIDS[0]).write_bytes(b"torn")
+    secret = tmp_path / "secret"
+    secret.write_bytes(GOOD[1])
+    (blobs / GOOD_CIDS[1]).symlink_to(secret)
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:3]], _serve_good)) as s:
+        r = _fetch_repo(s.url, tmp_path)
+        asked = sorted(q["cid"] for q in s.calls("com.atproto.sync.getBlob"))
+    assert asked == sorted(GOOD_CIDS[:3]) and r.blobs_downloaded == 3
+    for cid, data in zip(GOOD_CIDS[:3], GOOD):
+        assert not (blobs / cid).is_symlink() and (blobs / cid).read_bytes() == data
+    assert secret.read_bytes() == GOOD[1]

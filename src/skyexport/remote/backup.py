@@ -229,6 +229,12 @@ def _publish(tmp: Path, final: Path, data: bytes | None = None) -> None:
         os.close(dfd)
 
 
+def _write_meta(backup: Path, record: dict[str, Any]) -> None:
+    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
+    _publish(backup / WORK / f"fetch.json.{os.urandom(4).hex()}.part",
+             backup / "fetch.json", data)
+
+
 def _clear_work(backup: Path) -> None:
     """Temporary files a killed run left (a run under way holds the lock)."""
     work = backup / WORK
@@ -328,6 +334,10 @@ def _fetch(client: Client, state: _State, who: str, output: Path, pds: str | Non
                     pass
         raise
     finally:
+        try:
+            os.rmdir(backup / WORK)  # empty by now, whatever happened
+        except OSError:
+            pass
         os.close(lock)
 
 
@@ -375,6 +385,18 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
         sha, size, records = chk.sha256, chk.size, chk.records
         collections, new_rev = chk.collections, chk.rev
 
+    record: dict[str, Any] = {
+        "tool": f"skyexport {__version__}",
+        "handle": ident.handle, "did": ident.did, "pds": ident.pds, "rev": new_rev,
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "repo": {"file": "repo.car", "sha256": sha, "bytes": size, "records": records,
+                 "collections": collections},
+        "blobs": {"complete": False} if want_blobs else None,
+        "this_run": {"repo_downloaded": not unchanged, "records_added": added,
+                     "records_removed": removed, "records_changed": changed},
+    }
+    if not unchanged:  # fetch.json describes repo.car from now on, even if interrupted
+        _write_meta(backup, record)
     run = BlobRun()
     state.blobs = run
     unlisted = 0
@@ -400,27 +422,17 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
         blobs_failed=names("failed"), blobs_refused=tuple(run.refused),
         blobs_unlisted=unlisted, retries=client.retries,
         elapsed_s=time.monotonic() - state.t0)
-    record = {
-        "tool": f"skyexport {__version__}",
-        "handle": ident.handle, "did": ident.did, "pds": ident.pds, "rev": new_rev,
-        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "repo": {"file": "repo.car", "sha256": sha, "bytes": size, "records": records,
-                 "collections": collections},
-        "blobs": None if not want_blobs else {
-            "listed": run.listed, "present": result.blobs_present
-            + result.blobs_downloaded, "missing": list(result.blobs_missing[:LISTED_MAX]),
+    if want_blobs:
+        record["blobs"] = {
+            "complete": not result.blobs_failed, "listed": run.listed,
+            "present": result.blobs_present + result.blobs_downloaded,
+            "missing": list(result.blobs_missing[:LISTED_MAX]),
             "bad": list(result.blobs_bad[:LISTED_MAX]),
             "failed": list(result.blobs_failed[:LISTED_MAX]),
-            "not_cids": list(result.blobs_refused[:LISTED_MAX]),
-            "unlisted": unlisted},
-        "this_run": {"repo_downloaded": not unchanged, "records_added": added,
-                     "records_removed": removed, "records_changed": changed,
-                     "blobs_downloaded": result.blobs_downloaded,
-                     "blob_bytes": run.bytes, "retries": client.retries},
-    }
-    data = (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode()
-    _publish(backup / WORK / f"fetch.json.{os.urandom(4).hex()}.part",
-             backup / "fetch.json", data)
+            "not_cids": list(result.blobs_refused[:LISTED_MAX]), "unlisted": unlisted}
+    record["this_run"].update(blobs_downloaded=result.blobs_downloaded, blob_bytes=run.bytes,
+                              retries=client.retries)
+    _write_meta(backup, record)
     if result.blobs_failed:
         raise FetchError(f"{len(result.blobs_failed)} blob(s) could not be downloaded "
                          f"(first: {result.blobs_failed[0]}); run the same command again "

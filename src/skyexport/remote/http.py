@@ -2,7 +2,7 @@
 
 - timeouts on connect and on every read (a stalled connection fails, it never hangs);
 - retries with exponential backoff (and jitter) on connection errors, truncated bodies
-  and 5xx answers; `429` waits as long as `Retry-After` or `RateLimit-Reset` says (up to
+  and 500/502/503/504 answers; `429` waits as long as `Retry-After` or `RateLimit-Reset` says (up to
   `max_wait_s`, else one clear line);
 - redirects followed by hand, only to http and https URLs, at most `max_redirects`;
 - TLS certificates always verified (certifi's roots; never switched off);
@@ -35,6 +35,7 @@ except ImportError:  # pragma: no cover - the `fetch` extra is not installed
                      "'skyexport[fetch]'") from None
 
 CHUNK = 1 << 20
+RETRY_STATUSES = (429, 500, 502, 503, 504)  # not 501 (not implemented: it never will be)
 ERROR_BODY_CAP = 64 * 1024
 
 #: XRPC error names that say the account itself cannot be served.
@@ -234,7 +235,7 @@ class Client:
         r = self._open(url, params, what)
         try:
             status = r.status_code
-            if status == 429 or status >= 500:
+            if status in RETRY_STATUSES:
                 wait = _retry_after(r.headers) if status in (429, 503) else None
                 raise RetryableStatus(status, wait)
             if status not in statuses:
