@@ -187,6 +187,7 @@ Handler = Callable[["_Req"], None]
 
 class _Req(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body leave at once (no delayed-ACK stalls)
     server: _Server
 
     def log_message(self, *args: Any) -> None:

@@ -642,3 +642,219 @@ def test_a_corrupt_blob_on_disk_is_downloaded_again(car: bytes, tmp_path: Path) 
     for cid, data in zip(GOOD_CIDS[:3], GOOD):
         assert not (blobs / cid).is_symlink() and (blobs / cid).read_bytes() == data
     assert secret.read_bytes() == GOOD[1]
+
+
+# --- the command, signals and memory (subprocesses) ------------------------------------
+
+def _driver(tmp_path: Path, seams: dict[str, Any], *args: object,
+            **kw: Any) -> subprocess.Popen[str]:
+    """`skyexport ARGS` in a child with the test seams set (tests/fetch_driver.py)."""
+    seams.setdefault("policy", {"attempts": 4, "backoff_s": 0.01, "backoff_max_s": 0.05,
+                                "read_timeout_s": 5.0})
+    sf = tmp_path / f"seams-{os.urandom(3).hex()}.json"
+    sf.write_text(json.dumps(seams))
+    return subprocess.Popen([PY, DRIVER, str(sf), str(tmp_path / "peak"), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _run(tmp_path: Path, seams: dict[str, Any], *args: object) -> tuple[int, str, str]:
+    p = _driver(tmp_path, seams, *args)
+    out, err = p.communicate(timeout=180)
+    return p.returncode, out, err
+
+
+def _rev(car: bytes, tmp_path: Path) -> str:
+    from skyexport.car import car_info
+    f = tmp_path / "rev.car"
+    f.write_bytes(car)
+    rev = car_info(f)["rev"]
+    f.unlink()
+    assert isinstance(rev, str)
+    return rev
+
+
+def test_sigint_mid_download_then_rerun(car: bytes, tmp_path: Path) -> None:
+    """SIGINT while blobs download (slowly): exit 130 with one line, only whole files
+    visible (repo.car, fetch.json, blobs that hash to their names), no temporary file
+    anywhere; the rerun completes, downloading neither the repository nor any blob that
+    was already whole."""
+    blobs = [os.urandom(50_000 + i) for i in range(16)]
+    cids = [blob_cid(b) for b in blobs]
+    rev = _rev(car, tmp_path)
+    slow = threading.Event()
+    slow.set()
+    log: list[str] = []
+
+    def handler(req: _Req) -> None:
+        if req.route == "/xrpc/com.atproto.sync.getLatestCommit":
+            req.json({"cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm",
+                      "rev": rev})
+        elif req.route == "/xrpc/com.atproto.sync.getRepo":
+            req.send(200, car)
+        elif req.route == "/xrpc/com.atproto.sync.listBlobs":
+            req.json({"cids": cids})
+        elif req.route == "/xrpc/com.atproto.sync.getBlob":
+            data = blobs[cids.index(req.query["cid"])]
+            req.send_response(200)
+            req.send_header("Content-Length", str(len(data)))
+            req.end_headers()
+            for i in range(0, len(data), 10_000):
+                req.wfile.write(data[i:i + 10_000])
+                req.wfile.flush()
+                if slow.is_set():
+                    time.sleep(0.05)
+        else:
+            req.xrpc_error(501, "MethodNotImplemented")
+    with contextlib_closing(XrpcServer(handler)) as s:
+        out = tmp_path / "out"
+        p = _driver(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o", out, "--jobs", "2",
+                    "--progress", "jsonl")
+        blobs_dir = out / DID / "blobs"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if blobs_dir.is_dir() and len(os.listdir(blobs_dir)) >= 3:
+                break
+            time.sleep(0.02)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert err.splitlines()[-1] == (
+            "skyexport: interrupted; the backup keeps its previous repo.car and every blob "
+            "downloaded whole; run the same command again to resume"), err
+        assert json.loads(err.splitlines()[-2])["status"] == "failed"
+        kept = sorted(os.listdir(blobs_dir))
+        assert 3 <= len(kept) < 16
+        for cid in kept:
+            assert (blobs_dir / cid).read_bytes() == blobs[cids.index(cid)]
+        assert _tree(out / DID) == sorted(["blobs", "fetch.json", "repo.car"]
+                                          + [f"blobs/{c}" for c in kept])
+        assert (out / DID / "repo.car").read_bytes() == car
+        log[:] = [q["cid"] for q in s.calls("com.atproto.sync.getBlob")]
+        slow.clear()
+        code, stdout, err = _run(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o", out)
+        assert code == 0, err
+        again = [q["cid"] for q in s.calls("com.atproto.sync.getBlob")][len(log):]
+        assert not set(again) & set(kept)
+        assert sorted(set(again) | set(kept)) == sorted(cids)
+        assert len(s.calls("com.atproto.sync.getRepo")) == 1
+        assert "repo.car: unchanged" in stdout and stdout.splitlines()[-1] == str(out / DID)
+    for cid, data in zip(cids, blobs):
+        assert (blobs_dir / cid).read_bytes() == data
+
+
+def test_peak_rss_with_a_big_repository_and_many_blobs(tmp_path: Path) -> None:
+    """The real peak RSS of `skyexport fetch` (the whole process) stays under 64 MB for a
+    50 MB repository (skyexport's synthetic CAR, 50k posts and 150k other records, served
+    from its file) and 2,000 blobs."""
+    from skyexport.carwrite import synth_car
+
+    car_file = tmp_path / "big.car"
+    synth_car(car_file, 50_000, seed=3)
+    from skyexport.car import car_info
+    did = str(car_info(car_file)["did"])
+    blobs = {blob_cid(d): d for d in (os.urandom(2000) + i.to_bytes(4, "big")
+                                      for i in range(2000))}
+    order = sorted(blobs)
+
+    def handler(req: _Req) -> None:
+        if req.route == "/xrpc/com.atproto.sync.getRepo":
+            req.send_response(200)
+            req.send_header("Content-Length", str(car_file.stat().st_size))
+            req.end_headers()
+            with open(car_file, "rb") as f:
+                shutil.copyfileobj(f, req.wfile, 1 << 20)
+        elif req.route == "/xrpc/com.atproto.sync.listBlobs":
+            i = int(req.query.get("cursor", "0"))
+            page: dict[str, Any] = {"cids": order[i:i + 1000]}
+            if i + 1000 < len(order):
+                page["cursor"] = str(i + 1000)
+            req.json(page)
+        elif req.route == "/xrpc/com.atproto.sync.getBlob":
+            req.send(200, blobs[req.query["cid"]])
+        else:
+            req.xrpc_error(501, "MethodNotImplemented")
+    with contextlib_closing(XrpcServer(handler)) as s:
+        code, out, err = _run(tmp_path, {}, "fetch", did, "--pds", s.url, "-o",
+                              tmp_path / "out", "-q")
+    assert code == 0, err
+    assert len(os.listdir(tmp_path / "out" / did / "blobs")) == 2000
+    peak = int((tmp_path / "peak").read_text())
+    assert peak <= 64 * 1024 * 1024, f"peak RSS {peak / 2**20:.1f} MB"
+
+
+def test_cli_lines_and_exit_codes(car: bytes, tmp_path: Path) -> None:
+    """What the command prints: the backup directory last (alone with -q), warnings on
+    stderr; usage errors exit 2, failures 1 with one line and no traceback."""
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:2] + ["../x"]], _serve_good)) as s:
+        code, out, err = _run(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o",
+                              tmp_path / "o")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0] == f"account: {DID}" and lines[-1] == str(tmp_path / "o" / DID)
+        assert lines[2] == "blobs: 2 listed, 2 downloaded (6,001 bytes), 0 already there"
+        assert err == ("skyexport: warning: 1 blob(s) refused (not a blob CID); first: "
+                       "../x\n")
+        code, out, err = _run(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o",
+                              tmp_path / "o", "-q")
+        assert (code, out) == (0, f"{tmp_path / 'o' / DID}\n")
+    code, out, err = _run(tmp_path, {}, "fetch", DID, "--jobs", "0")
+    assert code == 2 and "argument --jobs/-j: '0': give 1 to 64" in err
+    code, out, err = _run(tmp_path, {}, "fetch", DID, "--max-repo-size", "lots")
+    assert code == 2 and "'lots' is not a size" in err
+    code, out, err = _run(tmp_path, {}, "fetch", "not a handle!", "-o", tmp_path / "o")
+    assert code == 1 and out == ""
+    assert err == ("skyexport: error: 'not a handle!' is neither a handle (like "
+                   "alice.bsky.social) nor a DID (did:plc:... or did:web:...)\n")
+    code, out, err = _run(tmp_path, {}, "fetch", DID, "--pds", "http://127.0.0.1:9", "-o",
+                          tmp_path / "o")
+    assert code == 1 and "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith(f"skyexport: error: getLatestCommit for {DID}: failed 4 times")
+
+
+def test_open_backup(tmp_path: Path) -> None:
+    """A backup directory as a source: repo.car and blobs/, never through a symlink, a
+    FIFO or a directory in their place."""
+    from skyexport import ArchiveError, open_backup
+
+    b = tmp_path / "b"
+    (b / "blobs").mkdir(parents=True)
+    (b / "repo.car").write_bytes(b"x")
+    assert open_backup(b) == (b / "repo.car", b / "blobs")
+    (tmp_path / "link").symlink_to(b)
+    with pytest.raises(ArchiveError, match="not a backup directory"):
+        open_backup(tmp_path / "link")
+    (b / "blobs").rmdir()
+    assert open_backup(b) == (b / "repo.car", None)
+    (b / "blobs").symlink_to(tmp_path)
+    with pytest.raises(ArchiveError, match="blobs: not a directory"):
+        open_backup(b)
+    (b / "blobs").unlink()
+    (b / "repo.car").unlink()
+    os.mkfifo(b / "repo.car")
+    with pytest.raises(ArchiveError, match="repo.car: not a regular file"):
+        open_backup(b)
+    (b / "repo.car").unlink()
+    (b / "repo.car").symlink_to(tmp_path / "elsewhere.car")
+    with pytest.raises(ArchiveError, match="repo.car: not a regular file"):
+        open_backup(b)
+    (b / "repo.car").unlink()
+    with pytest.raises(ArchiveError, match=r"no repo.car\); make one with `skyexport fetch"):
+        open_backup(b)
+
+
+def test_progress_events(car: bytes, tmp_path: Path) -> None:
+    """on_progress: queued first, completed last, counts never going backwards, the
+    repository's bytes and the blobs counted."""
+    events: list[Any] = []
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS], _serve_good)) as s:
+        skyexport.fetch(DID, tmp_path, pds=s.url, on_progress=events.append)
+    assert events[0].status == "queued" and events[-1].status == "completed"
+    assert all(e.status == "running" for e in events[1:-1])
+    last = events[-1]
+    assert (last.repo_bytes, last.blobs_done, last.blobs_total, last.blob_bytes) == \
+        (len(car), 5, 5, sum(map(len, GOOD)))
+    for a, b in zip(events, events[1:]):
+        assert b.repo_bytes >= a.repo_bytes and b.blobs_done >= a.blobs_done
+        assert b.elapsed_s >= a.elapsed_s
+    assert {e.phase for e in events} >= {"repo", "check", "blobs", "done"}
+    assert last.to_dict()["blobs_done"] == 5

@@ -116,8 +116,9 @@ def latest_rev(client: Client, pds: str, did: str) -> str | None:
         got = client.get_json(f"{pds}/xrpc/com.atproto.sync.getLatestCommit", {"did": did},
                               f"getLatestCommit for {did}", cap=64 * 1024)
     except FetchError as exc:
-        if type(exc).__name__ == "AccountError":
-            raise
-        return None
+        if exc.status in (0, 400) and exc.xrpc not in ("MethodNotImplemented",
+                                                          "InvalidRequest"):
+            raise  # unreachable, an account error, or a cap: getRepo would fail alike
+        return None  # a PDS without getLatestCommit: the repository is downloaded
     rev = got.get("rev") if isinstance(got, dict) else None
     return rev if isinstance(rev, str) else None
