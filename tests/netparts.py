@@ -71,14 +71,13 @@ class ArrobaPDS:
     def __init__(self) -> None:
         os.environ.setdefault("REPO_TOKEN", REPO_TOKEN)  # arroba's own auth (its env)
         os.environ.setdefault("PDS_HOST", "localhost")
-        from arroba import server, util
-        from arroba import xrpc_repo, xrpc_sync  # noqa: F401 - registers the methods
+        import logging
+
+        from arroba import server, util, xrpc_repo, xrpc_sync  # noqa: F401 - registers the methods
         from arroba.storage import MemoryStorage
         from flask import Flask, jsonify, request
         from lexrpc.flask_server import init_flask
         from werkzeug.serving import make_server
-
-        import logging
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         if server.storage is None:  # arroba keeps one storage per process: shared

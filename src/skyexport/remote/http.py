@@ -178,8 +178,9 @@ class Client:
         try:
             obj = json.loads(bytes(body))
             if isinstance(obj, dict):
-                name = obj.get("error") if isinstance(obj.get("error"), str) else ""
-                message = obj.get("message") if isinstance(obj.get("message"), str) else ""
+                e, m = obj.get("error"), obj.get("message")
+                name = e if isinstance(e, str) else ""
+                message = m if isinstance(m, str) else ""
         except ValueError:
             pass
         if name in ACCOUNT_ERRORS:

@@ -16,8 +16,8 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
-from .errors import ResolveError
-from .http import Client, FetchError, clean
+from .errors import FetchError, ResolveError
+from .http import Client, clean
 
 PLC_DIRECTORY = "https://plc.directory"
 DNS_TIMEOUT_S = 5.0
@@ -133,8 +133,9 @@ def resolve_did(did: str, client: Client) -> dict[str, Any]:
     except FetchError as exc:
         raise ResolveError(str(exc)) from None
     if not isinstance(doc, dict) or doc.get("id") != did:
+        got = clean(str(doc.get("id") if isinstance(doc, dict) else None))
         raise ResolveError(f"DID document of {did} ({url}): it is not the document of "
-                           f"{did} (its id is {clean(str(doc.get('id') if isinstance(doc, dict) else None))})")
+                           f"{did} (its id is {got})")
     return doc
 
 
