@@ -8,5 +8,5 @@ its blobs - into a backup directory, verified, resumable and polite to the serve
     backup.py   the backup directory, fetch.json, `fetch()` and `open_backup()`
     command.py  the `skyexport fetch` subcommand
 
-Nothing here is imported by `export`: httpx and dnspython load only when a fetch runs.
+Nothing here is imported by `export`: dnspython loads only when a handle is resolved.
 """

@@ -110,7 +110,7 @@ def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
         put = write_all(fd)
         empty = truncate(fd)
 
-        def write(chunk: bytes) -> None:
+        def write(chunk: memoryview) -> None:
             put(chunk)
             h[0].update(chunk)
             on_bytes(len(chunk))

@@ -91,7 +91,7 @@ def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
     try:
         put = write_all(fd)
 
-        def write(chunk: bytes) -> None:
+        def write(chunk: memoryview) -> None:
             put(chunk)
             on_bytes(len(chunk))
 

@@ -49,8 +49,7 @@ def handle_by_dns(handle: str) -> tuple[str | None, str]:
         import dns.exception
         import dns.resolver
     except ImportError:
-        raise ResolveError("skyexport fetch needs dnspython to resolve a handle: pip "
-                           "install 'skyexport[fetch]' (or pass the DID)") from None
+        return None, "dnspython is not installed (pip install dnspython)"
 
     if _TEST["nameserver"] is not None:
         resolver = dns.resolver.Resolver(configure=False)
