@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "cb", ignore_errors=True)
             (work / "cb").mkdir()
             results["curl blobs"].append(timed(
-                ["curl", "-sSf", "--parallel", "--parallel-max", "4", "-K", str(cfg)]))
+                ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K",
+                 str(cfg)]))
             t, peak = skyexport_run(blob_did, burl, work / "sb", work / "peak", "--jobs", "4")
             results["skyexport blobs"].append(t)
             peaks.append(peak)

@@ -11,9 +11,9 @@ download that fails or is interrupted leaves nothing in `blobs/`.
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
 import hashlib
 import os
+import queue
 import re
 import stat
 import threading
@@ -170,20 +170,44 @@ class BlobRun:
 
 def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: Path,
                 jobs: int, max_blob: int, run: BlobRun) -> None:
-    """Every listed blob into `blobs_dir`; outcomes into `run`.  Raises Interrupted or
-    KeyboardInterrupt (after every worker stopped and cleaned up), or an AccountError."""
-    pool = cf.ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="skyexport-blob")
-    pending: set[cf.Future[BlobOutcome]] = set()
+    """Every listed blob into `blobs_dir`; outcomes into `run`.  `jobs` worker threads
+    take CIDs from a bounded queue (memory stays flat however many are listed).  Raises
+    KeyboardInterrupt or a worker's error (AccountError...) after every worker stopped
+    and removed its temporary file."""
+    todo: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=jobs * 4)
+    errors: list[BaseException] = []
 
-    def reap(block: bool) -> None:
-        done, _ = cf.wait(pending, timeout=0.2 if block else 0,
-                          return_when=cf.FIRST_COMPLETED)
-        for f in done:
-            pending.discard(f)
-            out = f.result()  # re-raises a worker's exception here
-            with run.lock:
-                run.outcomes[out.kind].append(out)
-                run.done += 1
+    def work() -> None:
+        try:
+            while (item := todo.get()) is not None:
+                if client.stop.is_set():
+                    continue  # drain: the main thread may be blocked on a full queue
+                out = download_blob(client, pds, did, item[0], item[1], blobs_dir, work_dir,
+                                    max_blob, run.add_bytes)
+                with run.lock:
+                    run.outcomes[out.kind].append(out)
+                    run.done += 1
+        except Interrupted:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+            client.stop.set()
+            while todo.get() is not None:  # let the main thread finish putting
+                pass
+
+    threads = [threading.Thread(target=work, name=f"skyexport-blob-{i}", daemon=True)
+               for i in range(jobs)]
+    for t in threads:
+        t.start()
+
+    def put(item: tuple[str, bytes] | None) -> None:
+        while True:
+            try:
+                todo.put(item, timeout=0.2)  # a timeout, so that Ctrl-C gets through
+                return
+            except queue.Full:
+                if errors:
+                    raise errors[0] from None
 
     try:
         for page in list_blobs(client, pds, did):
@@ -197,17 +221,23 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
                 run.listed_cids.add(cid)
                 with run.lock:
                     run.listed += 1
-                while len(pending) >= jobs * 4:
-                    reap(True)
-                pending.add(pool.submit(download_blob, client, pds, did, cid, digest,
-                                        blobs_dir, work_dir, max_blob, run.add_bytes))
-        while pending:
-            reap(True)
+                put((cid, digest))
+                if errors:
+                    raise errors[0]
     except BaseException:
         client.stop.set()  # every worker stops at its next chunk and removes its file
-        pool.shutdown(wait=True, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
+    finally:
+        for _ in threads:
+            try:
+                todo.put(None, timeout=5)
+            except queue.Full:
+                pass
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)
+    if errors:
+        raise errors[0]
 
 
 __all__ = ["BlobRun", "DEFAULT_JOBS", "DEFAULT_MAX_BLOB", "Interrupted", "blob_digest",
