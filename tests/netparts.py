@@ -58,6 +58,7 @@ class BlobStore:
 
     def __init__(self) -> None:
         self.blobs: dict[str, dict[str, bytes]] = {}  # did -> cid -> bytes
+        self.hidden: set[str] = set()  # served by getBlob, left out of listBlobs
         self.gets: list[str] = []
         self.lock = threading.Lock()
 
@@ -94,7 +95,7 @@ class ArrobaPDS:
             did = request.args.get("did", "")
             limit = int(request.args.get("limit", "500"))
             cursor = request.args.get("cursor")
-            cids = sorted(store.blobs.get(did, {}))
+            cids = sorted(c for c in store.blobs.get(did, {}) if c not in store.hidden)
             if cursor:
                 cids = [c for c in cids if c > cursor]
             page = cids[:limit]
@@ -150,6 +151,13 @@ class ArrobaPDS:
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def image_post(cid: str, size: int) -> dict[str, Any]:
+    return {"$type": "app.bsky.feed.post", "text": "a picture", "createdAt": now(),
+            "embed": {"$type": "app.bsky.embed.images", "images": [{
+                "alt": "", "image": {"$type": "blob", "ref": {"$link": cid},
+                                     "mimeType": "image/jpeg", "size": size}}]}}
 
 
 def fill_account(pds: ArrobaPDS, did: str, posts: int, images: int) -> dict[str, bytes]:

@@ -33,6 +33,7 @@ from netparts import (
     _Req,
     blob_cid,
     fill_account,
+    image_post,
     make_ca,
     xrpc_server,
 )
@@ -41,6 +42,7 @@ PY = sys.executable
 DRIVER = str(Path(__file__).parent / "fetch_driver.py")
 DID = "did:plc:" + "a" * 24
 DID2 = "did:plc:" + "b" * 24
+DID_A = "did:plc:" + "e" * 24  # alice.test on arroba, with images
 HANDLE = "alice.test"
 
 pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None
@@ -53,8 +55,19 @@ pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None
 @pytest.fixture(scope="module")
 def pds() -> Iterator[ArrobaPDS]:
     p = ArrobaPDS()
-    p.create_repo(DID, HANDLE)
-    p.blobs = fill_account(p, DID, 30, 6)  # type: ignore[attr-defined]
+    p.create_repo(DID, "plain.test")
+    fill_account(p, DID, 30, 0)  # no images: replayed by the fault tests
+    p.create_repo(DID_A, HANDLE)
+    p.blobs = fill_account(p, DID_A, 30, 6)  # type: ignore[attr-defined]
+    # a post whose image the PDS serves but listBlobs leaves out, one whose image is gone
+    hidden = b"not listed" * 100
+    cid = p.store.add(DID_A, hidden)
+    p.store.hidden.add(cid)
+    p.blobs[cid] = hidden  # type: ignore[attr-defined]
+    p.create(DID_A, "app.bsky.feed.post", image_post(cid, len(hidden)))
+    p.gone = blob_cid(b"deleted")  # type: ignore[attr-defined]
+    p.gone_rkey = p.create(DID_A, "app.bsky.feed.post",  # type: ignore[attr-defined]
+                           image_post(p.gone, 7))["uri"].rsplit("/", 1)[1]  # type: ignore[attr-defined]
     yield p
     p.close()
 
@@ -116,39 +129,47 @@ def _visible(backup: Path) -> list[str]:
 def test_backup_from_a_handle_in_dns(pds: ArrobaPDS, tmp_path: Path) -> None:
     """A handle published in DNS (dnsmasq), its did:plc document from a PLC directory,
     arroba as the PDS: repo.car is byte for byte what arroba's getRepo serves, every
-    listed blob is in blobs/ under its CID with its bytes, fetch.json says what was done,
-    and the backup exports like any repository CAR."""
-    dns = Dnsmasq({f"_atproto.{HANDLE}": [f"did={DID}"]}, tmp_path)
-    plc = _plc({DID: _did_doc(DID, HANDLE, pds.url)})
+    listed blob is in blobs/ under its CID with its bytes, and so is a blob a post
+    references that listBlobs leaves out; a referenced blob the PDS no longer has is
+    reported with its record; fetch.json says what was done, and the backup exports like
+    any repository CAR."""
+    dns = Dnsmasq({f"_atproto.{HANDLE}": [f"did={DID_A}"]}, tmp_path)
+    plc = _plc({DID_A: _did_doc(DID_A, HANDLE, pds.url)})
     try:
         rresolve._TEST.update(nameserver=dns.address, plc=plc.url)
         r = skyexport.fetch(HANDLE, tmp_path / "out")
     finally:
         dns.close()
         plc.close()
-    backup = tmp_path / "out" / DID
-    assert r.directory == backup and r.handle == HANDLE and r.did == DID and r.pds == pds.url
-    car = _raw(f"{pds.url}/xrpc/com.atproto.sync.getRepo?did={DID}")
+    backup = tmp_path / "out" / DID_A
+    assert r.directory == backup and r.handle == HANDLE and r.did == DID_A and r.pds == pds.url
+    car = _raw(f"{pds.url}/xrpc/com.atproto.sync.getRepo?did={DID_A}")
     assert (backup / "repo.car").read_bytes() == car
     blobs: dict[str, bytes] = pds.blobs  # type: ignore[attr-defined]
     assert sorted(os.listdir(backup / "blobs")) == sorted(blobs)
     for cid, data in blobs.items():
         assert (backup / "blobs" / cid).read_bytes() == data
-    assert r.records == 30 + 15 + 7 and r.records_added == r.records
-    assert (r.blobs_listed, r.blobs_downloaded, r.blobs_present) == (6, 6, 0)
+    assert r.records == 32 + 15 + 7 and r.records_added == r.records
+    assert (r.blobs_listed, r.blobs_downloaded, r.blobs_present) == (8, 7, 0)
+    gone: str = pds.gone  # type: ignore[attr-defined]
+    assert r.blobs_missing == (
+        f"blob {gone}, referenced by app.bsky.feed.post/{pds.gone_rkey}, is not "  # type: ignore[attr-defined]
+        f"served: blob {gone}: HTTP 400 BlobNotFound: no such blob",)
     meta = json.loads((backup / "fetch.json").read_text())
-    assert meta["handle"] == HANDLE and meta["did"] == DID and meta["pds"] == pds.url
+    assert meta["handle"] == HANDLE and meta["did"] == DID_A and meta["pds"] == pds.url
     assert meta["repo"]["sha256"] == r.repo_sha256 and meta["repo"]["bytes"] == len(car)
     assert meta["repo"]["collections"] == {"app.bsky.feed.like": 15,
-                                           "app.bsky.feed.post": 30,
+                                           "app.bsky.feed.post": 32,
                                            "app.bsky.graph.follow": 7}
-    assert meta["this_run"]["blobs_downloaded"] == 6 and meta["rev"] == r.rev
+    assert meta["this_run"]["blobs_downloaded"] == 7 and meta["rev"] == r.rev
+    assert sorted(meta["blobs"]["referenced_unlisted"]) == sorted(
+        [gone, *(c for c in blobs if c in pds.store.hidden)])
     assert _visible(backup) == sorted(["blobs", "fetch.json", "repo.car"]
                                       + [f"blobs/{c}" for c in blobs])
     out = subprocess.run([PY, "-m", "skyexport", "export", backup / "repo.car", "-o",
                           tmp_path / "exp", "--format", "jsonl"], capture_output=True,
                          text=True, timeout=120)
-    assert out.returncode == 0 and "posts: 30" in out.stdout, out.stderr
+    assert out.returncode == 0 and "posts: 32" in out.stdout, out.stderr
 
 
 def test_rerun_is_incremental(tmp_path: Path) -> None:
@@ -769,8 +790,10 @@ def test_peak_rss_with_a_big_repository_and_many_blobs(tmp_path: Path) -> None:
             if i + 1000 < len(order):
                 page["cursor"] = str(i + 1000)
             req.json(page)
-        elif req.route == "/xrpc/com.atproto.sync.getBlob":
+        elif req.route == "/xrpc/com.atproto.sync.getBlob" and req.query["cid"] in blobs:
             req.send(200, blobs[req.query["cid"]])
+        elif req.route == "/xrpc/com.atproto.sync.getBlob":
+            req.xrpc_error(400, "BlobNotFound")  # the synthetic posts' images
         else:
             req.xrpc_error(501, "MethodNotImplemented")
     with contextlib_closing(XrpcServer(handler)) as s:

@@ -82,11 +82,11 @@ class FetchResult(Record):
     """What a fetch did.  `directory`: the backup directory; `repo_changed`: False when the
     PDS reported the rev already backed up (nothing downloaded); `records_*`: the records
     added, removed and changed since the previous backup (all of them added on the first);
-    `blobs_downloaded`/`blobs_present`: of the `blobs_listed`; `blobs_missing` (listed but
-    not served), `blobs_bad` (wrong bytes or too big: discarded), `blobs_failed` (gave up
-    after the retries; a rerun tries again), `blobs_refused` (listed names that are not
-    blob CIDs): one line each; `blobs_unlisted`: files in blobs/ the PDS no longer lists
-    (kept)."""
+    `blobs_downloaded`/`blobs_present`: of the `blobs_listed` (by listBlobs, and those a
+    record references that it did not list); `blobs_missing` (not served), `blobs_bad`
+    (wrong bytes or too big: discarded), `blobs_failed` (gave up after the retries; a rerun
+    tries again), `blobs_refused` (listed names that are not blob CIDs): one line each;
+    `blobs_unlisted`: files in blobs/ the PDS no longer lists (kept)."""
 
     __slots__ = ("directory", "handle", "did", "pds", "rev", "repo_sha256", "repo_bytes",
                  "records", "repo_changed", "records_added", "records_removed",
@@ -364,6 +364,11 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
         records = int(old_repo.get("records", 0))
         collections = old_repo.get("collections", {})
         new_rev: str | None = rev
+        old_blobs = before.get("blobs") if isinstance(before.get("blobs"), dict) else {}
+        assert isinstance(old_blobs, dict)
+        kept = old_blobs.get("referenced_unlisted", {})
+        refs: dict[str, str] = ({str(k): str(v) for k, v in kept.items()}
+                                if isinstance(kept, dict) else {})
     else:
         tmp = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo)
         try:
@@ -384,7 +389,7 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
                 pass
             raise
         sha, size, records = chk.sha256, chk.size, chk.records
-        collections, new_rev = chk.collections, chk.rev
+        collections, new_rev, refs = chk.collections, chk.rev, chk.blob_refs
 
     record: dict[str, Any] = {
         "tool": f"skyexport {__version__}",
@@ -404,9 +409,10 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
     if want_blobs:
         phase("blobs")
         fetch_blobs(client, ident.pds, ident.did, blobs_dir, backup / WORK, jobs,
-                    max_blob, run)
+                    max_blob, run, refs)
+        wanted = run.listed_cids | set(run.unlisted_refs)
         with os.scandir(blobs_dir) as it:
-            unlisted = sum(1 for e in it if e.name not in run.listed_cids)
+            unlisted = sum(1 for e in it if e.name not in wanted)
     phase("done")
 
     def names(kind: str) -> tuple[str, ...]:
@@ -430,7 +436,9 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
             "missing": list(result.blobs_missing[:LISTED_MAX]),
             "bad": list(result.blobs_bad[:LISTED_MAX]),
             "failed": list(result.blobs_failed[:LISTED_MAX]),
-            "not_cids": list(result.blobs_refused[:LISTED_MAX]), "unlisted": unlisted}
+            "not_cids": list(result.blobs_refused[:LISTED_MAX]), "unlisted": unlisted,
+            # blobs records reference that listBlobs did not list (asked for by CID)
+            "referenced_unlisted": {c: refs[c] for c in run.unlisted_refs}}
     record["this_run"].update(blobs_downloaded=result.blobs_downloaded, blob_bytes=run.bytes,
                               retries=client.retries)
     _write_meta(backup, record)

@@ -97,7 +97,9 @@ class BlobOutcome:
 
 def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
                   blobs_dir: Path, work_dir: Path, max_blob: int,
-                  on_bytes: Callable[[int], None]) -> BlobOutcome:
+                  on_bytes: Callable[[int], None], ref: str | None = None) -> BlobOutcome:
+    """One blob into `blobs_dir` (unless already there, whole); `ref`: the key of a
+    record that references it, when listBlobs did not list it."""
     final = blobs_dir / cid
     if file_matches(final, digest):
         return BlobOutcome(cid, "present")
@@ -129,7 +131,9 @@ def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
             raise
         except FetchError as exc:
             if exc.status == 404 or exc.xrpc == "BlobNotFound":
-                return BlobOutcome(cid, "missing", why=str(exc))
+                why = str(exc) if ref is None else (f"blob {cid}, referenced by {ref}, is "
+                                                    f"not served: {exc}")
+                return BlobOutcome(cid, "missing", why=why)
             return BlobOutcome(cid, "failed", why=str(exc))
         if h[0].digest() != digest:
             return BlobOutcome(cid, "bad", size,
@@ -162,6 +166,7 @@ class BlobRun:
             k: [] for k in ("downloaded", "present", "missing", "bad", "failed")}
         self.refused: list[str] = []  # listed strings that are not blob CIDs
         self.listed_cids: set[str] = set()
+        self.unlisted_refs: list[str] = []  # referenced by a record, not listed
 
     def add_bytes(self, n: int) -> None:
         with self.lock:
@@ -169,12 +174,14 @@ class BlobRun:
 
 
 def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: Path,
-                jobs: int, max_blob: int, run: BlobRun) -> None:
-    """Every listed blob into `blobs_dir`; outcomes into `run`.  `jobs` worker threads
-    take CIDs from a bounded queue (memory stays flat however many are listed).  Raises
+                jobs: int, max_blob: int, run: BlobRun,
+                referenced: dict[str, str] | None = None) -> None:
+    """Every listed blob into `blobs_dir`, then every blob a record references
+    (`referenced`: CID -> record key) that was not listed; outcomes into `run`.  `jobs`
+    worker threads take CIDs from a bounded queue (flat memory however many are listed).  Raises
     KeyboardInterrupt or a worker's error (AccountError...) after every worker stopped
     and removed its temporary file."""
-    todo: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=jobs * 4)
+    todo: queue.Queue[tuple[str, bytes, str | None] | None] = queue.Queue(maxsize=jobs * 4)
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -183,7 +190,7 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
                 if client.stop.is_set():
                     continue  # drain: the main thread may be blocked on a full queue
                 out = download_blob(client, pds, did, item[0], item[1], blobs_dir, work_dir,
-                                    max_blob, run.add_bytes)
+                                    max_blob, run.add_bytes, item[2])
                 with run.lock:
                     run.outcomes[out.kind].append(out)
                     run.done += 1
@@ -200,7 +207,7 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
     for t in threads:
         t.start()
 
-    def put(item: tuple[str, bytes] | None) -> None:
+    def put(item: tuple[str, bytes, str | None] | None) -> None:
         while True:
             try:
                 todo.put(item, timeout=0.2)  # a timeout, so that Ctrl-C gets through
@@ -221,9 +228,22 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
                 run.listed_cids.add(cid)
                 with run.lock:
                     run.listed += 1
-                put((cid, digest))
+                put((cid, digest, None))
                 if errors:
                     raise errors[0]
+        for cid, key in (referenced or {}).items():
+            if cid in run.listed_cids:
+                continue
+            digest = blob_digest(cid)
+            if digest is None:
+                run.refused.append(f"{clean(cid, 80)} (referenced by {key})")
+                continue
+            run.unlisted_refs.append(cid)
+            with run.lock:
+                run.listed += 1
+            put((cid, digest, key))
+            if errors:
+                raise errors[0]
     except BaseException:
         client.stop.set()  # every worker stops at its next chunk and removes its file
         raise

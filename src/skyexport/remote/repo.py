@@ -18,14 +18,42 @@ DEFAULT_MAX_REPO = 16 * 1000 ** 3
 
 
 class RepoCheck:
-    """What the check of a repository CAR found."""
+    """What the check of a repository CAR found; `blob_refs`: every blob CID a record
+    references, with the key of the first such record."""
 
-    __slots__ = ("did", "rev", "sha256", "size", "blocks", "records", "collections")
+    __slots__ = ("did", "rev", "sha256", "size", "blocks", "records", "collections",
+                 "blob_refs")
 
     def __init__(self, did: str, rev: str | None, sha256: str, size: int, blocks: int,
-                 records: int, collections: dict[str, int]) -> None:
+                 records: int, collections: dict[str, int],
+                 blob_refs: dict[str, str] | None = None) -> None:
         self.did, self.rev, self.sha256, self.size = did, rev, sha256, size
         self.blocks, self.records, self.collections = blocks, records, collections
+        self.blob_refs = blob_refs if blob_refs is not None else {}
+
+
+_BLOB = b"\x64blob"  # the DAG-CBOR text "blob": a record without it holds no blob ref
+
+
+def _blob_refs(value: object, out: list[bytes], depth: int = 0) -> None:
+    """The `ref` links of the blob objects (`{"$type": "blob", "ref": CID, ...}`) in a
+    decoded record."""
+    from .. import _core
+
+    if depth > 64:
+        return
+    if isinstance(value, dict):
+        ref = value.get("ref")
+        if value.get("$type") == "blob" and isinstance(ref, _core.CID):
+            out.append(bytes(ref))
+            return
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                _blob_refs(v, out, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            if isinstance(v, (dict, list)):
+                _blob_refs(v, out, depth + 1)
 
 
 def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, bytes]]:
@@ -43,18 +71,29 @@ def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, by
 def check_car(path: Path, index_dir: Path, did: str) -> RepoCheck:
     """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
     of `did`."""
+    from .. import _core
     from ..car import CarRepo
 
+    refs: dict[str, str] = {}
+    found: list[bytes] = []
     try:
         with CarRepo(path, index_dir, verb="") as repo:
             if repo.did != did:
                 raise FetchError(f"the PDS sent the repository of {repo.did}, not of {did}")
             n = 0
             for key, cid in repo.walk():
-                repo.block(cid, key)
+                data = repo.block(cid, key)
                 n += 1
+                if _BLOB in data:
+                    try:
+                        _blob_refs(_core.cbor_to_py(data)[0], found)
+                    except ValueError:
+                        pass  # not this check's business: export reports bad records
+                    for ref in found:
+                        refs.setdefault(_core.cid_str(ref), key)
+                    found.clear()
             return RepoCheck(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
-                             n, dict(sorted(repo.stats.collections.items())))
+                             n, dict(sorted(repo.stats.collections.items())), refs)
     except ArchiveError as exc:
         raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
 
