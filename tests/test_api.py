@@ -5,6 +5,7 @@ commands that put the whole job together."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -303,8 +304,9 @@ def test_demo_never_replaces_what_is_there(tmp_path: Path, layout: str) -> None:
                     for p in tmp_path.rglob("*"))
     proc = _demo("--output", str(target))
     assert proc.returncode == 2, proc.stderr
-    (line,) = proc.stderr.splitlines()
-    assert line.startswith("skyexport: error: demo --output ") and "already exists" in line
+    usage, line = proc.stderr.splitlines()  # a usage error, printed as the parser's own
+    assert usage.startswith("usage: skyexport demo ")
+    assert line.startswith("skyexport demo: error: demo --output ") and "already exists" in line
     assert sorted((str(p), p.is_symlink() or p.read_bytes() if p.is_file() else None)
                   for p in tmp_path.rglob("*")) == before
 
@@ -324,7 +326,7 @@ def test_demo_removes_its_temporary_directory(tmp_path: Path) -> None:
     assert proc.stdout.splitlines()[-1].startswith("removed the temporary directory ")
     assert "warnings: the media files the synthetic archive leaves out on purpose" \
         in proc.stdout
-    assert "peak memory (RSS), the export's own:" in proc.stdout
+    assert "peak memory (RSS), the export's own process:" in proc.stdout
     proc = _demo("--keep", env=env)
     assert proc.returncode == 0, proc.stderr
     (kept,) = tmp_path.iterdir()
@@ -359,3 +361,69 @@ def test_connection_lock_only_where_two_threads_share_it(tmp_path: Path,
     assert not flags[-1] & apsw.SQLITE_OPEN_NOMUTEX
     assert plain.post_count == with_media.post_count == 300
     assert plain.sha256 == with_media.sha256
+
+
+def test_api_is_typed_for_mypy_strict(tmp_path: Path) -> None:
+    """tests/typed/api_usage.py, a typed script using the API as the README does
+    (`skyexport.verify(result)` included), passes `mypy --strict`; and a type error in
+    such a script is caught (the check can fail)."""
+    pytest.importorskip("mypy")
+    script = Path(__file__).parent / "typed" / "api_usage.py"
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import skyexport\n\nskyexport.verify(42)\n")
+    outcome = {}
+    for path in (script, wrong):
+        done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                               "--cache-dir", os.devnull, str(path)],
+                              capture_output=True, text=True, timeout=300, check=False)
+        outcome[path] = (done.returncode, done.stdout)
+    assert outcome[script] == (0, outcome[script][1]), outcome[script][1]
+    assert outcome[script][1].startswith("Success: no issues found in 1 source file")
+    assert outcome[wrong][0] == 1 and 'Argument 1 to "verify" has incompatible type "int"' \
+        in outcome[wrong][1], outcome[wrong][1]
+
+
+def test_verify_takes_an_export_result(tmp_path: Path) -> None:
+    arc = make_archive(tmp_path / "a.db", [{}, {}])
+    result = skyexport.export(arc, tmp_path / "out", format="jsonl")
+    report = skyexport.verify(result)
+    assert report.ok and report.checked == 1 and report.directory == result.directory
+    streamed = skyexport.export(arc, io.BytesIO())
+    with pytest.raises(skyexport.OptionError, match="this ExportResult has none"):
+        skyexport.verify(streamed)
+
+
+# A fresh small launcher runs the export and reads its peak from wait4: the export's maxrss
+# then starts from the launcher's few MB, not from the memory of whoever started it.
+_LAUNCH = """\
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+print(usage.ru_maxrss / 1024)
+"""
+
+
+def test_demo_peak_memory_is_the_exports_own(tmp_path: Path) -> None:
+    """The peak memory demo prints for each export is a standalone export's (the same
+    archive, the same options), within a generous tolerance: building the synthetic
+    archive first, in demo's own process, does not count."""
+    if not hasattr(os, "wait4"):
+        pytest.skip("no os.wait4 here")
+    proc = subprocess.run([sys.executable, "-m", "skyexport", "demo", "--posts", "20000",
+                           "--progress", "none", "--output", str(tmp_path / "d")],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    shown = [float(m) for m in re.findall(
+        r"peak memory \(RSS\), the export's own(?: process)?: (\d+) MB", proc.stdout)]
+    assert len(shown) == 2, proc.stdout
+    data = tmp_path / "d" / "data"
+    standalone = []
+    for extra in (["--media", "--media-root", str(data)], ["-f", "csv"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, sys.executable, "-m", "skyexport", "export",
+             str(data / "archive.db"), "-o", str(tmp_path / "alone"), "-q", *extra],
+            capture_output=True, text=True, check=True, timeout=300)
+        standalone.append(float(done.stdout))
+    for demo_mb, alone_mb in zip(shown, standalone, strict=True):
+        assert abs(demo_mb - alone_mb) <= max(6.0, 0.2 * alone_mb), (shown, standalone)

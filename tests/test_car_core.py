@@ -29,6 +29,12 @@ def text(s: str) -> bytes:
 
 
 def cmap(*pairs: tuple[str, bytes]) -> bytes:
+    """A map with its keys in DAG-CBOR's order (shorter first, then bytewise)."""
+    return raw_map(*sorted(pairs, key=lambda kv: (len(kv[0].encode()), kv[0].encode())))
+
+
+def raw_map(*pairs: tuple[str, bytes]) -> bytes:
+    """A map with its keys in the order given."""
     return head(5, len(pairs)) + b"".join(text(k) + v for k, v in pairs)
 
 
@@ -42,14 +48,14 @@ def dag_cid(data: bytes) -> bytes:
 
 def test_json_forms_and_key_order() -> None:
     cid = dag_cid(b"x")
-    block = cmap(("z", head(0, 7)), ("a", head(1, 4)), ("b", head(2, 3) + b"\x01\x02\x03"),
-                 ("l", link(cid)), ("t", b"\xf5"), ("f", b"\xf4"), ("n", b"\xf6"),
+    block = cmap(("a", head(1, 4)), ("b", head(2, 3) + b"\x01\x02\x03"), ("f", b"\xf4"),
+                 ("l", link(cid)), ("n", b"\xf6"), ("t", b"\xf5"), ("z", head(0, 7)),
                  ("arr", head(4, 2) + head(0, 1) + text("x")),
-                 ("big", head(0, 2**64 - 1)), ("neg", head(1, 2**64 - 1)))
+                 ("big", head(0, 2**63 - 1)), ("neg", head(1, 2**63 - 1)))
     out = _core.cbor_to_json(block).decode()
-    assert out == ('{"z":7,"a":-5,"b":{"$bytes":"AQID"},"l":{"$link":"'
-                   + _core.cid_str(cid) + '"},"t":true,"f":false,"n":null,"arr":[1,"x"],'
-                   '"big":18446744073709551615,"neg":-18446744073709551616}')
+    assert out == ('{"a":-5,"b":{"$bytes":"AQID"},"f":false,"l":{"$link":"'
+                   + _core.cid_str(cid) + '"},"n":null,"t":true,"z":7,"arr":[1,"x"],'
+                   '"big":9223372036854775807,"neg":-9223372036854775808}')
     assert _core.cid_str(cid).startswith("bafyrei")
 
 
@@ -72,12 +78,30 @@ def test_go_escaping() -> None:
     (head(4, 2) + head(0, 1), "ends"),
     (b"\xd8\x2a" + head(2, 3) + b"\x01\x02\x03", "link"),
     (head(0, 1) + head(0, 2), "after"),
+    # strict DAG-CBOR and atproto's data model
+    (raw_map(("a", head(0, 1)), ("a", head(0, 2))), "repeated or out of DAG-CBOR's order"),
+    (raw_map(("b", head(0, 1)), ("a", head(0, 2))), "repeated or out of DAG-CBOR's order"),
+    (raw_map(("aa", head(0, 1)), ("b", head(0, 2))), "repeated or out of DAG-CBOR's order"),
+    (b"\x18\x05", "non-minimal"),
+    (b"\x19\x00\xff", "non-minimal"),
+    (b"\x78\x01a", "non-minimal"),
+    (b"\x9a\x00\x00\x00\x01\x01", "non-minimal"),
+    (head(0, 2**63), "signed 64-bit"),
+    (head(1, 2**63), "signed 64-bit"),
+    (cmap(("$type", text(""))), "that is not a non-empty string"),
+    (cmap(("$type", head(0, 1))), "that is not a non-empty string"),
+    (cmap(("ref", link(dag_cid(b"i"))), ("size", head(0, 9)), ("$type", text("blob"))),
+     "blob without a `mimeType`"),
+    (cmap(("ref", link(dag_cid(b"i"))), ("size", text("9")), ("$type", text("blob")),
+          ("mimeType", text("image/png"))), "blob without an integer `size`"),
+    (cmap(("ref", text("x")), ("size", head(0, 9)), ("$type", text("blob")),
+          ("mimeType", text("image/png"))), "blob without a `ref` link"),
 ])
 def test_rejected(bad: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         _core.cbor_to_json(bad)
     with pytest.raises(ValueError):
-        _core.post_fields(cmap(("text", text("t")), ("x", bad)) if why != "after" else bad)
+        _core.post_fields(cmap(("x", bad), ("text", text("t"))) if why != "after" else bad)
 
 
 def test_post_fields_mapping() -> None:

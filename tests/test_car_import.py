@@ -49,17 +49,8 @@ def assert_one_line_failure(r: subprocess.CompletedProcess[str], *needles: str) 
         assert n in lines[0], lines[0]
 
 
-@pytest.fixture(params=["core", "python"])
-def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The MST walked by the core (CarWalker, the default) or by car.py's Python walker
-    (where the core cannot load into SQLite): the same rows and the same errors."""
-    if request.param == "python":
-        monkeypatch.setenv("SKYEXPORT_CAR_READER", "python")
-    return request.param
-
-
 @pytest.mark.parametrize("car, posts", [(BSKY, 494), (PAUL, 101), (BNEW, 23), (OFFS, 5)])
-def test_post_counts(car: Path, posts: int, tmp_path: Path, reader: str) -> None:
+def test_post_counts(car: Path, posts: int, tmp_path: Path) -> None:
     con = imported(car, tmp_path)
     assert con.execute("SELECT count(*) FROM posts").fetchone()[0] == posts
     # the full-text index is filled, as bskyarchive's trigger would have
@@ -138,7 +129,7 @@ def test_text_is_go_escaped_json_in_embeds(tmp_path: Path) -> None:
 
 # --- bad input --------------------------------------------------------------------------
 
-def test_partial_car_fails_naming_cid_and_key(tmp_path: Path, reader: str) -> None:
+def test_partial_car_fails_naming_cid_and_key(tmp_path: Path) -> None:
     r = run("import", SLICE, "--archive", tmp_path / "a.db")
     assert_one_line_failure(r, "repo_slice.car", "missing", "nothing was imported")
     assert re.search(r"bafyrei[a-z2-7]{52}", r.stderr)
@@ -147,7 +138,7 @@ def test_partial_car_fails_naming_cid_and_key(tmp_path: Path, reader: str) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_record_names_its_key(tmp_path: Path, reader: str) -> None:
+def test_missing_record_names_its_key(tmp_path: Path) -> None:
     """Drop one post record's block from a real CAR: the error names its CID and key."""
     raw = BNEW.read_bytes()
     blocks = car_frames(raw)
@@ -179,7 +170,7 @@ def test_truncated_car(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.car"]
 
 
-def test_flipped_byte_in_used_block(tmp_path: Path, reader: str) -> None:
+def test_flipped_byte_in_used_block(tmp_path: Path) -> None:
     raw = bytearray(BNEW.read_bytes())
     con = imported(BNEW, tmp_path)
     (cid,) = con.execute("SELECT cid FROM posts LIMIT 1").fetchone()
@@ -223,7 +214,7 @@ def test_missing_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_float_in_record(tmp_path: Path, reader: str) -> None:
+def test_float_in_record(tmp_path: Path) -> None:
     """A post record holding a float: undecodable, named by CID and key."""
     from skyexport.carwrite import post_record, write_car
 
@@ -323,20 +314,6 @@ def test_read_only_car_directory(tmp_path: Path) -> None:
         os.chmod(d, 0o755)
 
 
-@pytest.mark.parametrize("car", [BSKY, PAUL])
-def test_core_and_python_walkers_agree(car: Path, tmp_path: Path) -> None:
-    rows = []
-    for mode in ("core", "python"):
-        env = dict(os.environ, SKYEXPORT_CAR_READER=mode)
-        subprocess.run([sys.executable, "-m", "skyexport", "import", car, "--archive",
-                        tmp_path / f"{mode}.db"], env=env, check=True, capture_output=True)
-        con = sqlite3.connect(tmp_path / f"{mode}.db")
-        rows.append(con.execute("SELECT uri, cid, did, text, created_at, indexed_at, "
-                                "has_media, is_reply, reply_parent, embed_type, embed_data, "
-                                "labels FROM posts ORDER BY rowid").fetchall())
-    assert rows[0] == rows[1] and len(rows[0]) > 100
-
-
 def _raw_car(path: Path, entries: list[tuple[str, object]], version: int = 3) -> None:
     """A one-node MST holding `entries` as given (in that order, unchecked)."""
     from skyexport.carwrite import _varint, cid_for, dag_cbor
@@ -359,7 +336,7 @@ def _raw_car(path: Path, entries: list[tuple[str, object]], version: int = 3) ->
     path.write_bytes(out)
 
 
-def test_repeated_or_unsorted_keys(tmp_path: Path, reader: str) -> None:
+def test_repeated_or_unsorted_keys(tmp_path: Path) -> None:
     """A damaged MST whose keys repeat or go backwards: one line naming the key, nothing
     imported (without the check the same post would be inserted twice)."""
     from skyexport.carwrite import post_record

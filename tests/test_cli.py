@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -251,3 +253,160 @@ def test_an_export_imports_only_what_it_uses(tmp_path: Path) -> None:
 
     help_text = build_parser().format_help()
     assert "options:" in help_text and "positional arguments:" in help_text
+
+
+# --- closed standard streams -----------------------------------------------------------------
+
+def _closed(fd: int, *args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The command with descriptor `fd` really closed (as `>&-` or `2>&-` closes it); the
+    other of stdout/stderr captured."""
+    return subprocess.run([sys.executable, "-m", "skyexport", *map(str, args)],
+                          capture_output=True, text=True, timeout=120, cwd=cwd,
+                          preexec_fn=lambda: os.close(fd), check=False)
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory, archive: Path) -> dict[str, Path]:
+    """An export to verify and a repository CAR to import."""
+    from skyexport.carwrite import synth_car
+
+    base = tmp_path_factory.mktemp("streams")
+    done = skyexport.export(archive, base / "exports", format="csv")
+    assert done.directory is not None
+    synth_car(base / "repo.car", 40, seed=2)
+    return {"export": done.directory, "car": base / "repo.car"}
+
+
+@pytest.mark.parametrize("command", ["info", "completion", "demo", "export -o -"])
+def test_closed_stdout_fails_what_prints_its_result(archive: Path, tmp_path: Path,
+                                                    command: str) -> None:
+    """A command whose result is what it prints cannot deliver it: exit 1 and one line,
+    before doing anything."""
+    args = {"info": ["info", archive], "completion": ["completion", "bash"],
+            "demo": ["demo", "--posts", "100", "--output", tmp_path / "demo"],
+            "export -o -": ["export", archive, "-o", "-"]}[command]
+    proc = _closed(1, *args, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("skyexport: error: stdout is closed, and `skyexport "), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closed_stdout_does_not_fail_what_makes_files(archive: Path, tmp_path: Path,
+                                                      streams: dict[str, Path]) -> None:
+    """export to a directory, import, synth and verify deliver a file or an exit status:
+    with stdout closed they do their work and exit as they would."""
+    proc = _closed(1, "export", archive, "-o", tmp_path / "out", "-f", "jsonl", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    (made,) = (tmp_path / "out").iterdir()
+    assert skyexport.verify(made).ok
+    proc = _closed(1, "import", streams["car"], "--archive", tmp_path / "imported.db",
+                   cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert (tmp_path / "imported.db").is_file()
+    proc = _closed(1, "synth", tmp_path / "synth.db", "--posts", "20", cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert (tmp_path / "synth.db").is_file()
+    proc = _closed(1, "verify", streams["export"], cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    proc = _closed(1, "verify", tmp_path / "out", cwd=tmp_path)  # not an export: fails
+    assert proc.returncode == 1 and "problem(s) found" in proc.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["export", "export -o -", "import", "verify", "info",
+                                     "completion", "synth", "demo"])
+def test_closed_stderr_never_fails_a_success(archive: Path, tmp_path: Path,
+                                             streams: dict[str, Path], command: str) -> None:
+    """With stderr closed every command still succeeds and prints its result on stdout;
+    progress and notes go nowhere."""
+    args: list[object] = {
+        "export": ["export", archive, "-o", tmp_path / "out", "--progress", "jsonl",
+                   "--since", "2100-01-01"],  # an empty range: a note on stderr too
+        "export -o -": ["export", archive, "-o", "-", "-f", "jsonl", "--progress", "bar"],
+        "import": ["import", streams["car"], "--archive", tmp_path / "imported.db"],
+        "verify": ["verify", streams["export"]],
+        "info": ["info", archive],
+        "completion": ["completion", "bash"],
+        "synth": ["synth", tmp_path / "synth.db", "--posts", "20"],
+        "demo": ["demo", "--posts", "200", "--progress", "jsonl"],
+    }[command]
+    proc = _closed(2, *args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    out = proc.stdout
+    if command == "export":
+        assert skyexport.verify(out.splitlines()[-1]).ok
+    elif command == "export -o -":
+        assert len(out.splitlines()) == 3000
+    elif command == "import":
+        assert out.splitlines()[-1] == str(tmp_path / "imported.db")
+    elif command == "verify":
+        assert out.startswith("ok: ")
+    elif command == "info":
+        assert "posts: 3000" in out
+    elif command == "completion":
+        assert "complete -o filenames -F _skyexport skyexport" in out
+    elif command == "synth":
+        assert out.splitlines()[-1] == str(tmp_path / "synth.db")
+    else:
+        assert "peak memory (RSS)" in out and out.splitlines()[-1].startswith("removed ")
+
+
+# --- options that must not be ignored ---------------------------------------------------------
+
+def test_explicit_progress_holds_with_quiet(archive: Path, tmp_path: Path) -> None:
+    """-q means no progress by default; an explicit --progress still holds, and -q keeps
+    stdout to the directory alone."""
+    proc = cli("export", archive, "-o", tmp_path / "out", "--progress", "jsonl", "-q")
+    assert proc.returncode == 0, proc.stderr
+    (directory,) = proc.stdout.splitlines()
+    assert skyexport.verify(directory).ok
+    events = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert events[0]["status"] == "queued" and events[-1]["status"] == "completed"
+    assert events[-1]["posts_processed"] == 3000
+    quiet = cli("export", archive, "-o", tmp_path / "out", "-q")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_usage_errors_look_alike(archive: Path, tmp_path: Path) -> None:
+    """A usage error found by the parser (a bad choice) and one found by skyexport's own
+    checks (the dates the wrong way round) print the same usage line and prefix."""
+    parser_found = cli("export", archive, "-o", tmp_path, "--format", "xml")
+    own_check = cli("export", archive, "-o", tmp_path, "--since", "2024-02-01", "--until",
+                    "2024-01-01")
+    assert parser_found.returncode == own_check.returncode == 2
+    usage_a, line_a = parser_found.stderr.splitlines()
+    usage_b, line_b = own_check.stderr.splitlines()
+    assert usage_a == usage_b and usage_a.startswith("usage: skyexport export [-h] ")
+    assert line_a.startswith("skyexport export: error: argument --format/-f: invalid ")
+    assert line_b == ("skyexport export: error: --since 2024-02-01 is after --until "
+                      "2024-01-01")
+    synth = cli("synth", tmp_path / "s.db")  # neither --posts nor --car: skyexport's check
+    usage, line = synth.stderr.splitlines()
+    assert synth.returncode == 2 and usage.startswith("usage: skyexport synth [-h] ")
+    assert line.startswith("skyexport synth: error: give exactly one of --posts N")
+
+
+def test_bash_completion_offers_file_names_whole(tmp_path: Path) -> None:
+    """Real bash, the generated script sourced, the function called as bash calls it: a
+    file name with a space is one candidate, and glob characters in names are not
+    expanded (`a*b.db` is offered once, as itself, not as every match of a pattern).
+    `complete -o filenames` then quotes the candidate as it is inserted (`my\\ repo.car`)."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    for name in ("my repo.car", "a*b.db", "axb.db", "a?c.db"):
+        (tmp_path / name).write_bytes(b"")
+    script = cli("completion", "bash").stdout
+    assert "complete -o filenames -F _skyexport skyexport" in script
+
+    def offered(word: str) -> list[str]:
+        body = (f"{script}\nCOMP_WORDS=(skyexport info {shlex.quote(word)}); COMP_CWORD=2; "
+                "_skyexport; printf '%s\\0' \"${COMPREPLY[@]}\"")
+        done = subprocess.run(["bash", "--norc", "--noprofile", "-c", body], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return sorted(done.stdout.split("\0")[:-1])
+
+    assert offered("my") == ["my repo.car"]
+    assert offered("a") == ["a*b.db", "a?c.db", "axb.db"]
+    assert offered("a*") == ["a*b.db"]
+    assert offered("") == ["a*b.db", "a?c.db", "axb.db", "my repo.car"]

@@ -1308,11 +1308,7 @@ def test_csv_formula_guard(tmp_path: Path) -> None:
         assert (done / "posts.csv").read_bytes() == want
         assert json.loads((done / "manifest.json").read_bytes())["csv_formula_guard"] == \
             bool(extra)
-    # JSON is never changed by the guard.
-    outs = []
-    for extra in ((), ("--csv-formula-guard",)):
-        out = tmp_path / f"json{len(extra)}"
-        assert cli("export", archive, "-o", out, *extra).returncode == 0
-        [done] = export_dirs(out)
-        outs.append((done / "posts.json").read_bytes())
-    assert outs[0] == outs[1]
+    # The guard is for CSV only: with JSON it is a usage error, not silently ignored.
+    out = tmp_path / "json"
+    assert cli("export", archive, "-o", out, "--csv-formula-guard").returncode == 2
+    assert not out.exists()

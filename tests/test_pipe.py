@@ -460,3 +460,122 @@ def test_verify_zstd_without_zstandard_says_so(archive: Path, tmp_path: Path) ->
     done = subprocess.run([PY, "-m", "skyexport", "verify", d], capture_output=True,
                           env=env, timeout=TIMEOUT, check=False)
     assert b"posts.json.zst: 1 bytes, manifest.json says" in done.stderr
+
+
+def _read_raw(fd: int, n: int | None = None) -> bytes:
+    """Exactly n bytes from a raw descriptor (None: to EOF); no buffer reads ahead."""
+    got = bytearray()
+    while n is None or len(got) < n:
+        chunk = os.read(fd, 65536 if n is None else min(65536, n - len(got)))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("posts", [400, 5000])
+def test_sigterm_on_a_stream_says_what_went_out(tmp_path: Path, posts: int) -> None:
+    """A real SIGTERM to an export writing to a real pipe, once 200,000 bytes have been
+    read: its one line says how many bytes had gone out, and that is what the reader got.
+    400 posts are one write(2) of ~300 KB that the signal lands in; 5000 posts, several.
+    Three rounds each: where the signal lands varies."""
+    import signal
+    arc = tmp_path / "a.db"
+    build_archive(arc, posts, seed=5)
+    for _ in range(3):
+        p = subprocess.Popen([PY, "-m", "skyexport", "export", arc, "-o", "-"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert p.stdout is not None and p.stderr is not None
+        got = _read_raw(p.stdout.fileno(), 200_000)
+        p.send_signal(signal.SIGTERM)
+        got += _read_raw(p.stdout.fileno())
+        err = p.stderr.read().decode()
+        assert p.wait(TIMEOUT) == 143, err
+        (line,) = err.splitlines()
+        done = re.fullmatch(r"skyexport: terminated after the export was complete; all "
+                            r"(\d+) bytes had gone to stdout, sha256 ([0-9a-f]{64})", line)
+        if done:
+            assert int(done[1]) == len(got)
+            assert done[2] == hashlib.sha256(got).hexdigest()
+        else:
+            cut = re.fullmatch(r"skyexport: terminated; (\d+) bytes had already gone to "
+                               r"stdout: an incomplete export, discard them", line)
+            assert cut, line
+            assert int(cut[1]) == len(got) >= 200_000
+
+
+# --- CSV without the byte-order mark: --no-bom ------------------------------------------------
+
+CSV_NO_BOM = (
+    b"URI,CID,DID,Text,CreatedAt,LikeCount,RepostCount,ReplyCount,QuoteCount,IsReply,"
+    b"ReplyParent,HasMedia,MediaFiles,EmbedType,IndexedAt\n"
+    b'at://did:plc:test/app.bsky.feed.post/0000,bafyreitest0000,did:plc:test,"a, ""b""",'
+    b"2024-01-01T00:00:00Z,0,0,0,0,false,,false,,,2024-01-01T00:00:00Z\n"
+    b"at://did:plc:test/app.bsky.feed.post/0001,bafyreitest0001,did:plc:test,=1+2,"
+    b"2024-01-01T00:00:00Z,0,0,0,0,false,,false,,,2024-01-01T00:00:00Z\n")
+
+
+def test_no_bom_bytes(tmp_path: Path) -> None:
+    """--no-bom leaves out exactly the three bytes EF BB BF before the header; the default
+    keeps them (bskyarchive's bytes)."""
+    arc = make_archive(tmp_path / "a.db", [{"text": 'a, "b"'}, {"text": "=1+2"}])
+    plain = run("export", arc, "-f", "csv", "--no-bom", "-o", "-")
+    assert (plain.returncode, plain.stdout) == (0, CSV_NO_BOM), plain.stderr
+    with_bom = run("export", arc, "-f", "csv", "-o", "-")
+    assert with_bom.stdout == b"\xef\xbb\xbf" + CSV_NO_BOM
+    out = io.BytesIO()
+    skyexport.export(arc, out, format="csv", bom=False)
+    assert out.getvalue() == CSV_NO_BOM
+
+
+def test_no_bom_reads_in_any_csv_reader(archive: Path) -> None:
+    """Python's csv module on the far end of a real pipe: with the BOM the first column is
+    named '\\ufeffURI' (the reason for --no-bom), without it 'URI'."""
+    reader = ("import csv, sys; rows = list(csv.DictReader(sys.stdin)); "
+              "print(len(rows), 'URI' in rows[0], rows[0].get('URI', '')[:5])")
+    shown = {}
+    for flags in ((), ("--no-bom",)):
+        cmd = f"{PY} -m skyexport export {archive} -f csv -o - {' '.join(flags)} | " \
+              f"{PY} -c {reader!r}"
+        done = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True,
+                              text=True, timeout=TIMEOUT, check=False)
+        assert done.returncode == 0, done.stderr
+        shown[flags] = done.stdout
+    assert shown[()] == "4000 False \n"
+    assert shown[("--no-bom",)] == "4000 True at://\n"
+
+
+def test_no_bom_export_is_recorded_and_verifies(archive: Path, tmp_path: Path) -> None:
+    plain = skyexport.export(archive, tmp_path / "a", format="csv")
+    bare = skyexport.export(archive, tmp_path / "b", format="csv", bom=False)
+    assert plain.data_file is not None and bare.data_file is not None
+    assert bare.data_file.read_bytes() == plain.data_file.read_bytes()[3:]
+    assert plain.manifest is not None and bare.manifest is not None
+    assert (plain.manifest["csv_bom"], bare.manifest["csv_bom"]) == (True, False)
+    assert skyexport.verify(bare.directory).ok and skyexport.verify(plain.directory).ok
+    # Each checks the header against what its manifest says, not against either form.
+    assert bare.directory is not None and plain.directory is not None
+    _rewrite_data(bare.directory, "posts.csv", b"\xef\xbb\xbf" + bare.data_file.read_bytes())
+    _rewrite_data(plain.directory, "posts.csv", plain.data_file.read_bytes()[3:])
+    (bad,) = skyexport.verify(bare.directory).problems
+    assert "without a BOM (the manifest says csv_bom false)" in bad, bad
+    (bad,) = skyexport.verify(plain.directory).problems
+    assert "does not begin with the BOM and skyexport's header line" in bad, bad
+    json_export = skyexport.export(archive, tmp_path / "c", format="json")
+    assert json_export.manifest is not None and "csv_bom" not in json_export.manifest
+
+
+@pytest.mark.parametrize("flag", ["--no-bom", "--csv-formula-guard"])
+@pytest.mark.parametrize("fmt", ["json", "jsonl"])
+def test_csv_options_with_another_format_are_usage_errors(archive: Path, tmp_path: Path,
+                                                         flag: str, fmt: str) -> None:
+    proc = run("export", archive, "-o", tmp_path / "x", "-f", fmt, flag)
+    usage, line = err_lines(proc)
+    assert proc.returncode == 2 and usage.startswith("usage: skyexport export ")
+    assert line == (f"skyexport export: error: {flag} applies to CSV only, not to "
+                    f"--format {fmt}; leave it out or export CSV")
+    assert not (tmp_path / "x").exists()
+    name = "bom" if flag == "--no-bom" else "csv_formula_guard"
+    with pytest.raises(skyexport.OptionError, match=f"^{name}= applies to CSV only"):
+        skyexport.export(archive, tmp_path / "x", format=fmt,  # type: ignore[arg-type]
+                         **{name: flag != "--no-bom"})

@@ -18,18 +18,30 @@ from libc.string cimport memmove, strlen
 from libc.stdlib cimport qsort
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-cdef extern from "<unistd.h>" nogil:
-    ssize_t pread(int fd, void* buf, size_t count, long long offset)
-    ssize_t pwrite(int fd, const void* buf, size_t count, long long offset)
+cdef extern from "platform.h" nogil:
+    ssize_t pread "sx_pread"(int fd, void* buf, size_t count, long long offset)
+    ssize_t pwrite "sx_pwrite"(int fd, const void* buf, size_t count, long long offset)
 
 cdef enum:
-    CBOR_MAX_DEPTH = 10000
+    # Nesting: atproto records are shallow (a post's deepest value is about 6 levels); 64
+    # levels of the recursive decoders need well under 64 KiB of C stack.
+    CBOR_MAX_DEPTH = 64
     SCAN_CHUNK = 1 << 20
-    MAX_BLOCK = 1 << 30
+    MAX_BLOCK = 5 << 20       # any block (indigo's limit for a CBOR object)
+    MAX_RECORD = 1 << 20      # a record's block (atproto's record limit)
+    MAX_DID = 2048
+    MAX_NSID = 317
+    MAX_RKEY = 512
+    MAX_KEY = MAX_NSID + 1 + MAX_RKEY
+    FETCH_COST = 64           # what one block read costs the walk's budget beside its bytes
 
 
 class CarFormatError(ValueError):
     """A CAR or a block in it is not what CAR.md allows; the message says what."""
+
+
+class ScratchWriteError(OSError):
+    """Writing the block index (a temporary file of ours, not the CAR) failed."""
 
 
 class CID(bytes):
@@ -249,7 +261,7 @@ def read_uvarint(bytes data, Py_ssize_t pos=0):
 cdef packed struct IxEntry:
     uint64_t key
     int64_t off           # the block's CID in the CAR
-    uint32_t n            # bytes of CID and data (at most MAX_BLOCK)
+    uint32_t n            # bytes of CID and data (at most MAX_BLOCK), and a verdict flag
 
 
 cdef enum:
@@ -258,6 +270,10 @@ cdef enum:
     IX_OUT = 4096         # entries written at once
     IX_WINDOW = 64        # entries one lookup reads at most at once
     IX_DIR_BITS = 17
+    # A block's verdict, decided once (BlockIndex.decide) and kept in its entry's `n`:
+    IX_GOOD = 0x80000000  # its data matches the CID it starts with
+    IX_BAD = 0x40000000   # it does not, it cannot be checked, or it repeats a good copy
+    IX_LEN = 0x3FFFFFFF
 
 
 cdef int ix_cmp(const void* a, const void* b) noexcept nogil:
@@ -288,7 +304,7 @@ cdef int pwrite_all(int fd, const void* p, Py_ssize_t n, int64_t off) except -1:
         if got < 0:
             if errno == EINTR:
                 continue
-            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+            raise ScratchWriteError(errno, strerror(errno).decode("utf-8", "replace"))
         c += got
         n -= got
         off += got
@@ -322,6 +338,7 @@ cdef class BlockIndex:
     of the blocks whose CID has index key `key` (cid_index_key)."""
     cdef int fd
     cdef readonly int64_t count
+    cdef readonly int64_t size        # bytes of the CAR it indexes
     cdef int bits
     cdef int64_t* dir                 # 2^bits + 1 positions
     cdef IxEntry win[IX_WINDOW]       # entries [win_lo, win_hi) of the file
@@ -396,9 +413,191 @@ cdef class BlockIndex:
             self.get(i, &e)
             if e.key != k:
                 break
-            out.append((e.off, <int64_t>e.n))
+            out.append((e.off, <int64_t>(e.n & IX_LEN)))
             i += 1
         return out
+
+    cdef uint64_t key_at(self, int64_t i) except? 0:
+        cdef IxEntry e
+        self.get(i, &e)
+        return e.key
+
+    cdef int put(self, int64_t i, const IxEntry* e) except -1:
+        """Entry i (< count) rewritten, in the file and the window."""
+        pwrite_all(self.fd, e, sizeof(IxEntry), i * <int64_t>sizeof(IxEntry))
+        if self.win_lo <= i < self.win_hi:
+            self.win[i - self.win_lo] = e[0]
+        return 0
+
+    cdef Py_ssize_t decide(self, int fd, uint64_t key, int64_t at, int64_t stop,
+                           const unsigned char* want, Py_ssize_t wn, unsigned char** buf,
+                           Py_ssize_t* cap, object sha256, int64_t* where) except -2:
+        """Decide the verdict of every entry with index key `key` (from position `at`),
+        once: each block is read and hashed at most once in the whole walk, however often
+        it is looked up.  Good entries are moved before the bad ones, so a lookup stops at
+        the first bad one.  Returns the data length if the last block read into buf is
+        the good copy of `want`, else -1."""
+        cdef IxEntry e, o
+        cdef int64_t i = at, w = at
+        cdef Py_ssize_t n, c, k, hit = -1, got
+        cdef unsigned char head[96]
+        cdef unsigned char* grown
+        cdef uint64_t v, code, dlen
+        cdef list good = []
+        while i < stop:
+            self.get(i, &e)
+            if e.key != key:
+                break
+            n = <Py_ssize_t>(e.n & IX_LEN)
+            hit = -1
+            got = pread_full(fd, head, min(n, 96), e.off)
+            c = cid_len(head, got)
+            ok = False
+            if 0 < c <= n:
+                cid = PyBytes_FromStringAndSize(<const char*>head, c)
+                # a SHA-256 multihash: CIDv0, or CIDv1 = version, codec, code, length
+                k = 2 if head[0] == 0x12 else 0
+                if k == 0:
+                    k = uvarint(head, c, &v)
+                    k += uvarint(head + k, c - k, &v)
+                    k += uvarint(head + k, c - k, &code)
+                    k += uvarint(head + k, c - k, &dlen)
+                else:
+                    code, dlen = 0x12, 32
+                if code == 0x12 and dlen == 32 and k + 32 == c and cid not in good:
+                    if n > cap[0]:
+                        grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
+                        if grown == NULL:
+                            raise MemoryError()
+                        buf[0], cap[0] = grown, n
+                    if pread_full(fd, buf[0], n, e.off) != n:
+                        raise CarFormatError("the CAR changed while it was read (a block "
+                                             "is cut off)")
+                    digest = sha256(PyMemoryView_FromMemory(<char*>buf[0] + c, n - c,
+                                                            PyBUF_READ)).digest()
+                    ok = memcmp(PyBytes_AS_STRING(digest), head + k, 32) == 0
+                    if ok:
+                        good.append(cid)
+                        if c == wn and memcmp(head, want, wn) == 0:
+                            hit = n - c
+                            where[0] = e.off
+            e.n = (e.n & IX_LEN) | (IX_GOOD if ok else IX_BAD)
+            if ok and i != w:   # entries [w, i) are bad: swap the first of them with i
+                self.get(w, &o)
+                self.put(w, &e)
+                self.put(i, &o)
+            else:
+                self.put(i, &e)
+            if ok:
+                w += 1
+            i += 1
+        return hit
+
+    cdef Py_ssize_t resolve(self, int fd, const unsigned char* cid, Py_ssize_t cn,
+                            unsigned char** buf, Py_ssize_t* cap,
+                            object sha256, int64_t* where) except -3:
+        """The good copy of block `cid` (a SHA-256 CID) read into buf[0] (CID, then
+        data; grown as needed), its offset in the CAR in where[0]: returns its data
+        length; -1 when no block has that CID, -2 when every copy is damaged."""
+        cdef uint64_t key = <uint64_t>cid_key(cid, cn)
+        cdef int64_t stop, i
+        cdef int64_t at = self.first(key, &stop)
+        cdef IxEntry e
+        cdef Py_ssize_t n, r
+        cdef unsigned char head[96]
+        cdef unsigned char* grown
+        if at >= stop:
+            return -1
+        self.get(at, &e)
+        if e.key != key:
+            return -1
+        if not (e.n & (IX_GOOD | IX_BAD)):
+            if at + 1 >= stop or self.key_at(at + 1) != key:
+                # the only entry with this key (the usual case): no verdict to keep, since
+                # any answer but its good copy ends the walk
+                n = <Py_ssize_t>(e.n & IX_LEN)
+                if n > cap[0]:
+                    grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
+                    if grown == NULL:
+                        raise MemoryError()
+                    buf[0], cap[0] = grown, n
+                if pread_full(fd, buf[0], n, e.off) != n:
+                    raise CarFormatError("the CAR changed while it was read (a block is "
+                                         "cut off)")
+                if n < cn or memcmp(buf[0], cid, cn) != 0:
+                    return -1
+                digest = sha256(PyMemoryView_FromMemory(<char*>buf[0] + cn, n - cn,
+                                                        PyBUF_READ)).digest()
+                if memcmp(PyBytes_AS_STRING(digest), cid + cn - 32, 32) != 0:
+                    return -2
+                where[0] = e.off
+                return n - cn
+            r = self.decide(fd, key, at, stop, cid, cn, buf, cap, sha256, where)
+            if r >= 0:
+                return r
+        i = at
+        while i < stop:
+            self.get(i, &e)
+            if e.key != key or (e.n & IX_BAD):
+                break
+            n = <Py_ssize_t>(e.n & IX_LEN)
+            if n > cap[0]:
+                grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
+                if grown == NULL:
+                    raise MemoryError()
+                buf[0], cap[0] = grown, n
+            if pread_full(fd, buf[0], n, e.off) != n:
+                raise CarFormatError("the CAR changed while it was read (a block is cut "
+                                     "off)")
+            if n >= cn and memcmp(buf[0], cid, cn) == 0:
+                where[0] = e.off
+                return n - cn
+            i += 1
+        # no good copy: a damaged one, or none at all (read once, just before failing)
+        while i < stop:
+            self.get(i, &e)
+            if e.key != key:
+                break
+            n = <Py_ssize_t>(e.n & IX_LEN)
+            if (n >= cn and pread_full(fd, head, min(cn, 96), e.off) == min(cn, 96)
+                    and memcmp(head, cid, cn) == 0):
+                return -2
+            i += 1
+        return -1
+
+    def block(self, int fd, cid):
+        """(status, data) of block `cid`: (0, its data, checked), (1, None) missing,
+        (2, None) damaged, (3, None) not a SHA-256 CID (it cannot be checked)."""
+        cdef bytes c = bytes(cid)
+        cdef unsigned char* buf = NULL
+        cdef Py_ssize_t cap = 0, r, cn = PyBytes_GET_SIZE(c)
+        cdef int64_t where
+        if not sha256_cid(<const unsigned char*>PyBytes_AS_STRING(c), cn):
+            return 3, None
+        import hashlib
+        try:
+            r = self.resolve(fd, <const unsigned char*>PyBytes_AS_STRING(c), cn, &buf, &cap,
+                             hashlib.sha256, &where)
+            if r < 0:
+                return (1 if r == -1 else 2), None
+            return 0, PyBytes_FromStringAndSize(<const char*>buf + cn, r)
+        finally:
+            PyMem_RawFree(buf)
+
+
+cdef bint sha256_cid(const unsigned char* cid, Py_ssize_t cn) noexcept:
+    """Is `cid` a whole CID whose multihash is SHA-256 (so that a block can be checked)?"""
+    cdef Py_ssize_t i
+    cdef uint64_t v, code, dlen
+    if cn > 80 or cid_len(cid, cn) != cn:
+        return False
+    if cn == 34 and cid[0] == 0x12:
+        return True
+    i = uvarint(cid, cn, &v)
+    i += uvarint(cid + i, cn - i, &v)
+    i += uvarint(cid + i, cn - i, &code)
+    i += uvarint(cid + i, cn - i, &dlen)
+    return code == 0x12 and dlen == 32 and i + 32 == cn
 
 
 cdef struct IxOut:
@@ -562,6 +761,7 @@ cdef class CarScanner:
     cdef int64_t base                 # file offset of buf[0]
     cdef readonly int64_t pos         # file offset of the next block
     cdef readonly int64_t blocks, size
+    cdef int64_t limit                # bytes of the file read at most (-1: to its end)
     cdef bint eof
     cdef object hasher
 
@@ -571,8 +771,9 @@ cdef class CarScanner:
         if self.buf == NULL:
             raise MemoryError()
 
-    def __init__(self, int fd, int64_t start, bytes head, hasher):
+    def __init__(self, int fd, int64_t start, bytes head, hasher, int64_t limit=-1):
         self.fd = fd
+        self.limit = limit
         self.hasher = hasher
         if hasher is not None:
             hasher.update(head)
@@ -588,7 +789,7 @@ cdef class CarScanner:
 
     cdef int fill(self) except -1:
         """Read more bytes after buf[hi), keeping [pos, hi); 0 at end of file."""
-        cdef Py_ssize_t keep_from = <Py_ssize_t>(self.pos - self.base)
+        cdef Py_ssize_t keep_from = <Py_ssize_t>(self.pos - self.base), want
         cdef ssize_t got
         if keep_from > self.hi:
             keep_from = self.hi
@@ -597,8 +798,14 @@ cdef class CarScanner:
             self.hi -= keep_from
             self.base += keep_from
         self.lo = 0
+        want = self.cap - self.hi
+        if self.limit >= 0 and self.base + self.hi + want > self.limit:
+            want = <Py_ssize_t>max(<int64_t>0, self.limit - self.base - self.hi)
+        if want == 0:
+            self.eof = True
+            return 0
         with nogil:
-            got = pread(self.fd, self.buf + self.hi, self.cap - self.hi, self.base + self.hi)
+            got = pread(self.fd, self.buf + self.hi, want, self.base + self.hi)
         if got < 0:
             raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
         if got == 0:
@@ -634,9 +841,12 @@ cdef class CarScanner:
                                      f"off (the file ends at byte {self.size})")
         if c < 0:
             raise CarFormatError(f"the block at byte {self.pos} does not start with a CID")
-        if L < <uint64_t>c or L > MAX_BLOCK:
+        if L < <uint64_t>c:
             raise CarFormatError(f"the block at byte {self.pos} has an impossible length "
                                  f"{L}")
+        if L > MAX_BLOCK:
+            raise CarFormatError(f"the block at byte {self.pos} is {L} bytes; atproto allows "
+                                 f"at most {MAX_BLOCK >> 20} MiB per block")
         off = self.pos + k
         e.key = <uint64_t>cid_key(self.buf + at + k, c)
         e.off = off
@@ -698,6 +908,7 @@ cdef class CarScanner:
             ix_sort(buf, used)
             ix = BlockIndex.__new__(BlockIndex)
             ix.setup(fd, self.blocks)
+            ix.size = self.size
             if runs == 0:
                 ix_emit_all(ix, buf, used)
             else:
@@ -766,6 +977,9 @@ cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Item
     v = 0
     for j in range(k):
         v = (v << 8) | s[i + 1 + j]
+    # DAG-CBOR: every argument in its shortest form
+    if v < (<uint64_t>24 if k == 1 else (<uint64_t>1) << (4 * k)):
+        raise CarFormatError("has a non-minimal CBOR integer or length (not DAG-CBOR)")
     it.arg = v
     it.head = 1 + k
     return 0
@@ -833,16 +1047,65 @@ cdef Py_ssize_t cb_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return i + ln
 
 
-cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
-    """Validates the item at i; returns the offset after it."""
+cdef inline bint key_before(const unsigned char* a, Py_ssize_t an,
+                            const unsigned char* b, Py_ssize_t bn) noexcept nogil:
+    """DAG-CBOR's map key order: shorter first, then bytewise."""
+    if an != bn:
+        return an < bn
+    return memcmp(a, b, an) < 0
+
+
+cdef bint cb_type_is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
+    """Checks the value of a `$type` key (a non-empty string): is it "blob"?"""
     cdef Item it
-    cdef Py_ssize_t ln, start
+    cb_head(s, i, n, &it)
+    if it.major != 3 or it.arg == 0:
+        raise CarFormatError("has a `$type` that is not a non-empty string")
+    return it.arg == 4 and i + 5 <= n and memcmp(s + i + 1, b"blob", 4) == 0
+
+
+cdef int cb_check_blob(const unsigned char* s, Py_ssize_t m, Py_ssize_t n) except -1:
+    """A validated map at m whose `$type` is "blob": a `ref` link, a non-empty `mimeType`
+    string and an integer `size` >= 0 (atproto's data model)."""
+    cdef Item it
+    cdef Py_ssize_t x = cb_find(s, m, n, "ref")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 6:
+        raise CarFormatError("has a blob without a `ref` link")
+    x = cb_find(s, m, n, "mimeType")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 3 or it.arg == 0:
+        raise CarFormatError("has a blob without a `mimeType`")
+    x = cb_find(s, m, n, "size")
+    if x >= 0:
+        cb_head(s, x, n, &it)
+    if x < 0 or it.major != 0:
+        raise CarFormatError("has a blob without an integer `size`")
+    return 0
+
+
+cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
+    """Validates the item at i as atproto's data model in DAG-CBOR; returns the offset
+    after it.  Beside what cb_head refuses (floats, simple values, indefinite lengths,
+    non-minimal arguments): integers outside the signed 64-bit range, tags but 42, links
+    that are not CIDs, invalid UTF-8, non-string map keys, map keys repeated or out of
+    DAG-CBOR's order, a `$type` that is not a non-empty string, a blob without its `ref`,
+    `mimeType` and integer `size`; nesting deeper than CBOR_MAX_DEPTH."""
+    cdef Item it
+    cdef Py_ssize_t ln, start, m = i, kn, pn = 0
+    cdef const unsigned char* kp
+    cdef const unsigned char* pk = NULL
     cdef uint64_t j
+    cdef bint blob = False
     if depth > CBOR_MAX_DEPTH:
         raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
     cb_head(s, i, n, &it)
     i += it.head
     if it.major <= 1:
+        if it.arg > <uint64_t>0x7FFFFFFFFFFFFFFF:
+            raise CarFormatError("has an integer outside the signed 64-bit range")
         return i
     if it.major == 2:
         return i + cb_len(s, i, n, it.arg)
@@ -859,8 +1122,15 @@ cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int 
     if it.major == 5:
         cb_len(s, i, n, it.arg)
         for j in range(it.arg):
-            i = cb_key(s, i, n, NULL, NULL)
+            i = cb_key(s, i, n, &kp, &kn)
+            if j and not key_before(pk, pn, kp, kn):
+                raise CarFormatError("has map keys repeated or out of DAG-CBOR's order")
+            pk, pn = kp, kn
+            if kn == 5 and memcmp(kp, b"$type", 5) == 0:
+                blob = cb_type_is_blob(s, i, n)
             i = cb_skip(s, i, n, depth + 1)
+        if blob:
+            cb_check_blob(s, m, n)
         return i
     if it.major == 6:
         if it.arg != 42:
@@ -1160,6 +1430,9 @@ def cbor_to_py(data, Py_ssize_t pos=0, bint whole=True):
     nothing may follow it."""
     cdef bytes d = bytes(data)
     cdef Py_ssize_t i = pos, n = PyBytes_GET_SIZE(d)
+    if not 0 <= pos <= n:
+        raise ValueError("pos")
+    cb_skip(<const unsigned char*>PyBytes_AS_STRING(d), pos, n, 0)
     v = cb_py(<const unsigned char*>PyBytes_AS_STRING(d), &i, n, 0)
     if whole and i != n:
         raise CarFormatError("has bytes after its value")
@@ -1172,6 +1445,7 @@ def cbor_to_json(data):
     cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(d)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(d), end
     cdef OutBuf b
+    cb_skip(s, 0, n, 0)
     ob_init(&b, n * 2 + 16)
     try:
         end = cb_json(&b, s, 0, n, 0)
@@ -1363,18 +1637,71 @@ cdef tuple post_fields_c(const unsigned char* s, Py_ssize_t n):
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Frame:
-    """One MST node on the walk's path: its block, where its next entry starts, how many
-    entries are left, the last key read in it (keys are prefix-compressed per node), and
-    (pruned walks) a bound every key under it is below (None: none known)."""
+    """One MST node on the walk's path: its data (None while the walk is below it: only
+    the node being read is held, the others are read again from the CAR when the walk
+    comes back to them), where that is in the CAR, where its next entry starts, how many
+    entries are left, and the last key read in it (keys are prefix-compressed per node)."""
     cdef bytes data
+    cdef int64_t off
+    cdef Py_ssize_t n
     cdef Py_ssize_t pos
     cdef uint64_t left
     cdef bytes key
-    cdef bytes hi
 
 
 POST_PREFIX = b"app.bsky.feed.post/"
 POST_END = b"app.bsky.feed.post0"    # "/" + 1: every post key is in [POST_PREFIX, POST_END)
+
+
+cdef inline bint alnum(unsigned char c) noexcept nogil:
+    return (b'a' <= c <= b'z') or (b'A' <= c <= b'Z') or (b'0' <= c <= b'9')
+
+
+cdef bint nsid_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """atproto's NSID syntax: at least three segments separated by '.', each 1-63 bytes;
+    the domain segments of letters, digits and '-' (not at either end; the first not
+    starting with a digit), the name of letters and digits starting with a letter."""
+    cdef Py_ssize_t i = 0, start = 0, segs = 0, last = 0
+    cdef unsigned char c
+    while True:
+        start = i
+        while i < n and s[i] != b'.':
+            i += 1
+        if i == start or i - start > 63:
+            return False
+        segs += 1
+        last = start
+        if i == n:
+            break
+        # a domain segment
+        if s[start] == b'-' or s[i - 1] == b'-' or (segs == 1 and b'0' <= s[start] <= b'9'):
+            return False
+        for start in range(start, i):
+            c = s[start]
+            if not (alnum(c) or c == b'-'):
+                return False
+        i += 1
+    if segs < 3 or b'0' <= s[last] <= b'9':
+        return False
+    for i in range(last, n):
+        if not alnum(s[i]):
+            return False
+    return True
+
+
+cdef bint rkey_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """atproto's record key syntax: 1-512 of A-Za-z0-9 . - _ : ~, not "." or ".."."""
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    if n < 1 or n > MAX_RKEY:
+        return False
+    if s[0] == b'.' and (n == 1 or (n == 2 and s[1] == b'.')):
+        return False
+    for i in range(n):
+        c = s[i]
+        if not (alnum(c) or c == b'.' or c == b'-' or c == b'_' or c == b':' or c == b'~'):
+            return False
+    return True
 
 
 cdef int bytes_cmp(bytes a, bytes b) noexcept:
@@ -1385,11 +1712,8 @@ cdef int bytes_cmp(bytes a, bytes b) noexcept:
     return (na > nb) - (na < nb)
 
 
-cdef inline bint may_hold_posts(bytes lo, bytes hi) noexcept:
-    """Can a subtree whose keys are all above lo and below hi (None: no bound) hold an
-    app.bsky.feed.post key?"""
-    return ((lo is None or bytes_cmp(lo, POST_END) < 0)
-            and (hi is None or bytes_cmp(hi, POST_PREFIX) > 0))
+cdef enum:
+    ROW_BYTES = 4 << 20       # a batch of rows ends once it holds this many bytes
 
 
 @cython.final
@@ -1397,16 +1721,22 @@ cdef inline bint may_hold_posts(bytes lo, bytes hi) noexcept:
 cdef class CarWalker:
     """The MST of a CAR walked depth-first in key order, every block it uses read through
     the block index and checked against its CID.  `rows(n, archived_at)` returns up to n
-    posts rows (17 columns, schema v2 order), [] at the end.  With `posts_only`, subtrees
-    whose key range cannot hold an app.bsky.feed.post key are not read (nor checked: they
-    are not used) and the walk ends after the last post; else every key is read and
-    `collections` counts them by collection.  Errors raise CarFormatError with the block's
-    CID and key."""
+    posts rows (17 columns, schema v2 order), [] at the end.  Every MST node is read and
+    checked (its keys in order, each key within atproto's bounds), whatever is exported,
+    so every walk accepts and refuses the same files; only the records of
+    app.bsky.feed.post are read.  Without `posts_only`, `collections` counts the keys by
+    collection.  The walk reads at most `budget` bytes of blocks (8 times the file's size
+    and 8 MiB, each read counting FETCH_COST more): an honest tree reads each block once,
+    a tree that reuses a subtree or a record many times is refused.  Errors raise
+    CarFormatError with the block's CID and key."""
     cdef int fd
     cdef BlockIndex ix
     cdef list stack
     cdef readonly dict collections
-    cdef readonly int64_t blocks_read
+    cdef readonly int64_t blocks_read     # block reads (nodes and records)
+    cdef readonly int64_t nodes_read
+    cdef readonly int64_t nodes_reread    # nodes read again when the walk came back up
+    cdef readonly int64_t budget          # bytes the walk may still read
     cdef readonly bint posts_only
     cdef str did
     cdef object sha256
@@ -1415,6 +1745,7 @@ cdef class CarWalker:
     cdef unsigned char* buf   # the last block fetch() read: its CID, then its data
     cdef Py_ssize_t cap
     cdef Py_ssize_t dn        # the data length of the record next_post() read
+    cdef int64_t fetched_at   # where the block fetch() read starts in the CAR (its CID)
 
     def __cinit__(self):
         self.buf = NULL
@@ -1431,7 +1762,8 @@ cdef class CarWalker:
         self.collections = {}
         self.stack = []
         self.last_key = None
-        self.push(bytes(data_cid), None, None)
+        self.budget = 8 * index.size + (8 << 20)
+        self.push(bytes(data_cid), None)
 
     def __dealloc__(self):
         PyMem_RawFree(self.buf)
@@ -1451,108 +1783,75 @@ cdef class CarWalker:
                           bytes prev) except -1:
         """Reads block `cid` (the record of `key`, or the MST node after key `prev`) into
         self.buf and checks it: returns the length of its data (at self.buf + cn)."""
-        cdef unsigned char* grown
-        cdef bint damaged = False
-        cdef Py_ssize_t i = 0, k, n
-        cdef uint64_t v, code = 0, dlen = 0
-        cdef uint64_t ikey
-        cdef int64_t at, stop
-        cdef IxEntry e
-        if cn > 80:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) has "
-                                 "an overlong CID")
-        ikey = <uint64_t>cid_key(cid, cn)
-        at = self.ix.first(ikey, &stop)
-        while at < stop:
-            self.ix.get(at, &e)
-            if e.key != ikey:
-                break
-            at += 1
-            n = <Py_ssize_t>e.n
-            if n > self.cap:
-                grown = <unsigned char*>PyMem_RawRealloc(self.buf, n)
-                if grown == NULL:
-                    raise MemoryError()
-                self.buf, self.cap = grown, n
-            # one read: the block's CID and its data
-            if pread_full(self.fd, self.buf, n, e.off) != n:
-                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
-                                     "is cut off")
-            if n < cn or memcmp(self.buf, cid, cn) != 0:
-                continue
-            # the multihash: CIDv1 = version, codec, then code and digest length
-            if cn == 34 and cid[0] == 0x12:
-                i = 0
-            else:
-                i = uvarint(cid, cn, &v)
+        cdef Py_ssize_t r
+        cdef uint64_t v, code = 0
+        cdef Py_ssize_t i
+        if not sha256_cid(cid, cn):
+            if cn > 80 or cid_len(cid, cn) != cn:
+                raise CarFormatError(f"block ({self.what(key, prev)}) has an overlong or "
+                                     "malformed CID")
+            i = 0 if cid[0] == 0x12 else uvarint(cid, cn, &v)
+            if i:
                 i += uvarint(cid + i, cn - i, &v)
-            k = uvarint(cid + i, cn - i, &code)
-            i += k
-            k = uvarint(cid + i, cn - i, &dlen)
-            i += k
-            if code != 0x12 or dlen != 32 or i + 32 != cn:
-                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
-                                     f"uses hash 0x{code:x}; only SHA-256 CIDs can be "
-                                     "checked")
-            digest = self.sha256(PyMemoryView_FromMemory(<char*>self.buf + cn, n - cn,
-                                                         PyBUF_READ)).digest()
-            if memcmp(PyBytes_AS_STRING(digest), cid + i, 32) == 0:
-                self.blocks_read += 1
-                return n - cn
-            damaged = True
-        if damaged:
+            uvarint(cid + i, cn - i, &code)
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                 f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
+        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
+                            &self.fetched_at)
+        if r == -2:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
                                  "not match its CID (the file is damaged); download the "
                                  "repository again")
-        raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
-                             "missing (a partial CAR?); download the whole repository "
-                             "again")
+        if r < 0:
+            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
+                                 "missing (a partial CAR?); download the whole repository "
+                                 "again")
+        self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+        self.blocks_read += 1
+        return r
 
-    cdef bytes peek(self, _Frame f):
-        """The key of f's next entry, or None when it cannot be read (the walk reads it
-        properly later, and fails there)."""
-        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(f.data)
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(f.data), i = f.pos, pp, kp
-        cdef Item it
-        try:
-            cb_head(s, i, n, &it)
-            if it.major != 5:
-                return None
-            pp = cb_find(s, i, n, "p")
-            kp = cb_find(s, i, n, "k")
-            if pp < 0 or kp < 0:
-                return None
-            cb_head(s, pp, n, &it)
-            if it.major != 0 or it.arg > <uint64_t>PyBytes_GET_SIZE(f.key):
-                return None
-            i = <Py_ssize_t>it.arg
-            cb_head(s, kp, n, &it)
-            if it.major != 2 or it.arg > <uint64_t>(n - kp - it.head):
-                return None
-            return f.key[:i] + PyBytes_FromStringAndSize(<const char*>s + kp + it.head,
-                                                         <Py_ssize_t>it.arg)
-        except CarFormatError:
-            return None
+    cdef int spend(self, Py_ssize_t n, str name, str what) except -1:
+        self.budget -= n + FETCH_COST
+        if self.budget < 0:
+            raise CarFormatError(f"block {name} ({what}): the MST has read "
+                                 f"{self.blocks_read} blocks, more than 8 times the file's "
+                                 "size in all: it reuses a subtree or a record many times (an "
+                                 "honest repository reads each block about once); refused")
+        return 0
 
-    cdef int push(self, bytes cid, bytes prev, bytes hi) except -1:
-        """Put the node `cid` on the path, and its leftmost descendants after it (in a
-        pruned walk, those whose keys can be posts: all above prev, below hi)."""
+    cdef int reload(self, _Frame f) except -1:
+        """Read f's node again (the walk comes back to it from a subtree), checked as
+        the first time (not hashed again: the walk read it whole moments ago)."""
+        cdef bytes data = PyBytes_FromStringAndSize(NULL, f.n)
+        self.spend(f.n, "", "an MST node read again")
+        if (pread_full(self.fd, PyBytes_AS_STRING(data), f.n, f.off) != f.n
+                or cb_skip(<const unsigned char*>PyBytes_AS_STRING(data), 0, f.n, 0) != f.n):
+            raise CarFormatError("the CAR changed while it was read (an MST node differs)")
+        self.nodes_reread += 1
+        f.data = data
+        return 0
+
+    cdef int push(self, bytes cid, bytes prev) except -1:
+        """Put the node `cid` on the path, and its leftmost descendants after it."""
         cdef Item it
         cdef Py_ssize_t n, e, left, start, end, cn
         cdef const unsigned char* s
         cdef _Frame f
-        cdef bytes bound
         while True:
+            if self.stack:   # one node held at a time: the parent is read again later
+                (<_Frame>self.stack[len(self.stack) - 1]).data = None
             cn = PyBytes_GET_SIZE(cid)
             n = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, None, prev)
+            self.nodes_read += 1
             data = PyBytes_FromStringAndSize(<const char*>self.buf + cn, n)
             s = <const unsigned char*>PyBytes_AS_STRING(data)
             try:
                 if cb_skip(s, 0, n, 0) != n:
                     raise CarFormatError("has bytes after its value")
+                cb_head(s, 0, n, &it)
                 e = cb_find(s, 0, n, "e")
                 left = cb_find(s, 0, n, "l")
-                if e < 0 or left < 0:
+                if e < 0 or left < 0 or it.arg != 2:
                     raise CarFormatError("is not an MST node {l, e}")
                 cb_head(s, e, n, &it)
                 if it.major != 4:
@@ -1565,22 +1864,21 @@ cdef class CarWalker:
                                      "more than 128 levels deep")
             f = _Frame.__new__(_Frame)
             f.data = data
+            f.off = self.fetched_at + cn
+            f.n = n
             f.pos = e + it.head
             f.left = it.arg
             f.key = b""
-            f.hi = hi
-            self.stack.append(f)
             cb_head(s, left, n, &it)
+            if f.left == 0 and it.major == 7 and self.stack:
+                raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) is an "
+                                     "empty MST node below the root (the MST is damaged)")
+            self.stack.append(f)
             if it.major == 7 and it.arg == 22:
                 return 0
             if it.major != 6:
                 raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) has "
                                      "an `l` that is not a link")
-            if self.posts_only:
-                bound = self.peek(f) if f.left else hi
-                if not may_hold_posts(prev, bound):
-                    return 0
-                hi = bound
             start = 0
             end = cb_link(s, left + it.head, n, &start)
             cid = PyBytes_FromStringAndSize(<const char*>s + start, end - start)
@@ -1589,14 +1887,17 @@ cdef class CarWalker:
         """The next key of the walk (its record CID in self.value), None at the end."""
         cdef _Frame f
         cdef const unsigned char* s
-        cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen
+        cdef const unsigned char* ks
+        cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen, kn, slash, j
         cdef Item it
-        cdef bytes key, sub, bound
+        cdef bytes key, sub
         while self.stack:
             f = <_Frame>self.stack[len(self.stack) - 1]
             if f.left == 0:
                 self.stack.pop()
                 continue
+            if f.data is None:
+                self.reload(f)
             s = <const unsigned char*>PyBytes_AS_STRING(f.data)
             n = PyBytes_GET_SIZE(f.data)
             i = f.pos
@@ -1608,8 +1909,8 @@ cdef class CarWalker:
                 kp = cb_find(s, i, n, "k")
                 vp = cb_find(s, i, n, "v")
                 tp = cb_find(s, i, n, "t")
-                if pp < 0 or kp < 0 or vp < 0 or tp < 0:
-                    raise CarFormatError("has a malformed entry")
+                if pp < 0 or kp < 0 or vp < 0 or tp < 0 or it.arg != 4:
+                    raise CarFormatError("has a malformed entry (its keys are not p, k, t, v)")
                 cb_head(s, pp, n, &it)
                 if it.major != 0 or it.arg > <uint64_t>PyBytes_GET_SIZE(f.key):
                     raise CarFormatError("has a malformed entry (p)")
@@ -1617,11 +1918,26 @@ cdef class CarWalker:
                 cb_head(s, kp, n, &it)
                 if it.major != 2:
                     raise CarFormatError("has a malformed entry (k)")
+                if it.arg > <uint64_t>(MAX_KEY - klen):
+                    raise CarFormatError(f"has a key of {klen + <Py_ssize_t>it.arg} bytes; "
+                                         f"atproto keys are at most {MAX_KEY} (a collection "
+                                         f"of {MAX_NSID}, '/', a record key of {MAX_RKEY})")
                 key = f.key[:klen] + PyBytes_FromStringAndSize(<const char*>s + kp + it.head,
                                                                <Py_ssize_t>it.arg)
-                for j in range(PyBytes_GET_SIZE(key)):
-                    if not 0x21 <= (<const unsigned char*>PyBytes_AS_STRING(key))[j] <= 0x7e:
+                ks = <const unsigned char*>PyBytes_AS_STRING(key)
+                kn = PyBytes_GET_SIZE(key)
+                slash = -1
+                for j in range(kn):
+                    if not 0x21 <= ks[j] <= 0x7e:
                         raise CarFormatError("has a key that is not printable ASCII")
+                    if ks[j] == b'/' and slash < 0:
+                        slash = j
+                if (slash < 1 or slash > MAX_NSID or kn - slash - 1 < 1
+                        or kn - slash - 1 > MAX_RKEY or not nsid_ok(ks, slash)
+                        or not rkey_ok(ks + slash + 1, kn - slash - 1)):
+                    raise CarFormatError(f"has key {key.decode('ascii')}, not COLLECTION/RKEY "
+                                         f"(an NSID of 1 to {MAX_NSID} bytes, a record "
+                                         f"key of 1 to {MAX_RKEY} of A-Za-z0-9.-_:~)")
                 if self.last_key is not None and bytes_cmp(key, self.last_key) <= 0:
                     raise CarFormatError(f"has key {key.decode('ascii')} out of order (the "
                                          "MST is damaged)")
@@ -1646,13 +1962,11 @@ cdef class CarWalker:
             f.left -= 1
             f.key = key
             self.last_key = key
+            if not self.posts_only:
+                coll = key[:slash]
+                self.collections[coll] = self.collections.get(coll, 0) + 1
             if sub is not None:
-                if not self.posts_only:
-                    self.push(sub, key, None)
-                else:
-                    bound = self.peek(f) if f.left else f.hi
-                    if may_hold_posts(key, bound):
-                        self.push(sub, key, bound)
+                self.push(sub, key)
             return key
         return None
 
@@ -1660,35 +1974,45 @@ cdef class CarWalker:
         """The next post's key, its record read and checked (data at self.buf + len(cid),
         self.dn bytes; the CID in self.value); None at the end."""
         cdef bytes key
-        cdef Py_ssize_t slash, cn
-        cdef dict counts = self.collections
+        cdef Py_ssize_t cn
         cdef bytes prefix = POST_PREFIX
         cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
         while True:
             key = self.next_key()
             if key is None:
                 return None
-            if not self.posts_only:
-                slash = key.find(b"/")
-                coll = key[:slash] if slash >= 0 else key
-                counts[coll] = counts.get(coll, 0) + 1
             if (PyBytes_GET_SIZE(key) <= pn
                     or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), pn) != 0):
-                if self.posts_only and bytes_cmp(key, POST_END) >= 0:
-                    self.stack = []  # past the posts: nothing after them is used
-                    return None
                 continue
             cn = PyBytes_GET_SIZE(self.value)
             self.dn = self.fetch(<const unsigned char*>PyBytes_AS_STRING(self.value), cn,
                                  key, None)
+            if self.dn > MAX_RECORD:
+                raise CarFormatError(f"block {cid_str(self.value)} ({self.what(key, None)}) "
+                                     f"is {self.dn} bytes; atproto records are at most "
+                                     f"{MAX_RECORD >> 20} MiB")
             return key
 
-    def rows(self, Py_ssize_t limit, str archived_at):
-        """Up to `limit` posts rows; [] at the end."""
+    def entries(self, Py_ssize_t limit):
+        """Up to `limit` (key, record CID) of the walk, in key order; [] at the end.  (No
+        record is read.)"""
+        cdef list out = []
+        cdef bytes key
+        while len(out) < limit:
+            key = self.next_key()
+            if key is None:
+                break
+            out.append((key.decode("ascii"), CID(self.value)))
+        return out
+
+    def rows(self, Py_ssize_t limit, str archived_at, Py_ssize_t max_bytes=ROW_BYTES):
+        """Up to `limit` posts rows, fewer once they hold `max_bytes` of text; [] at the
+        end."""
         cdef list out = []
         cdef bytes key, value
+        cdef Py_ssize_t held = 0
         did = self.did
-        while len(out) < limit:
+        while len(out) < limit and held < max_bytes:
             key = self.next_post()
             if key is None:
                 break
@@ -1700,14 +2024,18 @@ cdef class CarWalker:
                 raise CarFormatError(f"block {cid_str(value)} ({self.what(key, None)}) "
                                      f"{exc}") from None
             skey = key.decode("ascii")
+            held += (len(text) + len(created) + len(parent) + len(etype) + len(did)
+                     + 2 * len(skey) + (len(edata) if edata is not None else 0)
+                     + (len(labels) if labels is not None else 0) + 200)
             out.append((f"at://{did}/{skey}", cid_str(value), did, text, created, created,
                         int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
                         archived_at))
         return out
 
-    def fill(self, RowBatch batch not None, Py_ssize_t limit):
+    def fill(self, RowBatch batch not None, Py_ssize_t limit,
+             Py_ssize_t max_bytes=ROW_BYTES):
         """Decode up to `limit` posts rows (those rows() returns) into `batch`, replacing
-        what it held; returns how many: 0 at the end."""
+        what it held, fewer once they hold `max_bytes`; returns how many: 0 at the end."""
         cdef bytes key, value
         cdef PostFields f
         cdef OutBuf embed, labels
@@ -1721,7 +2049,7 @@ cdef class CarWalker:
         ob_init(&embed, 256)
         ob_init(&labels, 64)
         try:
-            while batch.n < limit:
+            while batch.n < limit and a.len < max_bytes:
                 key = self.next_post()
                 if key is None:
                     break

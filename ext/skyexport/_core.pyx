@@ -134,32 +134,27 @@ def format_real(double value):
     return go_format_float(value)
 
 
-cdef extern from "<stdio.h>" nogil:
-    int renameat2(int olddirfd, const char* oldpath, int newdirfd, const char* newpath,
-                  unsigned int flags)
-
-cdef extern from "<fcntl.h>":
-    int AT_FDCWD
-
-cdef enum:
-    RENAME_NOREPLACE_FLAG = 1
+cdef extern from "platform.h" nogil:
+    int sx_rename_noreplace(const char* oldpath, const char* newpath)
 
 
 def rename_noreplace(src, dst):
     """Rename `src` to `dst` atomically, failing with FileExistsError if `dst` exists (even
     as an empty directory, which plain rename(2) would silently replace).  Raises
-    NotImplementedError where the filesystem lacks RENAME_NOREPLACE."""
+    NotImplementedError where the platform or file system cannot (platform.h:
+    renameat2(RENAME_NOREPLACE) on Linux, renamex_np(RENAME_EXCL) on macOS, MoveFileExW on
+    Windows)."""
     cdef bytes s = os.fsencode(src), d = os.fsencode(dst)
     cdef const char* sp = s
     cdef const char* dp = d
     cdef int rc, err = 0
     with nogil:
-        rc = renameat2(AT_FDCWD, sp, AT_FDCWD, dp, RENAME_NOREPLACE_FLAG)
+        rc = sx_rename_noreplace(sp, dp)
         if rc != 0:
             err = errno
     if rc == 0:
         return
     if err == EINVAL or err == ENOSYS:
-        raise NotImplementedError("renameat2(RENAME_NOREPLACE) unsupported here")
+        raise NotImplementedError("no rename without replace on this platform or file system")
     raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
                   os.fsdecode(dst))

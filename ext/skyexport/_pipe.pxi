@@ -121,6 +121,7 @@ cdef class RowPipe(RowSource):
     cdef bint filling                # the producer holds a partly filled arena `head`
     cdef bint lending                # a published row points into SQLite's memory
     cdef bint producer_done, cancel
+    cdef bint started                # start() ran: a producer will set producer_done
     cdef Py_ssize_t cursor           # next row to encode in arena `tail`
     cdef object error                # an exception the producer met, re-raised in order
     cdef object thread
@@ -145,17 +146,23 @@ cdef class RowPipe(RowSource):
         self.thread = threading.Thread(target=self._produce, name="skyexport-sqlite",
                                        daemon=True)
         self.thread.start()
+        self.started = True
 
     def close(self):
-        """Stop the producer (if running) and wait for it."""
+        """Stop the producer (if running) and wait for it: for its own producer_done, which
+        no signal can fake (Thread.join() interrupted by one can take a running thread for
+        ended, Python 3.10-3.12), before the statement may be finalized."""
+        cdef bint started = self.started
         with nogil:
             sx_lock(&self.sync)
             self.cancel = True
-            if not self.producer_done and self.thread is not None:
+            if not self.producer_done and started:
                 # The producer may be inside one long step (a sort of a million keys):
                 # make SQLite return from it now, not when the step ends.
                 self.stmt.interrupt()
             sx_broadcast(&self.sync)
+            while started and not self.producer_done:
+                sx_wait_ms(&self.sync, WAIT_MS)
             sx_unlock(&self.sync)
         if self.thread is not None:
             self.thread.join()

@@ -182,7 +182,8 @@ cdef class Writer:
 
     def __init__(self, sink, str fmt, *, on_bad, bint collect_media=False,
                  Py_ssize_t flush_size=1 << 20, bint formula_guard=False,
-                 on_unreadable_date=None):
+                 on_unreadable_date=None, bint bom=True):
+        cdef Py_ssize_t skip
         if fmt == "json":
             self.fmt = FMT_JSON
         elif fmt == "jsonl":
@@ -210,7 +211,10 @@ cdef class Writer:
         self.buf.spill_ctx = <void*>self
         self.buf.spill_at = flush_size
         if self.fmt == FMT_CSV:
-            ob_write(&self.buf, PyBytes_AS_STRING(CSV_HEADER), PyBytes_GET_SIZE(CSV_HEADER))
+            # bom=False (--no-bom): the header without its 3-byte UTF-8 byte-order mark.
+            skip = 0 if bom else 3
+            ob_write(&self.buf, PyBytes_AS_STRING(CSV_HEADER) + skip,
+                     PyBytes_GET_SIZE(CSV_HEADER) - skip)
 
     def __dealloc__(self):
         ob_free(&self.buf)

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "platform.h"
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -27,7 +28,7 @@ static inline ptrdiff_t sx_json_plain(const unsigned char *s, ptrdiff_t n)
                                                 _mm_cmpeq_epi8(v, backslash)));
         int mask = _mm_movemask_epi8(bad);
         if (mask)
-            return i + __builtin_ctz((unsigned)mask);
+            return i + sx_ctz((unsigned)mask);
     }
 #endif
     for (; i < n; i++) {
@@ -53,7 +54,7 @@ static inline ptrdiff_t sx_csv_plain(const unsigned char *s, ptrdiff_t n)
                                                 _mm_cmpeq_epi8(v, cr)));
         int mask = _mm_movemask_epi8(bad);
         if (mask)
-            return i + __builtin_ctz((unsigned)mask);
+            return i + sx_ctz((unsigned)mask);
     }
 #endif
     for (; i < n; i++) {

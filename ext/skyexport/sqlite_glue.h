@@ -15,9 +15,10 @@
 #define SKYEXPORT_SQLITE_GLUE_H
 
 #include <sqlite3ext.h>
+#include "platform.h"
 SQLITE_EXTENSION_INIT1
 
-__attribute__((visibility("default")))
+SX_EXPORT
 int skyexport_sqlite_init(sqlite3 *db, char **err, const sqlite3_api_routines *api)
 {
     (void)db;

@@ -7,25 +7,29 @@ The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its siz
    and writes its `(key, offset, length)` into the block index, a temporary file on disk
    sorted by key (runs sorted in RAM, merged on disk); the file's SHA-256 is computed
    meanwhile, on a second thread.  No block and no key is kept in RAM: only a directory
-   of at most 1 MB.
-2. The commit (the header's one root) gives the DID, version, rev and the MST root.
-3. The MST is walked depth-first (memory: one path from the root); every block it uses is
-   read by offset through the index and checked against its CID (SHA-256).  Only records
-   of `app.bsky.feed.post` are read.  `import` and `export` skip the subtrees whose key
-   range cannot hold a post (keys are sorted: likes and follows are never reached);
-   `info` walks every key and counts the collections.
-4. Each post record becomes a posts row (core: post_fields_into), inserted in batches:
-   SQLite inserts one batch on a second thread, without the GIL, while the walk decodes
-   the next.
+   of at most 1 MB.  Only the bytes there when the file was opened are read and hashed.
+2. The commit (the header's one root) gives the DID (checked against atproto's syntax),
+   version, rev and the MST root.
+3. The MST is walked depth-first (memory: one node at a time, and the keys of the path
+   from the root: a node is read again when the walk comes back to it); every
+   MST node is read, checked against its CID (SHA-256) and its keys checked for order and
+   bounds, by every command, so `info`, `import` and `export` accept and refuse the same
+   files.  Only records of `app.bsky.feed.post` are read.  A block's verdict (its good
+   copy, or none) is decided once; the walk reads at most 8 times the file's size.
+4. Each post record becomes a posts row (core: post_fields_into), inserted in batches of
+   at most ROW_CHUNK rows and about ROW_BYTES: SQLite inserts one batch on a second
+   thread, without the GIL, while the walk decodes the next.
 
-Any problem with a block that is used -- missing, damaged, undecodable -- is an
-ArchiveError naming its CID and key; nothing is imported then.
+Any problem with a block that is used -- missing, damaged, undecodable, beyond atproto's
+limits -- is an ArchiveError naming its CID and key; nothing is imported then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +40,7 @@ from typing import Any
 import apsw
 
 from . import _core
+from ._platform import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, fsync, set_blocking
 from .errors import ArchiveError, OptionError
 
 __all__ = ["CarRepo", "ImportResult", "car_info", "import_car", "is_car"]
@@ -45,30 +50,11 @@ HEADER_MAX = 1 << 16       # a CARv1 header of one root is under 100 bytes
 INDEX_BATCH = 20_000       # blocks between progress reports while indexing
 HASH_CHUNK = 1 << 20       # bytes per read while hashing the file
 ROW_CHUNK = 2_000          # posts per executemany
-MST_MAX_DEPTH = 128        # an honest MST of 2^64 keys is 32 levels deep
-POST_END = POST_COLLECTION + "0"  # "/" + 1: every post key is in [POST_COLLECTION/, this)
-
-
-def _may_hold_posts(lo: str | None, hi: str | None) -> bool:
-    """Can an MST subtree whose keys are all above lo and below hi (None: no bound) hold
-    an app.bsky.feed.post key?"""
-    return (lo is None or lo < POST_END) and (hi is None or hi > POST_COLLECTION + "/")
-
-
-def _peek_key(entries: list[Any], i: int, key: bytes) -> str | None:
-    """The key of entries[i] after `key`, or None when it cannot be read (the walk reads
-    it properly later, and fails there)."""
-    e = entries[i]
-    if not isinstance(e, dict):
-        return None
-    p, k = e.get("p"), e.get("k")
-    if (not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(key)
-            or not isinstance(k, bytes) or isinstance(k, _core.CID)):
-        return None
-    try:
-        return (key[:p] + k).decode("ascii")
-    except UnicodeDecodeError:
-        return None
+ROW_BYTES = 4 << 20        # ... or fewer, once they hold this many bytes
+DID_MAX = 2048             # atproto's limit on a DID
+# atproto's DID syntax: did:METHOD:ID, METHOD lowercase letters, ID of A-Z a-z 0-9 . _ : % -
+# not ending in ':' or '%'
+_DID = re.compile(r"did:[a-z]+:[A-Za-z0-9._:%-]*[A-Za-z0-9._-]\Z")
 
 
 def _read_header(fd: int) -> tuple[object, int, bytes] | None:
@@ -100,16 +86,30 @@ def _header_roots(obj: object) -> list[object] | None:
     return roots
 
 
-def is_car(path: str | os.PathLike[str]) -> bool:
-    """True when `path` is a file that starts with a CARv1 header with exactly one root
-    (recognised by content, never by name)."""
+def _open_regular(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(descriptor, size) of `path` opened for reading, when it is a regular file; opened
+    without blocking (a FIFO or a device never hangs the open), then checked with fstat.
+    Raises OSError, or ValueError for anything but a regular file."""
+    fd = os.open(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        set_blocking(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def is_car(path: str | os.PathLike[str]) -> bool:
+    """True when `path` is a regular file that starts with a CARv1 header with exactly
+    one root (recognised by content, never by name)."""
+    try:
+        fd, _ = _open_regular(path)
+    except (OSError, ValueError):
         return False
     try:
-        if not os.path.isfile(path):
-            return False
         found = _read_header(fd)
     except OSError:
         return False
@@ -136,10 +136,14 @@ def _load_core(con: apsw.Connection) -> bool:
 
 
 class _Insert:
-    """RowBatch.insert_into(con) on a thread of its own."""
+    """RowBatch.insert_into(con) on a thread of its own.  The thread marks its own end
+    (`done`), which wait() waits for: Thread.join() interrupted by a signal can take a
+    running thread for ended (Python 3.10-3.12), and the batch and the connection must not
+    be reused while it inserts."""
 
     def __init__(self, batch: Any, con: apsw.Connection) -> None:
         self.error: BaseException | None = None
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(batch, con),
                                        name="skyexport-car-insert", daemon=True)
         self.thread.start()
@@ -149,9 +153,11 @@ class _Insert:
             batch.insert_into(con)
         except BaseException as exc:  # re-raised by wait() on the walking thread
             self.error = exc
+        finally:
+            self.done.set()
 
     def wait(self, raise_error: bool = True) -> None:
-        self.thread.join()
+        self.done.wait()
         if self.error is not None and raise_error:
             raise self.error
 
@@ -169,22 +175,24 @@ class CarRepo:
 
     def __init__(self, path: str | os.PathLike[str], index_dir: str | os.PathLike[str],
                  on_blocks: Callable[[int, int], None] | None = None, *,
-                 verb: str = "imported", reader: str = "core") -> None:
+                 verb: str = "imported") -> None:
         self.path = Path(path)
         self.verb = verb
-        self.reader = reader  # "core" (CarWalker) or "python" (the walker below)
         self.fd = -1
         self.index_fd = -1
         self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
         self._hashing: threading.Thread | None = None
-        self._hash: list[str | OSError] = []
+        self._hash: list[str | BaseException] = []
+        self._hashed = threading.Event()  # set by the hashing thread as it ends
         self._stop_hashing = False
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd, self.size_at_open = _open_regular(self.path)
         except OSError as exc:
             raise ArchiveError(f"{self.path}: cannot open it ({exc.strerror}); pass the path "
                                "of a repository export (repo.car)") from None
+        except ValueError:
+            raise self._fail("not a regular file") from None
         try:
             self._open(Path(index_dir), on_blocks)
         except BaseException:
@@ -196,8 +204,7 @@ class CarRepo:
         return ArchiveError(f"{self.path}: {what}{tail}")
 
     def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
-        if not os.path.isfile(self.path):
-            raise self._fail("not a regular file")
+        self.index_dir = index_dir
         found = _read_header(self.fd)
         roots = _header_roots(found[0]) if found is not None else None
         if found is None or roots is None:
@@ -216,31 +223,45 @@ class CarRepo:
         self._read_commit()
 
     def _hash_file(self) -> None:
-        """The file's SHA-256 into self._hash (or the OSError reading it)."""
-        h = hashlib.sha256()
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        off = 0
+        """The SHA-256 of the file's first size_at_open bytes -- exactly the bytes the
+        index frames, even if the file grows meanwhile -- into self._hash, or the exception
+        (of any type) that stopped it; `_hashed` is set as the thread ends, whatever ends
+        it."""
         try:
+            h = hashlib.sha256()
+            buf = bytearray(HASH_CHUNK)
+            view = memoryview(buf)
+            off = 0
+            end = self.size_at_open
             while not self._stop_hashing:
-                n = os.preadv(self.fd, [buf], off)  # both release the GIL
+                n = os.preadv(self.fd, [view[:min(HASH_CHUNK, end - off)]], off) \
+                    if off < end else 0  # both release the GIL
                 if not n:
+                    if off < end:
+                        raise OSError(0, "the file was cut short while it was read")
                     self._hash.append(h.hexdigest())
                     return
                 h.update(view[:n])
                 off += n
-        except OSError as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported by sha256 on the caller's thread
             self._hash.append(exc)
+        finally:
+            self._hashed.set()
+
+    def _join_hashing(self) -> None:
+        if self._hashing is not None:
+            self._hashed.wait()  # not join(): see _Insert
+            self._hashing = None
 
     @property
     def sha256(self) -> str:
         """The SHA-256 of the whole file (hex)."""
-        if self._hashing is not None:
-            self._hashing.join()
-            self._hashing = None
+        self._join_hashing()
         got = self._hash[0] if self._hash else OSError("not hashed")
         if isinstance(got, OSError):
             raise self._fail(f"reading failed ({got.strerror or got})")
+        if isinstance(got, BaseException):
+            raise self._fail(f"hashing failed ({type(got).__name__}: {got})") from got
         return got
 
     def _scratch_fd(self, index_dir: Path) -> int:
@@ -249,8 +270,8 @@ class CarRepo:
         while True:
             p = index_dir / f".{self.path.name}.{os.urandom(4).hex()}.car-index"
             try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
+                             | O_CLOEXEC, 0o600)
             except FileExistsError:
                 continue
             except OSError as exc:
@@ -259,19 +280,31 @@ class CarRepo:
             os.unlink(p)
             return fd
 
+    def _error(self, exc: ValueError | OSError) -> ArchiveError:
+        """The one line for an error of the core's reader: a bad CAR (ValueError), no room
+        for the block index (ScratchWriteError: the temporary file and its disk are
+        named, not the CAR), or the CAR unreadable (OSError)."""
+        if isinstance(exc, _core.ScratchWriteError):
+            tail = f"; nothing was {self.verb}" if self.verb else ""
+            return ArchiveError(f"writing the block index of {self.path} (a temporary file in "
+                                f"{self.index_dir}) failed: {exc.strerror}; free space on "
+                                f"that disk{tail}")
+        if isinstance(exc, OSError):
+            return self._fail(f"reading failed ({exc.strerror})")
+        return self._fail(str(exc))
+
     def _build_index(self, index_dir: Path, start: int, head: bytes,
                      on_blocks: Callable[[int, int], None] | None) -> None:
         self.index_fd = self._scratch_fd(index_dir)
         runs_fd = self._scratch_fd(index_dir)  # sorted runs, merged into the index
-        scanner = _core.CarScanner(self.fd, start, head, None)
+        # the size taken at open: bytes appended meanwhile are neither indexed nor hashed
+        scanner = _core.CarScanner(self.fd, start, head, None, self.size_at_open)
         try:
             self.index = scanner.build_index(
                 self.index_fd, runs_fd, INDEX_BATCH,
                 None if on_blocks is None else lambda: on_blocks(scanner.blocks, scanner.pos))
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
-        except OSError as exc:
-            raise self._fail(f"reading failed ({exc.strerror})") from None
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
         finally:
             os.close(runs_fd)
         self.stats.blocks = scanner.blocks
@@ -283,20 +316,17 @@ class CarRepo:
         """The data of the block `cid`, checked against it.  `what` names it in errors."""
         assert self.index is not None
         name = _core.cid_str(cid)
-        n_cid = len(cid)
-        damaged = False
-        for off, n in self.index.find(_core.cid_index_key(cid)):
-            if _core.pread_bytes(self.fd, n_cid, off) != cid:
-                continue
-            data = _core.pread_bytes(self.fd, n - n_cid, off + n_cid)
-            code, digest = _core.cid_digest(cid)
-            if code != 0x12 or len(digest) != 32:
-                raise self._fail(f"block {name} ({what}) uses hash 0x{code:x}; only "
-                                 "SHA-256 CIDs can be checked")
-            if hashlib.sha256(data).digest() == digest:
-                return data
-            damaged = True
-        if damaged:
+        try:
+            status, data = self.index.block(self.fd, cid)
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
+        if status == 0:
+            assert data is not None
+            return data
+        if status == 3:
+            raise self._fail(f"block {name} ({what}) does not use SHA-256; only SHA-256 CIDs "
+                             "can be checked")
+        if status == 2:
             raise self._fail(f"block {name} ({what}) does not match its CID (the file is "
                              "damaged); download the repository again")
         raise self._fail(f"block {name} ({what}) is missing (a partial CAR?); download the "
@@ -319,8 +349,16 @@ class CarRepo:
             raise self._fail(f"the commit {name} has version {version!r}; skyexport reads "
                              "repository versions 2 and 3")
         did, data, rev = c.get("did"), c.get("data"), c.get("rev")
-        if not isinstance(did, str) or not did.startswith("did:"):
-            raise self._fail(f"the commit {name} has no valid `did`")
+        if not isinstance(did, str):
+            raise self._fail(f"the commit {name} has no `did`")
+        if len(did.encode("utf-8")) > DID_MAX:
+            raise self._fail(f"the commit {name} has a `did` of {len(did.encode())} bytes; "
+                             f"atproto allows at most {DID_MAX}")
+        if not _DID.match(did):
+            # ascii(): never a control character or escape sequence on the terminal
+            shown = ascii(did[:80]) + ("..." if len(did) > 80 else "")
+            raise self._fail(f"the commit {name} has `did` {shown}, not a DID "
+                             "(did:METHOD:ID, ASCII letters, digits and ._:%-)")
         if not isinstance(data, _core.CID):
             raise self._fail(f"the commit {name} has no MST root (`data`)")
         if rev is not None and not isinstance(rev, str):
@@ -332,88 +370,43 @@ class CarRepo:
 
     # --- the MST ------------------------------------------------------------------------
 
-    def walk(self, posts_only: bool = False) -> Iterator[tuple[str, _core.CID]]:
-        """Every (key, record CID) of the MST, in key order; counts collections.  With
-        `posts_only`, the subtrees whose key range cannot hold a post are skipped (not
-        read, so not checked) and nothing is counted."""
-        self._last_key: str | None = None
-        return self._walk(self.data, None, 0, None, posts_only)
-
-    def _node_error(self, cid: bytes, prev: str | None, why: str) -> ArchiveError:
-        where = f"after key {prev}" if prev is not None else "before the first key"
-        return self._fail(f"MST node {_core.cid_str(cid)} ({where}) {why}")
-
-    def _walk(self, cid: _core.CID, prev: str | None, depth: int, hi: str | None,
-              posts_only: bool) -> Iterator[tuple[str, _core.CID]]:
-        where = f"MST node after key {prev}" if prev is not None else \
-            "MST node before the first key"
-        if depth > MST_MAX_DEPTH:
-            raise self._node_error(cid, prev, f"is more than {MST_MAX_DEPTH} levels deep")
-        node = self._decode(cid, where)
-        if not isinstance(node, dict) or not isinstance(node.get("e"), list) \
-                or "l" not in node:
-            raise self._node_error(cid, prev, "is not an MST node {l, e}")
-        entries = node["e"]
-        left = node["l"]
-        if left is not None:
-            if not isinstance(left, _core.CID):
-                raise self._node_error(cid, prev, "has an `l` that is not a link")
-            bound = _peek_key(entries, 0, b"") if entries else hi
-            if not posts_only or _may_hold_posts(prev, bound):
-                yield from self._walk(left, prev, depth + 1, bound, posts_only)
-        key = b""
-        counts = self.stats.collections
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict):
-                raise self._node_error(cid, prev, "has an entry that is not a map")
-            p, k, v, t = e.get("p"), e.get("k"), e.get("v"), e.get("t")
-            if (not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= len(key)
-                    or not isinstance(k, bytes) or isinstance(k, _core.CID)
-                    or not isinstance(v, _core.CID)
-                    or not (t is None or isinstance(t, _core.CID))):
-                raise self._node_error(cid, prev, "has a malformed entry")
-            key = key[:p] + k
-            if not key.isascii() or not all(0x21 <= c <= 0x7E for c in key):
-                raise self._node_error(cid, prev, "has a key that is not printable ASCII")
-            text = key.decode("ascii")
-            if self._last_key is not None and text <= self._last_key:
-                raise self._node_error(cid, prev, f"has key {text} out of order (the MST "
-                                       "is damaged)")
-            self._last_key = text
-            if not posts_only:
-                coll = text.partition("/")[0]
-                counts[coll] = counts.get(coll, 0) + 1
-            prev = text
-            yield text, v
-            if t is not None:
-                bound = _peek_key(entries, i + 1, key) if i + 1 < len(entries) else hi
-                if not posts_only or _may_hold_posts(text, bound):
-                    yield from self._walk(t, prev, depth + 1, bound, posts_only)
-
-    def post_rows(self, archived_at: str, *,
-                  posts_only: bool = True) -> Iterator[tuple[object, ...]]:
-        """posts rows (17 columns, schema v2 order) of every post record: walked by the
-        core (CarWalker), or by the Python walker above with reader="python" (the same
-        rows and errors).  `posts_only=False` walks every key (for `info`: every block
-        of the tree checked, the collections counted)."""
-        if self.reader != "python":
-            yield from self._post_rows_core(archived_at, posts_only)
-            return
-        yield from self._post_rows_py(archived_at, posts_only)
-
-    def _post_rows_core(self, archived_at: str,
-                        posts_only: bool) -> Iterator[tuple[object, ...]]:
+    def _walker(self, posts_only: bool) -> Any:
         assert self.index is not None
         try:
-            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
+            return _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
+        except (ValueError, OSError) as exc:
+            raise self._error(exc) from None
+
+    def walk(self) -> Iterator[tuple[str, _core.CID]]:
+        """Every (key, record CID) of the MST, in key order (records are not read);
+        counts collections."""
+        walker = self._walker(False)
         try:
             while True:
                 try:
-                    rows = walker.rows(ROW_CHUNK, archived_at)
-                except ValueError as exc:
-                    raise self._fail(str(exc)) from None
+                    got = walker.entries(ROW_CHUNK)
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
+                if not got:
+                    break
+                yield from got
+        finally:
+            walker.close()
+            self.stats.collections = {k.decode("ascii"): v
+                                      for k, v in walker.collections.items()}
+
+    def post_rows(self, archived_at: str, *,
+                  posts_only: bool = True) -> Iterator[tuple[object, ...]]:
+        """posts rows (17 columns, schema v2 order) of every post record, in batches of
+        at most ROW_CHUNK rows and about ROW_BYTES.  `posts_only=False` also counts the
+        collections (for `info`)."""
+        walker = self._walker(posts_only)
+        try:
+            while True:
+                try:
+                    rows = walker.rows(ROW_CHUNK, archived_at, ROW_BYTES)
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
                 if not rows:
                     break
                 yield from rows
@@ -428,11 +421,7 @@ class CarRepo:
         the core is loaded into (_load_core), straight from the core; returns the count.
         The caller holds the transaction.  Two batches take turns: SQLite inserts one on a
         second thread (without the GIL) while the walk decodes the next."""
-        assert self.index is not None
-        try:
-            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, True)
-        except ValueError as exc:
-            raise self._fail(str(exc)) from None
+        walker = self._walker(True)
         batches = [_core.RowBatch(self.did, archived_at) for _ in range(2)]
         n = 0
         pending: _Insert | None = None
@@ -440,9 +429,9 @@ class CarRepo:
             while True:
                 batch = batches[0]  # batches[1]: the one being inserted
                 try:
-                    k = walker.fill(batch, ROW_CHUNK)
-                except ValueError as exc:
-                    raise self._fail(str(exc)) from None
+                    k = walker.fill(batch, ROW_CHUNK, ROW_BYTES)
+                except (ValueError, OSError) as exc:
+                    raise self._error(exc) from None
                 finally:
                     if pending is not None:
                         pending.wait()  # its batch is free again; raises its error
@@ -459,31 +448,10 @@ class CarRepo:
                 pending.wait(raise_error=False)
             walker.close()
 
-    def _post_rows_py(self, archived_at: str,
-                      posts_only: bool) -> Iterator[tuple[object, ...]]:
-        prefix = POST_COLLECTION + "/"
-        did = self.did
-        for key, cid in self.walk(posts_only):
-            if not key.startswith(prefix):
-                if posts_only and key >= POST_END:
-                    break  # past the posts: nothing after them is used
-                continue
-            what = f"record {key}"
-            data = self.block(cid, what)
-            try:
-                (text, created, media, reply, parent, etype, edata,
-                 labels) = _core.post_fields(data)
-            except ValueError as exc:
-                raise self._fail(f"block {_core.cid_str(cid)} ({what}) {exc}") from None
-            yield (f"at://{did}/{key}", _core.cid_str(cid), did, text, created, created,
-                   int(media), 0, 0, 0, 0, int(reply), parent, etype, edata, labels,
-                   archived_at)
-
     def close(self) -> None:
         if self._hashing is not None:
             self._stop_hashing = True
-            self._hashing.join()
-            self._hashing = None
+            self._join_hashing()
         self.index = None
         if self.index_fd >= 0:
             os.close(self.index_fd)
@@ -525,6 +493,11 @@ def _columns_v2() -> tuple[str, ...]:
     return POST_COLUMNS
 
 
+def _row_bytes(row: tuple[object, ...]) -> int:
+    """About the memory a posts row holds: its strings' lengths."""
+    return sum(len(v) for v in row if isinstance(v, str)) + 200
+
+
 def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool = True,
               on_chunk: Callable[[], None] | None = None, did_index: bool = True) -> int:
     """Create bskyarchive's schema (synth's DDL) and insert every post; returns the count.
@@ -538,13 +511,16 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
         con.execute(MEDIA)
         if fts:
             con.execute(FTS)
-        if repo.reader != "python" and _load_core(con):
+        if _load_core(con):
             n = repo.insert_posts(con, archived_at, on_chunk)
         else:
             chunk: list[tuple[object, ...]] = []
+            held = 0
             for row in repo.post_rows(archived_at):
                 chunk.append(row)
-                if len(chunk) >= ROW_CHUNK:
+                held += _row_bytes(row)
+                if len(chunk) >= ROW_CHUNK or held >= ROW_BYTES:
+                    held = 0
                     con.executemany(INSERT_V2, chunk)
                     n += len(chunk)
                     chunk.clear()
@@ -586,7 +562,7 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
         if not scratch:
             fd = os.open(tmp, os.O_RDONLY)
             try:
-                os.fsync(fd)
+                fsync(fd)
             finally:
                 os.close(fd)
         con.close()
@@ -622,6 +598,10 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
         try:
             con.set_busy_timeout(5000)
             cols = [r[1] for r in con.execute("PRAGMA table_info(posts)")]
+        except (apsw.BusyError, apsw.LockedError):
+            raise ArchiveError(f"archive {final} is locked by another program (is "
+                               "bskyarchive writing to it?); try --merge again when it is "
+                               "done; nothing was imported") from None
         except apsw.Error as exc:
             raise ArchiveError(f"archive {final} is not a readable SQLite database ({exc}); "
                                "--merge needs a bskyarchive archive") from None
@@ -641,16 +621,23 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
             with con:  # one transaction: all or nothing
                 chunk: list[tuple[object, ...]] = []
                 before: Any = con.execute("SELECT count(*) FROM posts").fetchall()[0][0]
+                held = 0
                 for row in repo.post_rows(archived_at):
                     chunk.append(tuple(row[i] for i in use))
                     total += 1
-                    if len(chunk) >= ROW_CHUNK:
+                    held += _row_bytes(row)
+                    if len(chunk) >= ROW_CHUNK or held >= ROW_BYTES:
                         con.executemany(sql, chunk)
                         chunk.clear()
+                        held = 0
                 if chunk:
                     con.executemany(sql, chunk)
                 after: Any = con.execute("SELECT count(*) FROM posts").fetchall()[0][0]
                 added = after - before
+        except (apsw.BusyError, apsw.LockedError):
+            raise ArchiveError(f"archive {final} is locked by another program (is "
+                               "bskyarchive writing to it?); try --merge again when it is "
+                               "done; nothing was changed") from None
         except apsw.Error as exc:
             raise ArchiveError(f"archive {final}: merging failed ({exc}); nothing was "
                                "changed") from None
@@ -661,15 +648,14 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
 
 def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
                "data/archive.db", *, merge: bool = False,
-               on_blocks: Callable[[int, int], None] | None = None,
-               reader: str = "core") -> ImportResult:
+               on_blocks: Callable[[int, int], None] | None = None) -> ImportResult:
     """Import the posts of the repository CAR `car` into `archive` (CAR.md, `import`).
 
     Without `merge` the archive must not exist: it is built under a temporary name and
     renamed into place when complete.  With `merge`, posts whose uri is not in the
     existing archive are added in one transaction; nothing else changes.  Raises
     ArchiveError (one line) when the CAR cannot be read; nothing is imported then.
-    `reader="python"` walks the MST in Python rather than in the core (for tests)."""
+    Directories created for the archive are removed again when the import fails."""
     started = time.monotonic()
     final = Path(archive)
     if merge:
@@ -680,35 +666,45 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
         raise ArchiveError(f"archive {final} already exists; pass --merge to add the CAR's "
                           "posts to it, or choose another --archive")
     parent = final.parent if str(final.parent) else Path(".")
-    made_parent = False
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-            made_parent = True
-        except OSError as exc:
-            raise OptionError(f"cannot create {parent} for the archive: "
-                              f"{exc.strerror}") from None
+    made: list[Path] = []  # the directories this import creates, outermost first
+    missing = parent
+    while not os.path.lexists(missing) and missing != missing.parent:
+        made.insert(0, missing)
+        missing = missing.parent
     try:
-        with CarRepo(car, parent, on_blocks, reader=reader) as repo:
+        for d in made:
+            d.mkdir()
+    except OSError as exc:
+        _remove_dirs(made)
+        raise OptionError(f"cannot create {parent} for the archive: "
+                          f"{exc.strerror}") from None
+    try:
+        with CarRepo(car, parent, on_blocks) as repo:
+            sha256 = repo.sha256  # a failure to hash it fails the import before it is made
             if merge:
                 posts, added = _merge(repo, final, _now_sqlite())
             else:
                 posts = added = build_archive_from(repo, final)
-            return ImportResult(final, posts, added, repo.did, repo.rev, repo.sha256,
+            return ImportResult(final, posts, added, repo.did, repo.rev, sha256,
                                 time.monotonic() - started)
     except BaseException:
-        if made_parent:
-            try:
-                parent.rmdir()
-            except OSError:
-                pass
+        _remove_dirs(made)
         raise
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Remove the directories `made` (outermost first) that are still empty."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 # --- info -------------------------------------------------------------------------------
 
 def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | None = None,
-             *, reader: str = "core") -> dict[str, object]:
+             ) -> dict[str, object]:
     """What `skyexport info REPO.car` prints, as a dict."""
     import tempfile
 
@@ -721,7 +717,7 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
         home = Path(car).resolve().parent
         index_dir = home if os.access(home, os.W_OK | os.X_OK) else tempfile.gettempdir()
     with tempfile.TemporaryDirectory(prefix=".skyexport-info-", dir=index_dir) as tmp, \
-            CarRepo(car, tmp, verb="", reader=reader) as repo:
+            CarRepo(car, tmp, verb="") as repo:
         for row in repo.post_rows("", posts_only=False):
             posts += 1
             created = row[4]

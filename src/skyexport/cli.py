@@ -50,8 +50,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        usage = " ".join(self.format_usage().split())
-        self.exit(EXIT_USAGE, f"{usage}\n{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, _usage_text(self, message))
 
     def unknown(self, extras: list[str]) -> NoReturn:
         """Arguments this (sub)command does not take, with the closest option named."""
@@ -68,6 +67,20 @@ class _Parser(argparse.ArgumentParser):
                     message += f" (did you mean {close[0]}?)"
                     break
         self.error(message)
+
+
+def _usage_text(parser: argparse.ArgumentParser, message: str) -> str:
+    """A usage error as every one is printed, the parser's and skyexport's own checks'
+    alike: the command's usage on one line, then `skyexport COMMAND: error: message`."""
+    usage = " ".join(parser.format_usage().split())
+    return f"{usage}\n{parser.prog}: error: {message}\n"
+
+
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A usage error found by skyexport's own checks (after parsing): exit 2, printed as
+    the parser prints its own."""
+    sys.stderr.write(_usage_text(args.subparser, message))
+    return EXIT_USAGE
 
 
 class _Once(argparse.Action):
@@ -220,14 +233,18 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="unreadable timestamp or invalid stored JSON: stop (default) or "
                         "export it as text and list it in the manifest")
     e.add_argument("--csv-formula-guard", action="store_true",
-                   help="prefix ' to CSV text fields starting with = + - @ tab or CR, so "
-                        "spreadsheets show them instead of running them (changes bytes)")
-    e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                   help="CSV only: prefix ' to text fields starting with = + - @ tab or CR, "
+                        "so spreadsheets show them instead of running them (changes bytes)")
+    e.add_argument("--no-bom", dest="bom", action="store_false",
+                   help="CSV only: leave out the byte-order mark that begins posts.csv "
+                        "(there for Excel; other CSV readers take it for part of `URI`)")
+    e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"),
                    help="progress on stderr: a bar (default on a terminal), JSON lines, "
-                        "or nothing")
+                        "or nothing; given, it holds with --quiet too")
     talk = e.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true",
-                      help="print only the export directory; no progress")
+                      help="print only the export directory; no progress unless "
+                           "--progress is given")
     talk.add_argument("--verbose", "-v", action="store_true",
                       help="also print the archive, the filters, the time taken and the "
                            "first warnings")
@@ -337,13 +354,49 @@ def _fail(message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
+def _fill_closed_descriptors() -> None:
+    """Standard descriptors closed at start (`skyexport info >&-`) are opened on the null
+    device, as daemons do: else the next file opened (the data file, the archive) would
+    take the number, and a stray write to "stdout" or "stderr" would land in it.  Python
+    has already set sys.stdout/sys.stderr to None for them; main() reads that."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def _closed_streams() -> tuple[bool, bool]:
+    """Whether stdout and stderr were closed, each replaced by a writer to the null device
+    (a closed stderr loses the messages, never the result; a closed stdout is checked by
+    the commands whose result it carries)."""
+    closed = []
+    for name in ("stdout", "stderr"):
+        gone = getattr(sys, name) is None
+        if gone:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
+        closed.append(gone)
+    return closed[0], closed[1]
+
+
+# The commands whose result is what they print on stdout; with stdout closed they fail at
+# once (exit 1), before doing any work.  The others deliver a file (export to a directory,
+# import, synth) or an exit status (verify): they run, and their lines are lost.
+_PRINTS_ITS_RESULT = {"info": "its answer", "completion": "the script",
+                      "demo": "the numbers it measures"}
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from . import export
     from .errors import ExportError, OptionError
 
     # `-` is stdout, never a directory named `-` (`./-` writes one, if that is wanted).
     to_stdout = args.output == "-"
-    progress = "none" if args.quiet else args.progress
+    # An explicit --progress holds with -q too; -q's default is none.
+    progress = args.progress or ("none" if args.quiet else "auto")
     t0 = time.monotonic()
     try:
         result = export(args.archive, sys.stdout.fileno() if to_stdout else args.output,
@@ -352,13 +405,14 @@ def cmd_export(args: argparse.Namespace) -> int:
                         media_root=args.media_root, media_any_path=args.media_any_path,
                         media_link=args.media_link, batch_size=args.batch_size,
                         on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
-                        csv_formula_guard=args.csv_formula_guard, compress=args.compress,
+                        csv_formula_guard=args.csv_formula_guard, bom=args.bom,
+                        compress=args.compress,
                         compress_level=args.compress_level, layout=args.layout,
                         _option=_cli_option, **_archive_env())
         args.published = result.directory
+        args.streamed = result if to_stdout else None
     except OptionError as exc:
-        sys.stderr.write("usage: skyexport export [ARCHIVE] [options]  (see --help)\n")
-        return _fail(str(exc), EXIT_USAGE)
+        return _usage(args, str(exc))
     except ExportError as exc:
         written = getattr(exc, "stream_bytes", 0)
         if to_stdout and written:
@@ -418,8 +472,6 @@ def _archive_env() -> dict[str, Any]:
     timeout = os.environ.get("SKYEXPORT_BUSY_TIMEOUT_MS", "").strip()
     if timeout.isdigit():
         out["_busy_timeout_ms"] = int(timeout)
-    if os.environ.get("SKYEXPORT_CAR_READER") == "python":  # a CAR's MST walked in Python
-        out["_car_reader"] = "python"
     return out
 
 
@@ -448,6 +500,8 @@ def _stream_summary(args: argparse.Namespace, result: Any, secs: float) -> int:
 
 def _cli_option(name: str) -> str:
     """An export() option as the command line spells it: media_root -> --media-root."""
+    if name == "bom":
+        return "--no-bom"
     return "--" + name.replace("_", "-")
 
 
@@ -456,22 +510,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     env = _archive_env()
     if is_car(args.archive):
-        cinfo = car_info(args.archive, reader=env.get("_car_reader", "core"))
+        cinfo = car_info(args.archive)
         if args.json:
             import json
             sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
         else:
             _print_car_info(cinfo)
         return EXIT_OK
-    from .info import archive_info, format_info
+    from .info import write_info
 
-    info = archive_info(args.archive, row_source=env.get("_row_source"),
-                        busy_timeout_ms=env.get("_busy_timeout_ms"))
-    if args.json:
-        import json
-        sys.stdout.write(json.dumps(info, ensure_ascii=False) + "\n")
-    else:
-        sys.stdout.write(format_info(info))
+    write_info(args.archive, sys.stdout, as_json=args.json, row_source=env.get("_row_source"),
+               busy_timeout_ms=env.get("_busy_timeout_ms"))
     return EXIT_OK
 
 
@@ -498,10 +547,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .errors import OptionError
 
     try:
-        r = import_car(args.car, args.archive, merge=args.merge,
-                       reader=_archive_env().get("_car_reader", "core"))
+        r = import_car(args.car, args.archive, merge=args.merge)
     except OptionError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _usage(args, str(exc))
     out = sys.stdout
     out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
     if args.merge:
@@ -525,20 +573,19 @@ def cmd_completion(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .manifest import verify
 
-    report = verify(args.directory)
-    for problem in report.problems:
+    def show(problem: str) -> None:   # as found: a long list's problems are not all kept
         sys.stderr.write(f"skyexport: verify: {problem}\n")
+
+    report = verify(args.directory, on_problem=show)
     if not report.ok:
-        return _fail(f"{args.directory}: {len(report.problems)} problem(s) found")
+        return _fail(f"{args.directory}: {report.problems_total} problem(s) found")
     sys.stdout.write(f"ok: {report.checked} files match the manifest\n")
     return EXIT_OK
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     if (args.posts is None) == (args.car is None):
-        sys.stderr.write("usage: skyexport synth ARCHIVE (--posts N | --car N)\n")
-        return _fail("give exactly one of --posts N (an archive) and --car N (a CAR)",
-                     EXIT_USAGE)
+        return _usage(args, "give exactly one of --posts N (an archive) and --car N (a CAR)")
     if args.car is not None:
         return _synth_car(args)
     from .synth import build_archive
@@ -568,19 +615,21 @@ def _synth_car(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (Linux: /proc/self/clear_refs), so that the next
-    reading is one step's own peak; False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+# The demo's export, in a process of its own: the export as a user runs it, then its peak
+# RSS on the last line.  Read in the child itself: a child's getrusage/wait4 maxrss also
+# counts the parent's memory it was forked from (Linux carries it across exec).
+_EXPORT_CHILD = """\
+import sys
+from skyexport.cli import main, _own_peak_rss_mb
+code = main(sys.argv[1:])
+sys.stdout.write(f"peak {_own_peak_rss_mb()}\\n")
+sys.exit(code)
+"""
 
 
-def _peak_rss_mb() -> float:
-    """Peak RSS since the last reset (VmHWM), else since start (getrusage)."""
+def _own_peak_rss_mb() -> float | None:
+    """This process's peak RSS in MB: VmHWM (Linux: this program's own, since its exec),
+    else getrusage where it exists (kilobytes; bytes on macOS); None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -588,8 +637,29 @@ def _peak_rss_mb() -> float:
                     return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from ._platform import peak_rss_bytes
+
+    peak = peak_rss_bytes()
+    return None if peak is None else peak / (1 << 20)
+
+
+def _export_child(argv: list[str]) -> tuple[str, float | None]:
+    """Run `skyexport export ARGV` as a process of its own (stderr shared: its progress
+    bar draws here) and return the export directory it printed and its own peak RSS in
+    MB (None where the system does not say): nothing this process did before (building
+    the archive) counted in."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, "export", *argv],
+                          stdout=subprocess.PIPE, text=True, check=False)
+    *lines, last = done.stdout.splitlines() or [""]
+    if done.returncode != 0 or not lines or not last.startswith("peak "):
+        from .errors import ExportError
+
+        raise ExportError(f"demo: the export failed (exit {done.returncode}; its message "
+                          "is above)")
+    peak = last.split()[1]
+    return lines[-1], None if peak == "None" else float(peak)
 
 
 def _demo_root(output: str | None) -> tuple[str, bool]:
@@ -623,7 +693,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         root, temporary = _demo_root(args.output)
     except OptionError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _usage(args, str(exc))
     keep = args.keep or not temporary
     try:
         last = _demo(root, args)
@@ -638,8 +708,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_manifest(directory: str) -> dict[str, Any]:
+    import json
+
+    with open(os.path.join(directory, "manifest.json"), "rb") as f:
+        manifest: dict[str, Any] = json.load(f)
+    return manifest
+
+
 def _demo(root: str, args: argparse.Namespace) -> str:
-    from . import export
     from .synth import build_archive
 
     data = os.path.join(root, "data")
@@ -655,39 +732,50 @@ def _demo(root: str, args: argparse.Namespace) -> str:
     for fmt in ("json", "csv"):
         out.write(f"exporting as {fmt}{' with media' if fmt == 'json' else ''} ...\n")
         out.flush()
-        own_peak = _reset_peak_rss()
-        t0 = time.perf_counter()
-        result = export(archive, os.path.join(root, "exports"), format=fmt,
-                        media=fmt == "json", media_root=data,
-                        on_progress=_reporter(args.progress))
-        secs = time.perf_counter() - t0
-        m = result.manifest
-        assert m is not None
-        out.write(f"  {result.post_count} posts -> {result.data_file} "
-                  f"({result.bytes_written / 1e6:.1f} MB)\n"
-                  f"  {result.post_count / secs:,.0f} posts/s, "
-                  f"{result.bytes_written / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
+        # In a process of its own, as a user runs it: its peak memory is the export's own.
+        argv = [archive, "-o", os.path.join(root, "exports"), "-f", fmt, "-q",
+                "--progress", args.progress]
+        if fmt == "json":
+            argv += ["--media", "--media-root", data]
+        directory, peak = _export_child(argv)
+        m = _read_manifest(directory)
+        (name,) = (n for n in m["checksums"] if n != "media.sha256")
+        size, digest = m["checksums"][name]["bytes"], m["checksums"][name]["sha256"]
+        secs = max(m["duration_s"], 1e-3)
+        out.write(f"  {m['post_count']} posts -> {os.path.join(directory, name)} "
+                  f"({size / 1e6:.1f} MB)\n"
+                  f"  {m['post_count'] / secs:,.0f} posts/s, "
+                  f"{size / 1e6 / secs:.1f} MB/s, {secs:.2f} s\n"
                   f"  manifest: {m['post_count']} posts, {m['media_count']} media files, "
-                  f"sha256 {result.sha256[:16]}...\n")
+                  f"sha256 {digest[:16]}...\n")
         if m["warnings_total"]:
             out.write(f"  {m['warnings_total']} warnings: the media files the synthetic "
                       "archive leaves out on purpose (about 1 %), as a real archive's failed "
                       "downloads\n")
-        peak = "the export's own" if own_peak else "this process's (archive build included)"
-        out.write(f"  peak memory (RSS), {peak}: {_peak_rss_mb():.0f} MB\n")
-        last = str(result.directory)
+        if peak is None:
+            out.write("  peak memory (RSS): not measured on this system\n")
+        else:
+            out.write(f"  peak memory (RSS), the export's own process: {peak:.0f} MB\n")
+        last = directory
     return last
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    stdout_closed, _ = _closed_streams()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     if extras:
         # Reported by the subcommand, with its usage and the closest option it has.
         sub = _subparser(parser, args.command)
         sub.unknown(extras)
+    args.subparser = _subparser(parser, args.command)
     from .errors import ExportError
 
+    if stdout_closed and (args.command in _PRINTS_ITS_RESULT or (
+            args.command == "export" and args.output == "-")):
+        what = _PRINTS_ITS_RESULT.get(args.command, "the data file (--output -)")
+        return _fail(f"stdout is closed, and `skyexport {args.command}` writes "
+                     f"{what} there; nothing was done (redirect it to a file instead)")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
@@ -700,12 +788,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                       else ("terminated", EXIT_TERM))
         published = getattr(exc, "published_directory", None) or getattr(
             args, "published", None)
-        streamed = getattr(exc, "stream_bytes", 0)
-        if streamed:
+        done = getattr(args, "streamed", None)  # export -o - returned: all of it went out
+        streamed = done.bytes_written if done else getattr(exc, "stream_bytes", 0)
+        sha256 = done.sha256 if done else getattr(exc, "stream_sha256", None)
+        if sha256 is not None:
+            sys.stderr.write(f"skyexport: {word} after the export was complete; all "
+                             f"{streamed} bytes had gone to stdout, sha256 {sha256}\n")
+        elif streamed:
             sys.stderr.write(f"skyexport: {word}; {streamed} bytes had already gone to "
                              "stdout: an incomplete export, discard them\n")
         elif published is None:
-            sys.stderr.write(f"skyexport: {word}; nothing was exported\n")
+            # what was left undone, by command: info changes nothing at all
+            undone = {"import": "; nothing was imported (the archive is as it was)",
+                      "info": ""}.get(args.command, "; nothing was exported")
+            sys.stderr.write(f"skyexport: {word}{undone}\n")
         else:
             # The signal came after the final rename: the export is whole and visible.
             sys.stderr.write(f"skyexport: {word} after the export was complete; it is "
@@ -736,12 +832,19 @@ def run() -> None:
     """The `skyexport` command: main(), then exit at once.  By then every file is closed
     and fsync'd and every thread joined; skipping the interpreter's orderly teardown saves
     a tenth of a small export's time (SC-006)."""
+    _fill_closed_descriptors()
     code = main()
     try:
         sys.stdout.flush()
-        sys.stderr.flush()
     except (BrokenPipeError, ValueError):
         pass
+    except OSError as exc:  # /dev/full, an I/O error: what was printed did not arrive
+        code = _fail(f"writing to stdout failed: {exc.strerror or exc}") if code == 0 \
+            else code
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # a message lost never changes the outcome
     os._exit(code)
 
 

@@ -1,7 +1,8 @@
 """Shell completion scripts (`skyexport completion bash|zsh`), generated from the parser
 itself, so they never drift from the options: subcommands, each one's options, the
-choices of options that have them, and file names elsewhere.  zsh uses the same function
-through its bashcompinit layer."""
+choices of options that have them, and file names elsewhere (each offered whole, never
+split at a space or glob-expanded; the shell quotes it as it inserts it).  zsh uses the
+same function through its bashcompinit layer."""
 
 from __future__ import annotations
 
@@ -34,9 +35,16 @@ def _bash_function(parser: argparse.ArgumentParser) -> str:
                      f'            COMPREPLY=($(compgen -W "{" ".join(sorted(set(options)))}"'
                      f' -- "$cur"))\n'
                      f"        else\n"
-                     f'            COMPREPLY=($(compgen -f -- "$cur"))\n'
+                     f"            _skyexport_files\n"
                      f"        fi;;")
     return (
+        # File names one a line, each one word whatever it holds (a space, `*`, `?`):
+        # never split or glob-expanded; `complete -o filenames` quotes them as inserted.
+        "_skyexport_files() {\n"
+        "    local name\n"
+        "    COMPREPLY=()\n"
+        '    while IFS= read -r name; do COMPREPLY+=("$name"); done < <(compgen -f -- "$cur")\n'
+        "}\n"
         "_skyexport() {\n"
         "    local cur prev sub cword\n"
         "    if [[ -n $ZSH_VERSION ]]; then  # zsh, through bashcompinit: its own 1-based words\n"

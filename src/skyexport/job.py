@@ -142,6 +142,7 @@ def export(
     on_bad_value: Literal["error", "keep"] = "error",
     on_progress: Callable[[ExportProgress], object] | None = None,
     csv_formula_guard: bool = False,
+    bom: bool = True,
     compress: Literal["gzip", "zstd"] | None = None,
     compress_level: int | None = None,
     layout: Literal["time", "did"] = "time",
@@ -149,7 +150,6 @@ def export(
     _flush_size: int | None = None,
     _row_source: str | None = None,
     _busy_timeout_ms: int | None = None,
-    _car_reader: str = "core",
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
@@ -157,7 +157,6 @@ def export(
     content): its posts are imported into a temporary archive inside the export's hidden
     directory first (docs/CAR.md); `media=True` is then an OptionError, and so are a
     stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
-    `_car_reader="python"` (private; SKYEXPORT_CAR_READER) walks its MST in Python.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -170,6 +169,9 @@ def export(
     is "error" (stop) or "keep" (export as text, listed in the warnings).
     `csv_formula_guard` prefixes `'` to CSV text fields that a spreadsheet would run as a
     formula (off by default: the default output is byte-exact with bskyarchive).
+    `bom=False` leaves out the UTF-8 byte-order mark that begins posts.csv (there for
+    Excel; every other CSV reader takes it for part of the first column's name).  Both are
+    for format="csv" only: with another format they are an OptionError.
     `_flush_size` (private, for tests) is how many encoded bytes the writer gathers before
     handing them to the data file (default 1 MiB): a tiny one makes every row, and every
     large value mid-row, cross a flush.  `_row_source` ("pipe", "direct" or "cursor") and
@@ -263,6 +265,13 @@ def export(
                               f"{low}..{high}, not {compress_level!r}")
     if layout not in ("time", "did"):
         raise OptionError(f"{opt('layout')} must be 'time' or 'did', not {layout!r}")
+    for flag, on, default in (("csv_formula_guard", csv_formula_guard, False),
+                              ("bom", bom, True)):
+        if not isinstance(on, bool):
+            raise OptionError(f"{opt(flag)} must be True or False, not {on!r}")
+        if on != default and format != "csv":
+            raise OptionError(f"{opt(flag)} applies to CSV only, not to {opt('format')} "
+                              f"{format}; leave it out or export CSV")
     stream = _stream_target(output)
     if stream is not None:
         shown = "-" if _option is not None else repr(output)
@@ -300,37 +309,44 @@ def export(
                                                     or "\0" in did):
             raise OptionError(f"{opt('layout')} did: DID {did!r} cannot be a directory "
                               f"name; use {opt('layout')} time")
-    with (open_archive(archive) if car is None else _NoArchive()) as arc:
-        if layout == "did" and car is None:
-            did = _layout_did(arc, did, opt)
-        selection = Selection(did, lo, hi)
-        mroot = Path(media_root) if media_root is not None else None
-        if stream is not None:
-            job = _Job(arc, None, format, selection, False, None, batch_size, on_bad_value,
-                       on_progress, csv_formula_guard, stream=stream, compress=compress,
-                       compress_level=compress_level, flush_size=_flush_size)
-            return job.run()
-        base = Path(output)  # type: ignore[arg-type]
-        if layout == "did":
-            assert did is not None
-            created_base = not base.exists()
-            target = base / did
-        else:
-            created_base, target = False, base
-        out, created = prepare_output(target)
-        job = _Job(arc, out, format, selection, media, mroot, batch_size,
-                   on_bad_value, on_progress, csv_formula_guard,
-                   media_any_path=media_any_path, media_link=media_link,
-                   compress=compress, compress_level=compress_level, flush_size=_flush_size,
-                   car=car, open_archive=open_archive, car_reader=_car_reader)
-        try:
-            return job.run()
-        except BaseException:
-            if created:
-                rmdir_if_empty(out)
-                if created_base:
-                    rmdir_if_empty(base)
-            raise
+    job: _Job | None = None
+    try:
+        with (open_archive(archive) if car is None else _NoArchive()) as arc:
+            if layout == "did" and car is None:
+                did = _layout_did(arc, did, opt)
+            selection = Selection(did, lo, hi)
+            mroot = Path(media_root) if media_root is not None else None
+            if stream is not None:
+                job = _Job(arc, None, format, selection, False, None, batch_size,
+                           on_bad_value, on_progress, csv_formula_guard, bom=bom,
+                           stream=stream, compress=compress, compress_level=compress_level,
+                           flush_size=_flush_size)
+                return job.run()
+            base = Path(output)  # type: ignore[arg-type]
+            if layout == "did":
+                assert did is not None
+                created_base = not base.exists()
+                target = base / did
+            else:
+                created_base, target = False, base
+            out, created = prepare_output(target)
+            job = _Job(arc, out, format, selection, media, mroot, batch_size,
+                       on_bad_value, on_progress, csv_formula_guard, bom=bom,
+                       media_any_path=media_any_path, media_link=media_link,
+                       compress=compress, compress_level=compress_level, flush_size=_flush_size,
+                       car=car, open_archive=open_archive)
+            try:
+                return job.run()
+            except BaseException:
+                if created:
+                    rmdir_if_empty(out)
+                    if created_base:
+                        rmdir_if_empty(base)
+                raise
+    except BaseException as exc:
+        if job is not None:
+            job.mark(exc)  # a signal after the end (closing the archive): say so
+        raise
 
 
 # --- a repository CAR as the source (CAR.md) --------------------------------------------
@@ -354,11 +370,20 @@ class _NoArchive:
 def _car_source(archive: str | os.PathLike[str]) -> Path | None:
     """`archive` as a Path when it is a repository CAR by content, else None (SQLite files
     and anything unreadable go the archive way, which reports them)."""
-    try:
-        with open(archive, "rb") as f:
-            magic = f.read(len(_SQLITE_MAGIC))
+    from ._platform import O_CLOEXEC, O_NONBLOCK
+
+    try:  # without blocking: a FIFO never hangs the open (the archive check refuses it)
+        fd = os.open(archive, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        magic = os.read(fd, len(_SQLITE_MAGIC))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if magic == _SQLITE_MAGIC or not magic:
         return None
     from .car import is_car
@@ -459,15 +484,14 @@ class _Job:
     def __init__(self, arc: Archive, out: Path | None, fmt: str, selection: Selection,
                  media: bool, media_root: Path | None, batch_size: int, on_bad_value: str,
                  on_progress: Callable[[ExportProgress], object] | None,
-                 formula_guard: bool, *, media_any_path: bool = False,
+                 formula_guard: bool, *, bom: bool = True, media_any_path: bool = False,
                  media_link: str = "copy", stream: int | BinaryIO | None = None,
                  compress: str | None = None, compress_level: int | None = None,
                  flush_size: int | None = None, car: Path | None = None,
-                 open_archive: Callable[[Path], Archive] | None = None,
-                 car_reader: str = "core") -> None:
+                 open_archive: Callable[[Path], Archive] | None = None) -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
-        self.car, self.car_reader = car, car_reader  # the source, when it is a CAR
+        self.car = car  # the source, when it is a CAR
         self.open_archive = open_archive or Archive
         self.car_source: dict[str, Any] | None = None
         self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
@@ -479,6 +503,7 @@ class _Job:
         self.media, self.media_root, self.batch_size = media, media_root, batch_size
         self.keep_bad = on_bad_value == "keep"
         self.formula_guard = formula_guard
+        self.bom = bom
         self.media_any_path, self.media_link = media_any_path, media_link
         self.start = time.monotonic()
         self.phase = "queued"  # "running" once the totals are counted
@@ -490,6 +515,7 @@ class _Job:
         self.channel = (ProgressChannel(on_progress, self.snapshot)
                         if on_progress is not None else None)
         self.staged: StagedDir | None = None
+        self.streamed: ExportResult | None = None  # the stream's result, once complete
 
     # --- progress -----------------------------------------------------------------------
 
@@ -535,6 +561,18 @@ class _Job:
         self.warn(uri.decode("utf-8", "replace"), "created_at",
                   f"created_at {_value_shown(value)!r} cannot be read; left out by the date filter")
 
+    def mark(self, exc: BaseException) -> None:
+        """Attach to an exception (a signal) that came after the export was complete what
+        it had done: the published directory, or the stream's bytes and SHA-256."""
+        mark_published(exc, self.staged.published if self.staged else None)
+        streamed = self.streamed
+        if streamed is not None:
+            try:
+                exc.stream_bytes = streamed.bytes_written  # type: ignore[attr-defined]
+                exc.stream_sha256 = streamed.sha256  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+
     # --- the pump -----------------------------------------------------------------------
 
     def run(self) -> ExportResult:
@@ -542,6 +580,7 @@ class _Job:
             self.emit("queued")
             if self.stream is not None:
                 result = self._export_stream(self.stream)
+                self.streamed = result
             else:
                 assert self.out is not None
                 with StagedDir(self.out) as staged:
@@ -553,8 +592,11 @@ class _Job:
             self.emit("completed")
             return result
         except BaseException as exc:
-            if self.staged is not None and self.staged.is_published():
-                # Complete and visible: a signal after the rename does not unpublish it.
+            if (self.staged is not None and self.staged.is_published()) \
+                    or self.streamed is not None:
+                # Complete (and visible): a signal after the rename, or after the last
+                # byte went out, does not undo the export.
+                self.mark(exc)
                 self.emit("completed")
                 raise
             self.emit("failed", error=_one_line(exc))
@@ -566,7 +608,7 @@ class _Job:
                 try:
                     self.channel.close()  # the final event is delivered before we return
                 except BaseException as exc:
-                    mark_published(exc, self.staged.published if self.staged else None)
+                    self.mark(exc)
                     raise
 
     def _export(self, staged: StagedDir) -> ExportResult:
@@ -704,7 +746,7 @@ class _Job:
         sizing = {} if self.flush_size is None else {"flush_size": self.flush_size}
         self.writer = writer = Writer(
             sink, self.fmt, on_bad=self.on_bad, collect_media=self.media,
-            formula_guard=self.formula_guard,
+            formula_guard=self.formula_guard, bom=self.bom,
             on_unreadable_date=self.on_unreadable_date if snap.drop_unreadable else None,
             **sizing)
         stream = None
@@ -774,6 +816,7 @@ class _Job:
             "did": sel.did,
             "batch_size": self.batch_size,
             "csv_formula_guard": self.formula_guard,
+            **({"csv_bom": self.bom} if self.fmt == "csv" else {}),
             **({"compression": self.compress,
                 "compression_level": self.compress_level} if self.compress else {}),
             "duration_s": round(duration, 3),
@@ -803,8 +846,7 @@ class _Job:
             self.heartbeat()
 
         try:
-            with CarRepo(self.car, d, on_blocks, verb="exported",
-                         reader=self.car_reader) as repo:
+            with CarRepo(self.car, d, on_blocks, verb="exported") as repo:
                 self.emit()  # the whole CAR read and indexed
                 build_archive_from(repo, d / "archive.db", scratch=True,
                                    on_chunk=self.heartbeat,

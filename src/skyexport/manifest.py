@@ -18,13 +18,25 @@ import stat
 from pathlib import Path
 
 from ._core import CSV_HEADER, json_string
-from .defaults import DATA_FILES
+from ._platform import (
+    O_CLOEXEC,
+    O_DIRECTORY,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    fsync,
+    open_dir,
+    open_nofollow,
+    require_dir_fd,
+)
+from .defaults import DATA_FILES, MAX_WARNINGS
 
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
+
+    from .job import ExportResult
 
 MANIFEST = "manifest.json"
 MEDIA_SUMS = "media.sha256"
@@ -40,7 +52,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        fsync(f.fileno())
 
 
 def encode_json(value: object, level: int = 0) -> bytes:
@@ -87,24 +99,35 @@ def sha256_file(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 class VerifyReport:
-    """What `verify` found: `problems` empty means every byte is as the manifest says;
-    `checked` files were hashed."""
+    """What `verify` found: `problems_total` 0 (`ok`) means every byte is as the manifest
+    says; `problems` holds the first MAX_WARNINGS (1000) problems, in the order they were
+    found (`verify`'s `on_problem` sees them all); `checked` files were hashed."""
 
-    __slots__ = ("directory", "checked", "problems")
+    __slots__ = ("directory", "checked", "problems", "problems_total", "_on_problem")
 
     def __init__(self, directory: Path, checked: int = 0,
-                 problems: list[str] | None = None) -> None:
+                 problems: list[str] | None = None,
+                 on_problem: Callable[[str], None] | None = None) -> None:
         self.directory = directory
         self.checked = checked
         self.problems: list[str] = [] if problems is None else problems
+        self.problems_total = len(self.problems)
+        self._on_problem = on_problem
 
     def __repr__(self) -> str:
         return (f"VerifyReport(directory={self.directory!r}, checked={self.checked!r}, "
-                f"problems={self.problems!r})")
+                f"problems={self.problems!r}, problems_total={self.problems_total!r})")
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.problems_total == 0
+
+    def _add(self, problem: str) -> None:
+        self.problems_total += 1
+        if len(self.problems) < MAX_WARNINGS:
+            self.problems.append(problem)
+        if self._on_problem is not None:
+            self._on_problem(problem)
 
 
 # --- verify -----------------------------------------------------------------------------------
@@ -117,8 +140,8 @@ class VerifyReport:
 # manifest is scanned, never loaded whole, and media.sha256 is read line by line.
 
 BLOCK = 1 << 20
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_DIR_FLAGS = _OPEN_FLAGS | os.O_DIRECTORY
+_OPEN_FLAGS = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
+_DIR_FLAGS = _OPEN_FLAGS | O_DIRECTORY  # (open_dir adds O_DIRECTORY itself)
 # As job.DATA_FILES (job imports this module, not the other way round).
 # As sink.SUFFIXES: a compressed data file is posts.<format>.gz / .zst.
 _SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
@@ -172,7 +195,7 @@ def _open_regular(name: str | bytes, dir_fd: int) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise _NotRegular(_kind(st.st_mode))
     try:
-        fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+        fd = open_nofollow(name, _OPEN_FLAGS, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # replaced by a link since the lstat
             raise _NotRegular("a symbolic link") from None
@@ -250,10 +273,12 @@ class _JsonlPosts:
 
 
 class _CsvPosts:
-    """posts.csv: the BOM and header, then one record a line; a quoted field may hold
-    newlines, and a `"` inside quotes is doubled, so quotes toggle the state."""
+    """posts.csv: the BOM and header (the header alone when the manifest says csv_bom
+    false: --no-bom), then one record a line; a quoted field may hold newlines, and a `"`
+    inside quotes is doubled, so quotes toggle the state."""
 
-    def __init__(self) -> None:
+    def __init__(self, bom: bool = True) -> None:
+        self.header = CSV_HEADER if bom else CSV_HEADER[3:]
         self.newlines = 0
         self.quoted = False
         self.head = b""
@@ -264,8 +289,8 @@ class _CsvPosts:
         return max(self.newlines - 1, 0)
 
     def feed(self, chunk: bytes) -> None:
-        if len(self.head) < len(CSV_HEADER):
-            self.head = (self.head + chunk)[:len(CSV_HEADER)]
+        if len(self.head) < len(self.header):
+            self.head = (self.head + chunk)[:len(self.header)]
         if not self.quoted and b'"' not in chunk:
             self.newlines += chunk.count(b"\n")
         else:
@@ -276,8 +301,11 @@ class _CsvPosts:
         self.tail = chunk[-1:]
 
     def shape(self) -> str | None:
-        if self.head != CSV_HEADER:
-            return "it does not begin with the BOM and skyexport's header line"
+        if self.head != self.header:
+            if self.header is CSV_HEADER:
+                return "it does not begin with the BOM and skyexport's header line"
+            return ("it does not begin with skyexport's header line without a BOM (the "
+                    "manifest says csv_bom false)")
         if self.quoted:
             return "it ends inside a quoted field"
         if self.tail != b"\n":
@@ -289,11 +317,19 @@ _COUNTERS: dict[str, type[_JsonPosts | _JsonlPosts | _CsvPosts]] = {
     "json": _JsonPosts, "jsonl": _JsonlPosts, "csv": _CsvPosts}
 
 
+def _counter(fmt: str, manifest: dict[str, Any]) -> _JsonPosts | _JsonlPosts | _CsvPosts:
+    """The data file's counter; a CSV one expects a BOM unless the manifest says
+    `csv_bom: false` (exactly false: anything else, or no key, means the default BOM)."""
+    if fmt == "csv":
+        return _CsvPosts(bom=manifest.get("csv_bom") is not False)
+    return _COUNTERS[fmt]()
+
+
 # --- the manifest, scanned ---------------------------------------------------------------------
 
 # The members verify reads; every other member (warnings, padding...) is skipped unread.
 _WANTED = frozenset({"export_format", "post_count", "media_count", "checksums",
-                     "compression"})
+                     "compression", "csv_bom"})
 _MAX_WANTED = 16 << 20   # bytes of one wanted member's value
 _MAX_DEPTH = 16          # nesting inside a wanted member's value
 _WS = re.compile(rb"[ \t\r\n]*")
@@ -496,61 +532,6 @@ def _read_manifest(dir_fd: int) -> dict[str, Any]:
         raise _BadManifest(f"not valid JSON ({exc})") from None
 
 
-# --- the set of media names, in bounded memory ---------------------------------------------------
-
-class _NameSet:
-    """The names media.sha256 lists, as 64-bit hashes in one flat array (8 bytes a slot,
-    open addressing): a few bytes a name instead of a Python object each.  Python's bytes
-    hash is keyed per process, so names cannot be chosen to collide."""
-
-    def __init__(self, expected: int) -> None:
-        import array  # verify's alone: not imported by every export
-
-        self.size = max(int(expected / 0.7), 16)
-        self.table = array.array("q", [0]) * self.size
-        self.n = 0
-
-    @staticmethod
-    def _key(name: bytes) -> int:
-        return hash(name) or 1   # 0 marks an empty slot
-
-    def _slot(self, h: int) -> int:
-        """The slot holding key `h`, or the empty one where it would go (linear probing)."""
-        t, size = self.table, self.size
-        i = h % size
-        while t[i] != 0 and t[i] != h:
-            i = i + 1 if i + 1 < size else 0
-        return i
-
-    def add(self, name: bytes) -> bool:
-        """Add `name`; False if it was there already."""
-        if self.n >= self.size * 0.9:
-            self._grow()
-        h = self._key(name)
-        i = self._slot(h)
-        if self.table[i] == h:
-            return False
-        self.table[i] = h
-        self.n += 1
-        return True
-
-    def __contains__(self, name: bytes) -> bool:
-        h = self._key(name)
-        return bool(self.table[self._slot(h)] == h)
-
-    def _grow(self) -> None:
-        old = self.table
-        self.size *= 2
-        self.table = type(old)("q", [0]) * self.size
-        t, size = self.table, self.size
-        for h in old:
-            if h:
-                i = h % size
-                while t[i]:
-                    i = i + 1 if i + 1 < size else 0
-                t[i] = h
-
-
 def _sum_lines(fd: int) -> Iterator[tuple[int, bytes | None]]:
     """(line number, line) of media.sha256 from its start, split on b"\\n" only (a name may
     hold U+2028, U+2029, U+0085); a line longer than _MAX_LINE comes as None, unheld."""
@@ -571,7 +552,8 @@ def _sum_lines(fd: int) -> Iterator[tuple[int, bytes | None]]:
 
 # --- verify itself -------------------------------------------------------------------------------
 
-def verify(directory: str | os.PathLike[str]) -> VerifyReport:
+def verify(directory: str | os.PathLike[str] | ExportResult, *,
+           on_problem: Callable[[str], None] | None = None) -> VerifyReport:
     """Check an export against its manifest and report every difference: re-hash the data
     file, `media.sha256` and each media file that list names; count the posts in the data
     file against `post_count` and check its name and shape against `export_format`; check
@@ -581,25 +563,41 @@ def verify(directory: str | os.PathLike[str]) -> VerifyReport:
     Only the export is read: a symbolic link is never followed and nothing but a regular
     file is opened (each is reported instead).  The manifest's names are only trusted as
     plain names inside the export directory (`media/<name>` for media); anything else is
-    itself reported, never opened.  Memory stays bounded whatever the files' sizes.
+    itself reported, never opened.  Memory stays bounded whatever the files' sizes and
+    however long the media list (a long one is sorted through temporary files in TMPDIR).
+
+    `directory` is the export directory, or the ExportResult that `export()` returned
+    (its `directory`); a result of an export to a stream has none: OptionError.
+    `on_problem` is called with each problem as it is found; the report keeps the first
+    1000 and counts them all (`problems_total`).
     """
-    d = Path(directory)
-    report = VerifyReport(d)
+    if isinstance(directory, (str, os.PathLike)):
+        d = Path(directory)
+    else:
+        where = getattr(directory, "directory", None)
+        if where is None:
+            from .errors import OptionError
+
+            raise OptionError("verify needs an export directory, and this ExportResult has "
+                              "none (its export went to a stream, with no manifest)")
+        d = Path(where)
+    report = VerifyReport(d, on_problem=on_problem)
+    require_dir_fd("skyexport verify")
     try:
-        dir_fd = os.open(d, _DIR_FLAGS)
+        dir_fd = open_dir(d, _OPEN_FLAGS, nofollow=True)
     except OSError as exc:
         if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and os.path.islink(d)):
-            report.problems.append(f"{d} is a symbolic link; verify does not follow it, "
+            report._add(f"{d} is a symbolic link; verify does not follow it, "
                                    "give it the export directory itself")
         elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            report.problems.append(f"{d} is not a directory")
+            report._add(f"{d} is not a directory")
         else:
-            report.problems.append(f"{d} cannot be opened ({exc.strerror})")
+            report._add(f"{d} cannot be opened ({exc.strerror})")
         return report
     try:
         _verify(dir_fd, report)
     except OSError as exc:  # the export changed under verify, or a directory is unreadable
-        report.problems.append(f"{_show(exc.filename or str(d))}: cannot be read "
+        report._add(f"{_show(exc.filename or str(d))}: cannot be read "
                                f"({exc.strerror})")
     finally:
         os.close(dir_fd)
@@ -607,41 +605,40 @@ def verify(directory: str | os.PathLike[str]) -> VerifyReport:
 
 
 def _verify(dir_fd: int, report: VerifyReport) -> None:
-    problems = report.problems
     try:
         manifest = _read_manifest(dir_fd)
     except FileNotFoundError:
-        problems.append(f"{MANIFEST} is missing; is {report.directory} a skyexport export?")
+        report._add(f"{MANIFEST} is missing; is {report.directory} a skyexport export?")
         return
     except _NotRegular as exc:
-        problems.append(_not_regular(MANIFEST, str(exc)))
+        report._add(_not_regular(MANIFEST, str(exc)))
         return
     except OSError as exc:
-        problems.append(f"{MANIFEST} cannot be read ({exc.strerror})")
+        report._add(f"{MANIFEST} cannot be read ({exc.strerror})")
         return
     except _BadManifest as exc:
-        problems.append(f"{MANIFEST} is not a valid manifest: {exc}")
+        report._add(f"{MANIFEST} is not a valid manifest: {exc}")
         return
     checksums = manifest.get("checksums")
     if not isinstance(checksums, dict) or not checksums:
-        problems.append(f"{MANIFEST} has no checksums; was it written by skyexport?")
+        report._add(f"{MANIFEST} has no checksums; was it written by skyexport?")
         return
 
     expected: dict[str, tuple[str, int | None]] = {}
     uncompressed: dict[str, tuple[str, int]] = {}
     compression = manifest.get("compression")
     if compression is not None and compression not in _SUFFIXES:
-        problems.append(f"{MANIFEST}: compression {compression!r} is not one of "
-                        f"{', '.join(_SUFFIXES)}")
+        report._add(f"{MANIFEST}: compression {compression!r} is not one of "
+                    f"{', '.join(_SUFFIXES)}")
         compression = None
     for name, info in checksums.items():
         if not _plain_name(name):
-            problems.append(f"{MANIFEST} lists {name!r}, which is not a plain file name")
+            report._add(f"{MANIFEST} lists {name!r}, which is not a plain file name")
             continue
         digest = info.get("sha256") if isinstance(info, dict) else None
         size = info.get("bytes") if isinstance(info, dict) else None
         if not _is_digest(digest) or not (size is None or isinstance(size, int)):
-            problems.append(f"{MANIFEST}: the checksum of {name} is malformed")
+            report._add(f"{MANIFEST}: the checksum of {name} is malformed")
             continue
         expected[name] = (digest, size)  # type: ignore[assignment]
         if name in _CODEC_OF:
@@ -649,8 +646,8 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
             usize = info.get("uncompressed_bytes")
             if not _is_digest(udigest) or not isinstance(usize, int) \
                     or isinstance(usize, bool):
-                problems.append(f"{MANIFEST}: the uncompressed checksum of {name} is "
-                                "missing or malformed")
+                report._add(f"{MANIFEST}: the uncompressed checksum of {name} is "
+                            "missing or malformed")
             else:
                 uncompressed[name] = (udigest, usize)
 
@@ -659,34 +656,37 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
     data_names = [n for n in expected if n in _FORMAT_OF]
     data_name = None
     if fmt not in DATA_FILES:
-        problems.append(f"{MANIFEST}: export_format {fmt!r} is not one of json, csv, jsonl")
+        report._add(f"{MANIFEST}: export_format {fmt!r} is not one of json, csv, jsonl")
     else:
         data_name = DATA_FILES[fmt] + (_SUFFIXES[compression] if compression else "")
         if data_name not in expected:
             found = ", ".join(data_names) or "no data file"
             said = f" and compression {compression}" if compression else ""
-            problems.append(f"{MANIFEST} says export_format {fmt}{said}, but its checksums "
-                            f"list {found}, not {data_name}")
+            report._add(f"{MANIFEST} says export_format {fmt}{said}, but its checksums "
+                        f"list {found}, not {data_name}")
     if len(data_names) > 1:
-        problems.append(f"{MANIFEST} lists {len(data_names)} data files "
-                        f"({', '.join(sorted(data_names))}); an export has one")
+        report._add(f"{MANIFEST} lists {len(data_names)} data files "
+                    f"({', '.join(sorted(data_names))}); an export has one")
     if not isinstance(post_count, int) or isinstance(post_count, bool) or post_count < 0:
-        problems.append(f"{MANIFEST}: post_count {post_count!r} is not a count of posts")
+        report._add(f"{MANIFEST}: post_count {post_count!r} is not a count of posts")
         post_count = None
 
     for name in sorted(expected):
         if name == MEDIA_SUMS:
             continue  # below, with the files it lists
         digest, size = expected[name]
-        counter = _COUNTERS[_FORMAT_OF[name]]() if name in _FORMAT_OF else None
+        counter = _counter(_FORMAT_OF[name], manifest) if name in _FORMAT_OF else None
         feed = counter.feed if counter is not None else None
         unpack = None
-        if counter is not None and name in _CODEC_OF:
+        if counter is not None and name in _CODEC_OF and name not in uncompressed:
+            counter = None  # no size to stop at: reported above, not decompressed
+            feed = None
+        elif counter is not None and name in _CODEC_OF:
             try:
-                unpack = _Decompressing(_CODEC_OF[name], counter.feed)
+                unpack = _Decompressing(_CODEC_OF[name], counter.feed, uncompressed[name][1])
             except ImportError:
-                problems.append(f"{name}: the uncompressed posts are not checked: zstd "
-                                "needs the zstandard package (pip install 'skyexport[zstd]')")
+                report._add(f"{name}: the uncompressed posts are not checked: zstd "
+                            "needs the zstandard package (pip install 'skyexport[zstd]')")
                 counter = None
                 feed = None
             else:
@@ -694,38 +694,41 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
         if not _check_file(dir_fd, name, name, digest, size, feed, report):
             continue
         if unpack is not None:
+            if unpack.over:
+                report._add(f"{name}: decompresses to more than the "
+                            f"{unpack.limit} bytes {MANIFEST} says (verify stopped there)")
+                continue
             why = unpack.finish()
             if why is not None:
-                problems.append(f"{name}: not a valid {_CODEC_OF[name]} stream: {why}")
+                report._add(f"{name}: not a valid {_CODEC_OF[name]} stream: {why}")
                 continue
-            if name in uncompressed:
-                udigest, usize = uncompressed[name]
-                if unpack.size != usize:
-                    problems.append(f"{name}: decompresses to {unpack.size} bytes, "
-                                    f"{MANIFEST} says {usize}")
-                elif unpack.sha256.hexdigest() != udigest:
-                    problems.append(f"{name}: decompressed SHA-256 "
-                                    f"{unpack.sha256.hexdigest()}, the manifest says "
-                                    f"{udigest}")
+            udigest, usize = uncompressed[name]
+            if unpack.size != usize:
+                report._add(f"{name}: decompresses to {unpack.size} bytes, "
+                            f"{MANIFEST} says {usize}")
+            elif unpack.sha256.hexdigest() != udigest:
+                report._add(f"{name}: decompressed SHA-256 "
+                            f"{unpack.sha256.hexdigest()}, the manifest says "
+                            f"{udigest}")
         if counter is not None:
             why = counter.shape()
             if why is not None:
-                problems.append(f"{name}: not a {_FORMAT_OF[name]} export's data file: {why}")
+                report._add(f"{name}: not a {_FORMAT_OF[name]} export's data file: {why}")
             elif name == data_name and post_count is not None \
                     and counter.count != post_count:
-                problems.append(f"{name}: holds {counter.count} posts, {MANIFEST} says "
-                                f"post_count {post_count}")
+                report._add(f"{name}: holds {counter.count} posts, {MANIFEST} says "
+                            f"post_count {post_count}")
 
     media_fd, media_kind = _open_media(dir_fd)
     try:
-        names = _check_media_list(dir_fd, media_fd, media_kind, expected, manifest, report)
+        _check_media(dir_fd, media_fd, media_kind, expected, manifest, report)
         _unknown_entries(dir_fd, "", lambda n: n in expected or n in (MANIFEST, "media"),
-                         problems)
+                         report)
         if media_kind is not None and media_kind != "missing":
-            problems.append(f"media: {media_kind}, not a directory (verify neither follows "
-                            "nor opens it)")
-        if media_fd is not None:
-            _unknown_entries(media_fd, "media/", lambda n: os.fsencode(n) in names, problems)
+            report._add(f"media: {media_kind}, not a directory (verify neither follows "
+                        "nor opens it)")
+    except _SortError as exc:
+        report._add(str(exc))
     finally:
         if media_fd is not None:
             os.close(media_fd)
@@ -738,13 +741,13 @@ def _check_file(dir_fd: int, name: str | bytes, shown: str, digest: str, size: i
     try:
         fd = _open_regular(name, dir_fd)
     except FileNotFoundError:
-        report.problems.append(f"{shown}: missing")
+        report._add(f"{shown}: missing")
         return False
     except _NotRegular as exc:
-        report.problems.append(_not_regular(shown, str(exc)))
+        report._add(_not_regular(shown, str(exc)))
         return False
     except OSError as exc:
-        report.problems.append(f"{shown}: cannot be read ({exc.strerror})")
+        report._add(f"{shown}: cannot be read ({exc.strerror})")
         return False
     h = hashlib.sha256()
     got_size = 0
@@ -755,15 +758,15 @@ def _check_file(dir_fd: int, name: str | bytes, shown: str, digest: str, size: i
             if feed is not None:
                 feed(chunk)
     except OSError as exc:
-        report.problems.append(f"{shown}: cannot be read ({exc.strerror})")
+        report._add(f"{shown}: cannot be read ({exc.strerror})")
         return False
     finally:
         os.close(fd)
     report.checked += 1
     if size is not None and got_size != size:
-        report.problems.append(f"{shown}: {got_size} bytes, {MANIFEST} says {size}")
+        report._add(f"{shown}: {got_size} bytes, {MANIFEST} says {size}")
     elif h.hexdigest() != digest:
-        report.problems.append(f"{shown}: SHA-256 {h.hexdigest()}, the manifest says {digest}")
+        report._add(f"{shown}: SHA-256 {h.hexdigest()}, the manifest says {digest}")
     return True
 
 
@@ -776,67 +779,231 @@ def _open_media(dir_fd: int) -> tuple[int | None, str | None]:
     if not stat.S_ISDIR(st.st_mode):
         return None, _kind(st.st_mode)
     try:
-        return os.open("media", _DIR_FLAGS, dir_fd=dir_fd), None
+        return open_dir("media", _OPEN_FLAGS, dir_fd=dir_fd, nofollow=True), None
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             return None, "a symbolic link"
         return None, f"unreadable ({exc.strerror})"
 
 
-def _check_media_list(dir_fd: int, media_fd: int | None, media_kind: str | None,
-                      expected: dict[str, tuple[str, int | None]], manifest: dict[str, Any],
-                      report: VerifyReport) -> _NameSet:
-    """Hash media.sha256 (counting its lines), then check each media file it lists; the
-    names listed, for the scan of media/."""
-    problems = report.problems
+def _check_media(dir_fd: int, media_fd: int | None, media_kind: str | None,
+                 expected: dict[str, tuple[str, int | None]], manifest: dict[str, Any],
+                 report: VerifyReport) -> None:
+    """Hash media.sha256, then check each media file it lists once, report its repeated
+    names, and (media/ being a directory) every entry of media/ it does not list.
+
+    The list and the listing of media/ are each sorted in bounded memory (_ExternalSort)
+    and walked side by side, so memory does not grow with either.  Reports come in a stable
+    order: malformed lines in line order, then, name by name (in the order of their escaped
+    bytes), the file's own check, the lines that repeat it, an entry of media/ not listed."""
     if MEDIA_SUMS not in expected:
-        return _NameSet(0)
+        if media_fd is not None:
+            _unknown_entries(media_fd, "media/", lambda n: False, report)
+        return
     digest, size = expected[MEDIA_SUMS]
-    lines = _LineCount()
-    if not _check_file(dir_fd, MEDIA_SUMS, MEDIA_SUMS, digest, size, lines.feed, report):
-        return _NameSet(0)
-    fd = _open_regular(MEDIA_SUMS, dir_fd)
-    names = _NameSet(lines.count + 1)
-    listed = 0
-    try:
-        for n, line in _sum_lines(fd):
-            m = _SUM_LINE.fullmatch(line) if line is not None else None
-            if m is None or m[2] in (b".", b".."):
-                shown = "(over 4 KiB)" if line is None else \
-                    repr(_show(line[:120]))
-                problems.append(f"{MEDIA_SUMS} line {n} is malformed: {shown}")
-                continue
-            name = m[2]
-            shown = "media/" + _show(name)
-            if not names.add(name):
-                problems.append(f"{MEDIA_SUMS} line {n} repeats {shown}")
-                continue
-            listed += 1
-            if media_fd is not None:
-                _check_file(media_fd, name, shown, m[1].decode(), None, None, report)
-            elif media_kind == "missing":
-                problems.append(f"{shown}: missing")
-            else:
-                problems.append(f"{shown}: not checked, media is {media_kind}")
-    finally:
-        os.close(fd)
+    if not _check_file(dir_fd, MEDIA_SUMS, MEDIA_SUMS, digest, size, None, report):
+        if media_fd is not None:
+            _unknown_entries(media_fd, "media/", lambda n: False, report)
+        return
+    with _ExternalSort() as listed_sort, _ExternalSort() as entries_sort:
+        fd = _open_regular(MEDIA_SUMS, dir_fd)
+        try:
+            for n, line in _sum_lines(fd):
+                m = _SUM_LINE.fullmatch(line) if line is not None else None
+                if m is None or m[2] in (b".", b".."):
+                    shown = "(over 4 KiB)" if line is None else repr(_show(line[:120]))
+                    report._add(f"{MEDIA_SUMS} line {n} is malformed: {shown}")
+                    continue
+                listed_sort.add(b"%s\0%012d%s\n" % (_escape(m[2]), n, m[1]))
+        finally:
+            os.close(fd)
+        listed_sort.seal()   # a long list's last run goes to disk before media/ is listed
+        if media_fd is not None:
+            _list_entries(media_fd, entries_sort)
+        listed = _walk_media(listed_sort.sorted(), entries_sort.sorted(), media_fd,
+                             media_kind, report)
     count = manifest.get("media_count")
     if isinstance(count, int) and count != listed:
-        problems.append(f"{MEDIA_SUMS} lists {listed} media files, "
-                        f"{MANIFEST} says media_count {count}")
-    return names
+        report._add(f"{MEDIA_SUMS} lists {listed} media files, "
+                    f"{MANIFEST} says media_count {count}")
+
+
+def _walk_media(listed: Iterator[bytes], entries: Iterator[bytes], media_fd: int | None,
+                media_kind: str | None, report: VerifyReport) -> int:
+    """Walk the sorted list records (`name\\0line digest`) and the sorted entries of
+    media/ (`name\\0kind`) side by side; the number of names listed (each counted once)."""
+    unique = 0
+    last = None
+    entry = next(entries, None)
+    for record in listed:
+        key, rest = record.split(b"\0", 1)
+        while entry is not None and entry.split(b"\0", 1)[0] < key:
+            _report_entry(entry, report)
+            entry = next(entries, None)
+        present = entry is not None and entry.split(b"\0", 1)[0] == key
+        if present:
+            entry = next(entries, None)
+        name = _unescape(key)
+        shown = "media/" + _show(name)
+        if key == last:
+            report._add(f"{MEDIA_SUMS} line {int(rest[:12])} repeats {shown}")
+            continue
+        last = key
+        unique += 1
+        if media_fd is not None:
+            if present:
+                _check_file(media_fd, name, shown, rest[12:76].decode(), None, None, report)
+            else:   # not in the listing of media/: no need to look it up
+                report._add(f"{shown}: missing")
+        elif media_kind == "missing":
+            report._add(f"{shown}: missing")
+        else:
+            report._add(f"{shown}: not checked, media is {media_kind}")
+    while entry is not None:
+        _report_entry(entry, report)
+        entry = next(entries, None)
+    return unique
+
+
+def _list_entries(dir_fd: int, into: _ExternalSort,
+                  known: Callable[[str], bool] | None = None) -> None:
+    """Add each entry of a directory that `known` does not accept (all without it) to
+    `into`, as `escaped name\\0kind` (kind d: a directory, f: anything else)."""
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            if known is not None and known(entry.name):
+                continue
+            kind = b"d" if entry.is_dir(follow_symlinks=False) else b"f"
+            into.add(_escape(os.fsencode(entry.name)) + b"\0" + kind + b"\n")
+
+
+def _report_entry(entry: bytes, report: VerifyReport, prefix: str = "media/") -> None:
+    key, kind = entry.split(b"\0", 1)
+    shown = _show(os.fsencode(prefix) + _unescape(key))
+    if kind.startswith(b"d"):
+        report._add(f"{shown}/: a directory the manifest does not know")
+    else:
+        report._add(f"{shown}: not listed in the manifest")
+
+
+def _escape(name: bytes) -> bytes:
+    """A name as one line of a sort's temporary file: backslash and newline escaped (a name
+    holds no NUL, which ends it).  One-to-one, so equal names give equal keys."""
+    if b"\\" in name:
+        name = name.replace(b"\\", b"\\\\")
+    if b"\n" in name:
+        name = name.replace(b"\n", b"\\n")
+    return name
+
+
+def _unescape(key: bytes) -> bytes:
+    if b"\\" not in key:
+        return key
+    return b"\\".join(part.replace(b"\\n", b"\n") for part in key.split(b"\\\\"))
+
+
+class _SortError(Exception):
+    """The temporary files of a sort could not be written; the message says where."""
+
+
+class _ExternalSort:
+    """Sorts lines (bytes, each ending in a newline) in bounded memory: up to RUN_BYTES of
+    them are sorted in memory; past that, each such run is written to a temporary file
+    (tempfile.TemporaryFile in TMPDIR: it has no name on POSIX systems, so nothing is left
+    behind even if the process is killed) and the runs are merged, at most FANIN at a
+    time, through 64 KiB buffers (4 MiB in all).  A list that fits in one run never touches
+    the disk."""
+
+    RUN_BYTES = 8 << 20     # counted with each bytes object's own overhead
+    FANIN = 64
+    _OVERHEAD = 41          # a bytes object's header and the list's pointer to it
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.held = 0
+        self.runs: list[Any] = []
+
+    def __enter__(self) -> _ExternalSort:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.runs:
+            f.close()
+        self.runs = []
+        self.lines = []
+
+    def add(self, line: bytes) -> None:
+        self.lines.append(line)
+        self.held += len(line) + self._OVERHEAD
+        if self.held >= self.RUN_BYTES:
+            self._spill(sorted(self.lines))
+            self.lines, self.held = [], 0
+
+    def _temp(self) -> Any:
+        import tempfile
+        try:
+            return tempfile.TemporaryFile(buffering=1 << 16)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    @staticmethod
+    def _error(exc: OSError) -> _SortError:
+        import tempfile
+        return _SortError(f"the temporary files that sort a long media list cannot be "
+                          f"written in {tempfile.gettempdir()} ({exc.strerror}); set "
+                          "TMPDIR to a directory with room")
+
+    def _spill(self, lines: Iterable[bytes]) -> None:
+        f = self._temp()
+        self.runs.append(f)
+        try:
+            f.writelines(lines)
+            f.flush()
+            f.seek(0)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def seal(self) -> None:
+        """Once runs are on disk, write the last one too (it then holds no memory)."""
+        if self.runs and self.lines:
+            self.lines.sort()
+            self._spill(self.lines)
+            self.lines, self.held = [], 0
+
+    def sorted(self) -> Iterator[bytes]:
+        """The lines added, in order (each run is read once: call it once)."""
+        import heapq
+
+        self.seal()
+        if not self.runs:
+            self.lines.sort()
+            lines, self.lines = self.lines, []
+            return iter(lines)
+        while len(self.runs) > self.FANIN:
+            group, self.runs = self.runs[:self.FANIN], self.runs[self.FANIN:]
+            self._spill(heapq.merge(*group))
+            for f in group:
+                f.close()
+        return heapq.merge(*self.runs)
+
+
+class _TooLarge(Exception):
+    """The decompressed stream went past the size the manifest states."""
 
 
 class _Decompressing:
     """Decompresses a data file while it is hashed, in bounded memory (at most BLOCK bytes
     of output at a time, however well a block compresses): hashes and counts the
-    uncompressed bytes and passes them on to `out`."""
+    uncompressed bytes and passes them on to `out`.  It stops as soon as the output passes
+    `limit` bytes (the manifest's `uncompressed_bytes`): a small file that expands to
+    gigabytes costs no more than the size the manifest states (`over` is then True)."""
 
-    def __init__(self, codec: str, out: Callable[[bytes], None]) -> None:
-        self.codec, self.out = codec, out
+    def __init__(self, codec: str, out: Callable[[bytes], None], limit: int) -> None:
+        self.codec, self.out, self.limit = codec, out, limit
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.trailing = 0
+        self.over = False
         self.error: str | None = None
         if codec == "gzip":
             import zlib
@@ -855,12 +1022,15 @@ class _Decompressing:
         return len(data)
 
     def _take(self, data: bytes) -> None:
+        if self.size + len(data) > self.limit:
+            self.over = True
+            raise _TooLarge
         self.sha256.update(data)
         self.size += len(data)
         self.out(data)
 
     def feed(self, chunk: bytes) -> None:
-        if self.error is not None:
+        if self.error is not None or self.over:
             return
         try:
             if self.codec == "zstd":
@@ -880,6 +1050,8 @@ class _Decompressing:
                     return
                 if not data and len(piece) < BLOCK:
                     return
+        except _TooLarge:
+            pass
         except self._zerror as exc:
             self.error = str(exc)
 
@@ -900,28 +1072,12 @@ class _Decompressing:
         return None
 
 
-class _LineCount:
-    """Counts newlines while media.sha256 is hashed (to size the name set)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def feed(self, chunk: bytes) -> None:
-        self.count += chunk.count(b"\n")
-
-
 def _unknown_entries(dir_fd: int, prefix: str, known: Callable[[str], bool],
-                     problems: list[str]) -> None:
-    """Report every entry of a directory that `known` does not accept (sorted; a directory
-    is reported, never descended into)."""
-    found = []
-    with os.scandir(dir_fd) as it:
-        for entry in it:
-            if known(entry.name):
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                found.append(f"{_show(prefix + entry.name)}/: a directory the manifest "
-                             "does not know")
-            else:
-                found.append(f"{_show(prefix + entry.name)}: not listed in the manifest")
-    problems.extend(sorted(found))
+                     report: VerifyReport) -> None:
+    """Report every entry of a directory that `known` does not accept, in the order of
+    their escaped names (a directory is reported, never descended into); sorted in bounded
+    memory however many there are."""
+    with _ExternalSort() as found:
+        _list_entries(dir_fd, found, known)
+        for line in found.sorted():
+            _report_entry(line, report, prefix)

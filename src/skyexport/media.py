@@ -41,7 +41,6 @@ Every file placed gets a line `<sha256>  media/<name>` in `media.sha256` (the fo
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import re
@@ -49,6 +48,15 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
+from ._platform import (
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    O_NONBLOCK,
+    fsync,
+    open_nofollow,
+    reflink,
+    set_blocking,
+)
 from .defaults import MAX_WARNINGS
 from .staged import fsync_dir
 
@@ -65,7 +73,7 @@ LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per file
-_OPEN_SOURCE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_SOURCE = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "cgroup",
@@ -135,7 +143,7 @@ class MediaCopier:
         self._pseudo_devs: set[int] | None = None
         os.mkdir(self.media_dir)
         self._sums_fd = os.open(sums_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                                | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+                                | O_NOFOLLOW | O_CLOEXEC, 0o666)
         self._sums_buf = bytearray()
 
     # --- the list file ---------------------------------------------------------------
@@ -158,7 +166,7 @@ class MediaCopier:
     def finish(self) -> None:
         """Make media.sha256 and the files and names in media/ durable."""
         self._flush_sums()
-        os.fsync(self._sums_fd)
+        fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
         fsync_dir(self.media_dir)
@@ -255,7 +263,7 @@ class MediaCopier:
                 where = ""
                 continue
             try:
-                fd = os.open(real, _OPEN_SOURCE)
+                fd = open_nofollow(real, _OPEN_SOURCE)
             except OSError as exc:
                 # ELOOP: the last component became a symlink after realpath (a race).
                 why = f"could not be opened: {exc.strerror or exc}"
@@ -268,8 +276,7 @@ class MediaCopier:
                     raise _Skip(f"is on a pseudo file system ({_show(real)}), not a "
                                 "stored file")
                 # Reads from here on block normally (O_NONBLOCK only guarded the open).
-                fcntl.fcntl(fd, fcntl.F_SETFL,
-                            fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+                set_blocking(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -335,11 +342,11 @@ class MediaCopier:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
                     raise
                 # Another file system, or links refused: an independent copy instead.
-        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                       0o666)
         try:
             try:
-                fcntl.ioctl(out, FICLONE, fd)
+                reflink(out, fd)
             except OSError:
                 digest = _copy_fd(fd, out, st.st_size)
             else:
@@ -375,7 +382,7 @@ class MediaCopier:
         if digest is not None:
             return digest
         try:
-            fd = os.open(os.path.join(self.media_dir, name), _OPEN_SOURCE)
+            fd = open_nofollow(os.path.join(self.media_dir, name), _OPEN_SOURCE)
         except OSError:
             return None
         try:

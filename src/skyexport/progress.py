@@ -127,7 +127,8 @@ class ProgressChannel:
         self._final = False    # a completed/failed event was accepted
         self._closing = False  # close() gave up waiting: deliver the final event now
         self.dropped = 0
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None    # the callback raised it
+        self.failure: BaseException | None = None  # the delivery thread itself stopped on it
         self._shielded = SHIELD.install()  # see signals.py: put and close take the lock
         self._thread = threading.Thread(target=self._run, name="skyexport-progress",
                                         daemon=True)
@@ -179,8 +180,8 @@ class ProgressChannel:
         that came while the lock was held is raised here, after the handlers are restored."""
         try:
             with SHIELD, self._cond:
-                self._cond.wait_for(lambda: not self._queue or self.error is not None,
-                                    timeout=grace_s)
+                self._cond.wait_for(lambda: not self._queue or self.error is not None
+                                    or self.failure is not None, timeout=grace_s)
                 self._closing = True
                 self._final = True
                 self._cond.notify_all()
@@ -188,7 +189,12 @@ class ProgressChannel:
         finally:
             SHIELD.uninstall(self._shielded)
             self._shielded = False
-        if self._thread.is_alive():
+        if self.failure is not None:
+            warnings.warn(f"skyexport: progress delivery stopped on "
+                          f"{type(self.failure).__name__}: {self.failure}; later events, the "
+                          "final one included, were not delivered", RuntimeWarning,
+                          stacklevel=3)
+        elif self._thread.is_alive():
             warnings.warn("skyexport: the on_progress callback has not returned for "
                           f"{CLOSE_TIMEOUT_S if timeout_s is None else timeout_s:g} s; "
                           "the export ended without waiting for it", RuntimeWarning,
@@ -230,18 +236,23 @@ class ProgressChannel:
         return event
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._cond:
+                    event = self._next()
+                if event is None:
+                    return
+                if self.error is None:
+                    try:
+                        self._callback(event)
+                    except BaseException as exc:  # noqa: BLE001 - reported by close()
+                        with self._cond:
+                            self.error = exc
+                            self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - never silently: close() reports it
+            self.failure = exc
             with self._cond:
-                event = self._next()
-            if event is None:
-                return
-            if self.error is None:
-                try:
-                    self._callback(event)
-                except BaseException as exc:  # noqa: BLE001 - reported by close()
-                    with self._cond:
-                        self.error = exc
-                        self._cond.notify_all()
+                self._cond.notify_all()  # close() may be waiting for the queue to drain
 
 
 class JsonLinesReporter:

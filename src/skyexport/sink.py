@@ -19,17 +19,26 @@ import os
 import queue
 import threading
 
+from ._platform import fdatasync, fsync
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, NoReturn
 
 POOL_BLOCKS = 3        # one being filled, two waiting for the disk
 SYNC_EVERY = 32 << 20  # bytes written between fdatasyncs on the writer thread
+WAIT_S = 0.5           # how often a caller waiting for a free buffer checks the thread
 
 CODECS = ("gzip", "zstd")
 SUFFIXES = {"gzip": ".gz", "zstd": ".zst"}
 DEFAULT_LEVELS = {"gzip": 6, "zstd": 3}
 LEVELS = {"gzip": (1, 9), "zstd": (1, 22)}
+
+
+class WriterThreadError(OSError):
+    """An exception that was not an OSError on the writer thread (a codec's own error
+    type, a bug), raised on the caller's thread as the write failure it is; the original
+    is its __cause__."""
 
 
 class CodecMissing(Exception):
@@ -67,7 +76,12 @@ class FileSink:
 
     Invariant: once an error has happened no further block is written, and the error is
     raised by the next call (`__call__` or `close`).  Every buffer is either free, queued,
-    or being written: the thread returns each one to `_free` whatever happens to it."""
+    or being written: the thread returns each one to `_free` whatever happens to it.  An
+    exception of any type on the thread is such an error (one that is not an OSError or a
+    MemoryError reaches the caller as a WriterThreadError, an OSError, chained to it), and
+    the thread marks its end itself (`_done`): the callers wait for that, never for
+    Thread.join(), which a signal can interrupt into believing that a running thread
+    ended (Python 3.10-3.12)."""
 
     def __init__(self, out: int | BinaryIO, *, sync: bool = True, codec: str | None = None,
                  level: int | None = None) -> None:
@@ -80,57 +94,86 @@ class FileSink:
         self.written = 0
         self.raw_bytes = 0
         self._synced = 0
-        self.error: OSError | None = None
+        self.error: BaseException | None = None
         self._free: queue.Queue[bytearray] = queue.Queue()
         for _ in range(POOL_BLOCKS):
             self._free.put(bytearray())
         self._queue: queue.Queue[bytearray | None] = queue.Queue()
+        self._done = threading.Event()  # set by the thread as it ends, whatever ends it
+        self._stopping = False           # the end (None) is queued
         self._thread = threading.Thread(target=self._run, name="skyexport-writer",
                                         daemon=True)
         self._thread.start()
 
     def __call__(self, block: bytes | bytearray | memoryview) -> None:
         if self.error is not None:
-            raise self.error
-        buf = self._free.get()  # back-pressure: waits while every buffer is queued
+            self._raise()
+        while True:  # back-pressure: waits while every buffer is queued
+            try:
+                buf = self._free.get(timeout=WAIT_S)
+                break
+            except queue.Empty:
+                if self._done.is_set():  # the thread is gone: nothing will come back
+                    self._raise()
         buf[:] = block
         self._queue.put(buf)
+
+    def _raise(self) -> NoReturn:
+        exc = self.error
+        if exc is None:  # cannot happen: the thread records why it ended
+            exc = self.error = RuntimeError("the writer thread ended early")
+        if isinstance(exc, (OSError, MemoryError)):
+            raise exc
+        kind = type(exc)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__qualname__}"
+        raise WriterThreadError(f"{name}: {exc}") from exc
+
+    def _stop(self) -> None:
+        """Queue the end and wait until the thread has ended (a signal may interrupt the
+        wait; the thread goes on, and the next call waits again)."""
+        if not self._done.is_set():
+            if not self._stopping:
+                self._stopping = True
+                self._queue.put(None)
+            self._done.wait()
 
     def close(self, sync: bool = True) -> None:
         """Drain the queue, end the compressed stream, fsync, and stop the thread
         (idempotent)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
+        self._stop()
         if self.error is not None:
-            raise self.error
+            self._raise()
         if sync and self.sync:
-            os.fsync(self.fd)
+            fsync(self.fd)
 
     def abort(self) -> None:
-        """Stop without waiting for queued blocks to reach the disk (failure path)."""
-        if self._thread.is_alive():
+        """Stop without writing the blocks still queued (failure path); waits for a write
+        in progress, so that `written` counts every byte that went out."""
+        if not self._done.is_set():
             self.error = self.error or OSError("export aborted")
-            self._queue.put(None)
-            self._thread.join()
+            self._stop()
 
     def _run(self) -> None:
-        while True:
-            buf = self._queue.get()
-            if buf is None:
+        try:
+            while True:
+                buf = self._queue.get()
+                if buf is None:
+                    try:
+                        if self.error is None and self._codec is not None:
+                            self._emit(self._codec.flush())  # the stream's end
+                    except BaseException as exc:  # noqa: BLE001 - raised by close()
+                        self.error = exc
+                    return
                 try:
-                    if self.error is None and self._codec is not None:
-                        self._emit(self._codec.flush())  # the stream's end
-                except OSError as exc:
+                    if self.error is None:  # after an error: drain without writing
+                        self._write(buf)
+                except BaseException as exc:  # noqa: BLE001 - any type: raised by the caller
                     self.error = exc
-                return
-            try:
-                if self.error is None:  # after an error: drain without writing
-                    self._write(buf)
-            except OSError as exc:
-                self.error = exc
-            finally:
-                self._free.put(buf)
+                finally:
+                    self._free.put(buf)
+        finally:
+            self._done.set()
 
     def _write(self, buf: bytearray) -> None:
         if self._codec is None:
@@ -158,5 +201,5 @@ class FileSink:
         if self.sync and self.written - self._synced >= SYNC_EVERY:
             # Flush to disk as we go, on this thread, so that the fsync before publishing
             # has only the tail left to write.
-            os.fdatasync(self.fd)
+            fdatasync(self.fd)
             self._synced = self.written

@@ -23,12 +23,21 @@ new name from the instant it is visible, and the exception that interrupted carr
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import time
 from pathlib import Path
 
 from ._core import rename_noreplace
+from ._platform import (
+    LOCK_EX,
+    LOCK_NB,
+    O_CLOEXEC,
+    O_NOFOLLOW,
+    flock,
+    fsync,
+    open_dir,
+    open_nofollow,
+)
 from .errors import OutputError
 
 TYPE_CHECKING = False
@@ -149,13 +158,12 @@ def clean_stale_temp_dirs(out: Path) -> list[Path]:
         fds: list[int] = []
         try:
             try:
-                fds.append(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                   | os.O_CLOEXEC))
-                fcntl.flock(fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fds.append(open_dir(path, nofollow=True))
+                flock(fds[0], LOCK_EX | LOCK_NB)
             except OSError:
                 continue  # gone, not ours to open, or a live export holds it
             try:
-                fds.append(os.open(path / LOCK_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC))
+                fds.append(open_nofollow(path / LOCK_NAME, os.O_RDWR | O_CLOEXEC))
             except FileNotFoundError:
                 # No .lock: being created this instant, or its owner died before it could
                 # lock.  Only age tells them apart.
@@ -170,7 +178,7 @@ def clean_stale_temp_dirs(out: Path) -> list[Path]:
             except OSError:
                 continue
             try:
-                fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)  # earlier versions' lock
+                flock(fds[1], LOCK_EX | LOCK_NB)  # earlier versions' lock
             except OSError:
                 continue
             _rmtree(path)
@@ -188,11 +196,11 @@ def _make_temp_dir(out: Path) -> tuple[Path, list[int]]:
     fds: list[int] = []
     try:
         os.mkdir(tmp)  # mode 0o777 & ~umask, as any directory the user makes
-        fds.append(os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        fcntl.flock(fds[0], fcntl.LOCK_EX)
-        fds.append(os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o600))
-        fcntl.flock(fds[1], fcntl.LOCK_EX)
+        fds.append(open_dir(tmp, nofollow=True))
+        flock(fds[0], LOCK_EX)
+        fds.append(os.open(tmp / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
+                           | O_CLOEXEC, 0o600))
+        flock(fds[1], LOCK_EX)
     except BaseException as exc:
         for fd in fds:
             os.close(fd)
@@ -205,16 +213,16 @@ def _make_temp_dir(out: Path) -> tuple[Path, list[int]]:
 
 def open_new(path: Path) -> int:
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o666)
     except OSError as exc:
         raise output_error(exc, path) from None
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
     """Make the names in a directory durable (its entries, not the files' contents)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = open_dir(path)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 

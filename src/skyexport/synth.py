@@ -64,6 +64,7 @@ from typing import Any, TypeVar, cast
 
 import apsw
 
+from ._platform import O_NOFOLLOW
 from .errors import OutputError
 from .schema import (
     FTS,
@@ -766,7 +767,7 @@ def _exclusive_temp(final: str) -> str:
     while True:
         tmp = os.path.join(head, f".{base}.{os.urandom(4).hex()}.synth-tmp")
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o666))
         except FileExistsError:
             continue
         return tmp
