@@ -694,11 +694,14 @@ def _rev(car: bytes, tmp_path: Path) -> str:
     return rev
 
 
-def test_sigint_mid_download_then_rerun(car: bytes, tmp_path: Path) -> None:
-    """SIGINT while blobs download (slowly): exit 130 with one line, only whole files
-    visible (repo.car, fetch.json, blobs that hash to their names), no temporary file
-    anywhere; the rerun completes, downloading neither the repository nor any blob that
-    was already whole."""
+@pytest.mark.parametrize(("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                      (signal.SIGTERM, 143, "terminated")])
+def test_signal_mid_download_then_rerun(car: bytes, tmp_path: Path, signum: int, code: int,
+                                        word: str) -> None:
+    """SIGINT (or SIGTERM) while blobs download (slowly): exit 130 (143) with one line,
+    only whole files visible (repo.car, fetch.json, blobs that hash to their names), no
+    temporary file anywhere; the rerun completes, downloading neither the repository nor
+    any blob that was already whole."""
     blobs = [os.urandom(50_000 + i) for i in range(16)]
     cids = [blob_cid(b) for b in blobs]
     rev = _rev(car, tmp_path)
@@ -736,11 +739,11 @@ def test_sigint_mid_download_then_rerun(car: bytes, tmp_path: Path) -> None:
             if blobs_dir.is_dir() and len(os.listdir(blobs_dir)) >= 3:
                 break
             time.sleep(0.02)
-        p.send_signal(signal.SIGINT)
+        p.send_signal(signum)
         _, err = p.communicate(timeout=60)
-        assert p.returncode == 130, err
+        assert p.returncode == code, err
         assert err.splitlines()[-1] == (
-            "skyexport: interrupted; the backup keeps its previous repo.car and every blob "
+            f"skyexport: {word}; the backup keeps its previous repo.car and every blob "
             "downloaded whole; run the same command again to resume"), err
         assert json.loads(err.splitlines()[-2])["status"] == "failed"
         kept = sorted(os.listdir(blobs_dir))
