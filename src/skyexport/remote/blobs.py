@@ -131,9 +131,10 @@ def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
             raise
         except FetchError as exc:
             if exc.status == 404 or exc.xrpc == "BlobNotFound":
-                why = str(exc) if ref is None else (f"blob {cid}, referenced by {ref}, is "
-                                                    f"not served: {exc}")
-                return BlobOutcome(cid, "missing", why=why)
+                detail = str(exc).removeprefix(f"blob {cid}: ")
+                by = f", referenced by {ref}," if ref is not None else ""
+                return BlobOutcome(cid, "missing",
+                                   why=f"blob {cid}{by} is not served by the PDS ({detail})")
             return BlobOutcome(cid, "failed", why=str(exc))
         if h[0].digest() != digest:
             return BlobOutcome(cid, "bad", size,

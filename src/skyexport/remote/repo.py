@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import ArchiveError
-from .errors import FetchError
+from .errors import AccountError, FetchError
 from .http import Client, truncate, write_all
 
 DEFAULT_MAX_REPO = 16 * 1000 ** 3
@@ -155,9 +155,8 @@ def latest_rev(client: Client, pds: str, did: str) -> str | None:
         got = client.get_json(f"{pds}/xrpc/com.atproto.sync.getLatestCommit", {"did": did},
                               f"getLatestCommit for {did}", cap=64 * 1024)
     except FetchError as exc:
-        if exc.status in (0, 400) and exc.xrpc not in ("MethodNotImplemented",
-                                                          "InvalidRequest"):
+        if exc.status == 0 or isinstance(exc, AccountError):
             raise  # unreachable, an account error, or a cap: getRepo would fail alike
-        return None  # a PDS without getLatestCommit: the repository is downloaded
+        return None  # any other answer (no getLatestCommit here?): the repository is fetched
     rev = got.get("rev") if isinstance(got, dict) else None
     return rev if isinstance(rev, str) else None
