@@ -885,3 +885,37 @@ def test_progress_events(car: bytes, tmp_path: Path) -> None:
         assert b.elapsed_s >= a.elapsed_s
     assert {e.phase for e in events} >= {"repo", "check", "blobs", "done"}
     assert last.to_dict()["blobs_done"] == 5
+
+
+def test_a_full_disk_is_one_line(car: bytes, tmp_path: Path) -> None:
+    """On a real, small filesystem (a 256 KiB tmpfs) the blobs fill the disk: one line
+    naming the backup and the cause, exit 1, and no partial file left: only repo.car,
+    fetch.json and whole blobs."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+    try:
+        big = [os.urandom(60_000 + i) for i in range(8)]
+        cids = [blob_cid(b) for b in big]
+
+        def serve(req: _Req, cid: str) -> None:
+            req.send(200, big[cids.index(cid)])
+        with contextlib_closing(_blob_server(car, [cids], serve)) as s:
+            code, out, err = _run(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o", mnt,
+                                  "--jobs", "1")
+        assert code == 1 and out == "", err
+        assert err == (f"skyexport: error: cannot write the backup in {mnt}: No space left "
+                       "on device; free some space or choose another --output (what was "
+                       "backed up before is as it was)\n")
+        backup = mnt / DID
+        kept = os.listdir(backup / "blobs")
+        assert 0 < len(kept) < 8
+        for cid in kept:
+            assert (backup / "blobs" / cid).read_bytes() == big[cids.index(cid)]
+        assert _tree(backup) == sorted(["blobs", "fetch.json", "repo.car"]
+                                       + [f"blobs/{c}" for c in kept])
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._record import Record
-from ..errors import OutputError
+from ..errors import ExportError, OutputError
 from ..progress import FINAL, ProgressChannel
 from .blobs import DEFAULT_JOBS, DEFAULT_MAX_BLOB, BlobRun, fetch_blobs
 from .errors import FetchError
@@ -288,8 +288,17 @@ def fetch(who: str, output: str | os.PathLike[str] = DEFAULT_OUTPUT, *, pds: str
         channel.put(state.event("queued"))
     client = Client(jobs)
     try:
-        result = _fetch(client, state, who, Path(output), pds, blobs, jobs, max_repo_size,
-                        max_blob_size, channel)
+        try:
+            result = _fetch(client, state, who, Path(output), pds, blobs, jobs,
+                            max_repo_size, max_blob_size, channel)
+        except OSError as exc:
+            if isinstance(exc, ExportError):
+                raise
+            # the network's errors are FetchErrors by now: this is the backup's own disk
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise OutputError(f"cannot write the backup in {output}{where}: "
+                              f"{exc.strerror or exc}; free some space or choose another "
+                              "--output (what was backed up before is as it was)") from None
     except BaseException as exc:
         client.stop.set()
         if channel is not None:

@@ -352,20 +352,20 @@ class Client:
             if buf is None:
                 buf = self._buf.b = memoryview(bytearray(CHUNK))
             n = 0
-            try:
-                while True:
+            while True:
+                try:
                     got = r.readinto(buf)
-                    if not got:
-                        break
-                    n += got
-                    if n > cap:
-                        raise CapExceeded(f"{what}: the body grew past the cap of {cap:,} "
-                                          f"bytes and was cut{cap_hint}")
-                    write(buf[:got])
-                    if self.stop.is_set():
-                        raise Interrupted
-            except (OSError, http.client.HTTPException) as exc:
-                raise _Transport(str(exc) or type(exc).__name__) from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Transport(str(exc) or type(exc).__name__) from None
+                if not got:
+                    break
+                n += got
+                if n > cap:
+                    raise CapExceeded(f"{what}: the body grew past the cap of {cap:,} "
+                                      f"bytes and was cut{cap_hint}")
+                write(buf[:got])  # a local error (a full disk) is not the network's
+                if self.stop.is_set():
+                    raise Interrupted
             if promised is not None and n != promised:
                 raise _Transport(f"body of {n} bytes, {promised} promised")
             whole = True
