@@ -919,3 +919,60 @@ def test_a_full_disk_is_one_line(car: bytes, tmp_path: Path) -> None:
                                        + [f"blobs/{c}" for c in kept])
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+def test_mst_diff_matches_a_full_walk(pds: ArrobaPDS, tmp_path: Path) -> None:
+    """What changed between two repositories is counted by opening only the MST nodes
+    that differ; on repositories arroba writes (records created, updated, deleted between
+    snapshots) and on unrelated synthetic ones, the counts equal those of walking both
+    repositories whole, and a snapshot compared with itself opens nothing but the root."""
+    import random
+
+    from skyexport.carwrite import synth_car
+    from skyexport.remote import repo as rrepo
+
+    did = "did:plc:" + "m" * 24
+    pds.create_repo(did, "mst.test")
+    rng = random.Random(11)
+    rkeys: list[str] = []
+    snaps: list[Path] = []
+    for step in range(6):
+        for _ in range(rng.choice([1, 3, 40])):
+            op = rng.random()
+            if rkeys and op < 0.2:
+                rk = rkeys.pop(rng.randrange(len(rkeys)))
+                pds.delete(did, "app.bsky.feed.post", rk)
+            elif rkeys and op < 0.35:
+                pds.call("com.atproto.repo.putRecord", {
+                    "repo": did, "collection": "app.bsky.feed.post",
+                    "rkey": rng.choice(rkeys), "record": {
+                        "$type": "app.bsky.feed.post", "text": f"edited {rng.random()}",
+                        "createdAt": "2024-01-01T00:00:00.000Z"}})
+            else:
+                coll = rng.choice(["app.bsky.feed.post", "app.bsky.feed.like"])
+                uri = pds.create(did, coll, {"$type": coll, "text": "x", "createdAt":
+                                             "2024-01-01T00:00:00.000Z"})["uri"]
+                if coll == "app.bsky.feed.post":
+                    rkeys.append(uri.rsplit("/", 1)[1])
+        f = tmp_path / f"s{step}.car"
+        f.write_bytes(_raw(f"{pds.url}/xrpc/com.atproto.sync.getRepo?did={did}"))
+        snaps.append(f)
+    a, b = tmp_path / "synth-a.car", tmp_path / "synth-b.car"
+    synth_car(a, 300, seed=1)
+    synth_car(b, 200, seed=2)
+    pairs = [(x, y) for x in snaps for y in snaps if x != y] + [(a, b), (b, a)]
+    for x, y in pairs:
+        assert rrepo.diff(x, y, tmp_path) == rrepo.diff_walk(x, y, tmp_path), (x, y)
+    assert rrepo.diff(snaps[0], snaps[-1], tmp_path) != (0, 0, 0)
+    opened: list[bytes] = []
+    real = rrepo._open_node
+
+    def counting(repo: Any, cid: bytes) -> Any:
+        opened.append(cid)
+        return real(repo, cid)
+    rrepo._open_node = counting  # type: ignore[assignment]
+    try:
+        assert rrepo.diff(snaps[-1], snaps[-1], tmp_path) == (0, 0, 0)
+    finally:
+        rrepo._open_node = real  # type: ignore[assignment]
+    assert opened == []

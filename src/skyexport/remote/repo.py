@@ -6,9 +6,11 @@ fails, is cut at the cap or is interrupted leaves the previous `repo.car` as it 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import ArchiveError
 from .errors import AccountError, FetchError
@@ -98,9 +100,9 @@ def check_car(path: Path, index_dir: Path, did: str) -> RepoCheck:
         raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
 
 
-def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
+def diff_walk(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
     """(added, removed, changed) records from the CAR `old` to `new`: both walked in key
-    order side by side, in flat memory."""
+    order side by side, in flat memory.  The reference for diff()."""
     a = _records(old, index_dir, False)
     b = _records(new, index_dir, False)
     added = removed = changed = 0
@@ -117,6 +119,97 @@ def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
             changed += x[1] != y[1]
             x, y = next(a, None), next(b, None)
     return added, removed, changed
+
+
+def _layer(key: bytes) -> int:
+    """The MST layer of a key (atproto: leading zero 2-bit groups of its SHA-256)."""
+    n = 0
+    for byte in hashlib.sha256(key).digest():
+        if byte == 0:
+            n += 4
+            continue
+        n += 3 if byte < 4 else 2 if byte < 16 else 1 if byte < 64 else 0
+        break
+    return n
+
+
+# An MST walk position: ("t", node CID) a subtree not yet opened, ("k", key, record CID).
+_Item = tuple[Any, ...]
+
+
+def _open_node(repo: Any, cid: bytes) -> tuple[list[_Item], int]:
+    """A node's items in key order, and its layer (that of its first key)."""
+    from .. import _core
+
+    node = repo._decode(cid, "MST node")
+    items: list[_Item] = []
+    left = node["l"]
+    if left is not None:
+        items.append(("t", bytes(left)))
+    key = b""
+    layer = -1
+    for e in node["e"]:
+        key = key[:e["p"]] + e["k"]
+        if layer < 0:
+            layer = _layer(key)
+        if not isinstance(e["v"], _core.CID):
+            raise ValueError("malformed MST entry")
+        items.append(("k", key.decode("ascii"), bytes(e["v"])))
+        if e["t"] is not None:
+            items.append(("t", bytes(e["t"])))
+    return items, max(layer, 0)
+
+
+def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
+    """(added, removed, changed) records from the CAR `old` to `new`, opening only the MST
+    nodes that differ: two subtrees with the same CID hold the same records, so they are
+    stepped over (atproto's MST diff).  A rerun after a few new records reads a few nodes,
+    not both repositories.  Memory: two stacks, as deep as the trees."""
+    from ..car import CarRepo
+
+    with CarRepo(old, index_dir, verb="") as ra, CarRepo(new, index_dir, verb="") as rb:
+        a: list[_Item] = [("t", bytes(ra.data))]
+        b: list[_Item] = [("t", bytes(rb.data))]
+        added = removed = changed = 0
+
+        def step_into(stack: list[_Item], repo: Any) -> None:
+            items, _ = _open_node(repo, stack.pop()[1])
+            stack.extend(reversed(items))
+
+        while a or b:
+            x = a[-1] if a else None
+            y = b[-1] if b else None
+            if x is not None and y is not None and x[0] == "t" and y[0] == "t":
+                if x[1] == y[1]:
+                    a.pop()
+                    b.pop()
+                    continue
+                xi, xl = _open_node(ra, x[1])
+                yi, yl = _open_node(rb, y[1])
+                if xl >= yl:  # open the higher (or both, at one layer): they may realign
+                    a.pop()
+                    a.extend(reversed(xi))
+                if yl >= xl:
+                    b.pop()
+                    b.extend(reversed(yi))
+                continue
+            if x is not None and x[0] == "t":
+                step_into(a, ra)
+                continue
+            if y is not None and y[0] == "t":
+                step_into(b, rb)
+                continue
+            if y is None or (x is not None and x[1] < y[1]):
+                removed += 1
+                a.pop()
+            elif x is None or y[1] < x[1]:
+                added += 1
+                b.pop()
+            else:
+                changed += x[2] != y[2]
+                a.pop()
+                b.pop()
+        return added, removed, changed
 
 
 def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
