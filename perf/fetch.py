@@ -50,7 +50,11 @@ class H(http.server.BaseHTTPRequestHandler):
         if u.path == "/xrpc/com.atproto.sync.getRepo":
             self.file(car)
         elif u.path == "/xrpc/com.atproto.sync.getBlob":
-            self.file(os.path.join(root, "blobs", os.path.basename(q.get("cid", "x"))))
+            path = os.path.join(root, "blobs", os.path.basename(q.get("cid", "x")))
+            if os.path.isfile(path):
+                self.file(path)
+            else:  # the synthetic posts' images: referenced, never uploaded
+                self.body(400, b'{"error":"BlobNotFound"}')
         elif u.path == "/xrpc/com.atproto.sync.listBlobs":
             i = int(q.get("cursor", "0"))
             page = {"cids": cids[i:i + 1000]}
@@ -127,7 +131,9 @@ def build_root(posts: int, blobs: int, blob_size: int) -> Path:
 
 def timed(argv: list[str]) -> float:
     t = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed ({p.returncode}): {p.stderr.strip()}")
     return time.perf_counter() - t
 
 

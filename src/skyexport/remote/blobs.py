@@ -97,11 +97,13 @@ class BlobOutcome:
 
 def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
                   blobs_dir: Path, work_dir: Path, max_blob: int,
-                  on_bytes: Callable[[int], None], ref: str | None = None) -> BlobOutcome:
+                  on_bytes: Callable[[int], None], ref: str | None = None,
+                  maybe_there: bool = True) -> BlobOutcome:
     """One blob into `blobs_dir` (unless already there, whole); `ref`: the key of a
-    record that references it, when listBlobs did not list it."""
+    record that references it, when listBlobs did not list it; `maybe_there`: False when
+    blobs/ had no such name as the run began (no need to look)."""
     final = blobs_dir / cid
-    if file_matches(final, digest):
+    if maybe_there and file_matches(final, digest):
         return BlobOutcome(cid, "present")
     tmp = work_dir / f"{cid}.{os.urandom(4).hex()}.part"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -184,6 +186,7 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
     and removed its temporary file."""
     todo: queue.Queue[tuple[str, bytes, str | None] | None] = queue.Queue(maxsize=jobs * 4)
     errors: list[BaseException] = []
+    there = set(os.listdir(blobs_dir))  # one listing, not one failed open() per new blob
 
     def work() -> None:
         try:
@@ -191,7 +194,7 @@ def fetch_blobs(client: Client, pds: str, did: str, blobs_dir: Path, work_dir: P
                 if client.stop.is_set():
                     continue  # drain: the main thread may be blocked on a full queue
                 out = download_blob(client, pds, did, item[0], item[1], blobs_dir, work_dir,
-                                    max_blob, run.add_bytes, item[2])
+                                    max_blob, run.add_bytes, item[2], item[0] in there)
                 with run.lock:
                     run.outcomes[out.kind].append(out)
                     run.done += 1
