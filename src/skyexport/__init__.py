@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "ImportResult", "OptionError", "OutputError", "SelectionError",
-    "VerifyReport", "export", "import_car", "verify", "__version__",
+    "ExportWarning", "FetchError", "FetchProgress", "FetchResult", "ImportResult",
+    "OptionError", "OutputError", "SelectionError",
+    "VerifyReport", "export", "fetch", "import_car", "open_backup", "verify", "__version__",
 ]
 
 _WHERE = {
@@ -24,6 +25,8 @@ _WHERE = {
     "VerifyReport": "manifest.verify", "verify": "manifest.verify",
     "ExportProgress": "exporter.progress",
     "ImportResult": "sources.car.importer", "import_car": "sources.car.importer",
+    "FetchError": "remote.errors", "FetchProgress": "remote.backup",
+    "FetchResult": "remote.backup", "fetch": "remote.backup", "open_backup": "remote.backup",
 }
 
 TYPE_CHECKING = False
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from .exporter.job import ExportResult, ExportWarning, export
     from .exporter.progress import ExportProgress
     from .manifest.verify import VerifyReport, verify
+    from .remote.backup import FetchProgress, FetchResult, fetch, open_backup
+    from .remote.errors import FetchError
     from .sources.car.importer import ImportResult, import_car
 
 

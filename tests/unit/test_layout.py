@@ -20,6 +20,7 @@ MAY_IMPORT = {
     "manifest": TOP | {"skyexport.manifest"},
     "testing": TOP | {"skyexport.testing"},
     "cli": None,  # the command line may import anything
+    "remote": None,  # `skyexport fetch`: not yet a Source, so not yet held to a stage
     "": TOP,      # the top-level modules import nothing of the folders
 }
 
