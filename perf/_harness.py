@@ -739,19 +739,24 @@ def floor_case(key: str, info: ArchiveInfo, *, where: str = "") -> Case:
     return Case(key, "sqlite3", "floor", "all", info.posts, build, collect, archive=info.path)
 
 
-def copy_media_case(key: str, info: ArchiveInfo) -> Case:
-    """`cp -r --reflink=auto` of the archive's media files: what --media competes with."""
+def copy_media_case(key: str, info: ArchiveInfo, sync: bool = False) -> Case:
+    """`cp -r --reflink=auto` of the archive's media files: what --media competes with.
+    With `sync`, followed by `sync -f` of the copy's file system (one syncfs, as --media
+    makes its files durable): the same copy made durable."""
     src = info.path.parent / "media"
 
     def build(out: Path) -> tuple[list[str], Path]:
-        return ["cp", "-r", "--reflink=auto", str(src), str(out / "media-copy")], \
-            out / "stdout.txt"
+        dst = str(out / "media-copy")
+        if sync:
+            return ["sh", "-c", 'cp -r --reflink=auto "$1" "$2" && exec sync -f "$2"', "sh",
+                    str(src), dst], out / "stdout.txt"
+        return ["cp", "-r", "--reflink=auto", str(src), dst], out / "stdout.txt"
 
     def collect(out: Path, s: Sample) -> None:
         pass
 
-    return Case(key, "cp", "media", "all", info.posts, build, collect, archive=info.path,
-                keep_output=True)
+    return Case(key, "cp", "media +sync" if sync else "media", "all", info.posts, build,
+                collect, archive=info.path, keep_output=True)
 
 
 class BusyCore:

@@ -82,9 +82,10 @@ def media_cases(info: h.ArchiveInfo, plain: bool = True) -> list[h.Case]:
                          no_sync=True)
     n.baseline = "skyexport json all +media"
     cp = h.copy_media_case("cp -r media", info)
-    for case in (c, n, cp):
+    cps = h.copy_media_case("cp -r media +sync", info, sync=True)
+    for case in (c, n, cp, cps):
         case.keep_output = True
-    return [*cases, c, n, cp]
+    return [*cases, c, n, cp, cps]
 
 
 def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool,
@@ -356,6 +357,12 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
                 + ("" if size == 200_000 else " (target is for 200k)"),
                 (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
                 f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
+        cps = get(size, "cp -r media +sync")
+        if m and plain and cps and m["wall_s"] and plain["wall_s"] and cps["wall_s"]:
+            checks.append(check(
+                f"--media cost vs cp -r + sync -f (durable, as --media), {h.size_label(size)}",
+                (m["wall_s"] - plain["wall_s"]) / cps["wall_s"], None, "x",
+                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cps['wall_s']:.2f} s", info=True))
         nosync = get(size, "skyexport json all +media nosync")
         if m and nosync and cp and m["wall_s"] and nosync["wall_s"] and cp["wall_s"]:
             checks.append(check(
@@ -446,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-media", action="store_true", help="skip the --media runs")
     p.add_argument("--media-only", action="store_true",
                    help="only the --media check: json with and without --media, and cp -r "
-                        "of the same files (no start-up or one-core-busy runs)")
+                        "of the same files, alone and followed by sync -f (no start-up or "
+                        "one-core-busy runs)")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up check")
     p.add_argument("--no-busy-core", action="store_true",
                    help="skip the runs with one core kept busy")

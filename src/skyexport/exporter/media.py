@@ -101,7 +101,7 @@ _NO_CLONE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno
 # copies one file at a time).  FAST_PATH False sends every file through the checked Python
 # path (_copy_one) - what the loop hands back anything unusual to anyway.
 FAST_PATH = True
-BATCH_FILES = 256
+BATCH_FILES = 1024  # more than an export batch (1,000 posts) usually has: one batch a call
 COPY_THREADS = 2
 _PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
