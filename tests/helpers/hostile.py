@@ -157,6 +157,20 @@ def fat_path(depth: int, node_bytes: int) -> bytes:
     return car.finish(link)
 
 
+def fat_left_path(depth: int, node_bytes: int) -> bytes:
+    """A valid MST path of `depth` nodes of about `node_bytes` each, each node's left
+    subtree (`l`) the next, down to one post: the walk comes back up to every node of the
+    path to read its entries."""
+    car = Car()
+    rec = car.add(post())
+    fill = max(1, node_bytes // 560)
+    link = car.node([(POST + tid(0), rec, None)])
+    for d in reversed(range(depth)):
+        keys = [f"b.b.c/{depth - d:04d}{j:05d}" + "k" * 490 for j in range(fill)]
+        link = car.node([(k, rec, None) for k in keys], left=link, compress=False)
+    return car.finish(link)
+
+
 def deep_record(depth: int) -> bytes:
     """A post whose embed nests `depth` arrays deep."""
     car = Car()

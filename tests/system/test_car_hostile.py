@@ -31,6 +31,7 @@ from helpers.hostile import (
     control_did,
     damaged_copies,
     deep_record,
+    fat_left_path,
     fat_path,
     long_did,
     long_key,
@@ -126,16 +127,19 @@ def test_amplifying_cars_are_refused_in_flat_memory(case: str, needles: tuple[st
 
 
 @needs_proc
-@pytest.mark.parametrize("case", ["big", "embeds", "path"])
+@pytest.mark.parametrize("case", ["big", "embeds", "path", "left_path"])
 def test_large_records_within_the_limits_stay_flat(case: str, tmp_path: Path) -> None:
     """A post of 900 KB whose embed escapes to 5.4 MB of JSON; 300 posts with 50 KB
-    embeds (15 MB of CAR, 90 MB of JSON); an MST path of 40 nodes of 1.2 MB each (47 MB):
+    embeds (15 MB of CAR, 90 MB of JSON); an MST path of 40 nodes of 1.2 MB each (47 MB),
+    down their last entries or down their left subtrees (the walk comes back to each):
     every command succeeds under 64 MB (batches are sized by bytes as well as rows; the
-    walk holds one node of its path at a time -- an unguarded reader: 67 to 114 MB)."""
+    walk holds at most 4 MiB of its path, plus the node it reads -- an unguarded reader:
+    67 to 114 MB)."""
     car = tmp_path / f"{case}.car"
     car.write_bytes({"big": lambda: big_record(900_000),
                      "embeds": lambda: many_embeds(300, 50_000),
-                     "path": lambda: fat_path(40, 1_200_000)}[case]())
+                     "path": lambda: fat_path(40, 1_200_000),
+                     "left_path": lambda: fat_left_path(40, 1_200_000)}[case]())
     posts = 300 if case == "embeds" else 1
     runs = three_commands(car, tmp_path)
     for cmd, r in runs.items():
@@ -249,10 +253,28 @@ def test_walk_budget_is_proportional_to_the_file(tmp_path: Path) -> None:
             pass
         spent = 8 * car.stat().st_size + (8 << 20) - w.budget
         assert w.blocks_read == 200 + w.nodes_read
-        # nodes read again when the walk comes back up from a subtree spend too: an
-        # honest tree reads fewer than all its nodes once more
-        assert 0 < w.nodes_reread < w.nodes_read
+        # an honest tree's path fits in memory: no node is read twice
+        assert w.nodes_reread == 0
         assert 100 * w.blocks_read < spent <= 2 * car.stat().st_size
+
+
+def test_walk_reads_again_only_a_path_over_its_bound(tmp_path: Path) -> None:
+    """A path of 1.2 MB nodes, each the left subtree of the one above: the walk holds at
+    most 4 MiB of the path, so coming back up it reads again (checked, and spending its
+    budget) the nodes it dropped -- the ones nearest the root -- and no others."""
+    from skyexport.sources.car.repo import CarRepo
+
+    for depth, reread in ((3, 0), (10, 7)):
+        car = tmp_path / f"left{depth}.car"
+        car.write_bytes(fat_left_path(depth, 1_200_000))
+        with CarRepo(car, tmp_path) as repo:
+            assert repo.index is not None
+            w = _core.CarWalker(repo.fd, repo.index, repo.data, repo.did, False)
+            keys = w.entries(1 << 20)
+            assert w.entries(10) == []
+            assert len(keys) == depth * (1_200_000 // 560) + 1
+            assert keys[0][0].startswith("app.bsky.feed.post/")
+            assert (w.nodes_read, w.nodes_reread) == (depth + 1, reread)
 
 
 # --- order: every walk reads every node -----------------------------------------------

@@ -5,9 +5,9 @@
 @cython.final
 @cython.auto_pickle(False)
 cdef class _Frame:
-    """One MST node on the walk's path: its data (None while the walk is below it: only
-    the node being read is held, the others are read again from the CAR when the walk
-    comes back to them), where that is in the CAR, where its next entry starts, how many
+    """One MST node on the walk's path: its data (None once the path's nodes hold more than
+    PATH_BYTES: the nodes nearest the root are dropped first and read again from the CAR
+    when the walk comes back to them), where that is in the CAR, where its next entry starts, how many
     entries are left, and the last key read in it (keys are prefix-compressed per node)."""
     cdef bytes data
     cdef int64_t off
@@ -82,6 +82,7 @@ cdef int bytes_cmp(bytes a, bytes b) noexcept:
 
 cdef enum:
     ROW_BYTES = 4 << 20       # a batch of rows ends once it holds this many bytes
+    PATH_BYTES = 4 << 20      # the path's nodes held at most (an honest node: a few KB)
 
 
 @cython.final
@@ -105,6 +106,7 @@ cdef class CarWalker:
     cdef readonly int64_t nodes_read
     cdef readonly int64_t nodes_reread    # nodes read again when the walk came back up
     cdef readonly int64_t budget          # bytes the walk may still read
+    cdef Py_ssize_t held                  # the bytes of the path's nodes held in memory
     cdef readonly bint posts_only
     cdef str did
     cdef object sha256
@@ -129,6 +131,7 @@ cdef class CarWalker:
         self.posts_only = posts_only
         self.collections = {}
         self.stack = []
+        self.held = 0
         self.last_key = None
         self.budget = 8 * index.size + (8 << 20)
         self.push(bytes(data_cid), None)
@@ -138,6 +141,25 @@ cdef class CarWalker:
 
     def close(self):
         self.stack = []
+        self.held = 0
+
+    cdef void hold(self, Py_ssize_t n) noexcept:
+        """Count n more bytes of the path held, then drop the nodes nearest the root (not
+        the top one, the node being read) until the path holds at most PATH_BYTES."""
+        cdef Py_ssize_t i = 0, top = len(self.stack) - 1
+        cdef _Frame f
+        self.held += n
+        while self.held > PATH_BYTES and i < top:
+            f = <_Frame>self.stack[i]
+            if f.data is not None:
+                f.data = None
+                self.held -= f.n
+            i += 1
+
+    cdef void pop(self) noexcept:
+        cdef _Frame f = <_Frame>self.stack.pop()
+        if f.data is not None:
+            self.held -= f.n
 
     cdef str what(self, bytes key, bytes prev):
         """The block's name in errors: a record by its key, an MST node by the key before."""
@@ -197,6 +219,7 @@ cdef class CarWalker:
             raise CarFormatError("the CAR changed while it was read (an MST node differs)")
         self.nodes_reread += 1
         f.data = data
+        self.hold(f.n)
         return 0
 
     cdef int push(self, bytes cid, bytes prev) except -1:
@@ -206,8 +229,6 @@ cdef class CarWalker:
         cdef const unsigned char* s
         cdef _Frame f
         while True:
-            if self.stack:   # one node held at a time: the parent is read again later
-                (<_Frame>self.stack[len(self.stack) - 1]).data = None
             cn = PyBytes_GET_SIZE(cid)
             n = self.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, None, prev)
             self.nodes_read += 1
@@ -242,6 +263,7 @@ cdef class CarWalker:
                 raise CarFormatError(f"block {cid_str(cid)} ({self.what(None, prev)}) is an "
                                      "empty MST node below the root (the MST is damaged)")
             self.stack.append(f)
+            self.hold(n)
             if it.major == 7 and it.arg == 22:
                 return 0
             if it.major != 6:
@@ -262,7 +284,7 @@ cdef class CarWalker:
         while self.stack:
             f = <_Frame>self.stack[len(self.stack) - 1]
             if f.left == 0:
-                self.stack.pop()
+                self.pop()
                 continue
             if f.data is None:
                 self.reload(f)

@@ -11,8 +11,9 @@ The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its siz
    of at most 1 MB.  Only the bytes there when the file was opened are read and hashed.
 2. The commit (the header's one root) gives the DID (checked against atproto's syntax),
    version, rev and the MST root.
-3. The MST is walked depth-first (memory: one node at a time, and the keys of the path
-   from the root: a node is read again when the walk comes back to it); every
+3. The MST is walked depth-first (memory: the nodes of the path from the root while they
+   hold at most 4 MiB, else those nearest the root are dropped and read again when the
+   walk comes back to them); every
    MST node is read, checked against its CID (SHA-256) and its keys checked for order and
    bounds, by every command, so `info`, `import` and `export` accept and refuse the same
    files.  Only records of `app.bsky.feed.post` are read.  A block's verdict (its good
