@@ -1,6 +1,17 @@
 # Repository CARs: the block index, an external sort of (key, offset, length) in a
 # scratch file, so that memory does not grow with the CAR.
 
+cdef extern from "sha256.h" nogil:
+    # the core's SHA-256 (SHA extensions where the CPU has them, else portable C): the
+    # walk hashes each block without a Python call; media/copy.pxi uses it too
+    ctypedef struct sx_sha256:
+        pass
+    int sx_sha256_select(int accelerated)
+    void sx_sha256_init(sx_sha256* s)
+    void sx_sha256_update(sx_sha256* s, const unsigned char* p, size_t n)
+    void sx_sha256_final(sx_sha256* s, unsigned char* out)
+
+
 # --- the block index: a sorted file of (key, offset, length) ---------------------------
 #
 # Keys are the last 8 bytes of a block's CID (of its SHA-256 digest: uniformly spread), so
@@ -257,6 +268,8 @@ cdef class BlockIndex:
         cdef IxEntry e
         cdef Py_ssize_t n, r
         cdef unsigned char head[96]
+        cdef unsigned char digest[32]
+        cdef sx_sha256 h
         cdef unsigned char* grown
         if at >= stop:
             return -1
@@ -278,9 +291,10 @@ cdef class BlockIndex:
                                          "cut off)")
                 if n < cn or memcmp(buf[0], cid, cn) != 0:
                     return -1
-                digest = sha256(PyMemoryView_FromMemory(<char*>buf[0] + cn, n - cn,
-                                                        PyBUF_READ)).digest()
-                if memcmp(PyBytes_AS_STRING(digest), cid + cn - 32, 32) != 0:
+                sx_sha256_init(&h)
+                sx_sha256_update(&h, buf[0] + cn, <size_t>(n - cn))
+                sx_sha256_final(&h, digest)
+                if memcmp(digest, cid + cn - 32, 32) != 0:
                     return -2
                 where[0] = e.off
                 return n - cn

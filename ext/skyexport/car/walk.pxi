@@ -7,8 +7,9 @@
 cdef class _Frame:
     """One MST node on the walk's path: its data (None once the path's nodes hold more than
     PATH_BYTES: the nodes nearest the root are dropped first and read again from the CAR
-    when the walk comes back to them), where that is in the CAR, where its next entry starts, how many
-    entries are left, and the last key read in it (keys are prefix-compressed per node)."""
+    when the walk comes back to them), where that is in the CAR, where its next entry
+    starts, how many entries are left, and the last key read in it (keys are
+    prefix-compressed per node)."""
     cdef bytes data
     cdef int64_t off
     cdef Py_ssize_t n

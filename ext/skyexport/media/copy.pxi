@@ -39,13 +39,6 @@ cdef extern from "media_io.h" nogil:
 
     int sx_syncfs(int fd)
     void sx_media_run(sx_media_ctx* c, unsigned char* buf, size_t cap)
-    int sx_sha256_select(int accelerated)
-
-    ctypedef struct sx_sha256:
-        pass
-    void sx_sha256_init(sx_sha256* s)
-    void sx_sha256_update(sx_sha256* s, const unsigned char* p, size_t n)
-    void sx_sha256_final(sx_sha256* s, unsigned char* out)
 
 cdef enum:
     MEDIA_CHUNK = 1 << 18   # bytes per read in the copy loop (one buffer per thread)
