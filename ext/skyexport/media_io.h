@@ -28,6 +28,20 @@
 #ifndef SX_FICLONE
 #define SX_FICLONE 0x40049409      /* linux/fs.h: _IOW(0x94, 9, int) */
 #endif
+/* fstat and fcntl through syscall(2) where the kernel's struct stat is glibc's (x86_64,
+ * aarch64): glibc 2.33 made fstat a symbol of its own (fstat64@GLIBC_2.33) and 2.28 renamed
+ * fcntl (fcntl64@GLIBC_2.28), and either would raise the wheel's glibc floor above
+ * manylinux2014's 2.17 (`make wheel` repairs to it, and fails on a newer symbol). */
+#if defined(__x86_64__) || defined(__aarch64__)
+static inline int sx_fstat(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
+static inline int sx_fcntl(int fd, int cmd, long arg)
+{
+    return (int)syscall(SYS_fcntl, fd, cmd, arg);
+}
+#else
+#define sx_fstat fstat
+#define sx_fcntl fcntl
+#endif
 struct sx_open_how {               /* linux/openat2.h */
     uint64_t flags;
     uint64_t mode;
@@ -154,8 +168,8 @@ static int sx_copy_hash(sx_media_job *j, int src, int out, int64_t off,
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN) {   /* O_NONBLOCK only guarded the open */
-                int fl = fcntl(src, F_GETFL);
-                if (fl >= 0 && fcntl(src, F_SETFL, fl & ~O_NONBLOCK) == 0)
+                int fl = sx_fcntl(src, F_GETFL, 0);
+                if (fl >= 0 && sx_fcntl(src, F_SETFL, fl & ~O_NONBLOCK) == 0)
                     continue;
             }
             j->err = errno;
@@ -210,7 +224,7 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
     }
     if (src < 0)
         return;                                 /* not found: said by the checked path */
-    if (fstat(src, &sst) != 0 || !S_ISREG(sst.st_mode))
+    if (sx_fstat(src, &sst) != 0 || !S_ISREG(sst.st_mode))
         goto slow;
     for (i = 0; i < c->npseudo; i++)
         if (c->pseudo[i] == sst.st_dev)
@@ -235,7 +249,7 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
         if (!skip) {
             if (ioctl(out, SX_FICLONE, src) == 0) {
                 /* Shared blocks: cut to the size fstat gave, hash what the copy holds. */
-                if (fstat(out, &ost) != 0
+                if (sx_fstat(out, &ost) != 0
                         || ftruncate(out, ost.st_size < sst.st_size ? ost.st_size
                                                                     : sst.st_size) != 0) {
                     j->err = errno;
