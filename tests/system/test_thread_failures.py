@@ -172,13 +172,20 @@ def test_progress_thread_failure_is_reported() -> None:
     snapshot) is said when the channel closes, not lost with the thread."""
     seen: list[str] = []
 
-    def snapshot() -> ExportProgress:
+    def snapshot() -> ExportProgress | None:
+        # Only after the put event was delivered: on a loaded machine the first heartbeat
+        # may come before the put (10 ms), and the thread would then stop before it.
+        if not seen:
+            return None
         raise _Boom("injected: snapshot failed")
 
     ch = ProgressChannel(lambda ev: seen.append(ev.status), snapshot, heartbeat_s=0.01)
     ch.put(ExportProgress("running", 1, 10, 0, 0, 100, 0.1))
     deadline = threading.Event()
-    deadline.wait(0.3)  # several heartbeats: the snapshot has been called
+    for _ in range(HANG_S * 100):  # the put event, then a heartbeat: the snapshot raised
+        if ch.failure is not None:
+            break
+        deadline.wait(0.01)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ch.close(timeout_s=HANG_S)
