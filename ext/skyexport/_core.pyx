@@ -19,6 +19,7 @@ sees everything at once and can inline across them):
     _writer.pxi   Writer: the per-row encoders and the batch loop
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
     _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
+    _records.pxi  every record of a CAR as listRecords JSON and CSV rows (CAR.md)
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -51,6 +52,7 @@ include "_filter.pxi"
 include "_writer.pxi"
 include "_pipe.pxi"
 include "_car.pxi"
+include "_records.pxi"
 
 init_json_tables()
 init_writer_tables()

@@ -1,0 +1,200 @@
+"""Every collection of a repository CAR: `records/<nsid>.<ext>` files (docs/CAR.md, "Every
+collection").  The core's RecordReader reads and encodes the records; this module names
+the CSV columns, opens the files and hashes what it writes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _core
+
+RECORDS_DIR = "records"
+CHUNK_BYTES = 1 << 20
+
+# The CSV columns of the well-known collections after `uri` and `cid`: (column, path of
+# field names into the record).  A strongRef field is split into NAME_uri and NAME_cid;
+# any other collection has `uri,cid,json`.
+_REF = ("uri", "cid")
+
+
+def _cols(*spec: str | tuple[str, str]) -> tuple[tuple[str, tuple[bytes, ...]], ...]:
+    out: list[tuple[str, tuple[bytes, ...]]] = []
+    for item in spec:
+        if isinstance(item, tuple):          # (column prefix, field): a strongRef
+            prefix, name = item
+            out += [(f"{prefix}_{sub}", (name.encode(), sub.encode())) for sub in _REF]
+        else:
+            column = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", item).lower()
+            out.append((column, (item.encode(),)))
+    return tuple(out)
+
+
+COLUMNS: dict[str, tuple[tuple[str, tuple[bytes, ...]], ...]] = {
+    "app.bsky.feed.post": _cols("text", "createdAt", "langs", ("reply_root", "reply"),
+                                ("reply_parent", "reply"), "embed", "facets", "tags",
+                                "labels"),
+    "app.bsky.feed.like": _cols(("subject", "subject"), "createdAt", ("via", "via")),
+    "app.bsky.feed.repost": _cols(("subject", "subject"), "createdAt", ("via", "via")),
+    "app.bsky.graph.follow": _cols("subject", "createdAt", ("via", "via")),
+    "app.bsky.graph.block": _cols("subject", "createdAt"),
+    "app.bsky.graph.list": _cols("name", "purpose", "description", "descriptionFacets",
+                                 "avatar", "labels", "createdAt"),
+    "app.bsky.graph.listitem": _cols("subject", "list", "createdAt"),
+    "app.bsky.graph.listblock": _cols("subject", "createdAt"),
+    "app.bsky.graph.starterpack": _cols("name", "description", "descriptionFacets", "list",
+                                        "feeds", "createdAt"),
+    "app.bsky.graph.verification": _cols("subject", "handle", "displayName", "createdAt"),
+    "app.bsky.actor.profile": _cols("displayName", "description", "avatar", "banner",
+                                    "labels", ("joined_via_starter_pack",
+                                               "joinedViaStarterPack"),
+                                    ("pinned_post", "pinnedPost"), "createdAt"),
+    "app.bsky.feed.threadgate": _cols("post", "allow", "hiddenReplies", "createdAt"),
+    "app.bsky.feed.postgate": _cols("post", "detachedEmbeddingUris", "embeddingRules",
+                                    "createdAt"),
+    "app.bsky.feed.generator": _cols("did", "displayName", "description",
+                                     "descriptionFacets", "avatar", "acceptsInteractions",
+                                     "labels", "contentMode", "createdAt"),
+    "app.bsky.labeler.service": _cols("policies", "labels", "createdAt"),
+    "chat.bsky.actor.declaration": _cols("allowIncoming"),
+}
+# the reply's strongRefs are one level deeper: reply.root.uri, reply.parent.cid, ...
+COLUMNS["app.bsky.feed.post"] = tuple(
+    (c, (b"reply", c.split("_")[1].encode(), c.split("_")[2].encode()))
+    if c.startswith("reply_") else (c, p) for c, p in COLUMNS["app.bsky.feed.post"])
+
+
+def csv_header(nsid: str) -> str:
+    """The CSV header line of collection `nsid`'s file."""
+    cols = COLUMNS.get(nsid)
+    names = ["uri", "cid"] + ([c for c, _ in cols] if cols is not None else ["json"])
+    return ",".join(names) + "\n"
+
+
+_NSID = re.compile(r"[A-Za-z]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))+")
+
+
+def parse_collections(value: str) -> frozenset[str] | None:
+    """--collections: `all` (None: every collection) or NSIDs separated by commas."""
+    if value.strip() == "all":
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise ValueError("--collections needs `all` or NSIDs separated by commas "
+                         "(e.g. app.bsky.graph.follow,app.bsky.feed.like)")
+    for name in names:
+        if len(name) > 317 or not _NSID.fullmatch(name) or not name.split(".")[-1][:1].isalpha():
+            raise ValueError(f"--collections: {name!r} is not an NSID (e.g. "
+                             "app.bsky.graph.follow); `skyexport info REPO.car` lists a "
+                             "repository's collections")
+    return frozenset(names)
+
+
+@dataclass
+class RecordFile:
+    name: str          # relative to the export directory: records/NSID.EXT
+    records: int
+    size: int
+    sha256: str
+
+
+@dataclass
+class RecordsResult:
+    files: list[RecordFile] = field(default_factory=list)
+    bad: list[tuple[str, str, str]] = field(default_factory=list)  # key, CID, what
+    bad_total: int = 0
+
+
+class _Out:
+    """One records file being written: created exclusively, hashed as it is written."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                          | getattr(os, "O_BINARY", 0), 0o644)
+        self.name = name
+        self.h = hashlib.sha256()
+        self.size = 0
+        self.records = 0
+
+    def write(self, data: bytes) -> None:
+        self.h.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view)
+            view = view[n:]
+
+    def close(self) -> RecordFile:
+        os.close(self.fd)
+        return RecordFile(self.name, self.records, self.size, self.h.hexdigest())
+
+
+def _open(out_dir: Path, nsid: str, fmt: str, bom: bool) -> _Out:
+    name = f"{RECORDS_DIR}/{nsid}.{fmt}"
+    f = _Out(out_dir / name, name)
+    if fmt == "json":
+        f.write(b"[")
+    elif fmt == "csv":
+        f.write((b"\xef\xbb\xbf" if bom else b"") + csv_header(nsid).encode("ascii"))
+    return f
+
+
+def _close(f: _Out, fmt: str) -> RecordFile:
+    if fmt == "json":
+        f.write(b"\n]\n" if f.records else b"]\n")
+    return f.close()
+
+
+def write_records(walker: Any, out_dir: Path, fmt: str, wanted: frozenset[str] | None, *,
+                  keep_bad: bool = False, bom: bool = True) -> RecordsResult:
+    """Write out_dir/records/NSID.FMT for every collection (wanted None) or each wanted
+    NSID (an empty file for one the repository does not hold), from `walker` (a
+    _core.CarWalker of every collection, fresh).  Errors of the core propagate
+    (CarFormatError, OSError)."""
+    (out_dir / RECORDS_DIR).mkdir(exist_ok=True)
+    reader = _core.RecordReader(walker, None if wanted is None
+                                else [w.encode("ascii") for w in wanted], keep_bad)
+    columns = {k: [p for _, p in v] for k, v in COLUMNS.items()}
+    result = RecordsResult()
+    seen: set[str] = set()
+    cur: _Out | None = None
+    cur_nsid = ""
+    try:
+        while True:
+            got = reader.chunk(fmt == "jsonl", fmt == "json", fmt == "csv", columns,
+                               CHUNK_BYTES)
+            if got is None:
+                break
+            nsid, count, _first, jl, js, cs = got
+            if cur is None or nsid != cur_nsid:
+                if cur is not None:
+                    result.files.append(_close(cur, fmt))
+                    cur = None
+                cur = _open(out_dir, nsid, fmt, bom)
+                cur_nsid = nsid
+                seen.add(nsid)
+            data = jl if fmt == "jsonl" else js if fmt == "json" else cs
+            if fmt == "json" and count and not cur.records:
+                data = b"\n" + data
+            cur.write(data)
+            cur.records += count
+        if cur is not None:
+            result.files.append(_close(cur, fmt))
+            cur = None
+        for nsid in sorted((wanted or frozenset()) - seen):
+            result.files.append(_close(_open(out_dir, nsid, fmt, bom), fmt))
+    finally:
+        if cur is not None:
+            os.close(cur.fd)
+    result.files.sort(key=lambda f: f.name)
+    result.bad = list(reader.bad)
+    result.bad_total = reader.bad_total
+    return result
+
+
+def nsids_of(files: Iterable[RecordFile]) -> list[str]:
+    return [f.name.split("/", 1)[1].rsplit(".", 1)[0] for f in files]
