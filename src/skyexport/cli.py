@@ -202,6 +202,10 @@ def _build_parser() -> argparse.ArgumentParser:
                         "posts.*.zst (needs skyexport[zstd]); also with --output -")
     e.add_argument("--compress-level", type=int, metavar="N",
                    help="gzip 1-9 (default 6), zstd 1-22 (default 3)")
+    e.add_argument("--collections", action=_Once, metavar="all|NSID,...",
+                   help="with a repository CAR: also write records/<nsid>.<format> for every "
+                        "collection (all) or the NSIDs given, e.g. "
+                        "app.bsky.graph.follow,app.bsky.feed.like (default: posts only)")
     e.add_argument("--layout", choices=("time", "did"), default="time",
                    help="time: OUTPUT/YYYY-MM-DD_HH-MM-SS/ (default); did: "
                         "OUTPUT/<did>/YYYY-MM-DD_HH-MM-SS/, bskyarchive's current layout "
@@ -405,7 +409,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         csv_formula_guard=args.csv_formula_guard, bom=args.bom,
                         compress=args.compress,
                         compress_level=args.compress_level, layout=args.layout,
-                        _option=_cli_option, **_archive_env())
+                        collections=args.collections, _option=_cli_option, **_archive_env())
         args.published = result.directory
         args.streamed = result if to_stdout else None
     except OptionError as exc:

@@ -49,7 +49,9 @@ if TYPE_CHECKING:
     import datetime as _dt
     from typing import Any, BinaryIO, Literal
 
+    from .car import CarRepo
     from .media import MediaCopier
+    from .records import RecordsResult
 
     Format = Literal["json", "csv", "jsonl"]
 
@@ -146,6 +148,7 @@ def export(
     compress: Literal["gzip", "zstd"] | None = None,
     compress_level: int | None = None,
     layout: Literal["time", "did"] = "time",
+    collections: str | None = None,
     _option: Callable[[str], str] | None = None,
     _flush_size: int | None = None,
     _row_source: str | None = None,
@@ -293,6 +296,20 @@ def export(
                        nomutex=not media)
 
     car = _car_source(archive)
+    wanted: frozenset[str] | None = None
+    if collections is not None:
+        if car is None:
+            raise OptionError(f"{opt('collections')} needs a repository CAR (an archive "
+                              "holds posts only)")
+        if stream is not None:
+            raise OptionError(f"{opt('collections')} writes records/ files: export to a "
+                              "directory, not a stream")
+        from .records import parse_collections
+
+        try:
+            wanted = parse_collections(collections)
+        except ValueError as exc:
+            raise OptionError(str(exc).replace("--collections", opt("collections"))) from None
     if car is not None:
         if media:
             raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
@@ -334,7 +351,8 @@ def export(
                        on_bad_value, on_progress, csv_formula_guard, bom=bom,
                        media_any_path=media_any_path, media_link=media_link,
                        compress=compress, compress_level=compress_level, flush_size=_flush_size,
-                       car=car, open_archive=open_archive)
+                       car=car, open_archive=open_archive,
+                       collections=(collections is not None, wanted))
             try:
                 return job.run()
             except BaseException:
@@ -488,13 +506,16 @@ class _Job:
                  media_link: str = "copy", stream: int | BinaryIO | None = None,
                  compress: str | None = None, compress_level: int | None = None,
                  flush_size: int | None = None, car: Path | None = None,
-                 open_archive: Callable[[Path], Archive] | None = None) -> None:
+                 open_archive: Callable[[Path], Archive] | None = None,
+                 collections: tuple[bool, frozenset[str] | None] = (False, None)) -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
         self.car = car  # the source, when it is a CAR
         self.open_archive = open_archive or Archive
         self.car_source: dict[str, Any] | None = None
         self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
+        self.collections = collections  # (records asked for, the NSIDs or None: all)
+        self.records: RecordsResult | None = None
         self.stream = stream
         self.compress = compress
         self.compress_level = (DEFAULT_LEVELS[compress] if compress and compress_level is None
@@ -829,6 +850,10 @@ class _Job:
             m["media_rows"] = self.media_total
         if self.car_source is not None:
             m["source_car"] = self.car_source
+        if self.records is not None:
+            m["records"] = {f.name: {"sha256": f.sha256, "bytes": f.size, "records": f.records}
+                            for f in self.records.files}
+            files += [f.name for f in self.records.files]
         return m
 
     # --- a CAR as the source --------------------------------------------------------------
@@ -851,11 +876,34 @@ class _Job:
                 build_archive_from(repo, d / "archive.db", scratch=True,
                                    on_chunk=self.heartbeat,
                                    did_index=self.selection.did is not None)
+                if self.collections[0]:
+                    self._write_records(repo, tmp)
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
                                    "commit_version": repo.version, "bytes": repo.size}
         except OSError as exc:
             raise output_error(exc, d) from None
         self.arc = self.open_archive(d / "archive.db")
+
+    def _write_records(self, repo: CarRepo, tmp: Path) -> None:
+        """records/NSID.EXT of the collections asked for (docs/CAR.md)."""
+        from . import _core
+        from .records import RECORDS_DIR, write_records
+
+        walker = repo._walker(False)
+        try:
+            self.records = write_records(walker, tmp, self.fmt, self.collections[1],
+                                         keep_bad=self.keep_bad, bom=self.bom,
+                                         on_chunk=self.heartbeat)
+        except _core.CarFormatError as exc:
+            raise repo._error(exc) from None
+        except OSError as exc:
+            raise output_error(exc, tmp / RECORDS_DIR) from None
+        finally:
+            walker.close()
+        for key, cid, what in self.records.bad:
+            self.warn(f"at://{repo.did}/{key}", "record",
+                      f"record {cid} left out: {what}; not valid atproto data")
+        self.warnings_total += self.records.bad_total - len(self.records.bad)
 
     def _drop_car(self, tmp: Path) -> None:
         """The temporary archive is not part of the export: gone before publishing."""

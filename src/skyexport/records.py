@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from . import _core
 
@@ -94,19 +96,22 @@ def parse_collections(value: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
-@dataclass
 class RecordFile:
-    name: str          # relative to the export directory: records/NSID.EXT
-    records: int
-    size: int
-    sha256: str
+    """One records file written: its name (records/NSID.EXT), records, bytes, SHA-256."""
+    __slots__ = ("name", "records", "size", "sha256")
+
+    def __init__(self, name: str, records: int, size: int, sha256: str) -> None:
+        self.name, self.records, self.size, self.sha256 = name, records, size, sha256
 
 
-@dataclass
 class RecordsResult:
-    files: list[RecordFile] = field(default_factory=list)
-    bad: list[tuple[str, str, str]] = field(default_factory=list)  # key, CID, what
-    bad_total: int = 0
+    """The files written, and the records left out under keep: (key, CID, what)."""
+    __slots__ = ("files", "bad", "bad_total")
+
+    def __init__(self) -> None:
+        self.files: list[RecordFile] = []
+        self.bad: list[tuple[str, str, str]] = []
+        self.bad_total = 0
 
 
 class _Out:
@@ -150,7 +155,8 @@ def _close(f: _Out, fmt: str) -> RecordFile:
 
 
 def write_records(walker: Any, out_dir: Path, fmt: str, wanted: frozenset[str] | None, *,
-                  keep_bad: bool = False, bom: bool = True) -> RecordsResult:
+                  keep_bad: bool = False, bom: bool = True,
+                  on_chunk: Callable[[], object] | None = None) -> RecordsResult:
     """Write out_dir/records/NSID.FMT for every collection (wanted None) or each wanted
     NSID (an empty file for one the repository does not hold), from `walker` (a
     _core.CarWalker of every collection, fresh).  Errors of the core propagate
@@ -182,6 +188,8 @@ def write_records(walker: Any, out_dir: Path, fmt: str, wanted: frozenset[str] |
                 data = b"\n" + data
             cur.write(data)
             cur.records += count
+            if on_chunk is not None:
+                on_chunk()
         if cur is not None:
             result.files.append(_close(cur, fmt))
             cur = None
