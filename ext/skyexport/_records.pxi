@@ -273,7 +273,7 @@ cdef class RecordReader:
                         ob_write(&op, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
                         ob_write(&op, b'",\n    "cid": "', 15)
                         ob_cid(&op, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
-                        ob_write(&op, b'",\n    "value": ', 15)
+                        ob_write(&op, b'",\n    "value": ', 16)
                         rj_value(&op, s, 0, dn, 2, True)
                         ob_write(&op, b"\n  }", 4)
                     if csv:
