@@ -410,3 +410,21 @@ def test_bash_completion_offers_file_names_whole(tmp_path: Path) -> None:
     assert offered("a") == ["a*b.db", "a?c.db", "axb.db"]
     assert offered("a*") == ["a*b.db"]
     assert offered("") == ["a*b.db", "a?c.db", "axb.db", "my repo.car"]
+
+
+@pytest.mark.parametrize("command", ["info --json", "completion bash", "verify"])
+def test_a_full_stdout_is_one_line(archive: Path, tmp_path: Path, streams: dict[str, Path],
+                                   command: str) -> None:
+    """stdout on a full device (`/dev/full`): whether the write fails mid-command (a result
+    longer than the stream's buffer) or at the final flush, the command exits 1 with one
+    line that names stdout, never an "unexpected" error."""
+    args = {"info --json": ["info", archive, "--json"],
+            "completion bash": ["completion", "bash"],
+            "verify": ["verify", streams["export"]]}[command]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "skyexport", *map(str, args)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120,
+                              cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("skyexport: error: writing to stdout failed: No space left"), line

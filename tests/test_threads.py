@@ -18,7 +18,7 @@ import pytest
 
 import skyexport
 from skyexport.progress import ExportProgress, ProgressChannel
-from skyexport.sink import FileSink, WriterThreadError
+from skyexport.sink import POOL_BLOCKS, FileSink, WriterThreadError
 from skyexport.synth import build_archive
 
 PY = sys.executable
@@ -186,3 +186,33 @@ def test_progress_thread_failure_is_reported() -> None:
     assert any("progress delivery stopped on _Boom: injected: snapshot failed" in m
                for m in messages), messages
     assert seen == ["running"]
+
+
+def test_a_failed_write_leaves_no_buffer_exported(tmp_path: Path) -> None:
+    """After a write fails, every pooled buffer can be reused: the stored error's traceback
+    must not keep a memoryview of the buffer alive, or the encoder's next `buf[:] = block`
+    (it may take a buffer between the failure and its own check of the error) raises
+    BufferError, which reached the user as an "unexpected" error under `ulimit -f`."""
+    path = tmp_path / "readonly"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # write(2) fails with EBADF on the writer thread
+    try:
+        sink = FileSink(fd, sync=False)
+        sink(b"x" * 1000)
+        deadline = threading.Event()
+        for _ in range(HANG_S * 100):
+            if sink.error is not None and sink._free.qsize() == POOL_BLOCKS:
+                break
+            deadline.wait(0.01)
+        assert isinstance(sink.error, OSError), sink.error
+        assert sink.error.__traceback__ is not None  # the traceback is kept for the caller
+        buffers = []
+        while not sink._free.empty():
+            buffers.append(sink._free.get_nowait())
+        assert buffers, "no buffer came back to the pool"
+        for buf in buffers:
+            buf[:] = b"y" * 5000  # a resize: BufferError while any view of it is alive
+        with pytest.raises(OSError):
+            sink.close(sync=False)
+    finally:
+        os.close(fd)

@@ -20,7 +20,7 @@ from .defaults import DEFAULT_ARCHIVE, DEFAULT_BATCH, DEFAULT_OUTPUT, FORMATS
 # typing is not imported at run time: start-up is part of every export (SC-006).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, NoReturn
+    from typing import Any, NoReturn, TextIO
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INT, EXIT_TERM, EXIT_PIPE = 0, 1, 2, 130, 143, 141
 
 
@@ -756,7 +756,51 @@ def _demo(root: str, args: argparse.Namespace) -> str:
     return last
 
 
+class _StdoutFailed(Exception):
+    """Writing a command's result to stdout failed (a full disk, an I/O error): the one
+    line says so, whatever the command; a closed pipe stays BrokenPipeError."""
+
+
+class _GuardedStdout:
+    """sys.stdout while a command runs: a write or flush that fails, other than with
+    BrokenPipeError, raises _StdoutFailed, so that main() can tell stdout's failure from
+    an OSError of the command's own (the archive, the output directory)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(exc.strerror or str(exc)) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    stream = sys.stdout
+    if stream is None or isinstance(stream, _GuardedStdout):
+        return _main(argv)
+    sys.stdout = _GuardedStdout(stream)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stream
+
+
+def _main(argv: Sequence[str] | None) -> int:
     stdout_closed, _ = _closed_streams()
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -807,6 +851,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, ValueError):
                 pass
         return code
+    except _StdoutFailed as exc:
+        return _fail(f"writing to stdout failed: {exc}; what was printed is incomplete")
     except MemoryError:
         return _fail("out of memory; lower --batch-size or free memory")
     except BrokenPipeError:

@@ -187,15 +187,18 @@ class FileSink:
         """Write `data` whole and hash it."""
         if not data:
             return
-        view = memoryview(data)
-        if self._file is not None:
-            while view:
-                n = self._file.write(view)
-                view = view[len(view) if n is None else n:]
-        else:
-            while view:
-                n = os.write(self.fd, view)
-                view = view[n:]
+        # Every view is released on the way out, an exception included: the error is kept
+        # with its traceback, whose frame must not hold a view of a pooled buffer (the
+        # encoder resizes that buffer when it reuses it: BufferError while a view lives).
+        with memoryview(data) as whole:
+            off, end = 0, len(whole)
+            while off < end:
+                with whole[off:] as part:
+                    if self._file is not None:
+                        n = self._file.write(part)
+                        off += len(part) if n is None else n
+                    else:
+                        off += os.write(self.fd, part)
         self.sha256.update(data)
         self.written += len(data)
         if self.sync and self.written - self._synced >= SYNC_EVERY:
