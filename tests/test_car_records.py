@@ -428,3 +428,21 @@ def test_verify_checks_each_records_file(tmp_path: Path) -> None:
     m["records"]["records/app.bsky.graph.follow.jsonl"]["records"] = 3
     (d / "manifest.json").write_text(json.dumps(m))
     assert any("holds 2 records" in p for p in verify(d).problems)
+
+
+# --- a CAR as the input ------------------------------------------------------------------
+
+def test_import_progress_and_the_help_texts(tmp_path: Path) -> None:
+    """import --progress jsonl reports the CAR's blocks and bytes, the last line at the
+    whole file; export's help and the no-archive message say a CAR is accepted."""
+    r = run("import", BSKY, "--archive", tmp_path / "a.db", "--progress", "jsonl")
+    assert r.returncode == 0, r.stderr
+    last = json.loads(r.stderr.splitlines()[-1])
+    assert last == {"status": "running", "blocks": 768, "bytes": BSKY.stat().st_size,
+                    "total_bytes": BSKY.stat().st_size}
+    r = run("import", BSKY, "--archive", tmp_path / "b.db", "--progress", "none")
+    assert r.returncode == 0 and r.stderr == ""
+    r = run("export", "--help")
+    assert "repo.car" in r.stdout and "--collections" in r.stdout
+    r = run("export", tmp_path / "missing.db", "-o", tmp_path)
+    assert r.returncode == 1 and "repo.car" in r.stderr

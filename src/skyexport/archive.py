@@ -122,7 +122,8 @@ class Archive:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             raise ArchiveError(f"archive {self.path} does not exist; pass the path of "
-                               "bskyarchive's archive.db (default ./data/archive.db)") from None
+                               "bskyarchive's archive.db (default ./data/archive.db) or of a "
+                               "repository export (repo.car)") from None
         except PermissionError:
             raise ArchiveError(f"archive {self.path} cannot be read: permission denied "
                                f"(directory {_blocking_dir(self.path)} cannot be searched by "

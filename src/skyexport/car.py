@@ -748,3 +748,16 @@ def car_info(car: str | os.PathLike[str], index_dir: str | os.PathLike[str] | No
             "media_rows": 0,
             "schema_version": None,
         }
+
+
+def car_did(car: str | os.PathLike[str]) -> str:
+    """The DID of the repository CAR `car`'s commit (for `export --layout did`), read and
+    checked as every command reads it (the block index is built in a temporary directory
+    beside the CAR, or the system's when that is not writable).  Raises ArchiveError."""
+    import tempfile
+
+    home = Path(car).resolve().parent
+    where = home if os.access(home, os.W_OK | os.X_OK) else None
+    with tempfile.TemporaryDirectory(prefix=".skyexport-car-", dir=where) as d, \
+            CarRepo(car, d, verb="exported") as repo:
+        return repo.did

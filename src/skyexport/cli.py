@@ -191,7 +191,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
                                    "directory; the last line printed is its path.")
     e.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db)")
+                   help="the archive (default: ./data/archive.db), or a repository export "
+                        "(repo.car: Settings -> Export my data)")
     e.add_argument("--format", "-f", choices=FORMATS, default="json",
                    help="posts.json (default), posts.csv or posts.jsonl")
     e.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
@@ -264,6 +265,9 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--merge", action="store_true",
                    help="add the posts not yet in an existing archive (one transaction); "
                         "rows already there are left as they are")
+    m.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                   help="progress on stderr while the CAR is read: a line (default on a "
+                        "terminal), JSON lines, or nothing")
 
     v = sub.add_parser("verify", help="re-hash an export against its manifest",
                        epilog=VERIFY_EXAMPLES,
@@ -548,7 +552,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .errors import OptionError
 
     try:
-        r = import_car(args.car, args.archive, merge=args.merge)
+        on_blocks = _import_progress(args.progress, args.car)
+        try:
+            r = import_car(args.car, args.archive, merge=args.merge, on_blocks=on_blocks)
+        finally:
+            if getattr(on_blocks, "bar", False):
+                sys.stderr.write("\n")
     except OptionError as exc:
         return _usage(args, str(exc))
     out = sys.stdout
@@ -557,6 +566,36 @@ def cmd_import(args: argparse.Namespace) -> int:
         out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
     out.write(f"{r.archive}\n")
     return EXIT_OK
+
+
+def _import_progress(mode: str, car: str) -> Any:
+    """import's on_blocks: the CAR's blocks and bytes read, at most twice a second, as a
+    line rewritten in place (bar) or JSON lines on stderr; None for none."""
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    if mode == "none":
+        return None
+    try:
+        total = os.stat(car).st_size
+    except OSError:
+        total = 0
+    last = [0.0]
+
+    def on_blocks(blocks: int, offset: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and offset < total:
+            return
+        last[0] = now
+        if mode == "jsonl":
+            sys.stderr.write(f'{{"status":"running","blocks":{blocks},"bytes":{offset},'
+                             f'"total_bytes":{total}}}\n')
+        else:
+            pct = f" ({100 * offset // total}%)" if total else ""
+            sys.stderr.write(f"\rreading the CAR: {blocks} blocks, {offset >> 20} of "
+                             f"{total >> 20} MiB{pct}")
+        sys.stderr.flush()
+    on_blocks.bar = mode == "bar"  # type: ignore[attr-defined]
+    return on_blocks
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

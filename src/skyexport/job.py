@@ -314,13 +314,10 @@ def export(
         if media:
             raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
                               "files; leave it out")
-        if stream is not None:
-            shown = "-" if _option is not None else repr(output)
-            raise OptionError(f"{opt('output')} {shown} (a stream) with {car}: a repository "
-                              "CAR is exported into a directory only (for now)")
         if layout == "did" and did is None:
-            raise OptionError(f"{opt('layout')} did with {car} needs {opt('did')} (the "
-                              f"repository's DID: `skyexport info {car}`)")
+            from .car import car_did
+
+            did = car_did(car)   # the repository's own DID, from its commit
         if layout == "did" and did is not None and (did in ("", ".", "..")
                                                     or did.startswith(".") or "/" in did
                                                     or "\0" in did):
@@ -337,7 +334,7 @@ def export(
                 job = _Job(arc, None, format, selection, False, None, batch_size,
                            on_bad_value, on_progress, csv_formula_guard, bom=bom,
                            stream=stream, compress=compress, compress_level=compress_level,
-                           flush_size=_flush_size)
+                           flush_size=_flush_size, car=car, open_archive=open_archive)
                 return job.run()
             base = Path(output)  # type: ignore[arg-type]
             if layout == "did":
@@ -599,7 +596,13 @@ class _Job:
     def run(self) -> ExportResult:
         try:
             self.emit("queued")
-            if self.stream is not None:
+            if self.stream is not None and self.car is not None:
+                with _car_scratch(self.car) as scratch:
+                    self._open_car(Path(scratch))
+                    result = self._export_stream(self.stream)
+                    self.arc.close()
+                self.streamed = result
+            elif self.stream is not None:
                 result = self._export_stream(self.stream)
                 self.streamed = result
             else:
@@ -914,6 +917,16 @@ class _Job:
 
 
 # --- small helpers ----------------------------------------------------------------------
+
+def _car_scratch(car: Path) -> Any:
+    """A temporary directory for a streamed CAR export's block index and posts archive:
+    beside the CAR when that directory is writable (as `info` does), else the system's."""
+    import tempfile
+
+    home = car.resolve().parent
+    where = home if os.access(home, os.W_OK | os.X_OK) else None
+    return tempfile.TemporaryDirectory(prefix=".skyexport-car-", dir=where)
+
 
 def _unknown_did(arc: Archive, did: str) -> SelectionError:
     """A DID the archive holds no post of is a mistake (a typo, another account),
