@@ -203,6 +203,9 @@ def _build_parser() -> argparse.ArgumentParser:
                         "posts.*.zst (needs skyexport[zstd]); also with --output -")
     e.add_argument("--compress-level", type=int, metavar="N",
                    help="gzip 1-9 (default 6), zstd 1-22 (default 3)")
+    e.add_argument("--blobs", action=_Once, metavar="DIR",
+                   help="with a repository CAR and --media: the blob files, named by their "
+                        "CID (DIR/<cid> or DIR/<cid>.<ext>), each checked against its CID")
     e.add_argument("--collections", action=_Once, metavar="all|NSID,...",
                    help="with a repository CAR: also write records/<nsid>.<format> for every "
                         "collection (all) or the NSIDs given, e.g. "
@@ -265,6 +268,9 @@ def _build_parser() -> argparse.ArgumentParser:
     m.add_argument("--merge", action="store_true",
                    help="add the posts not yet in an existing archive (one transaction); "
                         "rows already there are left as they are")
+    m.add_argument("--blobs", metavar="DIR",
+                   help="fill the media table from the blob files in DIR (named by their "
+                        "CID: DIR/<cid> or DIR/<cid>.<ext>), each checked against its CID")
     m.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
                    help="progress on stderr while the CAR is read: a line (default on a "
                         "terminal), JSON lines, or nothing")
@@ -413,7 +419,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         csv_formula_guard=args.csv_formula_guard, bom=args.bom,
                         compress=args.compress,
                         compress_level=args.compress_level, layout=args.layout,
-                        collections=args.collections, _option=_cli_option, **_archive_env())
+                        collections=args.collections, blobs=args.blobs, _option=_cli_option, **_archive_env())
         args.published = result.directory
         args.streamed = result if to_stdout else None
     except OptionError as exc:
@@ -554,7 +560,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         on_blocks = _import_progress(args.progress, args.car)
         try:
-            r = import_car(args.car, args.archive, merge=args.merge, on_blocks=on_blocks)
+            r = import_car(args.car, args.archive, merge=args.merge, on_blocks=on_blocks,
+                           blobs=args.blobs)
         finally:
             if getattr(on_blocks, "bar", False):
                 sys.stderr.write("\n")
@@ -564,6 +571,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
     if args.merge:
         out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
+    if args.blobs is not None:
+        out.write(f"media: {r.media_added} rows from {args.blobs}\n")
+        for uri, message in r.warnings[:10]:
+            sys.stderr.write(f"skyexport: warning: {uri}: {message}\n")
+        if len(r.warnings) > 10:
+            sys.stderr.write(f"skyexport: warning: ... {len(r.warnings) - 10} more\n")
     out.write(f"{r.archive}\n")
     return EXIT_OK
 

@@ -149,6 +149,7 @@ def export(
     compress_level: int | None = None,
     layout: Literal["time", "did"] = "time",
     collections: str | None = None,
+    blobs: str | os.PathLike[str] | None = None,
     _option: Callable[[str], str] | None = None,
     _flush_size: int | None = None,
     _row_source: str | None = None,
@@ -310,10 +311,20 @@ def export(
             wanted = parse_collections(collections)
         except ValueError as exc:
             raise OptionError(str(exc).replace("--collections", opt("collections"))) from None
+    if blobs is not None:
+        if car is None:
+            raise OptionError(f"{opt('blobs')} needs a repository CAR: an archive's media "
+                              "files are found through its media table")
+        if not media:
+            raise OptionError(f"{opt('blobs')} needs {opt('media')} (the blobs are copied "
+                              "into media/)")
+        if not os.path.isdir(blobs):
+            raise OptionError(f"{opt('blobs')} {os.fspath(blobs)!r} is not a directory")
     if car is not None:
-        if media:
-            raise OptionError(f"{opt('media')} with {car}: a repository CAR holds no media "
-                              "files; leave it out")
+        if media and blobs is None:
+            raise OptionError(f"{opt('media')} with {car}: a repository CAR holds blob "
+                              f"references, not the files; give {opt('blobs')} DIR (the "
+                              f"blobs, named by their CID), or leave {opt('media')} out")
         if layout == "did" and did is None:
             from .car import car_did
 
@@ -349,7 +360,8 @@ def export(
                        media_any_path=media_any_path, media_link=media_link,
                        compress=compress, compress_level=compress_level, flush_size=_flush_size,
                        car=car, open_archive=open_archive,
-                       collections=(collections is not None, wanted))
+                       collections=(collections is not None, wanted),
+                       blobs=Path(blobs) if blobs is not None else None)
             try:
                 return job.run()
             except BaseException:
@@ -504,7 +516,8 @@ class _Job:
                  compress: str | None = None, compress_level: int | None = None,
                  flush_size: int | None = None, car: Path | None = None,
                  open_archive: Callable[[Path], Archive] | None = None,
-                 collections: tuple[bool, frozenset[str] | None] = (False, None)) -> None:
+                 collections: tuple[bool, frozenset[str] | None] = (False, None),
+                 blobs: Path | None = None) -> None:
         self.arc, self.out, self.fmt, self.selection = arc, out, fmt, selection
         self.flush_size = flush_size
         self.car = car  # the source, when it is a CAR
@@ -513,6 +526,8 @@ class _Job:
         self.car_blocks = self.car_bytes = 0        # read of it so far (progress)
         self.collections = collections  # (records asked for, the NSIDs or None: all)
         self.records: RecordsResult | None = None
+        self.blobs = blobs              # a CAR's blobs directory (media from blobs)
+        self.no_media_rows = 0          # exported posts with has_media and no media rows
         self.stream = stream
         self.compress = compress
         self.compress_level = (DEFAULT_LEVELS[compress] if compress and compress_level is None
@@ -777,11 +792,15 @@ class _Job:
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
             roots = [self.media_root or Path.cwd(), home, home.parent]
+            if self.blobs is not None:  # a CAR's media: only in the blobs directory
+                roots = [self.blobs]
             from .media import MediaCopier, MediaStream  # only with --media
 
             assert tmp is not None
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS,
-                                      any_path=self.media_any_path, link=self.media_link)
+                                      any_path=self.media_any_path and self.blobs is None,
+                                      link=self.media_link,
+                                      check_cid=self.blobs is not None)
             if arc.has_media_table:
                 try:
                     stream = MediaStream(snap.media_rows())
@@ -803,10 +822,18 @@ class _Job:
                                               self.heartbeat)
                     except OSError as exc:  # disk full, file size limit: name media/
                         raise output_error(exc, Path(self.copier.media_dir)) from None
+                elif self.media:
+                    self.no_media_rows += len(writer.take_media_posts())
             except apsw.Error as exc:
                 raise arc.error(exc, f"in batch {batch} (posts {first}.."
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
+        if stream is not None:
+            self.no_media_rows += stream.without_rows
+        if self.no_media_rows:
+            self.warn("", "media", f"{self.no_media_rows} exported post(s) have has_media but "
+                      "no rows in the archive's media table: their media files are not "
+                      "known, so none was exported for them")
         if stream is not None and (left := stream.leftover()):
             # One rule decides has_media on both sides (skyexport_true), so this cannot
             # happen; were it ever to, it is said, never silent.
@@ -881,11 +908,26 @@ class _Job:
                                    did_index=self.selection.did is not None)
                 if self.collections[0]:
                     self._write_records(repo, tmp)
+                if self.blobs is not None:
+                    self._fill_blobs(d / "archive.db")
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
                                    "commit_version": repo.version, "bytes": repo.size}
         except OSError as exc:
             raise output_error(exc, d) from None
         self.arc = self.open_archive(d / "archive.db")
+
+    def _fill_blobs(self, archive: Path) -> None:
+        """The temporary archive's media table, from the blobs directory (each file's
+        bytes are checked against its CID as media/ gets them)."""
+        from .blobs import BlobDir, fill_media
+
+        assert self.blobs is not None
+        con = apsw.Connection(str(archive))
+        try:
+            fill_media(con, BlobDir(self.blobs), verify=False, relative_to=None,
+                       warn=lambda uri, msg: self.warn(uri, "media", msg))
+        finally:
+            con.close()
 
     def _write_records(self, repo: CarRepo, tmp: Path) -> None:
         """records/NSID.EXT of the collections asked for (docs/CAR.md)."""
