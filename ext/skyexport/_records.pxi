@@ -142,179 +142,185 @@ cdef int rc_cell(OutBuf* b, OutBuf* tmp, const unsigned char* s, Py_ssize_t i,
     return ob_csv_field(b, <const unsigned char*>tmp.data, tmp.len)
 
 
-cdef class RecordReader:
-    """The records of a CarWalker's walk (made with posts_only False), one collection at a
-    time: chunk() returns the next records of one collection in key order.  Each record is
-    read through the walk (its block checked against its CID; a missing or damaged block,
-    like any MST problem, raises CarFormatError) and validated as atproto data (cb_skip, at
-    most MAX_RECORD bytes, a map at its top).  One that is not valid data raises
-    CarFormatError naming its CID and key, or, with `keep_bad`, is left out and listed in
-    `bad` as (key, CID, what is wrong)."""
-    cdef CarWalker w
+cdef class RecordTap:
+    """Every record of the wanted collections, encoded as a CarWalker's walk reads it (set
+    with CarWalker.set_tap: the posts import and the records files share one walk).  Each
+    record was read through the walk (its block checked against its CID); here it is
+    validated as atproto data (cb_skip, at most MAX_RECORD bytes, a map at its top).  One
+    that is not valid data raises CarFormatError naming its CID and key, or, with
+    `keep_bad`, is left out and listed in `bad` as (key, CID, what is wrong).
+
+    Output goes to `on_chunk(collection, records, data)`, one collection at a time in key
+    order (keys of a collection are contiguous in the MST), about `max_bytes` at a time:
+    for fmt "jsonl" a line per record; "json" posts.json's elements, joined (and, unless
+    they are a collection's first, preceded) by `,` and a newline; "csv" rows with
+    `columns[collection]`'s columns (field paths) after uri and cid, or the record's
+    compact JSON when the collection has no entry.  finish() flushes the last chunk."""
     cdef object wanted          # None: every collection; else a set of bytes
     cdef bint keep_bad
     cdef readonly list bad
     cdef readonly int64_t bad_total
     cdef bytes did
-    cdef bytes pkey             # a key read and not written yet (None: none)
-    cdef bytes pcid
-    cdef bint done
-    cdef bytes coll             # the collection of the last chunk
+    cdef int fmt                # 0 jsonl, 1 json, 2 csv
+    cdef dict columns
+    cdef object on_chunk
+    cdef Py_ssize_t max_bytes
+    cdef bytes coll             # the collection being written
+    cdef list paths             # its CSV columns (None: uri,cid,json)
     cdef int64_t in_coll        # records of it written so far
+    cdef int64_t pending        # records in out
+    cdef OutBuf out
+    cdef OutBuf tmp
+    cdef readonly int64_t records
 
-    def __init__(self, CarWalker walker not None, wanted, bint keep_bad):
-        if walker.posts_only:
-            raise ValueError("RecordReader needs a walker of every collection")
-        self.w = walker
+    def __cinit__(self):
+        ob_init(&self.out, 1 << 16)
+        ob_init(&self.tmp, 256)
+
+    def __dealloc__(self):
+        ob_free(&self.out)
+        ob_free(&self.tmp)
+
+    def __init__(self, str did, str fmt, wanted, bint keep_bad, dict columns not None,
+                 on_chunk, Py_ssize_t max_bytes=1 << 20):
+        self.did = did.encode("ascii")
+        self.fmt = ("jsonl", "json", "csv").index(fmt)
         self.wanted = None if wanted is None else {bytes(x) for x in wanted}
         self.keep_bad = keep_bad
         self.bad = []
         self.bad_total = 0
-        self.did = walker.did.encode("ascii")
-        self.pkey = None
-        self.done = False
+        self.columns = columns
+        self.on_chunk = on_chunk
+        self.max_bytes = max_bytes
         self.coll = None
-        self.in_coll = 0
+        self.paths = None
+        self.in_coll = self.pending = self.records = 0
 
-    cdef bytes next_wanted(self):
-        """The next key of a wanted collection (its record CID in self.pcid), or None."""
-        cdef bytes key
-        cdef Py_ssize_t slash
-        if self.pkey is not None:
-            key = self.pkey
-            self.pkey = None
-            return key
-        if self.done:
-            return None
-        while True:
-            key = self.w.next_key()
-            if key is None:
-                self.done = True
-                return None
-            if self.wanted is not None:
-                slash = key.find(b"/")
-                if key[:slash] not in self.wanted:
-                    continue
-            self.pcid = self.w.value
-            return key
+    cdef bint wants(self, bytes key, Py_ssize_t slash):
+        """Is key's collection wanted (slash: the offset of its `/`)?"""
+        cdef Py_ssize_t cn
+        if self.coll is not None:
+            cn = PyBytes_GET_SIZE(self.coll)
+            if cn == slash and memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.coll),
+                                      cn) == 0:
+                return True
+        return self.wanted is None or key[:slash] in self.wanted
 
-    def chunk(self, bint jsonl, bint json, bint csv, dict columns not None,
-              Py_ssize_t max_bytes=1 << 20):
-        """The next records of one collection, up to about `max_bytes` of output:
-        (collection, records, first, jsonl, json, csv) -- `first` when they are the first
-        of their collection; the json piece holds the records as posts.json's elements,
-        joined (and, unless first, preceded) by `,` and a newline; the csv rows have
-        `columns[collection]`'s columns (field paths) after uri and cid, or the record's
-        compact JSON when the collection has no entry.  None at the end."""
-        cdef bytes key, cid, coll
-        cdef Py_ssize_t slash, cn, dn, k
-        cdef const unsigned char* s
-        cdef OutBuf oj, op, oc, tmp
-        cdef int64_t count = 0
-        cdef bint first
-        cdef list paths
+    cdef int flush(self) except -1:
+        if self.coll is None or (self.pending == 0 and self.out.len == 0):
+            return 0
+        data = PyBytes_FromStringAndSize(self.out.data, self.out.len)
+        n = self.pending
+        self.out.len = 0
+        self.pending = 0
+        self.on_chunk(self.coll.decode("ascii"), n, data)
+        if self.out.cap > 4 * self.max_bytes:
+            ob_shrink(&self.out, 1 << 16)
+        return 0
+
+    def finish(self):
+        """Write what is held (the last records)."""
+        self.flush()
+
+    cdef int add(self, bytes key, Py_ssize_t slash, bytes cid, const unsigned char* s,
+                 Py_ssize_t dn, str what) except -1:
+        """Validate and encode one record (key's collection is wanted)."""
+        cdef Py_ssize_t cn = PyBytes_GET_SIZE(cid), k
+        cdef OutBuf* o = &self.out
         cdef tuple path
         cdef bytes name
-        while True:
-            key = self.next_wanted()
-            if key is None:
-                return None
-            slash = key.find(b"/")
-            coll = key[:slash]
-            if self.coll is None or coll != self.coll:
-                self.coll = coll
-                self.in_coll = 0
-            break
-        first = self.in_coll == 0
-        paths = columns.get(coll.decode("ascii"))
-        ob_init(&oj, 4096)
-        ob_init(&op, 4096)
-        ob_init(&oc, 4096)
-        ob_init(&tmp, 256)
+        if self.coll is None or PyBytes_GET_SIZE(self.coll) != slash or memcmp(
+                PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.coll), slash) != 0:
+            self.flush()
+            self.coll = key[:slash]
+            self.paths = self.columns.get(self.coll.decode("ascii"))
+            self.in_coll = 0
+            self.on_chunk(self.coll.decode("ascii"), 0, b"")   # a new file, even if empty
         try:
-            while True:
-                cid = self.pcid
-                cn = PyBytes_GET_SIZE(cid)
-                dn = self.w.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, key, None)
-                s = self.w.buf + cn
-                try:
-                    if dn > MAX_RECORD:
-                        raise CarFormatError(f"is {dn} bytes; atproto records are at most "
-                                             f"{MAX_RECORD >> 20} MiB")
-                    if cb_skip(s, 0, dn, 0) != dn:
-                        raise CarFormatError("has bytes after its value")
-                    if s[0] >> 5 != 5:
-                        raise CarFormatError("is not a map (a record is one)")
-                except CarFormatError as exc:
-                    msg = (f"block {cid_str(cid)} ({self.w.what(key, None)}) {exc}: not "
-                           "valid atproto data")
-                    if not self.keep_bad:
-                        raise CarFormatError(msg) from None
-                    self.bad_total += 1
-                    if len(self.bad) < 1000:
-                        self.bad.append((key.decode("ascii"), cid_str(cid), str(exc)))
-                else:
-                    if jsonl:
-                        ob_write(&oj, b'{"uri":"at://', 13)
-                        ob_write(&oj, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
-                        ob_byte(&oj, b'/')
-                        ob_write(&oj, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-                        ob_write(&oj, b'","cid":"', 9)
-                        ob_cid(&oj, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
-                        ob_write(&oj, b'","value":', 10)
-                        rj_value(&oj, s, 0, dn, 0, False)
-                        ob_write(&oj, b"}\n", 2)
-                    if json:
-                        if self.in_coll:
-                            ob_write(&op, b",\n", 2)
-                        ob_write(&op, b'  {\n    "uri": "at://', 21)
-                        ob_write(&op, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
-                        ob_byte(&op, b'/')
-                        ob_write(&op, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-                        ob_write(&op, b'",\n    "cid": "', 15)
-                        ob_cid(&op, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
-                        ob_write(&op, b'",\n    "value": ', 16)
-                        rj_value(&op, s, 0, dn, 2, True)
-                        ob_write(&op, b"\n  }", 4)
-                    if csv:
-                        ob_write(&oc, b"at://", 5)
-                        ob_write(&oc, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
-                        ob_byte(&oc, b'/')
-                        ob_write(&oc, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
-                        ob_byte(&oc, b',')
-                        ob_cid(&oc, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
-                        if paths is None:
-                            ob_byte(&oc, b',')
-                            tmp.len = 0
-                            rj_value(&tmp, s, 0, dn, 0, False)
-                            ob_csv_field(&oc, <const unsigned char*>tmp.data, tmp.len)
-                        else:
-                            for path in paths:
-                                ob_byte(&oc, b',')
-                                k = 0
-                                for name in path:
-                                    k = cb_find(s, k, dn, <const char*>name) if k >= 0 else -1
-                                rc_cell(&oc, &tmp, s, k, dn)
-                        ob_byte(&oc, b'\n')
-                    self.in_coll += 1
-                    count += 1
-                key = self.next_wanted()
-                if key is None:
-                    break
-                if (PyBytes_GET_SIZE(key) <= slash or key[slash] != 0x2f
-                        or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(coll), slash)
-                        != 0):
-                    self.pkey = key
-                    break
-                if oj.len + op.len + oc.len >= max_bytes:
-                    self.pkey = key
-                    break
-            return (coll.decode("ascii"), count, first,
-                    PyBytes_FromStringAndSize(oj.data, oj.len) if jsonl else None,
-                    PyBytes_FromStringAndSize(op.data, op.len) if json else None,
-                    PyBytes_FromStringAndSize(oc.data, oc.len) if csv else None)
-        finally:
-            ob_free(&oj)
-            ob_free(&op)
-            ob_free(&oc)
-            ob_free(&tmp)
+            if dn > MAX_RECORD:
+                raise CarFormatError(f"is {dn} bytes; atproto records are at most "
+                                     f"{MAX_RECORD >> 20} MiB")
+            if cb_skip(s, 0, dn, 0) != dn:
+                raise CarFormatError("has bytes after its value")
+            if s[0] >> 5 != 5:
+                raise CarFormatError("is not a map (a record is one)")
+        except CarFormatError as exc:
+            msg = f"block {cid_str(cid)} ({what}) {exc}: not valid atproto data"
+            if not self.keep_bad:
+                raise CarFormatError(msg) from None
+            self.bad_total += 1
+            if len(self.bad) < 1000:
+                self.bad.append((key.decode("ascii"), cid_str(cid), str(exc)))
+            return 0
+        if self.fmt == 0:
+            ob_write(o, b'{"uri":"at://', 13)
+            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_byte(o, b'/')
+            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_write(o, b'","cid":"', 9)
+            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
+            ob_write(o, b'","value":', 10)
+            rj_value(o, s, 0, dn, 0, False)
+            ob_write(o, b"}\n", 2)
+        elif self.fmt == 1:
+            if self.in_coll:
+                ob_write(o, b",\n", 2)
+            ob_write(o, b'  {\n    "uri": "at://', 21)
+            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_byte(o, b'/')
+            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_write(o, b'",\n    "cid": "', 15)
+            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
+            ob_write(o, b'",\n    "value": ', 16)
+            rj_value(o, s, 0, dn, 2, True)
+            ob_write(o, b"\n  }", 4)
+        else:
+            ob_write(o, b"at://", 5)
+            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_byte(o, b'/')
+            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_byte(o, b',')
+            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
+            if self.paths is None:
+                ob_byte(o, b',')
+                self.tmp.len = 0
+                rj_value(&self.tmp, s, 0, dn, 0, False)
+                ob_csv_field(o, <const unsigned char*>self.tmp.data, self.tmp.len)
+            else:
+                for path in self.paths:
+                    ob_byte(o, b',')
+                    k = 0
+                    for name in path:
+                        k = cb_find(s, k, dn, <const char*>name) if k >= 0 else -1
+                    rc_cell(o, &self.tmp, s, k, dn)
+            ob_byte(o, b'\n')
+        self.in_coll += 1
+        self.pending += 1
+        self.records += 1
+        if o.len >= self.max_bytes:
+            self.flush()
+        return 0
+
+
+cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
+    """The walk passed `key` (record CID in w.value): hand its record to the walker's tap
+    if its collection is wanted, reading it first unless `fetched` (a post, read by
+    next_post into w.buf, w.dn bytes)."""
+    cdef RecordTap tap = <RecordTap>w.tap
+    cdef Py_ssize_t slash = key.find(b"/"), cn, dn
+    if not tap.wants(key, slash):
+        return 0
+    cid = w.value
+    cn = PyBytes_GET_SIZE(cid)
+    if fetched:
+        dn = w.dn
+    else:
+        dn = w.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, key, None)
+    tap.add(key, slash, cid, w.buf + cn, dn, w.what(key, None))
+    return 0
+
+
+def tap_drain(CarWalker walker not None):
+    """Walk to the end, for the tap alone (no posts rows are made)."""
+    while walker.next_post() is not None:
+        pass

@@ -180,6 +180,7 @@ class CarRepo:
         self.verb = verb
         self.fd = -1
         self.index_fd = -1
+        self.tap: Any = None   # a _core.RecordTap the next post walk feeds (job.py)
         self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
         self._hashing: threading.Thread | None = None
@@ -373,9 +374,12 @@ class CarRepo:
     def _walker(self, posts_only: bool) -> Any:
         assert self.index is not None
         try:
-            return _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
         except (ValueError, OSError) as exc:
             raise self._error(exc) from None
+        if self.tap is not None:   # the records files, written by the posts' walk
+            walker.set_tap(self.tap)
+        return walker
 
     def walk(self) -> Iterator[tuple[str, _core.CID]]:
         """Every (key, record CID) of the MST, in key order (records are not read);

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     from .car import CarRepo
     from .media import MediaCopier
-    from .records import RecordsResult
+    from .records import RecordsResult, RecordsWriter
 
     Format = Literal["json", "csv", "jsonl"]
 
@@ -891,6 +891,7 @@ class _Job:
     def _open_car(self, tmp: Path) -> None:
         """Import the CAR into tmp/.car/archive.db and export from that archive."""
         from .car import CarRepo, build_archive_from
+        from .records import RECORDS_DIR, RecordsWriteError
 
         assert self.car is not None
         d = tmp / CAR_DIR
@@ -903,11 +904,23 @@ class _Job:
         try:
             with CarRepo(self.car, d, on_blocks, verb="exported") as repo:
                 self.emit()  # the whole CAR read and indexed
-                build_archive_from(repo, d / "archive.db", scratch=True,
-                                   on_chunk=self.heartbeat,
-                                   did_index=self.selection.did is not None)
-                if self.collections[0]:
-                    self._write_records(repo, tmp)
+                writer = self._records_writer(repo, tmp) if self.collections[0] else None
+                if writer is not None:
+                    repo.tap = writer.tap
+                try:
+                    build_archive_from(repo, d / "archive.db", scratch=True,
+                                       on_chunk=self.heartbeat,
+                                       did_index=self.selection.did is not None)
+                except RecordsWriteError as exc:
+                    raise output_error(exc.error, tmp / RECORDS_DIR) from None
+                except BaseException:
+                    if writer is not None:
+                        writer.abort()
+                    raise
+                finally:
+                    repo.tap = None
+                if writer is not None:
+                    self._records_done(writer, repo.did, tmp)
                 if self.blobs is not None:
                     self._fill_blobs(d / "archive.db")
                 self.car_source = {"sha256": repo.sha256, "rev": repo.rev, "did": repo.did,
@@ -929,24 +942,27 @@ class _Job:
         finally:
             con.close()
 
-    def _write_records(self, repo: CarRepo, tmp: Path) -> None:
-        """records/NSID.EXT of the collections asked for (docs/CAR.md)."""
-        from . import _core
-        from .records import RECORDS_DIR, write_records
+    def _records_writer(self, repo: CarRepo, tmp: Path) -> RecordsWriter:
+        """records/NSID.EXT of the collections asked for (docs/CAR.md), written by the
+        walk that imports the posts (repo.tap)."""
+        from .records import RECORDS_DIR, RecordsWriter
 
-        walker = repo._walker(False)
         try:
-            self.records = write_records(walker, tmp, self.fmt, self.collections[1],
-                                         keep_bad=self.keep_bad, bom=self.bom,
-                                         on_chunk=self.heartbeat)
-        except _core.CarFormatError as exc:
-            raise repo._error(exc) from None
+            return RecordsWriter(tmp, repo.did, self.fmt, self.collections[1],
+                                 keep_bad=self.keep_bad, bom=self.bom,
+                                 on_chunk=self.heartbeat)
         except OSError as exc:
             raise output_error(exc, tmp / RECORDS_DIR) from None
-        finally:
-            walker.close()
+
+    def _records_done(self, writer: RecordsWriter, did: str, tmp: Path) -> None:
+        from .records import RECORDS_DIR
+
+        try:
+            self.records = writer.finish()
+        except OSError as exc:
+            raise output_error(exc, tmp / RECORDS_DIR) from None
         for key, cid, what in self.records.bad:
-            self.warn(f"at://{repo.did}/{key}", "record",
+            self.warn(f"at://{did}/{key}", "record",
                       f"record {cid} left out: {what}; not valid atproto data")
         self.warnings_total += self.records.bad_total - len(self.records.bad)
 

@@ -154,54 +154,89 @@ def _close(f: _Out, fmt: str) -> RecordFile:
     return f.close()
 
 
-def write_records(walker: Any, out_dir: Path, fmt: str, wanted: frozenset[str] | None, *,
-                  keep_bad: bool = False, bom: bool = True,
-                  on_chunk: Callable[[], object] | None = None) -> RecordsResult:
-    """Write out_dir/records/NSID.FMT for every collection (wanted None) or each wanted
-    NSID (an empty file for one the repository does not hold), from `walker` (a
-    _core.CarWalker of every collection, fresh).  Errors of the core propagate
-    (CarFormatError, OSError)."""
-    (out_dir / RECORDS_DIR).mkdir(exist_ok=True)
-    reader = _core.RecordReader(walker, None if wanted is None
-                                else [w.encode("ascii") for w in wanted], keep_bad)
-    columns = {k: [p for _, p in v] for k, v in COLUMNS.items()}
-    result = RecordsResult()
-    seen: set[str] = set()
-    cur: _Out | None = None
-    cur_nsid = ""
-    try:
-        while True:
-            got = reader.chunk(fmt == "jsonl", fmt == "json", fmt == "csv", columns,
-                               CHUNK_BYTES)
-            if got is None:
-                break
-            nsid, count, _first, jl, js, cs = got
-            if cur is None or nsid != cur_nsid:
-                if cur is not None:
-                    result.files.append(_close(cur, fmt))
-                    cur = None
-                cur = _open(out_dir, nsid, fmt, bom)
-                cur_nsid = nsid
-                seen.add(nsid)
-            data = jl if fmt == "jsonl" else js if fmt == "json" else cs
-            if fmt == "json" and count and not cur.records:
-                data = b"\n" + data
+class RecordsWriteError(Exception):
+    """Writing a records file failed (`error`: the OSError); not an OSError itself, so
+    the CAR's reader, which the walk runs inside, does not take it for a read error."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RecordsWriter:
+    """records/NSID.FMT in `out_dir` for every collection (wanted None) or each wanted
+    NSID: `tap` is the core's RecordTap to give a CarWalker (CarWalker.set_tap, or
+    CarRepo.tap before the walk); finish() after the walk closes the files (an empty one
+    for a wanted NSID the repository does not hold) and returns what was written."""
+
+    def __init__(self, out_dir: Path, did: str, fmt: str, wanted: frozenset[str] | None, *,
+                 keep_bad: bool = False, bom: bool = True,
+                 on_chunk: Callable[[], object] | None = None) -> None:
+        (out_dir / RECORDS_DIR).mkdir(exist_ok=True)
+        self.out_dir, self.fmt, self.wanted, self.bom = out_dir, fmt, wanted, bom
+        self.tick = on_chunk
+        self.result = RecordsResult()
+        self.seen: set[str] = set()
+        self.cur: _Out | None = None
+        self.cur_nsid = ""
+        self.tap = _core.RecordTap(did, fmt, None if wanted is None
+                                   else [w.encode("ascii") for w in wanted], keep_bad,
+                                   {k: [p for _, p in v] for k, v in COLUMNS.items()},
+                                   self._chunk, CHUNK_BYTES)
+
+    def _chunk(self, nsid: str, count: int, data: bytes) -> None:
+        try:
+            self._write(nsid, count, data)
+        except OSError as exc:
+            raise RecordsWriteError(exc) from None
+
+    def _write(self, nsid: str, count: int, data: bytes) -> None:
+        cur = self.cur
+        if cur is None or nsid != self.cur_nsid:
+            if cur is not None:
+                self.result.files.append(_close(cur, self.fmt))
+                self.cur = None
+            cur = self.cur = _open(self.out_dir, nsid, self.fmt, self.bom)
+            self.cur_nsid = nsid
+            self.seen.add(nsid)
+        if self.fmt == "json" and count and not cur.records:
+            data = b"\n" + data
+        if data:
             cur.write(data)
-            cur.records += count
-            if on_chunk is not None:
-                on_chunk()
-        if cur is not None:
-            result.files.append(_close(cur, fmt))
-            cur = None
-        for nsid in sorted((wanted or frozenset()) - seen):
-            result.files.append(_close(_open(out_dir, nsid, fmt, bom), fmt))
+        cur.records += count
+        if self.tick is not None:
+            self.tick()
+
+    def finish(self) -> RecordsResult:
+        self.tap.finish()
+        if self.cur is not None:
+            self.result.files.append(_close(self.cur, self.fmt))
+            self.cur = None
+        for nsid in sorted((self.wanted or frozenset()) - self.seen):
+            self.result.files.append(_close(_open(self.out_dir, nsid, self.fmt, self.bom),
+                                            self.fmt))
+        self.result.files.sort(key=lambda f: f.name)
+        self.result.bad = list(self.tap.bad)
+        self.result.bad_total = self.tap.bad_total
+        return self.result
+
+    def abort(self) -> None:
+        """Close what is open (after a failure: the export is not published)."""
+        if self.cur is not None:
+            os.close(self.cur.fd)
+            self.cur = None
+
+
+def write_records(walker: Any, out_dir: Path, fmt: str, wanted: frozenset[str] | None, *,
+                  did: str, keep_bad: bool = False, bom: bool = True) -> RecordsResult:
+    """RecordsWriter over a walk of its own (`walker`: a fresh _core.CarWalker)."""
+    w = RecordsWriter(out_dir, did, fmt, wanted, keep_bad=keep_bad, bom=bom)
+    try:
+        walker.set_tap(w.tap)
+        _core.tap_drain(walker)
+        return w.finish()
     finally:
-        if cur is not None:
-            os.close(cur.fd)
-    result.files.sort(key=lambda f: f.name)
-    result.bad = list(reader.bad)
-    result.bad_total = reader.bad_total
-    return result
+        w.abort()
 
 
 def nsids_of(files: Iterable[RecordFile]) -> list[str]:
