@@ -466,6 +466,9 @@ class Case:
     exact_rss: bool = True          # False: started directly, for the lowest overhead
     archive: Path | None = None     # the archive it reads (page-cache bookkeeping)
     cold: bool = False              # evict the archive from the page cache before each run
+    # Keep each run's output until the benchmark ends (cases that create many files): a
+    # delete between timed runs slows the next runs' file creation (see perf/README.md).
+    keep_output: bool = False
     samples: list[Sample] = field(default_factory=list)
     warmup: Sample | None = None
 
@@ -507,11 +510,19 @@ class Case:
         return [s.error for s in self.samples if s.error]
 
 
+# skyexport's command line with the media files' final sync left out (staged.SYNCFS a
+# no-op): what that sync costs, measured beside the real thing.
+_NO_SYNC = ("import sys\nimport skyexport.staged as staged\n"
+            "staged.SYNCFS = lambda fd: None\n"
+            "from skyexport.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
 def skyexport_case(key: str, info: ArchiveInfo, fmt: str, *, did: str | None = None,
                    posts: int | None = None, media: bool = False, rows: str = "all",
-                   extra: Sequence[str] = ()) -> Case:
+                   extra: Sequence[str] = (), no_sync: bool = False) -> Case:
     def build(out: Path) -> tuple[list[str], Path]:
-        argv = [*skyexport_argv(), "export", str(info.path), "--output", str(out / "exports"),
+        prog = [sys.executable, "-c", _NO_SYNC] if no_sync else skyexport_argv()
+        argv = [*prog, "export", str(info.path), "--output", str(out / "exports"),
                 "--format", fmt, "--progress", "none", *extra]
         if did is not None:
             argv += ["--did", did]
@@ -533,7 +544,8 @@ def skyexport_case(key: str, info: ArchiveInfo, fmt: str, *, did: str | None = N
         if s.ok and s.posts != expected:
             s.error = f"exported {s.posts} posts, expected {expected}"
 
-    return Case(key, "skyexport", fmt + (" +media" if media else ""), rows,
+    return Case(key, "skyexport", fmt + (" +media" if media else "")
+                + (" nosync" if no_sync else ""), rows,
                 posts if posts is not None else info.posts, build, collect, archive=info.path)
 
 
@@ -575,11 +587,23 @@ def reference_case(key: str, info: ArchiveInfo, fmt: str, *, did: str | None = N
 
 def run_case(case: Case, work: Path, *, timeout: float = 900.0, record: bool = True) -> Sample:
     """One run of `case` in a fresh output directory under `work`, removed afterwards
-    (outside the timing)."""
-    out = work / "run"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    (outside the timing) - unless the case keeps its outputs, which then stay in
+    `work/kept-N` until whoever made `work` removes it, after the last timed run."""
+    if case.keep_output:
+        work.mkdir(parents=True, exist_ok=True)
+        n = 0
+        while True:
+            out = work / f"kept-{n}"
+            try:
+                out.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+    else:
+        out = work / "run"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
     argv, stdout = case.build(out)
     cached = None
     if case.archive is not None:
@@ -592,7 +616,8 @@ def run_case(case: Case, work: Path, *, timeout: float = 900.0, record: bool = T
         case.collect(out, sample)
     except (OSError, ValueError) as exc:
         sample.error = sample.error or f"could not read its output: {exc}"
-    shutil.rmtree(out, ignore_errors=True)
+    if not case.keep_output:
+        shutil.rmtree(out, ignore_errors=True)
     if record:
         case.samples.append(sample)
     return sample
@@ -725,7 +750,8 @@ def copy_media_case(key: str, info: ArchiveInfo) -> Case:
     def collect(out: Path, s: Sample) -> None:
         pass
 
-    return Case(key, "cp", "media", "all", info.posts, build, collect, archive=info.path)
+    return Case(key, "cp", "media", "all", info.posts, build, collect, archive=info.path,
+                keep_output=True)
 
 
 class BusyCore:

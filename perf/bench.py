@@ -70,7 +70,26 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool) -> list[h.Case]:
+def media_cases(info: h.ArchiveInfo, plain: bool = True) -> list[h.Case]:
+    """The plain json export, the same with --media, the same without the media files'
+    final sync, and `cp -r` of the media files.  Their outputs are kept until the end: no
+    deletes between timed runs (perf/README.md says why)."""
+    cases = [h.skyexport_case("skyexport json all", info, "json")] if plain else []
+    c = h.skyexport_case("skyexport json all +media", info, "json", media=True)
+    c.baseline = "sqlite3 json all"
+    n = h.skyexport_case("skyexport json all +media nosync", info, "json", media=True,
+                         no_sync=True)
+    n.baseline = "skyexport json all +media"
+    cp = h.copy_media_case("cp -r media", info)
+    for case in (c, n, cp):
+        case.keep_output = True
+    return [*cases, c, n, cp]
+
+
+def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool,
+              media_only: bool = False) -> list[h.Case]:
+    if media_only:
+        return media_cases(info) if info.media_files else []
     cases: list[h.Case] = []
     for fmt in ("json", "csv"):
         cases.append(h.sqlite3_case(f"sqlite3 {fmt} all", info, fmt))
@@ -97,10 +116,7 @@ def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool) -
             c.baseline, c.target = f"sqlite3 {SHELL_FORMAT[fmt]} did", TARGETS[fmt]
             cases.append(c)
     if media and info.media_files:
-        c = h.skyexport_case("skyexport json all +media", info, "json", media=True)
-        c.baseline = "sqlite3 json all"
-        cases.append(c)
-        cases.append(h.copy_media_case("cp -r media", info))
+        cases += media_cases(info, plain=False)
     if reference:
         for fmt in ("json", "csv", "jsonl"):
             c = h.reference_case(f"reference {fmt} all", info, fmt)
@@ -345,6 +361,13 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
                 + ("" if size == 200_000 else " (target is for 200k)"),
                 (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
                 f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
+        nosync = get(size, "skyexport json all +media nosync")
+        if m and nosync and cp and m["wall_s"] and nosync["wall_s"] and cp["wall_s"]:
+            checks.append(check(
+                f"the media files' syncfs before publishing, {h.size_label(size)}",
+                m["wall_s"] - nosync["wall_s"], None, " s",
+                f"--media {m['wall_s']:.2f} s, without the sync {nosync['wall_s']:.2f} s; "
+                f"{(m['wall_s'] - nosync['wall_s']) / cp['wall_s']:.2f}x cp -r", info=True))
     checks += car_checks(results)
     if startup is not None:
         checks.append(check(f"start-up: skyexport export of {STARTUP_POSTS} posts vs "
@@ -439,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest size the reference exporter runs on (default 10k; 0: never)")
     p.add_argument("--no-did", action="store_true", help="skip the --did / WHERE did variants")
     p.add_argument("--no-media", action="store_true", help="skip the --media runs")
+    p.add_argument("--media-only", action="store_true",
+                   help="only the --media check: json with and without --media, and cp -r "
+                        "of the same files (no start-up or one-core-busy runs)")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up check")
     p.add_argument("--no-busy-core", action="store_true",
                    help="skip the runs with one core kept busy")
@@ -463,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also repository CARs of these sizes (e.g. 10k,1M: posts, with 2x "
                         "likes and 0.2x follows): export REPO.car vs libipld (issue 12)")
     args = p.parse_args(argv)
+    if args.media_only:
+        args.no_startup = args.no_busy_core = True
 
     sizes = sorted({h.parse_size(s) for s in (args.sizes or (
         "10k,100k" if args.quick else "10k,100k,200k,1M")).split(",") if s.strip()})
@@ -502,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{h.size_label(size)} posts ({info.size_bytes / 1e6:.0f} MB archive, "
             f"{info.media_files:,} media files):")
         cases = cases_for(info, did=not args.no_did, media=not args.no_media,
-                          reference=0 < size <= ref_max)
+                          reference=0 < size <= ref_max, media_only=args.media_only)
         for c in cases:
             c.cold = args.cold
         if args.peers:
@@ -539,7 +567,6 @@ def main(argv: list[str] | None = None) -> int:
         for r in summarize(size, cases):
             r["source"] = "car"
             results.append(r)
-    shutil.rmtree(work, ignore_errors=True)
 
     print("\n".join(table(results)))
     if code_changes:
@@ -548,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{env['skyexport_code']} at start, {h.code_fingerprint()} at end): the numbers "
               "mix versions")
     checks = derived_checks(results, startup, sizes)
+    if args.media_only:  # the checks of the cases it did not run
+        checks = [ck for ck in checks if ck["status"] != "N/A"]
     print()
     print("derived checks")
     width = max(len(ck["check"]) for ck in checks) if checks else 0
@@ -584,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(doc, indent=1, default=str) + "\n")
         log(f"results written to {args.json}")
+    # Last: removing the kept media trees can take minutes (perf/README.md).
+    log(f"removing {work} ...")
+    sys.stdout.flush()
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

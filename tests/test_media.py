@@ -256,6 +256,9 @@ def test_unreadable_file_is_a_warning(tmp_path: Path, elsewhere: Path,
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(media_mod.os, "open", deny)
+    # The fault is injected into the checked path's open: every file takes that path (the
+    # core's copy loop hands any open error but ENOENT to it).
+    monkeypatch.setattr(media_mod, "FAST_PATH", False)
     arc = build(tmp_path, [{}, {}], [(0, "media/secret.jpg"), (1, "media/fine.jpg")])
     result = run(arc, tmp_path / "out")
     assert media_files(result.directory) == {"fine.jpg": b"fine"}
@@ -281,6 +284,7 @@ def test_disk_full_while_copying_fails_the_export(tmp_path: Path, elsewhere: Pat
         raise OSError(28, "No space left on device", str(dst))
 
     monkeypatch.setattr(media_mod.MediaCopier, "_write", full)
+    monkeypatch.setattr(media_mod, "FAST_PATH", False)  # the core's loop: test_faults.py
     arc = build(tmp_path, [{}], [(0, "media/a.jpg")])
     with pytest.raises(skyexport.OutputError, match="disk is full"):
         skyexport.export(arc, tmp_path / "out", media=True)

@@ -453,6 +453,7 @@ def test_heartbeat_per_media_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         return real(self, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(media_mod.MediaCopier, "_write", slow_copy)
+    monkeypatch.setattr(media_mod, "FAST_PATH", False)  # files one at a time, in Python
     monkeypatch.setattr(progress_mod, "HEARTBEAT_S", 0.1)
     result = skyexport.export(arc, tmp_path / "out", batch_size=1000, media=True,
                               on_progress=events.append)

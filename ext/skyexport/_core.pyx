@@ -20,6 +20,7 @@ sees everything at once and can inline across them):
     _pipe.pxi     RowPipe: stepping on one thread, encoding on another
     _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
     _records.pxi  every record of a CAR as listRecords JSON and CSV rows (CAR.md)
+    _media.pxi    the media copy loop: find, check, copy and hash files without the GIL
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -53,6 +54,7 @@ include "_writer.pxi"
 include "_pipe.pxi"
 include "_car.pxi"
 include "_records.pxi"
+include "_media.pxi"
 
 init_json_tables()
 init_writer_tables()

@@ -15,15 +15,24 @@ An archive's `file_path` values are untrusted input (an archive can come from an
 * Confinement: a source is used only if it resolves (symlinks included) to a path under
   one of those roots; anything else - `/etc/shadow`, `../../../etc/passwd`, a symlink out
   of the archive - is skipped with a warning, unless `any_path` (`--media-any-path`).
+  Two ways to get there, one outcome (tests/test_media_core.py compares them):
+  - the core's copy loop (_core.MediaBatch, Linux >= 5.6): a relative path is opened with
+    openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) beneath each root's descriptor in turn,
+    which the kernel confines; a path with no such file under a root is not under it;
+  - the checked path (_copy_one): everything the loop hands back - a symlink or `..` on
+    the way, a name already taken, a file that is not regular - and absolute paths,
+    `hardlink`, and systems without openat2: realpath, then the check against the roots.
 * Only regular files on real file systems: each source is opened once, with O_NOFOLLOW
-  (on its resolved path) and O_NONBLOCK (a FIFO never hangs), and `fstat`ed; a directory,
-  device, FIFO, socket, or a file on a pseudo file system (/proc, /sys, ...) is skipped with
-  a warning.  Its bytes are copied and hashed from that one descriptor, never more than the
-  size `fstat` gave; a file that shrinks meanwhile is a warning and is not exported.
+  and O_NONBLOCK (a FIFO never hangs), and `fstat`ed; a directory, device, FIFO, socket,
+  or a file on a pseudo file system (/proc, /sys, ...) is skipped with a warning.  Its
+  bytes are copied and hashed from that one descriptor, never more than the size `fstat`
+  gave; a file that shrinks meanwhile is a warning and is not exported.
 * Copies, not aliases: by default `media/` gets an independent copy - a reflink (FICLONE)
-  where the file system shares blocks copy-on-write, else a byte copy - so editing an
-  exported file never changes the archive.  `link="hardlink"` (`--media-link hardlink`)
-  hard-links instead (no space used; the export then *is* the archive's file).
+  where the file system shares blocks copy-on-write (not tried again on a source device
+  where it failed as unsupported), else a byte copy - so editing an exported file never
+  changes the archive.  The loop copies and hashes without the GIL, two files at a time.
+  `link="hardlink"` (`--media-link hardlink`) hard-links instead (no space used; the
+  export then *is* the archive's file).
 
 Names: the destination is `media/` + the last component of `file_path` (after the last
 `/` or `\\`).  An empty name, `.`, `..`, or one holding an ASCII control character is refused
@@ -36,6 +45,10 @@ created with O_EXCL or link(2), which never follow or replace an existing entry.
 
 Every file placed gets a line `<sha256>  media/<name>` in `media.sha256` (the format of
 `sha256sum`, so `sha256sum -c media.sha256` works too); the manifest covers that list.
+Within one batch of the loop no two rows ask for one name, a name that looks like a
+hash-suffixed alternative takes the checked path, and rows are booked in order: so every
+name comes out as a one-by-one copy in row order would give it.  `finish()` makes the files'
+data durable (staged.sync_files: one syncfs) before the export can be published.
 """
 
 from __future__ import annotations
@@ -45,14 +58,18 @@ import hashlib
 import os
 import re
 import stat
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
+from . import _core, staged
 from ._platform import (
     O_CLOEXEC,
     O_NOFOLLOW,
     O_NONBLOCK,
     fsync,
+    open_dir,
     open_nofollow,
     reflink,
     set_blocking,
@@ -64,7 +81,6 @@ from .staged import fsync_dir
 # tens of thousands of names in the interpreter's interned-string table per export).
 StrPath = str | os.PathLike[str]
 
-FICLONE = 0x40049409  # linux/fs.h: share the source's blocks (copy-on-write filesystems)
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
 CHUNK = 1 << 20       # bytes per read when copying
 SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
@@ -73,7 +89,20 @@ LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 _CONTROL = re.compile("[\x00-\x1f\x7f]")  # no such byte in a name: one line per file
+_CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")
+# A name _place could give as an alternative (name-<12 or 64 hex digits>[.ext]).
+_ALT_NAME = re.compile(rb"-(?:[0-9a-f]{12}|[0-9a-f]{64})(?:\.[^.]*)?$")
 _OPEN_SOURCE = os.O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC  # with open_nofollow
+# FICLONE errors that mean "this file system (pair) cannot share blocks": not tried again.
+_NO_CLONE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL,
+                              errno.ENOSYS, errno.EPERM})
+# The core's copy loop (_core.MediaBatch): files handed to it at a time, and threads (each
+# copies one file at a time).  FAST_PATH False sends every file through the checked Python
+# path (_copy_one) - what the loop hands back anything unusual to anyway.
+FAST_PATH = True
+BATCH_FILES = 256
+COPY_THREADS = 2
+_PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
     "proc", "sysfs", "devtmpfs", "devpts", "debugfs", "tracefs", "securityfs", "cgroup",
@@ -150,10 +179,42 @@ class MediaCopier:
         self.warnings_total = 0
         self._digests: OrderedDict[str, str] = OrderedDict()  # name in media/ -> sha256
         self._pseudo_devs: set[int] | None = None
+        self._no_clone: set[int] = set()  # source devices where FICLONE is unsupported
         os.mkdir(self.media_dir)
         self._sums_fd = os.open(sums_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL
                                 | O_NOFOLLOW | O_CLOEXEC, 0o666)
         self._sums_buf = bytearray()
+        self._fds: list[int] = []       # media/ and the roots, for the core's copy loop
+        self._batch: _core.MediaBatch | None = None
+        self._spare: _core.MediaBatch | None = None  # the second of copy_rows's two
+        if FAST_PATH and link == "copy" and len(self.roots) <= 8 \
+                and sys.platform.startswith("linux"):  # the loop is Linux's (media_io.h)
+            self._start_batch()
+
+    def _start_batch(self) -> None:
+        """The core's copy loop, given media/ and each root as a descriptor (O_PATH: a
+        root that can be searched but not listed still counts; -1: a root that cannot be
+        resolved, where the checked path finds nothing either)."""
+        try:
+            media_fd = open_dir(self.media_dir, nofollow=True)
+        except OSError:
+            return
+        self._fds.append(media_fd)
+        roots = []
+        for root in self.roots:
+            try:
+                fd = open_dir(root, getattr(os, "O_PATH", os.O_RDONLY))
+            except OSError:
+                fd = -1
+            else:
+                self._fds.append(fd)
+            roots.append(fd)
+        self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()))
+
+    def _close_fds(self) -> None:
+        self._batch = self._spare = None
+        while self._fds:
+            os.close(self._fds.pop())
 
     # --- the list file ---------------------------------------------------------------
 
@@ -173,12 +234,16 @@ class MediaCopier:
         self._sums_buf.clear()
 
     def finish(self) -> None:
-        """Make media.sha256 and the files and names in media/ durable."""
+        """Make media.sha256 and the files in media/, their data and names, durable."""
         self._flush_sums()
+        # The copies' data: without this, a power loss soon after the export is published
+        # can leave them empty (delayed allocation), though their names and list survive.
+        staged.sync_files(self.media_dir)
         fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
         fsync_dir(self.media_dir)
+        self._close_fds()
 
     def close(self) -> None:
         """Release the list file (idempotent).  On failure paths nothing is written or
@@ -187,6 +252,7 @@ class MediaCopier:
             os.close(self._sums_fd)
             self._sums_fd = -1
         self._sums_buf.clear()
+        self._close_fds()
 
     # --- rows ------------------------------------------------------------------------
 
@@ -198,15 +264,113 @@ class MediaCopier:
     def copy_rows(self, rows: Iterable[tuple[bytes, bytes, bytes]],
                   tick: Callable[[], None] = lambda: None) -> None:
         """Place the files of these `(post_uri, hash, file_path)` media rows; `tick` is
-        called once per row (the export's heartbeat)."""
-        for post_uri, hash_, raw_path in rows:
-            tick()
-            uri = post_uri.decode("utf-8", "replace") if isinstance(post_uri, bytes) \
-                else str(post_uri)
-            try:
-                self._copy_one(uri, raw_path, hash_)
-            finally:
-                self.seen += 1
+        called once per row (the export's heartbeat).
+
+        Relative paths with a usable name go to the core's copy loop, BATCH_FILES at a
+        time (never two of one name in a batch); everything else, and whatever the loop
+        hands back, takes the checked path (_copy_one), in row order."""
+        batch = self._batch
+        if batch is None or self.check_cid:   # blobs: the checked path, which checks CIDs
+            for post_uri, hash_, raw_path in rows:
+                tick()
+                try:
+                    self._copy_one(_uri(post_uri), raw_path, hash_)
+                finally:
+                    self.seen += 1
+            return
+        # Two batches: the core copies one on COPY_THREADS threads while this thread reads
+        # the next rows and fills the other.  A batch is settled (booked, its checked-path
+        # rows placed, in row order) before the next one starts copying.
+        other = self._spare
+        if other is None:
+            other = self._spare = batch.sibling()
+        running: _Running | None = None
+        pending: list[tuple[object, object, int, bytes]] = []
+        names: set[bytes] = set()
+        try:
+            for post_uri, _hash, raw_path in rows:
+                tick()
+                job = _fast_job(raw_path)
+                name = job[2] if job is not None else _base_name(raw_path)
+                if len(pending) >= BATCH_FILES or (name and name in names):
+                    running = self._launch(running, batch, pending)
+                    batch, other = other, batch
+                    pending, names = [], set()
+                index = -1
+                names.add(name)
+                if job is not None:
+                    index = batch.add(*job)
+                pending.append((post_uri, raw_path, index, name))
+            running = self._launch(running, batch, pending)
+            if running is not None:
+                running.join()
+                self._settle_batch(running.batch, running.pending)
+                running = None
+        finally:
+            if running is not None:  # an exception here: the copying threads end first
+                running.join(quiet=True)
+                running.batch.clear()
+            batch.clear()
+            other.clear()
+        if not batch.openat2:
+            self._batch = None  # this kernel has no openat2: the checked path from now on
+
+    def _launch(self, running: _Running | None, batch: _core.MediaBatch,
+                pending: list[tuple[object, object, int, bytes]]) -> _Running | None:
+        """Settle the batch that is copying, then start `batch` copying (or settle it
+        at once: nothing in it for the core)."""
+        if running is not None:
+            running.join()
+            self._settle_batch(running.batch, running.pending)
+            batch.learn(running.batch)
+        if not len(batch):
+            self._settle_batch(batch, pending)
+            return None
+        return _Running(batch, pending, COPY_THREADS if len(batch) > 1 else 1)
+
+    def _settle_batch(self, batch: _core.MediaBatch,
+                      pending: list[tuple[object, object, int, bytes]]) -> None:
+        """Book each row of a batch whose copying has ended, in order."""
+        try:
+            for post_uri, raw_path, index, name in pending:
+                uri = _uri(post_uri)
+                try:
+                    if index < 0:
+                        self._copy_one(uri, raw_path)
+                    else:
+                        self._settle(uri, raw_path, os.fsdecode(name), batch.result(index))
+                finally:
+                    self.seen += 1
+        finally:
+            batch.clear()
+
+    def _settle(self, uri: str, raw_path: object, name: str,
+                result: tuple[int, int, int, int, int, str | None]) -> None:
+        """Book one file the core's copy loop handled, or hand it to the checked path."""
+        status, err, which, size, done, digest = result
+        if status == _PLACED:
+            assert digest is not None
+            self._remember(name, digest)
+            self._sums_line(digest, name)
+            self.copied += 1
+            return
+        if status == _SLOW:
+            self._copy_one(uri, raw_path)
+            return
+        # The source as the checked path names it: no symlink led to it (openat2).
+        job = _fast_job(raw_path)
+        assert job is not None and which >= 0
+        spelling = os.fsdecode(job[0] if which < len(self.roots) else job[1] or job[0])
+        src = os.path.join(self._real_roots[which % len(self.roots)],
+                           os.path.normpath(spelling))
+        if status == _SHRANK:
+            self._warn(uri, f"media file {_show(src)} shrank while it was being copied "
+                            f"({done} of {size} bytes); skipped")
+            return
+        if err in FATAL_ERRNOS:
+            raise OSError(err, os.strerror(err), os.path.join(self.media_dir, name))
+        self._warn(uri, f"media file {_show(src)} could not be copied: {os.strerror(err)}; "
+                        "skipped")
 
     def _copy_one(self, uri: str, raw_path: object, hash_: object = None) -> None:
         if isinstance(raw_path, bytes):
@@ -363,8 +527,12 @@ class MediaCopier:
                       0o666)
         try:
             try:
+                if st.st_dev in self._no_clone:
+                    raise OSError(errno.EOPNOTSUPP, "FICLONE failed here before")
                 reflink(out, fd)
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _NO_CLONE_ERRNOS:
+                    self._no_clone.add(st.st_dev)
                 digest = _copy_fd(fd, out, st.st_size)
             else:
                 # Shared blocks: cut to the size fstat gave, hash what the copy holds.
@@ -411,6 +579,83 @@ class MediaCopier:
             os.close(fd)
         self._remember(name, digest)
         return digest
+
+
+def _uri(post_uri: object) -> str:
+    return post_uri.decode("utf-8", "replace") if isinstance(post_uri, bytes) \
+        else str(post_uri)
+
+
+def _fast_job(raw_path: object) -> tuple[bytes, bytes | None, bytes] | None:
+    """(path, its spelling with `/` for `\\` or None, name) for the core's copy loop, or
+    None for the checked path: an absolute path, an unusable name, a NUL byte."""
+    if isinstance(raw_path, str):
+        raw_path = os.fsencode(raw_path)
+    if not isinstance(raw_path, bytes) or not raw_path or b"\0" in raw_path \
+            or raw_path.startswith(b"/"):
+        return None
+    alt = None
+    if b"\\" in raw_path:
+        alt = raw_path.replace(b"\\", b"/")
+        if alt.startswith(b"/"):
+            return None
+    name = _base_name(alt or raw_path)
+    if not name or _ALT_NAME.search(name):
+        return None  # unusable, or another row's alternative name: in row order
+    return raw_path, alt, name
+
+
+def _base_name(raw_path: object) -> bytes:
+    """The name in media/ that `file_path` asks for, as bytes; b"" for an unusable one."""
+    if isinstance(raw_path, str):
+        raw_path = os.fsencode(raw_path)
+    if not isinstance(raw_path, bytes):
+        return b""
+    name = raw_path.replace(b"\\", b"/").rsplit(b"/", 1)[-1]
+    if name in (b".", b"..") or _CONTROL_BYTES.search(name):
+        return b""
+    return name
+
+
+class _Running:
+    """A batch being copied by the core on `threads` threads of its own."""
+
+    def __init__(self, batch: _core.MediaBatch,
+                 pending: list[tuple[object, object, int, bytes]], threads: int) -> None:
+        self.batch, self.pending = batch, pending
+        self.errors: list[BaseException] = []
+        self.threads = []
+        try:
+            for _ in range(threads):
+                t = threading.Thread(target=self._work, name="skyexport-media", daemon=True)
+                t.start()
+                self.threads.append(t)
+        except BaseException:
+            self.join(quiet=True)
+            raise
+
+    def _work(self) -> None:
+        try:
+            self.batch.run()
+        except BaseException as exc:  # handed to whoever joins
+            self.errors.append(exc)
+
+    def join(self, quiet: bool = False) -> None:
+        """Wait for the threads (never leaving one using media/'s descriptor, even when
+        interrupted); then raise the first exception of theirs, or the interruption."""
+        interrupted: BaseException | None = None
+        for t in self.threads:
+            while t.is_alive():
+                try:
+                    t.join()
+                except BaseException as exc:
+                    interrupted = interrupted or exc
+        if quiet:
+            return
+        if interrupted is not None:
+            raise interrupted
+        if self.errors:
+            raise self.errors[0]
 
 
 def _show(path: str) -> str:

@@ -25,14 +25,17 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ._core import rename_noreplace
+from ._core import syncfs as _core_syncfs
 from ._platform import (
     LOCK_EX,
     LOCK_NB,
     O_CLOEXEC,
     O_NOFOLLOW,
+    O_NONBLOCK,
     flock,
     fsync,
     open_dir,
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
 TMP_PREFIX = ".skyexport-tmp-"
 LOCK_NAME = ".lock"
 STALE_UNLOCKED_S = 60      # a temp dir with no lock file yet is only stale after this
+# syncfs(2), or None to fsync file by file (tests/test_media_sync.py runs both).
+SYNCFS: Callable[[int], None] | None = _core_syncfs
 
 
 class StagedDir:
@@ -225,6 +230,29 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_files(path: str | os.PathLike[str]) -> None:
+    """Make the data of the files in the directory `path` durable: one syncfs(2) of its
+    file system where that exists (Linux), else an fsync of each regular file in it."""
+    if SYNCFS is not None:
+        fd = open_dir(path)
+        try:
+            SYNCFS(fd)
+            return
+        except NotImplementedError:
+            pass
+        finally:
+            os.close(fd)
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            f = open_nofollow(entry.path, os.O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+            try:
+                fsync(f)
+            finally:
+                os.close(f)
 
 
 def rmdir_if_empty(path: Path) -> None:

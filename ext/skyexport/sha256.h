@@ -1,0 +1,206 @@
+/* SHA-256 (FIPS 180-4) for code that runs without the GIL (the media copy loop,
+ * _media.pxi).  Two block functions: portable C, and on x86-64 with GCC or Clang the SHA
+ * extensions (SHA-NI), chosen once at run time from CPUID.  Tested against hashlib by
+ * tests/test_media_core.py, both of them. */
+#ifndef SKYEXPORT_SHA256_H
+#define SKYEXPORT_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SX_SHA_NI_BUILD 1
+#include <cpuid.h>
+#include <immintrin.h>
+#else
+#define SX_SHA_NI_BUILD 0
+#endif
+
+typedef struct {
+    uint32_t h[8];
+    uint64_t len;          /* bytes hashed so far */
+    unsigned char buf[64];
+    size_t n;              /* bytes waiting in buf */
+} sx_sha256;
+
+static const uint32_t sx_sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
+};
+
+#define SX_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void sx_sha256_blocks_c(uint32_t h[8], const unsigned char *p, size_t blocks)
+{
+    uint32_t w[64];
+    while (blocks--) {
+        uint32_t a, b, c, d, e, f, g, hh;
+        int t;
+        for (t = 0; t < 16; t++)
+            w[t] = ((uint32_t)p[4 * t] << 24) | ((uint32_t)p[4 * t + 1] << 16)
+                 | ((uint32_t)p[4 * t + 2] << 8) | (uint32_t)p[4 * t + 3];
+        for (t = 16; t < 64; t++) {
+            uint32_t s0 = SX_ROR(w[t - 15], 7) ^ SX_ROR(w[t - 15], 18) ^ (w[t - 15] >> 3);
+            uint32_t s1 = SX_ROR(w[t - 2], 17) ^ SX_ROR(w[t - 2], 19) ^ (w[t - 2] >> 10);
+            w[t] = w[t - 16] + s0 + w[t - 7] + s1;
+        }
+        a = h[0]; b = h[1]; c = h[2]; d = h[3]; e = h[4]; f = h[5]; g = h[6]; hh = h[7];
+        for (t = 0; t < 64; t++) {
+            uint32_t t1 = hh + (SX_ROR(e, 6) ^ SX_ROR(e, 11) ^ SX_ROR(e, 25))
+                        + ((e & f) ^ (~e & g)) + sx_sha256_k[t] + w[t];
+            uint32_t t2 = (SX_ROR(a, 2) ^ SX_ROR(a, 13) ^ SX_ROR(a, 22))
+                        + ((a & b) ^ (a & c) ^ (b & c));
+            hh = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+        }
+        h[0] += a; h[1] += b; h[2] += c; h[3] += d;
+        h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
+        p += 64;
+    }
+}
+
+#if SX_SHA_NI_BUILD
+/* The SHA extensions: the state as ABEF/CDGH, four rounds per message group. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t blocks)
+{
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_loadu_si128((const __m128i *)&h[0]);
+    __m128i s1 = _mm_loadu_si128((const __m128i *)&h[4]);
+    __m128i s0;
+    tmp = _mm_shuffle_epi32(tmp, 0xB1);           /* CDAB */
+    s1 = _mm_shuffle_epi32(s1, 0x1B);             /* EFGH */
+    s0 = _mm_alignr_epi8(tmp, s1, 8);             /* ABEF */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);          /* CDGH */
+    while (blocks--) {
+        __m128i m[4], save0 = s0, save1 = s1, msg;
+        int i;
+#if defined(__clang__)
+#pragma clang loop unroll(full)
+#elif defined(__GNUC__)
+#pragma GCC unroll 16
+#endif
+        for (i = 0; i < 16; i++) {
+            if (i < 4) {
+                m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);
+            } else {
+                /* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time */
+                __m128i x = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
+                x = _mm_add_epi32(x, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
+                m[i & 3] = _mm_sha256msg2_epu32(x, m[(i + 3) & 3]);
+            }
+            msg = _mm_add_epi32(m[i & 3],
+                                _mm_loadu_si128((const __m128i *)&sx_sha256_k[4 * i]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+            msg = _mm_shuffle_epi32(msg, 0x0E);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, msg);
+        }
+        s0 = _mm_add_epi32(s0, save0);
+        s1 = _mm_add_epi32(s1, save1);
+        p += 64;
+    }
+    tmp = _mm_shuffle_epi32(s0, 0x1B);            /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);             /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);          /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);             /* HGFE */
+    _mm_storeu_si128((__m128i *)&h[0], s0);
+    _mm_storeu_si128((__m128i *)&h[4], s1);
+}
+
+static int sx_cpu_has_sha_ni(void)
+{
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return 0;
+    if (!(c & (1u << 9)) || !(c & (1u << 19)))   /* SSSE3, SSE4.1 */
+        return 0;
+    if (__get_cpuid_max(0, 0) < 7)
+        return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    return (b >> 29) & 1;                          /* SHA */
+}
+#endif
+
+typedef void (*sx_sha256_blocks_fn)(uint32_t *, const unsigned char *, size_t);
+static sx_sha256_blocks_fn sx_sha256_blocks = sx_sha256_blocks_c;
+
+/* Choose the block function: `accelerated` 0 forces portable C.  Returns 1 when the SHA
+ * extensions are used.  Called with the GIL held, before any hashing thread runs. */
+static int sx_sha256_select(int accelerated)
+{
+#if SX_SHA_NI_BUILD
+    if (accelerated && sx_cpu_has_sha_ni()) {
+        sx_sha256_blocks = sx_sha256_blocks_ni;
+        return 1;
+    }
+#endif
+    (void)accelerated;
+    sx_sha256_blocks = sx_sha256_blocks_c;
+    return 0;
+}
+
+static void sx_sha256_init(sx_sha256 *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->n = 0;
+}
+
+static void sx_sha256_update(sx_sha256 *s, const unsigned char *p, size_t n)
+{
+    s->len += n;
+    if (s->n) {
+        size_t take = 64 - s->n < n ? 64 - s->n : n;
+        memcpy(s->buf + s->n, p, take);
+        s->n += take;
+        p += take;
+        n -= take;
+        if (s->n < 64)
+            return;
+        sx_sha256_blocks(s->h, s->buf, 1);
+        s->n = 0;
+    }
+    if (n >= 64) {
+        sx_sha256_blocks(s->h, p, n / 64);
+        p += n & ~(size_t)63;
+        n &= 63;
+    }
+    if (n) {
+        memcpy(s->buf, p, n);
+        s->n = n;
+    }
+}
+
+static void sx_sha256_final(sx_sha256 *s, unsigned char out[32])
+{
+    uint64_t bits = s->len * 8;
+    int i;
+    s->buf[s->n++] = 0x80;
+    if (s->n > 56) {
+        memset(s->buf + s->n, 0, 64 - s->n);
+        sx_sha256_blocks(s->h, s->buf, 1);
+        s->n = 0;
+    }
+    memset(s->buf + s->n, 0, 56 - s->n);
+    for (i = 0; i < 8; i++)
+        s->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sx_sha256_blocks(s->h, s->buf, 1);
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(s->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)s->h[i];
+    }
+}
+
+#endif
