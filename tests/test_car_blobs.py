@@ -58,7 +58,7 @@ def setup(tmp_path: Path) -> tuple[Path, Path]:
     car = tmp_path / "repo.car"
     posts = {f"app.bsky.feed.post/3kaaaaaaaaa{c}2": _post(i + 1, b)
              for i, (c, b) in enumerate(zip("abcdefg", (GOOD, PLAIN, BAD, LINKED, FIFO,
-                                                        DIRNAMED, ABSENT)))}
+                                                        DIRNAMED, ABSENT), strict=True))}
     posts["app.bsky.feed.post/3kaaaaaaaaah2"] = _post(8, video=VIDEO)
     posts["app.bsky.feed.post/3kaaaaaaaaai2"] = _post(9)
     write_car(car, DID, posts)

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import Car, write
 
 from skyexport import export, verify
 from skyexport.car import car_info
 from skyexport.carwrite import cid_for, dag_cbor, write_car
 from skyexport.errors import ArchiveError, OptionError
-from hostile import Car, write
 
 atmst = pytest.importorskip("atmst", reason="atmst (test extra) is not installed")
 cbrrr = pytest.importorskip("cbrrr", reason="cbrrr (test extra) is not installed")
@@ -371,6 +371,11 @@ FLOAT_RECORD = b"\xa2\x61x\xfb" + bytes(8) + b"\x65$type\x72app.bsky.feed.like"
     (b"\xa1\x61a\xc1\x01", "tag"),                            # tag 1
     (b"\xa1\x65$type\x60", "\\$type"),                        # empty $type
     (b"\x83\x01\x02\x03", "not a map"),                       # a record is a map
+    (b"\xa1\x61a\xd8\x2a\x43\x00\x01\x02", "not a CID"),       # a link that is no CID
+    (b"\xa1\x61a\x9f\xff", "indefinite"),                       # an indefinite array
+    (b"\xa1\x61a\x62\xff\xfe", "UTF-8"),                        # invalid UTF-8
+    (b"\xa1\x61a\xf7", "undefined"),                             # undefined
+    (b"\xa2\x61a\x01\x65$type\x64blob", "blob without"),         # a blob with no ref
 ])
 def test_a_bad_record_stops_or_is_kept_out(tmp_path: Path, bad: bytes, what: str) -> None:
     """A like that is not valid atproto data stops the export with one line naming its

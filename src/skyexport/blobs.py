@@ -20,8 +20,6 @@ from pathlib import Path
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     import apsw
 
 # a CIDv1 in base32 as atproto writes blob refs: `b`, then lowercase base32
@@ -165,7 +163,7 @@ def hash_file(path: Path) -> tuple[str, int] | None:
 
 
 def _posts_with_media(con: apsw.Connection) -> Iterator[tuple[str, str]]:
-    yield from con.cursor().execute(  # type: ignore[misc]
+    yield from con.cursor().execute(
         "SELECT p.uri, p.embed_data FROM posts p WHERE p.has_media AND p.embed_data "
         "IS NOT NULL AND NOT EXISTS (SELECT 1 FROM media m WHERE m.post_uri = p.uri) "
         "ORDER BY p.rowid")

@@ -419,7 +419,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                         csv_formula_guard=args.csv_formula_guard, bom=args.bom,
                         compress=args.compress,
                         compress_level=args.compress_level, layout=args.layout,
-                        collections=args.collections, blobs=args.blobs, _option=_cli_option, **_archive_env())
+                        collections=args.collections, blobs=args.blobs,
+                        _option=_cli_option, **_archive_env())
         args.published = result.directory
         args.streamed = result if to_stdout else None
     except OptionError as exc:

@@ -785,7 +785,7 @@ def _check_records(dir_fd: int, records: object, fmt: object, manifest: dict[str
                                     header=csv_header(nsid).encode("ascii"))
             else:
                 counter = _COUNTERS[str(fmt)]()
-            if not _check_file(rec_fd, base, name, digest, size, counter.feed, report):
+            if not _check_file(rec_fd, base, name, str(digest), size, counter.feed, report):
                 continue
             why = counter.shape()
             if why is not None:

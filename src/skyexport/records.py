@@ -1,6 +1,6 @@
 """Every collection of a repository CAR: `records/<nsid>.<ext>` files (docs/CAR.md, "Every
-collection").  The core's RecordReader reads and encodes the records; this module names
-the CSV columns, opens the files and hashes what it writes."""
+collection").  The core's RecordTap encodes the records as the CAR's walk reads them; this
+module names the CSV columns, opens the files and hashes what it writes."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +9,11 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from . import _core
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-from . import _core
 
 RECORDS_DIR = "records"
 CHUNK_BYTES = 1 << 20
