@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -488,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--car", metavar="SIZES", default="",
                    help="also repository CARs of these sizes (e.g. 10k,1M: posts, with 2x "
                         "likes and 0.2x follows): export REPO.car vs libipld (issue 12)")
+    p.add_argument("--fetch", action="store_true",
+                   help="only `skyexport fetch` vs curl on loopback (perf/fetch.py, its defaults; "
+                        "run perf/fetch.py itself for other sizes)")
     args = p.parse_args(argv)
+    if args.fetch:
+        return subprocess.call([sys.executable, str(Path(__file__).with_name("fetch.py"))])
     if args.media_only:
         args.no_startup = args.no_busy_core = True
 

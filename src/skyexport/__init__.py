@@ -13,8 +13,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "BadValueError", "ExportError", "ExportProgress", "ExportResult",
-    "ExportWarning", "ImportResult", "OptionError", "OutputError", "SelectionError",
-    "VerifyReport", "export", "import_car", "verify", "__version__",
+    "ExportWarning", "FetchError", "FetchProgress", "FetchResult", "ImportResult",
+    "OptionError", "OutputError", "SelectionError",
+    "VerifyReport", "export", "fetch", "import_car", "open_backup", "verify", "__version__",
 ]
 
 _WHERE = {
@@ -24,6 +25,8 @@ _WHERE = {
     "VerifyReport": "manifest", "verify": "manifest",
     "ExportProgress": "progress",
     "ImportResult": "car", "import_car": "car",
+    "FetchError": "remote.errors", "FetchProgress": "remote.backup",
+    "FetchResult": "remote.backup", "fetch": "remote.backup", "open_backup": "remote.backup",
 }
 
 TYPE_CHECKING = False
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     from .job import ExportResult, ExportWarning, export
     from .manifest import VerifyReport, verify
     from .progress import ExportProgress
+    from .remote.backup import FetchProgress, FetchResult, fetch, open_backup
+    from .remote.errors import FetchError
 
 
 def __getattr__(name: str) -> object:

@@ -1,4 +1,4 @@
-"""The `skyexport` command: export, import, info, verify, synth, demo, completion.
+"""The `skyexport` command: export, import, info, verify, synth, demo, fetch, completion.
 
 Results go to stdout (the last line of `export` is the export directory), progress and
 errors to stderr.  Exit status: 0 done, 1 failed (one line, no traceback), 2 usage,
@@ -327,6 +327,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="the archive (default: ./data/archive.db), or a repository CAR")
     i.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
+    from .remote.command import add_parser as add_fetch  # `skyexport fetch`: its own module
+
+    add_fetch(sub)
     c = sub.add_parser("completion", help="print a shell completion script",
                        epilog=COMPLETION_EXAMPLES,
                        description="Print a completion script for bash or zsh on stdout.")
@@ -612,6 +615,11 @@ def _import_progress(mode: str, car: str) -> Any:
     return on_blocks
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .remote.command import run as fetch_command
+    return fetch_command(args)
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from .completion import script
 
@@ -873,7 +881,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return {"export": cmd_export, "verify": cmd_verify, "synth": cmd_synth,
                 "demo": cmd_demo, "info": cmd_info, "import": cmd_import,
-                "completion": cmd_completion}[args.command](args)
+                "completion": cmd_completion, "fetch": cmd_fetch}[args.command](args)
     except ExportError as exc:
         return _fail(str(exc))
     except (KeyboardInterrupt, _Terminated) as exc:
