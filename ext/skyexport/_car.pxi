@@ -1815,7 +1815,10 @@ cdef class CarWalker:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
                                  "missing (a partial CAR?); download the whole repository "
                                  "again")
-        self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+        if self.budget < r + cn + FETCH_COST:   # the message only when it is needed
+            self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+        else:
+            self.budget -= r + cn + FETCH_COST
         self.blocks_read += 1
         return r
 

@@ -223,7 +223,7 @@ cdef class RecordTap:
         self.flush()
 
     cdef int add(self, bytes key, Py_ssize_t slash, bytes cid, const unsigned char* s,
-                 Py_ssize_t dn, str what) except -1:
+                 Py_ssize_t dn) except -1:
         """Validate and encode one record (key's collection is wanted)."""
         cdef Py_ssize_t cn = PyBytes_GET_SIZE(cid), k
         cdef OutBuf* o = &self.out
@@ -245,7 +245,8 @@ cdef class RecordTap:
             if s[0] >> 5 != 5:
                 raise CarFormatError("is not a map (a record is one)")
         except CarFormatError as exc:
-            msg = f"block {cid_str(cid)} ({what}) {exc}: not valid atproto data"
+            msg = (f"block {cid_str(cid)} (record {key.decode('ascii')}) {exc}: not valid "
+                   "atproto data")
             if not self.keep_bad:
                 raise CarFormatError(msg) from None
             self.bad_total += 1
@@ -316,7 +317,7 @@ cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
         dn = w.dn
     else:
         dn = w.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, key, None)
-    tap.add(key, slash, cid, w.buf + cn, dn, w.what(key, None))
+    tap.add(key, slash, cid, w.buf + cn, dn)
     return 0
 
 
