@@ -97,9 +97,10 @@ def test_recognised_by_content_not_name(tmp_path: Path) -> None:
 
 
 def test_media_with_a_car_is_a_usage_error(tmp_path: Path) -> None:
+    """--media with a CAR needs --blobs (the CAR holds blob references, not files)."""
     r = run("export", BSKY, "--output", tmp_path / "o", "--media")
     assert r.returncode == 2
-    assert "--media" in r.stderr and "no media" in r.stderr and "Traceback" not in r.stderr
+    assert "--media" in r.stderr and "--blobs DIR" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
 
 
