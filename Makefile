@@ -12,7 +12,7 @@ test:           ## the whole suite, memory limits included, on two workers
 	$(PY) -m pytest --memray -q -n 2 --dist loadfile
 
 memtest:        ## only the memory contracts
-	$(PY) -m pytest --memray -q tests/test_memory.py
+	$(PY) -m pytest --memray -q tests/system/test_memory_limits.py
 
 annotate:       ## cython -a: HTML of the core with Python interaction highlighted
 	SKYEXPORT_ANNOTATE=ON $(PY) -m pip install --no-build-isolation -e . -q

@@ -53,9 +53,9 @@ case "$mode" in
     ;;
   asan-test)
     LD_PRELOAD="$runtime" python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider \
-      tests/test_car_core.py tests/test_car_index.py tests/test_car_import.py \
-      tests/test_car_info.py tests/test_car_export.py tests/test_car_hostile.py \
-      tests/test_fuzz_regressions.py tests/test_golden.py
+      tests/unit/test_car_decoding.py tests/unit/test_car_block_index.py tests/unit/test_car_import.py \
+      tests/unit/test_car_info.py tests/cli/test_export_car.py tests/system/test_car_hostile.py \
+      tests/system/test_fuzz_regressions.py tests/system/test_golden.py
     ;;
   *)
     echo "usage: fuzz/run.sh fuzz|asan-test ..." >&2

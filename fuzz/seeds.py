@@ -1,6 +1,6 @@
 """Write the fuzz targets' seed corpora: the real repositories in tests/car/ (cut to
 their first 256 KB too, so the fuzzer can work on small inputs), the hostile cases of
-tests/hostile.py at small sizes, some of their blocks on their own, and every committed
+tests/helpers/hostile.py at small sizes, some of their blocks on their own, and every committed
 regression input (fuzz/regressions/).  Usage: python fuzz/seeds.py OUTDIR"""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main(outdir: str) -> None:
         raw = p.read_bytes()
         for i, b in enumerate(blocks(raw, 20)):
             try:
-                (json_dir / f"{p.stem}.{i}").write_bytes(b"\x01" + _core.cbor_to_json(b))
+                (json_dir / f"{p.stem}.{i}").write_bytes(b"\x01" + _core.testing.cbor_to_json(b))
             except ValueError:
                 pass
 

@@ -1,5 +1,5 @@
 """What the fuzz targets do with one input, without atheris: fuzz_car.py and fuzz_json.py
-run these under libFuzzer, tests/test_fuzz_regressions.py runs them on every input in
+run these under libFuzzer, tests/system/test_fuzz_regressions.py runs them on every input in
 fuzz/regressions/ (each crash the fuzzer ever found) and on the seed corpus.
 
 - car(data): the input as a whole CAR -- framing, the block index, CIDs, the commit, the
@@ -19,8 +19,9 @@ import tempfile
 import apsw
 
 from skyexport import _core
-from skyexport.car import CarRepo, _fill_new
 from skyexport.errors import ArchiveError
+from skyexport.sources.car.importer import _fill_new
+from skyexport.sources.car.repo import CarRepo
 
 SCRATCH = tempfile.mkdtemp(prefix="skyexport-fuzz-",
                            dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
@@ -54,7 +55,7 @@ def read_car(data: bytes) -> None:
 
 def read_block(data: bytes) -> None:
     verdicts = []
-    for f in (_core.cbor_to_json, _core.cbor_to_py):
+    for f in (_core.testing.cbor_to_json, _core.cbor_to_py):
         try:
             f(data)
             verdicts.append(True)
@@ -62,7 +63,7 @@ def read_block(data: bytes) -> None:
             verdicts.append(False)
     assert verdicts[0] == verdicts[1], (verdicts, data[:64])
     try:
-        _core.post_fields(data)
+        _core.testing.post_fields(data)
     except ValueError:
         pass
 
@@ -78,7 +79,7 @@ def json(data: bytes) -> None:
     pretty = bool(data[0] & 1)
     level = data[0] >> 1 & 7
     value = data[1:]
-    out = _core.reformat_json(value, pretty, level)
+    out = _core.testing.reformat_json(value, pretty, level)
     if out is None:
         return
     try:

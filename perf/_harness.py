@@ -205,7 +205,7 @@ def header_lines(env: dict[str, Any]) -> list[str]:
          f"{env['skyexport_row_source']}; apsw {env['apsw']} with SQLite "
          f"{env['apsw_sqlite']}; msgspec {env['msgspec']}; cython {env['cython']}"),
         (f"sqlite3   shell {env['sqlite3_shell_version']} ({env['sqlite3_shell']}); reference "
-         f"exporter tests/reference.py on stdlib sqlite3 (SQLite "
+         f"exporter tests/helpers/reference.py on stdlib sqlite3 (SQLite "
          f"{env['python_stdlib_sqlite']})"),
         f"load      {load[0]} {load[1]} {load[2]} (1/5/15 min) at start",
         f"rss       {env['rss_method']}",
@@ -237,10 +237,10 @@ def _synth_fingerprint() -> str:
     places = [Path(spec.origin).parent] if spec.origin else []
     places += [Path(p) for p in spec.submodule_search_locations]
     for place in places:  # an editable install lists the build tree too
-        synth = place / "synth.py"
+        synth = place / "testing" / "synth.py"
         if synth.exists():
             return hashlib.sha256(synth.read_bytes()).hexdigest()[:16]
-    raise SystemExit(f"skyexport/synth.py not found in {', '.join(map(str, places))}")
+    raise SystemExit(f"testing/synth.py not found in {', '.join(map(str, places))}")
 
 
 def _build(folder: Path, argv: list[str]) -> float:
@@ -816,7 +816,7 @@ def car(posts: int, *, seed: int = SEED, rebuild: bool = False,
     folder = CACHE / f"car-p{posts}-s{seed}"
     path = folder / "repo.car"
     stamp = folder / "build.json"
-    spec = importlib.util.find_spec("skyexport.carwrite")
+    spec = importlib.util.find_spec("skyexport.testing.carwrite")
     fingerprint = (hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
                    if spec and spec.origin else "?")
     ok = path.exists() and not rebuild and _stamp_matches(stamp, "carwrite", fingerprint)

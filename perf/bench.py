@@ -19,7 +19,7 @@ For every archive size it runs, each as a child process:
 * the read floor (the shell stepping the same SELECT, summing every column's bytes), a
   filtered export whose range holds every post, and each format with one core kept busy;
 * with ``--peers``, DuckDB and polars (perf/peers.py) on the same rows;
-* the reference exporter of tests/reference.py (pure Python, loads everything) on the small
+* the reference exporter of tests/helpers/reference.py (pure Python, loads everything) on the small
   sizes only.
 
 One untimed warm-up of each puts the archive in the page cache; then the commands run in

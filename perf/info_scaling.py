@@ -35,7 +35,7 @@ def build(dids: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "building.db"
     tmp.unlink(missing_ok=True)
-    from skyexport.synth import build_archive
+    from skyexport.testing.synth import build_archive
 
     build_archive(tmp, dids * POSTS_PER_DID, seed=h.SEED)
     con = sqlite3.connect(tmp)

@@ -1,5 +1,5 @@
-"""Shared fixtures.  Archives are real SQLite files (tests/archives.py); the reference
-exporter (tests/reference.py) is the oracle the compiled fast path is compared with."""
+"""Shared fixtures.  Archives are real SQLite files (tests/helpers/archives.py); the reference
+exporter (tests/helpers/reference.py) is the oracle the compiled fast path is compared with."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import skyexport
 from skyexport.defaults import DATA_FILES, FORMATS  # noqa: F401 - shared with the tests
 
-from archives import load_golden
+from helpers.archives import load_golden
 
 # Around the default 1000 and the edges: one row per batch, batches larger than any archive.
 BATCH_SIZES = (1, 7, 999, 1000, 1001, 1_000_000)
@@ -57,9 +57,9 @@ def row_source(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     (the default), on the encoding thread, or through an APSW cursor: all must give the
     same bytes.  In this process through the library's default, in a child through the
     CLI's SKYEXPORT_ROW_SOURCE."""
-    import skyexport.archive
+    import skyexport.sources.archive
 
-    monkeypatch.setattr(skyexport.archive, "DEFAULT_ROW_SOURCE", request.param)
+    monkeypatch.setattr(skyexport.sources.archive, "DEFAULT_ROW_SOURCE", request.param)
     monkeypatch.setenv("SKYEXPORT_ROW_SOURCE", request.param)
     return request.param
 

@@ -2,25 +2,39 @@
 # Checks stay on module-wide; functions audited for C division or unchecked indexing say so
 # with their own decorator.
 """skyexport's compiled core: rows of the export SELECT in, bytes of posts.json / .jsonl /
-.csv out, per ../shared/FORMAT.md.
+.csv out, per docs/FORMAT.md.
 
-One extension module built from one file per concern (uvloop's layout, so the C compiler
-sees everything at once and can inline across them):
+One extension module built from one file per subject (uvloop's and APSW's layout: one
+translation unit, so the C compiler sees everything at once and can inline across them):
 
-    _buffer.pxi   the output buffer
-    _time.pxi     reading stored timestamps, rendering RFC 3339
-    _json.pxi     JSON string escaping, validating and re-indenting stored JSON
-    _csv.pxi      Go's CSV quoting, the MediaFiles column
-    _rows.pxi     the column layout, cells, RowSource (what Writer.encode reads) and
-                  TupleRows (a RowSource over Python tuples)
-    _sqlite.pxi   Statement: the SELECT stepped through APSW's own SQLite (sqlite_glue.h);
-                  read_cell, the one SQLite cell decoder
-    _filter.pxi   --since/--until as SQL functions; parsing the bounds
-    _writer.pxi   Writer: the per-row encoders and the batch loop
-    _pipe.pxi     RowPipe: stepping on one thread, encoding on another
-    _car.pxi      repository CARs: framing, DAG-CBOR, post records (CAR.md)
-    _records.pxi  every record of a CAR as listRecords JSON and CSV rows (CAR.md)
-    _media.pxi    the media copy loop: find, check, copy and hash files without the GIL
+    common/buffer.pxi   the output buffer
+    common/time.pxi     reading stored timestamps, rendering RFC 3339
+    common/rename.pxi   the no-replace rename that publishes an export
+    encode/json.pxi     JSON string escaping (the export's, and json.Marshal's for CAR
+                        records), validating and re-indenting stored JSON
+    encode/csv.pxi      Go's CSV quoting, the MediaFiles column
+    rows/rows.pxi       the column layout, cells, RowSource (what Writer.encode reads) and
+                        TupleRows (a RowSource over Python tuples)
+    rows/sqlite.pxi     Statement: the SELECT stepped through APSW's own SQLite
+                        (sqlite_glue.h); read_cell, the one SQLite cell decoder
+    rows/filter.pxi     --since/--until as SQL functions; parsing the bounds
+    encode/writer.pxi   Writer: the per-row encoders and the batch loop
+    rows/pipe.pxi       RowPipe: stepping on one thread, encoding on another
+    car/cid.pxi         repository CARs (docs/CAR.md): limits, errors, multibase, CIDs, varints
+    car/index.pxi       the block index (an external sort in a scratch file)
+    car/scan.pxi        CarScanner: framing every block in one pass
+    car/cbor.pxi        DAG-CBOR, strictly validated, to Python objects or compact JSON
+    car/post.pxi        a post record's fields
+    car/walk.pxi        CarWalker: the MST walk
+    car/insert.pxi      RowBatch: post rows inserted into SQLite in bulk
+    car/records.pxi     RecordTap: every record of a CAR as listRecords JSON and CSV rows,
+                        as the walk passes it
+    media/copy.pxi      MediaBatch: media files found, checked, copied and hashed without
+                        the GIL (media_io.h, sha256.h); syncfs
+    testing.pxi         test hooks (gathered into `testing`, below)
+
+`__all__` below is the module's production names, the one list of them (_core.pyi types
+exactly these); the test hooks live in the `testing` namespace, not among them.
 
 The Python package (src/skyexport) owns everything else: options, the APSW connection and
 cursor, files, progress, media, the manifest.
@@ -43,122 +57,62 @@ import threading
 
 import apsw
 
-include "_buffer.pxi"
-include "_time.pxi"
-include "_json.pxi"
-include "_csv.pxi"
-include "_rows.pxi"
-include "_sqlite.pxi"
-include "_filter.pxi"
-include "_writer.pxi"
-include "_pipe.pxi"
-include "_car.pxi"
-include "_records.pxi"
-include "_media.pxi"
+include "common/buffer.pxi"
+include "common/time.pxi"
+include "encode/json.pxi"
+include "encode/csv.pxi"
+include "rows/rows.pxi"
+include "rows/sqlite.pxi"
+include "rows/filter.pxi"
+include "encode/writer.pxi"
+include "rows/pipe.pxi"
+include "common/rename.pxi"
+include "car/cid.pxi"
+include "car/index.pxi"
+include "car/scan.pxi"
+include "car/cbor.pxi"
+include "car/post.pxi"
+include "car/walk.pxi"
+include "car/insert.pxi"
+include "car/records.pxi"
+include "media/copy.pxi"
+include "testing.pxi"
 
 init_json_tables()
 init_writer_tables()
 _apsw_exception_for = apsw.exception_for
 
+# The production names: what the Python package uses, typed by _core.pyi.
+__all__ = (
+    # writing posts (encode/, rows/)
+    "COLUMN_NAMES", "CSV_HEADER", "EXTENSION_ENTRY_POINT", "InstantRange", "RowPipe",
+    "RowSource", "Statement", "TupleRows", "Writer", "direct_ready", "is_bad_stamp",
+    "is_true", "json_string", "parse_bound", "register_filters",
+    # publishing (common/)
+    "rename_noreplace",
+    # media (media/)
+    "MediaBatch", "syncfs",
+    # repository CARs (car/)
+    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
+    "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+)
 
-def json_string(bytes value):
-    """`value` encoded as a JSON string, as the text column is: the core's one JSON string
-    encoder, also used by the manifest writer (manifest.py) so that both escape alike."""
-    cdef OutBuf b
-    ob_init(&b, 64)
-    try:
-        ob_json_str(&b, <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
-        return PyBytes_FromStringAndSize(b.data, b.len)
-    finally:
-        ob_free(&b)
-
-
-def reformat_json(bytes value, bint pretty=True, int level=2):
-    """Test hook: stored JSON re-formatted as the embed_data/labels fields are, or None
-    when it is not valid JSON."""
-    cdef OutBuf b
-    ob_init(&b, 64)
-    try:
-        if ob_raw_json(&b, <const unsigned char*>PyBytes_AS_STRING(value),
-                       PyBytes_GET_SIZE(value), level, pretty):
-            return None
-        return PyBytes_FromStringAndSize(b.data, b.len)
-    finally:
-        ob_free(&b)
+# Test hooks: reached as _core.testing.<name>, never as module attributes.
+_TEST_HOOKS = (
+    "reformat_json", "csv_field", "media_files_of", "media_files_exact",
+    "media_files_fast_of", "format_real", "parse_timestamp", "render_timestamp",
+    "cbor_to_json", "post_fields", "cid_index_key", "sha256_select", "sha256_digest",
+    "tap_drain",
+)
 
 
-def csv_field(bytes value):
-    """Test hook: `value` as one CSV field."""
-    cdef OutBuf b
-    ob_init(&b, 64)
-    try:
-        ob_csv_field(&b, <const unsigned char*>PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value))
-        return PyBytes_FromStringAndSize(b.data, b.len)
-    finally:
-        ob_free(&b)
+class _Testing:
+    """The core's test hooks (testing.pxi, and the CAR parts' decoders one value at a
+    time); not part of the production names."""
 
 
-def media_files_of(embed_data):
-    """Test hook: the MediaFiles column for a has_media post with this embed_data, as the
-    CSV writer computes it (media_files_fast where it can, else the exact path)."""
-    if type(embed_data) is not bytes:
-        return b""
-    cdef OutBuf m
-    ob_init(&m, 64)
-    try:
-        if media_files_into(&m, <const unsigned char*>PyBytes_AS_STRING(embed_data),
-                            PyBytes_GET_SIZE(embed_data)) == 0:
-            return PyBytes_FromStringAndSize(m.data, m.len)
-    finally:
-        ob_free(&m)
-    return media_files(embed_data)
-
-
-def media_files_exact(bytes embed_data):
-    """Test hook: MediaFiles by the exact path alone (Go's decoder as msgspec/json)."""
-    return media_files(embed_data)
-
-
-def media_files_fast_of(bytes embed_data):
-    """Test hook: MediaFiles by media_files_fast alone (valid JSON only), or None where it
-    leaves the answer to the exact path."""
-    cdef OutBuf m
-    ob_init(&m, 64)
-    try:
-        if media_files_fast(&m, <const unsigned char*>PyBytes_AS_STRING(embed_data),
-                            PyBytes_GET_SIZE(embed_data)) == 0:
-            return PyBytes_FromStringAndSize(m.data, m.len)
-        return None
-    finally:
-        ob_free(&m)
-
-
-def format_real(double value):
-    """Test hook: a REAL stored in a JSON column, as it is written."""
-    return go_format_float(value)
-
-
-cdef extern from "platform.h" nogil:
-    int sx_rename_noreplace(const char* oldpath, const char* newpath)
-
-
-def rename_noreplace(src, dst):
-    """Rename `src` to `dst` atomically, failing with FileExistsError if `dst` exists (even
-    as an empty directory, which plain rename(2) would silently replace).  Raises
-    NotImplementedError where the platform or file system cannot (platform.h:
-    renameat2(RENAME_NOREPLACE) on Linux, renamex_np(RENAME_EXCL) on macOS, MoveFileExW on
-    Windows)."""
-    cdef bytes s = os.fsencode(src), d = os.fsencode(dst)
-    cdef const char* sp = s
-    cdef const char* dp = d
-    cdef int rc, err = 0
-    with nogil:
-        rc = sx_rename_noreplace(sp, dp)
-        if rc != 0:
-            err = errno
-    if rc == 0:
-        return
-    if err == EINVAL or err == ENOSYS:
-        raise NotImplementedError("no rename without replace on this platform or file system")
-    raise OSError(err, strerror(err).decode("utf-8", "replace"), os.fsdecode(src), None,
-                  os.fsdecode(dst))
+testing = _Testing()
+for _name in _TEST_HOOKS:
+    setattr(testing, _name, globals().pop(_name))
+testing.RECORD_EMBEDS = _RECORD_EMBEDS
+del _name

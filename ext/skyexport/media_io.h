@@ -1,5 +1,5 @@
-/* The media copy loop of _media.pxi, in C without the GIL: find a source beneath a
- * lookup root, check it, create its copy in media/, copy and hash it (src/skyexport/media.py
+/* The media copy loop of media/copy.pxi, in C without the GIL: find a source beneath a
+ * lookup root, check it, create its copy in media/, copy and hash it (src/skyexport/exporter/media.py
  * says which rules it keeps).  Anything unusual is handed back as SX_SLOW, untouched, to
  * media.py's checked path.  The loop is Linux's (openat2, FICLONE, syncfs, all behind
  * __linux__); elsewhere every job is SX_SLOW at once and syncfs is ENOSYS, so media.py's

@@ -3,9 +3,9 @@
  *
  *   SX_EXPORT            a symbol the module exports besides PyInit__core
  *   sx_ctz               index of the lowest set bit (the SIMD scans of scan.h)
- *   sx_pread, sx_pwrite  positioned I/O on a descriptor (_car.pxi)
- *   sx_rename_noreplace  rename that never replaces an existing name (_core.pyx)
- *   sx_sync ...          a mutex and a condition variable (pipe_sync.h, _pipe.pxi)
+ *   sx_pread, sx_pwrite  positioned I/O on a descriptor (car/index.pxi, car/scan.pxi)
+ *   sx_rename_noreplace  rename that never replaces an existing name (common/rename.pxi)
+ *   sx_sync ...          a mutex and a condition variable (pipe_sync.h, rows/pipe.pxi)
  *
  * Linux is built and tested; macOS (aarch64/x86_64), Windows (x86_64, MinGW-w64; MSVC is
  * written for, not compiled here) and FreeBSD (x86_64, the generic paths) are compiled by

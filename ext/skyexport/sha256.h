@@ -1,7 +1,7 @@
 /* SHA-256 (FIPS 180-4) for code that runs without the GIL (the media copy loop,
- * _media.pxi).  Two block functions: portable C, and on x86-64 with GCC or Clang the SHA
+ * media/copy.pxi).  Two block functions: portable C, and on x86-64 with GCC or Clang the SHA
  * extensions (SHA-NI), chosen once at run time from CPUID.  Tested against hashlib by
- * tests/test_media_core.py, both of them. */
+ * tests/unit/test_media_copy_loop.py, both of them. */
 #ifndef SKYEXPORT_SHA256_H
 #define SKYEXPORT_SHA256_H
 

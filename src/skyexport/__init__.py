@@ -21,17 +21,16 @@ __all__ = [
 _WHERE = {
     "ArchiveError": "errors", "BadValueError": "errors", "ExportError": "errors",
     "OptionError": "errors", "OutputError": "errors", "SelectionError": "errors",
-    "ExportResult": "job", "ExportWarning": "job", "export": "job",
-    "VerifyReport": "manifest", "verify": "manifest",
-    "ExportProgress": "progress",
-    "ImportResult": "car", "import_car": "car",
+    "ExportResult": "exporter.job", "ExportWarning": "exporter.job", "export": "exporter.job",
+    "VerifyReport": "manifest.verify", "verify": "manifest.verify",
+    "ExportProgress": "exporter.progress",
+    "ImportResult": "sources.car.importer", "import_car": "sources.car.importer",
     "FetchError": "remote.errors", "FetchProgress": "remote.backup",
     "FetchResult": "remote.backup", "fetch": "remote.backup", "open_backup": "remote.backup",
 }
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .car import ImportResult, import_car
     from .errors import (
         ArchiveError,
         BadValueError,
@@ -40,11 +39,12 @@ if TYPE_CHECKING:
         OutputError,
         SelectionError,
     )
-    from .job import ExportResult, ExportWarning, export
-    from .manifest import VerifyReport, verify
-    from .progress import ExportProgress
+    from .exporter.job import ExportResult, ExportWarning, export
+    from .exporter.progress import ExportProgress
+    from .manifest.verify import VerifyReport, verify
     from .remote.backup import FetchProgress, FetchResult, fetch, open_backup
     from .remote.errors import FetchError
+    from .sources.car.importer import ImportResult, import_car
 
 
 def __getattr__(name: str) -> object:

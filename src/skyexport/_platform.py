@@ -41,9 +41,9 @@ except ImportError:  # Windows
 from .errors import ExportError
 
 __all__ = ["FICLONE", "HAVE_DIR_FD", "LOCK_EX", "LOCK_NB", "O_CLOEXEC", "O_DIRECTORY",
-           "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "fdatasync", "flock", "fsync",
-           "open_dir", "open_nofollow", "peak_rss_bytes", "reflink", "require_dir_fd",
-           "set_blocking"]
+           "O_NOFOLLOW", "O_NONBLOCK", "PlatformError", "exclusive_temp", "fdatasync", "flock",
+           "fsync", "open_dir", "open_nofollow", "peak_rss_bytes", "reflink",
+           "require_dir_fd", "set_blocking"]
 
 O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
@@ -128,6 +128,19 @@ def open_dir(path: str | bytes | os.PathLike[str], flags: int = os.O_RDONLY, *,
     return fd
 
 
+def exclusive_temp(final: str) -> str:
+    """Create (O_EXCL, the umask's permissions) and return a fresh hidden name beside
+    `final`, for a file built there and linked into place when complete."""
+    head, base = os.path.split(final)
+    while True:
+        tmp = os.path.join(head, f".{base}.{os.urandom(4).hex()}.synth-tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_NOFOLLOW, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+
+
 def set_blocking(fd: int) -> None:
     """Reads from here on block normally (O_NONBLOCK only guarded the open)."""
     if O_NONBLOCK:
@@ -136,7 +149,7 @@ def set_blocking(fd: int) -> None:
 
 def flock(fd: int, operation: int) -> None:
     """fcntl.flock(fd, operation): the lock that tells a live export's staged directory from
-    a dead one's (staged.py).  Refused where there is no flock: a lock that does not end
+    a dead one's (exporter/staged.py).  Refused where there is no flock: a lock that does not end
     with its process would let a cleaner remove a live export, or never remove a dead one."""
     lock = getattr(fcntl, "flock", None)
     if lock is None:

@@ -1,13 +1,13 @@
 """Record: the base of skyexport's small immutable result types (ExportProgress,
-ExportWarning, ExportResult).  It gives them repr, equality, hashing, `_asdict()` and
+ExportWarning, ExportResult, ImportResult).  It gives them repr, equality, hashing, `_asdict()` and
 `_replace()` from their `__slots__`.
 
 Not dataclasses: importing that module costs more start-up time than a whole small
-export takes, and start-up is part of every export (SC-006; perf/README.md)."""
+export takes, and start-up is part of every export (perf/README.md)."""
 
 from __future__ import annotations
 
-# typing is not imported at run time: start-up is part of every export (SC-006).
+# typing is not imported at run time: start-up is part of every export.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

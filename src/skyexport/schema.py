@@ -4,8 +4,8 @@ build their archives with.
 
 The statements are bskyarchive's own text (as `sqlite3 .dump` shows it in the golden
 archive), so `sqlite_schema` of an archive skyexport makes reads like a real one.  The
-compiled core has its own copy of the column order (ext/skyexport/_rows.pxi, COLUMN_NAMES),
-pinned to POST_COLUMNS by tests/test_core.py.
+compiled core has its own copy of the column order (ext/skyexport/rows/rows.pxi, COLUMN_NAMES),
+pinned to POST_COLUMNS by tests/unit/test_core_module.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A user's typed CI script, as the README's Python API section writes it: checked with
-`mypy --strict` (tests/test_api.py and `make lint`), never run."""
+`mypy --strict` (tests/unit/test_api.py and `make lint`), never run."""
 
 from __future__ import annotations
 

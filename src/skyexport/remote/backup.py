@@ -26,7 +26,7 @@ from typing import Any
 
 from .._record import Record
 from ..errors import ExportError, OutputError
-from ..progress import FINAL, ProgressChannel
+from ..exporter.progress import FINAL, ProgressChannel
 from .blobs import DEFAULT_JOBS, DEFAULT_MAX_BLOB, BlobRun, fetch_blobs
 from .errors import FetchError
 from .http import Client

@@ -112,13 +112,13 @@ def _reporter(mode: str) -> Any:
     if mode == "bar":
         return BarReporter()
     if mode == "jsonl":
-        from ..progress import JsonLinesReporter
+        from ..exporter.progress import JsonLinesReporter
         return JsonLinesReporter(sys.stderr)
     return None
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_INT, EXIT_OK, EXIT_TERM, EXIT_USAGE, _fail, _Terminated
+    from ..cli.commands import EXIT_INT, EXIT_OK, EXIT_TERM, EXIT_USAGE, _fail, _Terminated
     from ..errors import OptionError
     from .backup import fetch
 

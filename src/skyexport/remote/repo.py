@@ -61,7 +61,7 @@ def _blob_refs(value: object, out: list[bytes], depth: int = 0) -> None:
 def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, bytes]]:
     """(key, record CID) of every record of the CAR at `path`, in key order; with
     `check`, every record's block is read and checked against its CID."""
-    from ..car import CarRepo
+    from ..sources.car.repo import CarRepo
 
     with CarRepo(path, index_dir, verb="") as repo:
         for key, cid in repo.walk():
@@ -74,7 +74,7 @@ def check_car(path: Path, index_dir: Path, did: str) -> RepoCheck:
     """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
     of `did`."""
     from .. import _core
-    from ..car import CarRepo
+    from ..sources.car.repo import CarRepo
 
     refs: dict[str, str] = {}
     found: list[bytes] = []
@@ -165,7 +165,7 @@ def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
     nodes that differ: two subtrees with the same CID hold the same records, so they are
     stepped over (atproto's MST diff).  A rerun after a few new records reads a few nodes,
     not both repositories.  Memory: two stacks, as deep as the trees."""
-    from ..car import CarRepo
+    from ..sources.car.repo import CarRepo
 
     with CarRepo(old, index_dir, verb="") as ra, CarRepo(new, index_dir, verb="") as rb:
         a: list[_Item] = [("t", bytes(ra.data))]
