@@ -155,3 +155,29 @@ def test_media_without_media_rows_says_so(setup: tuple[Path, Path], tmp_path: Pa
     assert len(msgs) == 1 and msgs[0].startswith("8 exported post(s) have has_media")
     m = json.loads((res.directory / "manifest.json").read_text())  # type: ignore[operator]
     assert m["warnings_total"] == 1
+
+
+def test_a_backup_directory_is_a_source(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    """A directory as `skyexport fetch` leaves it (repo.car, blobs/) is exported, described
+    and imported as its repo.car with its blobs/ as --blobs: --media needs nothing more,
+    and gives the files the same CAR gives with --blobs."""
+    car, blobs = setup
+    backup = car.parent
+    r = run("export", backup, "-o", tmp_path / "o", "--media", "-q")
+    assert r.returncode == 0, r.stderr
+    d = Path(r.stdout.strip().splitlines()[-1])
+    assert _media(d) == EXPECTED
+    assert verify(d).ok
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["source_archive"] == str(car.resolve()) and m["post_count"] == 9
+    res = export(backup, tmp_path / "api", media=True)
+    assert _media(res.directory) == EXPECTED  # type: ignore[arg-type]
+    r = run("info", backup)
+    assert r.returncode == 0 and DID in r.stdout, r.stderr
+    r = run("import", backup, "--archive", tmp_path / "a.db")
+    assert r.returncode == 0, r.stderr
+    assert "media: 3 rows" in r.stdout
+    (tmp_path / "nocar").mkdir()
+    (tmp_path / "nocar" / "repo.car").mkdir()
+    assert_one_line_failure(run("export", tmp_path / "nocar", "-o", tmp_path / "o"),
+                            "not a regular file")

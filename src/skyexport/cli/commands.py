@@ -191,8 +191,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
                                    "directory; the last line printed is its path.")
     e.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db), or a repository export "
-                        "(repo.car: Settings -> Export my data)")
+                   help="the archive (default: ./data/archive.db), a repository export "
+                        "(repo.car: Settings -> Export my data), or a backup directory of "
+                        "`skyexport fetch` (--media takes its blobs/)")
     e.add_argument("--format", "-f", choices=FORMATS, default="json",
                    help="posts.json (default), posts.csv or posts.jsonl")
     e.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
@@ -261,7 +262,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "an archive", epilog=IMPORT_EXAMPLES,
                        description="Read the posts of a repository CAR (Settings -> Export "
                                    "my data) into a bskyarchive-schema archive.")
-    m.add_argument("car", metavar="REPO.car", help="the repository export")
+    m.add_argument("car", metavar="REPO.car", help="the repository export, or a backup "
+                   "directory of `skyexport fetch` (its repo.car, its blobs/ as --blobs)")
     m.add_argument("--archive", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
                    help="the archive to create (default: ./data/archive.db); it must not "
                         "exist unless --merge")
@@ -324,7 +326,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "version, posts, each DID's posts and date range, media "
                                    "rows, file size, journal mode.")
     i.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db), or a repository CAR")
+                   help="the archive (default: ./data/archive.db), a repository CAR, or a "
+                        "backup directory of `skyexport fetch`")
     i.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
     from ..remote.command import add_parser as add_fetch  # `skyexport fetch`: its own module
@@ -528,8 +531,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..sources.car.repo import is_car
 
     env = _archive_env()
-    if is_car(args.archive):
-        cinfo = car_info(args.archive)
+    car = _backup_car(args.archive)[0]
+    if is_car(car):
+        cinfo = car_info(car)
         if args.json:
             import json
             sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
@@ -566,10 +570,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..sources.car.importer import import_car
 
     try:
-        on_blocks = _import_progress(args.progress, args.car)
+        car, blobs = _backup_car(args.car)
+        if args.blobs is not None:
+            blobs = args.blobs
+        on_blocks = _import_progress(args.progress, car)
         try:
-            r = import_car(args.car, args.archive, merge=args.merge, on_blocks=on_blocks,
-                           blobs=args.blobs)
+            r = import_car(car, args.archive, merge=args.merge, on_blocks=on_blocks,
+                           blobs=blobs)
         finally:
             if getattr(on_blocks, "bar", False):
                 sys.stderr.write("\n")
@@ -579,14 +586,25 @@ def cmd_import(args: argparse.Namespace) -> int:
     out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
     if args.merge:
         out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
-    if args.blobs is not None:
-        out.write(f"media: {r.media_added} rows from {args.blobs}\n")
+    if blobs is not None:
+        out.write(f"media: {r.media_added} rows from {blobs}\n")
         for uri, message in r.warnings[:10]:
             sys.stderr.write(f"skyexport: warning: {uri}: {message}\n")
         if len(r.warnings) > 10:
             sys.stderr.write(f"skyexport: warning: ... {len(r.warnings) - 10} more\n")
     out.write(f"{r.archive}\n")
     return EXIT_OK
+
+
+def _backup_car(path: str) -> tuple[str, str | None]:
+    """A backup directory of `skyexport fetch` read as its repo.car and its blobs/ (None
+    if it has none); any other path as itself, without blobs."""
+    from ..sources.backup import is_backup, open_backup
+
+    if not is_backup(path):
+        return path, None
+    car, blobs = open_backup(path)
+    return str(car), str(blobs) if blobs is not None else None
 
 
 def _import_progress(mode: str, car: str) -> Any:

@@ -162,7 +162,8 @@ def export(
     `collections` ("all", or NSIDs separated by commas) also writes its other
     collections' records as `records/<nsid>.<format>` files; `media=True` needs `blobs`,
     the directory of its blobs named by their CID (each checked against its CID as it is
-    copied).  Both are an OptionError with an archive.
+    copied).  Both are an OptionError with an archive.  A backup directory of `skyexport
+    fetch` is its repo.car with its blobs/ as `blobs`.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a

@@ -7,6 +7,8 @@ read transaction every row, count and media row of the export comes from:
     open_source(path) -> ArchiveSource (a bskyarchive archive: the Archive itself)
                       -> CarSource     (a repository CAR, sources/car/: imported into a
                                         temporary archive in the export's hidden directory)
+                      -> BackupSource  (a backup directory of `skyexport fetch`, backup.py:
+                                        its repo.car, its blobs/ the media files)
 
 The kind is picked by the file's content, never by its name.  A new kind of input is a new
 module here with a `Source` subclass (and a line in `source_kind`); the export (exporter/)
@@ -135,9 +137,14 @@ class Warn:
 
 def source_kind(path: str | os.PathLike[str]) -> type[Source]:
     """The kind of input `path` holds, by content.  Anything unreadable, or neither an
-    SQLite file nor a CAR, is taken for an archive, which reports it in one line."""
+    SQLite file, a CAR nor a directory holding a repo.car, is taken for an archive, which
+    reports it in one line."""
     from .archive import ArchiveSource
 
+    if _is_backup(path):
+        from .backup import BackupSource
+
+        return BackupSource
     if _looks_like_car(path):
         from .car.source import CarSource
 
@@ -150,6 +157,16 @@ def open_source(path: str | os.PathLike[str], *, row_source: str | None = None,
     """`path` opened as the kind of input its content says (see `source_kind`)."""
     return source_kind(path)(path, row_source=row_source, busy_timeout_ms=busy_timeout_ms,
                              nomutex=nomutex)
+
+
+def _is_backup(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a directory (not a symlink) holding a `repo.car`, as `skyexport
+    fetch` makes one (backup.py's open_backup() then checks it)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode) and \
+            os.path.lexists(os.path.join(path, "repo.car"))
+    except OSError:
+        return False
 
 
 def _looks_like_car(path: str | os.PathLike[str]) -> bool:
