@@ -131,6 +131,9 @@ def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool,
 CAR_TARGET = 0.5           # export REPO.car --format jsonl vs libipld.decode_car + MST walk
 CAR_RSS_LIMIT_MB = 64.0    # its peak RSS at 1M posts
 CAR_RSS_GROWTH_MB = 8.0    # from 10k posts
+# Issue 22's: export REPO.car --collections all vs libipld.decode_car + a walk touching
+# every record; the same RSS limits.
+CAR_ALL_TARGET = 0.5
 
 
 def car_cases(info: h.CarInfo) -> list[h.Case]:
@@ -141,7 +144,10 @@ def car_cases(info: h.CarInfo) -> list[h.Case]:
     c.baseline, c.target = "libipld car walk", CAR_TARGET
     imp = h.car_import_case("skyexport import car", info)
     imp.baseline = "libipld car walk"
-    return [walk, c, imp]
+    walk_all = h.libipld_case("libipld car walk all", info, every=True)
+    a = h.car_records_case("skyexport jsonl car all", info, "jsonl")
+    a.baseline, a.target = "libipld car walk all", CAR_ALL_TARGET
+    return [walk, c, imp, walk_all, a]
 
 
 def loaded_cases(info: h.ArchiveInfo) -> list[h.Case]:
@@ -410,6 +416,19 @@ def car_checks(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         growth = (e["median_rss_mb"] - a["median_rss_mb"]) if a and e and \
             a["median_rss_mb"] is not None and e["median_rss_mb"] is not None else None
         checks.append(check(f"CAR RSS growth {h.size_label(small)}->{h.size_label(big)}",
+                            growth, CAR_RSS_GROWTH_MB, "MB"))
+    e = rows.get((big, "skyexport jsonl car all"))
+    checks.append(check(f"CAR {h.size_label(big)} export --collections all jsonl vs libipld "
+                        f"walk of every record{scope}", e["ratio"] if e else None,
+                        CAR_ALL_TARGET, "x"))
+    checks.append(check(f"CAR {h.size_label(big)} export --collections all peak RSS{scope}",
+                        e["peak_rss_mb"] if e else None, CAR_RSS_LIMIT_MB, "MB"))
+    if big > small:
+        a = rows.get((small, "skyexport jsonl car all"))
+        growth = (e["median_rss_mb"] - a["median_rss_mb"]) if a and e and \
+            a["median_rss_mb"] is not None and e["median_rss_mb"] is not None else None
+        checks.append(check(f"CAR --collections all RSS growth "
+                            f"{h.size_label(small)}->{h.size_label(big)}",
                             growth, CAR_RSS_GROWTH_MB, "MB"))
     imp, exp = rows.get((big, "skyexport import car")), rows.get((big, "skyexport jsonl car"))
     if imp and exp and imp["wall_s"] and exp["wall_s"]:

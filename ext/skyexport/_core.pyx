@@ -27,6 +27,8 @@ translation unit, so the C compiler sees everything at once and can inline acros
     car/post.pxi        a post record's fields
     car/walk.pxi        CarWalker: the MST walk
     car/insert.pxi      RowBatch: post rows inserted into SQLite in bulk
+    car/records.pxi     RecordTap: every record of a CAR as listRecords JSON and CSV rows,
+                        as the walk passes it
     media/copy.pxi      MediaBatch: media files found, checked, copied and hashed without
                         the GIL (media_io.h, sha256.h); syncfs
     testing.pxi         test hooks (gathered into `testing`, below)
@@ -72,6 +74,7 @@ include "car/cbor.pxi"
 include "car/post.pxi"
 include "car/walk.pxi"
 include "car/insert.pxi"
+include "car/records.pxi"
 include "media/copy.pxi"
 include "testing.pxi"
 
@@ -90,7 +93,7 @@ __all__ = (
     # media (media/)
     "MediaBatch", "syncfs",
     # repository CARs (car/)
-    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RowBatch",
+    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
     "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
 )
 
@@ -99,6 +102,7 @@ _TEST_HOOKS = (
     "reformat_json", "csv_field", "media_files_of", "media_files_exact",
     "media_files_fast_of", "format_real", "parse_timestamp", "render_timestamp",
     "cbor_to_json", "post_fields", "cid_index_key", "sha256_select", "sha256_digest",
+    "tap_drain",
 )
 
 

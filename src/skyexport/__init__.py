@@ -26,7 +26,7 @@ _WHERE = {
     "ExportProgress": "exporter.progress",
     "ImportResult": "sources.car.importer", "import_car": "sources.car.importer",
     "FetchError": "remote.errors", "FetchProgress": "remote.backup",
-    "FetchResult": "remote.backup", "fetch": "remote.backup", "open_backup": "remote.backup",
+    "FetchResult": "remote.backup", "fetch": "remote.backup", "open_backup": "sources.backup",
 }
 
 TYPE_CHECKING = False
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from .exporter.job import ExportResult, ExportWarning, export
     from .exporter.progress import ExportProgress
     from .manifest.verify import VerifyReport, verify
-    from .remote.backup import FetchProgress, FetchResult, fetch, open_backup
+    from .remote.backup import FetchProgress, FetchResult, fetch
     from .remote.errors import FetchError
+    from .sources.backup import open_backup
     from .sources.car.importer import ImportResult, import_car
 
 

@@ -12,7 +12,7 @@ __all__ = (
     "is_true", "json_string", "parse_bound", "register_filters",
     "rename_noreplace",
     "MediaBatch", "syncfs",
-    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RowBatch",
+    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
     "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
 )
 
@@ -167,6 +167,26 @@ class CarWalker:
              max_bytes: int = ...) -> list[tuple[object, ...]]: ...
     def fill(self, batch: RowBatch, limit: int, max_bytes: int = ...) -> int: ...
     def close(self) -> None: ...
+    def set_tap(self, tap: RecordTap) -> None: ...
+
+
+# --- every record (car/records.pxi) ----------------------------------------------------------
+
+@disjoint_base
+class RecordTap:
+    """Every wanted record, encoded as a CarWalker's walk reads it."""
+
+    @property
+    def bad(self) -> list[tuple[str, str, str]]: ...
+    @property
+    def bad_total(self) -> int: ...
+    @property
+    def records(self) -> int: ...
+    def __init__(self, did: str, fmt: str, wanted: Iterable[bytes] | None, keep_bad: bool,
+                 columns: dict[str, list[tuple[bytes, ...]]],
+                 on_chunk: Callable[[str, int, bytes], object],
+                 max_bytes: int = ...) -> None: ...
+    def finish(self) -> None: ...
 
 
 # --- the media copy loop (media/copy.pxi) ----------------------------------------------

@@ -92,9 +92,10 @@ def test_recognised_by_content_not_name(tmp_path: Path) -> None:
 
 
 def test_media_with_a_car_is_a_usage_error(tmp_path: Path) -> None:
+    """--media with a CAR needs --blobs (the CAR holds blob references, not files)."""
     r = run("export", BSKY, "--output", tmp_path / "o", "--media")
     assert r.returncode == 2
-    assert "--media" in r.stderr and "no media" in r.stderr and "Traceback" not in r.stderr
+    assert "--media" in r.stderr and "--blobs DIR" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -142,12 +143,20 @@ def test_progress_covers_the_import_phase(tmp_path: Path) -> None:
 
 
 def test_stream_and_layout_did_with_a_car(tmp_path: Path) -> None:
-    """Not supported with a CAR yet: a usage error, nothing written."""
-    r = run("export", BSKY, "--output", "-")
-    assert r.returncode == 2 and "stream" in r.stderr and r.stdout == ""
-    r = run("export", BSKY, "--output", tmp_path / "o", "--layout", "did")
-    assert r.returncode == 2 and "--did" in r.stderr
-    assert not (tmp_path / "o").exists()
+    """A CAR streams to stdout (the posts of the directory export, but for archived_at,
+    no temporary file left beside the CAR), and --layout did takes the repository's DID
+    when --did is not given."""
+    car = tmp_path / "r.car"
+    shutil.copyfile(BSKY, car)
+    for fmt in ("jsonl", "csv"):
+        r = run("export", car, "--output", "-", "--format", fmt, "--quiet", text=False)
+        assert r.returncode == 0, r.stderr
+        d = export(car, tmp_path / f"d{fmt}", "--format", fmt)
+        assert without_archived_at(r.stdout, fmt) == \
+            without_archived_at((d / DATA[fmt]).read_bytes(), fmt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dcsv", "djsonl", "r.car"]
+    d = export(BSKY, tmp_path / "o", "--layout", "did")
+    assert d.parent.name == "did:plc:z72i7hdynmk6r22z27h6tvur"
     d = export(BSKY, tmp_path / "o", "--layout", "did", "--did",
                "did:plc:z72i7hdynmk6r22z27h6tvur")
     assert d.parent.name == "did:plc:z72i7hdynmk6r22z27h6tvur"

@@ -103,7 +103,11 @@ def test_copies_media_of_exported_posts(tmp_path: Path, elsewhere: Path) -> None
     assert got == {"bafkreia.jpg": a.read_bytes(), "bafkreib.png": b.read_bytes(),
                    "bafkreic.webp": c.read_bytes()}
     assert sums(result.directory) == {f"media/{n}": sha(v) for n, v in got.items()}
-    assert result.media_count == 3 and result.warnings_total == 0
+    # the third post has has_media but no media row: said once, with the count
+    assert result.media_count == 3 and result.warnings_total == 1
+    assert [(w.uri, w.message) for w in result.warnings] == [
+        ("", "1 exported post(s) have has_media but no rows in the archive's media "
+             "table: their media files are not known, so none was exported for them")]
     m = result.manifest
     assert m["media_count"] == 3 and m["files"] == ["posts.json", "media/ (3 files)"]
     assert events[-1].media_copied == events[-1].media_total == 3
@@ -187,7 +191,7 @@ def test_two_posts_one_image(tmp_path: Path, elsewhere: Path) -> None:
     events: list[ExportProgress] = []
     result = run(arc, tmp_path / "out", batch_size=1, on_progress=events.append)
     assert media_files(result.directory) == {"shared.jpg": b"one image"}
-    assert result.media_count == 1 and result.warnings_total == 0
+    assert result.media_count == 1 and result.warnings_total == 1  # post 2: no media row
     assert result.manifest["files"][1] == "media/ (1 files)"
     assert events[-1].media_copied == events[-1].media_total == 3
 
@@ -493,4 +497,6 @@ def test_disagreement_is_never_silent(tmp_path: Path, elsewhere: Path,
     monkeypatch.setattr(archive_mod, "HAS_MEDIA_TRUE", "1")  # SQL: every post has media
     result = skyexport.export(arc, tmp_path / "out", media=True)
     assert [w.message for w in result.warnings] == [
+        "1 exported post(s) have has_media but no rows in the archive's media table: their "
+        "media files are not known, so none was exported for them",
         "2 media row(s) matched no exported post with has_media and were not copied"]

@@ -117,6 +117,7 @@ cdef class CarWalker:
     cdef Py_ssize_t cap
     cdef Py_ssize_t dn        # the data length of the record next_post() read
     cdef int64_t fetched_at   # where the block fetch() read starts in the CAR (its CID)
+    cdef object tap           # a RecordTap (records.pxi) given every record, or None
 
     def __cinit__(self):
         self.buf = NULL
@@ -134,6 +135,7 @@ cdef class CarWalker:
         self.stack = []
         self.held = 0
         self.last_key = None
+        self.tap = None
         self.budget = 8 * index.size + (8 << 20)
         self.push(bytes(data_cid), None)
 
@@ -161,6 +163,13 @@ cdef class CarWalker:
         cdef _Frame f = <_Frame>self.stack.pop()
         if f.data is not None:
             self.held -= f.n
+
+    def set_tap(self, tap):
+        """Hand every record of the tap's collections to it as the walk passes it
+        (next_post: the posts rows and the records files read the CAR once)."""
+        if not isinstance(tap, RecordTap):
+            raise TypeError("a RecordTap")
+        self.tap = tap
 
     cdef str what(self, bytes key, bytes prev):
         """The block's name in errors: a record by its key, an MST node by the key before."""
@@ -197,7 +206,10 @@ cdef class CarWalker:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
                                  "missing (a partial CAR?); download the whole repository "
                                  "again")
-        self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+        if self.budget < r + cn + FETCH_COST:   # the message only when it is needed
+            self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+        else:
+            self.budget -= r + cn + FETCH_COST
         self.blocks_read += 1
         return r
 
@@ -374,6 +386,8 @@ cdef class CarWalker:
                 return None
             if (PyBytes_GET_SIZE(key) <= pn
                     or memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), pn) != 0):
+                if self.tap is not None:
+                    tap_key(self, key, False)
                 continue
             cn = PyBytes_GET_SIZE(self.value)
             self.dn = self.fetch(<const unsigned char*>PyBytes_AS_STRING(self.value), cn,
@@ -382,6 +396,8 @@ cdef class CarWalker:
                 raise CarFormatError(f"block {cid_str(self.value)} ({self.what(key, None)}) "
                                      f"is {self.dn} bytes; atproto records are at most "
                                      f"{MAX_RECORD >> 20} MiB")
+            if self.tap is not None:
+                tap_key(self, key, True)
             return key
 
     def entries(self, Py_ssize_t limit):

@@ -191,7 +191,9 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Export posts into a new OUTPUT/YYYY-MM-DD_HH-MM-SS/ "
                                    "directory; the last line printed is its path.")
     e.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db)")
+                   help="the archive (default: ./data/archive.db), a repository export "
+                        "(repo.car: Settings -> Export my data), or a backup directory of "
+                        "`skyexport fetch` (--media takes its blobs/)")
     e.add_argument("--format", "-f", choices=FORMATS, default="json",
                    help="posts.json (default), posts.csv or posts.jsonl")
     e.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
@@ -202,6 +204,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         "posts.*.zst (needs skyexport[zstd]); also with --output -")
     e.add_argument("--compress-level", type=int, metavar="N",
                    help="gzip 1-9 (default 6), zstd 1-22 (default 3)")
+    e.add_argument("--blobs", action=_Once, metavar="DIR",
+                   help="with a repository CAR and --media: the blob files, named by their "
+                        "CID (DIR/<cid> or DIR/<cid>.<ext>), each checked against its CID")
+    e.add_argument("--collections", action=_Once, metavar="all|NSID,...",
+                   help="with a repository CAR: also write records/<nsid>.<format> for every "
+                        "collection (all) or the NSIDs given, e.g. "
+                        "app.bsky.graph.follow,app.bsky.feed.like (default: posts only)")
     e.add_argument("--layout", choices=("time", "did"), default="time",
                    help="time: OUTPUT/YYYY-MM-DD_HH-MM-SS/ (default); did: "
                         "OUTPUT/<did>/YYYY-MM-DD_HH-MM-SS/, bskyarchive's current layout "
@@ -253,13 +262,20 @@ def _build_parser() -> argparse.ArgumentParser:
                        "an archive", epilog=IMPORT_EXAMPLES,
                        description="Read the posts of a repository CAR (Settings -> Export "
                                    "my data) into a bskyarchive-schema archive.")
-    m.add_argument("car", metavar="REPO.car", help="the repository export")
+    m.add_argument("car", metavar="REPO.car", help="the repository export, or a backup "
+                   "directory of `skyexport fetch` (its repo.car, its blobs/ as --blobs)")
     m.add_argument("--archive", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
                    help="the archive to create (default: ./data/archive.db); it must not "
                         "exist unless --merge")
     m.add_argument("--merge", action="store_true",
                    help="add the posts not yet in an existing archive (one transaction); "
                         "rows already there are left as they are")
+    m.add_argument("--blobs", metavar="DIR",
+                   help="fill the media table from the blob files in DIR (named by their "
+                        "CID: DIR/<cid> or DIR/<cid>.<ext>), each checked against its CID")
+    m.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
+                   help="progress on stderr while the CAR is read: a line (default on a "
+                        "terminal), JSON lines, or nothing")
 
     v = sub.add_parser("verify", help="re-hash an export against its manifest",
                        epilog=VERIFY_EXAMPLES,
@@ -310,7 +326,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                    "version, posts, each DID's posts and date range, media "
                                    "rows, file size, journal mode.")
     i.add_argument("archive", nargs="?", default=DEFAULT_ARCHIVE, metavar="ARCHIVE",
-                   help="the archive (default: ./data/archive.db), or a repository CAR")
+                   help="the archive (default: ./data/archive.db), a repository CAR, or a "
+                        "backup directory of `skyexport fetch`")
     i.add_argument("--json", action="store_true", help="one JSON object, for machines")
 
     from ..remote.command import add_parser as add_fetch  # `skyexport fetch`: its own module
@@ -411,7 +428,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                             on_bad_value=args.on_bad_value, on_progress=_reporter(progress),
                             csv_formula_guard=args.csv_formula_guard, bom=args.bom,
                             compress=args.compress,
-                            compress_level=args.compress_level, layout=args.layout)
+                            compress_level=args.compress_level, layout=args.layout,
+                            collections=args.collections, blobs=args.blobs)
         args.published = result.directory
         args.streamed = result if to_stdout else None
     except OptionError as exc:
@@ -513,8 +531,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..sources.car.repo import is_car
 
     env = _archive_env()
-    if is_car(args.archive):
-        cinfo = car_info(args.archive)
+    car = _backup_car(args.archive)[0]
+    if is_car(car):
+        cinfo = car_info(car)
         if args.json:
             import json
             sys.stdout.write(json.dumps(cinfo, indent=2) + "\n")
@@ -551,15 +570,71 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..sources.car.importer import import_car
 
     try:
-        r = import_car(args.car, args.archive, merge=args.merge)
+        car, blobs = _backup_car(args.car)
+        if args.blobs is not None:
+            blobs = args.blobs
+        on_blocks = _import_progress(args.progress, car)
+        try:
+            r = import_car(car, args.archive, merge=args.merge, on_blocks=on_blocks,
+                           blobs=blobs)
+        finally:
+            if getattr(on_blocks, "bar", False):
+                sys.stderr.write("\n")
     except OptionError as exc:
         return _usage(args, str(exc))
     out = sys.stdout
     out.write(f"posts: {r.posts} in the CAR ({r.did}, rev {r.rev or '-'})\n")
     if args.merge:
         out.write(f"added: {r.added} (already there: {r.posts - r.added})\n")
+    if blobs is not None:
+        out.write(f"media: {r.media_added} rows from {blobs}\n")
+        for uri, message in r.warnings[:10]:
+            sys.stderr.write(f"skyexport: warning: {uri}: {message}\n")
+        if len(r.warnings) > 10:
+            sys.stderr.write(f"skyexport: warning: ... {len(r.warnings) - 10} more\n")
     out.write(f"{r.archive}\n")
     return EXIT_OK
+
+
+def _backup_car(path: str) -> tuple[str, str | None]:
+    """A backup directory of `skyexport fetch` read as its repo.car and its blobs/ (None
+    if it has none); any other path as itself, without blobs."""
+    from ..sources.backup import is_backup, open_backup
+
+    if not is_backup(path):
+        return path, None
+    car, blobs = open_backup(path)
+    return str(car), str(blobs) if blobs is not None else None
+
+
+def _import_progress(mode: str, car: str) -> Any:
+    """import's on_blocks: the CAR's blocks and bytes read, at most twice a second, as a
+    line rewritten in place (bar) or JSON lines on stderr; None for none."""
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    if mode == "none":
+        return None
+    try:
+        total = os.stat(car).st_size
+    except OSError:
+        total = 0
+    last = [0.0]
+
+    def on_blocks(blocks: int, offset: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.5 and offset < total:
+            return
+        last[0] = now
+        if mode == "jsonl":
+            sys.stderr.write(f'{{"status":"running","blocks":{blocks},"bytes":{offset},'
+                             f'"total_bytes":{total}}}\n')
+        else:
+            pct = f" ({100 * offset // total}%)" if total else ""
+            sys.stderr.write(f"\rreading the CAR: {blocks} blocks, {offset >> 20} of "
+                             f"{total >> 20} MiB{pct}")
+        sys.stderr.flush()
+    on_blocks.bar = mode == "bar"  # type: ignore[attr-defined]
+    return on_blocks
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from ..defaults import (
 )
 from ..errors import ArchiveError, BadValueError, OutputError
 from ..manifest.write import MANIFEST_VERSION, MEDIA_SUMS, sha256_file, write_manifest
+from ..sources import Warn
 from .options import Options, check_options, current_tuning, did_dirname
 from .progress import ExportProgress, ProgressChannel
 from .sink import FileSink
@@ -151,13 +152,18 @@ def export(
     compress: Literal["gzip", "zstd"] | None = None,
     compress_level: int | None = None,
     layout: Literal["time", "did"] = "time",
+    collections: str | None = None,
+    blobs: str | os.PathLike[str] | None = None,
 ) -> ExportResult:
     """Export the posts of `archive` into a new directory `output/YYYY-MM-DD_HH-MM-SS/`.
 
     `archive` may also be a Bluesky repository export (`repo.car`, recognised by its
-    content): its posts are imported into a temporary archive inside the export's hidden
-    directory first (docs/CAR.md); `media=True` is then an OptionError, and so are a
-    stream `output` and `layout="did"` without `did` (not supported with a CAR yet).
+    content): its posts are imported into a temporary archive first (docs/CAR.md).
+    `collections` ("all", or NSIDs separated by commas) also writes its other
+    collections' records as `records/<nsid>.<format>` files; `media=True` needs `blobs`,
+    the directory of its blobs named by their CID (each checked against its CID as it is
+    copied).  Both are an OptionError with an archive.  A backup directory of `skyexport
+    fetch` is its repo.car with its blobs/ as `blobs`.
 
     The same job as `skyexport export`: `format` is "json", "csv" or "jsonl"; `did`,
     `since` and `until` (YYYY-MM-DD or RFC 3339 text, or a `datetime.date`, or a
@@ -219,7 +225,8 @@ def export(
         media_root=media_root, media_any_path=media_any_path, media_link=media_link,
         batch_size=batch_size, on_bad_value=on_bad_value,
         csv_formula_guard=csv_formula_guard, bom=bom, compress=compress,
-        compress_level=compress_level, layout=layout, tuning=current_tuning())
+        compress_level=compress_level, layout=layout, tuning=current_tuning(),
+        collections=collections, blobs=blobs)
     return _run(options, on_progress)
 
 
@@ -230,7 +237,7 @@ def _run(o: Options, on_progress: Callable[[ExportProgress], object] | None) -> 
     try:
         # Without --media nothing else uses the connection while the pipe steps it.
         with o.kind(o.archive, row_source=t.row_source, busy_timeout_ms=t.busy_timeout_ms,
-                    nomutex=not o.media) as source:
+                    nomutex=not o.media, extras=o.extras) as source:
             did = o.did
             if o.layout == "did":
                 did = did_dirname(source.layout_did(did, o.opt), o.opt)
@@ -291,6 +298,7 @@ class _Job:
         self.copier: MediaCopier | None = None
         self.warnings: list[ExportWarning] = []
         self.warnings_total = 0
+        self.no_media_rows = 0  # exported posts with has_media and no media rows
         self.channel = (ProgressChannel(on_progress, self.snapshot)
                         if on_progress is not None else None)
         self.staged: StagedDir | None = None
@@ -324,6 +332,12 @@ class _Job:
         self.warnings_total += 1
         if len(self.warnings) < MAX_WARNINGS:
             self.warnings.append(ExportWarning(uri, column, message))
+
+    def _source_warn(self) -> Warn:
+        def more(n: int) -> None:
+            self.warnings_total += n
+
+        return Warn(self.warn, more)
 
     def on_bad(self, uri: bytes, column: str, value: bytes | float | None) -> None:
         """The writer core's bad-value callback: raise, or record a warning and keep."""
@@ -359,7 +373,8 @@ class _Job:
             self.emit("queued")
             if self.stream is not None:
                 self.arc = self.source.archive(None, selection=self.selection,
-                                               emit=self.emit, heartbeat=self.heartbeat)
+                                               emit=self.emit, heartbeat=self.heartbeat,
+                                               warn=self._source_warn())
                 result = self._export_stream(self.stream)
                 self.streamed = result
             else:
@@ -370,7 +385,7 @@ class _Job:
                     try:
                         self.arc = self.source.archive(
                             staged.path, selection=self.selection, emit=self.emit,
-                            heartbeat=self.heartbeat)
+                            heartbeat=self.heartbeat, warn=self._source_warn())
                     except OutputError:
                         raise
                     except OSError as exc:
@@ -541,11 +556,17 @@ class _Job:
         if self.media:
             home = Path(os.path.abspath(arc.path)).parent  # `a.db`: its parent is not `.`
             roots = [self.media_root or Path.cwd(), home, home.parent]
+            any_path, digest_of_name = self.media_any_path, None
+            own = self.source.media_files()  # the source's own place for them, if any
+            if own is not None:
+                roots, digest_of_name = own
+                any_path = False
             from .media import MediaCopier, MediaStream  # only with --media
 
             assert tmp is not None
             self.copier = MediaCopier(tmp / "media", roots, tmp / MEDIA_SUMS,
-                                      any_path=self.media_any_path, link=self.media_link)
+                                      any_path=any_path, link=self.media_link,
+                                      digest_of_name=digest_of_name)
             if arc.has_media_table:
                 try:
                     stream = MediaStream(snap.media_rows())
@@ -567,10 +588,18 @@ class _Job:
                                               self.heartbeat)
                     except OSError as exc:  # disk full, file size limit: name media/
                         raise output_error(exc, Path(self.copier.media_dir)) from None
+                elif self.media:
+                    self.no_media_rows += len(writer.take_media_posts())
             except apsw.Error as exc:
                 raise arc.error(exc, f"in batch {batch} (posts {first}.."
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
+        if stream is not None:
+            self.no_media_rows += stream.without_rows
+        if self.no_media_rows:
+            self.warn("", "media", f"{self.no_media_rows} exported post(s) have has_media but "
+                      "no rows in the archive's media table: their media files are not "
+                      "known, so none was exported for them")
         if stream is not None and (left := stream.leftover()):
             # One rule decides has_media on both sides (skyexport_true), so this cannot
             # happen; were it ever to, it is said, never silent.
@@ -586,6 +615,7 @@ class _Job:
         files = [self.data_name]
         if self.copier is not None:
             files.append(f"media/ ({self.copier.copied} files)")
+        files += list(self.source.files())  # what the source wrote besides (Source.files)
         m: dict[str, Any] = {
             "export_format": self.fmt,
             "export_timestamp": _local_rfc3339(time.time()),

@@ -128,13 +128,18 @@ class MediaStream:
     def __init__(self, rows: Iterator[tuple[bytes, bytes, bytes]]) -> None:
         self._rows = rows
         self._head = next(rows, None)
+        self.without_rows = 0   # posts with has_media that have no media row
 
     def rows_for(self, uris: Iterable[bytes]) -> Iterator[tuple[bytes, bytes, bytes]]:
         rows = self._rows
         for uri in uris:
+            found = False
             while self._head is not None and self._head[0] == uri:
+                found = True
                 yield self._head
                 self._head = next(rows, None)
+            if not found:
+                self.without_rows += 1
 
     def leftover(self) -> int:
         n = 0
@@ -152,7 +157,8 @@ class MediaCopier:
     """
 
     def __init__(self, media_dir: StrPath, roots: Iterable[StrPath],
-                 sums_file: StrPath, *, any_path: bool = False, link: str = "copy") -> None:
+                 sums_file: StrPath, *, any_path: bool = False, link: str = "copy",
+                 digest_of_name: Callable[[str], str | None] | None = None) -> None:
         if link not in LINK_MODES:
             raise ValueError(f"link must be one of {', '.join(LINK_MODES)}, not {link!r}")
         self.media_dir = os.fspath(media_dir)
@@ -165,6 +171,10 @@ class MediaCopier:
         self._real_roots = [os.path.realpath(r) for r in self.roots]
         self.any_path = any_path
         self.link = link
+        # Files named by their content (Source.media_files: a blobs directory): each row's
+        # hash is the name, whose SHA-256 this gives, checked against the bytes as they
+        # are copied; a mismatch is a warning, never exported
+        self.digest_of_name = digest_of_name
         self.copied = 0       # distinct files now in media/
         self.seen = 0         # media rows handled (copied, already there, or a warning)
         self.warnings: list[tuple[str, str]] = []  # (post uri, message), the first ones
@@ -262,11 +272,11 @@ class MediaCopier:
         time (never two of one name in a batch); everything else, and whatever the loop
         hands back, takes the checked path (_copy_one), in row order."""
         batch = self._batch
-        if batch is None:
-            for post_uri, _hash, raw_path in rows:
+        if batch is None or self.digest_of_name is not None:  # the checked path checks names
+            for post_uri, hash_, raw_path in rows:
                 tick()
                 try:
-                    self._copy_one(_uri(post_uri), raw_path)
+                    self._copy_one(_uri(post_uri), raw_path, hash_)
                 finally:
                     self.seen += 1
             return
@@ -364,7 +374,7 @@ class MediaCopier:
         self._warn(uri, f"media file {_show(src)} could not be copied: {os.strerror(err)}; "
                         "skipped")
 
-    def _copy_one(self, uri: str, raw_path: object) -> None:
+    def _copy_one(self, uri: str, raw_path: object, hash_: object = None) -> None:
         if isinstance(raw_path, bytes):
             file_path = os.fsdecode(raw_path)
         else:
@@ -380,7 +390,7 @@ class MediaCopier:
             self._warn(uri, f"media file {_show(file_path)} {why}; skipped")
             return
         try:
-            self._place(fd, st, src, name, uri)
+            self._place(fd, st, src, name, uri, hash_)
         except _Skip as why:
             self._warn(uri, f"media file {_show(src)} {why}; skipped")
         except OSError as exc:
@@ -473,7 +483,8 @@ class MediaCopier:
 
     # --- placing ---------------------------------------------------------------------
 
-    def _place(self, fd: int, st: os.stat_result, src: str, name: str, uri: str) -> None:
+    def _place(self, fd: int, st: os.stat_result, src: str, name: str, uri: str,
+               hash_: object = None) -> None:
         dst = os.path.join(self.media_dir, name)
         if os.path.lexists(dst):
             digest = _hash_fd(fd, st.st_size)
@@ -494,6 +505,11 @@ class MediaCopier:
             name, dst = alt, os.path.join(self.media_dir, alt)
             os.lseek(fd, 0, os.SEEK_SET)
         digest = self._write(fd, st, src, dst)
+        if self.digest_of_name is not None:
+            cid = hash_.decode("ascii", "replace") if isinstance(hash_, bytes) else str(hash_)
+            if self.digest_of_name(cid) != digest:
+                os.unlink(dst)
+                raise _Skip(f"does not match its CID {cid} (SHA-256 {digest})")
         self._remember(name, digest)
         self._sums_line(digest, name)
         self.copied += 1

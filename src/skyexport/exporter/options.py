@@ -13,13 +13,14 @@ gathers before a flush.  None of it is part of `export()`'s signature.
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 
 from .._core import parse_bound
 from ..defaults import FORMATS
 from ..errors import OptionError
-from ..sources import Source, source_kind
+from ..sources import Extras, Source, source_kind
 from ..sources.archive import Selection
 from .sink import CODECS, DEFAULT_LEVELS, LEVELS, CodecMissing, compressor
 
@@ -90,6 +91,7 @@ class Options:
     compress: str | None
     compress_level: int | None
     layout: str
+    extras: Extras
     tuning: Tuning
     opt: Callable[[str], str]
 
@@ -106,7 +108,9 @@ def check_options(archive: str | os.PathLike[str], output: object, *, format: st
                   media_root: str | os.PathLike[str] | None, media_any_path: bool,
                   media_link: str, batch_size: object, on_bad_value: str,
                   csv_formula_guard: object, bom: object, compress: str | None,
-                  compress_level: object, layout: str, tuning: Tuning) -> Options:
+                  compress_level: object, layout: str, tuning: Tuning,
+                  collections: str | None = None,
+                  blobs: str | os.PathLike[str] | None = None) -> Options:
     """Every option checked, in one place (see the module docstring)."""
     # Options are named as the caller wrote them: `since=` here, `--since` from the CLI.
     opt = tuning.option or _api_option
@@ -177,17 +181,35 @@ def check_options(archive: str | os.PathLike[str], output: object, *, format: st
         compressor(compress)
     except CodecMissing as exc:
         raise OptionError(f"{opt('compress')} {exc}") from None
+    wanted: frozenset[str] | None = None
+    if collections is not None:
+        if stream is not None:
+            raise OptionError(f"{opt('collections')} writes records/ files: export to a "
+                              "directory, not a stream")
+        wanted = parse_collections(collections, opt("collections"))
+    if blobs is not None:
+        if not media:
+            raise OptionError(f"{opt('blobs')} needs {opt('media')} (the blobs are copied "
+                              "into media/)")
+        if not os.path.isdir(blobs):
+            raise OptionError(f"{opt('blobs')} {os.fspath(blobs)!r} is not a directory")
 
     # What this kind of input cannot do, as it declares (Source.refuses).
     kind = source_kind(archive)
-    refuses = kind.refuses
-    if media and "media" in refuses:
+    refuses = {k: v.format(path=archive, media=opt("media"), blobs=opt("blobs"),
+                           collections=opt("collections"))
+               for k, v in kind.refuses.items()}
+    for name, asked in (("collections", collections is not None),
+                        ("blobs", blobs is not None)):
+        if asked and name in refuses:
+            raise OptionError(f"{opt(name)} with {archive}: {refuses[name]}")
+    if media and blobs is None and "media" in refuses:
         raise OptionError(f"{opt('media')} with {archive}: {refuses['media']}")
     if stream is not None and "stream" in refuses:
         raise OptionError(f"{opt('output')} {shown} (a stream) with {archive}: "
                           f"{refuses['stream']}")
     if layout == "did" and did is None and "layout_did_without_did" in refuses:
-        why = refuses["layout_did_without_did"].format(path=archive)
+        why = refuses["layout_did_without_did"]
         raise OptionError(f"{opt('layout')} did with {archive} needs {opt('did')} ({why})")
     return Options(
         archive=Path(archive), kind=kind, stream=stream,
@@ -199,7 +221,29 @@ def check_options(archive: str | os.PathLike[str], output: object, *, format: st
         compress=compress,
         compress_level=(DEFAULT_LEVELS[compress] if compress and compress_level is None
                         else compress_level),
-        layout=layout, tuning=tuning, opt=opt)
+        layout=layout, tuning=tuning, opt=opt,
+        extras=Extras(records=collections is not None, collections=wanted,
+                      blobs=Path(blobs) if blobs is not None else None, format=format,
+                      keep_bad=on_bad_value == "keep", bom=bool(bom)))
+
+
+_NSID = re.compile(r"[A-Za-z]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))+")
+
+
+def parse_collections(value: str, shown: str = "--collections") -> frozenset[str] | None:
+    """`collections`: `all` (None: every collection) or NSIDs separated by commas."""
+    if value.strip() == "all":
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise OptionError(f"{shown} needs `all` or NSIDs separated by commas "
+                          "(e.g. app.bsky.graph.follow,app.bsky.feed.like)")
+    for name in names:
+        if len(name) > 317 or not _NSID.fullmatch(name) or not name.split(".")[-1][:1].isalpha():
+            raise OptionError(f"{shown}: {name!r} is not an NSID (e.g. "
+                              "app.bsky.graph.follow); `skyexport info REPO.car` lists a "
+                              "repository's collections")
+    return frozenset(names)
 
 
 def did_dirname(did: str, opt: Callable[[str], str]) -> str:

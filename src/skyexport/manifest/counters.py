@@ -72,8 +72,11 @@ class _CsvPosts:
     false: --no-bom), then one record a line; a quoted field may hold newlines, and a `"`
     inside quotes is doubled, so quotes toggle the state."""
 
-    def __init__(self, bom: bool = True) -> None:
-        self.header = CSV_HEADER if bom else CSV_HEADER[3:]
+    def __init__(self, bom: bool = True, header: bytes | None = None) -> None:
+        if header is not None:      # a records file's header
+            self.header = (b"\xef\xbb\xbf" if bom else b"") + header
+        else:
+            self.header = CSV_HEADER if bom else CSV_HEADER[3:]
         self.newlines = 0
         self.quoted = False
         self.head = b""

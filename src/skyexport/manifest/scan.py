@@ -14,7 +14,7 @@ BLOCK = 1 << 20  # bytes read at a time
 
 # The members verify reads; every other member (warnings, padding...) is skipped unread.
 _WANTED = frozenset({"export_format", "post_count", "media_count", "checksums",
-                     "compression", "csv_bom"})
+                     "compression", "csv_bom", "records"})
 _MAX_WANTED = 16 << 20   # bytes of one wanted member's value
 _MAX_DEPTH = 16          # nesting inside a wanted member's value
 _WS = re.compile(rb"[ \t\r\n]*")

@@ -21,8 +21,8 @@ from .._platform import (
     open_nofollow,
     require_dir_fd,
 )
-from ..defaults import DATA_FILES, MAX_WARNINGS, SUFFIXES
-from .counters import _counter
+from ..defaults import DATA_FILES, MAX_WARNINGS, RECORDS_DIR, SUFFIXES, records_csv_header
+from .counters import _COUNTERS, _counter, _CsvPosts, _JsonlPosts, _JsonPosts
 from .scan import _BadManifest, _Scanner
 from .write import MANIFEST, MEDIA_SUMS
 
@@ -349,11 +349,14 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
                 report._add(f"{name}: holds {counter.count} posts, {MANIFEST} says "
                             f"post_count {post_count}")
 
+    records = manifest.get("records")
+    if records is not None:
+        _check_records(dir_fd, records, fmt, manifest, report)
     media_fd, media_kind = _open_media(dir_fd)
     try:
         _check_media(dir_fd, media_fd, media_kind, expected, manifest, report)
-        _unknown_entries(dir_fd, "", lambda n: n in expected or n in (MANIFEST, "media"),
-                         report)
+        _unknown_entries(dir_fd, "", lambda n: n in expected or n in (MANIFEST, "media")
+                         or (records is not None and n == RECORDS_DIR), report)
         if media_kind is not None and media_kind != "missing":
             report._add(f"media: {media_kind}, not a directory (verify neither follows "
                         "nor opens it)")
@@ -362,6 +365,66 @@ def _verify(dir_fd: int, report: VerifyReport) -> None:
     finally:
         if media_fd is not None:
             os.close(media_fd)
+
+
+def _check_records(dir_fd: int, records: object, fmt: object, manifest: dict[str, Any],
+                   report: VerifyReport) -> None:
+    """The records/ files the manifest lists (a CAR's other collections): each one's
+    SHA-256, size, shape and record count; nothing else in records/."""
+    if not isinstance(records, dict) or fmt not in DATA_FILES:
+        report._add(f"{MANIFEST}: `records` is not a map of records files")
+        return
+    try:
+        st = os.stat(RECORDS_DIR, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            report._add(f"{RECORDS_DIR}: {_kind(st.st_mode)}, not a directory (verify "
+                        "neither follows nor opens it)")
+            return
+        rec_fd = open_dir(RECORDS_DIR, _OPEN_FLAGS, dir_fd=dir_fd, nofollow=True)
+    except FileNotFoundError:
+        if records:
+            report._add(f"{RECORDS_DIR}/: missing")
+        return
+    except OSError as exc:
+        report._add(f"{RECORDS_DIR}/: cannot be read ({exc.strerror})")
+        return
+    try:
+        for name in sorted(records):
+            info = records[name]
+            base = name[len(RECORDS_DIR) + 1:] if isinstance(name, str) else ""
+            if not (name.startswith(RECORDS_DIR + "/") and _plain_name(base)
+                    and base.endswith("." + str(fmt))):
+                report._add(f"{MANIFEST}: `records` lists {name!r}, not "
+                            f"{RECORDS_DIR}/NSID.{fmt}")
+                continue
+            digest = info.get("sha256") if isinstance(info, dict) else None
+            size = info.get("bytes") if isinstance(info, dict) else None
+            count = info.get("records") if isinstance(info, dict) else None
+            if not _is_digest(digest) or not isinstance(size, int) \
+                    or not isinstance(count, int) or isinstance(count, bool):
+                report._add(f"{MANIFEST}: the checksum of {name} is malformed")
+                continue
+            nsid = base[:-len(str(fmt)) - 1]
+            counter: _JsonPosts | _JsonlPosts | _CsvPosts
+            if fmt == "csv":
+                counter = _CsvPosts(bom=manifest.get("csv_bom") is not False,
+                                    header=records_csv_header(nsid).encode("ascii"))
+            else:
+                counter = _COUNTERS[str(fmt)]()
+            if not _check_file(rec_fd, base, name, str(digest), size, counter.feed, report):
+                continue
+            why = counter.shape()
+            if why is not None:
+                report._add(f"{name}: not a {fmt} records file: {why}")
+            elif counter.count != count:
+                report._add(f"{name}: holds {counter.count} records, {MANIFEST} says {count}")
+        _unknown_entries(rec_fd, RECORDS_DIR + "/",
+                         lambda n: f"{RECORDS_DIR}/{n}" in records, report)
+    except _SortError as exc:
+        report._add(str(exc))
+    finally:
+        os.close(rec_fd)
+
 
 
 def _check_file(dir_fd: int, name: str | bytes, shown: str, digest: str, size: int | None,

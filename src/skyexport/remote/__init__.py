@@ -5,7 +5,7 @@ its blobs - into a backup directory, verified, resumable and polite to the serve
     http.py     the HTTP policy: timeouts, retries, 429, redirects, caps, verified TLS
     repo.py     com.atproto.sync.getRepo streamed to a temporary file, checked, renamed
     blobs.py    listBlobs + getBlob, a few at once, each checked against its CID
-    backup.py   the backup directory, fetch.json, `fetch()` and `open_backup()`
+    backup.py   the backup directory, fetch.json, `fetch()` (read back by sources/backup.py)
     command.py  the `skyexport fetch` subcommand
 
 Nothing here is imported by `export`: dnspython loads only when a handle is resolved.

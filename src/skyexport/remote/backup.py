@@ -456,36 +456,3 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
                          f"(first: {result.blobs_failed[0]}); run the same command again "
                          "to fetch the rest")
     return result
-
-
-def open_backup(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
-    """(repo.car, blobs/ or None) of the backup directory `path`, checked: `path` is a
-    directory, `repo.car` a regular file and `blobs/` a directory, none of them a symlink
-    (not followed).  For `export`/`info`/`import` to take a backup as a source with
-    `--blobs`.  Raises ArchiveError (one line)."""
-    from ..errors import ArchiveError
-
-    p = Path(path)
-    try:
-        st = os.lstat(p)
-    except OSError as exc:
-        raise ArchiveError(f"{p}: cannot open it ({exc.strerror})") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise ArchiveError(f"{p}: not a backup directory (not a directory, or a symlink)")
-    car = p / "repo.car"
-    try:
-        cst = os.lstat(car)
-    except OSError:
-        raise ArchiveError(f"{p}: not a backup directory (no repo.car); make one with "
-                           "`skyexport fetch HANDLE`") from None
-    if not stat.S_ISREG(cst.st_mode):
-        raise ArchiveError(f"{car}: not a regular file (a symlink, FIFO or directory); a "
-                           "backup's repo.car is never one")
-    blobs = p / "blobs"
-    try:
-        bst = os.lstat(blobs)
-    except OSError:
-        return car, None
-    if not stat.S_ISDIR(bst.st_mode):
-        raise ArchiveError(f"{blobs}: not a directory (a symlink or a file)")
-    return car, blobs

@@ -38,6 +38,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import Warn
+
 REQUIRED_COLUMNS = POST_COLUMNS_V1   # quote_count is optional (schema v1 lacks it)
 
 # A numeric-affinity column: numbers as they are, text as bytes (see module docstring).
@@ -123,7 +125,8 @@ class Archive:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
             raise ArchiveError(f"archive {self.path} does not exist; pass the path of "
-                               "bskyarchive's archive.db (default ./data/archive.db)") from None
+                               "bskyarchive's archive.db (default ./data/archive.db) or of a "
+                               "repository export (repo.car)") from None
         except PermissionError:
             raise ArchiveError(f"archive {self.path} cannot be read: permission denied "
                                f"(directory {_blocking_dir(self.path)} cannot be searched by "
@@ -585,6 +588,12 @@ class ArchiveSource(Source):
     """A bskyarchive archive as the source of an export: the Archive, opened at once (a
     bad archive is reported before anything is created in OUTPUT)."""
 
+    refuses = {
+        "collections": "an archive holds posts only; {collections} needs a repository CAR",
+        "blobs": "an archive's media files are found through its media table; {blobs} "
+                 "needs a repository CAR",
+    }
+
     def __init__(self, path: str | os.PathLike[str], **how: Any) -> None:
         super().__init__(path, **how)
         self.arc = self.open_archive(self.path)
@@ -618,7 +627,7 @@ class ArchiveSource(Source):
         return did
 
     def archive(self, scratch: Path | None, *, selection: Selection, emit: Callable[[], None],
-                heartbeat: Callable[[], None]) -> Archive:
+                heartbeat: Callable[[], None], warn: Warn | None = None) -> Archive:
         return self.arc
 
     def close(self) -> None:

@@ -32,7 +32,8 @@ class ImportResult(Record):
     """What `import_car` did: the archive, the CAR's posts, how many were added (all of
     them for a new archive), and the commit's DID and rev and the CAR's SHA-256."""
 
-    __slots__ = ("archive", "posts", "added", "did", "rev", "sha256", "seconds")
+    __slots__ = ("archive", "posts", "added", "did", "rev", "sha256", "seconds",
+                 "media_added", "warnings")
     archive: Path
     posts: int
     added: int
@@ -40,11 +41,15 @@ class ImportResult(Record):
     rev: str | None
     sha256: str
     seconds: float
+    media_added: int
+    warnings: tuple[tuple[str, str], ...]   # (post uri, message): blobs not used
 
     def __init__(self, archive: Path, posts: int, added: int, did: str, rev: str | None,
-                 sha256: str, seconds: float) -> None:
+                 sha256: str, seconds: float, media_added: int = 0,
+                 warnings: tuple[tuple[str, str], ...] = ()) -> None:
         self._set(archive=archive, posts=posts, added=added, did=did, rev=rev,
-                  sha256=sha256, seconds=seconds)
+                  sha256=sha256, seconds=seconds, media_added=media_added,
+                  warnings=warnings)
 
 
 def _now_sqlite() -> str:
@@ -104,7 +109,8 @@ def _fill_new(con: apsw.Connection, repo: CarRepo, archived_at: str, fts: bool =
 
 def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
                        on_chunk: Callable[[], None] | None = None,
-                       did_index: bool = True) -> int:
+                       did_index: bool = True,
+                       after_fill: Callable[[apsw.Connection], None] | None = None) -> int:
     """Write a new archive at `final` (which must not exist) from `repo`: built under a
     fresh hidden name beside it, linked into place only when complete, never replacing
     anything.  Returns the number of posts.  `scratch`: an export's temporary archive,
@@ -119,6 +125,8 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
             con.execute("PRAGMA " + pragma).fetchall()
         n = _fill_new(con, repo, _now_sqlite(), fts=not scratch, on_chunk=on_chunk,
                       did_index=did_index or not scratch)
+        if after_fill is not None:   # the media table, from blobs, before it is in place
+            after_fill(con)
         con.execute("PRAGMA locking_mode=NORMAL").fetchall()
         con.execute("PRAGMA journal_mode=DELETE").fetchall()
         if not scratch:
@@ -210,7 +218,8 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
 
 def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
                "data/archive.db", *, merge: bool = False,
-               on_blocks: Callable[[int, int], None] | None = None) -> ImportResult:
+               on_blocks: Callable[[int, int], None] | None = None,
+               blobs: str | os.PathLike[str] | None = None) -> ImportResult:
     """Import the posts of the repository CAR `car` into `archive` (CAR.md, `import`).
 
     Without `merge` the archive must not exist: it is built under a temporary name and
@@ -220,6 +229,27 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
     Directories created for the archive are removed again when the import fails."""
     started = time.monotonic()
     final = Path(archive)
+    blob_dir = None
+    if blobs is not None:
+        from .blobs import BlobDir
+
+        try:
+            blob_dir = BlobDir(blobs)
+        except OSError as exc:
+            raise OptionError(f"--blobs {os.fspath(blobs)!r}: "
+                              f"{exc.strerror or 'not a directory'}") from None
+    warnings: list[tuple[str, str]] = []
+    media_added = [0]
+
+    def fill(con: apsw.Connection) -> None:
+        from .blobs import fill_media
+
+        if blob_dir is not None:
+            media_added[0] = fill_media(
+                con, blob_dir, verify=True,
+                relative_to=Path(os.path.abspath(final)).parent,
+                warn=lambda uri, msg: warnings.append((uri, msg)))
+
     if merge:
         if not final.is_file():
             raise OptionError(f"--merge: archive {final} does not exist; leave out --merge "
@@ -245,10 +275,17 @@ def import_car(car: str | os.PathLike[str], archive: str | os.PathLike[str] =
             sha256 = repo.sha256  # a failure to hash it fails the import before it is made
             if merge:
                 posts, added = _merge(repo, final, _now_sqlite())
+                if blob_dir is not None:
+                    con = apsw.Connection(str(final), flags=apsw.SQLITE_OPEN_READWRITE)
+                    try:
+                        fill(con)
+                    finally:
+                        con.close()
             else:
-                posts = added = build_archive_from(repo, final)
+                posts = added = build_archive_from(repo, final, after_fill=fill)
             return ImportResult(final, posts, added, repo.did, repo.rev, sha256,
-                                time.monotonic() - started)
+                                time.monotonic() - started, media_added[0],
+                                tuple(warnings))
     except BaseException:
         _remove_dirs(made)
         raise

@@ -187,6 +187,7 @@ class CarRepo:
         self.verb = verb
         self.fd = -1
         self.index_fd = -1
+        self.tap: Any = None   # a _core.RecordTap the next post walk feeds (sources/car/source.py)
         self.index: _core.BlockIndex | None = None
         self.stats = _Stats()
         self._hashing: threading.Thread | None = None
@@ -380,9 +381,12 @@ class CarRepo:
     def _walker(self, posts_only: bool) -> Any:
         assert self.index is not None
         try:
-            return _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
+            walker = _core.CarWalker(self.fd, self.index, self.data, self.did, posts_only)
         except (ValueError, OSError) as exc:
             raise self._error(exc) from None
+        if self.tap is not None:   # the records files, written by the posts' walk
+            walker.set_tap(self.tap)
+        return walker
 
     def walk(self) -> Iterator[tuple[str, _core.CID]]:
         """Every (key, record CID) of the MST, in key order (records are not read);
@@ -472,3 +476,16 @@ class CarRepo:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def car_did(car: str | os.PathLike[str]) -> str:
+    """The DID of the repository CAR `car`'s commit (for `export --layout did`), read and
+    checked as every command reads it (the block index is built in a temporary directory
+    beside the CAR, or the system's when that is not writable).  Raises ArchiveError."""
+    import tempfile
+
+    home = Path(car).resolve().parent
+    where = home if os.access(home, os.W_OK | os.X_OK) else None
+    with tempfile.TemporaryDirectory(prefix=".skyexport-car-", dir=where) as d, \
+            CarRepo(car, d, verb="exported") as repo:
+        return repo.did
