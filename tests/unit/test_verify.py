@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import skyexport
 
 from helpers.archives import make_archive
+from helpers.cli import PEAK_RSS
 from helpers.cli import run as cli
 
 URI = "at://did:plc:test/app.bsky.feed.post/{:04d}"
@@ -475,17 +476,6 @@ def test_a_decompression_bomb_stops_at_the_stated_size(tmp_path: Path, codec: st
 LIST_LINES = 3_000_000
 LIST_LIMIT_MB = 64
 
-_VERIFY_PEAK = r"""
-import sys
-from skyexport.cli.commands import main
-report = sys.argv.pop(1)
-code = main(sys.argv[1:])
-with open("/proc/self/status") as f:
-    kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-with open(report, "w") as f:
-    f.write(str(kb * 1024))
-sys.exit(code)
-"""
 
 
 def bare_export(directory: Path, lines: list[bytes] | None = None) -> Path:
@@ -527,7 +517,7 @@ def test_a_3_million_line_media_list_in_bounded_memory(ram_path: Path) -> None:
     (export / "manifest.json").write_text(json.dumps(m))
     peak_file = ram_path / "peak"
     env = dict(os.environ, TMPDIR=str(ram_path))   # the sort's runs: RAM, not the disk
-    proc = subprocess.Popen([sys.executable, "-c", _VERIFY_PEAK, str(peak_file), "verify",
+    proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS, str(peak_file), "verify",
                              str(export)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env)
     assert proc.stderr is not None
