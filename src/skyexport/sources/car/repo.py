@@ -392,19 +392,7 @@ class CarRepo:
         """Every (key, record CID) of the MST, in key order (records are not read);
         counts collections."""
         walker = self._walker(False)
-        try:
-            while True:
-                try:
-                    got = walker.entries(ROW_CHUNK)
-                except (ValueError, OSError) as exc:
-                    raise self._error(exc) from None
-                if not got:
-                    break
-                yield from got
-        finally:
-            walker.close()
-            self.stats.collections = {k.decode("ascii"): v
-                                      for k, v in walker.collections.items()}
+        yield from self._drain(walker, lambda: walker.entries(ROW_CHUNK))
 
     def post_rows(self, archived_at: str, *,
                   posts_only: bool = True) -> Iterator[tuple[object, ...]]:
@@ -412,15 +400,20 @@ class CarRepo:
         at most ROW_CHUNK rows and about ROW_BYTES.  `posts_only=False` also counts the
         collections (for `info`)."""
         walker = self._walker(posts_only)
+        yield from self._drain(walker, lambda: walker.rows(ROW_CHUNK, archived_at, ROW_BYTES))
+
+    def _drain(self, walker: Any, step: Callable[[], list[Any]]) -> Iterator[Any]:
+        """What `step()` gives, batch after batch, until an empty one; a reader error in
+        one line; then the walker closed and the collections it counted kept."""
         try:
             while True:
                 try:
-                    rows = walker.rows(ROW_CHUNK, archived_at, ROW_BYTES)
+                    got = step()
                 except (ValueError, OSError) as exc:
                     raise self._error(exc) from None
-                if not rows:
+                if not got:
                     break
-                yield from rows
+                yield from got
         finally:
             walker.close()
             self.stats.collections = {k.decode("ascii"): v
