@@ -512,7 +512,7 @@ class Case:
 
 # skyexport's command line with the media files' final sync left out (staged.SYNCFS a
 # no-op): what that sync costs, measured beside the real thing.
-_NO_SYNC = ("import sys\nimport skyexport.staged as staged\n"
+_NO_SYNC = ("import sys\nimport skyexport.exporter.staged as staged\n"
             "staged.SYNCFS = lambda fd: None\n"
             "from skyexport.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
