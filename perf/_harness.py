@@ -566,7 +566,7 @@ def sqlite3_case(key: str, info: ArchiveInfo, fmt: str, *, where: str = "", rows
 
 
 _REFERENCE = ("import sys; sys.path.insert(0, sys.argv[1]); "
-              "from reference import reference_export; "
+              "from helpers.reference import reference_export; "
               "data = reference_export(sys.argv[2], sys.argv[3], did=sys.argv[4] or None); "
               "open(sys.argv[5], 'wb').write(data)")
 

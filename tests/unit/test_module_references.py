@@ -1,8 +1,9 @@
-"""Every `skyexport.*` module that perf/, fuzz/, tools/ and .ci/ import - in their own
-import lines and in the scripts they hand to a child interpreter as strings - exists.  A
-module moved by a layout change must take those imports with it (perf/_harness.py's
-no-sync variant once imported a module that had moved, and every benchmark run of it
-failed in its child)."""
+"""Every `skyexport.*` module, and every test helper (`helpers.*`, tests/helpers/), that
+perf/, fuzz/, tools/ and .ci/ import - in their own import lines and in the scripts they
+hand to a child interpreter as strings - exists.  A module moved by a layout change must
+take those imports with it (perf/_harness.py's no-sync variant and its reference exporter
+once imported modules that had moved, and every benchmark run of them failed in its
+child)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent.parent
 # `import skyexport.a.b`, `from skyexport.a import x`, also inside string literals (where
 # a line may follow a `\n`, so no word boundary is asked for before `import`).
-IMPORT = re.compile(r"(?:import|from)\s+(skyexport(?:\.\w+)+)")
+IMPORT = re.compile(r"(?:import|from)\s+((?:skyexport|helpers)(?:\.\w+)+)")
 SCANNED = ("perf", "fuzz", "tools", ".ci")
 
 
@@ -39,12 +40,20 @@ def _scan(path: Path, found: dict[str, list[str]]) -> None:
         found.setdefault(name, []).append(str(path.relative_to(ROOT)))
 
 
+def _exists(name: str) -> bool:
+    if name.startswith("helpers."):
+        return (ROOT / "tests" / (name.replace(".", "/") + ".py")).is_file()
+    return importlib.util.find_spec(name) is not None
+
+
 def test_the_scan_finds_imports() -> None:
-    """The scan itself works: perf/ is known to import from the package."""
-    assert "skyexport.schema" in _imports()
+    """The scan itself works: perf/ is known to import from the package and the tests'
+    helpers."""
+    found = _imports()
+    assert "skyexport.schema" in found and "helpers.reference" in found
 
 
 def test_every_imported_module_exists() -> None:
     missing = {name: where for name, where in _imports().items()
-               if importlib.util.find_spec(name) is None}
+               if not _exists(name)}
     assert not missing, f"imports of modules that do not exist: {missing}"
