@@ -3,11 +3,11 @@
 # the walk (checked against its CID), validated as atproto data, and written as a jsonl
 # line, a posts.json-style indented object, and a CSV row of named columns.
 
-cdef int ob_json_text(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
+cdef int ob_json_text(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
     return ob_json_str(b, s, n)
 
 
-cdef int rj_open(OutBuf* b, bint pretty, int level, const char* key, Py_ssize_t kn) except -1:
+cdef int rj_open(OutBuf* b, bint pretty, int level, const char* key, Py_ssize_t kn) except -1 nogil:
     """`{` and the one key of a `$link`/`$bytes` object, up to its value."""
     ob_byte(b, b'{')
     if pretty:
@@ -18,7 +18,7 @@ cdef int rj_open(OutBuf* b, bint pretty, int level, const char* key, Py_ssize_t 
     return 0
 
 
-cdef int rj_close(OutBuf* b, bint pretty, int level) except -1:
+cdef int rj_close(OutBuf* b, bint pretty, int level) except -1 nogil:
     if pretty:
         ob_newline(b, level)
     ob_byte(b, b'}')
@@ -26,7 +26,7 @@ cdef int rj_close(OutBuf* b, bint pretty, int level) except -1:
 
 
 cdef Py_ssize_t rj_value(OutBuf* b, const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                         int level, bint pretty) except -1:
+                         int level, bint pretty) except -1 nogil:
     """The validated item at i (cb_skip) in atproto's JSON form: compact, or indented as
     posts.json is (two spaces a level, `": "` after keys, `{}`/`[]` when empty).  Strings
     are escaped as posts.json's text; returns the offset after the item."""
@@ -110,7 +110,7 @@ cdef Py_ssize_t rj_value(OutBuf* b, const unsigned char* s, Py_ssize_t i, Py_ssi
 
 
 cdef int rc_cell(OutBuf* b, OutBuf* tmp, const unsigned char* s, Py_ssize_t i,
-                 Py_ssize_t n) except -1:
+                 Py_ssize_t n) except -1 nogil:
     """One CSV cell for the validated item at i (-1: absent): text as it is, integers in
     decimal, true/false, null and absent empty, a link or a blob as its CID, anything else
     (arrays, other maps, bytes) as compact JSON; quoted as Go's encoding/csv would."""
@@ -142,6 +142,18 @@ cdef int rc_cell(OutBuf* b, OutBuf* tmp, const unsigned char* s, Py_ssize_t i,
     return ob_csv_field(b, <const unsigned char*>tmp.data, tmp.len)
 
 
+cdef packed struct Staged:
+    # a record staged for the encoding thread, followed by its key, CID and data
+    int32_t kn            # key bytes
+    int32_t slash         # the offset of the key's `/`
+    int32_t cn            # CID bytes
+    int32_t dn            # data bytes
+
+
+cdef enum:
+    TAP_BATCH = 1 << 20   # staged bytes handed to the encoding thread at once
+
+
 cdef class RecordTap:
     """Every record of the wanted collections, encoded as a CarWalker's walk reads it (set
     with CarWalker.set_tap: the posts import and the records files share one walk).  Each
@@ -150,12 +162,22 @@ cdef class RecordTap:
     that is not valid data raises CarFormatError naming its CID and key, or, with
     `keep_bad`, is left out and listed in `bad` as (key, CID, what is wrong).
 
-    Output goes to `on_chunk(collection, records, data)`, one collection at a time in key
-    order (keys of a collection are contiguous in the MST), about `max_bytes` at a time:
-    for fmt "jsonl" a line per record; "json" posts.json's elements, joined (and, unless
-    they are a collection's first, preceded) by `,` and a newline; "csv" rows with
-    `columns[collection]`'s columns (field paths) after uri and cid, or the record's
-    compact JSON when the collection has no entry.  finish() flushes the last chunk."""
+    The walk stages the records it reads (about TAP_BATCH bytes at a time); a second
+    thread validates and encodes each batch without the GIL while the walk reads the
+    next, so the two cores share the work.  Batches are encoded one at a time in key
+    order, and an error is raised on the walking thread: the next batch handed over,
+    finish(), or, when the walk itself fails, settle() (the records before the walk's
+    error are checked first, so the first error in key order is the one raised, as if
+    one thread did everything).  close() waits for the thread (after a failure).
+
+    Output goes to `on_chunk(collection, records, data)` (on the encoding thread), one
+    collection at a time in key order (keys of a collection are contiguous in the MST),
+    about `max_bytes` at a time: for fmt "jsonl" a line per record; "json" posts.json's
+    elements, joined (and, unless they are a collection's first, preceded) by `,` and a
+    newline; "csv" rows with `columns[collection]`'s columns (field paths) after uri and
+    cid, or the record's compact JSON when the collection has no entry.  `on_batch()`,
+    if given, is called on the walking thread as each batch is handed over (progress).
+    finish() encodes and flushes the last records."""
     cdef object wanted          # None: every collection; else a set of bytes
     cdef bint keep_bad
     cdef readonly list bad
@@ -164,9 +186,27 @@ cdef class RecordTap:
     cdef int fmt                # 0 jsonl, 1 json, 2 csv
     cdef dict columns
     cdef object on_chunk
+    cdef object on_batch
     cdef Py_ssize_t max_bytes
+    # the walking thread's side
+    cdef bytes mcoll            # the collection last found wanted (wants())
+    cdef OutBuf staged[2]       # records staged: one being filled, one being encoded
+    cdef int cur                # the one being filled
+    cdef object done            # a threading.Event: the encoding thread has finished
+    cdef bint busy              # a batch is being encoded
+    cdef object error           # what stopped the encoding thread
+    cdef bint failed            # an error was raised: nothing more is encoded
+    # the encoding side (one batch at a time: the thread, or finish()/settle())
     cdef bytes coll             # the collection being written
+    cdef char ccoll[MAX_NSID]   # ... its name for the encoding loop
+    cdef Py_ssize_t ccoll_n     # ... and its length (-1: none yet)
+    cdef const char* didp       # the DID (did's bytes) and its length
+    cdef Py_ssize_t didn
     cdef list paths             # its CSV columns (None: uri,cid,json)
+    cdef const char** names     # the names of paths' columns, one after another
+    cdef int* depth             # names per column
+    cdef Py_ssize_t ncols
+    cdef bint checking          # validating a record (its errors are the record's)
     cdef int64_t in_coll        # records of it written so far
     cdef int64_t pending        # records in out
     cdef OutBuf out
@@ -176,14 +216,24 @@ cdef class RecordTap:
     def __cinit__(self):
         ob_init(&self.out, 1 << 16)
         ob_init(&self.tmp, 256)
+        ob_init(&self.staged[0], 1 << 16)
+        ob_init(&self.staged[1], 1 << 16)
+        self.names = NULL
+        self.depth = NULL
 
     def __dealloc__(self):
         ob_free(&self.out)
         ob_free(&self.tmp)
+        ob_free(&self.staged[0])
+        ob_free(&self.staged[1])
+        PyMem_RawFree(self.names)
+        PyMem_RawFree(self.depth)
 
     def __init__(self, str did, str fmt, wanted, bint keep_bad, dict columns not None,
-                 on_chunk, Py_ssize_t max_bytes=1 << 20):
+                 on_chunk, Py_ssize_t max_bytes=1 << 20, on_batch=None):
         self.did = did.encode("ascii")
+        self.didp = PyBytes_AS_STRING(self.did)
+        self.didn = PyBytes_GET_SIZE(self.did)
         self.fmt = ("jsonl", "json", "csv").index(fmt)
         self.wanted = None if wanted is None else {bytes(x) for x in wanted}
         self.keep_bad = keep_bad
@@ -191,20 +241,218 @@ cdef class RecordTap:
         self.bad_total = 0
         self.columns = columns
         self.on_chunk = on_chunk
+        self.on_batch = on_batch
         self.max_bytes = max_bytes
+        self.mcoll = None
         self.coll = None
+        self.ccoll_n = -1
         self.paths = None
+        self.cur = 0
+        self.done = threading.Event()
+        self.busy = self.failed = False
+        self.error = None
         self.in_coll = self.pending = self.records = 0
 
     cdef bint wants(self, bytes key, Py_ssize_t slash):
         """Is key's collection wanted (slash: the offset of its `/`)?"""
         cdef Py_ssize_t cn
-        if self.coll is not None:
-            cn = PyBytes_GET_SIZE(self.coll)
-            if cn == slash and memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.coll),
+        if self.mcoll is not None:
+            cn = PyBytes_GET_SIZE(self.mcoll)
+            if cn == slash and memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.mcoll),
                                       cn) == 0:
                 return True
-        return self.wanted is None or key[:slash] in self.wanted
+        if self.wanted is None or key[:slash] in self.wanted:
+            self.mcoll = key[:slash]
+            return True
+        return False
+
+    # --- the walking thread ---------------------------------------------------------
+
+    cdef int stage(self, bytes key, Py_ssize_t slash, bytes cid, const unsigned char* s,
+                   Py_ssize_t dn) except -1:
+        """Stage one record (key's collection is wanted) for the encoding thread."""
+        cdef OutBuf* a = &self.staged[self.cur]
+        cdef Staged h
+        h.kn = <int32_t>PyBytes_GET_SIZE(key)
+        h.slash = <int32_t>slash
+        h.cn = <int32_t>PyBytes_GET_SIZE(cid)
+        h.dn = <int32_t>dn
+        ob_write(a, <const char*>&h, sizeof(Staged))
+        ob_write(a, PyBytes_AS_STRING(key), h.kn)
+        ob_write(a, PyBytes_AS_STRING(cid), h.cn)
+        ob_write(a, <const char*>s, dn)
+        if a.len >= TAP_BATCH:
+            self.hand_over()
+        return 0
+
+    cdef int join(self) except -1:
+        """Wait for the batch being encoded, if any (its error is kept)."""
+        if self.busy:
+            self.done.wait()
+            self.busy = False
+        return 0
+
+    cdef int wait(self) except -1:
+        """Wait for the batch being encoded; raise its error."""
+        self.join()
+        if self.error is not None:
+            exc, self.error = self.error, None
+            self.failed = True
+            raise exc
+        return 0
+
+    cdef int hand_over(self) except -1:
+        """Hand the staged records to a new encoding thread (once the last one is done)."""
+        cdef int which = self.cur
+        self.wait()
+        if self.staged[which].len == 0:
+            return 0
+        self.cur = 1 - which
+        self.staged[self.cur].len = 0
+        self.done.clear()
+        self.busy = True
+        try:
+            threading.Thread(target=self._run, args=(which,), daemon=True,
+                             name="skyexport-car-records").start()
+        except BaseException:
+            self.busy = False
+            raise
+        if self.on_batch is not None:
+            self.on_batch()
+        return 0
+
+    def _run(self, int which):
+        try:
+            self.encode_all(&self.staged[which])
+        except BaseException as exc:  # raised on the walking thread by wait()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def settle(self):
+        """After the walk failed: check the records staged before its error (raising the
+        first of their errors, which comes before the walk's in key order)."""
+        if self.failed:
+            return
+        try:
+            self.wait()
+            self.encode_all(&self.staged[self.cur])
+        except BaseException:
+            self.failed = True
+            raise
+
+    def finish(self):
+        """Encode and write what is staged and held (the last records)."""
+        if self.failed:
+            raise CarFormatError("the records were not all written (an earlier error)")
+        try:
+            self.wait()
+            self.encode_all(&self.staged[self.cur])
+            self.flush()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def close(self):
+        """Wait for the encoding thread, if one is running (after a failure; its error
+        is dropped: the walk's own error is the one reported)."""
+        self.join()
+        self.failed = True
+
+    # --- the encoding side ----------------------------------------------------------
+
+    cdef int encode_all(self, OutBuf* a) except -1:
+        """Validate and encode the records staged in `a`, without the GIL but for
+        callbacks and errors; `a` is emptied."""
+        cdef Py_ssize_t p = 0
+        cdef Staged h
+        cdef const unsigned char* x
+        while True:
+            try:
+                with nogil:
+                    self.encode_from(a, &p)
+                break
+            except CarFormatError as exc:
+                if not self.checking:
+                    raise
+                self.checking = False
+                memcpy(&h, a.data + p, sizeof(Staged))
+                x = <const unsigned char*>a.data + p + sizeof(Staged)
+                key = PyBytes_FromStringAndSize(<const char*>x, h.kn).decode("ascii")
+                cid = cid_str(PyBytes_FromStringAndSize(<const char*>x + h.kn, h.cn))
+                if not self.keep_bad:
+                    raise CarFormatError(f"block {cid} (record {key}) {exc}: not valid "
+                                         "atproto data") from None
+                self.bad_total += 1
+                if len(self.bad) < 1000:
+                    self.bad.append((key, cid, str(exc)))
+                p += sizeof(Staged) + h.kn + h.cn + h.dn
+        a.len = 0
+        return 0
+
+    cdef int encode_from(self, OutBuf* a, Py_ssize_t* pp) except -1 nogil:
+        """Records of `a` from pp[0] on: validated and encoded, pp[0] after each; a
+        record's validation error is raised with `checking` set (encode_all)."""
+        cdef Staged h
+        cdef const unsigned char* x
+        cdef const unsigned char* s
+        while pp[0] < a.len:
+            memcpy(&h, a.data + pp[0], sizeof(Staged))
+            x = <const unsigned char*>a.data + pp[0] + sizeof(Staged)
+            s = x + h.kn + h.cn
+            if self.ccoll_n != h.slash or memcmp(x, self.ccoll, h.slash) != 0:
+                with gil:
+                    self.switch(PyBytes_FromStringAndSize(<const char*>x, h.slash))
+            self.checking = True
+            if h.dn > MAX_RECORD:
+                with gil:
+                    raise CarFormatError(f"is {h.dn} bytes; atproto records are at most "
+                                         f"{MAX_RECORD >> 20} MiB")
+            if cb_skip(s, 0, h.dn, 0) != h.dn:
+                with gil:
+                    raise CarFormatError("has bytes after its value")
+            if s[0] >> 5 != 5:
+                with gil:
+                    raise CarFormatError("is not a map (a record is one)")
+            self.checking = False
+            self.add(x, h.kn, x + h.kn, h.cn, s, h.dn)
+            pp[0] += sizeof(Staged) + h.kn + h.cn + h.dn
+        return 0
+
+    cdef int switch(self, bytes coll) except -1:
+        """The records of a new collection start: the last one's are written, and a new
+        file begun, even if it stays empty."""
+        cdef Py_ssize_t k = 0, total = 0
+        cdef tuple path
+        cdef bytes name
+        self.flush()
+        if PyBytes_GET_SIZE(coll) > MAX_NSID:   # the walk checked the key: never
+            raise CarFormatError("a collection name is too long")
+        self.coll = coll
+        memcpy(self.ccoll, PyBytes_AS_STRING(coll), PyBytes_GET_SIZE(coll))
+        self.ccoll_n = PyBytes_GET_SIZE(coll)
+        self.paths = self.columns.get(coll.decode("ascii"))
+        PyMem_RawFree(self.names)
+        PyMem_RawFree(self.depth)
+        self.names = NULL
+        self.depth = NULL
+        self.ncols = 0
+        if self.paths is not None:
+            for path in self.paths:
+                total += len(path)
+            self.names = <const char**>PyMem_RawMalloc((total + 1) * sizeof(const char*))
+            self.depth = <int*>PyMem_RawMalloc((len(self.paths) + 1) * sizeof(int))
+            if self.names == NULL or self.depth == NULL:
+                raise MemoryError()
+            for path in self.paths:
+                self.depth[self.ncols] = len(path)
+                self.ncols += 1
+                for name in path:
+                    self.names[k] = PyBytes_AS_STRING(name)
+                    k += 1
+        self.in_coll = 0
+        self.on_chunk(coll.decode("ascii"), 0, b"")   # a new file, even if empty
+        return 0
 
     cdef int flush(self) except -1:
         if self.coll is None or (self.pending == 0 and self.out.len == 0):
@@ -218,48 +466,20 @@ cdef class RecordTap:
             ob_shrink(&self.out, 1 << 16)
         return 0
 
-    def finish(self):
-        """Write what is held (the last records)."""
-        self.flush()
-
-    cdef int add(self, bytes key, Py_ssize_t slash, bytes cid, const unsigned char* s,
-                 Py_ssize_t dn) except -1:
-        """Validate and encode one record (key's collection is wanted)."""
-        cdef Py_ssize_t cn = PyBytes_GET_SIZE(cid), k
+    cdef int add(self, const unsigned char* key, Py_ssize_t kn, const unsigned char* cid,
+                 Py_ssize_t cn, const unsigned char* s, Py_ssize_t dn) except -1 nogil:
+        """Encode one validated record of the collection being written."""
+        cdef Py_ssize_t c, j, k, q
         cdef OutBuf* o = &self.out
-        cdef tuple path
-        cdef bytes name
-        if self.coll is None or PyBytes_GET_SIZE(self.coll) != slash or memcmp(
-                PyBytes_AS_STRING(key), PyBytes_AS_STRING(self.coll), slash) != 0:
-            self.flush()
-            self.coll = key[:slash]
-            self.paths = self.columns.get(self.coll.decode("ascii"))
-            self.in_coll = 0
-            self.on_chunk(self.coll.decode("ascii"), 0, b"")   # a new file, even if empty
-        try:
-            if dn > MAX_RECORD:
-                raise CarFormatError(f"is {dn} bytes; atproto records are at most "
-                                     f"{MAX_RECORD >> 20} MiB")
-            if cb_skip(s, 0, dn, 0) != dn:
-                raise CarFormatError("has bytes after its value")
-            if s[0] >> 5 != 5:
-                raise CarFormatError("is not a map (a record is one)")
-        except CarFormatError as exc:
-            msg = (f"block {cid_str(cid)} (record {key.decode('ascii')}) {exc}: not valid "
-                   "atproto data")
-            if not self.keep_bad:
-                raise CarFormatError(msg) from None
-            self.bad_total += 1
-            if len(self.bad) < 1000:
-                self.bad.append((key.decode("ascii"), cid_str(cid), str(exc)))
-            return 0
+        cdef const char* did = self.didp
+        cdef Py_ssize_t didn = self.didn
         if self.fmt == 0:
             ob_write(o, b'{"uri":"at://', 13)
-            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_write(o, did, didn)
             ob_byte(o, b'/')
-            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_write(o, <const char*>key, kn)
             ob_write(o, b'","cid":"', 9)
-            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
+            ob_cid(o, cid, cn)
             ob_write(o, b'","value":', 10)
             rj_value(o, s, 0, dn, 0, False)
             ob_write(o, b"}\n", 2)
@@ -267,45 +487,48 @@ cdef class RecordTap:
             if self.in_coll:
                 ob_write(o, b",\n", 2)
             ob_write(o, b'  {\n    "uri": "at://', 21)
-            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_write(o, did, didn)
             ob_byte(o, b'/')
-            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_write(o, <const char*>key, kn)
             ob_write(o, b'",\n    "cid": "', 15)
-            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
+            ob_cid(o, cid, cn)
             ob_write(o, b'",\n    "value": ', 16)
             rj_value(o, s, 0, dn, 2, True)
             ob_write(o, b"\n  }", 4)
         else:
             ob_write(o, b"at://", 5)
-            ob_write(o, PyBytes_AS_STRING(self.did), PyBytes_GET_SIZE(self.did))
+            ob_write(o, did, didn)
             ob_byte(o, b'/')
-            ob_write(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+            ob_write(o, <const char*>key, kn)
             ob_byte(o, b',')
-            ob_cid(o, <const unsigned char*>PyBytes_AS_STRING(cid), cn)
-            if self.paths is None:
+            ob_cid(o, cid, cn)
+            if self.names == NULL:
                 ob_byte(o, b',')
                 self.tmp.len = 0
                 rj_value(&self.tmp, s, 0, dn, 0, False)
                 ob_csv_field(o, <const unsigned char*>self.tmp.data, self.tmp.len)
             else:
-                for path in self.paths:
+                q = 0
+                for c in range(self.ncols):
                     ob_byte(o, b',')
                     k = 0
-                    for name in path:
-                        k = cb_find(s, k, dn, <const char*>name) if k >= 0 else -1
+                    for j in range(self.depth[c]):
+                        k = cb_find(s, k, dn, self.names[q + j]) if k >= 0 else -1
+                    q += self.depth[c]
                     rc_cell(o, &self.tmp, s, k, dn)
             ob_byte(o, b'\n')
         self.in_coll += 1
         self.pending += 1
         self.records += 1
         if o.len >= self.max_bytes:
-            self.flush()
+            with gil:
+                self.flush()
         return 0
 
 
 cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
-    """The walk passed `key` (record CID in w.value): hand its record to the walker's tap
-    if its collection is wanted, reading it first unless `fetched` (a post, read by
+    """The walk passed `key` (record CID in w.value): stage its record for the walker's
+    tap if its collection is wanted, reading it first unless `fetched` (a post, read by
     next_post into w.buf, w.dn bytes)."""
     cdef RecordTap tap = <RecordTap>w.tap
     cdef Py_ssize_t slash = key.find(b"/"), cn, dn
@@ -317,7 +540,7 @@ cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
         dn = w.dn
     else:
         dn = w.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, key, None)
-    tap.add(key, slash, cid, w.buf + cn, dn)
+    tap.stage(key, slash, cid, w.buf + cn, dn)
     return 0
 
 

@@ -375,7 +375,22 @@ cdef class CarWalker:
 
     cdef bytes next_post(self):
         """The next post's key, its record read and checked (data at self.buf + len(cid),
-        self.dn bytes; the CID in self.value); None at the end."""
+        self.dn bytes; the CID in self.value); None at the end, once the tap's records
+        are all written.  When the walk fails, the records the tap holds are checked
+        first (RecordTap.settle): an error among them comes first in key order."""
+        cdef bytes key
+        if self.tap is None:
+            return self.walk_to_post()
+        try:
+            key = self.walk_to_post()
+            if key is None:   # the end: the tap's last records are checked and written
+                (<RecordTap>self.tap).finish()
+            return key
+        except (ValueError, OSError):
+            (<RecordTap>self.tap).settle()
+            raise
+
+    cdef bytes walk_to_post(self):
         cdef bytes key
         cdef Py_ssize_t cn
         cdef bytes prefix = _POST_PREFIX
