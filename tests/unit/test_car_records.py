@@ -14,9 +14,9 @@ import pytest
 from skyexport import export, verify
 from skyexport.errors import ArchiveError, OptionError
 from skyexport.sources.car.info import car_info
-from skyexport.testing.carwrite import cid_for, dag_cbor, write_car
+from skyexport.testing.carwrite import cid_for, dag_cbor, synth_car, write_car
 
-from helpers.cli import run
+from helpers.cli import assert_failed, child_setup, run
 from helpers.hostile import Car, write
 
 atmst = pytest.importorskip("atmst", reason="atmst (test extra) is not installed")
@@ -406,6 +406,96 @@ def test_likes_are_cid_checked_when_read(tmp_path: Path) -> None:
         with pytest.raises(ArchiveError, match="does not match its CID"):
             export(car, tmp_path / policy, format="jsonl", collections="all",
                    on_bad_value=policy)  # type: ignore[arg-type]
+
+
+# --- records encoded on a second thread, batch after batch ---------------------------------
+
+MANY = 12_000      # likes: about 3 MiB staged, so the walk hands over several batches
+BAD_AT = 9_000     # in the third batch
+
+
+def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = False) -> Path:
+    """MANY likes in one MST node, the one at BAD_AT with block `bad` (if given), and, with
+    `missing_post`, a post after them whose block is not in the CAR."""
+    c = Car()
+    entries: list[tuple[str, Any, Any]] = []
+    for i in range(MANY):
+        cid = c.add(bad if bad is not None and i == BAD_AT else _like(i))
+        entries.append((f"app.bsky.feed.like/3k{i:08d}", cid, None))
+    if missing_post:
+        absent = cid_for(dag_cbor({"$type": "app.bsky.feed.post", "text": "absent",
+                                   "createdAt": "2024-01-01T00:00:00Z"}))
+        entries.append(("app.bsky.feed.post/3kzzzzzzzzzz2", absent, None))
+    return write(tmp_path / "many.car", c.finish(c.node(entries, compress=True), did=DID))
+
+
+def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> None:
+    """A synthetic repository whose records fill several batches of the encoding thread:
+    every record of every collection, in key order, equals atmst + cbrrr's decoding; the
+    json and csv files of the same export hold as many records, and verify passes."""
+    car = tmp_path / "s.car"
+    synth_car(car, 3000, seed=3)
+    d = export(car, tmp_path / "l", format="jsonl", collections="all").directory
+    assert d is not None
+    listed = records_of(d, "jsonl")
+    ours = []
+    for name in sorted(listed):
+        lines = (d / name).read_bytes().splitlines()
+        assert len(lines) == listed[name]["records"]
+        ours += [(o["uri"], o["cid"], o["value"])
+                 for o in (dict(json.loads(x, object_pairs_hook=_hook)) for x in lines)]
+    assert ours == reference(car)
+    assert len(ours) == 3000 + 6000 + 600
+    for fmt in ("json", "csv"):
+        other = export(car, tmp_path / fmt, format=fmt, collections="all").directory
+        assert other is not None
+        assert {n.rsplit(".", 1)[0]: v["records"] for n, v in records_of(other, fmt).items()} \
+            == {n.rsplit(".", 1)[0]: v["records"] for n, v in listed.items()}
+        assert verify(other).ok
+    assert verify(d).ok
+
+
+def test_a_bad_record_in_a_later_batch_stops_or_is_kept_out(tmp_path: Path) -> None:
+    """A bad like far into the walk (checked on the encoding thread) stops the export with
+    the one line naming it; with keep, exactly it is left out, the others in order."""
+    car = _many_likes_car(tmp_path, FLOAT_RECORD)
+    with pytest.raises(ArchiveError, match="float") as err:
+        export(car, tmp_path / "o", format="jsonl", collections="all")
+    assert f"app.bsky.feed.like/3k{BAD_AT:08d}" in str(err.value)
+    assert str(cid_from(cid_for(FLOAT_RECORD))) in str(err.value)
+    assert not list((tmp_path / "o").glob("*/records"))
+    res = export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
+    assert res.directory is not None
+    lines = (res.directory / "records/app.bsky.feed.like.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["uri"].rsplit("/", 1)[1] for x in lines] == [
+        f"3k{i:08d}" for i in range(MANY) if i != BAD_AT]
+    (w,) = res.warnings
+    assert w.uri == f"at://{DID}/app.bsky.feed.like/3k{BAD_AT:08d}"
+
+
+def test_the_first_error_in_key_order_is_the_one_reported(tmp_path: Path) -> None:
+    """The walk meets a missing post while the bad like before it is still waiting to be
+    checked: the like's error is reported, as a reader going key by key reports it; with
+    keep, the like is left out and the missing post stops the export."""
+    car = _many_likes_car(tmp_path, FLOAT_RECORD, missing_post=True)
+    with pytest.raises(ArchiveError, match="float") as err:
+        export(car, tmp_path / "o", format="jsonl", collections="all")
+    assert f"app.bsky.feed.like/3k{BAD_AT:08d}" in str(err.value)
+    with pytest.raises(ArchiveError, match="is missing") as err:
+        export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
+    assert "app.bsky.feed.post/3kzzzzzzzzzz2" in str(err.value)
+
+
+def test_a_records_write_failure_on_the_encoding_thread(tmp_path: Path) -> None:
+    """Writing records/app.bsky.feed.like.jsonl fails on the encoding thread (a real
+    RLIMIT_FSIZE of 1 MiB; the file would be about 2.5 MB): one line, exit status 1,
+    nothing published."""
+    car = _many_likes_car(tmp_path, None)
+    out = tmp_path / "out"
+    proc = run("export", car, "-o", out, "--format", "jsonl", "--collections", "all",
+               preexec_fn=child_setup(fsize=1 << 20))
+    assert_failed(proc, 1, "file size limit", "records")
+    assert not list(out.glob("*/records")) and not list(out.glob("*/manifest.json"))
 
 
 # --- verify --------------------------------------------------------------------------------
