@@ -142,12 +142,44 @@ cdef int rc_cell(OutBuf* b, OutBuf* tmp, const unsigned char* s, Py_ssize_t i,
     return ob_csv_field(b, <const unsigned char*>tmp.data, tmp.len)
 
 
+cdef Py_ssize_t read_at(int fd, void* p, Py_ssize_t n, int64_t off) noexcept nogil:
+    """pread_full without the GIL and without raising: bytes read, -1 on an error."""
+    cdef char* c = <char*>p
+    cdef Py_ssize_t done = 0
+    cdef ssize_t got
+    while done < n:
+        got = pread(fd, c + done, n - done, off + done)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+cdef bint is_sha256_cid(const unsigned char* cid, Py_ssize_t cn) noexcept nogil:
+    """sha256_cid (index.pxi), without the GIL."""
+    cdef Py_ssize_t i
+    cdef uint64_t v, code, dlen
+    if cn > 80 or cid_len(cid, cn) != cn:
+        return False
+    if cn == 34 and cid[0] == 0x12:
+        return True
+    i = uvarint(cid, cn, &v)
+    i += uvarint(cid + i, cn - i, &v)
+    i += uvarint(cid + i, cn - i, &code)
+    i += uvarint(cid + i, cn - i, &dlen)
+    return code == 0x12 and dlen == 32 and i + 32 == cn
+
+
 cdef packed struct Staged:
     # a record staged for the encoding thread, followed by its key, CID and data
     int32_t kn            # key bytes
     int32_t slash         # the offset of the key's `/`
     int32_t cn            # CID bytes
-    int32_t dn            # data bytes
+    int32_t dn            # data bytes; -1: none, the encoding side reads the block
 
 
 cdef enum:
@@ -212,6 +244,17 @@ cdef class RecordTap:
     cdef OutBuf out
     cdef OutBuf tmp
     cdef readonly int64_t records
+    # reading blocks on the encoding side (read_block)
+    cdef CarWalker walker       # the walk feeding the tap: its CAR and block index
+    cdef int carfd, ixfd, ixbits
+    cdef const int64_t* ixdir
+    cdef unsigned char* fbuf    # the block read (CID, then data)
+    cdef Py_ssize_t fcap
+    cdef int64_t spent          # bytes read so far, counted as the walk's budget counts
+    cdef int64_t nread          # ... in this many block reads
+    cdef int64_t limit          # what the walk's budget allowed when the batch began
+    cdef int working            # the batch the thread was given
+    cdef Py_ssize_t resume      # -1, or where the thread left that batch to the walker
 
     def __cinit__(self):
         ob_init(&self.out, 1 << 16)
@@ -220,6 +263,8 @@ cdef class RecordTap:
         ob_init(&self.staged[1], 1 << 16)
         self.names = NULL
         self.depth = NULL
+        self.fbuf = NULL
+        self.fcap = 0
 
     def __dealloc__(self):
         ob_free(&self.out)
@@ -228,6 +273,7 @@ cdef class RecordTap:
         ob_free(&self.staged[1])
         PyMem_RawFree(self.names)
         PyMem_RawFree(self.depth)
+        PyMem_RawFree(self.fbuf)
 
     def __init__(self, str did, str fmt, wanted, bint keep_bad, dict columns not None,
                  on_chunk, Py_ssize_t max_bytes=1 << 20, on_batch=None):
@@ -252,6 +298,22 @@ cdef class RecordTap:
         self.busy = self.failed = False
         self.error = None
         self.in_coll = self.pending = self.records = 0
+        self.walker = None
+        self.spent = self.nread = self.limit = 0
+        self.working = 0
+        self.resume = -1
+
+    cdef int attach(self, CarWalker walker) except -1:
+        """The walk that feeds the tap (CarWalker.set_tap): records it does not read are
+        read here, from its CAR through its block index."""
+        if self.busy:
+            raise RuntimeError("the tap is in use")
+        self.walker = walker
+        self.carfd = walker.fd
+        self.ixfd = walker.ix.fd
+        self.ixbits = walker.ix.bits
+        self.ixdir = walker.ix.dir
+        return 0
 
     cdef bint wants(self, bytes key, Py_ssize_t slash):
         """Is key's collection wanted (slash: the offset of its `/`)?"""
@@ -280,7 +342,8 @@ cdef class RecordTap:
         ob_write(a, <const char*>&h, sizeof(Staged))
         ob_write(a, PyBytes_AS_STRING(key), h.kn)
         ob_write(a, PyBytes_AS_STRING(cid), h.cn)
-        ob_write(a, <const char*>s, dn)
+        if dn > 0:
+            ob_write(a, <const char*>s, dn)
         if a.len >= TAP_BATCH:
             self.hand_over()
         return 0
@@ -292,13 +355,39 @@ cdef class RecordTap:
             self.busy = False
         return 0
 
+    cdef int merge(self) except -1:
+        """Count the blocks read on the encoding side in the walk's budget (the walk
+        refuses a tree that reads more than its budget, whichever side read it)."""
+        cdef CarWalker w = self.walker
+        if w is None or not self.nread:
+            return 0
+        w.budget -= self.spent
+        w.blocks_read += self.nread
+        self.spent = self.nread = 0
+        if w.budget < 0:
+            raise CarFormatError(f"records: the MST has read {w.blocks_read} blocks, more "
+                                 "than 8 times the file's size in all: it reuses a subtree "
+                                 "or a record many times (an honest repository reads each "
+                                 "block about once); refused")
+        return 0
+
     cdef int wait(self) except -1:
-        """Wait for the batch being encoded; raise its error."""
+        """Wait for the batch being encoded; raise its error; encode here what the thread
+        left to the walking thread (a block it could not read and check alone)."""
+        cdef Py_ssize_t p
         self.join()
         if self.error is not None:
             exc, self.error = self.error, None
             self.failed = True
             raise exc
+        try:
+            self.merge()
+            if self.resume >= 0:
+                p, self.resume = self.resume, -1
+                self.encode_all(&self.staged[self.working], p, True)
+        except BaseException:
+            self.failed = True
+            raise
         return 0
 
     cdef int hand_over(self) except -1:
@@ -309,6 +398,9 @@ cdef class RecordTap:
             return 0
         self.cur = 1 - which
         self.staged[self.cur].len = 0
+        self.working = which
+        self.resume = -1
+        self.limit = self.walker.budget if self.walker is not None else 0
         self.done.clear()
         self.busy = True
         try:
@@ -323,7 +415,7 @@ cdef class RecordTap:
 
     def _run(self, int which):
         try:
-            self.encode_all(&self.staged[which])
+            self.encode_all(&self.staged[which], 0, False)
         except BaseException as exc:  # raised on the walking thread by wait()
             self.error = exc
         finally:
@@ -336,7 +428,8 @@ cdef class RecordTap:
             return
         try:
             self.wait()
-            self.encode_all(&self.staged[self.cur])
+            self.encode_all(&self.staged[self.cur], 0, True)
+            self.merge()
         except BaseException:
             self.failed = True
             raise
@@ -347,7 +440,8 @@ cdef class RecordTap:
             raise CarFormatError("the records were not all written (an earlier error)")
         try:
             self.wait()
-            self.encode_all(&self.staged[self.cur])
+            self.encode_all(&self.staged[self.cur], 0, True)
+            self.merge()
             self.flush()
         except BaseException:
             self.failed = True
@@ -361,16 +455,18 @@ cdef class RecordTap:
 
     # --- the encoding side ----------------------------------------------------------
 
-    cdef int encode_all(self, OutBuf* a) except -1:
-        """Validate and encode the records staged in `a`, without the GIL but for
-        callbacks and errors; `a` is emptied."""
-        cdef Py_ssize_t p = 0
+    cdef int encode_all(self, OutBuf* a, Py_ssize_t p, bint on_main) except -1:
+        """Validate and encode the records staged in `a` from offset p, without the GIL
+        but for callbacks and errors; `a` is emptied.  On the encoding thread (not
+        `on_main`), a block it cannot read and check alone (missing, damaged, a copy of
+        several, past the budget: rare) ends the batch there (`resume`); the walking
+        thread reads it as the walk reads every block, errors and all."""
         cdef Staged h
         cdef const unsigned char* x
         while True:
             try:
                 with nogil:
-                    self.encode_from(a, &p)
+                    self.encode_from(a, &p, on_main)
                 break
             except CarFormatError as exc:
                 if not self.checking:
@@ -386,38 +482,115 @@ cdef class RecordTap:
                 self.bad_total += 1
                 if len(self.bad) < 1000:
                     self.bad.append((key, cid, str(exc)))
-                p += sizeof(Staged) + h.kn + h.cn + h.dn
-        a.len = 0
+                p += sizeof(Staged) + h.kn + h.cn + (h.dn if h.dn > 0 else 0)
+        if self.resume < 0:
+            a.len = 0
         return 0
 
-    cdef int encode_from(self, OutBuf* a, Py_ssize_t* pp) except -1 nogil:
-        """Records of `a` from pp[0] on: validated and encoded, pp[0] after each; a
-        record's validation error is raised with `checking` set (encode_all)."""
+    cdef int encode_from(self, OutBuf* a, Py_ssize_t* pp, bint on_main) except -1 nogil:
+        """Records of `a` from pp[0] on: read (when staged without data), validated and
+        encoded, pp[0] after each; a record's validation error is raised with `checking`
+        set (encode_all)."""
         cdef Staged h
         cdef const unsigned char* x
         cdef const unsigned char* s
+        cdef Py_ssize_t dn
         while pp[0] < a.len:
             memcpy(&h, a.data + pp[0], sizeof(Staged))
             x = <const unsigned char*>a.data + pp[0] + sizeof(Staged)
             s = x + h.kn + h.cn
+            dn = h.dn
             if self.ccoll_n != h.slash or memcmp(x, self.ccoll, h.slash) != 0:
                 with gil:
                     self.switch(PyBytes_FromStringAndSize(<const char*>x, h.slash))
+            if dn < 0:
+                dn = self.read_block(x + h.kn, h.cn)
+                if dn < 0:
+                    if not on_main:
+                        self.resume = pp[0]
+                        return 0
+                    with gil:
+                        dn = self.read_on_main(x, h.kn, x + h.kn, h.cn)
+                s = self.fbuf + h.cn
             self.checking = True
-            if h.dn > MAX_RECORD:
+            if dn > MAX_RECORD:
                 with gil:
-                    raise CarFormatError(f"is {h.dn} bytes; atproto records are at most "
+                    raise CarFormatError(f"is {dn} bytes; atproto records are at most "
                                          f"{MAX_RECORD >> 20} MiB")
-            if cb_skip(s, 0, h.dn, 0) != h.dn:
+            if cb_skip(s, 0, dn, 0) != dn:
                 with gil:
                     raise CarFormatError("has bytes after its value")
             if s[0] >> 5 != 5:
                 with gil:
                     raise CarFormatError("is not a map (a record is one)")
             self.checking = False
-            self.add(x, h.kn, x + h.kn, h.cn, s, h.dn)
-            pp[0] += sizeof(Staged) + h.kn + h.cn + h.dn
+            self.add(x, h.kn, x + h.kn, h.cn, s, dn)
+            pp[0] += sizeof(Staged) + h.kn + h.cn + (h.dn if h.dn > 0 else 0)
         return 0
+
+    cdef Py_ssize_t read_block(self, const unsigned char* cid, Py_ssize_t cn) noexcept nogil:
+        """Block `cid` read into fbuf and checked against its CID, without the GIL,
+        through the block index of the walk (only reading it: the verdicts the walk keeps
+        there are its own): the length of its data, or -1 when it is not found here, no
+        copy matches its CID, the index is crowded there, or the budget is spent -- the
+        walking thread's fetch then decides, as for any block."""
+        cdef uint64_t key, b
+        cdef int64_t lo, hi, j, m
+        cdef IxEntry win[IX_WINDOW]
+        cdef Py_ssize_t n
+        cdef int tries = 0
+        cdef unsigned char* grown
+        cdef unsigned char digest[32]
+        cdef sx_sha256 sh
+        if self.walker is None or not is_sha256_cid(cid, cn):
+            return -1
+        key = <uint64_t>cid_key(cid, cn)
+        b = key >> (64 - self.ixbits)
+        lo = self.ixdir[b]
+        hi = self.ixdir[b + 1]
+        m = hi - lo
+        if m <= 0 or m > IX_WINDOW:
+            return -1
+        if read_at(self.ixfd, win, m * <Py_ssize_t>sizeof(IxEntry),
+                   lo * <int64_t>sizeof(IxEntry)) != m * <Py_ssize_t>sizeof(IxEntry):
+            return -1
+        j = 0
+        while j < m and win[j].key < key:
+            j += 1
+        while j < m and win[j].key == key and tries < 8:
+            tries += 1
+            n = <Py_ssize_t>(win[j].n & IX_LEN)
+            if n >= cn and n <= MAX_BLOCK + 128:
+                if self.spent + n + FETCH_COST > self.limit:
+                    return -1
+                if n > self.fcap:
+                    grown = <unsigned char*>PyMem_RawRealloc(self.fbuf, n)
+                    if grown == NULL:
+                        return -1
+                    self.fbuf, self.fcap = grown, n
+                if read_at(self.carfd, self.fbuf, n, win[j].off) != n:
+                    return -1
+                self.spent += n + FETCH_COST
+                self.nread += 1
+                if memcmp(self.fbuf, cid, cn) == 0:
+                    sx_sha256_init(&sh)
+                    sx_sha256_update(&sh, self.fbuf + cn, <size_t>(n - cn))
+                    sx_sha256_final(&sh, digest)
+                    if memcmp(digest, cid + cn - 32, 32) == 0:
+                        return n - cn
+            j += 1
+        return -1
+
+    cdef Py_ssize_t read_on_main(self, const unsigned char* key, Py_ssize_t kn,
+                                 const unsigned char* cid, Py_ssize_t cn) except -1:
+        """The walk's own fetch of a record's block into fbuf, on the walking thread (the
+        encoding thread is idle): its errors are the walk's."""
+        cdef int64_t where = 0
+        if self.walker is None:
+            raise CarFormatError("a record was staged without its block (an internal error)")
+        return self.walker.fetch_into(cid, cn,
+                                      PyBytes_FromStringAndSize(<const char*>key, kn), None,
+                                      &self.fbuf, &self.fcap, &where)
 
     cdef int switch(self, bytes coll) except -1:
         """The records of a new collection start: the last one's are written, and a new
@@ -528,8 +701,8 @@ cdef class RecordTap:
 
 cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
     """The walk passed `key` (record CID in w.value): stage its record for the walker's
-    tap if its collection is wanted, reading it first unless `fetched` (a post, read by
-    next_post into w.buf, w.dn bytes)."""
+    tap if its collection is wanted: with its data if `fetched` (a post, read by next_post
+    into w.buf, w.dn bytes), else to be read on the encoding side."""
     cdef RecordTap tap = <RecordTap>w.tap
     cdef Py_ssize_t slash = key.find(b"/"), cn, dn
     if not tap.wants(key, slash):
@@ -537,10 +710,9 @@ cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
     cid = w.value
     cn = PyBytes_GET_SIZE(cid)
     if fetched:
-        dn = w.dn
-    else:
-        dn = w.fetch(<const unsigned char*>PyBytes_AS_STRING(cid), cn, key, None)
-    tap.stage(key, slash, cid, w.buf + cn, dn)
+        tap.stage(key, slash, cid, w.buf + cn, w.dn)
+    else:   # read on the encoding side
+        tap.stage(key, slash, cid, NULL, -1)
     return 0
 
 

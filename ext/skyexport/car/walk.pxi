@@ -169,6 +169,7 @@ cdef class CarWalker:
         (next_post: the posts rows and the records files read the CAR once)."""
         if not isinstance(tap, RecordTap):
             raise TypeError("a RecordTap")
+        (<RecordTap>tap).attach(self)
         self.tap = tap
 
     cdef str what(self, bytes key, bytes prev):
@@ -183,6 +184,12 @@ cdef class CarWalker:
                           bytes prev) except -1:
         """Reads block `cid` (the record of `key`, or the MST node after key `prev`) into
         self.buf and checks it: returns the length of its data (at self.buf + cn)."""
+        return self.fetch_into(cid, cn, key, prev, &self.buf, &self.cap, &self.fetched_at)
+
+    cdef Py_ssize_t fetch_into(self, const unsigned char* cid, Py_ssize_t cn, bytes key,
+                               bytes prev, unsigned char** buf, Py_ssize_t* cap,
+                               int64_t* where) except -1:
+        """fetch(), into buf[0] (grown as needed), where the block starts in where[0]."""
         cdef Py_ssize_t r
         cdef uint64_t v, code = 0
         cdef Py_ssize_t i
@@ -196,8 +203,7 @@ cdef class CarWalker:
             uvarint(cid + i, cn - i, &code)
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
                                  f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
-                            &self.fetched_at)
+        r = self.ix.resolve(self.fd, cid, cn, buf, cap, self.sha256, where)
         if r == -2:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
                                  "not match its CID (the file is damaged); download the "
