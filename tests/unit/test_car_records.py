@@ -14,6 +14,8 @@ import pytest
 from skyexport import export, verify
 from skyexport.errors import ArchiveError, OptionError
 from skyexport.sources.car.info import car_info
+from skyexport.sources.car.records import RecordsWriter
+from skyexport.sources.car.repo import CarRepo
 from skyexport.testing.carwrite import cid_for, dag_cbor, synth_car, write_car
 
 from helpers.cli import assert_failed, child_setup, run
@@ -410,17 +412,27 @@ def test_likes_are_cid_checked_when_read(tmp_path: Path) -> None:
 
 # --- records encoded on a second thread, batch after batch ---------------------------------
 
-MANY = 12_000      # likes: about 3 MiB staged, so the walk hands over several batches
-BAD_AT = 9_000     # in the third batch
+MANY = 12_000      # likes: the walk hands the encoding thread batches of 4,096 records
+BAD_AT = 6_000     # in the second batch
 
 
-def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = False) -> Path:
-    """MANY likes in one MST node, the one at BAD_AT with block `bad` (if given), and, with
-    `missing_post`, a post after them whose block is not in the CAR."""
+def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = False,
+                    at_bad: str = "block") -> Path:
+    """MANY likes in one MST node, the one at BAD_AT with block `bad` (if given; with
+    `at_bad` "damaged": `bad` under the CID of the like it replaces, "missing": no block),
+    and, with `missing_post`, a post after them whose block is not in the CAR."""
     c = Car()
     entries: list[tuple[str, Any, Any]] = []
     for i in range(MANY):
-        cid = c.add(bad if bad is not None and i == BAD_AT else _like(i))
+        if bad is not None and i == BAD_AT:
+            if at_bad == "block":
+                cid = c.add(bad)
+            else:
+                cid = cid_for(dag_cbor(_like(i)))
+                if at_bad == "damaged":
+                    c.add_raw(cid, bad)
+        else:
+            cid = c.add(_like(i))
         entries.append((f"app.bsky.feed.like/3k{i:08d}", cid, None))
     if missing_post:
         absent = cid_for(dag_cbor({"$type": "app.bsky.feed.post", "text": "absent",
@@ -446,6 +458,13 @@ def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> 
                  for o in (dict(json.loads(x, object_pairs_hook=_hook)) for x in lines)]
     assert ours == reference(car)
     assert len(ours) == 3000 + 6000 + 600
+    with CarRepo(car, tmp_path) as repo:    # the batches did go to the encoding thread
+        (tmp_path / "direct").mkdir()
+        w = RecordsWriter(tmp_path / "direct", repo.did, "jsonl", None)
+        repo.tap = w.tap
+        assert sum(1 for _ in repo.post_rows("2024-01-01 00:00:00")) == 3000
+        assert w.tap.batches >= 2 and w.tap.records == len(ours)
+        w.finish()
     for fmt in ("json", "csv"):
         other = export(car, tmp_path / fmt, format=fmt, collections="all").directory
         assert other is not None
@@ -484,6 +503,43 @@ def test_the_first_error_in_key_order_is_the_one_reported(tmp_path: Path) -> Non
     with pytest.raises(ArchiveError, match="is missing") as err:
         export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
     assert "app.bsky.feed.post/3kzzzzzzzzzz2" in str(err.value)
+
+
+@pytest.mark.parametrize("at_bad,what", [("damaged", "does not match its CID"),
+                                         ("missing", "is missing")])
+def test_a_like_read_on_the_encoding_thread_is_checked(tmp_path: Path, at_bad: str,
+                                                       what: str) -> None:
+    """A like far into the walk whose block is damaged or missing (read on the encoding
+    thread, which leaves it to the walk's own reading) stops the export with the walk's
+    one line naming it, with either policy (the file is damaged)."""
+    car = _many_likes_car(tmp_path, b"\xa0", at_bad=at_bad)
+    for policy in ("error", "keep"):
+        with pytest.raises(ArchiveError, match=what) as err:
+            export(car, tmp_path / policy, format="jsonl", collections="all",
+                   on_bad_value=policy)  # type: ignore[arg-type]
+        assert f"app.bsky.feed.like/3k{BAD_AT:08d}" in str(err.value)
+        assert str(cid_from(cid_for(dag_cbor(_like(BAD_AT))))) in str(err.value)
+
+
+def test_likes_with_several_copies_read_on_the_encoding_thread(tmp_path: Path) -> None:
+    """Blocks stored twice, and a like whose first copy is damaged and second good: each
+    like is exported once, from a copy that matches its CID."""
+    c = Car()
+    entries: list[tuple[str, Any, Any]] = []
+    for i in range(MANY):
+        data = dag_cbor(_like(i))
+        cid = cid_for(data)
+        if i == BAD_AT:
+            c.add_raw(cid, dag_cbor(_like(-1)))   # a damaged copy first
+        c.add_raw(cid, data)
+        if i % 50 == 0:
+            c.add_raw(cid, data)
+        entries.append((f"app.bsky.feed.like/3k{i:08d}", cid, None))
+    car = write(tmp_path / "dups.car", c.finish(c.node(entries, compress=True), did=DID))
+    d = export(car, tmp_path / "o", format="jsonl", collections="all").directory
+    assert d is not None
+    lines = (d / "records/app.bsky.feed.like.jsonl").read_bytes().splitlines()
+    assert [json.loads(x)["value"] for x in lines] == [_like(i) for i in range(MANY)]
 
 
 def test_a_records_write_failure_on_the_encoding_thread(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ cdef packed struct Staged:
 
 
 cdef enum:
-    TAP_BATCH = 1 << 20   # staged bytes handed to the encoding thread at once
+    TAP_BATCH = 1 << 20   # staged bytes handed to the encoding thread at once, at most
+    TAP_RECORDS = 4096    # ... and records
 
 
 cdef class RecordTap:
@@ -194,9 +195,11 @@ cdef class RecordTap:
     that is not valid data raises CarFormatError naming its CID and key, or, with
     `keep_bad`, is left out and listed in `bad` as (key, CID, what is wrong).
 
-    The walk stages the records it reads (about TAP_BATCH bytes at a time); a second
-    thread validates and encodes each batch without the GIL while the walk reads the
-    next, so the two cores share the work.  Batches are encoded one at a time in key
+    The walk stages the records it passes (posts with their data, which it read; others
+    by key and CID), and hands them over TAP_RECORDS or about TAP_BATCH bytes at a time
+    to a second thread, which reads the others' blocks (read_block), validates and
+    encodes each batch without the GIL while the walk goes on, so the two cores share
+    the work.  Batches are encoded one at a time in key
     order, and an error is raised on the walking thread: the next batch handed over,
     finish(), or, when the walk itself fails, settle() (the records before the walk's
     error are checked first, so the first error in key order is the one raised, as if
@@ -224,6 +227,8 @@ cdef class RecordTap:
     cdef bytes mcoll            # the collection last found wanted (wants())
     cdef OutBuf staged[2]       # records staged: one being filled, one being encoded
     cdef int cur                # the one being filled
+    cdef Py_ssize_t nstaged     # records in it
+    cdef readonly int64_t batches   # batches handed to the encoding thread so far
     cdef object done            # a threading.Event: the encoding thread has finished
     cdef bint busy              # a batch is being encoded
     cdef object error           # what stopped the encoding thread
@@ -294,6 +299,8 @@ cdef class RecordTap:
         self.ccoll_n = -1
         self.paths = None
         self.cur = 0
+        self.nstaged = 0
+        self.batches = 0
         self.done = threading.Event()
         self.busy = self.failed = False
         self.error = None
@@ -344,7 +351,8 @@ cdef class RecordTap:
         ob_write(a, PyBytes_AS_STRING(cid), h.cn)
         if dn > 0:
             ob_write(a, <const char*>s, dn)
-        if a.len >= TAP_BATCH:
+        self.nstaged += 1
+        if a.len >= TAP_BATCH or self.nstaged >= TAP_RECORDS:
             self.hand_over()
         return 0
 
@@ -398,6 +406,8 @@ cdef class RecordTap:
             return 0
         self.cur = 1 - which
         self.staged[self.cur].len = 0
+        self.nstaged = 0
+        self.batches += 1
         self.working = which
         self.resume = -1
         self.limit = self.walker.budget if self.walker is not None else 0
