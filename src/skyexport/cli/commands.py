@@ -531,7 +531,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from ..sources.car.repo import is_car
 
     env = _archive_env()
-    car = _backup_car(args.archive)[0]
+    car = _backup_car(args.archive, "")[0]   # its repo.car: blobs/ is not looked at
     if is_car(car):
         cinfo = car_info(car)
         if args.json:
@@ -570,9 +570,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..sources.car.importer import import_car
 
     try:
-        car, blobs = _backup_car(args.car)
-        if args.blobs is not None:
-            blobs = args.blobs
+        car, blobs = _backup_car(args.car, args.blobs)
         on_blocks = _import_progress(args.progress, car)
         try:
             r = import_car(car, args.archive, merge=args.merge, on_blocks=on_blocks,
@@ -596,15 +594,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _backup_car(path: str) -> tuple[str, str | None]:
+def _backup_car(path: str, blobs: str | None = None) -> tuple[str, str | None]:
     """A backup directory of `skyexport fetch` read as its repo.car and its blobs/ (None
-    if it has none); any other path as itself, without blobs."""
-    from ..sources.backup import is_backup, open_backup
+    if it has none, or `blobs` is given: that one instead; a blobs/ that is not a
+    directory is refused); any other path as itself, with `blobs`."""
+    from ..errors import ArchiveError
+    from ..sources.backup import backup_parts, is_backup
 
     if not is_backup(path):
-        return path, None
-    car, blobs = open_backup(path)
-    return str(car), str(blobs) if blobs is not None else None
+        return path, blobs
+    parts = backup_parts(path)
+    if blobs is None and parts.problem is not None:
+        raise ArchiveError(parts.problem)
+    if blobs is None and parts.blobs is not None:
+        blobs = str(parts.blobs)
+    return str(parts.car), blobs
 
 
 def _import_progress(mode: str, car: str) -> Any:

@@ -52,7 +52,9 @@ def add_parser(sub: Any) -> None:
     f.add_argument("who", metavar="HANDLE|DID", help="the account: alice.bsky.social or a DID")
     f.add_argument("--output", "-o", default="backups", metavar="DIR",
                    help="where backups go (default: ./backups); this one in DIR/<did>/")
-    f.add_argument("--pds", metavar="URL", help="the account's PDS (skips resolving it)")
+    f.add_argument("--pds", metavar="URL",
+                   help="the account's PDS, instead of the one its DID document names (a "
+                        "handle is still checked against that document)")
     f.add_argument("--no-blobs", action="store_true", help="only the repository")
     f.add_argument("--jobs", "-j", type=_jobs, default=4, metavar="N",
                    help="blobs downloaded at once (default 4)")
@@ -151,9 +153,11 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     who = f"{r.handle} ({r.did})" if r.handle else r.did
     out.write(f"account: {who}\n")
+    if args.verbose or r.pds_from == "--pds":
+        given = r.pds_from == "--pds"
+        out.write(f"pds: {r.pds} (from {'--pds' if given else 'the DID document'})\n")
     if args.verbose:
-        out.write(f"pds: {r.pds}\nrev: {r.rev or '-'}\ntime: {r.elapsed_s:.2f} s, "
-                  f"{r.retries} retries\n")
+        out.write(f"rev: {r.rev or '-'}\ntime: {r.elapsed_s:.2f} s, {r.retries} retries\n")
     if r.repo_changed:
         out.write(f"repo.car: {r.repo_bytes:,} bytes, {r.records:,} records (+{r.records_added}"
                   f" -{r.records_removed} ~{r.records_changed}), sha256 {r.repo_sha256}\n")
