@@ -38,7 +38,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO_TOKEN = "test-token"
+
+needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None
+                                   and not os.path.exists("/usr/sbin/dnsmasq"),
+                                   reason="dnsmasq is not installed (.ci/run installs it)")
 
 
 def blob_cid(data: bytes) -> str:

@@ -35,6 +35,7 @@ from helpers.netparts import (
     fill_account,
     image_post,
     make_ca,
+    needs_dnsmasq,
     xrpc_server,
 )
 from helpers.netparts import did_doc as _did_doc
@@ -48,9 +49,7 @@ DID2 = "did:plc:" + "b" * 24
 DID_A = "did:plc:" + "e" * 24  # alice.test on arroba, with images
 HANDLE = "alice.test"
 
-pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None
-                                and not os.path.exists("/usr/sbin/dnsmasq"),
-                                reason="dnsmasq is not installed (.ci/run installs it)")
+pytestmark = needs_dnsmasq
 
 
 # --- fixtures -------------------------------------------------------------------------

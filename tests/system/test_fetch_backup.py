@@ -29,6 +29,7 @@ from helpers.netparts import (
     Dnsmasq,
     did_doc,
     fill_account,
+    needs_dnsmasq,
     plc_directory,
     run_driver,
 )
@@ -38,9 +39,7 @@ DID_T = "did:plc:" + "t" * 24   # text.test: posts without any image
 DID_M = "did:plc:" + "h" * 24   # DNS names it for mallory.test, its document does not
 HANDLE = "gail.test"
 
-pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None
-                                and not os.path.exists("/usr/sbin/dnsmasq"),
-                                reason="dnsmasq is not installed (.ci/run installs it)")
+pytestmark = needs_dnsmasq
 
 
 @pytest.fixture(scope="module")

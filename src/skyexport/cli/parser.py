@@ -159,6 +159,14 @@ examples:
 """
 
 
+PROGRESS_HELP = "progress on stderr: a bar (default on a terminal), JSON lines, or nothing"
+
+
+def _add_progress(p: Any, help: str = PROGRESS_HELP, default: str | None = "auto") -> None:
+    p.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default=default,
+                   help=help)
+
+
 class _NoGettext:
     """argparse looks up a translation (gettext: the locale module, a search for .mo files)
     for each of its ~24 strings as the parser is built - more than a third of building
@@ -261,9 +269,7 @@ def _add_export(sub: Any) -> None:
     e.add_argument("--no-bom", dest="bom", action="store_false",
                    help="CSV only: leave out the byte-order mark that begins posts.csv "
                         "(there for Excel; other CSV readers take it for part of `URI`)")
-    e.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"),
-                   help="progress on stderr: a bar (default on a terminal), JSON lines, "
-                        "or nothing; given, it holds with --quiet too")
+    _add_progress(e, f"{PROGRESS_HELP}; given, it holds with --quiet too", default=None)
     talk = e.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true",
                       help="print only the export directory; no progress unless "
@@ -289,9 +295,8 @@ def _add_import(sub: Any) -> None:
     m.add_argument("--blobs", metavar="DIR",
                    help="fill the media table from the blob files in DIR (named by their "
                         "CID: DIR/<cid> or DIR/<cid>.<ext>), each checked against its CID")
-    m.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
-                   help="progress on stderr while the CAR is read: a line (default on a "
-                        "terminal), JSON lines, or nothing")
+    _add_progress(m, "progress on stderr while the CAR is read: a line (default on a "
+                     "terminal), JSON lines, or nothing")
 
 
 def _add_verify(sub: Any) -> None:
@@ -338,9 +343,7 @@ def _add_demo(sub: Any) -> None:
                    "demo in, kept (default: a temporary directory, removed at the end)")
     d.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (its path is the last line)")
-    d.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
-                   help="progress on stderr: a bar (default on a terminal), JSON lines, "
-                        "or nothing")
+    _add_progress(d)
 
 
 def _add_info(sub: Any) -> None:
@@ -375,9 +378,7 @@ def _add_fetch(sub: Any) -> None:
                    help="refuse a larger repository (default 16GB)")
     f.add_argument("--max-blob-size", type=parse_size, default="100MB", metavar="SIZE",
                    help="skip (and report) a larger blob (default 100MB)")
-    f.add_argument("--progress", choices=("auto", "bar", "jsonl", "none"), default="auto",
-                   help="progress on stderr: a bar (default on a terminal), JSON lines, "
-                        "or nothing")
+    _add_progress(f)
     talk = f.add_mutually_exclusive_group()
     talk.add_argument("--quiet", "-q", action="store_true",
                       help="print only the backup directory; no progress")
