@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+
 class BackupSource(CarSource):
     """A backup directory: a CarSource of its repo.car, its blobs/ the media files.
 
