@@ -121,8 +121,11 @@ def test_fetch_a_handle_then_export_its_media(pds: ArrobaPDS, backup: Path,
     assert m["media_count"] == 5 and m["post_count"] == 12
     assert m["checksums"]["media.sha256"]["sha256"] == hashlib.sha256(
         sums.encode()).hexdigest()
+    assert m["files"] == ["posts.json", "media/ (5 files)"] and m["media_rows"] == 5
     assert m["warnings_total"] == 0
-    assert m["source_car"]["did"] == DID_G
+    fetched = json.loads((backup / "fetch.json").read_text())
+    assert (m["source_car"]["did"], m["source_car"]["sha256"]) == (
+        DID_G, fetched["repo"]["sha256"])
     ok = run("verify", exp)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: "), ok.stderr
     posts = json.loads((exp / "posts.json").read_text())
@@ -185,7 +188,7 @@ def test_pds_given_still_checks_the_handle(pds: ArrobaPDS, tmp_path: Path) -> No
                            r"--pds too, a handle is checked against its DID's document; "
                            r"pass the DID instead of the handle to skip it"):
             skyexport.fetch("eve.test", tmp_path / "api", pds=pds.url)
-        # the DID itself with --pds: no document asked for
+        # the DID itself with --pds: no document asked for (the directory is down now)
         r = skyexport.fetch(DID_M, tmp_path / "api", pds=pds.url, blobs=False)
         assert (r.did, r.handle, r.pds, r.pds_from) == (DID_M, None, pds.url, "--pds")
     finally:
