@@ -257,13 +257,13 @@ def test_a_backup_fetched_without_blobs_is_refused_with_media(
     exports = tmp_path / "exports"
     line = one_line_failure(run("export", b, "--media", "-o", exports), quiet_stdout=True)
     assert line == (f"skyexport: error: {b}: 5 post(s) reference blobs, but the backup "
-                    f"holds none (blobs/ is empty: fetched with --no-blobs?); run `skyexport "
+                    f"holds none (blobs/ is empty: fetched with --no-blobs); run `skyexport "
                     f"fetch {DID_G} -o {b.parent}` without --no-blobs to download them, or "
                     "leave --media out")
     _nothing_published(exports)
     os.rmdir(b / "blobs")
     line = one_line_failure(run("export", b, "--media", "-o", exports), quiet_stdout=True)
-    assert "(no blobs/ directory: fetched with --no-blobs?)" in line
+    assert "(no blobs/ directory: fetched with --no-blobs);" in line, line
     _nothing_published(exports)
     r = run("export", b, "-o", exports, "-q")
     assert r.returncode == 0 and r.stderr == "", r.stderr
@@ -273,6 +273,40 @@ def test_a_backup_fetched_without_blobs_is_refused_with_media(
     r = run("export", _last_line(out), "--media", "-o", tmp_path / "texp")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert "media files: 0" in r.stdout.splitlines()
+
+
+def test_an_empty_blobs_is_refused_only_when_fetch_json_does_not_say_it_was_fetched(
+        backup: Path, tmp_path: Path) -> None:
+    """An empty blobs/ whose fetch.json says fetch did download blobs (the PDS served
+    none of them) exports with --media: each post's missing blob is a warning, nothing
+    refused.  The same empty blobs/ with no fetch.json (or one that is a symlink, or not
+    fetch's JSON) is refused, with a question, not a claim, about --no-blobs."""
+    b = _copy_backup(backup, tmp_path / "b")
+    (b / "blobs").mkdir()
+    r = run("export", b, "--media", "-o", tmp_path / "e1")
+    assert r.returncode == 0, r.stderr
+    assert "media files: 0" in r.stdout.splitlines()
+    lines = r.stdout.splitlines()
+    manifest = json.loads((Path(lines[-1]) / "manifest.json").read_text())
+    warned = manifest["warnings"]
+    assert f"warnings: {len(warned)} (listed in manifest.json)" in lines
+    per_post = [w for w in warned if str(w.get("uri", "")).startswith("at://")]
+    assert len(per_post) >= 1 and all(" is not in " in w["message"] for w in per_post), warned
+    for meta in ("absent", "symlink", "garbage"):
+        real = (b / "fetch.json").read_bytes()
+        (b / "fetch.json").unlink()
+        if meta == "symlink":
+            (tmp_path / "elsewhere.json").write_bytes(real)
+            (b / "fetch.json").symlink_to(tmp_path / "elsewhere.json")
+        elif meta == "garbage":
+            (b / "fetch.json").write_bytes(b"[not fetch's]")
+        line = one_line_failure(run("export", b, "--media", "-o", tmp_path / "e2"),
+                                quiet_stdout=True)
+        assert "(blobs/ is empty: fetched with --no-blobs?)" in line, (meta, line)
+        _nothing_published(tmp_path / "e2")
+        if (b / "fetch.json").is_symlink() or (b / "fetch.json").exists():
+            (b / "fetch.json").unlink()
+        (b / "fetch.json").write_bytes(real)
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "file"])

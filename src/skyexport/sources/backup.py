@@ -23,9 +23,11 @@ class BackupSource(CarSource):
 
     Its blobs/ is looked at only when the export wants it (`--media` without `--blobs`):
     then a blobs/ that is not a directory (a symlink, never followed; a FIFO; a file) is
-    refused, and so is a backup without blobs (no blobs/, or an empty one: fetched with
-    --no-blobs) when a post of the repository references a blob; a repository whose posts
-    reference none exports with an empty media/."""
+    refused, and so is a backup without blobs (no blobs/, or an empty one that fetch.json
+    does not say was fetched: `fetch --no-blobs` records `"blobs": null`) when a post of
+    the repository references a blob; a repository whose posts reference none exports with
+    an empty media/.  An empty blobs/ that fetch did fill (the PDS served none of them) is
+    exported like any other: each post's missing blob is a warning."""
 
     refuses = {k: v for k, v in CarSource.refuses.items() if k != "media"}
 
@@ -77,8 +79,10 @@ class BackupSource(CarSource):
         did = (self.source_car or {}).get("did") or "DID"
         where = f" -o {self.backup.parent}" if self.backup.name == did else ""
         why = ("no blobs/ directory" if self.parts.blobs is None else "blobs/ is empty")
+        how = ("fetched with --no-blobs" if self.parts.no_blobs else
+               "fetched with --no-blobs?")
         raise ArchiveError(f"{self.backup}: {n} post(s) reference blobs, but the backup "
-                           f"holds none ({why}: fetched with --no-blobs?); run `skyexport "
+                           f"holds none ({why}: {how}); run `skyexport "
                            f"fetch {did}{where}` without --no-blobs to download them, or "
                            "leave --media out")
 
@@ -87,13 +91,16 @@ class BackupParts:
     """A backup directory's `car` (its repo.car, checked) and `blobs`: the blobs/
     directory, or None when there is none; `problem`: the one line refusing a blobs/
     that is not a directory (None if it is one, or absent); `usable`: blobs/ is a
-    directory holding at least one entry."""
+    directory holding at least one entry, or an empty one that fetch.json says fetch filled
+    (the PDS served none of the blobs: each is then a missing-media warning); `no_blobs`:
+    fetch.json says the backup was fetched with --no-blobs."""
 
-    __slots__ = ("car", "blobs", "problem", "usable")
+    __slots__ = ("car", "blobs", "problem", "usable", "no_blobs")
 
     def __init__(self, car: Path, blobs: Path | None, problem: str | None,
-                 usable: bool) -> None:
+                 usable: bool, no_blobs: bool = False) -> None:
         self.car, self.blobs, self.problem, self.usable = car, blobs, problem, usable
+        self.no_blobs = no_blobs  # fetch.json says: fetched with --no-blobs
 
 
 def is_backup(path: str | os.PathLike[str]) -> bool:
@@ -115,7 +122,8 @@ def open_backup(path: str | os.PathLike[str]) -> tuple[Path, Path | None]:
 
 def backup_parts(path: str | os.PathLike[str]) -> BackupParts:
     """The parts of the backup directory `path`, each looked at with lstat (nothing
-    followed or opened but blobs/, listed when it is a directory).  Raises ArchiveError
+    followed or opened but blobs/, listed when it is a directory, and fetch.json, read
+    when blobs/ is empty or absent).  Raises ArchiveError
     (one line) when `path` is not a directory or its repo.car not a regular file."""
     p = Path(path)
     try:
@@ -137,7 +145,8 @@ def backup_parts(path: str | os.PathLike[str]) -> BackupParts:
     try:
         bst = os.lstat(blobs)
     except OSError:
-        return BackupParts(car, None, None, False)
+        return BackupParts(car, None, None, False,
+                           _fetch_json_blobs(p / "fetch.json") is False)
     if not stat.S_ISDIR(bst.st_mode):
         what = ("a symbolic link (never followed)" if stat.S_ISLNK(bst.st_mode) else
                 "a FIFO" if stat.S_ISFIFO(bst.st_mode) else
@@ -151,4 +160,40 @@ def backup_parts(path: str | os.PathLike[str]) -> BackupParts:
             usable = next(it, None) is not None
     except OSError as exc:
         raise ArchiveError(f"{blobs}: cannot list it ({exc.strerror})") from None
-    return BackupParts(car, blobs, None, usable)
+    fetched = _fetch_json_blobs(p / "fetch.json") if not usable else None
+    return BackupParts(car, blobs, None, usable or fetched is True, fetched is False)
+
+
+FETCH_JSON_MAX = 1 << 20  # fetch.json is a few KB; anything far larger is not fetch's
+
+
+def _fetch_json_blobs(path: Path) -> bool | None:
+    """What fetch.json says of the blobs: True if fetch downloaded them (`"blobs"` an
+    object), False if it was told not to (`"blobs": null`), None if it does not say (no
+    such regular file, unreadable, too large, not fetch's JSON).  Never follows a symlink
+    or opens anything but a regular file."""
+    import json
+
+    from .._platform import O_CLOEXEC, O_NONBLOCK, open_nofollow
+
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > FETCH_JSON_MAX:
+            return None
+        data = os.read(fd, FETCH_JSON_MAX + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        meta = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or "blobs" not in meta:
+        return None
+    blobs = meta["blobs"]
+    return True if isinstance(blobs, dict) else False if blobs is None else None
