@@ -6,6 +6,7 @@ atproto-JSON mode), CSV columns pinned byte for byte, strictness and verify."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -441,6 +442,11 @@ def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = F
     return write(tmp_path / "many.car", c.finish(c.node(entries, compress=True), did=DID))
 
 
+def _no_encoding_thread() -> bool:
+    """No records-encoding thread is left running (each export ends its own)."""
+    return not [t for t in threading.enumerate() if t.name == "skyexport-car-records"]
+
+
 def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> None:
     """A synthetic repository whose records fill several batches of the encoding thread:
     every record of every collection, in key order, equals atmst + cbrrr's decoding; the
@@ -458,6 +464,7 @@ def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> 
                  for o in (dict(json.loads(x, object_pairs_hook=_hook)) for x in lines)]
     assert ours == reference(car)
     assert len(ours) == 3000 + 6000 + 600
+    assert _no_encoding_thread()
     with CarRepo(car, tmp_path) as repo:    # the batches did go to the encoding thread
         (tmp_path / "direct").mkdir()
         w = RecordsWriter(tmp_path / "direct", repo.did, "jsonl", None)
@@ -483,6 +490,7 @@ def test_a_bad_record_in_a_later_batch_stops_or_is_kept_out(tmp_path: Path) -> N
     assert f"app.bsky.feed.like/3k{BAD_AT:08d}" in str(err.value)
     assert str(cid_from(cid_for(FLOAT_RECORD))) in str(err.value)
     assert not list((tmp_path / "o").glob("*/records"))
+    assert _no_encoding_thread()
     res = export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
     assert res.directory is not None
     lines = (res.directory / "records/app.bsky.feed.like.jsonl").read_bytes().splitlines()
@@ -503,6 +511,7 @@ def test_the_first_error_in_key_order_is_the_one_reported(tmp_path: Path) -> Non
     with pytest.raises(ArchiveError, match="is missing") as err:
         export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
     assert "app.bsky.feed.post/3kzzzzzzzzzz2" in str(err.value)
+    assert _no_encoding_thread()
 
 
 @pytest.mark.parametrize("at_bad,what", [("damaged", "does not match its CID"),

@@ -183,7 +183,7 @@ cdef packed struct Staged:
 
 
 cdef enum:
-    TAP_BATCH = 1 << 20   # staged bytes handed to the encoding thread at once, at most
+    TAP_BATCH = 1 << 19   # staged bytes handed to the encoding thread at once, at most
     TAP_RECORDS = 4096    # ... and records
 
 
@@ -197,13 +197,14 @@ cdef class RecordTap:
 
     The walk stages the records it passes (posts with their data, which it read; others
     by key and CID), and hands them over TAP_RECORDS or about TAP_BATCH bytes at a time
-    to a second thread, which reads the others' blocks (read_block), validates and
-    encodes each batch without the GIL while the walk goes on, so the two cores share
-    the work.  Batches are encoded one at a time in key
-    order, and an error is raised on the walking thread: the next batch handed over,
-    finish(), or, when the walk itself fails, settle() (the records before the walk's
-    error are checked first, so the first error in key order is the one raised, as if
-    one thread did everything).  close() waits for the thread (after a failure).
+    to a second thread (one for the walk, ended by finish(), settle() or close()), which
+    reads the others' blocks (read_block), validates and encodes each batch without the
+    GIL while the walk goes on, so the two cores share the work.  Batches are encoded
+    one at a time in key order, and an error is raised on the walking thread: the next
+    batch handed over, finish(), or, when the walk itself fails, settle() (the records
+    before the walk's error are checked first, so the first error in key order is the
+    one raised, as if one thread did everything).  close() ends the thread (after a
+    failure).
 
     Output goes to `on_chunk(collection, records, data)` (on the encoding thread), one
     collection at a time in key order (keys of a collection are contiguous in the MST),
@@ -229,7 +230,11 @@ cdef class RecordTap:
     cdef int cur                # the one being filled
     cdef Py_ssize_t nstaged     # records in it
     cdef readonly int64_t batches   # batches handed to the encoding thread so far
-    cdef object done            # a threading.Event: the encoding thread has finished
+    cdef object thread          # the encoding thread, once started (one for the walk)
+    cdef object go              # a threading.Event: a batch is ready, or `stopping`
+    cdef object done            # ... the batch is done
+    cdef object ended           # ... the thread has ended
+    cdef bint stopping
     cdef bint busy              # a batch is being encoded
     cdef object error           # what stopped the encoding thread
     cdef bint failed            # an error was raised: nothing more is encoded
@@ -301,8 +306,11 @@ cdef class RecordTap:
         self.cur = 0
         self.nstaged = 0
         self.batches = 0
+        self.thread = None
+        self.go = threading.Event()
         self.done = threading.Event()
-        self.busy = self.failed = False
+        self.ended = threading.Event()
+        self.busy = self.failed = self.stopping = False
         self.error = None
         self.in_coll = self.pending = self.records = 0
         self.walker = None
@@ -412,41 +420,61 @@ cdef class RecordTap:
         self.resume = -1
         self.limit = self.walker.budget if self.walker is not None else 0
         self.done.clear()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, daemon=True,
+                                           name="skyexport-car-records")
+            self.thread.start()
         self.busy = True
-        try:
-            threading.Thread(target=self._run, args=(which,), daemon=True,
-                             name="skyexport-car-records").start()
-        except BaseException:
-            self.busy = False
-            raise
+        self.go.set()
         if self.on_batch is not None:
             self.on_batch()
         return 0
 
-    def _run(self, int which):
+    def _run(self):
+        """The encoding thread: batch after batch (`working`), until `stopping`."""
         try:
-            self.encode_all(&self.staged[which], 0, False)
-        except BaseException as exc:  # raised on the walking thread by wait()
-            self.error = exc
+            while True:
+                self.go.wait()
+                self.go.clear()
+                if self.stopping:
+                    return
+                try:
+                    self.encode_all(&self.staged[self.working], 0, False)
+                except BaseException as exc:  # raised on the walking thread by wait()
+                    self.error = exc
+                finally:
+                    self.done.set()
         finally:
-            self.done.set()
+            self.ended.set()
+
+    cdef int stop(self) except -1:
+        """End the encoding thread (its batch done first), if it was started."""
+        self.join()
+        if self.thread is not None:
+            self.stopping = True
+            self.go.set()
+            self.ended.wait()   # not join(): see sources/car/repo.py's _Insert
+            self.thread = None
+        return 0
 
     def settle(self):
         """After the walk failed: check the records staged before its error (raising the
         first of their errors, which comes before the walk's in key order)."""
-        if self.failed:
-            return
         try:
-            self.wait()
-            self.encode_all(&self.staged[self.cur], 0, True)
-            self.merge()
+            if not self.failed:
+                self.wait()
+                self.encode_all(&self.staged[self.cur], 0, True)
+                self.merge()
         except BaseException:
             self.failed = True
             raise
+        finally:
+            self.stop()   # the walk is over
 
     def finish(self):
         """Encode and write what is staged and held (the last records)."""
         if self.failed:
+            self.stop()
             raise CarFormatError("the records were not all written (an earlier error)")
         try:
             self.wait()
@@ -456,12 +484,14 @@ cdef class RecordTap:
         except BaseException:
             self.failed = True
             raise
+        finally:
+            self.stop()   # the walk is over
 
     def close(self):
-        """Wait for the encoding thread, if one is running (after a failure; its error
-        is dropped: the walk's own error is the one reported)."""
-        self.join()
+        """End the encoding thread, if one is running (after a failure; its error is
+        dropped: the walk's own error is the one reported)."""
         self.failed = True
+        self.stop()
 
     # --- the encoding side ----------------------------------------------------------
 
