@@ -153,9 +153,9 @@ class _Conn:
 
     __slots__ = ("sock", "buf", "view", "pos", "end")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, size: int = BUF) -> None:
         self.sock = sock
-        self.buf = bytearray(BUF)
+        self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.pos = 0  # buf[pos:end]: received, not yet consumed
         self.end = 0
@@ -171,7 +171,9 @@ class _Conn:
         when there is no room after them); 0 at the end of the stream."""
         if self.pos == self.end:
             self.pos = self.end = 0
-        elif self.end == BUF:
+        elif self.end == len(self.buf):
+            if self.pos == 0:
+                raise _Transport(f"a header or line longer than the {self.end:,}-byte buffer")
             kept = bytes(self.view[self.pos:self.end])
             self.buf[:len(kept)] = kept
             self.pos, self.end = 0, len(kept)
@@ -217,7 +219,7 @@ class Response:
         while True:
             start = c.pos + scanned
             i = c.buf.find(b"\n\r\n", start, c.end)
-            j = c.buf.find(b"\n\n", start, c.end)
+            j = c.buf.find(b"\n\n", start, c.end if i < 0 else i + 1)
             if i >= 0 and (j < 0 or i < j):
                 stop, body = i + 1, i + 3
                 break
@@ -231,6 +233,8 @@ class Response:
                 if first and c.end == c.pos:
                     raise _Silent("the server closed the connection without answering")
                 raise _Transport("the connection closed in the response's header")
+        if stop - c.pos > HEAD_CAP:
+            raise _Transport(f"the response's header is longer than {HEAD_CAP:,} bytes")
         lines = bytes(c.view[c.pos:stop]).decode("latin-1").split("\n")
         c.pos = body
         status_line = lines[0].rstrip("\r")
@@ -354,6 +358,28 @@ class Response:
                 raise _Transport(f"a trailer longer than {HEAD_CAP:,} bytes")
         self._done = True
 
+    def buffered(self) -> memoryview:
+        """The body's bytes already received (a Content-Length body), without waiting
+        for more: a view of the buffer, consumed."""
+        c = self.conn
+        n = min(self._left, c.end - c.pos)
+        v = c.view[c.pos:c.pos + n]
+        c.pos += n
+        self._left -= n
+        if self._left == 0 and self._mode == _LENGTH:
+            self._done = True
+        return v
+
+    @property
+    def plain(self) -> bool:
+        """A body with a Content-Length, sent as it is (no transfer- or content-coding)."""
+        return self._mode == _LENGTH and not self.transfer and \
+            self.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+    @property
+    def left(self) -> int:
+        return self._left
+
     def read(self, limit: int) -> bytes:
         """At most `limit` bytes of the body (an error's, a redirect's)."""
         out = bytearray()
@@ -435,12 +461,6 @@ class Client:
             sock.close()
             raise
         return _Conn(sock)
-
-    def _keep(self, key: tuple[str, str, int], c: _Conn) -> None:
-        pool: dict[tuple[str, str, int], _Conn] = self._local.__dict__.setdefault("pool", {})
-        pool[key] = c
-        with self._lock:
-            self._all.append(c)
 
     def _drop(self, c: _Conn) -> None:
         c.close()
@@ -556,13 +576,17 @@ class Client:
 
     def get(self, url: str, params: dict[str, str] | None, what: str,
             write: Callable[[memoryview], object], restart: Callable[[], object],
-            cap: int, cap_hint: str = "", statuses: tuple[int, ...] = (200,)) -> int:
+            cap: int, cap_hint: str = "", statuses: tuple[int, ...] = (200,),
+            tried: int = 0, last: str = "") -> int:
         """GET `url` into `write` (handed views of one reused buffer), with the policy's
         retries (`restart` empties what a failed attempt wrote); the number of body
-        bytes.  Errors: FetchError (one line), AccountError, CapExceeded, Interrupted."""
+        bytes.  `tried`: attempts already made elsewhere (the blobs' multiplexed path;
+        `last` says how the last one failed).  Errors: FetchError (one line),
+        AccountError, CapExceeded, Interrupted."""
         p = self.policy
-        last = ""
-        attempt = 0
+        attempt = tried
+        if attempt >= p.attempts:
+            raise FetchError(f"{what}: failed {attempt} times (last: {last})")
         while True:
             if self.stop.is_set():
                 raise Interrupted
@@ -583,10 +607,30 @@ class Client:
                 raise FetchError(f"{what}: failed {attempt} times (last: {last})") from None
             with self._lock:
                 self.retries += 1
-            if wait is None:
-                wait = min(p.backoff_max_s, p.backoff_s * 2 ** (attempt - 1))
-                wait *= 0.5 + random.random() / 2
-            self._pause(wait)
+            self._pause(wait if wait is not None else self.backoff(attempt))
+
+    def backoff(self, attempt: int) -> float:
+        """The pause after failed attempt number `attempt` (1, 2...): doubled each time,
+        with jitter."""
+        p = self.policy
+        return float(min(p.backoff_max_s, p.backoff_s * 2 ** (attempt - 1))
+                     * (0.5 + random.random() / 2))
+
+    def request(self, url: str, what: str) -> bytes:
+        """The bytes of a GET of `url`."""
+        return _request(url, self._agent, what)[3]
+
+    def connection(self, url: str, what: str) -> tuple[_Conn, bytes]:
+        """A new connection for GET requests like `url` (TLS verified; the read timeout
+        set), and the request's bytes, for a caller that multiplexes connections itself
+        (it makes them non-blocking).  Errors: FetchError, _Transport, OSError."""
+        scheme, host, port, request = _request(url, self._agent, what)
+        try:
+            return self._connect(scheme, host, port), request
+        except ssl.SSLCertVerificationError as exc:
+            why = exc.verify_message or str(exc)
+            raise FetchError(f"{what}: the TLS certificate of {host} does not verify "
+                             f"(CERTIFICATE_VERIFY_FAILED: {why})") from None
 
     def _get_once(self, url: str, params: dict[str, str] | None, what: str,
                   write: Callable[[memoryview], object], restart: Callable[[], object],
