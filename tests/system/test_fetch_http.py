@@ -277,3 +277,38 @@ def test_blobs_from_a_server_that_closes_every_connection(car: bytes, tmp_path: 
             assert (tmp_path / SYNTH_DID / "blobs" / cid).read_bytes() == data
     finally:
         s.close()
+
+
+def test_a_blob_answer_that_stalls_times_out_and_is_asked_again(car: bytes,
+                                                               tmp_path: Path) -> None:
+    """The first answer for one blob stops half-way and the connection stays open: after
+    the read timeout that attempt fails (one retry), the blob is asked again and is
+    whole; the other blobs are fetched meanwhile on the other connection."""
+    rhttp._TEST["policy"].read_timeout_s = 0.5
+    release = threading.Event()
+    seen: list[str] = []
+
+    def get_blob(req: _Req, cid: str) -> None:
+        seen.append(cid)
+        data = BLOBS[CIDS.index(cid)] if cid in CIDS else None
+        if cid == CIDS[0] and seen.count(cid) == 1:
+            assert data is not None
+            req.send_response(200)
+            req.send_header("Content-Length", str(len(data)))
+            req.end_headers()
+            req.wfile.write(data[:1000])
+            req.wfile.flush()
+            release.wait(10)  # stalled, connection open
+            req.close_connection = True
+            return
+        _good(req, cid)
+    s = _pds(car, get_blob)
+    try:
+        r = skyexport.fetch(SYNTH_DID, tmp_path, pds=s.url, jobs=2)
+        assert r.blobs_downloaded == len(CIDS) and r.retries == 1
+        assert seen.count(CIDS[0]) == 2
+        for cid, data in zip(CIDS, BLOBS, strict=True):
+            assert (tmp_path / SYNTH_DID / "blobs" / cid).read_bytes() == data
+    finally:
+        release.set()
+        s.close()
