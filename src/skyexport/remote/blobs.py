@@ -5,7 +5,8 @@ A listed CID is untrusted: it becomes a file name only if it parses as a blob CI
 raw codec, SHA-256, base32: `bafkrei...`), which also gives the digest its bytes are
 checked against.  Each blob is streamed to a temporary file in the backup's hidden work
 directory, hashed as it arrives, and renamed to `blobs/<cid>` only if it matches; a
-download that fails or is interrupted leaves nothing in `blobs/`.
+download that fails or is interrupted leaves nothing in `blobs/`.  The downloads run on
+one thread that drives `--jobs` connections at once (_Multiplexer, below).
 """
 
 from __future__ import annotations
