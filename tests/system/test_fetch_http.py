@@ -312,3 +312,27 @@ def test_a_blob_answer_that_stalls_times_out_and_is_asked_again(car: bytes,
     finally:
         release.set()
         s.close()
+
+
+def test_a_missing_blob_is_asked_for_once(car: bytes, tmp_path: Path) -> None:
+    """A blob the PDS answers with 400 BlobNotFound: reported as missing (with the
+    server's message) after one request, and the connection serves the next blobs."""
+    gone = CIDS[2]
+    seen: list[tuple[str, int]] = []
+
+    def get_blob(req: _Req, cid: str) -> None:
+        seen.append((cid, req.client_address[1]))
+        if cid == gone:
+            req.xrpc_error(400, "BlobNotFound", "Blob not found")
+        else:
+            _good(req, cid)
+    s = _pds(car, get_blob)
+    try:
+        r = skyexport.fetch(SYNTH_DID, tmp_path, pds=s.url, jobs=1)
+    finally:
+        s.close()
+    assert [c for c, _ in seen].count(gone) == 1
+    assert len({port for _, port in seen}) == 1  # one connection throughout
+    assert r.blobs_missing == (f"blob {gone} is not served by the PDS (HTTP 400 "
+                               "BlobNotFound: Blob not found)",)
+    assert r.blobs_downloaded == len(CIDS) - 1 and r.retries == 0

@@ -107,6 +107,17 @@ def file_matches(path: Path, digest: bytes) -> bool:
         os.close(fd)
 
 
+def _refused(exc: FetchError, cid: str, ref: str | None) -> BlobOutcome:
+    """The outcome of a blob the server answered with an error: missing (404 or
+    BlobNotFound: reported, with the record that references it), else failed."""
+    if exc.status == 404 or exc.xrpc == "BlobNotFound":
+        detail = str(exc).removeprefix(f"blob {cid}: ")
+        by = f", referenced by {ref}," if ref is not None else ""
+        return BlobOutcome(cid, "missing",
+                           why=f"blob {cid}{by} is not served by the PDS ({detail})")
+    return BlobOutcome(cid, "failed", why=str(exc))
+
+
 class BlobOutcome:
     __slots__ = ("cid", "kind", "size", "why")
 
@@ -154,12 +165,7 @@ def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,
         except AccountError:
             raise
         except FetchError as exc:
-            if exc.status == 404 or exc.xrpc == "BlobNotFound":
-                detail = str(exc).removeprefix(f"blob {cid}: ")
-                by = f", referenced by {ref}," if ref is not None else ""
-                return BlobOutcome(cid, "missing",
-                                   why=f"blob {cid}{by} is not served by the PDS ({detail})")
-            return BlobOutcome(cid, "failed", why=str(exc))
+            return _refused(exc, cid, ref)
         if h[0].digest() != digest:
             return BlobOutcome(cid, "bad", size,
                                f"blob {cid}: its {size:,} bytes do not match its CID "
@@ -317,7 +323,7 @@ _TMP_SEQ = itertools.count()
 class _Slot:
     """One connection of the multiplexer and the blob it is fetching."""
 
-    __slots__ = ("conn", "request", "state", "item", "resp", "fd", "tmp", "h", "size",
+    __slots__ = ("conn", "request", "state", "item", "resp", "fd", "tmp", "hasher", "size",
                  "deadline", "reused")
 
     def __init__(self) -> None:
@@ -328,7 +334,7 @@ class _Slot:
         self.resp: Response | None = None
         self.fd = -1
         self.tmp = ""
-        self.h: Any = None
+        self.hasher: Any = None
         self.size = 0
         self.deadline = 0.0
         self.reused = False
@@ -439,11 +445,11 @@ class _Multiplexer:
             s.tmp = os.path.join(self.work_dir, f"{cid}.{self.prefix}.{next(_TMP_SEQ)}.part")
             s.fd = os.open(s.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                            | os.O_CLOEXEC, 0o644)
-            s.h = hashlib.sha256()
+            s.hasher = hashlib.sha256()
         view = r.buffered()
         if view:
             n = len(view)
-            s.h.update(view)
+            s.hasher.update(view)
             while view:
                 view = view[os.write(s.fd, view):]
             s.size += n
@@ -462,7 +468,7 @@ class _Multiplexer:
         if r.will_close or c.pos != c.end:
             self.close(s)
         s.state = _IDLE
-        if s.h.digest() != digest:
+        if s.hasher.digest() != digest:
             self.discard(s)
             self.done(BlobOutcome(cid, "bad", s.size,
                                   f"blob {cid}: its {s.size:,} bytes do not match its CID "
@@ -491,11 +497,25 @@ class _Multiplexer:
             except OSError:
                 pass
             s.tmp = ""
-        s.h = None
+        s.hasher = None
 
     def odd(self, s: _Slot, r: Response) -> None:
-        """Not the plain case: the blocking path asks again (a 429 or 5xx counts as a
-        failed attempt, and its wait is honoured first)."""
+        """Not the plain case.  An error answer whose body is all here (BlobNotFound...)
+        is the blob's outcome, as on the blocking path; otherwise that path asks again (a
+        429 or 5xx counts as a failed attempt, and its wait is honoured first)."""
+        c = s.conn
+        assert c is not None and s.item is not None
+        if 400 <= r.status and r.status not in RETRY_STATUSES and r.plain \
+                and r.left <= c.end - c.pos:
+            cid, _, ref = s.item
+            err = self.client._error(r, f"blob {cid}")  # reads only what is buffered
+            if not r.done or r.will_close or c.pos != c.end:
+                self.close(s)
+            s.item, s.resp, s.state = None, None, _IDLE
+            if isinstance(err, AccountError):
+                raise err
+            self.done(_refused(err, cid, ref))
+            return
         self.close(s)
         if r.status in RETRY_STATUSES:
             wait = _retry_after(r) if r.status in (429, 503) else None
