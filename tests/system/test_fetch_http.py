@@ -22,7 +22,8 @@ from skyexport.remote.errors import FetchError
 from helpers.netparts import XrpcServer, _Req, blob_cid, make_ca
 
 SYNTH_DID = "did:plc:synthsynthsynthsynth"  # the DID of every `skyexport synth --car` CAR
-BLOBS = [bytes([i]) * (20_000 + 999 * i) for i in range(6)]
+# small ones, and one larger than a connection's buffer (it arrives in many reads)
+BLOBS = [bytes([i]) * (20_000 + 999 * i) for i in range(5)] + [bytes(range(256)) * 1200]
 CIDS = [blob_cid(b) for b in BLOBS]
 
 
@@ -238,6 +239,7 @@ def test_blobs_over_tls_and_a_downgrade_redirect(car: bytes, tls: Any, tmp_path:
     """Blobs from an https PDS on kept-alive TLS connections, two at once; one blob's
     answer redirects to plain http: that blob is reported (both URLs named), the others
     are whole, and the http server is never asked."""
+    assert len(BLOBS[-1]) > rhttp.BUF
     plain = _server(lambda req: req.send(200, BLOBS[0]))
 
     def get_blob(req: _Req, cid: str) -> None:

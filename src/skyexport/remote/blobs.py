@@ -586,6 +586,8 @@ class _Multiplexer:
                     raise Interrupted
                 for s in slots:
                     while s.state == _IDLE:
+                        if stop.is_set():  # many blobs already there: each is hashed
+                            raise Interrupted
                         item = self.next(False)
                         if item is None:
                             break
