@@ -199,6 +199,8 @@ def test_bytes_past_the_body_are_not_body() -> None:
     (b"HTTP/1.1 2000 OK\r\n\r\n", "not an HTTP/1.x status line"),
     (b"HTTP/1.1 200 OK\r\nContent-Le", "the connection closed in the response's header"),
     (b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"\r\n", "more than 100 headers"),
+    (b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + b"HTTP/1.1 204 No Content\r\n\r\n",
+     "more than 10 interim (1xx) answers"),
 ])
 def test_malformed_answers_fail_with_one_line(data: bytes, error: str) -> None:
     with pytest.raises(rhttp._Transport) as info:

@@ -136,6 +136,7 @@ BUF = 256 * 1024          # one per connection: a whole small blob, or a slice o
 HEAD_CAP = 64 * 1024      # the status line and every header together
 LINE_CAP = 4096           # a chunk-size line, a trailer line
 MAX_HEADERS = 100
+MAX_INTERIM = 10          # 1xx answers before the final one
 _EMPTY = memoryview(b"")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
@@ -209,10 +210,12 @@ class Response:
 
     def __init__(self, conn: _Conn) -> None:
         self.conn = conn
-        while True:
+        for _ in range(MAX_INTERIM + 1):
             self._head()
             if not 100 <= self.status < 200:
                 break  # an interim answer (100 Continue, 103 Early Hints) is skipped
+        else:
+            raise _Transport(f"more than {MAX_INTERIM} interim (1xx) answers")
         self._done = self._left == 0 and self._mode == _LENGTH
         self._crlf = False
 
