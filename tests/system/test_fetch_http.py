@@ -338,3 +338,22 @@ def test_a_missing_blob_is_asked_for_once(car: bytes, tmp_path: Path) -> None:
     assert r.blobs_missing == (f"blob {gone} is not served by the PDS (HTTP 400 "
                                "BlobNotFound: Blob not found)",)
     assert r.blobs_downloaded == len(CIDS) - 1 and r.retries == 0
+
+
+def test_a_directory_in_place_of_a_blob_is_left_as_it_is(car: bytes, tmp_path: Path) -> None:
+    """blobs/<cid> is a directory (with a file in it): the downloaded bytes are not put
+    there, the blob is reported, the directory and its file are as they were, and no
+    temporary file stays behind."""
+    blobs = tmp_path / SYNTH_DID / "blobs"
+    (blobs / CIDS[1]).mkdir(parents=True)
+    (blobs / CIDS[1] / "keep").write_bytes(b"mine")
+    s = _pds(car, _good)
+    try:
+        r = skyexport.fetch(SYNTH_DID, tmp_path, pds=s.url, jobs=2)
+    finally:
+        s.close()
+    assert r.blobs_bad == (f"blob {CIDS[1]}: blobs/{CIDS[1]} exists and is not a regular "
+                           "file; left as it is",)
+    assert (blobs / CIDS[1] / "keep").read_bytes() == b"mine"
+    assert r.blobs_downloaded == len(CIDS) - 1
+    assert not (tmp_path / SYNTH_DID / ".fetch-work").exists()
