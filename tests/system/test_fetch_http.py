@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,15 +318,21 @@ def test_a_blob_answer_that_stalls_times_out_and_is_asked_again(car: bytes,
 
 
 def test_a_missing_blob_is_asked_for_once(car: bytes, tmp_path: Path) -> None:
-    """A blob the PDS answers with 400 BlobNotFound: reported as missing (with the
-    server's message) after one request, and the connection serves the next blobs."""
+    """A blob the PDS answers with 400 BlobNotFound (its body sent a moment after its
+    header): reported as missing, with the server's message, after one request; the
+    connection serves the next blobs."""
     gone = CIDS[2]
     seen: list[tuple[str, int]] = []
 
     def get_blob(req: _Req, cid: str) -> None:
         seen.append((cid, req.client_address[1]))
         if cid == gone:
-            req.xrpc_error(400, "BlobNotFound", "Blob not found")
+            body = b'{"error":"BlobNotFound","message":"Blob not found"}'
+            req.send_response(400)
+            req.send_header("Content-Length", str(len(body)))
+            req.end_headers()  # sent now
+            time.sleep(0.1)
+            req.wfile.write(body)
         else:
             _good(req, cid)
     s = _pds(car, get_blob)

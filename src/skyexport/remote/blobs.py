@@ -30,6 +30,7 @@ from typing import Any
 
 from .errors import AccountError, FetchError
 from .http import (
+    ERROR_BODY_CAP,
     HEAD_CAP,
     RETRY_STATUSES,
     CapExceeded,
@@ -324,7 +325,7 @@ class _Slot:
     """One connection of the multiplexer and the blob it is fetching."""
 
     __slots__ = ("conn", "request", "state", "item", "resp", "fd", "tmp", "hasher", "size",
-                 "deadline", "reused")
+                 "deadline", "reused", "error")
 
     def __init__(self) -> None:
         self.conn: _Conn | None = None
@@ -338,6 +339,7 @@ class _Slot:
         self.size = 0
         self.deadline = 0.0
         self.reused = False
+        self.error = False  # the answer is an error whose (small) body is awaited
 
 
 class _Multiplexer:
@@ -392,6 +394,7 @@ class _Multiplexer:
             return
         s.state = _WAIT
         s.resp = None
+        s.error = False
         s.size = 0
         s.deadline = time.monotonic() + self.timeout
 
@@ -439,8 +442,17 @@ class _Multiplexer:
                 self.failed(s, str(exc) or type(exc).__name__)
                 return False
             if r.status != 200 or not r.plain or r.left > self.max_blob:
-                self.odd(s, r)
-                return False
+                if not (400 <= r.status and r.status not in RETRY_STATUSES and r.plain
+                        and r.left <= ERROR_BODY_CAP):
+                    self.odd(s, r)
+                    return False
+                s.error = True  # BlobNotFound...: the outcome, once its body is here
+        if s.error:
+            if r.left > c.end - c.pos:
+                return True
+            self.refused(s, r)
+            return False
+        if s.fd < 0:
             cid = s.item[0]
             s.tmp = os.path.join(self.work_dir, f"{cid}.{self.prefix}.{next(_TMP_SEQ)}.part")
             s.fd = os.open(s.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -499,23 +511,24 @@ class _Multiplexer:
             s.tmp = ""
         s.hasher = None
 
-    def odd(self, s: _Slot, r: Response) -> None:
-        """Not the plain case.  An error answer whose body is all here (BlobNotFound...)
-        is the blob's outcome, as on the blocking path; otherwise that path asks again (a
-        429 or 5xx counts as a failed attempt, and its wait is honoured first)."""
+    def refused(self, s: _Slot, r: Response) -> None:
+        """An error answer (BlobNotFound...), its body all received: the blob's outcome,
+        as on the blocking path."""
         c = s.conn
         assert c is not None and s.item is not None
-        if 400 <= r.status and r.status not in RETRY_STATUSES and r.plain \
-                and r.left <= c.end - c.pos:
-            cid, _, ref = s.item
-            err = self.client._error(r, f"blob {cid}")  # reads only what is buffered
-            if not r.done or r.will_close or c.pos != c.end:
-                self.close(s)
-            s.item, s.resp, s.state = None, None, _IDLE
-            if isinstance(err, AccountError):
-                raise err
-            self.done(_refused(err, cid, ref))
-            return
+        cid, _, ref = s.item
+        err = self.client._error(r, f"blob {cid}")  # reads only what is buffered
+        if not r.done or r.will_close or c.pos != c.end:
+            self.close(s)
+        s.item, s.resp, s.state, s.error = None, None, _IDLE, False
+        if isinstance(err, AccountError):
+            raise err
+        self.done(_refused(err, cid, ref))
+
+    def odd(self, s: _Slot, r: Response) -> None:
+        """Neither a plain 200 nor an error with a small body: the blocking path asks
+        again (a 429 or 5xx counts as a failed attempt, and its wait is honoured
+        first)."""
         self.close(s)
         if r.status in RETRY_STATUSES:
             wait = _retry_after(r) if r.status in (429, 503) else None
