@@ -410,14 +410,18 @@ class _Multiplexer:
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
-                self.failed(s, str(exc) or type(exc).__name__)
-                return
-            if not got:
-                if s.resp is None and c.pos == c.end and s.reused:
-                    self.close(s)  # a kept-alive connection the server had closed
-                    self.fall_back(s, 0, "")
+                got = -1
+                why = str(exc) or type(exc).__name__
+                reset = isinstance(exc, (ConnectionResetError, BrokenPipeError))
+            else:
+                why = "the connection closed mid-answer"
+                reset = True
+            if got <= 0:
+                if reset and s.reused and s.resp is None and c.pos == c.end:
+                    self.close(s)  # a kept-alive connection the server had closed:
+                    self.fall_back(s, 0, "")  # asked again, not counted (as Client._send)
                 else:
-                    self.failed(s, "the connection closed mid-answer")
+                    self.failed(s, why)
                 return
             s.deadline = time.monotonic() + self.timeout
             if not self.consume(s) or not isinstance(c.sock, ssl.SSLSocket) \
