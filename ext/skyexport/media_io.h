@@ -82,8 +82,9 @@ typedef struct {
     dev_t noclone[SX_MAX_NOCLONE];    /* source devices where FICLONE failed as unsupported */
     int nnoclone;
     int no_openat2;                   /* openat2 itself is unavailable (ENOSYS, EPERM) */
-    sx_media_job *jobs;
-    long njobs, next;
+    sx_media_job *jobs;               /* not moved while any job is published */
+    long njobs, next, done;           /* published, taken, finished */
+    int idle, waiting, stop;          /* serving threads asleep; a waiter; end serving */
     sx_sync sync;
 } sx_media_ctx;
 
@@ -284,21 +285,20 @@ slow:
     j->which = -1;
 }
 
-/* Take jobs until none are left (any number of threads at once). */
-static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
+static void sx_media_do(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
 {
-    for (;;) {
-        long i;
-        sx_lock(&c->sync);
-        i = c->next < c->njobs ? c->next++ : -1;
-        sx_unlock(&c->sync);
-        if (i < 0)
-            return;
-        sx_media_one(c, &c->jobs[i], buf, cap);
-    }
+    sx_media_one(c, j, buf, cap);
 }
 
 #else  /* not Linux: no loop here; media.py's checked path does every file */
+
+static void sx_media_do(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
+{
+    (void)buf; (void)cap;
+    j->status = SX_SLOW;
+    j->which = -1;
+    c->no_openat2 = 1;
+}
 
 static int sx_syncfs(int fd)
 {
@@ -307,20 +307,71 @@ static int sx_syncfs(int fd)
     return -1;
 }
 
-static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
+#endif  /* __linux__ */
+
+/* Take the published jobs not yet taken, one at a time, until none is left; with `serve`,
+ * then sleep until more are published or c->stop is set (the threads that serve a batch
+ * for the whole export).  Each finished job is counted in c->done, and the last one of
+ * those published wakes a waiter (sx_media_wait). */
+static void sx_media_take(sx_media_ctx *c, unsigned char *buf, size_t cap, int serve)
 {
-    long i;
-    (void)buf; (void)cap;
     sx_lock(&c->sync);
-    for (i = c->next; i < c->njobs; i++) {
-        c->jobs[i].status = SX_SLOW;
-        c->jobs[i].which = -1;
+    for (;;) {
+        if (c->next < c->njobs) {
+            long i = c->next++;
+            sx_unlock(&c->sync);
+            sx_media_do(c, &c->jobs[i], buf, cap);
+            sx_lock(&c->sync);
+            if (++c->done == c->njobs && c->waiting)
+                sx_broadcast(&c->sync);
+            continue;
+        }
+        if (!serve || c->stop)
+            break;
+        c->idle++;
+        sx_wait_ms(&c->sync, 1000);
+        c->idle--;
     }
-    c->next = c->njobs;
-    c->no_openat2 = 1;
     sx_unlock(&c->sync);
 }
 
-#endif  /* __linux__ */
+/* Take jobs until none are left (any number of threads at once). */
+static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
+{
+    sx_media_take(c, buf, cap, 0);
+}
+
+/* Job c->njobs, filled in by the caller, is published: a sleeping server is woken. */
+static void sx_media_publish(sx_media_ctx *c)
+{
+    sx_lock(&c->sync);
+    c->njobs++;
+    if (c->idle)
+        sx_broadcast(&c->sync);
+    sx_unlock(&c->sync);
+}
+
+/* Until every published job is finished; with `help`, taking the ones not yet taken on
+ * this thread too (so that it ends even with no thread serving). */
+static void sx_media_wait(sx_media_ctx *c, unsigned char *buf, size_t cap, int help)
+{
+    if (help)
+        sx_media_take(c, buf, cap, 0);
+    sx_lock(&c->sync);
+    c->waiting++;
+    while (c->done < c->njobs)
+        sx_wait_ms(&c->sync, 1000);
+    c->waiting--;
+    sx_unlock(&c->sync);
+}
+
+/* Serving threads: finish what is taken, then return. */
+static void sx_media_stop(sx_media_ctx *c)
+{
+    sx_lock(&c->sync);
+    c->stop = 1;
+    sx_broadcast(&c->sync);
+    sx_unlock(&c->sync);
+}
 
 #endif
