@@ -60,13 +60,15 @@ def main() -> None:
     args = p.parse_args()
     src = args.archive_dir.resolve()
     cases: dict[str, list[str] | None] = {"cp -r": None}
+    plains: dict[str, str] = {}  # interpreter -> its plain export's case
     for spec in args.variant:
         label, _, rest = spec.partition("=")
         python, _, settings = rest.partition(":")
         base = [python, "-c", RUN, settings, "export", str(src / "archive.db"), "-f", "json",
                 "--progress", "none"]
-        if not args.no_plain:
-            cases[f"{label} plain"] = base
+        if not args.no_plain and python not in plains:  # the settings are media's only
+            plains[python] = f"{label} plain"
+            cases[f"{label} plain"] = [python, "-c", RUN, "", *base[4:]]
         cases[f"{label} media"] = [*base, "--media", "--media-root", str(src)]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -97,10 +99,11 @@ def main() -> None:
         print(f"{k:<24} {med[k][0]:7.3f} {med[k][1]:7.3f}")
     cp_wall, cp_cpu = med["cp -r"]
     for spec in args.variant:
-        label = spec.partition("=")[0]
-        if f"{label} plain" in med:
-            add_w = med[f"{label} media"][0] - med[f"{label} plain"][0]
-            add_c = med[f"{label} media"][1] - med[f"{label} plain"][1]
+        label, _, rest = spec.partition("=")
+        plain = plains.get(rest.partition(":")[0])
+        if plain is not None:
+            add_w = med[f"{label} media"][0] - med[plain][0]
+            add_c = med[f"{label} media"][1] - med[plain][1]
             print(f"{label}: --media adds {add_w:.3f} s wall ({add_w / cp_wall:.2f}x cp -r), "
                   f"{add_c:.3f} CPU s ({add_c / cp_cpu:.2f}x cp -r's)")
 

@@ -36,6 +36,10 @@ cdef extern from "media_io.h" nogil:
         long njobs
         long next
         long done
+        long opened
+        long copying
+        int split
+        int opening
         sx_sync sync
 
     int sx_syncfs(int fd)
@@ -170,7 +174,8 @@ cdef class MediaBatch:
         self.buf = NULL
         self.ready = False
 
-    def __init__(self, int media_fd, root_fds, pseudo_devs, bint clone=True):
+    def __init__(self, int media_fd, root_fds, pseudo_devs, bint clone=True,
+                 bint split=False):
         cdef Py_ssize_t i
         roots = list(root_fds)
         devs = list(pseudo_devs)
@@ -192,6 +197,7 @@ cdef class MediaBatch:
         self.ctx.pseudo = self.pseudo
         self.ctx.npseudo = <int>len(devs)
         self.ctx.clone = clone
+        self.ctx.split = split
         self.keep = []
         self.rows = []
         self.names = set()
@@ -380,6 +386,8 @@ cdef class MediaBatch:
         self.ctx.njobs = 0
         self.ctx.next = 0
         self.ctx.done = 0
+        self.ctx.opened = 0
+        self.ctx.copying = 0
         sx_unlock(&self.ctx.sync)
         self.keep = []
         self.rows = []

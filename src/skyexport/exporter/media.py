@@ -30,7 +30,11 @@ An archive's `file_path` values are untrusted input (an archive can come from an
 * Copies, not aliases: by default `media/` gets an independent copy - a reflink (FICLONE)
   where the file system shares blocks copy-on-write (not tried again on a source device
   where it failed as unsupported), else a byte copy - so editing an exported file never
-  changes the archive.  The loop copies and hashes without the GIL, two files at a time.
+  changes the archive.  The loop works without the GIL on two threads of its own that
+  serve the whole export (and on the thread feeding it, once fed): the core takes each
+  batch's rows, sends each it can do to them at once, and writes their media.sha256 lines;
+  the creates in media/ are made by one thread at a time, in row order (they wait for the
+  directory's lock anyway), the bytes are copied and hashed by any.
   `link="hardlink"` (`--media-link hardlink`) hard-links instead (no space used; the
   export then *is* the archive's file).
 
@@ -85,7 +89,7 @@ StrPath = str | os.PathLike[str]
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
 CHUNK = 1 << 20       # bytes per read when copying
 SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
-DIGEST_CACHE = 4096   # digests of placed files remembered (others are re-read if needed)
+DIGEST_CACHE = 4096   # digests of files the checked path placed (others are re-read if needed)
 LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
@@ -103,7 +107,7 @@ _NO_CLONE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno
 FAST_PATH = True
 BATCH_FILES = 1024  # more than an export batch (1,000 posts) usually has: one batch a call
 COPY_THREADS = 2    # serving the batch for the whole export
-WAIT_HELPS = True   # the copying thread takes jobs too once it has fed the batch
+SPLIT = True        # the creates in media/ on one thread at a time, the bytes on any
 _PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
@@ -212,7 +216,8 @@ class MediaCopier:
             else:
                 self._fds.append(fd)
             roots.append(fd)
-        self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()))
+        self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()),
+                                       split=bool(SPLIT))
 
     def _close_fds(self) -> None:
         servers, self._servers, self._batch = self._servers, None, None
@@ -296,13 +301,13 @@ class MediaCopier:
         try:
             while True:
                 held = batch.feed(it, tick, BATCH_FILES, _classify, held)
-                batch.wait(WAIT_HELPS)
+                batch.wait()  # taking jobs too: it ends even if no thread serves
                 self._servers.check()
                 self._settle_batch(batch)
                 if held is None:
                     break
         finally:
-            batch.wait(False)  # an exception here: no job left running
+            batch.wait()  # an exception here: no job left running
             batch.clear()
         if not batch.openat2:
             self._close_fds()  # this kernel has no openat2: the checked path from now on
