@@ -26,6 +26,7 @@ translation unit, so the C compiler sees everything at once and can inline acros
     car/cbor.pxi        DAG-CBOR, strictly validated, to Python objects or compact JSON
     car/post.pxi        a post record's fields
     car/walk.pxi        CarWalker: the MST walk
+    car/check.pxi       CarCheck: the whole MST and every record of a fetched repository
     car/insert.pxi      RowBatch: post rows inserted into SQLite in bulk
     car/records.pxi     RecordTap: every record of a CAR as listRecords JSON and CSV rows,
                         as the walk passes it
@@ -73,6 +74,7 @@ include "car/scan.pxi"
 include "car/cbor.pxi"
 include "car/post.pxi"
 include "car/walk.pxi"
+include "car/check.pxi"
 include "car/insert.pxi"
 include "car/records.pxi"
 include "media/copy.pxi"
@@ -93,8 +95,8 @@ __all__ = (
     # media (media/)
     "MediaBatch", "syncfs",
     # repository CARs (car/)
-    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
-    "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+    "BlockIndex", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker", "RecordTap",
+    "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
 )
 
 # Test hooks: reached as _core.testing.<name>, never as module attributes.

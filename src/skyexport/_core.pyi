@@ -12,8 +12,8 @@ __all__ = (
     "is_true", "json_string", "parse_bound", "register_filters",
     "rename_noreplace",
     "MediaBatch", "syncfs",
-    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
-    "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+    "BlockIndex", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker", "RecordTap",
+    "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]]
@@ -169,6 +169,27 @@ class CarWalker:
     def close(self) -> None: ...
     def set_tap(self, tap: RecordTap) -> None: ...
 
+
+@final
+class CarCheck:
+    """The whole MST of a CAR checked in the core, every record found good (`fetch`)."""
+
+    @property
+    def records(self) -> int: ...
+    @property
+    def collections(self) -> dict[bytes, int]: ...
+    @property
+    def blob_refs(self) -> list[tuple[str, CID]]: ...
+    @property
+    def blocks_read(self) -> int: ...
+    @property
+    def nodes_read(self) -> int: ...
+    @property
+    def nodes_reread(self) -> int: ...
+    @property
+    def budget(self) -> int: ...
+    def __init__(self, fd: int, index: BlockIndex, data_cid: bytes) -> None: ...
+    def run(self) -> int: ...
 
 # --- every record (car/records.pxi) ----------------------------------------------------------
 
