@@ -139,9 +139,10 @@ cdef class CarCheck:
         return PyBytes_FromStringAndSize(<const char*>self.last, self.lastn).decode("ascii")
 
     cdef str what(self, str key):
-        """The block's name in errors: a record by its key, an MST node by the key before."""
+        """The block's name in errors: a record by its key ("": the last key read), an
+        MST node by the key before."""
         if key is not None:
-            return f"record {key}"
+            return f"record {key or self.last_text()}"
         if self.lastn >= 0:
             return f"MST node after key {self.last_text()}"
         return "MST node before the first key"
@@ -285,10 +286,10 @@ cdef class CarCheck:
         cdef Py_ssize_t r
         cdef const unsigned char* s
         cdef list found
-        key = self.last_text()
-        r = self.fetch(cid, cn, key)
+        r = self.fetch(cid, cn, "")   # "": the key's text is made only for a message
         s = self.buf + cn
         if has_blob_text(s, r):
+            key = self.last_text()
             try:
                 if cb_skip(s, 0, r, 0) != r:
                     return 0
@@ -306,7 +307,7 @@ cdef class CarCheck:
             self.collections[name] = self.collections.get(name, 0) + k
         return 0
 
-    def run(self):
+    def run(self, bint records=True):
         """Walk the whole tree; returns the number of keys."""
         cdef CkFrame* f
         cdef const unsigned char* s
@@ -407,6 +408,7 @@ cdef class CarCheck:
             in_coll += 1
             if has_sub:
                 self.push(sub, tn)
-            self.record(value, vn)
+            if records:
+                self.record(value, vn)
         self.count(coll, colln, in_coll)
         return self.records
