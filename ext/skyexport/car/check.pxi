@@ -307,7 +307,7 @@ cdef class CarCheck:
             self.collections[name] = self.collections.get(name, 0) + k
         return 0
 
-    def run(self, bint records=True):
+    def run(self):
         """Walk the whole tree; returns the number of keys."""
         cdef CkFrame* f
         cdef const unsigned char* s
@@ -408,7 +408,6 @@ cdef class CarCheck:
             in_coll += 1
             if has_sub:
                 self.push(sub, tn)
-            if records:
-                self.record(value, vn)
+            self.record(value, vn)
         self.count(coll, colln, in_coll)
         return self.records
