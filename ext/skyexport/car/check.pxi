@@ -17,21 +17,6 @@ cdef struct CkFrame:
     unsigned char key[MAX_KEY]
 
 
-cdef bint has_blob_text(const unsigned char* s, Py_ssize_t n) noexcept nogil:
-    """Does s hold the DAG-CBOR text "blob" (0x64 'b' 'l' 'o' 'b')?  A record without it
-    holds no blob ref."""
-    cdef const unsigned char* p = s
-    cdef const unsigned char* end = s + n
-    while end - p >= 5:
-        p = <const unsigned char*>memchr(p, 0x64, end - p - 4)
-        if p == NULL:
-            return False
-        if p[1] == b'b' and p[2] == b'l' and p[3] == b'o' and p[4] == b'b':
-            return True
-        p += 1
-    return False
-
-
 cdef int cb_blob_refs(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth,
                       list out) except -1:
     """The `ref` links of the blob objects ({"$type": "blob", "ref": CID, ...}) in the
@@ -106,6 +91,9 @@ cdef class CarCheck:
     cdef int64_t fetched_at
     cdef object sha256
     cdef bytes root
+    cdef CarScanner verified          # the verifying scan's good CIDs, or None
+    cdef Spill refs                   # with it: every record CID referenced
+    cdef bint fast
 
     def __cinit__(self):
         self.frames = NULL
@@ -113,7 +101,8 @@ cdef class CarCheck:
         self.cap = 0
         self.depth = 0
 
-    def __init__(self, int fd, BlockIndex index not None, data_cid):
+    def __init__(self, int fd, BlockIndex index not None, data_cid,
+                 CarScanner verified=None, int refs_fd=-1):
         import hashlib
         self.fd = fd
         self.ix = index
@@ -126,9 +115,14 @@ cdef class CarCheck:
         self.frames = <CkFrame*>PyMem_RawMalloc(CK_FRAMES * sizeof(CkFrame))
         if self.frames == NULL:
             raise MemoryError()
+        self.fast = verified is not None and verified.good.fd >= 0 and refs_fd >= 0
+        if self.fast:
+            self.verified = verified
+            sp_init(&self.refs, refs_fd)
 
     def __dealloc__(self):
         cdef int i
+        sp_free(&self.refs)
         if self.frames != NULL:
             for i in range(self.depth):
                 PyMem_RawFree(self.frames[i].data)
@@ -286,6 +280,11 @@ cdef class CarCheck:
         cdef Py_ssize_t r
         cdef const unsigned char* s
         cdef list found
+        cdef unsigned char e[SP_ENTRY]
+        if self.fast and cid_entry(cid, cn, e):
+            sp_add(&self.refs, e)     # proved present by run()'s join, not read
+            if not ks_has(&self.verified.blobby, entry_key(e)):
+                return 0
         r = self.fetch(cid, cn, "")   # "": the key's text is made only for a message
         s = self.buf + cn
         if has_blob_text(s, r):
@@ -308,7 +307,10 @@ cdef class CarCheck:
         return 0
 
     def run(self):
-        """Walk the whole tree; returns the number of keys."""
+        """Walk the whole tree; returns the number of keys.  With the verifying scan's
+        good CIDs, the records are not looked up one by one but proved present all at once
+        after the walk; -1 when that proof fails (a record missing or damaged, or a
+        partition too big to hold): check again without them for the error."""
         cdef CkFrame* f
         cdef const unsigned char* s
         cdef const unsigned char* ks
@@ -410,4 +412,10 @@ cdef class CarCheck:
                 self.push(sub, tn)
             self.record(value, vn)
         self.count(coll, colln, in_coll)
+        if self.fast:
+            with nogil:
+                sp_finish(&self.refs)
+            sp_check(&self.refs, "writing the check's list of records")
+            if not sp_join(&self.verified.good, &self.refs):
+                return -1
         return self.records

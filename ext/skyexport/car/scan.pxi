@@ -14,26 +14,6 @@ cdef enum:
     SCAN_PENDING = 8192   # blocks whose verdict waits for one pass without the GIL
 
 
-cdef Py_ssize_t sha256_digest_at(const unsigned char* cid, Py_ssize_t cn) noexcept nogil:
-    """Where the SHA-256 digest of the whole CID `cid` starts, or -1 when its multihash is
-    not SHA-256 (the block cannot be checked)."""
-    cdef Py_ssize_t i
-    cdef uint64_t v, code, dlen
-    if cn == 34 and cid[0] == 0x12 and cid[1] == 0x20:
-        return 2
-    if cn > 80:
-        return -1
-    i = uvarint(cid, cn, &v)
-    if i <= 0:
-        return -1
-    i += uvarint(cid + i, cn - i, &v)
-    i += uvarint(cid + i, cn - i, &code)
-    i += uvarint(cid + i, cn - i, &dlen)
-    if code != 0x12 or dlen != 32 or i + 32 != cn:
-        return -1
-    return i
-
-
 cdef uint32_t block_verdict(const unsigned char* cid, Py_ssize_t cn,
                             const unsigned char* data, Py_ssize_t dn) noexcept nogil:
     """IX_GOOD when data's SHA-256 is the digest of `cid`, else IX_BAD."""
@@ -80,6 +60,8 @@ cdef class CarScanner:
     cdef Py_ssize_t slot              # where in ents the next block's entry goes
     cdef ScanPending* pending
     cdef Py_ssize_t npending
+    cdef Spill good                   # verify with good_fd: every good block's CID
+    cdef KeySet blobby                # ... and the good blocks holding the text "blob"
 
     def __cinit__(self):
         self.cap = SCAN_CHUNK
@@ -90,7 +72,7 @@ cdef class CarScanner:
             raise MemoryError()
 
     def __init__(self, int fd, int64_t start, bytes head, hasher, int64_t limit=-1, *,
-                 bint verify=False, more=None):
+                 bint verify=False, more=None, int good_fd=-1):
         self.fd = fd
         self.limit = limit
         self.hasher = hasher
@@ -105,6 +87,7 @@ cdef class CarScanner:
             if self.pending == NULL:
                 raise MemoryError()
             self.hashing = True
+            sp_init(&self.good, good_fd)
             sx_sha256_init(&self.fsha)
             sx_sha256_update(&self.fsha, <const unsigned char*>PyBytes_AS_STRING(head),
                              <size_t>PyBytes_GET_SIZE(head))
@@ -120,6 +103,16 @@ cdef class CarScanner:
     def __dealloc__(self):
         PyMem_RawFree(self.buf)
         PyMem_RawFree(self.pending)
+        sp_free(&self.good)
+        ks_free(&self.blobby)
+
+    cdef void keep_good(self, const unsigned char* cid, Py_ssize_t cn, bint blob) noexcept nogil:
+        """A good block's CID into the spill (and the set when it may hold a blob ref)."""
+        cdef unsigned char e[SP_ENTRY]
+        if self.good.fd >= 0 and cid_entry(cid, cn, e):
+            sp_add(&self.good, e)
+            if blob:
+                ks_add(&self.blobby, entry_key(e))
 
     def sha256_hex(self):
         """The file's SHA-256 (verify), once the scan has reached its end."""
@@ -135,10 +128,14 @@ cdef class CarScanner:
         """The verdicts of the pending blocks (whole in buf) into their entries."""
         cdef Py_ssize_t i
         cdef ScanPending* p
+        cdef uint32_t v
         for i in range(self.npending):
             p = &self.pending[i]
-            self.ents[p.slot].n |= block_verdict(self.buf + p.at, p.cn, self.buf + p.at + p.cn,
-                                                 p.n - p.cn)
+            v = block_verdict(self.buf + p.at, p.cn, self.buf + p.at + p.cn, p.n - p.cn)
+            self.ents[p.slot].n |= v
+            if v == IX_GOOD:
+                self.keep_good(self.buf + p.at, p.cn,
+                               has_blob_text(self.buf + p.at + p.cn, p.n - p.cn))
         self.npending = 0
 
     cdef int wait_more(self) except -1:
@@ -280,7 +277,11 @@ cdef class CarScanner:
             e.n |= IX_BAD
             return 1
         sx_sha256_final(&h, digest)
-        e.n |= IX_GOOD if memcmp(digest, cid + d, 32) == 0 else IX_BAD
+        if memcmp(digest, cid + d, 32) == 0:
+            e.n |= IX_GOOD
+            self.keep_good(cid, c, True)   # its bytes were not whole at once: may hold "blob"
+        else:
+            e.n |= IX_BAD
         return 1
 
     def next_batch(self, Py_ssize_t n):
@@ -338,6 +339,10 @@ cdef class CarScanner:
                 with nogil:
                     self.flush()
             self.ents = NULL
+            if self.good.fd >= 0:
+                with nogil:
+                    sp_finish(&self.good)
+                sp_check(&self.good, "writing the check's list of good blocks")
             ix_sort(buf, used)
             ix = BlockIndex.__new__(BlockIndex)
             ix.setup(fd, self.blocks)

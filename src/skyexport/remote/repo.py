@@ -67,7 +67,8 @@ class _Scan:
     """The pass over the repository as it downloads, on a thread of its own: the core's
     CarScanner (verifying) reads the temporary file `fd` up to what `add()` has counted
     as written, then waits for more; `finish()` says the body is whole.  `result()` is
-    (index descriptor, BlockIndex, SHA-256) or None when the pass failed (check_car then
+    (index descriptor, BlockIndex, SHA-256, the scanner -- its good CIDs for CarCheck --
+    and the descriptor of their scratch file) or None when the pass failed (check_car then
     reads the file anew and words the refusal).  `stop()` ends it early; every exception
     of the thread is kept, none is lost (result() gives None for it)."""
 
@@ -81,7 +82,7 @@ class _Scan:
         self.abort = False
         self.ready = threading.Event()
         self.done = threading.Event()
-        self.out: tuple[int, Any, str] | None = None
+        self.out: tuple[int, Any, str, Any, int] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="skyexport-repo-scan",
                                        daemon=True)
@@ -102,9 +103,10 @@ class _Scan:
         self.done.wait()   # not join(): see sources/car/repo.py _Insert
         if self.out is not None:
             os.close(self.out[0])
+            os.close(self.out[4])
             self.out = None
 
-    def result(self) -> tuple[int, Any, str] | None:
+    def result(self) -> tuple[int, Any, str, Any, int] | None:
         self.done.wait()
         out, self.out = self.out, None
         return out
@@ -142,7 +144,7 @@ class _Scan:
         from .. import _core
         from ..sources.car.repo import HEADER_MAX, INDEX_BATCH, _read_header
 
-        index_fd = runs_fd = -1
+        index_fd = runs_fd = good_fd = -1
         try:
             self.given, _ = self._wait(HEADER_MAX + 32)
             found = _read_header(self.fd)
@@ -151,17 +153,18 @@ class _Scan:
             _, start, head = found
             index_fd = self._scratch()
             runs_fd = self._scratch()
+            good_fd = self._scratch()
             scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
-                                       more=self._more)
+                                       more=self._more, good_fd=good_fd)
             index = scanner.build_index(index_fd, runs_fd, INDEX_BATCH)
-            self.out = (index_fd, index, scanner.sha256_hex())
-            index_fd = -1
+            self.out = (index_fd, index, scanner.sha256_hex(), scanner, good_fd)
+            index_fd = good_fd = -1
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - kept; check_car reads the file anew
             self.error = exc
         finally:
-            for fd in (index_fd, runs_fd):
+            for fd in (index_fd, runs_fd, good_fd):
                 if fd >= 0:
                     os.close(fd)
             self.done.set()
@@ -179,9 +182,11 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
 
     got = scan.result() if scan is not None else None
     refs: dict[str, str] = {}
+    spills: list[int] = []
     try:
         if got is not None:
-            index_fd, index, sha = got
+            index_fd, index, sha, scanner, good_fd = got
+            spills.append(good_fd)
             try:
                 fd, _ = _open_regular(path)
             except BaseException:
@@ -189,14 +194,21 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
                 raise
             repo = CarRepo.adopt(path, index_dir, fd, index_fd, index, sha)
         else:
+            scanner = None
             repo = CarRepo(path, index_dir, verb="")
         with repo:
             if repo.did != did:
                 raise FetchError(f"the PDS sent the repository of {repo.did}, not of {did}")
             assert repo.index is not None
-            check = _core.CarCheck(repo.fd, repo.index, repo.data)
             try:
-                n = check.run()
+                n = -1
+                if scanner is not None:   # the records proved present all at once
+                    spills.append(repo._scratch_fd(index_dir))
+                    check = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, spills[-1])
+                    n = check.run()
+                if n < 0:                 # each record looked up: the error, if any
+                    check = _core.CarCheck(repo.fd, repo.index, repo.data)
+                    n = check.run()
             except (ValueError, OSError) as exc:
                 raise repo._error(exc) from None
             for key, ref in check.blob_refs:
@@ -206,6 +218,9 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
                              n, dict(sorted(collections.items())), refs)
     except ArchiveError as exc:
         raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
+    finally:
+        for fd in spills:
+            os.close(fd)
 
 
 def diff_walk(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
