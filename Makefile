@@ -25,7 +25,9 @@ lint:           ## ruff, mypy --strict, stubtest of _core.pyi, cython-lint: all 
 	$(PY) -m ruff check src tests perf fuzz
 	$(PY) -m mypy --strict src tests/typed/api_usage.py
 	$(PY) -m mypy.stubtest skyexport._core
-	cython-lint --max-line-length 100 ext/skyexport
+	@# cython-lint runs pycodestyle by name: both from $(PY)'s own bin/, venv on PATH or not
+	PATH="$$($(PY) -c 'import os, sys; print(os.path.dirname(sys.executable))'):$$PATH" \
+		cython-lint --max-line-length 100 ext/skyexport
 
 perf:           ## the benchmark table (perf/README.md); slow: builds archives up to 1M posts
 	$(PY) perf/bench.py

@@ -30,6 +30,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -37,7 +38,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO_TOKEN = "test-token"
+
+needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None
+                                   and not os.path.exists("/usr/sbin/dnsmasq"),
+                                   reason="dnsmasq is not installed (.ci/run installs it)")
 
 
 def blob_cid(data: bytes) -> str:
@@ -147,6 +154,14 @@ class ArrobaPDS:
     def close(self) -> None:
         self.http.shutdown()
         self.thread.join(5)
+
+
+def did_doc(did: str, handle: str, pds_url: str) -> dict[str, Any]:
+    """A DID document naming `handle` back and `pds_url` as the account's PDS."""
+    return {"@context": ["https://www.w3.org/ns/did/v1"], "id": did,
+            "alsoKnownAs": [f"at://{handle}"],
+            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
+                         "serviceEndpoint": pds_url}]}
 
 
 def now() -> str:
@@ -277,6 +292,42 @@ def xrpc_server(handler: Handler) -> Iterator[XrpcServer]:
         yield s
     finally:
         s.close()
+
+
+def plc_directory(docs: dict[str, dict[str, Any]]) -> XrpcServer:
+    """A PLC directory: GET /<did> -> the document, 404 otherwise."""
+    def handler(req: _Req) -> None:
+        doc = docs.get(req.route.lstrip("/"))
+        if doc is None:
+            req.send(404, b'{"message":"DID not registered"}')
+        else:
+            req.json(doc)
+    return XrpcServer(handler)
+
+
+# --- the command in a child ------------------------------------------------------------
+
+DRIVER = str(Path(__file__).parent / "fetch_driver.py")
+
+
+def start_driver(tmp_path: Path, seams: dict[str, Any], *args: object,
+                 **kw: Any) -> subprocess.Popen[str]:
+    """`skyexport ARGS` in a child with the test seams set (fetch_driver.py); its peak RSS
+    is written to tmp_path/peak."""
+    seams.setdefault("policy", {"attempts": 4, "backoff_s": 0.01, "backoff_max_s": 0.05,
+                                "read_timeout_s": 5.0})
+    sf = tmp_path / f"seams-{os.urandom(3).hex()}.json"
+    sf.write_text(json.dumps(seams))
+    return subprocess.Popen([sys.executable, DRIVER, str(sf), str(tmp_path / "peak"),
+                             *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def run_driver(tmp_path: Path, seams: dict[str, Any], *args: object) -> tuple[int, str, str]:
+    """start_driver() waited for: (exit status, stdout, stderr)."""
+    p = start_driver(tmp_path, seams, *args)
+    out, err = p.communicate(timeout=180)
+    return p.returncode, out, err
 
 
 # --- DNS ------------------------------------------------------------------------------

@@ -35,19 +35,21 @@ from helpers.netparts import (
     fill_account,
     image_post,
     make_ca,
+    needs_dnsmasq,
     xrpc_server,
 )
+from helpers.netparts import did_doc as _did_doc
+from helpers.netparts import plc_directory as _plc
+from helpers.netparts import run_driver as _run
+from helpers.netparts import start_driver as _driver
 
 PY = sys.executable
-DRIVER = str(Path(__file__).parent.parent / "helpers" / "fetch_driver.py")
 DID = "did:plc:" + "a" * 24
 DID2 = "did:plc:" + "b" * 24
 DID_A = "did:plc:" + "e" * 24  # alice.test on arroba, with images
 HANDLE = "alice.test"
 
-pytestmark = pytest.mark.skipif(shutil.which("dnsmasq") is None
-                                and not os.path.exists("/usr/sbin/dnsmasq"),
-                                reason="dnsmasq is not installed (.ci/run installs it)")
+pytestmark = needs_dnsmasq
 
 
 # --- fixtures -------------------------------------------------------------------------
@@ -95,24 +97,6 @@ def seams() -> Iterator[None]:
 def _raw(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as r:
         return bytes(r.read())
-
-
-def _did_doc(did: str, handle: str, pds_url: str) -> dict[str, Any]:
-    return {"@context": ["https://www.w3.org/ns/did/v1"], "id": did,
-            "alsoKnownAs": [f"at://{handle}"],
-            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
-                         "serviceEndpoint": pds_url}]}
-
-
-def _plc(docs: dict[str, dict[str, Any]]) -> XrpcServer:
-    """A PLC directory: GET /<did> -> the document, 404 otherwise."""
-    def handler(req: _Req) -> None:
-        doc = docs.get(req.route.lstrip("/"))
-        if doc is None:
-            req.send(404, b'{"message":"DID not registered"}')
-        else:
-            req.json(doc)
-    return XrpcServer(handler)
 
 
 def _tree(path: Path) -> list[str]:
@@ -668,23 +652,6 @@ def test_a_corrupt_blob_on_disk_is_downloaded_again(car: bytes, tmp_path: Path) 
 
 # --- the command, signals and memory (subprocesses) ------------------------------------
 
-def _driver(tmp_path: Path, seams: dict[str, Any], *args: object,
-            **kw: Any) -> subprocess.Popen[str]:
-    """`skyexport ARGS` in a child with the test seams set (tests/helpers/fetch_driver.py)."""
-    seams.setdefault("policy", {"attempts": 4, "backoff_s": 0.01, "backoff_max_s": 0.05,
-                                "read_timeout_s": 5.0})
-    sf = tmp_path / f"seams-{os.urandom(3).hex()}.json"
-    sf.write_text(json.dumps(seams))
-    return subprocess.Popen([PY, DRIVER, str(sf), str(tmp_path / "peak"), *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def _run(tmp_path: Path, seams: dict[str, Any], *args: object) -> tuple[int, str, str]:
-    p = _driver(tmp_path, seams, *args)
-    out, err = p.communicate(timeout=180)
-    return p.returncode, out, err
-
-
 def _rev(car: bytes, tmp_path: Path) -> str:
     from skyexport.sources.car.info import car_info
     f = tmp_path / "rev.car"
@@ -818,7 +785,8 @@ def test_cli_lines_and_exit_codes(car: bytes, tmp_path: Path) -> None:
         assert code == 0, err
         lines = out.splitlines()
         assert lines[0] == f"account: {DID}" and lines[-1] == str(tmp_path / "o" / DID)
-        assert lines[2] == "blobs: 2 listed, 2 downloaded (6,001 bytes), 0 already there"
+        assert lines[1] == f"pds: {s.url} (from --pds)"
+        assert lines[3] == "blobs: 2 listed, 2 downloaded (6,001 bytes), 0 already there"
         assert err == ("skyexport: warning: 1 blob(s) refused (not a blob CID); first: "
                        "../x\n")
         code, out, err = _run(tmp_path, {}, "fetch", DID, "--pds", s.url, "-o",

@@ -126,7 +126,7 @@ def test_only_the_cli_reads_the_environment() -> None:
     package = Path(skyexport.__file__).parent
     readers = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py")
                      if any(word in p.read_text() for word in ("os.environ", "getenv(")))
-    assert readers == ["cli/commands.py"], readers
+    assert readers and all(r.startswith("cli/") for r in readers), readers
 
 
 def test_the_core_declares_its_production_names_in_one_list() -> None:

@@ -324,8 +324,8 @@ def test_demo_peak_memory_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     getrusage, in MB all the same."""
     import builtins
 
-    from skyexport.cli import commands as cli
-    with_proc = cli._own_peak_rss_mb()
+    from skyexport.cli import demo
+    with_proc = demo.own_peak_rss_mb()
     real_open = builtins.open
 
     def no_proc(f: Any, *a: Any, **k: Any) -> Any:
@@ -334,7 +334,7 @@ def test_demo_peak_memory_without_proc(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_open(f, *a, **k)
 
     monkeypatch.setattr(builtins, "open", no_proc)
-    without = cli._own_peak_rss_mb()
+    without = demo.own_peak_rss_mb()
     peak = _platform.peak_rss_bytes()
     assert with_proc is not None and without is not None and peak is not None
     assert abs(without - peak / (1 << 20)) < 64

@@ -1,4 +1,6 @@
-"""The command line: the parser, the commands, what they print, shell completion, the demo."""
+"""The command line: `main()` and `run()` (commands.py), the parser (parser.py), what the
+commands share (render.py) and one module per command (export.py, import_car.py, info.py,
+verify.py, synth.py, demo.py, fetch.py, completion.py), each loaded only when run."""
 
 from .commands import main, run
 

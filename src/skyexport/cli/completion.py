@@ -7,6 +7,9 @@ same function through its bashcompinit layer."""
 from __future__ import annotations
 
 import argparse
+import sys
+
+from .render import EXIT_OK
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -77,3 +80,12 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
                 "autoload -U +X bashcompinit && bashcompinit\n" + body
                 + "complete -o filenames -F _skyexport skyexport\n")
     raise ValueError(f"no completion for shell {shell!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .parser import build_parser
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return EXIT_OK
+
+

@@ -6,7 +6,8 @@ its blobs - into a backup directory, verified, resumable and polite to the serve
     repo.py     com.atproto.sync.getRepo streamed to a temporary file, checked, renamed
     blobs.py    listBlobs + getBlob, a few at once, each checked against its CID
     backup.py   the backup directory, fetch.json, `fetch()` (read back by sources/backup.py)
-    command.py  the `skyexport fetch` subcommand
 
-Nothing here is imported by `export`: dnspython loads only when a handle is resolved.
+The command, `skyexport fetch`, is cli/fetch.py (cli/ imports remote/, never the other
+way).  Nothing here is imported by `export`: dnspython loads only when a handle is
+resolved.
 """

@@ -79,8 +79,10 @@ class FetchProgress(Record):
 
 
 class FetchResult(Record):
-    """What a fetch did.  `directory`: the backup directory; `repo_changed`: False when the
-    PDS reported the rev already backed up (nothing downloaded); `records_*`: the records
+    """What a fetch did.  `directory`: the backup directory; `pds`: the PDS it was
+    fetched from, `pds_from`: "--pds" (the `pds` argument) or "did-document";
+    `repo_changed`: False when the PDS reported the rev already backed up (nothing
+    downloaded); `records_*`: the records
     added, removed and changed since the previous backup (all of them added on the first);
     `blobs_downloaded`/`blobs_present`: of the `blobs_listed` (by listBlobs, and those a
     record references that it did not list); `blobs_missing` (not served), `blobs_bad`
@@ -88,7 +90,8 @@ class FetchResult(Record):
     tries again), `blobs_refused` (listed names that are not blob CIDs): one line each;
     `blobs_unlisted`: files in blobs/ the PDS no longer lists (kept)."""
 
-    __slots__ = ("directory", "handle", "did", "pds", "rev", "repo_sha256", "repo_bytes",
+    __slots__ = ("directory", "handle", "did", "pds", "pds_from", "rev", "repo_sha256",
+                 "repo_bytes",
                  "records", "repo_changed", "records_added", "records_removed",
                  "records_changed", "blobs_listed", "blobs_downloaded", "blobs_present",
                  "blob_bytes", "blobs_missing", "blobs_bad", "blobs_failed", "blobs_refused",
@@ -97,6 +100,7 @@ class FetchResult(Record):
     handle: str | None
     did: str
     pds: str
+    pds_from: str
     rev: str | None
     repo_sha256: str
     repo_bytes: int
@@ -272,8 +276,10 @@ def fetch(who: str, output: str | os.PathLike[str] = DEFAULT_OUTPUT, *, pds: str
           on_progress: Callable[[FetchProgress], object] | None = None) -> FetchResult:
     """Back up the account `who` (a handle or a DID) into `output/<did>/`: its repository
     as `repo.car` and, unless `blobs=False`, every blob as `blobs/<cid>`; see the module
-    docstring.  `pds` skips resolving the PDS.  Raises ResolveError, AccountError,
-    FetchError (one line each), OutputError; Ctrl-C leaves only whole files."""
+    docstring.  `pds` replaces the PDS the DID document names (a handle is still resolved
+    and checked against that document; a DID is then taken as it is).  Raises
+    ResolveError, AccountError, FetchError (one line each), OutputError; Ctrl-C leaves
+    only whole files."""
     from ..errors import OptionError
 
     if jobs < 1 or jobs > 64:
@@ -403,7 +409,8 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
 
     record: dict[str, Any] = {
         "tool": f"skyexport {__version__}",
-        "handle": ident.handle, "did": ident.did, "pds": ident.pds, "rev": new_rev,
+        "handle": ident.handle, "handle_verified": ident.handle_verified, "did": ident.did,
+        "pds": ident.pds, "pds_from": ident.pds_from, "rev": new_rev,
         "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "repo": {"file": "repo.car", "sha256": sha, "bytes": size, "records": records,
                  "collections": collections},
@@ -430,6 +437,7 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
 
     result = FetchResult(
         directory=backup, handle=ident.handle, did=ident.did, pds=ident.pds,
+        pds_from=ident.pds_from,
         rev=new_rev, repo_sha256=sha, repo_bytes=size, records=records,
         repo_changed=not unchanged, records_added=added, records_removed=removed,
         records_changed=changed, blobs_listed=run.listed,

@@ -160,15 +160,22 @@ def handles_of(doc: dict[str, Any]) -> list[str]:
 
 
 class Identity:
-    __slots__ = ("handle", "did", "pds")
+    """Who is backed up, and where from.  `pds_from`: "--pds" (given by the caller) or
+    "did-document" (the DID document's #atproto_pds service); `handle_verified`: the
+    handle was resolved to the DID and the DID's document names it back."""
 
-    def __init__(self, handle: str | None, did: str, pds: str) -> None:
+    __slots__ = ("handle", "did", "pds", "pds_from", "handle_verified")
+
+    def __init__(self, handle: str | None, did: str, pds: str, pds_from: str = "did-document",
+                 handle_verified: bool = False) -> None:
         self.handle, self.did, self.pds = handle, did, pds
+        self.pds_from, self.handle_verified = pds_from, handle_verified
 
 
 def resolve(who: str, client: Client, pds: str | None = None) -> Identity:
-    """HANDLE or DID -> Identity; `pds` skips the resolution of the PDS (a DID is still
-    needed: a handle is then resolved, but its document is not asked for)."""
+    """HANDLE or DID -> Identity.  `pds` replaces only the PDS endpoint: a handle is still
+    resolved to its DID and checked both ways against the DID's document (which must be
+    reachable); a DID given with `pds` is taken as it is, its document not asked for."""
     who = who.strip()
     handle: str | None = None
     if who.startswith("did:"):
@@ -178,15 +185,25 @@ def resolve(who: str, client: Client, pds: str | None = None) -> Identity:
     else:
         handle = normalize_handle(who)
         did = resolve_handle(handle, client)
-    if pds is not None:
-        return Identity(handle, did, pds.rstrip("/"))
-    doc = resolve_did(did, client)
+    if pds is not None and handle is None:
+        return Identity(None, did, pds.rstrip("/"), "--pds")
+    try:
+        doc = resolve_did(did, client)
+    except ResolveError as exc:
+        if pds is None:
+            raise
+        raise ResolveError(f"{exc} (with --pds too, a handle is checked against its DID's "
+                           "document; pass the DID instead of the handle to skip it)") \
+            from None
     if handle is not None and handle not in handles_of(doc):
         named = ", ".join(handles_of(doc)) or "no handle"
         raise ResolveError(f"handle {handle} resolves to {did}, but that DID's document "
                            f"names {clean(named)}, not at://{handle}: the handle is not "
                            "verified; pass the DID to back it up anyway")
+    if pds is not None:
+        return Identity(handle, did, pds.rstrip("/"), "--pds", handle_verified=True)
+    verified = handle is not None
     if handle is None:
         names = handles_of(doc)
         handle = names[0] if names else None
-    return Identity(handle, did, pds_of(did, doc))
+    return Identity(handle, did, pds_of(did, doc), handle_verified=verified)
