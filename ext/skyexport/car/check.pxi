@@ -17,6 +17,10 @@ cdef struct CkFrame:
     unsigned char key[MAX_KEY]
 
 
+cdef str key_text(const unsigned char* s, Py_ssize_t n):
+    return PyBytes_FromStringAndSize(<const char*>s, n).decode("ascii")
+
+
 cdef int cb_blob_refs(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth,
                       list out) except -1:
     """The `ref` links of the blob objects ({"$type": "blob", "ref": CID, ...}) in the
@@ -368,15 +372,15 @@ cdef class CarCheck:
                 if (slash < 1 or slash > MAX_NSID or kn - slash - 1 < 1
                         or kn - slash - 1 > MAX_RKEY or not nsid_ok(ks, slash)
                         or not rkey_ok(ks + slash + 1, kn - slash - 1)):
-                    raise CarFormatError(f"has key {PyBytes_FromStringAndSize(<const char*>ks, kn).decode('ascii')}, "
+                    raise CarFormatError(f"has key {key_text(ks, kn)}, "
                                          f"not COLLECTION/RKEY (an NSID of 1 to {MAX_NSID} "
                                          f"bytes, a record key of 1 to {MAX_RKEY} of "
                                          "A-Za-z0-9.-_:~)")
                 if self.lastn >= 0:
                     c = memcmp(ks, self.last, kn if kn < self.lastn else self.lastn)
                     if c < 0 or (c == 0 and kn <= self.lastn):
-                        raise CarFormatError(f"has key {PyBytes_FromStringAndSize(<const char*>ks, kn).decode('ascii')} "
-                                             "out of order (the MST is damaged)")
+                        raise CarFormatError(f"has key {key_text(ks, kn)} out of order "
+                                             "(the MST is damaged)")
                 cb_head(s, vp, n, &it)
                 if it.major != 6:
                     raise CarFormatError("has a malformed entry (v)")

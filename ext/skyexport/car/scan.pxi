@@ -27,6 +27,7 @@ cdef uint32_t block_verdict(const unsigned char* cid, Py_ssize_t cn,
     sx_sha256_final(&h, digest)
     return IX_GOOD if memcmp(digest, cid + d, 32) == 0 else IX_BAD
 
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class CarScanner:
