@@ -56,10 +56,22 @@ def read_car(data: bytes) -> None:
             os.close(fd)
 
 
-def _check(repo: CarRepo) -> tuple[object, ...]:
-    c = _core.CarCheck(repo.fd, repo.index, repo.data)
+def _check(repo: CarRepo, scanner: _core.CarScanner | None = None) -> tuple[object, ...]:
+    """CarCheck's outcome; with `scanner` (verifying, with its good CIDs), the records
+    proved present by the join, or on a failed proof (-1) checked one by one, as
+    check_car does."""
     try:
-        n = c.run()
+        n = -1
+        if scanner is not None:
+            refs_fd = _scratch()
+            try:
+                c = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, refs_fd)
+                n = c.run()
+            finally:
+                os.close(refs_fd)
+        if n < 0:
+            c = _core.CarCheck(repo.fd, repo.index, repo.data)
+            n = c.run()
     except ValueError as exc:
         return ("refused", str(exc))
     return (n, c.collections, c.blob_refs, repo.sha256, repo.stats.blocks)
@@ -90,23 +102,24 @@ def check_verified(path: str) -> tuple[object, ...]:
         if found is None:
             return check_plain(path)   # refused by the header, as check_car falls back
         _, start, head = found
-        ix_fd, runs_fd = _scratch(), _scratch()
+        ix_fd, runs_fd, good_fd = _scratch(), _scratch(), _scratch()
         try:
-            sc = _core.CarScanner(fd, start, head, None, size, verify=True)
+            sc = _core.CarScanner(fd, start, head, None, size, verify=True, good_fd=good_fd)
             try:
                 ix = sc.build_index(ix_fd, runs_fd)
             except ValueError:
                 os.close(ix_fd)
                 return check_plain(path)       # a framing error: worded by CarRepo
             sha = sc.sha256_hex()
+            try:
+                repo = CarRepo.adopt(path, SCRATCH, os.dup(fd), ix_fd, ix, sha)
+            except ArchiveError as exc:
+                return ("unread", str(exc))
+            with repo:
+                return _check(repo, sc)
         finally:
             os.close(runs_fd)
-        try:
-            repo = CarRepo.adopt(path, SCRATCH, os.dup(fd), ix_fd, ix, sha)
-        except ArchiveError as exc:
-            return ("unread", str(exc))
-        with repo:
-            return _check(repo)
+            os.close(good_fd)
     finally:
         os.close(fd)
 
