@@ -323,7 +323,7 @@ def test_records_proved_present_without_reading_them(tmp_path: Path) -> None:
     records_read = check.blocks_read - check.nodes_read
     holding_blob = sum(1 for s, e, _ in frames(raw) if b"\x64blob" in raw[s:e])
     assert 0 < records_read <= holding_blob < 627
-    assert len({_core.cid_str(c) for _, c in check.blob_refs}) == 190
+    assert len(check.blob_refs) == 190
 
 
 @pytest.mark.parametrize("change", ["drop", "flip"])

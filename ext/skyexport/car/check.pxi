@@ -69,13 +69,17 @@ cdef class CarCheck:
     and checking every MST node exactly as CarWalker does (shape, keys in strictly
     increasing order across the walk, each key COLLECTION/RKEY within atproto's bounds,
     depth, no empty node below the root, the path held up to PATH_BYTES, the same read
-    budget), and every record the tree references: its block must have a good copy (data
-    matching the CID; a verdict the index already holds is not hashed again).  The
-    records whose bytes hold the text "blob" are decoded strictly (cb_skip) and their
-    blob refs collected (`blob_refs`: (key, CID) in key order; a record that does not
-    decode gives none: export reports it).  `records`: how many keys; `collections`: keys
-    per collection.  Errors raise CarFormatError with the block's CID and key, the
-    messages of CarWalker."""
+    budget), and every record the tree references must have a good copy (data matching
+    its CID).  Without `verified`, each record is looked up and read (a verdict the index
+    already holds is not hashed again).  With `verified` (the verifying scan, with its
+    good CIDs) and `refs_fd` (a scratch file), the records' CIDs are spilled and proved
+    present all at once after the walk (spill.pxi); only the records the scan saw holding
+    the text "blob" are read.  Those are decoded strictly (cb_skip) and their blob refs
+    collected: `blob_refs` is {blob CID text: the first key, in key order, of a record
+    referencing it}, one entry per blob however many records share it (a record that
+    does not decode gives none: export reports it).  `records`: how many keys;
+    `collections`: keys per collection.  Errors raise CarFormatError with the block's CID
+    and key, the messages of CarWalker."""
     cdef int fd
     cdef BlockIndex ix
     cdef CkFrame* frames
@@ -87,7 +91,7 @@ cdef class CarCheck:
     cdef readonly int64_t nodes_reread
     cdef readonly int64_t blocks_read
     cdef readonly dict collections
-    cdef readonly list blob_refs
+    cdef readonly dict blob_refs
     cdef unsigned char last[MAX_KEY]
     cdef Py_ssize_t lastn                 # -1: no key yet
     cdef unsigned char* buf               # the last block fetch() read: CID, then data
@@ -113,7 +117,7 @@ cdef class CarCheck:
         self.sha256 = hashlib.sha256
         self.budget = 8 * index.size + (8 << 20)
         self.collections = {}
-        self.blob_refs = []
+        self.blob_refs = {}
         self.lastn = -1
         self.root = bytes(data_cid)
         self.frames = <CkFrame*>PyMem_RawMalloc(CK_FRAMES * sizeof(CkFrame))
@@ -301,7 +305,9 @@ cdef class CarCheck:
             found = []
             cb_blob_refs(s, 0, r, 0, found)
             for ref in found:
-                self.blob_refs.append((key, ref))
+                name = cid_str(ref)
+                if name not in self.blob_refs:
+                    self.blob_refs[name] = key
         return 0
 
     cdef int count(self, const unsigned char* coll, Py_ssize_t n, int64_t k) except -1:

@@ -181,7 +181,6 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
     from ..sources.car.repo import CarRepo, _open_regular
 
     got = scan.result() if scan is not None else None
-    refs: dict[str, str] = {}
     spills: list[int] = []
     try:
         if got is not None:
@@ -211,8 +210,7 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
                     n = check.run()
             except (ValueError, OSError) as exc:
                 raise repo._error(exc) from None
-            for key, ref in check.blob_refs:
-                refs.setdefault(_core.cid_str(ref), key)
+            refs = dict(check.blob_refs)
             collections = {k.decode("ascii"): v for k, v in check.collections.items()}
             return RepoCheck(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
                              n, dict(sorted(collections.items())), refs)
