@@ -341,3 +341,16 @@ def test_a_missing_or_damaged_record_fails_the_proof(change: str, tmp_path: Path
         b[end - 3] ^= 0x10
         body = bytes(b)
     assert _verified_check(body, tmp_path)[0] == -1
+
+
+def test_an_unexpected_error_of_the_pass_reaches_the_caller(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's thread dies of something that is not a CAR or I/O problem: check_car
+    raises it, rather than quietly reading the file anew."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the pass")
+
+    monkeypatch.setattr(_core, "CarScanner", broken)
+    raw = BSKY.read_bytes()
+    with pytest.raises(RuntimeError, match="a bug in the pass"):
+        _grown(raw, tmp_path / "x.car", tmp_path, "did:plc:z72i7hdynmk6r22z27h6tvur", 1 << 16)

@@ -107,7 +107,12 @@ class _Scan:
             self.out = None
 
     def result(self) -> tuple[int, Any, str, Any, int] | None:
+        """What the pass built, or None when it found the CAR unsound or could not read
+        or write (check_car words that, reading anew); any other exception of its thread
+        is raised here."""
         self.done.wait()
+        if self.error is not None and not isinstance(self.error, (ValueError, OSError)):
+            raise self.error
         out, self.out = self.out, None
         return out
 
