@@ -10,7 +10,10 @@ alternating, several rounds; medians:
 - the blobs: `curl --parallel --parallel-max 4` of every getBlob URL vs `skyexport fetch`
   of the same blobs (`--jobs 4`; listBlobs, the SHA-256 checks and the renames included;
   the repository is small here);
-- the peak RSS of each skyexport run (VmHWM).
+- the peak RSS of each skyexport run (VmHWM);
+- the CPU time of each side (user + system, from its rusage) and of the server while it
+  served that side (from /proc/PID/stat, Linux), so that a server busy for one side only
+  shows.
 
 Targets: repository <= 1.2x curl, blobs <= 1.5x curl, peak RSS <= 64 MB.
 
@@ -129,12 +132,39 @@ def build_root(posts: int, blobs: int, blob_size: int) -> Path:
     return root
 
 
-def timed(argv: list[str]) -> float:
+CPU: dict[str, list[float]] = {}  # "<side> client" / "<side> server": CPU seconds per run
+SERVER_PIDS: list[int] = []
+
+
+def _server_cpu() -> float:
+    """CPU seconds the servers have used so far (0 where /proc is not there)."""
+    total = 0.0
+    for pid in SERVER_PIDS:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def timed(argv: list[str], side: str = "") -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server = _server_cpu()
     t = time.perf_counter()
     p = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t
     if p.returncode != 0:
         raise SystemExit(f"{argv[0]} failed ({p.returncode}): {p.stderr.strip()}")
-    return time.perf_counter() - t
+    if side:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        CPU.setdefault(f"{side} client", []).append(
+            after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        CPU.setdefault(f"{side} server", []).append(_server_cpu() - server)
+    return wall
 
 
 def did_of(car: Path) -> str:
@@ -154,10 +184,11 @@ def serve(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("the server did not start")
 
 
-def skyexport_run(did: str, url: str, out: Path, peak: Path, *extra: str) -> tuple[float, int]:
+def skyexport_run(did: str, url: str, out: Path, peak: Path, side: str,
+                  *extra: str) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
     t = timed([PY, "-c", PEAK, str(peak), "fetch", did, "--pds", url, "-o", str(out), "-q",
-               "--progress", "none", *extra])
+               "--progress", "none", *extra], side)
     return t, int(peak.read_text())
 
 
@@ -175,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fetch: {posts:,}-post repository vs curl -o; {args.blobs:,} blobs of "
           f"{args.blob_size:,} bytes vs curl --parallel --parallel-max 4; {args.rounds} "
           "rounds, alternating, medians", flush=True)
+    load0 = os.getloadavg()
     repo_root = build_root(posts, 0, 0)
     blob_root = build_root(1000, args.blobs, args.blob_size)
     repo_did, blob_did = did_of(repo_root / "repo.car"), did_of(blob_root / "repo.car")
@@ -187,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         rs, rurl = serve(repo_root, work)
         bs, burl = serve(blob_root, work)
         servers = [rs, bs]
+        SERVER_PIDS[:] = [rs.pid, bs.pid]
         cfg = work / "curl-blobs.cfg"
         with cfg.open("w") as f:
             for cid in sorted(os.listdir(blob_root / "blobs")):
@@ -196,16 +229,18 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "c.car", ignore_errors=True)
             results["curl repo"].append(timed(
                 ["curl", "-sSf", "-o", str(work / "c.car"),
-                 f"{rurl}/xrpc/com.atproto.sync.getRepo?did={repo_did}"]))
-            t, peak = skyexport_run(repo_did, rurl, work / "so", work / "peak", "--no-blobs")
+                 f"{rurl}/xrpc/com.atproto.sync.getRepo?did={repo_did}"], "curl repo"))
+            t, peak = skyexport_run(repo_did, rurl, work / "so", work / "peak",
+                                    "skyexport repo", "--no-blobs")
             results["skyexport repo"].append(t)
             peaks.append(peak)
             shutil.rmtree(work / "cb", ignore_errors=True)
             (work / "cb").mkdir()
             results["curl blobs"].append(timed(
                 ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K",
-                 str(cfg)]))
-            t, peak = skyexport_run(blob_did, burl, work / "sb", work / "peak", "--jobs", "4")
+                 str(cfg)], "curl blobs"))
+            t, peak = skyexport_run(blob_did, burl, work / "sb", work / "peak",
+                                    "skyexport blobs", "--jobs", "4")
             results["skyexport blobs"].append(t)
             peaks.append(peak)
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s"
@@ -230,6 +265,16 @@ def main(argv: list[str] | None = None) -> int:
         ok = ratio <= target
         failed |= not ok
         print(f"  {name:<58} {ratio:6.2f}x  <= {target}x  {'PASS' if ok else 'FAIL'}  {note}")
+    print("  CPU seconds, medians (the client's own; the server's while it served that "
+          "client):")
+    for side in ("repo", "blobs"):
+        print("    " + "; ".join(
+            f"{who} {statistics.median(CPU[f'{who} {side} client']):.2f} client + "
+            f"{statistics.median(CPU[f'{who} {side} server']):.2f} server"
+            for who in ("curl", "skyexport")) + f"  ({side})")
+    load1 = os.getloadavg()
+    print(f"  load (1/5/15 min): {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start, "
+          f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end ({os.cpu_count()} CPUs)")
     peak_mb = max(peaks) / 2**20
     ok = peak_mb <= 64
     failed |= not ok

@@ -4,27 +4,31 @@
 - retries with exponential backoff (and jitter) on connection errors, truncated bodies
   and 500/502/503/504 answers; `429` waits as long as `Retry-After` or `RateLimit-Reset`
   says (up to `max_wait_s`, else one clear line);
-- redirects followed by hand, only to http and https URLs, at most `max_redirects`;
+- redirects followed by hand, only to http and https URLs, never from https to http, at
+  most `max_redirects`;
 - TLS certificates always verified (the system's roots; never switched off); a
   certificate that does not verify is not retried;
 - every body capped: a Content-Length above the cap is refused before reading, a body
   that grows past it is cut, a body shorter than its Content-Length is retried, bytes
-  past it are not read;
+  past it are not read (nor is the connection used again); the status line and headers
+  are capped at HEAD_CAP, a chunk-size or trailer line at LINE_CAP;
 - `Accept-Encoding: identity`, so no compressed body can expand past a cap.
 
-Built on the standard library's http.client: one keep-alive connection per host and
-thread (a blob costs one request on a warm connection, a fraction of a millisecond of
-Python), bodies read with readinto into one buffer.  The client reads no environment
-variable (no proxy, no CA file): the tests reach it only through `_TEST`, a private seam.
+HTTP/1.1 is spoken here, on sockets (see "the HTTP/1.1 exchange" below): one keep-alive
+connection per host and thread, the response parsed from one reused buffer per connection
+(a blob costs one sendall and, when small, one recv on a warm connection); `connection()`
+hands a new one to a caller that multiplexes connections itself (remote/blobs.py).  The client
+reads no environment variable (no proxy, no CA file): the tests reach it only through
+`_TEST`, a private seam.
 """
 
 from __future__ import annotations
 
 import email.utils
-import http.client
 import json
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -34,7 +38,6 @@ from typing import Any
 
 from .errors import AccountError, FetchError
 
-CHUNK = 1 << 20
 ERROR_BODY_CAP = 64 * 1024
 RETRY_STATUSES = (429, 500, 502, 503, 504)  # not 501 (not implemented: it never will be)
 
@@ -85,7 +88,7 @@ def clean(text: str, limit: int = 200) -> str:
     return out + ("..." if len(text) > limit else "")
 
 
-def _retry_after(r: http.client.HTTPResponse) -> float | None:
+def _retry_after(r: Response) -> float | None:
     value = r.getheader("retry-after")
     now = time.time()
     if value is not None:
@@ -120,25 +123,312 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
-class _Tls(http.client.HTTPConnection):
-    """HTTPS to `address`, the certificate checked against `name` (which differs from
-    the address only under the tests' `hosts` seam)."""
+# --- the HTTP/1.1 exchange --------------------------------------------------------------
+#
+# A GET on a persistent connection, parsed here rather than by http.client: one sendall of
+# the request, then recv_into one buffer per connection; the status line and headers are
+# parsed from that buffer in one pass, and the body is handed out as views of it (a small
+# blob arrives with its headers in one recv).  http.client's header parser is the email
+# package's; this one is a split of the header block (tests/unit/test_http_exchange.py
+# checks it against http.client on the same bytes).
 
-    default_port = 443
-
-    def __init__(self, address: tuple[str, int], name: str, context: ssl.SSLContext,
-                 timeout: float) -> None:
-        super().__init__(address[0], address[1], timeout=timeout)
-        self._name = name
-        self._context = context
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._name)
+BUF = 256 * 1024          # one per connection: a whole small blob, or a slice of a big body
+HEAD_CAP = 64 * 1024      # the status line and every header together
+LINE_CAP = 4096           # a chunk-size line, a trailer line
+MAX_HEADERS = 100
+MAX_INTERIM = 10          # 1xx answers before the final one
+_EMPTY = memoryview(b"")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+_TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_LENGTH, _CHUNKED, _CLOSE = 0, 1, 2
 
 
 class _Transport(Exception):
-    """A connection-level failure: retried."""
+    """A connection-level failure or a malformed response: retried."""
+
+
+class _Silent(_Transport):
+    """The connection closed before any byte of the response (a kept-alive connection
+    the server had closed: the request is sent again on a new one, not counted)."""
+
+
+class _Conn:
+    """One connection: its socket and the buffer every response on it is read into."""
+
+    __slots__ = ("sock", "buf", "view", "pos", "end")
+
+    def __init__(self, sock: socket.socket, size: int = BUF) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.pos = 0  # buf[pos:end]: received, not yet consumed
+        self.end = 0
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def fill(self) -> int:
+        """Receive more after `end` (moving the unconsumed bytes to the front first
+        when there is no room after them); 0 at the end of the stream."""
+        if self.pos == self.end:
+            self.pos = self.end = 0
+        elif self.end == len(self.buf):
+            if self.pos == 0:
+                raise _Transport(f"a header or line longer than the {self.end:,}-byte buffer")
+            kept = bytes(self.view[self.pos:self.end])
+            self.buf[:len(kept)] = kept
+            self.pos, self.end = 0, len(kept)
+        got = self.sock.recv_into(self.view[self.end:])
+        self.end += got
+        return got
+
+    def line(self, what: str) -> bytes:
+        """The next line (its CRLF or LF stripped), at most LINE_CAP bytes."""
+        while True:
+            i = self.buf.find(b"\n", self.pos, self.end)
+            if i >= 0:
+                out = bytes(self.view[self.pos:i])
+                self.pos = i + 1
+                return out[:-1] if out.endswith(b"\r") else out
+            if self.end - self.pos > LINE_CAP:
+                raise _Transport(f"{what} longer than {LINE_CAP:,} bytes")
+            if not self.fill():
+                raise _Transport(f"the connection closed in {what}")
+
+
+class Response:
+    """A response whose status line and headers are read; its body is read with
+    `chunk()`.  `headers`: lower-case names, repeated ones joined by ", " (as
+    http.client's getheader)."""
+
+    __slots__ = ("conn", "status", "version", "headers", "will_close", "transfer",
+                 "_mode", "_left", "_done", "_crlf")
+
+    def __init__(self, conn: _Conn) -> None:
+        self.conn = conn
+        for _ in range(MAX_INTERIM + 1):
+            self._head()
+            if not 100 <= self.status < 200:
+                break  # an interim answer (100 Continue, 103 Early Hints) is skipped
+        else:
+            raise _Transport(f"more than {MAX_INTERIM} interim (1xx) answers")
+        self._done = self._left == 0 and self._mode == _LENGTH
+        self._crlf = False
+
+    def _head(self) -> None:
+        c = self.conn
+        first = c.pos == c.end
+        scanned = 0  # bytes after pos already searched
+        while True:
+            start = c.pos + scanned
+            i = c.buf.find(b"\n\r\n", start, c.end)
+            j = c.buf.find(b"\n\n", start, c.end if i < 0 else i + 1)
+            if i >= 0 and (j < 0 or i < j):
+                stop, body = i + 1, i + 3
+                break
+            if j >= 0:
+                stop, body = j + 1, j + 2
+                break
+            if c.end - c.pos > HEAD_CAP:
+                raise _Transport(f"the response's header is longer than {HEAD_CAP:,} bytes")
+            scanned = max(0, c.end - c.pos - 2)
+            if not c.fill():
+                if first and c.end == c.pos:
+                    raise _Silent("the server closed the connection without answering")
+                raise _Transport("the connection closed in the response's header")
+        if stop - c.pos > HEAD_CAP:
+            raise _Transport(f"the response's header is longer than {HEAD_CAP:,} bytes")
+        lines = bytes(c.view[c.pos:stop]).decode("latin-1").split("\n")
+        c.pos = body
+        status_line = lines[0].rstrip("\r")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3 \
+                or not parts[1].isdigit() or not parts[1].isascii() or parts[1] < "100":
+            raise _Transport(f"not an HTTP/1.x status line: {clean(status_line, 80)!r}")
+        self.status = int(parts[1])
+        self.version = 10 if parts[0] == "HTTP/1.0" else 11
+        headers: dict[str, str] = {}
+        lengths: list[str] = []
+        last = ""
+        count = 0
+        for raw in lines[1:-1]:  # the last is the empty string after the last newline
+            line = raw[:-1] if raw.endswith("\r") else raw
+            if line[:1] in (" ", "\t"):  # obs-fold: a continuation of the previous value
+                if not last:
+                    raise _Transport("a header continuation line without a header")
+                folded = line.strip(" \t")
+                headers[last] = f"{headers[last]} {folded}" if headers[last] else folded
+                continue
+            name, colon, value = line.partition(":")
+            if not colon or not name or not _TCHAR.issuperset(name):
+                raise _Transport(f"a malformed header line: {clean(line, 80)!r}")
+            count += 1
+            if count > MAX_HEADERS:
+                raise _Transport(f"more than {MAX_HEADERS} headers")
+            last = name.lower()
+            value = value.strip(" \t")
+            if last == "content-length":
+                lengths.append(value)
+            headers[last] = f"{headers[last]}, {value}" if last in headers else value
+        self.headers = headers
+        tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+        self.will_close = "close" in tokens or (
+            self.version == 10 and "keep-alive" not in tokens and "keep-alive" not in headers)
+        self.transfer = headers.get("transfer-encoding", "").strip().lower()
+        self._left = 0
+        if self.status in (204, 304) or self.status < 200:
+            self._mode = _LENGTH
+        elif self.transfer == "chunked":
+            self._mode = _CHUNKED
+        elif self.transfer:  # a coding not asked for: the caller refuses it
+            self._mode = _CLOSE
+            self.will_close = True
+        elif lengths:
+            if len(set(lengths)) != 1 or not lengths[0].isdigit() \
+                    or not lengths[0].isascii() or len(lengths[0]) > 18:
+                raise _Transport(f"an invalid Content-Length: "
+                                 f"{clean(', '.join(lengths), 80)!r}")
+            self._mode = _LENGTH
+            self._left = int(lengths[0])
+        else:
+            self._mode = _CLOSE
+            self.will_close = True
+
+    def getheader(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def done(self) -> bool:
+        """The whole body was read."""
+        return self._done
+
+    def chunk(self) -> memoryview:
+        """The next bytes of the body (a view of the connection's buffer, valid until the
+        next call); empty at its end.  A body cut short raises _Transport."""
+        c = self.conn
+        if self._left == 0:
+            if self._done:
+                return _EMPTY
+            if self._mode == _CLOSE:
+                if c.pos == c.end and not c.fill():
+                    self._done = True
+                    return _EMPTY
+                v = c.view[c.pos:c.end]
+                c.pos = c.end
+                return v
+            self._next_chunk()  # chunked: the next chunk's size
+            if self._done:
+                return _EMPTY
+        if c.pos == c.end and not c.fill():
+            raise _Transport("the connection closed mid-body")
+        n = min(self._left, c.end - c.pos)
+        v = c.view[c.pos:c.pos + n]
+        c.pos += n
+        self._left -= n
+        if self._left == 0:
+            if self._mode == _LENGTH:
+                self._done = True
+            else:
+                self._crlf = True
+        return v
+
+    def _next_chunk(self) -> None:
+        c = self.conn
+        if self._crlf:  # the CRLF that ends the previous chunk's data
+            if c.line("the end of a chunk"):
+                raise _Transport("a chunk longer than its size")
+            self._crlf = False
+        line = c.line("a chunk-size line")
+        size = line.split(b";", 1)[0].strip(b" \t")
+        if not size or len(size) > 15 or not _HEX.issuperset(size):
+            raise _Transport(f"an invalid chunk size: {clean(line.decode('latin-1'), 80)!r}")
+        self._left = int(size, 16)
+        if self._left:
+            return
+        total = 0
+        while True:  # the trailer section, ignored
+            try:
+                t = c.line("the trailer")
+            except _Transport:
+                if c.pos == c.end:  # the stream ended after the last chunk
+                    self.will_close = True
+                    break
+                raise
+            if not t:
+                break
+            total += len(t)
+            if total > HEAD_CAP:
+                raise _Transport(f"a trailer longer than {HEAD_CAP:,} bytes")
+        self._done = True
+
+    def buffered(self) -> memoryview:
+        """The body's bytes already received (a Content-Length body), without waiting
+        for more: a view of the buffer, consumed."""
+        c = self.conn
+        n = min(self._left, c.end - c.pos)
+        v = c.view[c.pos:c.pos + n]
+        c.pos += n
+        self._left -= n
+        if self._left == 0 and self._mode == _LENGTH:
+            self._done = True
+        return v
+
+    @property
+    def plain(self) -> bool:
+        """A body with a Content-Length, sent as it is (no transfer- or content-coding)."""
+        return self._mode == _LENGTH and not self.transfer and \
+            self.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+    @property
+    def left(self) -> int:
+        return self._left
+
+    def read(self, limit: int) -> bytes:
+        """At most `limit` bytes of the body (an error's, a redirect's)."""
+        out = bytearray()
+        while len(out) < limit:
+            v = self.chunk()
+            if not v:
+                break
+            out += v[:limit - len(out)]
+        return bytes(out)
+
+
+_SPLIT: dict[str, tuple[str, str, int, str, str]] = {}
+_BAD_URL_CHARS = frozenset(chr(i) for i in range(33)) | {"\x7f"}
+
+
+def _request(url: str, agent: str, what: str) -> tuple[str, str, int, bytes]:
+    """(scheme, host, port, the request's bytes) for GET `url`; a URL that cannot be
+    sent as it is (spaces, control or non-ASCII characters, an unknown scheme) is one
+    line."""
+    base, q, query = url.partition("?")
+    parts = _SPLIT.get(base)
+    if parts is None:
+        try:
+            u = urllib.parse.urlsplit(base)
+            port = u.port or (443 if u.scheme == "https" else 80)
+        except ValueError:
+            raise FetchError(f"{what}: an invalid URL ({clean(url)})") from None
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise FetchError(f"{what}: not an http or https URL ({clean(url)})")
+        hostport = u.netloc.rpartition("@")[2]
+        parts = (u.scheme, u.hostname, port, u.path or "/", hostport)
+        if len(_SPLIT) < 64:
+            _SPLIT[base] = parts
+    scheme, host, port, path, hostport = parts
+    target = f"{path}?{query}" if q else path
+    if not target.isascii() or not _BAD_URL_CHARS.isdisjoint(target) \
+            or not hostport.isascii() or not _BAD_URL_CHARS.isdisjoint(hostport):
+        raise FetchError(f"{what}: the URL has characters that cannot be sent "
+                         f"({clean(url)})")
+    request = (f"GET {target} HTTP/1.1\r\nHost: {hostport}\r\nUser-Agent: {agent}\r\n"
+               "Accept-Encoding: identity\r\nAccept: */*\r\n\r\n").encode("ascii")
+    return scheme, host, port, request
 
 
 class Client:
@@ -153,9 +443,8 @@ class Client:
         self._tls = _tls_context()  # verifies certificates and host names, always
         self._agent = f"skyexport/{__version__}"
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._all: list[_Conn] = []
         self._lock = threading.Lock()
-        self._buf = threading.local()
 
     def close(self) -> None:
         with self._lock:
@@ -165,78 +454,74 @@ class Client:
 
     # --- one request -------------------------------------------------------------------
 
-    def _conn(self, scheme: str, host: str, port: int) -> http.client.HTTPConnection:
-        pool: dict[tuple[str, str, int], http.client.HTTPConnection] = \
-            self._local.__dict__.setdefault("pool", {})
-        c = pool.get((scheme, host, port))
-        if c is None:
-            address = _TEST["hosts"].get(host, (host, port))
-            timeout = self.policy.connect_timeout_s
+    def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+        """A new connection (TCP, then TLS verified against `host`), with the connect
+        timeout for both, then the read timeout for every later send and receive."""
+        address = _TEST["hosts"].get(host, (host, port))
+        sock = socket.create_connection(address, timeout=self.policy.connect_timeout_s)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if scheme == "https":
-                c = _Tls(address, host, self._tls, timeout)
-            else:
-                c = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
-            pool[(scheme, host, port)] = c
-            with self._lock:
-                self._all.append(c)
-        return c
+                sock = self._tls.wrap_socket(sock, server_hostname=host)
+            sock.settimeout(self.policy.read_timeout_s)
+        except BaseException:
+            sock.close()
+            raise
+        return _Conn(sock)
 
-    def _drop(self, scheme: str, host: str, port: int) -> None:
-        pool = self._local.__dict__.get("pool", {})
-        c = pool.pop((scheme, host, port), None)
-        if c is not None:
-            c.close()
-            with self._lock:
-                if c in self._all:
-                    self._all.remove(c)
+    def _drop(self, c: _Conn) -> None:
+        c.close()
+        with self._lock:
+            if c in self._all:
+                self._all.remove(c)
 
-    def _send(self, url: str,
-              what: str) -> tuple[http.client.HTTPResponse, Callable[[bool], None]]:
-        """The response to GET `url`, and its release (True once the body was read
-        whole: the connection may serve the next request)."""
-        u = urllib.parse.urlsplit(url)
-        scheme, host = u.scheme, u.hostname or ""
-        port = u.port or (443 if scheme == "https" else 80)
-        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        headers = {"Host": u.netloc.rpartition("@")[2], "User-Agent": self._agent,
-                   "Accept-Encoding": "identity", "Accept": "*/*"}
+    def _send(self, url: str, what: str) -> tuple[Response, Callable[[bool], None]]:
+        """The response to GET `url` (its headers read), and its release (True once the
+        body was read whole: the connection may serve the next request)."""
+        scheme, host, port, request = _request(url, self._agent, what)
+        key = (scheme, host, port)
+        pool: dict[tuple[str, str, int], _Conn] = self._local.__dict__.setdefault("pool", {})
         for fresh in (False, True):
-            c = self._conn(scheme, host, port)
-            reused = c.sock is not None
+            c = pool.pop(key, None)  # in use: not in the pool until released whole
+            reused = c is not None
             try:
-                if c.sock is None:
-                    c.connect()
-                assert c.sock is not None
-                c.sock.settimeout(self.policy.read_timeout_s)
-                c.request("GET", target, headers=headers)
-                r = c.getresponse()
+                if c is None:
+                    c = self._connect(scheme, host, port)
+                    with self._lock:
+                        self._all.append(c)
+                c.sock.sendall(request)
+                r = Response(c)
             except ssl.SSLCertVerificationError as exc:
-                self._drop(scheme, host, port)
+                if c is not None:
+                    self._drop(c)
                 why = exc.verify_message or str(exc)
                 raise FetchError(f"{what}: the TLS certificate of {host} does not verify "
                                  f"(CERTIFICATE_VERIFY_FAILED: {why})") from None
-            except (http.client.RemoteDisconnected, BrokenPipeError,
-                    ConnectionResetError) as exc:
-                self._drop(scheme, host, port)
+            except (_Silent, BrokenPipeError, ConnectionResetError) as exc:
+                if c is not None:
+                    self._drop(c)
                 if reused and not fresh:
                     continue  # the server closed an idle keep-alive connection: once more
                 raise _Transport(str(exc) or type(exc).__name__) from None
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(scheme, host, port)
+            except (OSError, _Transport) as exc:
+                if c is not None:
+                    self._drop(c)
                 raise _Transport(str(exc) or type(exc).__name__) from None
 
-            def release(whole: bool, r: http.client.HTTPResponse = r) -> None:
+            def release(whole: bool, r: Response = r, c: _Conn = c) -> None:
                 """Keep the connection for the next request only after a body read
-                whole from a server that keeps it open."""
-                if not whole or r.will_close or not r.isclosed():
-                    r.close()
-                    self._drop(scheme, host, port)
+                whole, from a server that keeps it open and sent nothing more."""
+                if whole and r.done and not r.will_close and c.pos == c.end:
+                    pool[key] = c
+                else:
+                    self._drop(c)
             return r, release
         raise AssertionError("unreachable")
 
     def _open(self, url: str, params: dict[str, str] | None,
-              what: str) -> tuple[http.client.HTTPResponse, Callable[[bool], None]]:
-        """The response after the redirects the policy allows."""
+              what: str) -> tuple[Response, Callable[[bool], None]]:
+        """The response after the redirects the policy allows: only to http and https
+        URLs, never from https to http, at most `max_redirects`."""
         if params:
             url += "?" + urllib.parse.urlencode(params)
         for _ in range(self.policy.max_redirects + 1):
@@ -246,9 +531,9 @@ class Client:
             location = r.getheader("location")
             try:
                 r.read(ERROR_BODY_CAP)
-            except (OSError, http.client.HTTPException):
+            except (OSError, _Transport):
                 pass
-            release(r.isclosed())
+            release(r.done)
             if not location:
                 raise FetchError(f"{what}: the server answered a redirect without a "
                                  "Location")
@@ -262,13 +547,17 @@ class Client:
                 raise FetchError(f"{what}: the server redirected to a {clean(scheme)}: "
                                  f"URL ({clean(location)}); only http and https redirects "
                                  "are followed")
+            if scheme == "http" and urllib.parse.urlsplit(url).scheme == "https":
+                raise FetchError(f"{what}: the server redirected from {clean(url)} to "
+                                 f"{clean(nxt)}, from https to plain http; refused (a "
+                                 "redirect may not drop TLS)")
             url = nxt
         raise FetchError(f"{what}: more than {self.policy.max_redirects} redirects")
 
-    def _error(self, r: http.client.HTTPResponse, what: str) -> FetchError:
+    def _error(self, r: Response, what: str) -> FetchError:
         try:
             body = r.read(ERROR_BODY_CAP)
-        except (OSError, http.client.HTTPException):
+        except (OSError, _Transport):
             body = b""
         name = message = ""
         try:
@@ -294,13 +583,17 @@ class Client:
 
     def get(self, url: str, params: dict[str, str] | None, what: str,
             write: Callable[[memoryview], object], restart: Callable[[], object],
-            cap: int, cap_hint: str = "", statuses: tuple[int, ...] = (200,)) -> int:
+            cap: int, cap_hint: str = "", statuses: tuple[int, ...] = (200,),
+            tried: int = 0, last: str = "") -> int:
         """GET `url` into `write` (handed views of one reused buffer), with the policy's
         retries (`restart` empties what a failed attempt wrote); the number of body
-        bytes.  Errors: FetchError (one line), AccountError, CapExceeded, Interrupted."""
+        bytes.  `tried`: attempts already made elsewhere (the blobs' multiplexed path;
+        `last` says how the last one failed).  Errors: FetchError (one line),
+        AccountError, CapExceeded, Interrupted."""
         p = self.policy
-        last = ""
-        attempt = 0
+        attempt = tried
+        if attempt >= p.attempts:
+            raise FetchError(f"{what}: failed {attempt} times (last: {last})")
         while True:
             if self.stop.is_set():
                 raise Interrupted
@@ -321,10 +614,30 @@ class Client:
                 raise FetchError(f"{what}: failed {attempt} times (last: {last})") from None
             with self._lock:
                 self.retries += 1
-            if wait is None:
-                wait = min(p.backoff_max_s, p.backoff_s * 2 ** (attempt - 1))
-                wait *= 0.5 + random.random() / 2
-            self._pause(wait)
+            self._pause(wait if wait is not None else self.backoff(attempt))
+
+    def backoff(self, attempt: int) -> float:
+        """The pause after failed attempt number `attempt` (1, 2...): doubled each time,
+        with jitter."""
+        p = self.policy
+        return float(min(p.backoff_max_s, p.backoff_s * 2 ** (attempt - 1))
+                     * (0.5 + random.random() / 2))
+
+    def request(self, url: str, what: str) -> bytes:
+        """The bytes of a GET of `url`."""
+        return _request(url, self._agent, what)[3]
+
+    def connection(self, url: str, what: str) -> tuple[_Conn, bytes]:
+        """A new connection for GET requests like `url` (TLS verified; the read timeout
+        set), and the request's bytes, for a caller that multiplexes connections itself
+        (it makes them non-blocking).  Errors: FetchError, _Transport, OSError."""
+        scheme, host, port, request = _request(url, self._agent, what)
+        try:
+            return self._connect(scheme, host, port), request
+        except ssl.SSLCertVerificationError as exc:
+            why = exc.verify_message or str(exc)
+            raise FetchError(f"{what}: the TLS certificate of {host} does not verify "
+                             f"(CERTIFICATE_VERIFY_FAILED: {why})") from None
 
     def _get_once(self, url: str, params: dict[str, str] | None, what: str,
                   write: Callable[[memoryview], object], restart: Callable[[], object],
@@ -344,27 +657,28 @@ class Client:
                                  "though none was asked for")
             length = r.getheader("content-length")
             promised = int(length) if length is not None and length.isdigit() else None
+            if r.transfer not in ("", "chunked"):
+                raise FetchError(f"{what}: the server sent a {clean(r.transfer)} "
+                                 "transfer-coding though none was asked for")
             if promised is not None and promised > cap:
                 raise CapExceeded(f"{what}: the server announces {promised:,} bytes, more "
                                   f"than the cap of {cap:,}{cap_hint}")
             restart()
-            buf = self._buf.__dict__.get("b")
-            if buf is None:
-                buf = self._buf.b = memoryview(bytearray(CHUNK))
             n = 0
+            stop = self.stop
             while True:
                 try:
-                    got = r.readinto(buf)
-                except (OSError, http.client.HTTPException) as exc:
+                    view = r.chunk()
+                except (OSError, _Transport) as exc:
                     raise _Transport(str(exc) or type(exc).__name__) from None
-                if not got:
+                if not view:
                     break
-                n += got
+                n += len(view)
                 if n > cap:
                     raise CapExceeded(f"{what}: the body grew past the cap of {cap:,} "
                                       f"bytes and was cut{cap_hint}")
-                write(buf[:got])  # a local error (a full disk) is not the network's
-                if self.stop.is_set():
+                write(view)  # a local error (a full disk) is not the network's
+                if stop.is_set():
                     raise Interrupted
             if promised is not None and n != promised:
                 raise _Transport(f"body of {n} bytes, {promised} promised")
