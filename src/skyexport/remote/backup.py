@@ -399,6 +399,8 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
                 added = chk.records
             _publish(tmp, car)
         except BaseException:
+            if scan is not None:
+                scan.stop()   # its descriptors, if check_car never took them
             try:
                 os.unlink(tmp)
             except OSError:
