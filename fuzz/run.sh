@@ -56,7 +56,7 @@ case "$mode" in
       tests/unit/test_car_decoding.py tests/unit/test_car_block_index.py tests/unit/test_car_import.py \
       tests/unit/test_car_info.py tests/cli/test_export_car.py tests/system/test_car_hostile.py \
       tests/system/test_fuzz_regressions.py tests/system/test_golden.py \
-      tests/unit/test_car_records.py
+      tests/system/test_fetch_check.py
     ;;
   *)
     echo "usage: fuzz/run.sh fuzz|asan-test ..." >&2

@@ -3,7 +3,9 @@ run these under libFuzzer, tests/system/test_fuzz_regressions.py runs them on ev
 fuzz/regressions/ (each crash the fuzzer ever found) and on the seed corpus.
 
 - car(data): the input as a whole CAR -- framing, the block index, CIDs, the commit, the
-  MST walk of every command (rows, keys, collections) and the batch insert into SQLite --
+  MST walk of every command (rows, keys, collections) and the batch insert into SQLite;
+  `fetch`'s check (the verifying scan, CarCheck) must agree with CarCheck over the plain
+  index on whether it is sound and what it finds --
   and as one DAG-CBOR block: cbor_to_json and cbor_to_py must agree on whether it is
   valid, post_fields must accept or refuse it.  Bad input raises the reader's own errors
   (ArchiveError, ValueError), caught here; anything else is a finding.
@@ -48,9 +50,78 @@ def read_car(data: bytes) -> None:
                 assert len(repo.sha256) == 64
         except ArchiveError:
             pass
+        assert check_verified(path) == check_plain(path)
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def _check(repo: CarRepo, scanner: _core.CarScanner | None = None) -> tuple[object, ...]:
+    """CarCheck's outcome; with `scanner` (verifying, with its good CIDs), the records
+    proved present by the join, or on a failed proof (-1) checked one by one, as
+    check_car does."""
+    try:
+        n = -1
+        if scanner is not None:
+            refs_fd = _scratch()
+            try:
+                c = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, refs_fd)
+                n = c.run()
+            finally:
+                os.close(refs_fd)
+        if n < 0:
+            c = _core.CarCheck(repo.fd, repo.index, repo.data)
+            n = c.run()
+    except ValueError as exc:
+        return ("refused", str(exc))
+    return (n, c.collections, c.blob_refs, repo.sha256, repo.stats.blocks)
+
+
+def check_plain(path: str) -> tuple[object, ...]:
+    """CarCheck over the block index a plain CarRepo builds (no verdicts)."""
+    try:
+        with CarRepo(path, SCRATCH, verb="") as repo:
+            return _check(repo)
+    except ArchiveError as exc:
+        return ("unread", str(exc))
+
+
+def _scratch() -> int:
+    fd, name = tempfile.mkstemp(dir=SCRATCH)
+    os.unlink(name)
+    return fd
+
+
+def check_verified(path: str) -> tuple[object, ...]:
+    """CarCheck over the index of a verifying CarScanner (`fetch`'s pass), adopted."""
+    from skyexport.sources.car.repo import _open_regular, _read_header
+
+    fd, size = _open_regular(path)
+    try:
+        found = _read_header(fd)
+        if found is None:
+            return check_plain(path)   # refused by the header, as check_car falls back
+        _, start, head = found
+        ix_fd, runs_fd, good_fd = _scratch(), _scratch(), _scratch()
+        try:
+            sc = _core.CarScanner(fd, start, head, None, size, verify=True, good_fd=good_fd)
+            try:
+                ix = sc.build_index(ix_fd, runs_fd)
+            except ValueError:
+                os.close(ix_fd)
+                return check_plain(path)       # a framing error: worded by CarRepo
+            sha = sc.sha256_hex()
+            try:
+                repo = CarRepo.adopt(path, SCRATCH, os.dup(fd), ix_fd, ix, sha)
+            except ArchiveError as exc:
+                return ("unread", str(exc))
+            with repo:
+                return _check(repo, sc)
+        finally:
+            os.close(runs_fd)
+            os.close(good_fd)
+    finally:
+        os.close(fd)
 
 
 def read_block(data: bytes) -> None:

@@ -22,10 +22,12 @@ translation unit, so the C compiler sees everything at once and can inline acros
     rows/pipe.pxi       RowPipe: stepping on one thread, encoding on another
     car/cid.pxi         repository CARs (docs/CAR.md): limits, errors, multibase, CIDs, varints
     car/index.pxi       the block index (an external sort in a scratch file)
+    car/spill.pxi       fetch's check: the good CIDs and the records' CIDs, joined by partition
     car/scan.pxi        CarScanner: framing every block in one pass
     car/cbor.pxi        DAG-CBOR, strictly validated, to Python objects or compact JSON
     car/post.pxi        a post record's fields
     car/walk.pxi        CarWalker: the MST walk
+    car/check.pxi       CarCheck: the whole MST and every record of a fetched repository
     car/insert.pxi      RowBatch: post rows inserted into SQLite in bulk
     car/records.pxi     RecordTap: every record of a CAR as listRecords JSON and CSV rows,
                         as the walk passes it
@@ -43,7 +45,7 @@ cursor, files, progress, media, the manifest.
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uintptr_t, INT64_MAX, INT64_MIN
 from libc.string cimport memchr, memcpy, memset, memcmp, strerror, strlen
-from libc.errno cimport errno, EINVAL, ENOSYS
+from libc.errno cimport errno, EINVAL, ENOMEM, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLong
 from cpython.mem cimport PyMem_RawMalloc, PyMem_RawRealloc, PyMem_RawFree
@@ -69,10 +71,12 @@ include "rows/pipe.pxi"
 include "common/rename.pxi"
 include "car/cid.pxi"
 include "car/index.pxi"
+include "car/spill.pxi"
 include "car/scan.pxi"
 include "car/cbor.pxi"
 include "car/post.pxi"
 include "car/walk.pxi"
+include "car/check.pxi"
 include "car/insert.pxi"
 include "car/records.pxi"
 include "media/copy.pxi"
@@ -93,8 +97,8 @@ __all__ = (
     # media (media/)
     "MediaBatch", "syncfs",
     # repository CARs (car/)
-    "BlockIndex", "CID", "CarFormatError", "CarScanner", "CarWalker", "RecordTap", "RowBatch",
-    "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+    "BlockIndex", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker", "RecordTap",
+    "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
 )
 
 # Test hooks: reached as _core.testing.<name>, never as module attributes.
@@ -102,7 +106,7 @@ _TEST_HOOKS = (
     "reformat_json", "csv_field", "media_files_of", "media_files_exact",
     "media_files_fast_of", "format_real", "parse_timestamp", "render_timestamp",
     "cbor_to_json", "post_fields", "cid_index_key", "sha256_select", "sha256_digest",
-    "tap_drain",
+    "media_classify", "tap_drain",
 )
 
 

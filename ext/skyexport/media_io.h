@@ -60,6 +60,9 @@ enum {
 };
 
 #define SX_MAX_ROOTS 8
+/* A sleeping serving thread is woken once this many jobs (or second halves) wait for it,
+ * not for each one: a wake-up per file costs more than the file's copying. */
+#define SX_WAKE_BATCH 8
 #define SX_MAX_NOCLONE 8
 
 typedef struct {
@@ -70,6 +73,9 @@ typedef struct {
     int which;             /* path index * nroots + root index that was used */
     int64_t size, done;
     unsigned char digest[32];
+    int stage;             /* 0 new, 1 created (its copying to follow), 2 done */
+    int src, out;          /* between the halves: the source and its copy */
+    dev_t dev;             /* the source's device */
 } sx_media_job;
 
 typedef struct {
@@ -82,8 +88,12 @@ typedef struct {
     dev_t noclone[SX_MAX_NOCLONE];    /* source devices where FICLONE failed as unsupported */
     int nnoclone;
     int no_openat2;                   /* openat2 itself is unavailable (ENOSYS, EPERM) */
-    sx_media_job *jobs;
-    long njobs, next;
+    sx_media_job *jobs;               /* not moved while any job is published */
+    long njobs, next, done;           /* published, taken, finished */
+    long opened, copying;             /* first halves done; second halves taken */
+    int split;                        /* first halves on one thread at a time */
+    int opening;                      /* a thread is doing a first half */
+    int idle, waiting, stop;          /* serving threads asleep; a waiter; end serving */
     sx_sync sync;
 } sx_media_ctx;
 
@@ -198,11 +208,13 @@ static int sx_noclone_has(sx_media_ctx *c, dev_t dev)
     return 0;
 }
 
-/* One job (called without the GIL, from any number of threads; `c` is shared). */
-static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
+/* A job's first half (without the GIL; `c` is shared): find and check the source, create
+ * its copy in media/.  1 when the second half (sx_media_copy) is to follow, with the two
+ * descriptors in the job; 0 when the job is done (j->status says how). */
+static int sx_media_open(sx_media_ctx *c, sx_media_job *j)
 {
-    int src = -1, out, i, k, st;
-    struct stat sst, ost;
+    int src = -1, out, i, k;
+    struct stat sst;
     j->status = SX_SLOW;
     j->err = 0;
     j->which = -1;
@@ -219,17 +231,18 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
              * checked path would not find it under this root either. */
             if (errno == ENOENT && !sx_has_dotdot(j->path[i]))
                 continue;
-            return;                             /* a symlink, "..", anything else */
+            return 0;                           /* a symlink, "..", anything else */
         }
     }
     if (src < 0)
-        return;                                 /* not found: said by the checked path */
+        return 0;                               /* not found: said by the checked path */
     if (sx_fstat(src, &sst) != 0 || !S_ISREG(sst.st_mode))
         goto slow;
     for (i = 0; i < c->npseudo; i++)
         if (c->pseudo[i] == sst.st_dev)
             goto slow;
     j->size = (int64_t)sst.st_size;
+    j->dev = sst.st_dev;
     out = openat(c->media_fd, j->name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                  0666);
     if (out < 0) {
@@ -238,20 +251,33 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
         j->err = errno;
         j->status = SX_FAILED;
         close(src);
-        return;
+        return 0;
     }
-    st = -1;
+    j->src = src;
+    j->out = out;
+    return 1;
+slow:
+    close(src);
+    j->status = SX_SLOW;
+    j->which = -1;
+    return 0;
+}
+
+/* A job's second half: copy (or reflink) and hash the source into its copy; close both. */
+static void sx_media_copy(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
+{
+    int src = j->src, out = j->out, st = -1;
+    struct stat ost;
     if (c->clone && j->size > 0) {
         int skip;
         sx_lock(&c->sync);
-        skip = sx_noclone_has(c, sst.st_dev);
+        skip = sx_noclone_has(c, j->dev);
         sx_unlock(&c->sync);
         if (!skip) {
             if (ioctl(out, SX_FICLONE, src) == 0) {
                 /* Shared blocks: cut to the size fstat gave, hash what the copy holds. */
                 if (sx_fstat(out, &ost) != 0
-                        || ftruncate(out, ost.st_size < sst.st_size ? ost.st_size
-                                                                    : sst.st_size) != 0) {
+                        || ftruncate(out, ost.st_size < j->size ? ost.st_size : j->size) != 0) {
                     j->err = errno;
                     st = SX_FAILED;
                 } else {
@@ -261,8 +287,8 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
                        || errno == EINVAL || errno == ENOSYS || errno == EPERM) {
                 /* This file system (pair) cannot share blocks: never ask again. */
                 sx_lock(&c->sync);
-                if (!sx_noclone_has(c, sst.st_dev) && c->nnoclone < SX_MAX_NOCLONE)
-                    c->noclone[c->nnoclone++] = sst.st_dev;
+                if (!sx_noclone_has(c, j->dev) && c->nnoclone < SX_MAX_NOCLONE)
+                    c->noclone[c->nnoclone++] = j->dev;
                 sx_unlock(&c->sync);
             }
         }
@@ -277,50 +303,135 @@ static void sx_media_one(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, s
     if (st != SX_PLACED)
         unlinkat(c->media_fd, j->name, 0);
     j->status = st;
-    return;
-slow:
-    close(src);
+}
+
+static int sx_media_first(sx_media_ctx *c, sx_media_job *j)
+{
+    return sx_media_open(c, j);
+}
+
+static void sx_media_second(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
+{
+    sx_media_copy(c, j, buf, cap);
+}
+
+#else  /* not Linux: no loop here; media.py's checked path does every file */
+
+static int sx_media_first(sx_media_ctx *c, sx_media_job *j)
+{
     j->status = SX_SLOW;
     j->which = -1;
+    c->no_openat2 = 1;
+    return 0;
+}
+
+static void sx_media_second(sx_media_ctx *c, sx_media_job *j, unsigned char *buf, size_t cap)
+{
+    (void)c; (void)j; (void)buf; (void)cap;
+}
+
+#endif  /* __linux__ */
+
+/* Take the published jobs' halves, one at a time, until none is left; with `serve`, then
+ * sleep until more are published or c->stop is set (the threads that serve a batch for
+ * the whole export).  The first halves (the creates in media/) are done by one thread at
+ * a time, in order - creates in one directory wait for its lock anyway, and a second
+ * creating thread would spin on it - and the second halves (the bytes) by any.  Each
+ * finished job is counted in c->done, and the last one published wakes a waiter. */
+static void sx_media_take(sx_media_ctx *c, unsigned char *buf, size_t cap, int serve)
+{
+    sx_lock(&c->sync);
+    for (;;) {
+        if (!c->split && c->next < c->njobs) {  /* both halves of a job, as they come */
+            long i = c->next++;
+            sx_unlock(&c->sync);
+            if (sx_media_first(c, &c->jobs[i]))
+                sx_media_second(c, &c->jobs[i], buf, cap);
+            sx_lock(&c->sync);
+            c->jobs[i].stage = 2;
+            if (++c->done == c->njobs && c->waiting)
+                sx_broadcast(&c->sync);
+            continue;
+        }
+        if (c->split && !c->opening && c->next < c->njobs) {
+            long i = c->next++;
+            int more;
+            c->opening = 1;
+            sx_unlock(&c->sync);
+            more = sx_media_first(c, &c->jobs[i]);
+            sx_lock(&c->sync);
+            c->opening = 0;
+            c->jobs[i].stage = more ? 1 : 2;
+            c->opened = i + 1;
+            if (!more && ++c->done == c->njobs && c->waiting)
+                sx_broadcast(&c->sync);
+            else if (more && c->idle && c->opened - c->copying >= SX_WAKE_BATCH)
+                sx_broadcast(&c->sync);         /* second halves for a sleeping thread */
+            continue;
+        }
+        while (c->copying < c->opened && c->jobs[c->copying].stage != 1)
+            c->copying++;
+        if (c->copying < c->opened) {
+            long i = c->copying++;
+            sx_unlock(&c->sync);
+            sx_media_second(c, &c->jobs[i], buf, cap);
+            sx_lock(&c->sync);
+            c->jobs[i].stage = 2;
+            if (++c->done == c->njobs && c->waiting)
+                sx_broadcast(&c->sync);
+            continue;
+        }
+        if (!serve || c->stop)
+            break;
+        c->idle++;
+        sx_wait_ms(&c->sync, 1000);
+        c->idle--;
+    }
+    sx_unlock(&c->sync);
 }
 
 /* Take jobs until none are left (any number of threads at once). */
 static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
 {
-    for (;;) {
-        long i;
-        sx_lock(&c->sync);
-        i = c->next < c->njobs ? c->next++ : -1;
-        sx_unlock(&c->sync);
-        if (i < 0)
-            return;
-        sx_media_one(c, &c->jobs[i], buf, cap);
-    }
+    sx_media_take(c, buf, cap, 0);
 }
 
-#else  /* not Linux: no loop here; media.py's checked path does every file */
-
-static int sx_syncfs(int fd)
+/* Job c->njobs, filled in by the caller, is published (a sleeping server is woken once
+ * SX_WAKE_BATCH wait; sx_media_wait wakes it for the rest). */
+static void sx_media_publish(sx_media_ctx *c)
 {
-    (void)fd;
-    errno = ENOSYS;
-    return -1;
-}
-
-static void sx_media_run(sx_media_ctx *c, unsigned char *buf, size_t cap)
-{
-    long i;
-    (void)buf; (void)cap;
     sx_lock(&c->sync);
-    for (i = c->next; i < c->njobs; i++) {
-        c->jobs[i].status = SX_SLOW;
-        c->jobs[i].which = -1;
-    }
-    c->next = c->njobs;
-    c->no_openat2 = 1;
+    c->njobs++;
+    if (c->idle && c->njobs - c->next >= SX_WAKE_BATCH)
+        sx_broadcast(&c->sync);
     sx_unlock(&c->sync);
 }
 
-#endif  /* __linux__ */
+/* Until every published job is finished; with `help`, taking the ones not yet taken on
+ * this thread too (so that it ends even with no thread serving). */
+static void sx_media_wait(sx_media_ctx *c, unsigned char *buf, size_t cap, int help)
+{
+    sx_lock(&c->sync);
+    if (c->idle)
+        sx_broadcast(&c->sync);                 /* whatever is left, fewer than a wake's */
+    sx_unlock(&c->sync);
+    if (help)
+        sx_media_take(c, buf, cap, 0);
+    sx_lock(&c->sync);
+    c->waiting++;
+    while (c->done < c->njobs)
+        sx_wait_ms(&c->sync, 1000);
+    c->waiting--;
+    sx_unlock(&c->sync);
+}
+
+/* Serving threads: finish what is taken, then return. */
+static void sx_media_stop(sx_media_ctx *c)
+{
+    sx_lock(&c->sync);
+    c->stop = 1;
+    sx_broadcast(&c->sync);
+    sx_unlock(&c->sync);
+}
 
 #endif

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -55,6 +56,36 @@ def test_sha256_large_and_block_edges() -> None:
                 assert _core.testing.sha256_digest(blob[:n]) == hashlib.sha256(blob[:n]).digest(), n
         finally:
             _core.testing.sha256_select(True)
+
+
+# The bytes a file_path's name and job turn on: separators, dots, hex digits and the
+# hyphen of a hash-suffixed alternative, control bytes, NUL, and a non-ASCII byte.
+_PATH_BYTES = st.sampled_from(list(b"/\\.-0123456789abcdefgx") + [0, 1, 10, 31, 127, 255])
+
+
+def _alternative_like() -> st.SearchStrategy[bytes]:
+    """Names shaped like _place's alternatives (name-<12 or 64 hex>[.ext]), and near misses."""
+    hexes = st.sampled_from(list(b"0123456789abcdef") + [ord("A"), ord("g")])
+    return st.builds(
+        lambda pre, stem, digits, ext: pre + stem + b"-" + digits + ext,
+        st.sampled_from([b"", b"media/x/", b"a\\b\\", b"/abs/", b"\\lead"]),
+        st.binary(max_size=4),
+        st.one_of(*(st.lists(hexes, min_size=n, max_size=n).map(bytes)
+                    for n in (11, 12, 13, 63, 64, 65))),
+        st.sampled_from([b"", b".jpg", b".", b".a.b", b".j\\p", b"\n", b".jpg\n"]))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(path=st.one_of(st.lists(_PATH_BYTES, max_size=24).map(bytes), _alternative_like(),
+                      st.binary(max_size=40)))
+def test_core_classifies_paths_as_the_python_reference(path: bytes) -> None:
+    """The core's reading of a file_path (which rows its loop may take, from which
+    spellings, and the name each asks for in media/) is media.py's _fast_job and
+    _base_name, byte for byte."""
+    job, name = _core.testing.media_classify(path)
+    assert job == media_mod._fast_job(path)
+    assert name == media_mod._base_name(path)
+    assert (job, name) == media_mod._classify(path)
 
 
 # --- one world of sources, placed with and without the loop ----------------------------
@@ -252,3 +283,47 @@ def test_one_openat2_per_file_and_ficlone_tried_once(tmp_path: Path) -> None:
     assert len(clones) <= 1 or all("= 0" in x for x in clones), "\n".join(clones)
     # No per-file path walk: nothing stats the sources one component at a time.
     assert not [x for x in lines if "/media/s/" in x and ("lstat" in x or "newfstatat" in x)]
+
+
+def _media_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "skyexport-media"]
+
+
+def test_serving_threads_end_with_the_copier(tmp_path: Path) -> None:
+    """The loop's threads serve from the first batch to the end of the copier, finished or
+    closed after a failure (a row iterator that raises mid-batch): none outlives it, and
+    what was placed before the failure is complete."""
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    for i in range(50):
+        (root / "m" / f"{i}.jpg").write_bytes(b"%d" % i * 3000)
+    before = len(_media_threads())
+
+    def rows(fail_at: int | None) -> Any:
+        for i in range(50):
+            if i == fail_at:
+                raise RuntimeError("the archive went away")
+            yield (b"at://p/%d" % i, b"h", b"m/%d.jpg" % i)
+
+    for fail_at in (None, 30):
+        out = tmp_path / f"out{fail_at}"
+        out.mkdir()
+        copier = media_mod.MediaCopier(out / "media", [root], out / "media.sha256")
+        try:
+            if fail_at is None:
+                copier.copy_rows(rows(None))
+                copier.finish()
+            else:
+                with pytest.raises(RuntimeError, match="went away"):
+                    copier.copy_rows(rows(fail_at))
+        finally:
+            copier.close()
+        assert len(_media_threads()) == before
+        for entry in os.scandir(out / "media"):
+            i = int(entry.name.split(".")[0])
+            assert Path(entry.path).read_bytes() == b"%d" % i * 3000
+        if fail_at is None:
+            sums = (out / "media.sha256").read_bytes().splitlines()
+            assert copier.copied == len(sums) == 50

@@ -39,18 +39,28 @@ cdef enum:
     IX_LEN = 0x3FFFFFFF
 
 
+# Entries sort by key, then a verdict decided in the scan (CarScanner's verify) puts bad
+# copies after the others (a lookup stops at the first bad one), then by offset.
+
 cdef int ix_cmp(const void* a, const void* b) noexcept nogil:
     cdef const IxEntry* x = <const IxEntry*>a
     cdef const IxEntry* y = <const IxEntry*>b
+    cdef uint32_t xb = x.n & IX_BAD, yb = y.n & IX_BAD
     if x.key != y.key:
         return -1 if x.key < y.key else 1
+    if xb != yb:
+        return -1 if xb < yb else 1
     if x.off != y.off:
         return -1 if x.off < y.off else 1
     return 0
 
 
 cdef inline bint ix_less(const IxEntry* x, const IxEntry* y) noexcept nogil:
-    return x.key < y.key or (x.key == y.key and x.off < y.off)
+    if x.key != y.key:
+        return x.key < y.key
+    if (x.n & IX_BAD) != (y.n & IX_BAD):
+        return (x.n & IX_BAD) < (y.n & IX_BAD)
+    return x.off < y.off
 
 
 cdef void ix_sort(IxEntry* a, Py_ssize_t n) noexcept nogil:

@@ -3,13 +3,46 @@
 
 # --- the sequential scan -----------------------------------------------------------------
 
+cdef struct ScanPending:
+    Py_ssize_t at         # the block's CID in the scanner's buffer
+    Py_ssize_t cn         # its CID's length
+    Py_ssize_t n          # bytes of CID and data
+    Py_ssize_t slot       # its entry in the run being built
+
+
+cdef enum:
+    SCAN_PENDING = 8192   # blocks whose verdict waits for one pass without the GIL
+
+
+cdef uint32_t block_verdict(const unsigned char* cid, Py_ssize_t cn,
+                            const unsigned char* data, Py_ssize_t dn) noexcept nogil:
+    """IX_GOOD when data's SHA-256 is the digest of `cid`, else IX_BAD."""
+    cdef Py_ssize_t d = sha256_digest_at(cid, cn)
+    cdef sx_sha256 h
+    cdef unsigned char digest[32]
+    if d < 0:
+        return IX_BAD
+    sx_sha256_init(&h)
+    sx_sha256_update(&h, data, <size_t>dn)
+    sx_sha256_final(&h, digest)
+    return IX_GOOD if memcmp(digest, cid + d, 32) == 0 else IX_BAD
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class CarScanner:
     """Reads a CAR from `fd` once, front to back, from `start` (just after the header):
     `next_batch()` returns up to `n` (key, offset, length) tuples (offset: the block's CID;
     length: CID plus data), [] at the end.  `hasher` (hashlib, or None) is fed every byte
-    of the file, the header included (`head` holds the bytes before `start`)."""
+    of the file, the header included (`head` holds the bytes before `start`).
+
+    With `verify`, build_index also decides every block's verdict as it passes (its data
+    hashed against its CID: IX_GOOD or IX_BAD in its entry, so the walks never hash it
+    again) and the file's SHA-256 is computed in the core (`sha256_hex()`; `hasher` must
+    be None), both without the GIL.  With `more` (a callable), the file is one still being
+    written: where the bytes end before `limit` says the file does, or at `limit`, more()
+    is called -- it waits for more bytes and returns (new limit, final): the file ends at
+    the limit once `final` is true; what it raises ends the scan."""
     cdef int fd
     cdef unsigned char* buf
     cdef Py_ssize_t cap, lo, hi       # buf holds file bytes [base + lo, base + hi)
@@ -19,17 +52,46 @@ cdef class CarScanner:
     cdef int64_t limit                # bytes of the file read at most (-1: to its end)
     cdef bint eof
     cdef object hasher
+    cdef object more                  # None, or the growing file's more()
+    cdef bint final                   # more() said the file ends at `limit`
+    cdef bint verify
+    cdef bint hashing                 # the file's SHA-256 in fsha
+    cdef sx_sha256 fsha
+    cdef IxEntry* ents                # the run build_index is filling (verify), or NULL
+    cdef Py_ssize_t slot              # where in ents the next block's entry goes
+    cdef ScanPending* pending
+    cdef Py_ssize_t npending
+    cdef Spill good                   # verify with good_fd: every good block's CID
+    cdef KeySet blobby                # ... and the good blocks holding the text "blob"
 
     def __cinit__(self):
         self.cap = SCAN_CHUNK
         self.buf = <unsigned char*>PyMem_RawMalloc(self.cap)
+        self.pending = NULL
+        self.ents = NULL
         if self.buf == NULL:
             raise MemoryError()
 
-    def __init__(self, int fd, int64_t start, bytes head, hasher, int64_t limit=-1):
+    def __init__(self, int fd, int64_t start, bytes head, hasher, int64_t limit=-1, *,
+                 bint verify=False, more=None, int good_fd=-1):
         self.fd = fd
         self.limit = limit
         self.hasher = hasher
+        self.more = more
+        self.verify = verify
+        if more is not None and limit < 0:
+            raise ValueError("a growing file needs the limit written so far")
+        if verify:
+            if hasher is not None:
+                raise ValueError("verify computes the file's SHA-256 itself")
+            self.pending = <ScanPending*>PyMem_RawMalloc(SCAN_PENDING * sizeof(ScanPending))
+            if self.pending == NULL:
+                raise MemoryError()
+            self.hashing = True
+            sp_init(&self.good, good_fd)
+            sx_sha256_init(&self.fsha)
+            sx_sha256_update(&self.fsha, <const unsigned char*>PyBytes_AS_STRING(head),
+                             <size_t>PyBytes_GET_SIZE(head))
         if hasher is not None:
             hasher.update(head)
         self.base = len(head)
@@ -41,11 +103,56 @@ cdef class CarScanner:
 
     def __dealloc__(self):
         PyMem_RawFree(self.buf)
+        PyMem_RawFree(self.pending)
+        sp_free(&self.good)
+        ks_free(&self.blobby)
+
+    cdef void keep_good(self, const unsigned char* cid, Py_ssize_t cn, bint blob) noexcept nogil:
+        """A good block's CID into the spill (and the set when it may hold a blob ref)."""
+        cdef unsigned char e[SP_ENTRY]
+        if self.good.fd >= 0 and cid_entry(cid, cn, e):
+            sp_add(&self.good, e)
+            if blob:
+                ks_add(&self.blobby, entry_key(e))
+
+    def sha256_hex(self):
+        """The file's SHA-256 (verify), once the scan has reached its end."""
+        cdef sx_sha256 h
+        cdef unsigned char digest[32]
+        if not self.hashing or not self.eof:
+            raise ValueError("the file's SHA-256 is computed by a verifying scan, at its end")
+        h = self.fsha
+        sx_sha256_final(&h, digest)
+        return PyBytes_FromStringAndSize(<const char*>digest, 32).hex()
+
+    cdef void flush(self) noexcept nogil:
+        """The verdicts of the pending blocks (whole in buf) into their entries."""
+        cdef Py_ssize_t i
+        cdef ScanPending* p
+        cdef uint32_t v
+        for i in range(self.npending):
+            p = &self.pending[i]
+            v = block_verdict(self.buf + p.at, p.cn, self.buf + p.at + p.cn, p.n - p.cn)
+            self.ents[p.slot].n |= v
+            if v == IX_GOOD:
+                self.keep_good(self.buf + p.at, p.cn,
+                               has_blob_text(self.buf + p.at + p.cn, p.n - p.cn))
+        self.npending = 0
+
+    cdef int wait_more(self) except -1:
+        """The growing file's next limit (more())."""
+        got = self.more()
+        self.limit = max(self.limit, <int64_t>got[0])
+        self.final = bool(got[1])
+        return 0
 
     cdef int fill(self) except -1:
         """Read more bytes after buf[hi), keeping [pos, hi); 0 at end of file."""
         cdef Py_ssize_t keep_from = <Py_ssize_t>(self.pos - self.base), want
         cdef ssize_t got
+        if self.npending:
+            with nogil:
+                self.flush()
         if keep_from > self.hi:
             keep_from = self.hi
         if keep_from > 0:
@@ -53,19 +160,31 @@ cdef class CarScanner:
             self.hi -= keep_from
             self.base += keep_from
         self.lo = 0
-        want = self.cap - self.hi
-        if self.limit >= 0 and self.base + self.hi + want > self.limit:
-            want = <Py_ssize_t>max(<int64_t>0, self.limit - self.base - self.hi)
-        if want == 0:
-            self.eof = True
-            return 0
-        with nogil:
-            got = pread(self.fd, self.buf + self.hi, want, self.base + self.hi)
-        if got < 0:
-            raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
-        if got == 0:
-            self.eof = True
-            return 0
+        while True:
+            want = self.cap - self.hi
+            if self.limit >= 0 and self.base + self.hi + want > self.limit:
+                want = <Py_ssize_t>max(<int64_t>0, self.limit - self.base - self.hi)
+            if want == 0:
+                if self.more is not None and not self.final:
+                    self.wait_more()
+                    continue
+                self.eof = True
+                return 0
+            with nogil:
+                got = pread(self.fd, self.buf + self.hi, want, self.base + self.hi)
+                if got > 0 and self.hashing:
+                    sx_sha256_update(&self.fsha, self.buf + self.hi, <size_t>got)
+            if got < 0:
+                if errno == EINTR:
+                    continue
+                raise OSError(errno, strerror(errno).decode("utf-8", "replace"))
+            if got == 0:
+                if self.more is not None and not self.final:
+                    self.wait_more()
+                    continue
+                self.eof = True
+                return 0
+            break
         if self.hasher is not None:
             self.hasher.update(PyMemoryView_FromMemory(<char*>self.buf + self.hi, got,
                                                        PyBUF_READ))
@@ -108,11 +227,62 @@ cdef class CarScanner:
         e.n = <uint32_t>L
         self.blocks += 1
         self.pos = off + <int64_t>L
+        if self.ents != NULL:
+            return self.verify_block(e, at + k, c, off - k)
         # make sure the block's bytes exist (and are hashed), without keeping them
         while self.base + self.hi < self.pos:
             if self.eof or not self.fill():
                 raise CarFormatError(f"truncated: the block at byte {off - k} needs "
                                      f"{L} bytes but the file ends at byte {self.size}")
+        return 1
+
+    cdef int verify_block(self, IxEntry* e, Py_ssize_t at, Py_ssize_t c,
+                          int64_t block_at) except -1:
+        """next_block's end when verifying: the block (its CID at buf[at], c bytes) is
+        queued for its verdict when it is whole in the buffer, else hashed as it is read
+        (its CID copied first: fill() moves the buffer)."""
+        cdef ScanPending* p
+        cdef unsigned char cid[256]
+        cdef Py_ssize_t d, lo, hi
+        cdef sx_sha256 h
+        cdef unsigned char digest[32]
+        if self.base + self.hi >= self.pos:
+            if self.npending == SCAN_PENDING:
+                with nogil:
+                    self.flush()
+            p = &self.pending[self.npending]
+            p.at = at
+            p.cn = c
+            p.n = <Py_ssize_t>e.n
+            p.slot = self.slot
+            self.npending += 1
+            return 1
+        if c > 256:
+            c = 256     # not a SHA-256 CID: its verdict is IX_BAD whatever its data
+        memcpy(cid, self.buf + at, c)
+        d = sha256_digest_at(cid, c)
+        sx_sha256_init(&h)
+        lo = at + c
+        while True:
+            hi = <Py_ssize_t>min(<int64_t>self.hi, self.pos - self.base)
+            if d >= 0 and hi > lo:
+                with nogil:
+                    sx_sha256_update(&h, self.buf + lo, <size_t>(hi - lo))
+            if self.base + self.hi >= self.pos:
+                break
+            if self.eof or not self.fill():
+                raise CarFormatError(f"truncated: the block at byte {block_at} needs "
+                                     f"{e.n} bytes but the file ends at byte {self.size}")
+            lo = 0
+        if d < 0:
+            e.n |= IX_BAD
+            return 1
+        sx_sha256_final(&h, digest)
+        if memcmp(digest, cid + d, 32) == 0:
+            e.n |= IX_GOOD
+            self.keep_good(cid, c, True)   # its bytes were not whole at once: may hold "blob"
+        else:
+            e.n |= IX_BAD
         return 1
 
     def next_batch(self, Py_ssize_t n):
@@ -134,14 +304,16 @@ cdef class CarScanner:
         cdef IxEntry* grown
         cdef Py_ssize_t cap = 0, used = 0
         cdef int64_t runs = 0, report = every
-        cdef IxEntry e
         cdef BlockIndex ix
         if not 0 < run <= IX_RUN:
             raise ValueError(f"run must be in 1..{IX_RUN}")
         try:
-            while self.next_block(&e):
+            while True:
                 if used == cap:
                     if cap == run:
+                        if self.npending:
+                            with nogil:
+                                self.flush()
                         ix_sort(buf, used)
                         pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
                                    runs * run * <int64_t>sizeof(IxEntry))
@@ -153,13 +325,25 @@ cdef class CarScanner:
                         if grown == NULL:
                             raise MemoryError()
                         buf = grown
-                buf[used] = e
+                if self.verify:
+                    self.ents = buf
+                    self.slot = used
+                if not self.next_block(&buf[used]):
+                    break
                 used += 1
                 if on_batch is not None and self.blocks >= report:
                     on_batch()
                     report += every
             if on_batch is not None:
                 on_batch()
+            if self.npending:
+                with nogil:
+                    self.flush()
+            self.ents = NULL
+            if self.good.fd >= 0:
+                with nogil:
+                    sp_finish(&self.good)
+                sp_check(&self.good, "writing the check's list of good blocks")
             ix_sort(buf, used)
             ix = BlockIndex.__new__(BlockIndex)
             ix.setup(fd, self.blocks)
@@ -175,6 +359,8 @@ cdef class CarScanner:
                 ix_merge(ix, runs_fd, runs, run)
             return ix
         finally:
+            self.ents = NULL
+            self.npending = 0
             PyMem_RawFree(buf)
 
 

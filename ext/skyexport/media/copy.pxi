@@ -35,10 +35,21 @@ cdef extern from "media_io.h" nogil:
         sx_media_job* jobs
         long njobs
         long next
+        long done
+        long opened
+        long copying
+        int split
+        int opening
         sx_sync sync
 
     int sx_syncfs(int fd)
     void sx_media_run(sx_media_ctx* c, unsigned char* buf, size_t cap)
+    void sx_media_take(sx_media_ctx* c, unsigned char* buf, size_t cap, int serve)
+    void sx_media_publish(sx_media_ctx* c)
+    void sx_media_wait(sx_media_ctx* c, unsigned char* buf, size_t cap, int help)
+    void sx_media_stop(sx_media_ctx* c)
+
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 cdef enum:
     MEDIA_CHUNK = 1 << 18   # bytes per read in the copy loop (one buffer per thread)
@@ -77,6 +88,68 @@ def syncfs(int fd):
     raise OSError(err, strerror(err).decode("utf-8", "replace"))
 
 
+cdef inline bint _media_hex_tail(const unsigned char* s, Py_ssize_t n, Py_ssize_t k) noexcept nogil:
+    """s[:n] ends with "-" and `k` lowercase hex digits."""
+    cdef Py_ssize_t i
+    cdef unsigned char ch
+    if n < k + 1 or s[n - k - 1] != 45:   # "-"
+        return False
+    for i in range(n - k, n):
+        ch = s[i]
+        if not (48 <= ch <= 57 or 97 <= ch <= 102):
+            return False
+    return True
+
+
+cdef bint _media_alt_like(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """media.py's _ALT_NAME: a name its checked path could give as an alternative
+    (name-<12 or 64 hex digits>, then nothing or one last ".ext")."""
+    cdef Py_ssize_t p = n - 1
+    if _media_hex_tail(s, n, 12) or _media_hex_tail(s, n, 64):
+        return True
+    while p >= 0 and s[p] != 46:        # the last "."
+        p -= 1
+    return p >= 0 and (_media_hex_tail(s, p, 12) or _media_hex_tail(s, p, 64))
+
+
+cdef tuple _media_classify(bytes raw):
+    """(job or None, name) of a file_path, as media.py's _fast_job and _base_name give them:
+    the name in media/ is what follows the last "/" or "\\" (b"" for ".", ".." or one with
+    a control byte); the job, (path, its spelling with "/" for "\\" or None, name), is None
+    for the checked path: empty, absolute, a NUL byte, no usable name, or a name that looks
+    like another row's hash-suffixed alternative."""
+    cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), i, start = 0
+    cdef bint back = False, nul = False, usable = True
+    cdef unsigned char ch
+    for i in range(n):
+        ch = s[i]
+        if ch == 47 or ch == 92:            # "/" or "\\"
+            start = i + 1
+            if ch == 92:
+                back = True
+        elif ch == 0:
+            nul = True
+    if n - start == 1 and s[start] == 46 or n - start == 2 and s[start] == 46 \
+            and s[start + 1] == 46:
+        usable = False
+    for i in range(start, n):
+        if s[i] < 32 or s[i] == 127:
+            usable = False
+            break
+    if not usable or start == n:
+        return None, b""
+    name = raw if start == 0 else PyBytes_FromStringAndSize(<const char*>s + start, n - start)
+    if nul or s[0] == 47 or s[0] == 92 or _media_alt_like(s + start, n - start):
+        return None, name
+    return (raw, raw.replace(b"\\", b"/") if back else None, name), name
+
+
+def media_classify(path):
+    """Test hook: the core's (job or None, name) of a media row's file_path (bytes)."""
+    return _media_classify(path)
+
+
 @cython.final
 cdef class MediaBatch:
     """A batch of media files to place into the directory `media_fd`: `add()` each, `run()`
@@ -89,15 +162,20 @@ cdef class MediaBatch:
     cdef sx_media_job* jobs
     cdef Py_ssize_t cap
     cdef dev_t* pseudo
+    cdef unsigned char* buf      # the waiting thread's, when it helps
     cdef list keep
+    cdef readonly list rows      # feed(): (post_uri, file_path, job index or -1, name)
+    cdef set names               # the names in `rows`
     cdef bint ready
 
     def __cinit__(self):
         self.jobs = NULL
         self.pseudo = NULL
+        self.buf = NULL
         self.ready = False
 
-    def __init__(self, int media_fd, root_fds, pseudo_devs, bint clone=True):
+    def __init__(self, int media_fd, root_fds, pseudo_devs, bint clone=True,
+                 bint split=False):
         cdef Py_ssize_t i
         roots = list(root_fds)
         devs = list(pseudo_devs)
@@ -119,11 +197,15 @@ cdef class MediaBatch:
         self.ctx.pseudo = self.pseudo
         self.ctx.npseudo = <int>len(devs)
         self.ctx.clone = clone
+        self.ctx.split = split
         self.keep = []
+        self.rows = []
+        self.names = set()
 
     def __dealloc__(self):
         PyMem_RawFree(self.jobs)
         PyMem_RawFree(self.pseudo)
+        PyMem_RawFree(self.buf)
         if self.ready:
             sx_sync_destroy(&self.ctx.sync)
 
@@ -144,13 +226,8 @@ cdef class MediaBatch:
         """Queue a file: `path` (and `alt`, another spelling, or None) relative to the
         roots, placed as media/`name`.  No NUL byte in any of them."""
         cdef sx_media_job* j
-        cdef sx_media_job* grown
         if self.ctx.njobs == self.cap:
-            grown = <sx_media_job*>PyMem_RawRealloc(
-                self.jobs, sizeof(sx_media_job) * (self.cap * 2 + 16))
-            if grown == NULL:
-                raise MemoryError()
-            self.jobs, self.cap = grown, self.cap * 2 + 16
+            self._reserve(self.cap * 2 + 16)
         j = &self.jobs[self.ctx.njobs]
         memset(j, 0, sizeof(sx_media_job))
         j.path[0] = PyBytes_AS_STRING(path)
@@ -162,6 +239,124 @@ cdef class MediaBatch:
         self.keep.append((path, alt, name))
         self.ctx.njobs += 1
         return self.ctx.njobs - 1
+
+    cdef _reserve(self, Py_ssize_t cap):
+        """Room for `cap` jobs.  Only while no job is published: the jobs do not move
+        while a thread may be working on one."""
+        cdef sx_media_job* grown
+        if cap <= self.cap:
+            return
+        if self.ctx.njobs:
+            raise RuntimeError("MediaBatch: cannot grow while jobs are published")
+        grown = <sx_media_job*>PyMem_RawRealloc(self.jobs, sizeof(sx_media_job) * cap)
+        if grown == NULL:
+            raise MemoryError()
+        sx_lock(&self.ctx.sync)
+        self.jobs, self.cap = grown, cap
+        self.ctx.jobs = grown
+        sx_unlock(&self.ctx.sync)
+
+    def feed(self, rows, tick, Py_ssize_t limit, classify, held=None):
+        """Take media rows `(post_uri, hash, file_path)` - first `held`, then from the
+        iterator `rows`, calling `tick()` for each row taken from it - into `self.rows`
+        until it holds `limit` rows or the next row asks for a name already in it.  Each
+        row the loop can do is published at once to the threads serving (serve()).
+        Returns the row held back for the next batch, or None once `rows` is exhausted.
+        `classify(file_path)` gives (job or None, name) for a file_path that is not bytes."""
+        cdef sx_media_job* j
+        cdef tuple got, job
+        cdef Py_ssize_t index
+        cdef list out = self.rows
+        cdef set names = self.names
+        if limit > self.cap:
+            self._reserve(limit)
+        self.ctx.jobs = self.jobs
+        while True:
+            row = held
+            if row is None:
+                row = next(rows, None)
+                if row is None:
+                    return None
+                tick()
+            held = None
+            post_uri, _, raw = row
+            got = _media_classify(raw) if type(raw) is bytes else tuple(classify(raw))
+            name = got[1]
+            if len(out) >= limit or (name and name in names):
+                return row
+            names.add(name)
+            index = -1
+            if got[0] is not None and self.ctx.njobs < self.cap:
+                job = got[0]
+                index = self.ctx.njobs
+                j = &self.jobs[index]
+                memset(j, 0, sizeof(sx_media_job))
+                j.path[0] = PyBytes_AS_STRING(job[0])
+                j.npath = 1
+                if job[1] is not None:
+                    j.path[1] = PyBytes_AS_STRING(job[1])
+                    j.npath = 2
+                    self.keep.append(job[1])
+                j.name = PyBytes_AS_STRING(job[2])
+                self.keep.append(job)
+                sx_media_publish(&self.ctx)
+            out.append((post_uri, raw, index, name))
+
+    def serve(self):
+        """Do the published jobs as they come, without the GIL, until stop()."""
+        cdef unsigned char* buf = <unsigned char*>PyMem_RawMalloc(MEDIA_CHUNK)
+        if buf == NULL:
+            raise MemoryError()
+        with nogil:
+            sx_media_take(&self.ctx, buf, MEDIA_CHUNK, 1)
+        PyMem_RawFree(buf)
+
+    def stop(self):
+        """The threads in serve() return once their job is done."""
+        sx_media_stop(&self.ctx)
+
+    def wait(self, bint help=True):
+        """Until every published job is done (with `help`, doing the ones not yet taken on
+        this thread too, so that it ends even with no thread serving)."""
+        if help and self.buf == NULL:
+            self.buf = <unsigned char*>PyMem_RawMalloc(MEDIA_CHUNK)
+            if self.buf == NULL:
+                raise MemoryError()
+        with nogil:
+            sx_media_wait(&self.ctx, self.buf, MEDIA_CHUNK, help)
+
+    def settle(self, bytearray sums, Py_ssize_t start):
+        """After wait(): append to `sums` the media.sha256 line (`<sha256>  media/<name>`)
+        of each row of `self.rows` from `start` on that the loop placed, in order, up to
+        the first row it did not place.  (That row's position or -1, lines appended.)"""
+        cdef Py_ssize_t i, k, at, placed = 0, index, n = len(self.rows)
+        cdef sx_media_job* j
+        cdef tuple r
+        cdef bytes name
+        cdef char* o
+        cdef const char* hexd = b"0123456789abcdef"
+        if self.ctx.done < self.ctx.njobs:
+            raise RuntimeError("MediaBatch.settle: jobs are still running")
+        for i in range(start, n):
+            r = <tuple>self.rows[i]
+            index = r[2]
+            if index < 0:
+                return i, placed
+            j = &self.jobs[index]
+            if j.status != SX_PLACED:
+                return i, placed
+            name = r[3]
+            at = PyByteArray_GET_SIZE(sums)
+            PyByteArray_Resize(sums, at + 64 + 8 + PyBytes_GET_SIZE(name) + 1)
+            o = PyByteArray_AS_STRING(sums) + at
+            for k in range(32):
+                o[2 * k] = hexd[j.digest[k] >> 4]
+                o[2 * k + 1] = hexd[j.digest[k] & 15]
+            memcpy(o + 64, b"  media/", 8)
+            memcpy(o + 72, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
+            o[72 + PyBytes_GET_SIZE(name)] = 10
+            placed += 1
+        return -1, placed
 
     def run(self):
         """Do the queued jobs not yet taken, without the GIL, until none is left."""
@@ -184,32 +379,16 @@ cdef class MediaBatch:
             digest = PyBytes_FromStringAndSize(<char*>j.digest, 32).hex()
         return (j.status, j.err, j.which, j.size, j.done, digest)
 
-    def sibling(self):
-        """A new, empty batch for the same media/, roots and pseudo file systems."""
-        roots = [self.ctx.root_fd[i] for i in range(self.ctx.nroots)]
-        devs = [self.pseudo[i] for i in range(self.ctx.npseudo)]
-        other = MediaBatch(self.ctx.media_fd, roots, devs, self.ctx.clone)
-        other.learn(self)
-        return other
-
-    def learn(self, MediaBatch other not None):
-        """Take what `other` found out: the devices FICLONE is unsupported on, and whether
-        openat2 exists.  Not while either runs."""
-        cdef int i, k
-        cdef bint known
-        for i in range(other.ctx.nnoclone):
-            known = False
-            for k in range(self.ctx.nnoclone):
-                if self.ctx.noclone[k] == other.ctx.noclone[i]:
-                    known = True
-            if not known and self.ctx.nnoclone < 8:
-                self.ctx.noclone[self.ctx.nnoclone] = other.ctx.noclone[i]
-                self.ctx.nnoclone += 1
-        if other.ctx.no_openat2:
-            self.ctx.no_openat2 = 1
-
     def clear(self):
-        """Forget the jobs (the FICLONE and openat2 findings stay)."""
+        """Forget the jobs and rows, once none is running (the FICLONE and openat2
+        findings stay)."""
+        sx_lock(&self.ctx.sync)
         self.ctx.njobs = 0
         self.ctx.next = 0
+        self.ctx.done = 0
+        self.ctx.opened = 0
+        self.ctx.copying = 0
+        sx_unlock(&self.ctx.sync)
         self.keep = []
+        self.rows = []
+        self.names = set()

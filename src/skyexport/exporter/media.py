@@ -30,7 +30,11 @@ An archive's `file_path` values are untrusted input (an archive can come from an
 * Copies, not aliases: by default `media/` gets an independent copy - a reflink (FICLONE)
   where the file system shares blocks copy-on-write (not tried again on a source device
   where it failed as unsupported), else a byte copy - so editing an exported file never
-  changes the archive.  The loop copies and hashes without the GIL, two files at a time.
+  changes the archive.  The loop works without the GIL on two threads of its own that
+  serve the whole export (and on the thread feeding it, once fed): the core takes each
+  batch's rows, sends each it can do to them at once, and writes their media.sha256 lines;
+  the creates in media/ are made by one thread at a time, in row order (they wait for the
+  directory's lock anyway), the bytes are copied and hashed by any.
   `link="hardlink"` (`--media-link hardlink`) hard-links instead (no space used; the
   export then *is* the archive's file).
 
@@ -85,7 +89,7 @@ StrPath = str | os.PathLike[str]
 HASH_PREFIX = 12      # hex digits of SHA-256 that tell apart two files of one basename
 CHUNK = 1 << 20       # bytes per read when copying
 SUMS_BUFFER = 1 << 16  # media.sha256 is written in pieces of about this size
-DIGEST_CACHE = 4096   # digests of placed files remembered (others are re-read if needed)
+DIGEST_CACHE = 4096   # digests of files the checked path placed (others are re-read if needed)
 LINK_MODES = ("copy", "hardlink")
 # Errors that mean the export cannot be written at all: they fail the export.
 FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
@@ -102,7 +106,8 @@ _NO_CLONE_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno
 # path (_copy_one) - what the loop hands back anything unusual to anyway.
 FAST_PATH = True
 BATCH_FILES = 1024  # more than an export batch (1,000 posts) usually has: one batch a call
-COPY_THREADS = 2
+COPY_THREADS = 2    # serving the batch for the whole export
+SPLIT = True        # the creates in media/ on one thread at a time, the bytes on any
 _PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
@@ -188,7 +193,7 @@ class MediaCopier:
         self._sums_buf = bytearray()
         self._fds: list[int] = []       # media/ and the roots, for the core's copy loop
         self._batch: _core.MediaBatch | None = None
-        self._spare: _core.MediaBatch | None = None  # the second of copy_rows's two
+        self._servers: _Servers | None = None  # its threads, from the first copy_rows
         if FAST_PATH and link == "copy" and len(self.roots) <= 8 \
                 and sys.platform.startswith("linux"):  # the loop is Linux's (media_io.h)
             self._start_batch()
@@ -211,12 +216,17 @@ class MediaCopier:
             else:
                 self._fds.append(fd)
             roots.append(fd)
-        self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()))
+        self._batch = _core.MediaBatch(media_fd, roots, sorted(self._pseudo()),
+                                       split=bool(SPLIT))
 
     def _close_fds(self) -> None:
-        self._batch = self._spare = None
-        while self._fds:
-            os.close(self._fds.pop())
+        servers, self._servers, self._batch = self._servers, None, None
+        try:
+            if servers is not None:
+                servers.stop()
+        finally:
+            while self._fds:
+                os.close(self._fds.pop())
 
     # --- the list file ---------------------------------------------------------------
 
@@ -280,61 +290,41 @@ class MediaCopier:
                 finally:
                     self.seen += 1
             return
-        # Two batches: the core copies one on COPY_THREADS threads while this thread reads
-        # the next rows and fills the other.  A batch is settled (booked, its checked-path
-        # rows placed, in row order) before the next one starts copying.
-        other = self._spare
-        if other is None:
-            other = self._spare = batch.sibling()
-        running: _Running | None = None
-        pending: list[tuple[object, object, int, bytes]] = []
-        names: set[bytes] = set()
+        # The core takes the rows (classifies them, and books their names) and publishes
+        # each one it can do to the threads serving the batch, which copy while this
+        # thread reads on; a batch is settled (booked, its checked-path rows placed, in
+        # row order) before the next one starts.
+        if self._servers is None:
+            self._servers = _Servers(batch, COPY_THREADS)
+        it = iter(rows)
+        held: tuple[bytes, bytes, bytes] | None = None
         try:
-            for post_uri, _hash, raw_path in rows:
-                tick()
-                job = _fast_job(raw_path)
-                name = job[2] if job is not None else _base_name(raw_path)
-                if len(pending) >= BATCH_FILES or (name and name in names):
-                    running = self._launch(running, batch, pending)
-                    batch, other = other, batch
-                    pending, names = [], set()
-                index = -1
-                names.add(name)
-                if job is not None:
-                    index = batch.add(*job)
-                pending.append((post_uri, raw_path, index, name))
-            running = self._launch(running, batch, pending)
-            if running is not None:
-                running.join()
-                self._settle_batch(running.batch, running.pending)
-                running = None
+            while True:
+                held = batch.feed(it, tick, BATCH_FILES, _classify, held)
+                batch.wait()  # taking jobs too: it ends even if no thread serves
+                self._servers.check()
+                self._settle_batch(batch)
+                if held is None:
+                    break
         finally:
-            if running is not None:  # an exception here: the copying threads end first
-                running.join(quiet=True)
-                running.batch.clear()
+            batch.wait()  # an exception here: no job left running
             batch.clear()
-            other.clear()
         if not batch.openat2:
-            self._batch = None  # this kernel has no openat2: the checked path from now on
+            self._close_fds()  # this kernel has no openat2: the checked path from now on
 
-    def _launch(self, running: _Running | None, batch: _core.MediaBatch,
-                pending: list[tuple[object, object, int, bytes]]) -> _Running | None:
-        """Settle the batch that is copying, then start `batch` copying (or settle it
-        at once: nothing in it for the core)."""
-        if running is not None:
-            running.join()
-            self._settle_batch(running.batch, running.pending)
-            batch.learn(running.batch)
-        if not len(batch):
-            self._settle_batch(batch, pending)
-            return None
-        return _Running(batch, pending, COPY_THREADS if len(batch) > 1 else 1)
-
-    def _settle_batch(self, batch: _core.MediaBatch,
-                      pending: list[tuple[object, object, int, bytes]]) -> None:
-        """Book each row of a batch whose copying has ended, in order."""
+    def _settle_batch(self, batch: _core.MediaBatch) -> None:
+        """Book each row of a batch whose copying has ended, in order: the core writes
+        the media.sha256 lines of the files it placed, this the rest."""
+        rows = batch.rows
         try:
-            for post_uri, raw_path, index, name in pending:
+            i = 0
+            while True:
+                i, placed = batch.settle(self._sums_buf, i)
+                self.copied += placed
+                self.seen += placed
+                if i < 0:
+                    break
+                post_uri, raw_path, index, name = rows[i]
                 uri = _uri(post_uri)
                 try:
                     if index < 0:
@@ -343,6 +333,9 @@ class MediaCopier:
                         self._settle(uri, raw_path, os.fsdecode(name), batch.result(index))
                 finally:
                     self.seen += 1
+                i += 1
+            if len(self._sums_buf) >= SUMS_BUFFER:
+                self._flush_sums()
         finally:
             batch.clear()
 
@@ -605,6 +598,13 @@ def _fast_job(raw_path: object) -> tuple[bytes, bytes | None, bytes] | None:
     return raw_path, alt, name
 
 
+def _classify(raw_path: object) -> tuple[tuple[bytes, bytes | None, bytes] | None, bytes]:
+    """(_fast_job, the name in media/) of a file_path: the core's own for bytes
+    (_core.testing.media_classify), this for anything else."""
+    job = _fast_job(raw_path)
+    return job, job[2] if job is not None else _base_name(raw_path)
+
+
 def _base_name(raw_path: object) -> bytes:
     """The name in media/ that `file_path` asks for, as bytes; b"" for an unusable one."""
     if isinstance(raw_path, str):
@@ -617,32 +617,38 @@ def _base_name(raw_path: object) -> bytes:
     return name
 
 
-class _Running:
-    """A batch being copied by the core on `threads` threads of its own."""
+class _Servers:
+    """`threads` threads of their own serving the core's batch (MediaBatch.serve) for as
+    long as the copier lives."""
 
-    def __init__(self, batch: _core.MediaBatch,
-                 pending: list[tuple[object, object, int, bytes]], threads: int) -> None:
-        self.batch, self.pending = batch, pending
+    def __init__(self, batch: _core.MediaBatch, threads: int) -> None:
+        self.batch = batch
         self.errors: list[BaseException] = []
-        self.threads = []
+        self.threads: list[threading.Thread] = []
         try:
             for _ in range(threads):
                 t = threading.Thread(target=self._work, name="skyexport-media", daemon=True)
                 t.start()
                 self.threads.append(t)
         except BaseException:
-            self.join(quiet=True)
+            self.stop()
             raise
 
     def _work(self) -> None:
         try:
-            self.batch.run()
-        except BaseException as exc:  # handed to whoever joins
+            self.batch.serve()
+        except BaseException as exc:  # handed to the copying thread (check)
             self.errors.append(exc)
 
-    def join(self, quiet: bool = False) -> None:
-        """Wait for the threads (never leaving one using media/'s descriptor, even when
-        interrupted); then raise the first exception of theirs, or the interruption."""
+    def check(self) -> None:
+        """Raise the first exception a serving thread met."""
+        if self.errors:
+            raise self.errors[0]
+
+    def stop(self) -> None:
+        """End the threads and wait for them (never leaving one using media/'s
+        descriptor, even when interrupted); then raise the interruption, if any."""
+        self.batch.stop()
         interrupted: BaseException | None = None
         for t in self.threads:
             while t.is_alive():
@@ -650,12 +656,9 @@ class _Running:
                     t.join()
                 except BaseException as exc:
                     interrupted = interrupted or exc
-        if quiet:
-            return
+        self.threads = []
         if interrupted is not None:
             raise interrupted
-        if self.errors:
-            raise self.errors[0]
 
 
 def _show(path: str) -> str:

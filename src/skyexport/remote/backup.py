@@ -385,10 +385,11 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
         refs: dict[str, str] = ({str(k): str(v) for k, v in kept.items()}
                                 if isinstance(kept, dict) else {})
     else:
-        tmp = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo)
+        tmp, scan = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo,
+                             backup / WORK)
         try:
             phase("check")
-            chk = check_car(tmp, backup / WORK, ident.did)
+            chk = check_car(tmp, backup / WORK, ident.did, scan)
             if os.path.isfile(car) and not os.path.islink(car):
                 try:
                     added, removed, changed = diff(car, tmp, backup / WORK)
@@ -398,6 +399,8 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
                 added = chk.records
             _publish(tmp, car)
         except BaseException:
+            if scan is not None:
+                scan.stop()   # its descriptors, if check_car never took them
             try:
                 os.unlink(tmp)
             except OSError:

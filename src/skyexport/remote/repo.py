@@ -2,12 +2,22 @@
 backup directory (never held in memory), checked with skyexport's own CAR reader - the
 framing of every block, the commit (its DID must be the account's), every MST node and
 every record against its CID - then fsync'd and renamed over `repo.car`.  A download that
-fails, is cut at the cap or is interrupted leaves the previous `repo.car` as it was."""
+fails, is cut at the cap or is interrupted leaves the previous `repo.car` as it was.
+
+The check is in two parts.  While the body arrives, a second thread (_Scan) reads the
+growing temporary file up to what has been written, in the core and without the GIL:
+every block framed and hashed against its CID (its verdict kept in the block index it
+builds), the file's SHA-256.  Once the download ends, CarCheck walks the MST through that
+index: every MST node read and checked, every record the tree references found with a good
+copy (not hashed again), the blob refs of the records holding any collected.  If the pass
+fails or is not there (a header it cannot read, an error), check_car reads the file anew
+as `export` would, so every refusal reads as CarRepo words it."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,30 +44,6 @@ class RepoCheck:
         self.blob_refs = blob_refs if blob_refs is not None else {}
 
 
-_BLOB = b"\x64blob"  # the DAG-CBOR text "blob": a record without it holds no blob ref
-
-
-def _blob_refs(value: object, out: list[bytes], depth: int = 0) -> None:
-    """The `ref` links of the blob objects (`{"$type": "blob", "ref": CID, ...}`) in a
-    decoded record."""
-    from .. import _core
-
-    if depth > 64:
-        return
-    if isinstance(value, dict):
-        ref = value.get("ref")
-        if value.get("$type") == "blob" and isinstance(ref, _core.CID):
-            out.append(bytes(ref))
-            return
-        for v in value.values():
-            if isinstance(v, (dict, list)):
-                _blob_refs(v, out, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            if isinstance(v, (dict, list)):
-                _blob_refs(v, out, depth + 1)
-
-
 def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, bytes]]:
     """(key, record CID) of every record of the CAR at `path`, in key order; with
     `check`, every record's block is read and checked against its CID."""
@@ -70,34 +56,174 @@ def _records(path: Path, index_dir: Path, check: bool) -> Iterator[tuple[str, by
             yield key, bytes(cid)
 
 
-def check_car(path: Path, index_dir: Path, did: str) -> RepoCheck:
-    """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
-    of `did`."""
-    from .. import _core
-    from ..sources.car.repo import CarRepo
+SCAN_STEP = 1 << 20          # the pass waits for this many new bytes (or the end) at a time
 
-    refs: dict[str, str] = {}
-    found: list[bytes] = []
+
+class _Stopped(Exception):
+    """The pass was told to stop (the download restarts, or failed)."""
+
+
+class _Scan:
+    """The pass over the repository as it downloads, on a thread of its own: the core's
+    CarScanner (verifying) reads the temporary file `fd` up to what `add()` has counted
+    as written, then waits for more; `finish()` says the body is whole.  `result()` is
+    (index descriptor, BlockIndex, SHA-256, the scanner -- its good CIDs for CarCheck --
+    and the descriptor of their scratch file) or None when the pass failed (check_car then
+    reads the file anew and words the refusal).  `stop()` ends it early; every exception
+    of the thread is kept, none is lost (result() gives None for it)."""
+
+    def __init__(self, fd: int, index_dir: Path) -> None:
+        self.fd = fd
+        self.index_dir = index_dir
+        self.written = 0
+        self.given = 0
+        self.want = 0
+        self.final = False
+        self.abort = False
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.out: tuple[int, Any, str, Any, int] | None = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="skyexport-repo-scan",
+                                       daemon=True)
+        self.thread.start()
+
+    def add(self, n: int) -> None:
+        self.written += n
+        if self.written >= self.want:
+            self.ready.set()
+
+    def finish(self) -> None:
+        self.final = True
+        self.ready.set()
+
+    def stop(self) -> None:
+        self.abort = True
+        self.ready.set()
+        self.done.wait()   # not join(): see sources/car/repo.py _Insert
+        if self.out is not None:
+            os.close(self.out[0])
+            os.close(self.out[4])
+            self.out = None
+
+    def result(self) -> tuple[int, Any, str, Any, int] | None:
+        """What the pass built, or None when it found the CAR unsound or could not read
+        or write (check_car words that, reading anew); any other exception of its thread
+        is raised here."""
+        self.done.wait()
+        if self.error is not None and not isinstance(self.error, (ValueError, OSError)):
+            raise self.error
+        out, self.out = self.out, None
+        return out
+
+    def _wait(self, want: int) -> tuple[int, bool]:
+        """(bytes written, final) once `want` bytes are written or the body is whole."""
+        while True:
+            if self.abort:
+                raise _Stopped
+            self.want = want
+            self.ready.clear()
+            final = self.final
+            written = self.written
+            if final or written >= want:
+                return written, final
+            self.ready.wait(1.0)
+
+    def _more(self) -> tuple[int, bool]:
+        written, final = self._wait(self.given + SCAN_STEP)
+        self.given = written
+        return written, final
+
+    def _scratch(self) -> int:
+        while True:
+            p = self.index_dir / f".repo.car.{os.urandom(4).hex()}.car-index"
+            try:
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            os.unlink(p)
+            return fd
+
+    def _run(self) -> None:
+        from .. import _core
+        from ..sources.car.repo import HEADER_MAX, INDEX_BATCH, _read_header
+
+        index_fd = runs_fd = good_fd = -1
+        try:
+            self.given, _ = self._wait(HEADER_MAX + 32)
+            found = _read_header(self.fd)
+            if found is None:
+                return
+            _, start, head = found
+            index_fd = self._scratch()
+            runs_fd = self._scratch()
+            good_fd = self._scratch()
+            scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
+                                       more=self._more, good_fd=good_fd)
+            index = scanner.build_index(index_fd, runs_fd, INDEX_BATCH)
+            self.out = (index_fd, index, scanner.sha256_hex(), scanner, good_fd)
+            index_fd = good_fd = -1
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - kept; check_car reads the file anew
+            self.error = exc
+        finally:
+            for fd in (index_fd, runs_fd, good_fd):
+                if fd >= 0:
+                    os.close(fd)
+            self.done.set()
+
+
+def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) -> RepoCheck:
+    """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
+    of `did`.  With `scan` (download()'s pass over the bytes as they arrived), its block
+    index, verdicts and SHA-256 are used; without it, or when it failed, the file is read
+    anew (CarRepo).  The walk is the core's (CarCheck): every MST node read and checked,
+    every record the tree references found with a good copy, the blob refs of the records
+    that hold any collected."""
+    from .. import _core
+    from ..sources.car.repo import CarRepo, _open_regular
+
+    got = scan.result() if scan is not None else None
+    spills: list[int] = []
     try:
-        with CarRepo(path, index_dir, verb="") as repo:
+        if got is not None:
+            index_fd, index, sha, scanner, good_fd = got
+            spills.append(good_fd)
+            try:
+                fd, _ = _open_regular(path)
+            except BaseException:
+                os.close(index_fd)
+                raise
+            repo = CarRepo.adopt(path, index_dir, fd, index_fd, index, sha)
+        else:
+            scanner = None
+            repo = CarRepo(path, index_dir, verb="")
+        with repo:
             if repo.did != did:
                 raise FetchError(f"the PDS sent the repository of {repo.did}, not of {did}")
-            n = 0
-            for key, cid in repo.walk():
-                data = repo.block(cid, key)
-                n += 1
-                if _BLOB in data:
-                    try:
-                        _blob_refs(_core.cbor_to_py(data)[0], found)
-                    except ValueError:
-                        pass  # not this check's business: export reports bad records
-                    for ref in found:
-                        refs.setdefault(_core.cid_str(ref), key)
-                    found.clear()
+            assert repo.index is not None
+            try:
+                n = -1
+                if scanner is not None:   # the records proved present all at once
+                    spills.append(repo._scratch_fd(index_dir))
+                    check = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, spills[-1])
+                    n = check.run()
+                if n < 0:                 # each record looked up: the error, if any
+                    check = _core.CarCheck(repo.fd, repo.index, repo.data)
+                    n = check.run()
+            except (ValueError, OSError) as exc:
+                raise repo._error(exc) from None
+            refs = dict(check.blob_refs)
+            collections = {k.decode("ascii"): v for k, v in check.collections.items()}
             return RepoCheck(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
-                             n, dict(sorted(repo.stats.collections.items())), refs)
+                             n, dict(sorted(collections.items())), refs)
     except ArchiveError as exc:
         raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
+    finally:
+        for fd in spills:
+            os.close(fd)
 
 
 def diff_walk(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
@@ -213,27 +339,47 @@ def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
 
 
 def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
-             on_bytes: Callable[[int], None]) -> Path:
-    """getRepo into a new hidden file in `directory` (fsync'd); its path.  The caller
-    renames or removes it."""
+             on_bytes: Callable[[int], None],
+             index_dir: Path | None = None) -> tuple[Path, _Scan | None]:
+    """getRepo into a new hidden file in `directory` (fsync'd): its path, and with
+    `index_dir`, the pass that read the bytes as they arrived (for check_car; its block
+    index is a file in index_dir).  The caller renames or removes the file."""
     tmp = directory / f".repo.car.{os.urandom(4).hex()}.part"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
     ok = False
+    scans: list[_Scan] = []
     try:
         put = write_all(fd)
+        empty = truncate(fd)
+        if index_dir is not None:
+            scans.append(_Scan(fd, index_dir))
 
         def write(chunk: memoryview) -> None:
             put(chunk)
+            if scans:
+                scans[0].add(len(chunk))
             on_bytes(len(chunk))
 
+        def restart() -> None:  # a new attempt: a new pass over the new bytes
+            if scans:
+                scans.pop().stop()
+            empty()
+            if index_dir is not None:
+                scans.append(_Scan(fd, index_dir))
+
         client.get(f"{pds}/xrpc/com.atproto.sync.getRepo", {"did": did},
-                   f"getRepo for {did}", write, truncate(fd), max_size,
-                   " (--max-repo-size)")
+                   f"getRepo for {did}", write, restart, max_size, " (--max-repo-size)")
+        if scans:
+            scans[0].finish()
         os.fsync(fd)
+        if scans:
+            scans[0].done.wait()   # it reads `fd`, closed below
         ok = True
-        return tmp
+        return tmp, (scans[0] if scans else None)
     finally:
+        if not ok and scans:
+            scans.pop().stop()
         os.close(fd)
         if not ok:
             try:

@@ -213,8 +213,39 @@ class CarRepo:
         tail = f"; nothing was {self.verb}" if self.verb else ""
         return ArchiveError(f"{self.path}: {what}{tail}")
 
-    def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
-        self.index_dir = index_dir
+    @classmethod
+    def adopt(cls, path: str | os.PathLike[str], index_dir: str | os.PathLike[str], fd: int,
+              index_fd: int, index: _core.BlockIndex, sha256: str, *,
+              verb: str = "") -> CarRepo:
+        """A CarRepo over the CAR open as `fd`, whose block index a verifying CarScanner
+        already built into `index_fd` (`skyexport fetch`: as the bytes arrived) and whose
+        SHA-256 it computed.  Takes over both descriptors (closed by close(), or here on
+        an error); the commit is read and checked as __init__ reads it."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.verb = verb
+        self.fd, self.index_fd = fd, index_fd
+        self.tap = None
+        self.index = index
+        self.stats = _Stats()
+        self.stats.blocks = index.count
+        self.size = self.size_at_open = index.size
+        self._hashing = None
+        self._hash = [sha256]
+        self._hashed = threading.Event()
+        self._hashed.set()
+        self._stop_hashing = False
+        self.index_dir = Path(index_dir)
+        try:
+            self._header()
+            self._read_commit()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _header(self) -> tuple[int, bytes]:
+        """The header checked, its root kept; (its end offset, the bytes before that)."""
         found = _read_header(self.fd)
         roots = _header_roots(found[0]) if found is not None else None
         if found is None or roots is None:
@@ -224,7 +255,11 @@ class CarRepo:
             raise self._fail(f"the CAR header has {len(roots)} roots; a repository export "
                              "has exactly one (its commit)")
         self.root: _core.CID = roots[0]
-        _, start, head = found
+        return found[1], found[2]
+
+    def _open(self, index_dir: Path, on_blocks: Callable[[int, int], None] | None) -> None:
+        self.index_dir = index_dir
+        start, head = self._header()
         # the file's SHA-256 on the second core, while the first indexes and walks it
         self._hashing = threading.Thread(target=self._hash_file, name="skyexport-car-sha256",
                                          daemon=True)

@@ -1,0 +1,356 @@
+"""The repository check of `skyexport fetch` (remote/repo.py): the pass that reads the
+temporary file as the body arrives (_Scan: the core's verifying CarScanner) and the walk
+in the core (CarCheck) must accept and refuse exactly what the slow reference check
+(tests/helpers/repo_check.py: the first, Python version) does, name the same block when
+they refuse, and find the same blob refs -- on the real CARs of tests/car/, on altered
+copies of them (a record's bytes changed, a record block missing, an MST node damaged or
+out of order, a body cut mid-block, another account's DID) and on the hostile CARs."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from skyexport import _core
+from skyexport.remote import repo as rrepo
+from skyexport.remote.errors import FetchError
+from skyexport.sources.car.repo import CarRepo
+
+from helpers.hostile import CASES, frames, unordered_in_node
+from helpers.repo_check import reference_check_car
+
+CARS = Path(__file__).resolve().parent.parent / "car"
+REAL = sorted(p.name for p in CARS.glob("*.car"))
+BSKY = CARS / "bsky-app.z72i7hdynmk6r22z27h6tvur.car"
+
+
+def _did(raw: bytes, tmp: Path) -> str:
+    p = tmp / "did.car"
+    p.write_bytes(raw)
+    try:
+        with CarRepo(p, tmp, verb="") as repo:
+            return repo.did
+    except Exception:  # noqa: BLE001 - no readable commit: any DID will do
+        return "did:plc:nobody"
+
+
+def _outcome(fn: Callable[[], rrepo.RepoCheck], path: Path) -> tuple[str, object]:
+    """("ok", every field) or ("refused", the message, with the file's path as "CAR" and
+    the word "record" before a key taken out: the reference names a record by its key
+    alone)."""
+    try:
+        r = fn()
+    except FetchError as exc:
+        return "refused", re.sub(r"\(record ", "(", str(exc).replace(str(path), "CAR"))
+    return "ok", {k: getattr(r, k) for k in r.__slots__}
+
+
+def _grown(raw: bytes, path: Path, work: Path, did: str, chunk: int,
+           stall: bool = False) -> rrepo.RepoCheck:
+    """check_car after a pass over `raw` written to `path` `chunk` bytes at a time, as
+    download() writes the body (with `stall`, the writer waits for the pass to catch up
+    with each chunk, so the pass waits for bytes every time)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        scan = rrepo._Scan(fd, work)
+        for at in range(0, len(raw), chunk):
+            os.write(fd, raw[at:at + chunk])
+            scan.add(len(raw[at:at + chunk]))
+            if stall:
+                scan.ready.wait(0.01)
+        scan.finish()
+        scan.done.wait()
+    finally:
+        os.close(fd)
+    return rrepo.check_car(path, work, did, scan)
+
+
+def _compare(raw: bytes, tmp: Path, did: str | None = None, chunk: int = 4096,
+             stall: bool = False) -> tuple[str, object]:
+    """The reference's outcome, after checking that the pass-and-walk's and check_car's
+    own (no pass: the file read anew) are the same."""
+    did = did or _did(raw, tmp)
+    ref_path, new_path, plain_path = tmp / "ref.car", tmp / "new.car", tmp / "plain.car"
+    ref_path.write_bytes(raw)
+    plain_path.write_bytes(raw)
+    want = _outcome(lambda: reference_check_car(ref_path, tmp, did), ref_path)
+    got = _outcome(lambda: _grown(raw, new_path, tmp, did, chunk, stall), new_path)
+    plain = _outcome(lambda: rrepo.check_car(plain_path, tmp, did), plain_path)
+    assert got == want
+    assert plain == want
+    assert sorted(os.listdir(tmp)) == ["did.car", "new.car", "plain.car", "ref.car"] or \
+        sorted(os.listdir(tmp)) == ["new.car", "plain.car", "ref.car"]
+    return want
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_cars_as_the_reference(name: str, tmp_path: Path) -> None:
+    """Every real CAR: the same verdict, counts, collections, SHA-256 and blob refs."""
+    outcome, value = _compare((CARS / name).read_bytes(), tmp_path)
+    if name == "repo_slice.car":
+        assert outcome == "refused" and "is missing" in str(value)
+    else:
+        assert outcome == "ok"
+        assert isinstance(value, dict) and value["records"] > 0
+
+
+def test_blob_refs_of_the_real_cars(tmp_path: Path) -> None:
+    """The blob refs are found (not merely equal when there are none): the @bsky.app
+    repository references 190 blobs, the staging one 6 (beside legacy refs it skips)."""
+    found = {}
+    for name in ("bsky-app.z72i7hdynmk6r22z27h6tvur.car", "paul_staging.repo.car"):
+        raw = (CARS / name).read_bytes()
+        p = tmp_path / name
+        p.write_bytes(raw)
+        found[name] = rrepo.check_car(p, tmp_path, _did(raw, tmp_path)).blob_refs
+    assert len(found["bsky-app.z72i7hdynmk6r22z27h6tvur.car"]) == 190
+    assert len(found["paul_staging.repo.car"]) == 6
+    for refs in found.values():
+        assert all(k.startswith("b") and "/" in v for k, v in refs.items())
+
+
+def _record_and_node(raw: bytes, tmp: Path) -> tuple[bytes, bytes]:
+    """The CID of a record the tree references, and of an MST node below the root."""
+    p = tmp / "pick.car"
+    p.write_bytes(raw)
+    with CarRepo(p, tmp, verb="") as repo:
+        rec = bytes(next(iter(repo.walk()))[1])
+        root = repo._decode(repo.data, "MST root")
+        assert isinstance(root, dict)
+        node = bytes(root["l"] or root["e"][0]["t"])
+    p.unlink()
+    return rec, node
+
+
+def _frame_of(raw: bytes, cid: bytes) -> tuple[int, int]:
+    starts = [(s, e) for s, e, c in frames(raw) if c == cid]
+    assert len(starts) == 1
+    return starts[0]
+
+
+def test_record_bytes_altered(tmp_path: Path) -> None:
+    raw = BSKY.read_bytes()
+    rec, _ = _record_and_node(raw, tmp_path)
+    _, end = _frame_of(raw, rec)
+    bad = bytearray(raw)
+    bad[end - 2] ^= 0x01
+    outcome, msg = _compare(bytes(bad), tmp_path)
+    assert outcome == "refused"
+    assert f"block {_core.cid_str(rec)} (" in str(msg) and "does not match its CID" in str(msg)
+
+
+def test_record_block_missing(tmp_path: Path) -> None:
+    raw = BSKY.read_bytes()
+    rec, _ = _record_and_node(raw, tmp_path)
+    start, end = _frame_of(raw, rec)
+    outcome, msg = _compare(raw[:start] + raw[end:], tmp_path)
+    assert outcome == "refused"
+    assert f"block {_core.cid_str(rec)} (" in str(msg) and "is missing" in str(msg)
+
+
+def test_mst_node_damaged(tmp_path: Path) -> None:
+    raw = BSKY.read_bytes()
+    _, node = _record_and_node(raw, tmp_path)
+    _, end = _frame_of(raw, node)
+    bad = bytearray(raw)
+    bad[end - 1] ^= 0x40
+    outcome, msg = _compare(bytes(bad), tmp_path)
+    assert outcome == "refused"
+    assert f"block {_core.cid_str(node)} (MST node" in str(msg)
+
+
+def test_mst_node_out_of_order(tmp_path: Path) -> None:
+    outcome, msg = _compare(unordered_in_node(), tmp_path)
+    assert outcome == "refused" and "out of order (the MST is damaged)" in str(msg)
+
+
+@pytest.mark.parametrize("where", ["header", "first block", "middle block", "last block"])
+def test_body_cut_mid_block(where: str, tmp_path: Path) -> None:
+    raw = BSKY.read_bytes()
+    fr = frames(raw)
+    cut = {"header": 5, "first block": (fr[0][0] + fr[0][1]) // 2,
+           "middle block": (fr[len(fr) // 2][0] + fr[len(fr) // 2][1]) // 2,
+           "last block": fr[-1][1] - 1}[where]
+    outcome, msg = _compare(raw[:cut], tmp_path, did="did:plc:z72i7hdynmk6r22z27h6tvur")
+    assert outcome == "refused"
+    assert ("truncated" in str(msg)) or ("not a CAR file" in str(msg))
+
+
+def test_another_accounts_repository(tmp_path: Path) -> None:
+    outcome, msg = _compare(BSKY.read_bytes(), tmp_path, did="did:plc:someoneelse")
+    assert outcome == "refused"
+    assert msg == ("the PDS sent the repository of did:plc:z72i7hdynmk6r22z27h6tvur, not of "
+                   "did:plc:someoneelse")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_hostile_cars_as_the_reference(name: str, tmp_path: Path) -> None:
+    """The hostile CARs (tests/helpers/hostile.py): the same verdict and message."""
+    _compare(CASES[name](), tmp_path)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 65536, 1 << 20])
+def test_the_pass_waits_for_bytes(chunk: int, tmp_path: Path) -> None:
+    """Written a byte, 7 bytes or a chunk at a time (from 4096 on, with the pass caught
+    up and waiting each time): the same result as the file read whole."""
+    if chunk < 4096:
+        raw = (CARS / "bnewbold.robocracy.org.20250310005405.car").read_bytes()
+        assert _compare(raw, tmp_path, chunk=chunk)[0] == "ok"
+    else:
+        assert _compare(BSKY.read_bytes(), tmp_path, chunk=chunk, stall=True)[0] == "ok"
+
+
+def test_a_restarted_download_starts_a_new_pass(tmp_path: Path) -> None:
+    """download()'s restart: the pass over the first attempt's bytes is stopped (its
+    thread ends, its block index closed), the file emptied, a new pass reads the new
+    attempt's bytes."""
+    raw = BSKY.read_bytes()
+    path = tmp_path / "r.car"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        first = rrepo._Scan(fd, tmp_path)
+        os.write(fd, raw[:len(raw) // 2])
+        first.add(len(raw) // 2)
+        first.stop()
+        assert first.done.is_set() and not first.thread.is_alive()
+        assert first.result() is None
+        os.ftruncate(fd, 0)
+        second = rrepo._Scan(fd, tmp_path)
+        os.pwrite(fd, raw, 0)
+        second.add(len(raw))
+        second.finish()
+        second.done.wait()
+    finally:
+        os.close(fd)
+    got = rrepo.check_car(path, tmp_path, "did:plc:z72i7hdynmk6r22z27h6tvur", second)
+    want = reference_check_car(path, tmp_path, "did:plc:z72i7hdynmk6r22z27h6tvur")
+    assert {k: getattr(got, k) for k in got.__slots__} == \
+        {k: getattr(want, k) for k in want.__slots__}
+    assert sorted(os.listdir(tmp_path)) == ["r.car"]
+
+
+def test_verdicts_put_the_good_copy_first(tmp_path: Path) -> None:
+    """The verifying scan decides each block's verdict as it passes: a good copy after 60
+    damaged ones of the same CID is the first entry its key lists, so the walk finds it
+    without hashing a copy again; the file's SHA-256 is the whole file's."""
+    import hashlib
+
+    raw = CASES["damaged_copies"]()
+    p = tmp_path / "d.car"
+    p.write_bytes(raw)
+    n, used = _core.read_uvarint(raw)
+    start = used + n
+    fd = os.open(p, os.O_RDONLY)
+    ix_fd = os.open(tmp_path / "ix", os.O_RDWR | os.O_CREAT, 0o600)
+    runs_fd = os.open(tmp_path / "runs", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        sc = _core.CarScanner(fd, start, raw[:start], None, len(raw), verify=True)
+        ix = sc.build_index(ix_fd, runs_fd)
+        assert sc.sha256_hex() == hashlib.sha256(raw).hexdigest()
+        rec = frames(raw)[0][2]
+        entries = ix.find(_core.testing.cid_index_key(rec))
+        assert len(entries) == 61
+        good = max(s for s, _, c in frames(raw) if c == rec)
+        assert entries[0][0] == good + 2   # the CID, after its 2-byte length varint
+        assert ix.block(fd, rec)[0] == 0
+    finally:
+        for f in (fd, ix_fd, runs_fd):
+            os.close(f)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_any_cut_or_flipped_byte_as_the_reference(tmp_path: Path, data: st.DataObject) -> None:
+    """A real CAR cut anywhere, or with any one byte changed: the same outcome and the
+    same message as the reference."""
+    raw = (CARS / "bnewbold.robocracy.org.20250310005405.car").read_bytes()
+    for f in os.listdir(tmp_path):
+        os.unlink(tmp_path / f)
+    at = data.draw(st.integers(0, len(raw) - 1))
+    if data.draw(st.booleans()):
+        body = raw[:at]
+    else:
+        b = bytearray(raw)
+        b[at] ^= data.draw(st.integers(1, 255))
+        body = bytes(b)
+    chunk = data.draw(st.sampled_from([3, 500, 1 << 16]))
+    _compare(body, tmp_path, did="did:plc:nhxcyu4ewwhl5pqil4dotqjo", chunk=chunk)
+
+
+def test_no_thread_is_left_running() -> None:
+    """Every pass above ended: no skyexport-repo-scan thread outlives its download."""
+    assert not [t for t in threading.enumerate() if t.name == "skyexport-repo-scan"]
+
+
+def _verified_check(raw: bytes, tmp: Path) -> tuple[int, Any, Any]:
+    """(what CarCheck.run returns with the verifying scan's good CIDs, the check, the
+    plain check's result)."""
+    p = tmp / "v.car"
+    p.write_bytes(raw)
+    n, used = _core.read_uvarint(raw)
+    start = used + n
+    fds = [os.open(tmp / name, os.O_RDWR | os.O_CREAT, 0o600) for name in ("ix", "r", "g", "f")]
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        sc = _core.CarScanner(fd, start, raw[:start], None, len(raw), verify=True,
+                              good_fd=fds[2])
+        ix = sc.build_index(fds[0], fds[1])
+        with CarRepo(p, tmp, verb="") as repo:
+            data = repo.data
+        check = _core.CarCheck(fd, ix, data, sc, fds[3])
+        return check.run(), check, sc
+    finally:
+        for f in [fd, *fds]:
+            os.close(f)
+
+
+def test_records_proved_present_without_reading_them(tmp_path: Path) -> None:
+    """With the scan's good CIDs, CarCheck reads the MST nodes and only the records that
+    may hold blob refs (their bytes hold the text "blob"), yet finds all 190 blob refs;
+    the records are proved present by the join."""
+    raw = BSKY.read_bytes()
+    n, check, _ = _verified_check(raw, tmp_path)
+    assert n == 627 == check.records
+    records_read = check.blocks_read - check.nodes_read
+    holding_blob = sum(1 for s, e, _ in frames(raw) if b"\x64blob" in raw[s:e])
+    assert 0 < records_read <= holding_blob < 627
+    assert len(check.blob_refs) == 190
+
+
+@pytest.mark.parametrize("change", ["drop", "flip"])
+def test_a_missing_or_damaged_record_fails_the_proof(change: str, tmp_path: Path) -> None:
+    """A record dropped from the file, or its bytes changed: the join does not prove the
+    records present (run() gives -1; check_car then checks record by record for the
+    error, as test_record_block_missing shows)."""
+    raw = BSKY.read_bytes()
+    rec, _ = _record_and_node(raw, tmp_path)
+    start, end = _frame_of(raw, rec)
+    if change == "drop":
+        body = raw[:start] + raw[end:]
+    else:
+        b = bytearray(raw)
+        b[end - 3] ^= 0x10
+        body = bytes(b)
+    assert _verified_check(body, tmp_path)[0] == -1
+
+
+def test_an_unexpected_error_of_the_pass_reaches_the_caller(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass's thread dies of something that is not a CAR or I/O problem: check_car
+    raises it, rather than quietly reading the file anew."""
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the pass")
+
+    monkeypatch.setattr(_core, "CarScanner", broken)
+    raw = BSKY.read_bytes()
+    with pytest.raises(RuntimeError, match="a bug in the pass"):
+        _grown(raw, tmp_path / "x.car", tmp_path, "did:plc:z72i7hdynmk6r22z27h6tvur", 1 << 16)
