@@ -43,7 +43,7 @@ cursor, files, progress, media, the manifest.
 """
 
 cimport cython
-from libc.stdint cimport int32_t, int64_t, uint64_t, uint32_t, uintptr_t, INT64_MAX, INT64_MIN
+from libc.stdint cimport int64_t, uint64_t, uint32_t, uintptr_t, INT64_MAX, INT64_MIN
 from libc.string cimport memchr, memcpy, memset, memcmp, strerror, strlen
 from libc.errno cimport errno, EINVAL, ENOMEM, ENOSYS
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize

@@ -6,7 +6,6 @@ atproto-JSON mode), CSV columns pinned byte for byte, strictness and verify."""
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,6 @@ import pytest
 from skyexport import export, verify
 from skyexport.errors import ArchiveError, OptionError
 from skyexport.sources.car.info import car_info
-from skyexport.sources.car.records import RecordsWriter
-from skyexport.sources.car.repo import CarRepo
 from skyexport.testing.carwrite import cid_for, dag_cbor, synth_car, write_car
 
 from helpers.cli import assert_failed, child_setup, run
@@ -411,10 +408,10 @@ def test_likes_are_cid_checked_when_read(tmp_path: Path) -> None:
                    on_bad_value=policy)  # type: ignore[arg-type]
 
 
-# --- records encoded on a second thread, batch after batch ---------------------------------
+# --- many records: batches, errors far into the walk ---------------------------------------
 
-MANY = 12_000      # likes: the walk hands the encoding thread batches of 4,096 records
-BAD_AT = 6_000     # in the second batch
+MANY = 12_000      # likes: several of RecordTap's 1 MiB output chunks
+BAD_AT = 6_000     # far into the walk
 
 
 def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = False,
@@ -442,15 +439,11 @@ def _many_likes_car(tmp_path: Path, bad: bytes | None, *, missing_post: bool = F
     return write(tmp_path / "many.car", c.finish(c.node(entries, compress=True), did=DID))
 
 
-def _no_encoding_thread() -> bool:
-    """No records-encoding thread is left running (each export ends its own)."""
-    return not [t for t in threading.enumerate() if t.name == "skyexport-car-records"]
-
-
 def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> None:
-    """A synthetic repository whose records fill several batches of the encoding thread:
-    every record of every collection, in key order, equals atmst + cbrrr's decoding; the
-    json and csv files of the same export hold as many records, and verify passes."""
+    """A synthetic repository of 9,600 records (several output chunks per file, blocks
+    stored twice): every record of every collection, in key order, equals atmst + cbrrr's
+    decoding; the json and csv files of the same export hold as many records, and verify
+    passes."""
     car = tmp_path / "s.car"
     synth_car(car, 3000, seed=3)
     d = export(car, tmp_path / "l", format="jsonl", collections="all").directory
@@ -464,14 +457,6 @@ def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> 
                  for o in (dict(json.loads(x, object_pairs_hook=_hook)) for x in lines)]
     assert ours == reference(car)
     assert len(ours) == 3000 + 6000 + 600
-    assert _no_encoding_thread()
-    with CarRepo(car, tmp_path) as repo:    # the batches did go to the encoding thread
-        (tmp_path / "direct").mkdir()
-        w = RecordsWriter(tmp_path / "direct", repo.did, "jsonl", None)
-        repo.tap = w.tap
-        assert sum(1 for _ in repo.post_rows("2024-01-01 00:00:00")) == 3000
-        assert w.tap.batches >= 2 and w.tap.records == len(ours)
-        w.finish()
     for fmt in ("json", "csv"):
         other = export(car, tmp_path / fmt, format=fmt, collections="all").directory
         assert other is not None
@@ -482,15 +467,14 @@ def test_records_of_many_batches_equal_an_independent_reader(tmp_path: Path) -> 
 
 
 def test_a_bad_record_in_a_later_batch_stops_or_is_kept_out(tmp_path: Path) -> None:
-    """A bad like far into the walk (checked on the encoding thread) stops the export with
-    the one line naming it; with keep, exactly it is left out, the others in order."""
+    """A bad like far into the walk stops the export with the one line naming it; with
+    keep, exactly it is left out, the others in order."""
     car = _many_likes_car(tmp_path, FLOAT_RECORD)
     with pytest.raises(ArchiveError, match="float") as err:
         export(car, tmp_path / "o", format="jsonl", collections="all")
     assert f"app.bsky.feed.like/3k{BAD_AT:08d}" in str(err.value)
     assert str(cid_from(cid_for(FLOAT_RECORD))) in str(err.value)
     assert not list((tmp_path / "o").glob("*/records"))
-    assert _no_encoding_thread()
     res = export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
     assert res.directory is not None
     lines = (res.directory / "records/app.bsky.feed.like.jsonl").read_bytes().splitlines()
@@ -501,9 +485,9 @@ def test_a_bad_record_in_a_later_batch_stops_or_is_kept_out(tmp_path: Path) -> N
 
 
 def test_the_first_error_in_key_order_is_the_one_reported(tmp_path: Path) -> None:
-    """The walk meets a missing post while the bad like before it is still waiting to be
-    checked: the like's error is reported, as a reader going key by key reports it; with
-    keep, the like is left out and the missing post stops the export."""
+    """A bad like, then a missing post after it: the like's error is reported, as a reader
+    going key by key reports it; with keep, the like is left out and the missing post stops
+    the export."""
     car = _many_likes_car(tmp_path, FLOAT_RECORD, missing_post=True)
     with pytest.raises(ArchiveError, match="float") as err:
         export(car, tmp_path / "o", format="jsonl", collections="all")
@@ -511,16 +495,14 @@ def test_the_first_error_in_key_order_is_the_one_reported(tmp_path: Path) -> Non
     with pytest.raises(ArchiveError, match="is missing") as err:
         export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
     assert "app.bsky.feed.post/3kzzzzzzzzzz2" in str(err.value)
-    assert _no_encoding_thread()
 
 
 @pytest.mark.parametrize("at_bad,what", [("damaged", "does not match its CID"),
                                          ("missing", "is missing")])
-def test_a_like_read_on_the_encoding_thread_is_checked(tmp_path: Path, at_bad: str,
-                                                       what: str) -> None:
-    """A like far into the walk whose block is damaged or missing (read on the encoding
-    thread, which leaves it to the walk's own reading) stops the export with the walk's
-    one line naming it, with either policy (the file is damaged)."""
+def test_a_like_far_into_the_walk_is_checked(tmp_path: Path, at_bad: str,
+                                             what: str) -> None:
+    """A like far into the walk whose block is damaged or missing stops the export with
+    the walk's one line naming it, with either policy (the file is damaged)."""
     car = _many_likes_car(tmp_path, b"\xa0", at_bad=at_bad)
     for policy in ("error", "keep"):
         with pytest.raises(ArchiveError, match=what) as err:
@@ -530,7 +512,7 @@ def test_a_like_read_on_the_encoding_thread_is_checked(tmp_path: Path, at_bad: s
         assert str(cid_from(cid_for(dag_cbor(_like(BAD_AT))))) in str(err.value)
 
 
-def test_likes_with_several_copies_read_on_the_encoding_thread(tmp_path: Path) -> None:
+def test_likes_with_several_copies(tmp_path: Path) -> None:
     """Blocks stored twice, and a like whose first copy is damaged and second good: each
     like is exported once, from a copy that matches its CID."""
     c = Car()
@@ -551,10 +533,9 @@ def test_likes_with_several_copies_read_on_the_encoding_thread(tmp_path: Path) -
     assert [json.loads(x)["value"] for x in lines] == [_like(i) for i in range(MANY)]
 
 
-def test_a_records_write_failure_on_the_encoding_thread(tmp_path: Path) -> None:
-    """Writing records/app.bsky.feed.like.jsonl fails on the encoding thread (a real
-    RLIMIT_FSIZE of 1 MiB; the file would be about 2.5 MB): one line, exit status 1,
-    nothing published."""
+def test_a_records_write_failure(tmp_path: Path) -> None:
+    """Writing records/app.bsky.feed.like.jsonl fails (a real RLIMIT_FSIZE of 1 MiB; the
+    file would be about 2.5 MB): one line, exit status 1, nothing published."""
     car = _many_likes_car(tmp_path, None)
     out = tmp_path / "out"
     proc = run("export", car, "-o", out, "--format", "jsonl", "--collections", "all",

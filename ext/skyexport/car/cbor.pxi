@@ -9,14 +9,12 @@ cdef struct Item:
     Py_ssize_t head        # bytes of the initial byte and its argument
 
 
-cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                        Item* it) except -1 nogil:
+cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Item* it) except -1:
     cdef unsigned char b
     cdef int info, k, j
     cdef uint64_t v
     if i >= n:
-        with gil:
-            raise CarFormatError("ends in the middle of a value")
+        raise CarFormatError("ends in the middle of a value")
     b = s[i]
     it.major = b >> 5
     info = b & 31
@@ -26,27 +24,21 @@ cdef inline int cb_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
         return 0
     if info > 27:
         if info == 31:
-            with gil:
-                raise CarFormatError("has an indefinite-length item (not DAG-CBOR)")
-        with gil:
-            raise CarFormatError(f"has a reserved CBOR byte 0x{b:02x}")
+            raise CarFormatError("has an indefinite-length item (not DAG-CBOR)")
+        raise CarFormatError(f"has a reserved CBOR byte 0x{b:02x}")
     if it.major == 7:
         if info == 24:
-            with gil:
-                raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
-        with gil:
-            raise CarFormatError("has a float (not allowed in atproto records)")
+            raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+        raise CarFormatError("has a float (not allowed in atproto records)")
     k = 1 << (info - 24)
     if i + 1 + k > n:
-        with gil:
-            raise CarFormatError("ends in the middle of a value")
+        raise CarFormatError("ends in the middle of a value")
     v = 0
     for j in range(k):
         v = (v << 8) | s[i + 1 + j]
     # DAG-CBOR: every argument in its shortest form
     if v < (<uint64_t>24 if k == 1 else (<uint64_t>1) << (4 * k)):
-        with gil:
-            raise CarFormatError("has a non-minimal CBOR integer or length (not DAG-CBOR)")
+        raise CarFormatError("has a non-minimal CBOR integer or length (not DAG-CBOR)")
     it.arg = v
     it.head = 1 + k
     return 0
@@ -88,33 +80,28 @@ cdef bint utf8_ok(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     return True
 
 
-cdef Py_ssize_t cb_len(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                       uint64_t arg) except -1 nogil:
+cdef Py_ssize_t cb_len(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, uint64_t arg) except -1:
     if arg > <uint64_t>(n - i):
-        with gil:
-            raise CarFormatError("ends in the middle of a value")
+        raise CarFormatError("ends in the middle of a value")
     return <Py_ssize_t>arg
 
 
 cdef Py_ssize_t cb_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                        Py_ssize_t* start) except -1 nogil:
+                        Py_ssize_t* start) except -1:
     """At tag 42's content (i just after the tag): checks the byte string is 0x00 + CID;
     returns the offset after it, the CID's start in start[0]."""
     cdef Item it
     cdef Py_ssize_t ln, c
     cb_head(s, i, n, &it)
     if it.major != 2:
-        with gil:
-            raise CarFormatError("has a tag-42 link that is not a byte string")
+        raise CarFormatError("has a tag-42 link that is not a byte string")
     i += it.head
     ln = cb_len(s, i, n, it.arg)
     if ln < 2 or s[i] != 0:
-        with gil:
-            raise CarFormatError("has a malformed tag-42 link")
+        raise CarFormatError("has a malformed tag-42 link")
     c = cid_len(s + i + 1, ln - 1)
     if c != ln - 1:
-        with gil:
-            raise CarFormatError("has a tag-42 link that is not a CID")
+        raise CarFormatError("has a tag-42 link that is not a CID")
     start[0] = i + 1
     return i + ln
 
@@ -127,17 +114,16 @@ cdef inline bint key_before(const unsigned char* a, Py_ssize_t an,
     return memcmp(a, b, an) < 0
 
 
-cdef bint cb_type_is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1 nogil:
+cdef bint cb_type_is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
     """Checks the value of a `$type` key (a non-empty string): is it "blob"?"""
     cdef Item it
     cb_head(s, i, n, &it)
     if it.major != 3 or it.arg == 0:
-        with gil:
-            raise CarFormatError("has a `$type` that is not a non-empty string")
+        raise CarFormatError("has a `$type` that is not a non-empty string")
     return it.arg == 4 and i + 5 <= n and memcmp(s + i + 1, b"blob", 4) == 0
 
 
-cdef int cb_check_blob(const unsigned char* s, Py_ssize_t m, Py_ssize_t n) except -1 nogil:
+cdef int cb_check_blob(const unsigned char* s, Py_ssize_t m, Py_ssize_t n) except -1:
     """A validated map at m whose `$type` is "blob": a `ref` link, a non-empty `mimeType`
     string and an integer `size` >= 0 (atproto's data model)."""
     cdef Item it
@@ -145,25 +131,21 @@ cdef int cb_check_blob(const unsigned char* s, Py_ssize_t m, Py_ssize_t n) excep
     if x >= 0:
         cb_head(s, x, n, &it)
     if x < 0 or it.major != 6:
-        with gil:
-            raise CarFormatError("has a blob without a `ref` link")
+        raise CarFormatError("has a blob without a `ref` link")
     x = cb_find(s, m, n, "mimeType")
     if x >= 0:
         cb_head(s, x, n, &it)
     if x < 0 or it.major != 3 or it.arg == 0:
-        with gil:
-            raise CarFormatError("has a blob without a `mimeType`")
+        raise CarFormatError("has a blob without a `mimeType`")
     x = cb_find(s, m, n, "size")
     if x >= 0:
         cb_head(s, x, n, &it)
     if x < 0 or it.major != 0:
-        with gil:
-            raise CarFormatError("has a blob without an integer `size`")
+        raise CarFormatError("has a blob without an integer `size`")
     return 0
 
 
-cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                        int depth) except -1 nogil:
+cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int depth) except -1:
     """Validates the item at i as atproto's data model in DAG-CBOR; returns the offset
     after it.  Beside what cb_head refuses (floats, simple values, indefinite lengths,
     non-minimal arguments): integers outside the signed 64-bit range, tags but 42, links
@@ -177,22 +159,19 @@ cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     cdef uint64_t j
     cdef bint blob = False
     if depth > CBOR_MAX_DEPTH:
-        with gil:
-            raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
+        raise CarFormatError(f"nests deeper than {CBOR_MAX_DEPTH} levels")
     cb_head(s, i, n, &it)
     i += it.head
     if it.major <= 1:
         if it.arg > <uint64_t>0x7FFFFFFFFFFFFFFF:
-            with gil:
-                raise CarFormatError("has an integer outside the signed 64-bit range")
+            raise CarFormatError("has an integer outside the signed 64-bit range")
         return i
     if it.major == 2:
         return i + cb_len(s, i, n, it.arg)
     if it.major == 3:
         ln = cb_len(s, i, n, it.arg)
         if not utf8_ok(s + i, ln):
-            with gil:
-                raise CarFormatError("has a text string that is not valid UTF-8")
+            raise CarFormatError("has a text string that is not valid UTF-8")
         return i + ln
     if it.major == 4:
         cb_len(s, i, n, it.arg)  # each item takes at least one byte
@@ -204,8 +183,7 @@ cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
         for j in range(it.arg):
             i = cb_key(s, i, n, &kp, &kn)
             if j and not key_before(pk, pn, kp, kn):
-                with gil:
-                    raise CarFormatError("has map keys repeated or out of DAG-CBOR's order")
+                raise CarFormatError("has map keys repeated or out of DAG-CBOR's order")
             pk, pn = kp, kn
             if kn == 5 and memcmp(kp, b"$type", 5) == 0:
                 blob = cb_type_is_blob(s, i, n)
@@ -215,40 +193,35 @@ cdef Py_ssize_t cb_skip(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
         return i
     if it.major == 6:
         if it.arg != 42:
-            with gil:
-                raise CarFormatError(f"has CBOR tag {it.arg} (only 42, links, is allowed)")
+            raise CarFormatError(f"has CBOR tag {it.arg} (only 42, links, is allowed)")
         return cb_link(s, i, n, &start)
     # major 7, no argument bytes: false, true, null only
     if it.arg == 20 or it.arg == 21 or it.arg == 22:
         return i
     if it.arg == 23:
-        with gil:
-            raise CarFormatError("has `undefined` (not DAG-CBOR)")
-    with gil:
-        raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
+        raise CarFormatError("has `undefined` (not DAG-CBOR)")
+    raise CarFormatError("has a CBOR simple value (not DAG-CBOR)")
 
 
 cdef Py_ssize_t cb_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                       const unsigned char** kp, Py_ssize_t* kn) except -1 nogil:
+                       const unsigned char** kp, Py_ssize_t* kn) except -1:
     """A map key (a text string) at i: offset after it; its bytes in kp/kn if given."""
     cdef Item it
     cdef Py_ssize_t ln
     cb_head(s, i, n, &it)
     if it.major != 3:
-        with gil:
-            raise CarFormatError("has a map key that is not a text string")
+        raise CarFormatError("has a map key that is not a text string")
     i += it.head
     ln = cb_len(s, i, n, it.arg)
     if not utf8_ok(s + i, ln):
-        with gil:
-            raise CarFormatError("has a map key that is not valid UTF-8")
+        raise CarFormatError("has a map key that is not valid UTF-8")
     if kp != NULL:
         kp[0] = s + i
         kn[0] = ln
     return i + ln
 
 
-cdef Py_ssize_t cb_pass(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1 nogil:
+cdef Py_ssize_t cb_pass(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
     """The offset after the item at i, which was validated before (cb_skip): nothing is
     checked again, but no byte outside [0, n) is read whatever s holds."""
     cdef Item it
@@ -272,7 +245,7 @@ cdef Py_ssize_t cb_pass(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) exce
 
 
 cdef Py_ssize_t cb_find(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                        const char* key) except -2 nogil:
+                        const char* key) except -2:
     """The offset of `key`'s value if the item at i is a map holding it, else -1.
     (The item was validated before: keys and values are not checked again.)"""
     cdef Item it
@@ -293,7 +266,7 @@ cdef Py_ssize_t cb_find(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
 
 
 cdef bint cb_text_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                     const unsigned char** tp, Py_ssize_t* tn) except -1 nogil:
+                     const unsigned char** tp, Py_ssize_t* tn) except -1:
     """True and the text if the item at i (i >= 0) is a text string."""
     cdef Item it
     if i < 0:
@@ -307,7 +280,7 @@ cdef bint cb_text_at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
 
 
 cdef bint cb_text_is(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
-                     const char* want) except -1 nogil:
+                     const char* want) except -1:
     cdef const unsigned char* tp
     cdef Py_ssize_t tn
     if not cb_text_at(s, i, n, &tp, &tn):
@@ -315,7 +288,7 @@ cdef bint cb_text_is(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
     return tn == <Py_ssize_t>strlen(want) and memcmp(tp, want, tn) == 0
 
 
-cdef int ob_uint64(OutBuf* b, uint64_t v) except -1 nogil:
+cdef int ob_uint64(OutBuf* b, uint64_t v) except -1:
     cdef char tmp[24]
     cdef int k = 0
     if v == 0:

@@ -93,12 +93,11 @@ cdef int ob_base64(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 no
     return 0
 
 
-cdef int ob_cid(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1 nogil:
+cdef int ob_cid(OutBuf* b, const unsigned char* s, Py_ssize_t n) except -1:
     """A CID's string form: base58btc for v0 (`Qm...`), else multibase base32 (`b...`)."""
     if n == 34 and s[0] == 0x12 and s[1] == 0x20:
-        with gil:
-            t = base58(s, n)
-            ob_write(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
+        t = base58(s, n)
+        ob_write(b, PyBytes_AS_STRING(t), PyBytes_GET_SIZE(t))
         return 0
     ob_byte(b, b'b')
     ob_base32(b, s, n)

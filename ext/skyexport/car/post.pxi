@@ -1,6 +1,6 @@
 # Repository CARs: a post record's fields, as the posts row holds them (docs/CAR.md).
 
-cdef bint is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1 nogil:
+cdef bint is_blob(const unsigned char* s, Py_ssize_t i, Py_ssize_t n) except -1:
     """A blob reference: {"$type": "blob", "ref": link, ...} or legacy {"cid", "mimeType"}."""
     if i < 0:
         return False

@@ -169,7 +169,6 @@ cdef class CarWalker:
         (next_post: the posts rows and the records files read the CAR once)."""
         if not isinstance(tap, RecordTap):
             raise TypeError("a RecordTap")
-        (<RecordTap>tap).attach(self)
         self.tap = tap
 
     cdef str what(self, bytes key, bytes prev):
@@ -184,12 +183,6 @@ cdef class CarWalker:
                           bytes prev) except -1:
         """Reads block `cid` (the record of `key`, or the MST node after key `prev`) into
         self.buf and checks it: returns the length of its data (at self.buf + cn)."""
-        return self.fetch_into(cid, cn, key, prev, &self.buf, &self.cap, &self.fetched_at)
-
-    cdef Py_ssize_t fetch_into(self, const unsigned char* cid, Py_ssize_t cn, bytes key,
-                               bytes prev, unsigned char** buf, Py_ssize_t* cap,
-                               int64_t* where) except -1:
-        """fetch(), into buf[0] (grown as needed), where the block starts in where[0]."""
         cdef Py_ssize_t r
         cdef uint64_t v, code = 0
         cdef Py_ssize_t i
@@ -203,7 +196,8 @@ cdef class CarWalker:
             uvarint(cid + i, cn - i, &code)
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
                                  f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        r = self.ix.resolve(self.fd, cid, cn, buf, cap, self.sha256, where)
+        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
+                            &self.fetched_at)
         if r == -2:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
                                  "not match its CID (the file is damaged); download the "
@@ -381,22 +375,7 @@ cdef class CarWalker:
 
     cdef bytes next_post(self):
         """The next post's key, its record read and checked (data at self.buf + len(cid),
-        self.dn bytes; the CID in self.value); None at the end, once the tap's records
-        are all written.  When the walk fails, the records the tap holds are checked
-        first (RecordTap.settle): an error among them comes first in key order."""
-        cdef bytes key
-        if self.tap is None:
-            return self.walk_to_post()
-        try:
-            key = self.walk_to_post()
-            if key is None:   # the end: the tap's last records are checked and written
-                (<RecordTap>self.tap).finish()
-            return key
-        except (ValueError, OSError):
-            (<RecordTap>self.tap).settle()
-            raise
-
-    cdef bytes walk_to_post(self):
+        self.dn bytes; the CID in self.value); None at the end."""
         cdef bytes key
         cdef Py_ssize_t cn
         cdef bytes prefix = _POST_PREFIX

@@ -91,15 +91,14 @@ class RecordsWriter:
     """records/NSID.FMT in `out_dir` for every collection (wanted None) or each wanted
     NSID: `tap` is the core's RecordTap to give a CarWalker (CarWalker.set_tap, or
     CarRepo.tap before the walk); finish() after the walk closes the files (an empty one
-    for a wanted NSID the repository does not hold) and returns what was written.  The
-    files are written (and hashed) by the tap's encoding thread, `on_chunk` is called on
-    the walking thread as the tap hands over each batch."""
+    for a wanted NSID the repository does not hold) and returns what was written."""
 
     def __init__(self, out_dir: Path, did: str, fmt: str, wanted: frozenset[str] | None, *,
                  keep_bad: bool = False, bom: bool = True,
                  on_chunk: Callable[[], object] | None = None) -> None:
         (out_dir / RECORDS_DIR).mkdir(exist_ok=True)
         self.out_dir, self.fmt, self.wanted, self.bom = out_dir, fmt, wanted, bom
+        self.tick = on_chunk
         self.result = RecordsResult()
         self.seen: set[str] = set()
         self.cur: _Out | None = None
@@ -107,7 +106,7 @@ class RecordsWriter:
         self.tap = _core.RecordTap(did, fmt, None if wanted is None
                                    else [w.encode("ascii") for w in wanted], keep_bad,
                                    {k: [p for _, p in v] for k, v in COLUMNS.items()},
-                                   self._chunk, CHUNK_BYTES, on_chunk)
+                                   self._chunk, CHUNK_BYTES)
 
     def _chunk(self, nsid: str, count: int, data: bytes) -> None:
         try:
@@ -129,6 +128,8 @@ class RecordsWriter:
         if data:
             cur.write(data)
         cur.records += count
+        if self.tick is not None:
+            self.tick()
 
     def finish(self) -> RecordsResult:
         self.tap.finish()
@@ -144,9 +145,7 @@ class RecordsWriter:
         return self.result
 
     def abort(self) -> None:
-        """Close what is open (after a failure: the export is not published), once the
-        tap's encoding thread is done with it."""
-        self.tap.close()
+        """Close what is open (after a failure: the export is not published)."""
         if self.cur is not None:
             os.close(self.cur.fd)
             self.cur = None

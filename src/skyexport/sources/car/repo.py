@@ -16,10 +16,8 @@ The contract is docs/CAR.md.  How a CAR is read, in flat memory whatever its siz
    walk comes back to them); every
    MST node is read, checked against its CID (SHA-256) and its keys checked for order and
    bounds, by every command, so `info`, `import` and `export` accept and refuse the same
-   files.  Only records of `app.bsky.feed.post` are read (and, for `export --collections`,
-   those of the wanted collections, by the RecordTap's thread: records.py).  A block's
-   verdict (its good copy, or none) is decided once; the walk reads at most 8 times the
-   file's size.
+   files.  Only records of `app.bsky.feed.post` are read.  A block's verdict (its good
+   copy, or none) is decided once; the walk reads at most 8 times the file's size.
 4. Each post record becomes a posts row (core: post_fields_into), inserted in batches of
    at most ROW_CHUNK rows and about ROW_BYTES: SQLite inserts one batch on a second
    thread, without the GIL, while the walk decodes the next.
