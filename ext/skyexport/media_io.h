@@ -339,6 +339,15 @@ static void sx_media_second(sx_media_ctx *c, sx_media_job *j, unsigned char *buf
 
 #endif  /* __linux__ */
 
+/* Job i finished, both halves (c->sync held): counted, and the last one published wakes a
+ * waiter. */
+static void sx_media_done(sx_media_ctx *c, long i)
+{
+    c->jobs[i].stage = 2;
+    if (++c->done == c->njobs && c->waiting)
+        sx_broadcast(&c->sync);
+}
+
 /* Take the published jobs' halves, one at a time, until none is left; with `serve`, then
  * sleep until more are published or c->stop is set (the threads that serve a batch for
  * the whole export).  The first halves (the creates in media/) are done by one thread at
@@ -355,9 +364,7 @@ static void sx_media_take(sx_media_ctx *c, unsigned char *buf, size_t cap, int s
             if (sx_media_first(c, &c->jobs[i]))
                 sx_media_second(c, &c->jobs[i], buf, cap);
             sx_lock(&c->sync);
-            c->jobs[i].stage = 2;
-            if (++c->done == c->njobs && c->waiting)
-                sx_broadcast(&c->sync);
+            sx_media_done(c, i);
             continue;
         }
         if (c->split && !c->opening && c->next < c->njobs) {
@@ -383,9 +390,7 @@ static void sx_media_take(sx_media_ctx *c, unsigned char *buf, size_t cap, int s
             sx_unlock(&c->sync);
             sx_media_second(c, &c->jobs[i], buf, cap);
             sx_lock(&c->sync);
-            c->jobs[i].stage = 2;
-            if (++c->done == c->njobs && c->waiting)
-                sx_broadcast(&c->sync);
+            sx_media_done(c, i);
             continue;
         }
         if (!serve || c->stop)
