@@ -66,7 +66,10 @@ def _check(repo: CarRepo, scanner: _core.CarScanner | None = None) -> tuple[obje
             refs_fd = _scratch()
             try:
                 c = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, refs_fd)
-                n = c.run()
+                try:
+                    n = c.run()
+                except ValueError:
+                    n = -1      # walked again record by record, as check_car does
             finally:
                 os.close(refs_fd)
         if n < 0:

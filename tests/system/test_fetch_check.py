@@ -91,6 +91,29 @@ def _compare(raw: bytes, tmp: Path, did: str | None = None, chunk: int = 4096,
     return want
 
 
+def test_a_record_missing_before_a_damaged_node(tmp_path: Path) -> None:
+    """A record block missing (key app.bsky.feed.post/3ka) before an MST node whose keys
+    are out of order (found by the fuzzer): the proof path meets the damaged node first,
+    since it does not look records up; check_car then walks again record by record, so
+    with or without the download's pass the refusal is the same and names the first
+    problem in key order, the missing record.  The reference refuses too, naming the
+    damaged node: its walk reads MST entries ahead in batches before it reads records."""
+    raw = (CARS.parent.parent / "fuzz" / "regressions" / "car" /
+           "crash-2272b394f994da9ebe1484d1c224edab04831411").read_bytes()
+    did = _did(raw, tmp_path)
+    ref_path, new_path, plain_path = (tmp_path / "ref.car", tmp_path / "new.car",
+                                      tmp_path / "plain.car")
+    ref_path.write_bytes(raw)
+    plain_path.write_bytes(raw)
+    want = _outcome(lambda: reference_check_car(ref_path, tmp_path, did), ref_path)
+    got = _outcome(lambda: _grown(raw, new_path, tmp_path, did, 4096), new_path)
+    plain = _outcome(lambda: rrepo.check_car(plain_path, tmp_path, did), plain_path)
+    assert got == plain
+    assert got[0] == "refused" and "app.bsky.feed.post/3ka" in str(got[1]) \
+        and "is missing" in str(got[1]), got
+    assert want[0] == "refused" and "out of order" in str(want[1]), want
+
+
 @pytest.mark.parametrize("name", REAL)
 def test_real_cars_as_the_reference(name: str, tmp_path: Path) -> None:
     """Every real CAR: the same verdict, counts, collections, SHA-256 and blob refs."""

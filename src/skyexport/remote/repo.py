@@ -209,7 +209,14 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
                 if scanner is not None:   # the records proved present all at once
                     spills.append(repo._scratch_fd(index_dir))
                     check = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, spills[-1])
-                    n = check.run()
+                    try:
+                        n = check.run()
+                    except ValueError:
+                        # A damaged tree, found before the records were proved: walked
+                        # again below, each record looked up, so that the first problem
+                        # in key order is the one reported (a record missing before the
+                        # damage, as the plain walk says).
+                        n = -1
                 if n < 0:                 # each record looked up: the error, if any
                     check = _core.CarCheck(repo.fd, repo.index, repo.data)
                     n = check.run()
