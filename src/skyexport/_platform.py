@@ -128,6 +128,31 @@ def open_dir(path: str | bytes | os.PathLike[str], flags: int = os.O_RDONLY, *,
     return fd
 
 
+def sha256_regular(path: str | os.PathLike[str]) -> tuple[str, int] | None:
+    """(SHA-256 hex digest, size) of `path` if it is a regular file, opened without
+    following a symbolic link (open_nofollow) or blocking on a FIFO; None when it cannot
+    be opened or is anything but a regular file.  An error while reading raises OSError.
+    For files named by untrusted input: a blob, a backup's repo.car."""
+    import hashlib
+
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | O_CLOEXEC | O_NONBLOCK
+                           | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        h = hashlib.sha256()
+        size = 0
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+        return h.hexdigest(), size
+    finally:
+        os.close(fd)
+
+
 def exclusive_temp(final: str) -> str:
     """Create (O_EXCL, the umask's permissions) and return a fresh hidden name beside
     `final`, for a file built there and linked into place when complete."""

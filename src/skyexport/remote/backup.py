@@ -14,7 +14,6 @@ visible: the previous `repo.car`, and each blob it finished.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._platform import sha256_regular
 from .._record import Record
 from ..errors import ExportError, OutputError
 from ..exporter.progress import FINAL, ProgressChannel
@@ -195,22 +195,6 @@ def _read_json(path: Path) -> dict[str, Any]:
         os.close(fd)
 
 
-def _sha256(path: Path) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        h = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-        return h.hexdigest()
-    finally:
-        os.close(fd)
-
-
 def _publish(tmp: Path, final: Path, data: bytes | None = None) -> None:
     if data is not None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -370,9 +354,10 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
     car = backup / "repo.car"
     old_repo = before.get("repo") if isinstance(before.get("repo"), dict) else {}
     assert isinstance(old_repo, dict)
-    unchanged = (rev is not None and before.get("rev") == rev
-                 and old_repo.get("sha256") is not None
-                 and _sha256(car) == old_repo.get("sha256"))
+    unchanged = False
+    if rev is not None and before.get("rev") == rev and old_repo.get("sha256") is not None:
+        kept_car = sha256_regular(car)
+        unchanged = kept_car is not None and kept_car[0] == old_repo.get("sha256")
     added = removed = changed = 0
     if unchanged:
         sha, size = str(old_repo["sha256"]), int(old_repo.get("bytes", 0))

@@ -20,7 +20,6 @@ import queue
 import re
 import selectors
 import ssl
-import stat
 import threading
 import time
 import urllib.parse
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .._platform import sha256_regular
 from .errors import AccountError, FetchError
 from .http import (
     ERROR_BODY_CAP,
@@ -89,23 +89,8 @@ def list_blobs(client: Client, pds: str, did: str) -> Iterator[list[str]]:
 
 def file_matches(path: Path, digest: bytes) -> bool:
     """`path` is a regular file (not followed if a symlink) whose SHA-256 is `digest`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        h = hashlib.sha256()
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return h.digest() == digest
-            h.update(chunk)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    got = sha256_regular(path)
+    return got is not None and got[0] == digest.hex()
 
 
 def _refused(exc: FetchError, cid: str, ref: str | None) -> BlobOutcome:

@@ -10,13 +10,14 @@ copier while it copies (MediaCopier's check_cid)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ..._platform import sha256_regular
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,7 +31,6 @@ EXTENSIONS = {
     "image/gif": ("gif",), "image/heic": ("heic",), "image/avif": ("avif",),
     "video/mp4": ("mp4",), "video/quicktime": ("mov",), "video/webm": ("webm",),
 }
-READ = 1 << 20
 
 
 def cid_sha256(cid: str) -> str | None:
@@ -140,28 +140,6 @@ class BlobDir:
                              f"{cid}.<ext>)")
 
 
-def hash_file(path: Path) -> tuple[str, int] | None:
-    """(SHA-256, size) of the regular file `path`, opened without following a link or
-    blocking on a FIFO; None when it is not one."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
-        | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        h = hashlib.sha256()
-        n = 0
-        while chunk := os.read(fd, READ):
-            h.update(chunk)
-            n += len(chunk)
-        return h.hexdigest(), n
-    finally:
-        os.close(fd)
-
-
 def _posts_with_media(con: apsw.Connection) -> Iterator[tuple[str, str]]:
     yield from con.cursor().execute(
         "SELECT p.uri, p.embed_data FROM posts p WHERE p.has_media AND p.embed_data "
@@ -195,7 +173,7 @@ def fill_media(con: apsw.Connection, blobs: BlobDir, *, verify: bool,
                     continue
                 got_size = size if size is not None else 0
                 if verify:
-                    got = hash_file(path)
+                    got = sha256_regular(path)
                     if got is None:
                         warn(uri, f"blob file {path} is not a regular file; not exported")
                         continue
