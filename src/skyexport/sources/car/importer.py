@@ -158,6 +158,13 @@ def build_archive_from(repo: CarRepo, final: Path, *, scratch: bool = False,
     return n
 
 
+def _locked(final: Path, what: str) -> ArchiveError:
+    """The one line for an archive another program holds locked during --merge."""
+    return ArchiveError(f"archive {final} is locked by another program (is bskyarchive "
+                        "writing to it?); try --merge again when it is done; nothing was "
+                        f"{what}")
+
+
 def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
     """Insert the posts whose uri is not yet in the archive, in one transaction."""
     try:
@@ -169,9 +176,7 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
             con.set_busy_timeout(5000)
             cols = [r[1] for r in con.execute("PRAGMA table_info(posts)")]
         except (apsw.BusyError, apsw.LockedError):
-            raise ArchiveError(f"archive {final} is locked by another program (is "
-                               "bskyarchive writing to it?); try --merge again when it is "
-                               "done; nothing was imported") from None
+            raise _locked(final, "imported") from None
         except apsw.Error as exc:
             raise ArchiveError(f"archive {final} is not a readable SQLite database ({exc}); "
                                "--merge needs a bskyarchive archive") from None
@@ -205,9 +210,7 @@ def _merge(repo: CarRepo, final: Path, archived_at: str) -> tuple[int, int]:
                 after: Any = con.execute("SELECT count(*) FROM posts").fetchall()[0][0]
                 added = after - before
         except (apsw.BusyError, apsw.LockedError):
-            raise ArchiveError(f"archive {final} is locked by another program (is "
-                               "bskyarchive writing to it?); try --merge again when it is "
-                               "done; nothing was changed") from None
+            raise _locked(final, "changed") from None
         except apsw.Error as exc:
             raise ArchiveError(f"archive {final}: merging failed ({exc}); nothing was "
                                "changed") from None
