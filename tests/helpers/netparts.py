@@ -47,6 +47,20 @@ needs_dnsmasq = pytest.mark.skipif(shutil.which("dnsmasq") is None
                                    reason="dnsmasq is not installed (.ci/run installs it)")
 
 
+def fast_policy(attempts: int, read_timeout_s: float = 2.0) -> Any:
+    """An HTTP policy for the tests (skyexport.remote.http.Policy): `attempts` tries with
+    short pauses between them, a 2 s connect timeout."""
+    from skyexport.remote.http import Policy
+
+    p = Policy()
+    p.attempts = attempts
+    p.backoff_s = 0.01
+    p.backoff_max_s = 0.05
+    p.read_timeout_s = read_timeout_s
+    p.connect_timeout_s = 2.0
+    return p
+
+
 def blob_cid(data: bytes) -> str:
     raw = bytes([0x01, 0x55, 0x12, 0x20]) + hashlib.sha256(data).digest()
     return "b" + base64.b32encode(raw).decode().lower().rstrip("=")

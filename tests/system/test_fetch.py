@@ -32,6 +32,7 @@ from helpers.netparts import (
     XrpcServer,
     _Req,
     blob_cid,
+    fast_policy,
     fill_account,
     image_post,
     make_ca,
@@ -74,20 +75,10 @@ def pds() -> Iterator[ArrobaPDS]:
     p.close()
 
 
-def _fast_policy() -> rhttp.Policy:
-    p = rhttp.Policy()
-    p.attempts = 4
-    p.backoff_s = 0.01
-    p.backoff_max_s = 0.05
-    p.read_timeout_s = 1.0
-    p.connect_timeout_s = 2.0
-    return p
-
-
 @pytest.fixture(autouse=True)
 def seams() -> Iterator[None]:
     """Short pauses, and no test seam left set for the next test."""
-    rhttp._TEST.update(policy=_fast_policy(), cafile=None, hosts={})
+    rhttp._TEST.update(policy=fast_policy(4, read_timeout_s=1.0), cafile=None, hosts={})
     rresolve._TEST.update(nameserver=None, plc=None)
     yield
     rhttp._TEST.update(policy=None, cafile=None, hosts={})

@@ -20,7 +20,7 @@ import skyexport
 from skyexport.remote import http as rhttp
 from skyexport.remote.errors import FetchError
 
-from helpers.netparts import XrpcServer, _Req, blob_cid, make_ca
+from helpers.netparts import XrpcServer, _Req, blob_cid, fast_policy, make_ca
 
 SYNTH_DID = "did:plc:synthsynthsynthsynth"  # the DID of every `skyexport synth --car` CAR
 # small ones, and one larger than a connection's buffer (it arrives in many reads)
@@ -28,19 +28,9 @@ BLOBS = [bytes([i]) * (20_000 + 999 * i) for i in range(5)] + [bytes(range(256))
 CIDS = [blob_cid(b) for b in BLOBS]
 
 
-def _fast_policy() -> rhttp.Policy:
-    p = rhttp.Policy()
-    p.attempts = 3
-    p.backoff_s = 0.01
-    p.backoff_max_s = 0.05
-    p.read_timeout_s = 2.0
-    p.connect_timeout_s = 2.0
-    return p
-
-
 @pytest.fixture(autouse=True)
 def seams() -> Iterator[None]:
-    rhttp._TEST.update(policy=_fast_policy(), cafile=None, hosts={})
+    rhttp._TEST.update(policy=fast_policy(3), cafile=None, hosts={})
     yield
     rhttp._TEST.update(policy=None, cafile=None, hosts={})
 
