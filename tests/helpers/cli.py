@@ -48,18 +48,25 @@ def run(*args: object, env: dict[str, str] | None = None, cwd: Path | None = Non
         preexec_fn=preexec_fn or child_setup(), **kw)
 
 
-# The CLI's main() in a child that reports its own peak RSS (VmHWM) to a file.
-PEAK_RSS = r"""
+def peak_rss_script(prologue: str = "") -> str:
+    """A child script: `prologue` (e.g. a resource limit), then the CLI's main() on
+    argv[2:], then its own peak RSS (VmHWM) written to the file argv[1]."""
+    return prologue + r"""
 import sys
 from skyexport.cli.commands import main
 report = sys.argv.pop(1)
 code = main(sys.argv[1:])
+sys.stdout.flush()
 with open("/proc/self/status") as f:
     kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 with open(report, "w") as f:
     f.write(str(kb * 1024))
 sys.exit(code)
 """
+
+
+# The CLI's main() in a child that reports its own peak RSS (VmHWM) to a file.
+PEAK_RSS = peak_rss_script()
 
 
 def run_peak_rss(tmp_path: Path, *args: object) -> tuple[subprocess.CompletedProcess[str], int]:

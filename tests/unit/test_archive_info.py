@@ -19,6 +19,8 @@ from skyexport.cli.commands import main
 from skyexport.sources.archive import Archive
 from skyexport.testing.synth import build_archive
 
+from helpers.cli import peak_rss_script
+
 
 def many_dids(path: Path, posts: int, dids: int, *, seed: int = 3) -> Path:
     """A synthetic archive whose first DID keeps three quarters of the posts (as in a real
@@ -130,19 +132,9 @@ def test_statements_are_fixed_and_steps_grow_linearly(
     assert steps_large < 6 * steps_small, (steps_small, steps_large)
 
 
-_PEAK = r"""
-import resource, sys
-resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))   # a runaway fails, not the host
-from skyexport.cli.commands import main
-report = sys.argv.pop(1)
-code = main(sys.argv[1:])
-sys.stdout.flush()
-with open("/proc/self/status") as f:
-    kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-with open(report, "w") as f:
-    f.write(str(kb * 1024))
-sys.exit(code)
-"""
+_PEAK = peak_rss_script(
+    "import resource\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a runaway fails, not the host\n")
 
 LONG = 1 << 20
 
