@@ -186,7 +186,6 @@ def serve(root: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def skyexport_run(did: str, url: str, out: Path, peak: Path, side: str,
                   *extra: str) -> tuple[float, int]:
-    shutil.rmtree(out, ignore_errors=True)
     t = timed([PY, "-c", PEAK, str(peak), "fetch", did, "--pds", url, "-o", str(out), "-q",
                "--progress", "none", *extra], side)
     return t, int(peak.read_text())
@@ -220,26 +219,29 @@ def main(argv: list[str] | None = None) -> int:
         bs, burl = serve(blob_root, work)
         servers = [rs, bs]
         SERVER_PIDS[:] = [rs.pid, bs.pid]
-        cfg = work / "curl-blobs.cfg"
-        with cfg.open("w") as f:
-            for cid in sorted(os.listdir(blob_root / "blobs")):
-                f.write(f'url = "{burl}/xrpc/com.atproto.sync.getBlob?did={blob_did}'
-                        f'&cid={cid}"\noutput = "{work}/cb/{cid}"\n')
+        cids = sorted(os.listdir(blob_root / "blobs"))
+        # Every round writes into fresh directories and nothing is deleted until the end:
+        # on ext4 a create right after a mass delete is slowed (perf/README.md, the
+        # inode-reuse trap), and a delete between rounds would slow whichever side ran
+        # next.
         for r in range(args.rounds):
-            shutil.rmtree(work / "c.car", ignore_errors=True)
             results["curl repo"].append(timed(
-                ["curl", "-sSf", "-o", str(work / "c.car"),
+                ["curl", "-sSf", "-o", str(work / f"c{r}.car"),
                  f"{rurl}/xrpc/com.atproto.sync.getRepo?did={repo_did}"], "curl repo"))
-            t, peak = skyexport_run(repo_did, rurl, work / "so", work / "peak",
+            t, peak = skyexport_run(repo_did, rurl, work / f"so{r}", work / "peak",
                                     "skyexport repo", "--no-blobs")
             results["skyexport repo"].append(t)
             peaks.append(peak)
-            shutil.rmtree(work / "cb", ignore_errors=True)
-            (work / "cb").mkdir()
+            (work / f"cb{r}").mkdir()
+            cfg = work / f"curl-blobs{r}.cfg"
+            with cfg.open("w") as f:
+                for cid in cids:
+                    f.write(f'url = "{burl}/xrpc/com.atproto.sync.getBlob?did={blob_did}'
+                            f'&cid={cid}"\noutput = "{work}/cb{r}/{cid}"\n')
             results["curl blobs"].append(timed(
                 ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K",
                  str(cfg)], "curl blobs"))
-            t, peak = skyexport_run(blob_did, burl, work / "sb", work / "peak",
+            t, peak = skyexport_run(blob_did, burl, work / f"sb{r}", work / "peak",
                                     "skyexport blobs", "--jobs", "4")
             results["skyexport blobs"].append(t)
             peaks.append(peak)
