@@ -595,6 +595,11 @@ class _Job:
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
         if stream is not None:
+            assert self.copier is not None
+            try:
+                self.copier.drain()  # the last batch's files, still being copied
+            except OSError as exc:
+                raise output_error(exc, Path(self.copier.media_dir)) from None
             self.no_media_rows += stream.without_rows
         if self.no_media_rows:
             self.warn("", "media", f"{self.no_media_rows} exported post(s) have has_media but "

@@ -108,6 +108,7 @@ FAST_PATH = True
 BATCH_FILES = 1024  # more than an export batch (1,000 posts) usually has: one batch a call
 COPY_THREADS = 2    # serving the batch for the whole export
 SPLIT = True        # the creates in media/ on one thread at a time, the bytes on any
+PIPELINE = True     # a call's last batch is copied while the export reads on
 _PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
@@ -194,6 +195,7 @@ class MediaCopier:
         self._fds: list[int] = []       # media/ and the roots, for the core's copy loop
         self._batch: _core.MediaBatch | None = None
         self._servers: _Servers | None = None  # its threads, from the first copy_rows
+        self._pending = False  # the last batch copy_rows fed is still being copied
         if FAST_PATH and link == "copy" and len(self.roots) <= 8 \
                 and sys.platform.startswith("linux"):  # the loop is Linux's (media_io.h)
             self._start_batch()
@@ -247,6 +249,7 @@ class MediaCopier:
 
     def finish(self) -> None:
         """Make media.sha256 and the files in media/, their data and names, durable."""
+        self.drain()
         self._flush_sums()
         # The copies' data: without this, a power loss soon after the export is published
         # can leave them empty (delayed allocation), though their names and list survive.
@@ -280,7 +283,9 @@ class MediaCopier:
 
         Relative paths with a usable name go to the core's copy loop, BATCH_FILES at a
         time (never two of one name in a batch); everything else, and whatever the loop
-        hands back, takes the checked path (_copy_one), in row order."""
+        hands back, takes the checked path (_copy_one), in row order.  The loop's last
+        batch may still be copying when this returns: the next call, drain() or finish()
+        settles it (counts, warnings, errors)."""
         batch = self._batch
         if batch is None or self.digest_of_name is not None:  # the checked path checks names
             for post_uri, hash_, raw_path in rows:
@@ -293,7 +298,14 @@ class MediaCopier:
         # The core takes the rows (classifies them, and books their names) and publishes
         # each one it can do to the threads serving the batch, which copy while this
         # thread reads on; a batch is settled (booked, its checked-path rows placed, in
-        # row order) before the next one starts.
+        # row order) before the next one starts.  The last batch of a call is left
+        # copying while the export encodes its next posts: the next call, or drain(),
+        # settles it first.
+        self.drain()
+        batch = self._batch
+        if batch is None:  # drain() found no openat2: the checked path
+            self.copy_rows(rows, tick)
+            return
         if self._servers is None:
             self._servers = _Servers(batch, COPY_THREADS)
         it = iter(rows)
@@ -301,11 +313,31 @@ class MediaCopier:
         try:
             while True:
                 held = batch.feed(it, tick, BATCH_FILES, _classify, held)
+                if held is None:
+                    self._pending = True
+                    if not PIPELINE:
+                        self.drain()
+                    return
                 batch.wait()  # taking jobs too: it ends even if no thread serves
                 self._servers.check()
                 self._settle_batch(batch)
-                if held is None:
-                    break
+        except BaseException:
+            batch.wait()  # no job left running
+            batch.clear()
+            raise
+
+    def drain(self) -> None:
+        """Wait for the batch copy_rows left copying, and settle it: its files booked,
+        its warnings said, the first exception of a serving thread raised."""
+        if not self._pending:
+            return
+        self._pending = False
+        batch, servers = self._batch, self._servers
+        assert batch is not None and servers is not None
+        try:
+            batch.wait()  # taking jobs too: it ends even if no thread serves
+            servers.check()
+            self._settle_batch(batch)
         finally:
             batch.wait()  # an exception here: no job left running
             batch.clear()
