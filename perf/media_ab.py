@@ -5,7 +5,7 @@
 
 ARCHIVE_DIR holds archive.db and media/ (perf/bench.py's cache: perf/.cache/p200000-s1-d3-media).
 A variant is LABEL=PYTHON[:NAME=VALUE,...]: that interpreter's skyexport, with constants of
-skyexport.exporter.media set first (integers).  Each round runs every variant's plain export,
+skyexport.exporter.media set first (integers, or floats where the constant is one).  Each round runs every variant's plain export,
 its --media export, and `cp -r` once, in an order rotated each round, each into a fresh
 directory; nothing is deleted until every round is done (on ext4 without a journal, a
 mass delete slows every create for minutes after: perf/README.md).  Prints the medians of
@@ -29,7 +29,7 @@ RUN = ("import sys\nimport skyexport.exporter.media as m\n"
        "    if kv:\n"
        "        k, v = kv.split('=')\n"
        "        assert hasattr(m, k), k\n"
-       "        setattr(m, k, int(v))\n"
+       "        setattr(m, k, float(v) if isinstance(getattr(m, k), float) else int(v))\n"
        "from skyexport.cli import main\nsys.exit(main(sys.argv[2:]))\n")
 
 
@@ -55,6 +55,9 @@ def main() -> None:
     p.add_argument("--variant", action="append", required=True, help="LABEL=PYTHON[:K=V,...]")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--work", type=Path, default=Path(__file__).parent / ".cache" / "ab")
+    p.add_argument("--keep", action="store_true",
+                   help="leave the outputs in --work (remove them yourself, long before "
+                        "the next measurement: a mass delete slows creates for minutes)")
     p.add_argument("--no-plain", action="store_true",
                    help="skip the plain exports (the added time is then not shown)")
     args = p.parse_args()
@@ -91,7 +94,8 @@ def main() -> None:
                 f"{k} {samples[k][-1][0]:.2f}s/{samples[k][-1][1]:.2f}c" for k in keys),
                 file=sys.stderr, flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
            for k, v in samples.items()}
     print(f"{'case':<24} {'wall s':>7} {'cpu s':>7}")

@@ -9,6 +9,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -457,6 +458,49 @@ def test_media_pipelined_error_reaches_caller(tmp_path: Path, elsewhere: Path,
         skyexport.export(arc, tmp_path / "out", media=True, batch_size=8)
     assert calls == [8, 8, 4]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_media_flusher_error_fails_the_export(tmp_path: Path, elsewhere: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The syncfs calls that write media/ out while it fills (media._Flusher) are checked
+    like the final one: a write-back error met there fails the export, nothing is
+    published, and the flusher's thread is gone."""
+    from skyexport.exporter import staged
+
+    n = 30
+    for i in range(n):
+        put(tmp_path / "data" / "media" / f"{i}.jpg", b"%d" % i * 500)
+    arc = build(tmp_path, [{}] * n, [(i, f"media/{i}.jpg") for i in range(n)])
+    calls: list[str] = []
+
+    def syncfs(fd: int) -> None:
+        calls.append(threading.current_thread().name)
+        if calls[0] == "skyexport-flush" and len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")  # only the flusher's first
+
+    slow = media_mod.MediaCopier._settle_batch
+
+    def settle(self: media_mod.MediaCopier, batch: Any) -> None:
+        time.sleep(0.02)  # the copy takes a while: the flusher runs meanwhile
+        slow(self, batch)
+
+    monkeypatch.setattr(staged, "SYNCFS", syncfs)
+    monkeypatch.setattr(media_mod, "FLUSH_EVERY", 0.005)
+    monkeypatch.setattr(media_mod.MediaCopier, "_settle_batch", settle)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(skyexport.OutputError, match=r"/media failed: Input/output error"):
+        skyexport.export(arc, tmp_path / "out", media=True, batch_size=5)
+    assert calls and calls[0] == "skyexport-flush"
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not [t for t in threading.enumerate() if t.name == "skyexport-flush"]
+    # Without the error, the same export succeeds, and the final syncfs is the caller's.
+    calls.clear()
+    monkeypatch.setattr(staged, "SYNCFS", lambda fd: calls.append(
+        threading.current_thread().name))
+    result = skyexport.export(arc, tmp_path / "out", media=True, batch_size=5)
+    assert result.media_count == n
+    assert calls[-1] != "skyexport-flush" and "skyexport-flush" in calls
+    assert not [t for t in threading.enumerate() if t.name == "skyexport-flush"]
 
 
 def test_failed_export_leaves_no_media(tmp_path: Path, elsewhere: Path) -> None:

@@ -58,7 +58,7 @@ def _traced(tmp_path: Path, mode: str) -> tuple[Path, list[str]]:
     assert STRACE is not None
     proc = subprocess.run(
         [STRACE, "-f", "-y", "-qq", "-o", str(log), "-e",
-         "trace=syncfs,fsync,fdatasync,rename,renameat,renameat2",
+         "trace=syncfs,fsync,fdatasync,rename,renameat,renameat2,openat",
          sys.executable, "-c", DRIVER, mode, "export", str(home / "archive.db"), "-o", str(out),
          "--media", "--media-root", str(home), "-q"],
         capture_output=True, text=True, timeout=120, check=False)
@@ -82,6 +82,12 @@ def test_syncfs_before_the_rename(tmp_path: Path) -> None:
     synced = [i for i, line in enumerate(lines)
               if re.search(r"\bsyncfs\(\d+<[^>]*/media>\) = 0", line)]
     assert synced and synced[0] < publish, "\n".join(lines)
+    # The last syncfs before the rename comes after every media file was created (the
+    # ones media.MediaCopier's flusher makes while the files are copied do not count).
+    created = [i for i, line in enumerate(lines)
+               if re.search(r'openat\(\d+<[^>]*/media>, "img\d\d\.jpg", [^)]*O_CREAT', line)]
+    assert len(created) == FILES, "\n".join(lines)
+    assert max(i for i in synced if i < publish) > max(created), "\n".join(lines)
     # One call for the whole file system: no file-by-file fsync of the media files.
     assert not [line for line in lines if re.search(r"fsync\(\d+<[^>]*/media/img", line)]
 

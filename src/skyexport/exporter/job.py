@@ -426,7 +426,12 @@ class _Job:
                 self._pump(snap, tmp, sink)
                 sink.close()
                 if self.copier is not None:
-                    self.copier.finish()
+                    try:
+                        self.copier.finish()
+                    except OutputError:
+                        raise
+                    except OSError as exc:  # media/'s data or list not made durable
+                        raise output_error(exc, Path(self.copier.media_dir)) from None
             except OutputError:
                 raise  # already says what and where (OutputError is an OSError)
             except OSError as exc:

@@ -109,6 +109,7 @@ BATCH_FILES = 1024  # more than an export batch (1,000 posts) usually has: one b
 COPY_THREADS = 2    # serving the batch for the whole export
 SPLIT = True        # the creates in media/ on one thread at a time, the bytes on any
 PIPELINE = True     # a call's last batch is copied while the export reads on
+FLUSH_EVERY = 0.05  # seconds between the syncfs calls writing media/ out as it fills (0: none)
 _PLACED, _SLOW, _SHRANK, _FAILED = 0, 1, 2, 3
 # File systems whose "files" are views of the kernel or of processes, not stored data.
 PSEUDO_FS = frozenset({
@@ -196,6 +197,13 @@ class MediaCopier:
         self._batch: _core.MediaBatch | None = None
         self._servers: _Servers | None = None  # its threads, from the first copy_rows
         self._pending = False  # the last batch copy_rows fed is still being copied
+        self._flusher: _Flusher | None = None  # from the first copy_rows
+        # media/'s descriptor for syncfs, opened before any file is written in it
+        try:
+            self._sync_fd = open_dir(self.media_dir, nofollow=True)
+        except BaseException:
+            os.close(self._sums_fd)
+            raise
         if FAST_PATH and link == "copy" and len(self.roots) <= 8 \
                 and sys.platform.startswith("linux"):  # the loop is Linux's (media_io.h)
             self._start_batch()
@@ -230,6 +238,14 @@ class MediaCopier:
             while self._fds:
                 os.close(self._fds.pop())
 
+    def _stop_flusher(self) -> None:
+        """End the flusher; raise the first error its syncfs met."""
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            flusher.stop()
+            if flusher.error is not None:
+                raise flusher.error
+
     # --- the list file ---------------------------------------------------------------
 
     def _sums_line(self, digest: str, name: str) -> None:
@@ -250,10 +266,11 @@ class MediaCopier:
     def finish(self) -> None:
         """Make media.sha256 and the files in media/, their data and names, durable."""
         self.drain()
+        self._stop_flusher()
         self._flush_sums()
         # The copies' data: without this, a power loss soon after the export is published
         # can leave them empty (delayed allocation), though their names and list survive.
-        staged.sync_files(self.media_dir)
+        staged.sync_files(self.media_dir, self._sync_fd)
         fsync(self._sums_fd)
         os.close(self._sums_fd)
         self._sums_fd = -1
@@ -267,7 +284,15 @@ class MediaCopier:
             os.close(self._sums_fd)
             self._sums_fd = -1
         self._sums_buf.clear()
-        self._close_fds()
+        try:
+            flusher, self._flusher = self._flusher, None
+            if flusher is not None:
+                flusher.stop()   # its error, if any, is not this path's to report
+            self._close_fds()
+        finally:
+            if self._sync_fd >= 0:
+                os.close(self._sync_fd)
+                self._sync_fd = -1
 
     # --- rows ------------------------------------------------------------------------
 
@@ -286,6 +311,9 @@ class MediaCopier:
         hands back, takes the checked path (_copy_one), in row order.  The loop's last
         batch may still be copying when this returns: the next call, drain() or finish()
         settles it (counts, warnings, errors)."""
+        if self._flusher is None and FLUSH_EVERY > 0 and staged.SYNCFS is not None \
+                and self._sync_fd >= 0:
+            self._flusher = _Flusher(self._sync_fd, FLUSH_EVERY)
         batch = self._batch
         if batch is None or self.digest_of_name is not None:  # the checked path checks names
             for post_uri, hash_, raw_path in rows:
@@ -689,6 +717,45 @@ class _Servers:
                 except BaseException as exc:
                     interrupted = interrupted or exc
         self.threads = []
+        if interrupted is not None:
+            raise interrupted
+
+
+class _Flusher:
+    """A thread that has media/'s files written out while they are being copied: a
+    syncfs(2) of its file system every `every` seconds, so that the one before the export
+    is published waits for little more than the last files' writes (the device works
+    while the copy goes on).  Its first error is kept for MediaCopier.finish to raise (a
+    write-back error is reported once to each descriptor: the final syncfs, on the same
+    descriptor, would not see it again)."""
+
+    def __init__(self, fd: int, every: float) -> None:
+        self.fd = fd
+        self.every = every
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="skyexport-flush", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        sync = staged.SYNCFS
+        try:
+            while sync is not None and not self._stop.wait(self.every):
+                sync(self.fd)
+        except NotImplementedError:
+            pass  # no syncfs here: the final sync fsyncs file by file
+        except BaseException as exc:  # handed to finish()
+            self.error = exc
+
+    def stop(self) -> None:
+        """End the thread and wait for it; then raise the interruption, if any."""
+        self._stop.set()
+        interrupted: BaseException | None = None
+        while self.thread.is_alive():
+            try:
+                self.thread.join()
+            except BaseException as exc:
+                interrupted = interrupted or exc
         if interrupted is not None:
             raise interrupted
 

@@ -232,18 +232,21 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def sync_files(path: str | os.PathLike[str]) -> None:
+def sync_files(path: str | os.PathLike[str], dir_fd: int = -1) -> None:
     """Make the data of the files in the directory `path` durable: one syncfs(2) of its
-    file system where that exists (Linux), else an fsync of each regular file in it."""
+    file system where that exists (Linux), else an fsync of each regular file in it.
+    `dir_fd`, a descriptor of `path` opened before the files were written, is the one
+    syncfs uses (a write-back error is reported only to descriptors older than it)."""
     if SYNCFS is not None:
-        fd = open_dir(path)
+        fd = dir_fd if dir_fd >= 0 else open_dir(path)
         try:
             SYNCFS(fd)
             return
         except NotImplementedError:
             pass
         finally:
-            os.close(fd)
+            if fd != dir_fd:
+                os.close(fd)
     with os.scandir(path) as entries:
         for entry in entries:
             if not entry.is_file(follow_symlinks=False):
