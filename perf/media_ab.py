@@ -5,12 +5,13 @@
 
 ARCHIVE_DIR holds archive.db and media/ (perf/bench.py's cache: perf/.cache/p200000-s1-d3-media).
 A variant is LABEL=PYTHON[:NAME=VALUE,...]: that interpreter's skyexport, with constants of
-skyexport.exporter.media set first (integers, or floats where the constant is one).  Each round runs every variant's plain export,
-its --media export, and `cp -r` once, in an order rotated each round, each into a fresh
-directory; nothing is deleted until every round is done (on ext4 without a journal, a
-mass delete slows every create for minutes after: perf/README.md).  Prints the medians of
-wall and CPU seconds (the child's user + system, from wait4) and, per variant, the time
---media adds to the plain export against cp -r's.  The outputs are removed at the end.
+skyexport.exporter.media set first (integers, or floats where the constant is one).  Each
+round runs every variant's plain export, its --media export, and `cp -r` once, in an order
+rotated each round, each into a fresh directory; nothing is deleted until every round is
+done (on ext4 without a journal, a mass delete slows every create for minutes after:
+perf/README.md).  Prints the medians of wall and CPU seconds (the child's user + system,
+from wait4) and, per variant, the time --media adds to the plain export against cp -r's.
+The outputs are removed at the end (not with --keep).
 """
 
 from __future__ import annotations
