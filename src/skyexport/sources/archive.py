@@ -441,9 +441,11 @@ class Snapshot:
         """Media rows of the selected posts with has_media."""
         if not self.arc.has_media_table:
             return 0
+        # media_rows()'s join, counted: one search by primary key per media row (an IN
+        # list would test every selected post), and the same rows by construction
         posts = self._with_media("uri")
-        return self.arc.count(f"SELECT count(*) FROM media WHERE post_uri IN ({posts})",
-                              self.args)
+        return self.arc.count(f"SELECT count(*) FROM ({posts}) AS p JOIN media AS m "
+                              "ON m.post_uri = p.uri", self.args)
 
     def rows(self) -> RowSource:
         """The selected posts in the export's order, as a RowSource.
