@@ -59,7 +59,7 @@ STARTUP_POSTS = 500
 FLOOR_RATIO = 1.15        # wall vs the read floor (the shell stepping the SELECT, summing bytes)
 CPU_RATIO = 0.8           # CPU (user + sys) vs the sqlite3 shell's for the same format
 LOADED_RATIO = 0.9        # wall vs the shell, both with one core kept busy
-MEDIA_RATIO = 1.0         # (--media wall - plain wall) vs `cp -r --reflink=auto` of the files
+MEDIA_RATIO = 1.0         # --media added wall vs `cp -r` of the files (each: durable or not)
 FILTER_RATIO = 1.05       # --since 1970 --until 2100 (all rows match) vs no filter
 ALL_DATES = ["--since", "1970-01-01", "--until", "2100-12-31"]
 
@@ -355,21 +355,29 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
             checks.append(check(f"json {label} --since 1970 --until 2100 vs no filter",
                                 dated["ratio"], FILTER_RATIO, "x"))
     for size in sizes:
+        # The media cost targets compare like with like: --media makes the copies durable
+        # (syncfs before publishing), cp -r does not, and `sync -f` after it does.  Both
+        # are targets; durable --media against plain cp -r, which mostly measures how
+        # fast the disk writes, is shown too.
         m, plain = get(size, "skyexport json all +media"), get(size, "skyexport json all")
-        cp = get(size, "cp -r media")
-        if m and plain and cp and m["wall_s"] and plain["wall_s"] and cp["wall_s"]:
+        nosync = get(size, "skyexport json all +media nosync")
+        cp, cps = get(size, "cp -r media"), get(size, "cp -r media +sync")
+        note = "" if size == 200_000 else " (target is for 200k)"
+        if nosync and plain and cp and nosync["wall_s"] and plain["wall_s"] and cp["wall_s"]:
             checks.append(check(
-                f"--media cost vs cp -r --reflink=auto, {h.size_label(size)}"
-                + ("" if size == 200_000 else " (target is for 200k)"),
-                (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
-                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
-        cps = get(size, "cp -r media +sync")
+                f"--media cost without its syncs vs cp -r --reflink=auto, {h.size_label(size)}"
+                + note, (nosync["wall_s"] - plain["wall_s"]) / cp["wall_s"], MEDIA_RATIO, "x",
+                f"{nosync['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s"))
         if m and plain and cps and m["wall_s"] and plain["wall_s"] and cps["wall_s"]:
             checks.append(check(
-                f"--media cost vs cp -r + sync -f (durable, as --media), {h.size_label(size)}",
-                (m["wall_s"] - plain["wall_s"]) / cps["wall_s"], None, "x",
-                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cps['wall_s']:.2f} s", info=True))
-        nosync = get(size, "skyexport json all +media nosync")
+                f"--media cost vs cp -r + sync -f (both durable), {h.size_label(size)}" + note,
+                (m["wall_s"] - plain["wall_s"]) / cps["wall_s"], MEDIA_RATIO, "x",
+                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cps['wall_s']:.2f} s"))
+        if m and plain and cp and m["wall_s"] and plain["wall_s"] and cp["wall_s"]:
+            checks.append(check(
+                f"--media cost (durable) vs cp -r (not), {h.size_label(size)}",
+                (m["wall_s"] - plain["wall_s"]) / cp["wall_s"], None, "x",
+                f"{m['wall_s'] - plain['wall_s']:.2f} s vs {cp['wall_s']:.2f} s", info=True))
         if m and nosync and cp and m["wall_s"] and nosync["wall_s"] and cp["wall_s"]:
             checks.append(check(
                 f"the media files' syncfs before publishing, {h.size_label(size)}",
