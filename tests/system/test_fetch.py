@@ -569,7 +569,8 @@ def test_blob_with_wrong_bytes_is_discarded(car: bytes, tmp_path: Path) -> None:
 
 def test_redirects_only_to_http(car: bytes, tmp_path: Path) -> None:
     """A redirect to another http URL is followed; one to file:// is refused (the blob
-    is reported failed, the run exits with an error saying a rerun fetches the rest)."""
+    is reported failed, and since a rerun meets the same redirect, the error does not
+    suggest one)."""
     def serve(req: _Req, cid: str) -> None:
         if cid == GOOD_CIDS[0]:
             req.send(302, b"", {"Location": "file:///etc/passwd"})
@@ -582,11 +583,35 @@ def test_redirects_only_to_http(car: bytes, tmp_path: Path) -> None:
         with pytest.raises(FetchError, match=r"1 blob\(s\) could not be downloaded "
                            r"\(first: blob b\w+: the server redirected to a file: URL "
                            r"\(file:///etc/passwd\); only http and https redirects are "
-                           r"followed\); run the same command again"):
+                           r"followed\): the PDS redirects them where skyexport does not "
+                           r"follow, so running again will not fetch them; fetch.json "
+                           r"lists them \(ask the PDS's operator\)$"):
             _fetch_repo(s.url, tmp_path)
     assert sorted(os.listdir(tmp_path / DID / "blobs")) == sorted(GOOD_CIDS[1:3])
     meta = json.loads((tmp_path / DID / "fetch.json").read_text())
     assert len(meta["blobs"]["failed"]) == 1
+
+
+def test_a_rerun_is_suggested_only_for_what_a_rerun_can_fetch(car: bytes,
+                                                              tmp_path: Path) -> None:
+    """One blob redirected to file:// (refused: a rerun meets it again), one whose
+    server fails every attempt with a 503 (a rerun may get it): the error suggests running
+    again, and says how many of the failures it will not help."""
+    def serve(req: _Req, cid: str) -> None:
+        if cid == GOOD_CIDS[0]:
+            req.send(302, b"", {"Location": "file:///etc/passwd"})
+        elif cid == GOOD_CIDS[1]:
+            req.xrpc_error(503, "Unavailable")
+        else:
+            _serve_good(req, cid)
+    with contextlib_closing(_blob_server(car, [GOOD_CIDS[:3]], serve)) as s:
+        with pytest.raises(FetchError, match=r"^2 blob\(s\) could not be downloaded "
+                           r"\(first: blob b\w+: .*503.*\); run the same command again to "
+                           r"fetch the rest \(1 of them redirected where skyexport does "
+                           r"not follow: fetch.json lists them\)$"):
+            _fetch_repo(s.url, tmp_path)
+    assert sorted(os.listdir(tmp_path / DID / "blobs")) == [GOOD_CIDS[2]]
+    assert len(json.loads((tmp_path / DID / "fetch.json").read_text())["blobs"]["failed"]) == 2
 
 
 def test_blob_faults_are_retried(car: bytes, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from .http import (
     CapExceeded,
     Client,
     Interrupted,
+    RedirectRefused,
     Response,
     _Conn,
     _retry_after,
@@ -101,16 +102,20 @@ def _refused(exc: FetchError, cid: str, ref: str | None) -> BlobOutcome:
         by = f", referenced by {ref}," if ref is not None else ""
         return BlobOutcome(cid, "missing",
                            why=f"blob {cid}{by} is not served by the PDS ({detail})")
-    return BlobOutcome(cid, "failed", why=str(exc))
+    return BlobOutcome(cid, "failed", why=str(exc),
+                       permanent=isinstance(exc, RedirectRefused))
 
 
 class BlobOutcome:
-    __slots__ = ("cid", "kind", "size", "why")
+    __slots__ = ("cid", "kind", "size", "why", "permanent")
 
-    def __init__(self, cid: str, kind: str, size: int = 0, why: str = "") -> None:
+    def __init__(self, cid: str, kind: str, size: int = 0, why: str = "",
+                 permanent: bool = False) -> None:
         # kind: downloaded, present, missing (not served), bad (wrong bytes, too big),
-        # failed (after the retries)
+        # failed (after the retries; `permanent`: a redirect refused, which a rerun
+        # meets again)
         self.cid, self.kind, self.size, self.why = cid, kind, size, why
+        self.permanent = permanent
 
 
 def download_blob(client: Client, pds: str, did: str, cid: str, digest: bytes,

@@ -76,6 +76,12 @@ class CapExceeded(FetchError):
     """A body was larger than its cap; it was cut and nothing of it kept."""
 
 
+class RedirectRefused(FetchError):
+    """The server redirected where skyexport does not follow (no Location, an invalid
+    URL, another scheme, https down to http, too many hops): asking again gets the same
+    answer."""
+
+
 class RetryableStatus(Exception):
     def __init__(self, status: int, wait: float | None) -> None:
         self.status = status
@@ -535,24 +541,24 @@ class Client:
                 pass
             release(r.done)
             if not location:
-                raise FetchError(f"{what}: the server answered a redirect without a "
+                raise RedirectRefused(f"{what}: the server answered a redirect without a "
                                  "Location")
             try:
                 nxt = urllib.parse.urljoin(url, location.strip())
                 scheme = urllib.parse.urlsplit(nxt).scheme
             except ValueError:
-                raise FetchError(f"{what}: the server redirected to an invalid URL "
+                raise RedirectRefused(f"{what}: the server redirected to an invalid URL "
                                  f"({clean(location)})") from None
             if scheme not in ("http", "https"):
-                raise FetchError(f"{what}: the server redirected to a {clean(scheme)}: "
+                raise RedirectRefused(f"{what}: the server redirected to a {clean(scheme)}: "
                                  f"URL ({clean(location)}); only http and https redirects "
                                  "are followed")
             if scheme == "http" and urllib.parse.urlsplit(url).scheme == "https":
-                raise FetchError(f"{what}: the server redirected from {clean(url)} to "
+                raise RedirectRefused(f"{what}: the server redirected from {clean(url)} to "
                                  f"{clean(nxt)}, from https to plain http; refused (a "
                                  "redirect may not drop TLS)")
             url = nxt
-        raise FetchError(f"{what}: more than {self.policy.max_redirects} redirects")
+        raise RedirectRefused(f"{what}: more than {self.policy.max_redirects} redirects")
 
     def _error(self, r: Response, what: str) -> FetchError:
         try:
