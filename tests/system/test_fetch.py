@@ -341,6 +341,36 @@ def _fetch_repo(url: str, out: Path, **kw: Any) -> skyexport.FetchResult:
     return skyexport.fetch(DID, out, pds=url, **kw)
 
 
+def test_a_failure_before_the_check_leaves_no_scan_behind(
+        car: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything failing between the download and the check (here the check itself, before
+    it takes the pass that read the bytes as they arrived) stops that pass: its thread
+    ends and its scratch descriptors (the block index, the good CIDs) are closed, not left
+    open until the process ends; the partial repository is removed."""
+    import skyexport.remote.backup as backup_mod
+
+    def check_car(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("stopped before the check")
+
+    with contextlib_closing(_repo_server(car, lambda req, n: req.send(200, car))) as s:
+        _fetch_repo(s.url, tmp_path / "warm", blobs=False)  # the server's own descriptors
+        monkeypatch.setattr(backup_mod, "check_car", check_car)
+        fds = set(os.listdir("/proc/self/fd"))
+        threads = {t.ident for t in threading.enumerate()}
+        with pytest.raises(RuntimeError, match="stopped before the check"):
+            _fetch_repo(s.url, tmp_path / "out", blobs=False)
+        left = []
+        for fd in set(os.listdir("/proc/self/fd")) - fds:
+            try:
+                left.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:
+                pass  # closed since (listdir's own descriptor, among others)
+        assert not [p for p in left if "car-index" in p or "repo.car" in p], left
+        assert {t.ident for t in threading.enumerate()} <= threads
+    assert not [n for _, _, names in os.walk(tmp_path / "out") for n in names
+                if "repo.car" in n]
+
+
 def test_connection_dropped_mid_body_is_retried(car: bytes, tmp_path: Path) -> None:
     """The first answer stops half-way (the connection closed): the partial body is
     thrown away and the request made again; repo.car is the whole repository."""
