@@ -460,6 +460,27 @@ def test_media_pipelined_error_reaches_caller(tmp_path: Path, elsewhere: Path,
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_media_rows_counted_alike_with_and_without_progress(tmp_path: Path,
+                                                           elsewhere: Path) -> None:
+    """The manifest's media_rows: with a progress consumer it is counted before the first
+    batch (the events carry it); without one, from the copy itself.  Both count the media
+    rows of the exported posts with has_media: not those of a post without has_media,
+    nor those of no post at all; a missing file still counts as a row."""
+    for i in range(6):
+        put(tmp_path / "data" / "media" / f"{i}.jpg", b"%d" % i)
+    posts: list[dict[str, Any]] = [{}] * 5 + [{"has_media": 0}]
+    arc = build(tmp_path, posts, [(0, "media/0.jpg"), (0, "media/1.jpg"), (2, "media/2.jpg"),
+                                  (3, "media/absent.jpg"), (5, "media/5.jpg"),
+                                  (9, "media/4.jpg")])
+    events: list[ExportProgress] = []
+    watched = run(arc, tmp_path / "a", batch_size=2, on_progress=events.append)
+    unwatched = run(arc, tmp_path / "b", batch_size=2)
+    for result in (watched, unwatched):
+        assert result.media_count == 3
+        assert result.manifest is not None and result.manifest["media_rows"] == 4
+    assert {e.media_total for e in events[1:]} == {4}
+
+
 def test_media_flusher_error_fails_the_export(tmp_path: Path, elsewhere: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The syncfs calls that write media/ out while it fills (media._Flusher) are checked

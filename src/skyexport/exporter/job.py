@@ -535,7 +535,9 @@ class _Job:
             if sel.did is not None and not snap.did_posts:
                 raise arc.unknown_did(sel.did)
             self.posts_total = snap.posts_total
-            if self.media:
+            if self.media and self.channel is not None:
+                # for the progress events (the manifest's count comes from the copy
+                # itself: no query before the first batch when nobody watches)
                 self.media_total = snap.media_total()
             if sel.dated:
                 bad, total = snap.bad_created_at(MAX_WARNINGS)
@@ -610,7 +612,10 @@ class _Job:
             self.warn("", "media", f"{self.no_media_rows} exported post(s) have has_media but "
                       "no rows in the archive's media table: their media files are not "
                       "known, so none was exported for them")
-        if stream is not None and (left := stream.leftover()):
+        left = stream.leftover() if stream is not None else 0
+        if stream is not None:
+            self.media_total = stream.rows + left  # the same join the count runs
+        if left:
             # One rule decides has_media on both sides (skyexport_true), so this cannot
             # happen; were it ever to, it is said, never silent.
             self.warn("", "media", f"{left} media row(s) matched no exported post with "

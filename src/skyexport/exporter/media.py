@@ -136,6 +136,7 @@ class MediaStream:
         self._rows = rows
         self._head = next(rows, None)
         self.without_rows = 0   # posts with has_media that have no media row
+        self.rows = 0           # rows handed out
 
     def rows_for(self, uris: Iterable[bytes]) -> Iterator[tuple[bytes, bytes, bytes]]:
         rows = self._rows
@@ -143,6 +144,7 @@ class MediaStream:
             found = False
             while self._head is not None and self._head[0] == uri:
                 found = True
+                self.rows += 1
                 yield self._head
                 self._head = next(rows, None)
             if not found:
