@@ -430,7 +430,7 @@ class _Job:
                         self.copier.finish()
                     except OutputError:
                         raise
-                    except OSError as exc:  # media/'s data or list not made durable
+                    except OSError as exc:  # the last batch's copy, or media/ not durable
                         raise output_error(exc, Path(self.copier.media_dir)) from None
             except OutputError:
                 raise  # already says what and where (OutputError is an OSError)
@@ -602,18 +602,14 @@ class _Job:
                                     f"{first + self.batch_size - 1})") from None
             self.emit("running")
         if stream is not None:
-            assert self.copier is not None
-            try:
-                self.copier.drain()  # the last batch's files, still being copied
-            except OSError as exc:
-                raise output_error(exc, Path(self.copier.media_dir)) from None
             self.no_media_rows += stream.without_rows
         if self.no_media_rows:
             self.warn("", "media", f"{self.no_media_rows} exported post(s) have has_media but "
                       "no rows in the archive's media table: their media files are not "
                       "known, so none was exported for them")
-        left = stream.leftover() if stream is not None else 0
+        left = 0
         if stream is not None:
+            left = stream.leftover()
             self.media_total = stream.rows + left  # the same join the count runs
         if left:
             # One rule decides has_media on both sides (skyexport_true), so this cannot

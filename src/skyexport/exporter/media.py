@@ -240,12 +240,12 @@ class MediaCopier:
             while self._fds:
                 os.close(self._fds.pop())
 
-    def _stop_flusher(self) -> None:
-        """End the flusher; raise the first error its syncfs met."""
+    def _stop_flusher(self, report: bool = True) -> None:
+        """End the flusher; with `report`, raise the first error its syncfs met."""
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             flusher.stop()
-            if flusher.error is not None:
+            if report and flusher.error is not None:
                 raise flusher.error
 
     # --- the list file ---------------------------------------------------------------
@@ -287,9 +287,7 @@ class MediaCopier:
             self._sums_fd = -1
         self._sums_buf.clear()
         try:
-            flusher, self._flusher = self._flusher, None
-            if flusher is not None:
-                flusher.stop()   # its error, if any, is not this path's to report
+            self._stop_flusher(report=False)  # its error is not this path's to report
             self._close_fds()
         finally:
             if self._sync_fd >= 0:
@@ -711,16 +709,22 @@ class _Servers:
         """End the threads and wait for them (never leaving one using media/'s
         descriptor, even when interrupted); then raise the interruption, if any."""
         self.batch.stop()
-        interrupted: BaseException | None = None
-        for t in self.threads:
-            while t.is_alive():
-                try:
-                    t.join()
-                except BaseException as exc:
-                    interrupted = interrupted or exc
-        self.threads = []
-        if interrupted is not None:
-            raise interrupted
+        threads, self.threads = self.threads, []
+        _join_all(threads)
+
+
+def _join_all(threads: list[threading.Thread]) -> None:
+    """Wait for every thread to end, even when interrupted meanwhile; then raise the
+    interruption, if any."""
+    interrupted: BaseException | None = None
+    for t in threads:
+        while t.is_alive():
+            try:
+                t.join()
+            except BaseException as exc:
+                interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 class _Flusher:
@@ -752,14 +756,7 @@ class _Flusher:
     def stop(self) -> None:
         """End the thread and wait for it; then raise the interruption, if any."""
         self._stop.set()
-        interrupted: BaseException | None = None
-        while self.thread.is_alive():
-            try:
-                self.thread.join()
-            except BaseException as exc:
-                interrupted = interrupted or exc
-        if interrupted is not None:
-            raise interrupted
+        _join_all([self.thread])
 
 
 def _show(path: str) -> str:

@@ -450,16 +450,15 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
     if result.blobs_failed:
         failed = run.outcomes["failed"]
         again = [o for o in failed if not o.permanent]
+        first = (again or failed)[0]
+        head = (f"{len(failed)} blob(s) could not be downloaded (first: "
+                f"{first.why or first.cid})")
         if again:
             refused = len(failed) - len(again)
-            raise FetchError(
-                f"{len(failed)} blob(s) could not be downloaded (first: "
-                f"{again[0].why or again[0].cid}); run the same command again to fetch the "
-                "rest" + (f" ({refused} of them redirected where skyexport does not "
-                          "follow: fetch.json lists them)" if refused else ""))
-        raise FetchError(
-            f"{len(failed)} blob(s) could not be downloaded (first: "
-            f"{failed[0].why or failed[0].cid}): the PDS redirects them where skyexport "
-            "does not follow, so running again will not fetch them; fetch.json lists them "
-            "(ask the PDS's operator)")
+            raise FetchError(head + "; run the same command again to fetch the rest"
+                             + (f" ({refused} of them redirected where skyexport does not "
+                                "follow: fetch.json lists them)" if refused else ""))
+        raise FetchError(head + ": the PDS redirects them where skyexport does not follow, "
+                         "so running again will not fetch them; fetch.json lists them (ask "
+                         "the PDS's operator)")
     return result

@@ -541,22 +541,22 @@ class Client:
                 pass
             release(r.done)
             if not location:
-                raise RedirectRefused(f"{what}: the server answered a redirect without a "
-                                 "Location")
+                raise RedirectRefused(f"{what}: the server answered a redirect without "
+                                      "a Location")
             try:
                 nxt = urllib.parse.urljoin(url, location.strip())
                 scheme = urllib.parse.urlsplit(nxt).scheme
             except ValueError:
-                raise RedirectRefused(f"{what}: the server redirected to an invalid URL "
-                                 f"({clean(location)})") from None
+                raise RedirectRefused(f"{what}: the server redirected to an invalid "
+                                      f"URL ({clean(location)})") from None
             if scheme not in ("http", "https"):
-                raise RedirectRefused(f"{what}: the server redirected to a {clean(scheme)}: "
-                                 f"URL ({clean(location)}); only http and https redirects "
-                                 "are followed")
+                raise RedirectRefused(f"{what}: the server redirected to a "
+                                      f"{clean(scheme)}: URL ({clean(location)}); only "
+                                      "http and https redirects are followed")
             if scheme == "http" and urllib.parse.urlsplit(url).scheme == "https":
-                raise RedirectRefused(f"{what}: the server redirected from {clean(url)} to "
-                                 f"{clean(nxt)}, from https to plain http; refused (a "
-                                 "redirect may not drop TLS)")
+                raise RedirectRefused(f"{what}: the server redirected from {clean(url)} "
+                                      f"to {clean(nxt)}, from https to plain http; refused "
+                                      "(a redirect may not drop TLS)")
             url = nxt
         raise RedirectRefused(f"{what}: more than {self.policy.max_redirects} redirects")
 
