@@ -361,7 +361,74 @@ cdef class BlockIndex:
             PyMem_RawFree(buf)
 
 
-cdef bint sha256_cid(const unsigned char* cid, Py_ssize_t cn) noexcept:
+cdef Py_ssize_t pread_raw(int fd, void* p, Py_ssize_t n, int64_t off) noexcept nogil:
+    """pread_full for a thread without the GIL: bytes read (fewer at end of file), -1 on
+    an error (the caller's slow path reads again and reports it)."""
+    cdef char* c = <char*>p
+    cdef Py_ssize_t done = 0
+    cdef ssize_t got
+    while done < n:
+        got = pread(fd, c + done, n - done, off + done)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            return -1
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
+                        const unsigned char* cid, Py_ssize_t cn, IxEntry* win,
+                        unsigned char* dst, Py_ssize_t room, int64_t* where) noexcept nogil:
+    """BlockIndex.resolve's usual case, without the GIL (the walk's read-ahead thread,
+    walk.pxi): block `cid`, a SHA-256 CID whose index key has exactly one entry, with no
+    verdict yet, of at most `room` bytes, that starts with `cid` and whose data matches
+    it, read into dst (CID, then data), its offset in where[0]; returns its data length.
+    -1 for anything else: resolve() then reads it with its verdicts and its messages.
+    ixfd, dir, bits: the BlockIndex's; `win` holds IX_WINDOW entries.  The index is only read: decide() rewrites entries
+    of keys with two or more, which this never accepts, and their number per key does
+    not change, so a read racing a rewrite still sees two."""
+    cdef uint64_t key, b
+    cdef int64_t lo, hi, i, k
+    cdef Py_ssize_t n, want
+    cdef unsigned char digest[32]
+    cdef sx_sha256 h
+    if not sha256_cid(cid, cn):
+        return -1
+    key = <uint64_t>cid_key(cid, cn)
+    b = key >> (64 - bits)
+    lo = dir[b]
+    hi = dir[b + 1]
+    if hi <= lo or hi - lo > IX_WINDOW:
+        return -1
+    want = <Py_ssize_t>(hi - lo) * sizeof(IxEntry)
+    if pread_raw(ixfd, win, want, lo * <int64_t>sizeof(IxEntry)) != want:
+        return -1
+    k = hi - lo
+    i = 0
+    while i < k and win[i].key < key:
+        i += 1
+    if i == k or win[i].key != key or (i + 1 < k and win[i + 1].key == key):
+        return -1
+    if win[i].n & (IX_GOOD | IX_BAD):
+        return -1
+    n = <Py_ssize_t>(win[i].n & IX_LEN)
+    if n > room or n < cn:
+        return -1
+    if pread_raw(fd, dst, n, win[i].off) != n or memcmp(dst, cid, cn) != 0:
+        return -1
+    sx_sha256_init(&h)
+    sx_sha256_update(&h, dst + cn, <size_t>(n - cn))
+    sx_sha256_final(&h, digest)
+    if memcmp(digest, cid + cn - 32, 32) != 0:
+        return -1
+    where[0] = win[i].off
+    return n - cn
+
+
+cdef bint sha256_cid(const unsigned char* cid, Py_ssize_t cn) noexcept nogil:
     """Is `cid` a whole CID whose multihash is SHA-256 (so that a block can be checked)?"""
     cdef Py_ssize_t i
     cdef uint64_t v, code, dlen

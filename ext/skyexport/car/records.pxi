@@ -303,6 +303,11 @@ cdef class RecordTap:
         return 0
 
 
+cdef bint tap_wants(CarWalker w, bytes key) except -1:
+    """Is key's collection one the walker's tap wants?"""
+    return (<RecordTap>w.tap).wants(key, key.find(b"/"))
+
+
 cdef int tap_key(CarWalker w, bytes key, bint fetched) except -1:
     """The walk passed `key` (record CID in w.value): hand its record to the walker's tap
     if its collection is wanted, reading it first unless `fetched` (a post, read by

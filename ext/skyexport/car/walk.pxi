@@ -86,6 +86,163 @@ cdef enum:
     PATH_BYTES = 4 << 20      # the path's nodes held at most (an honest node: a few KB)
 
 
+cdef enum:
+    AHEAD_KEYS = 1024         # keys a read-ahead batch holds at most
+    AHEAD_BYTES = 1 << 20     # the blocks it holds; a bigger one is left to the walk
+    AHEAD_RING = 4            # batches: the one being used, and up to three read ahead
+
+
+cdef struct AheadKey:
+    const unsigned char* cid  # the record's CID (a bytes object of the batch's `cids`)
+    Py_ssize_t cn
+    Py_ssize_t got            # its data length, read ahead; -1: the walk reads it itself
+    Py_ssize_t at             # where its CID and data are in the arena
+    int64_t where             # where its block starts in the CAR
+
+
+cdef struct AheadBatch:
+    Py_ssize_t n
+    AheadKey* k               # AHEAD_KEYS
+    unsigned char* arena      # AHEAD_BYTES
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _AheadRing:
+    """The walk's read-ahead (CarWalker.next_ahead): batches of the walk's next keys whose
+    records are needed (posts, and the tap's collections), in key order.  A thread of its
+    own reads each batch's blocks through the index's usual case (ix_fast, each checked
+    against its CID) into the batch's arena, without the GIL, while the walking thread
+    decodes and encodes the batch before.  A key whose block was not read ahead (got -1:
+    an unusual index entry, a big block, a damaged one) is read by the walk itself, with
+    its messages.
+
+    Batch number q is in slot q % AHEAD_RING; the walking thread fills batches and counts
+    them in `submitted`, the reading thread counts those it has read in `finished`; both
+    change only under `sync`, and a batch is the reading thread's from its submission
+    until it is counted finished."""
+    cdef sx_sync sync
+    cdef bint sync_ok
+    cdef AheadBatch b[AHEAD_RING]
+    cdef list keys            # per slot: its keys (bytes)
+    cdef list cids            # per slot: their record CIDs (bytes; AheadKey.cid points in)
+    cdef int64_t submitted
+    cdef int64_t finished
+    cdef bint stop
+    cdef bint stopped
+    cdef BlockIndex ix
+    cdef int fd
+    cdef IxEntry win[IX_WINDOW]
+
+    def __cinit__(self):
+        cdef int i
+        for i in range(AHEAD_RING):
+            self.b[i].k = NULL
+            self.b[i].arena = NULL
+        self.sync_ok = False
+
+    def __init__(self, int fd, BlockIndex ix not None):
+        cdef int i
+        self.fd = fd
+        self.ix = ix
+        self.keys = [[] for _ in range(AHEAD_RING)]
+        self.cids = [[] for _ in range(AHEAD_RING)]
+        for i in range(AHEAD_RING):
+            self.b[i].n = 0
+            self.b[i].k = <AheadKey*>PyMem_RawMalloc(AHEAD_KEYS * sizeof(AheadKey))
+            self.b[i].arena = <unsigned char*>PyMem_RawMalloc(AHEAD_BYTES)
+            if self.b[i].k == NULL or self.b[i].arena == NULL:
+                raise MemoryError()
+        if sx_sync_init(&self.sync) != 0:
+            raise MemoryError()
+        self.sync_ok = True
+        self.submitted = self.finished = 0
+        self.stop = self.stopped = False
+
+    def __dealloc__(self):
+        cdef int i
+        for i in range(AHEAD_RING):
+            PyMem_RawFree(self.b[i].k)
+            PyMem_RawFree(self.b[i].arena)
+        if self.sync_ok:
+            sx_sync_destroy(&self.sync)
+
+    cdef void read(self, AheadBatch* b) noexcept nogil:
+        cdef Py_ssize_t i, pos = 0
+        cdef AheadKey* k
+        for i in range(b.n):
+            k = &b.k[i]
+            k.got = ix_fast(self.ix.fd, self.ix.dir, self.ix.bits, self.fd, k.cid, k.cn,
+                            self.win, b.arena + pos, AHEAD_BYTES - pos, &k.where)
+            if k.got >= 0:
+                k.at = pos
+                pos += k.cn + k.got
+
+    def serve(self):
+        """The reading thread: every batch submitted, in order, until stopped."""
+        with nogil:
+            self.serve_c()
+
+    cdef void serve_c(self) noexcept nogil:
+        cdef int64_t q = 0
+        while True:
+            sx_lock(&self.sync)
+            while q >= self.submitted and not self.stop:
+                sx_wait_ms(&self.sync, WAIT_MS)
+            if self.stop:
+                self.stopped = True
+                sx_broadcast(&self.sync)
+                sx_unlock(&self.sync)
+                return
+            sx_unlock(&self.sync)
+            self.read(&self.b[q % AHEAD_RING])
+            q += 1
+            sx_lock(&self.sync)
+            self.finished = q
+            sx_broadcast(&self.sync)
+            sx_unlock(&self.sync)
+
+    cdef int submit(self) except -1:
+        sx_lock(&self.sync)
+        self.submitted += 1
+        sx_broadcast(&self.sync)
+        sx_unlock(&self.sync)
+        return 0
+
+    cdef int wait(self, int64_t q) except -1:
+        """Until batch q is read (signals are looked at meanwhile)."""
+        cdef bint done = False
+        while not done:
+            with nogil:
+                sx_lock(&self.sync)
+                if self.finished <= q:
+                    sx_wait_ms(&self.sync, WAIT_MS)
+                done = self.finished > q
+                sx_unlock(&self.sync)
+            if not done:
+                PyErr_CheckSignals()
+        return 0
+
+    cdef void request_stop(self) noexcept:
+        with nogil:
+            sx_lock(&self.sync)
+            self.stop = True
+            sx_broadcast(&self.sync)
+            sx_unlock(&self.sync)
+
+    cdef int end(self) except -1:
+        """Stop the reading thread and wait until it has (it is between two batches
+        within one batch's time)."""
+        with nogil:
+            sx_lock(&self.sync)
+            self.stop = True
+            sx_broadcast(&self.sync)
+            while not self.stopped:
+                sx_wait_ms(&self.sync, WAIT_MS)
+            sx_unlock(&self.sync)
+        return 0
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class CarWalker:
@@ -118,10 +275,20 @@ cdef class CarWalker:
     cdef Py_ssize_t dn        # the data length of the record next_post() read
     cdef int64_t fetched_at   # where the block fetch() read starts in the CAR (its CID)
     cdef object tap           # a RecordTap (records.pxi) given every record, or None
+    # The read-ahead (next_post): batches of keys whose records another thread reads.
+    cdef _AheadRing ring      # None until next_post starts it
+    cdef object ring_thread
+    cdef int64_t used         # the batch being used (its number), -1 before the first
+    cdef Py_ssize_t cur_i     # its next key
+    cdef object walk_err      # the walk's error after the last filled batch's keys
+    cdef bint walk_done       # the last batch is filled
+    cdef int64_t walk_last    # its number
+    cdef AheadKey* pf         # the entry of the key next_ahead() returned
 
     def __cinit__(self):
         self.buf = NULL
         self.cap = 0
+        self.pf = NULL
 
     def __init__(self, int fd, BlockIndex index not None, data_cid, str did,
                  bint posts_only=False):
@@ -141,10 +308,19 @@ cdef class CarWalker:
 
     def __dealloc__(self):
         PyMem_RawFree(self.buf)
+        if self.ring is not None:   # not closed: the thread ends on its own
+            self.ring.request_stop()
 
     def close(self):
+        """The path dropped and the read-ahead thread ended (waited for)."""
         self.stack = []
         self.held = 0
+        self.pf = NULL
+        if self.ring is not None:
+            ring, self.ring = self.ring, None
+            ring.end()
+            self.ring_thread.join()
+            self.ring_thread = None
 
     cdef void hold(self, Py_ssize_t n) noexcept:
         """Count n more bytes of the path held, then drop the nodes nearest the root (not
@@ -186,6 +362,24 @@ cdef class CarWalker:
         cdef Py_ssize_t r
         cdef uint64_t v, code = 0
         cdef Py_ssize_t i
+        cdef AheadKey* k = self.pf
+        cdef unsigned char* grown
+        self.pf = NULL
+        if k != NULL and k.got >= 0 and k.cn == cn and memcmp(k.cid, cid, cn) == 0:
+            r = k.got   # read ahead (next_ahead), checked as resolve() checks
+            if cn + r > self.cap:
+                grown = <unsigned char*>PyMem_RawRealloc(self.buf, cn + r)
+                if grown == NULL:
+                    raise MemoryError()
+                self.buf, self.cap = grown, cn + r
+            memcpy(self.buf, self.ring.b[self.used % AHEAD_RING].arena + k.at, cn + r)
+            self.fetched_at = k.where
+            if self.budget < r + cn + FETCH_COST:
+                self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
+            else:
+                self.budget -= r + cn + FETCH_COST
+            self.blocks_read += 1
+            return r
         if not sha256_cid(cid, cn):
             if cn > 80 or cid_len(cid, cn) != cn:
                 raise CarFormatError(f"block ({self.what(key, prev)}) has an overlong or "
@@ -373,6 +567,101 @@ cdef class CarWalker:
             return key
         return None
 
+    cdef bint needs(self, bytes key):
+        """Is key's record read: a post, or a record of the tap's collections?"""
+        cdef bytes prefix = _POST_PREFIX
+        cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
+        if (PyBytes_GET_SIZE(key) > pn
+                and memcmp(PyBytes_AS_STRING(key), PyBytes_AS_STRING(prefix), pn) == 0):
+            return True
+        return self.tap is not None and tap_wants(self, key)
+
+    cdef int fill_ahead(self) except -1:
+        """The walk's next keys whose records are needed, as the next batch (up to
+        AHEAD_KEYS), given to the read-ahead thread.  An error of the walk ends the
+        batch and is raised after its keys: the errors come in the walk's order, as
+        without the read-ahead."""
+        cdef _AheadRing r = self.ring
+        cdef int64_t q = r.submitted
+        cdef int slot = q % AHEAD_RING
+        cdef AheadBatch* b = &r.b[slot]
+        cdef AheadKey* k
+        cdef list keys = [], cids = []
+        cdef bytes key, cid
+        r.keys[slot] = keys
+        r.cids[slot] = cids
+        b.n = 0
+        try:
+            while b.n < AHEAD_KEYS:
+                key = self.next_key()
+                if key is None:
+                    self.walk_done = True
+                    break
+                if self.needs(key):
+                    cid = self.value
+                    keys.append(key)
+                    cids.append(cid)
+                    k = &b.k[b.n]
+                    k.cid = <const unsigned char*>PyBytes_AS_STRING(cid)
+                    k.cn = PyBytes_GET_SIZE(cid)
+                    k.got = -1
+                    b.n += 1
+        except Exception as exc:
+            self.walk_err = exc
+            self.walk_done = True
+        if self.walk_done:
+            self.walk_last = q
+        r.submit()
+        return 0
+
+    cdef int advance(self) except -1:
+        """The next batch to use (self.used): the read-ahead thread (started the first
+        time) is given batches until three are ahead or the walk has ended, then the
+        next one is waited for."""
+        cdef _AheadRing ring
+        if self.ring is None:
+            ring = _AheadRing(self.fd, self.ix)
+            thread = threading.Thread(target=ring.serve, name="skyexport-car-ahead",
+                                      daemon=True)
+            thread.start()
+            self.ring, self.ring_thread = ring, thread
+            self.used = -1
+            self.walk_done = False
+            self.walk_err = None
+        self.pf = NULL
+        self.used += 1
+        while not self.walk_done and self.ring.submitted - self.used < AHEAD_RING:
+            self.fill_ahead()
+        self.ring.wait(self.used)
+        self.cur_i = 0
+        return 0
+
+    cdef bytes next_ahead(self):
+        """next_key() through the read-ahead: the next key whose record is needed (its
+        CID in self.value, its block read ahead in self.pf for fetch()), None at the end."""
+        cdef _AheadRing r
+        cdef AheadBatch* b
+        cdef Py_ssize_t i
+        cdef int slot
+        self.pf = NULL
+        while True:
+            r = self.ring
+            if r is not None and self.used >= 0:
+                slot = self.used % AHEAD_RING
+                b = &r.b[slot]
+                if self.cur_i < b.n:
+                    i = self.cur_i
+                    self.cur_i += 1
+                    self.value = <bytes>(<list>r.cids[slot])[i]
+                    self.pf = &b.k[i]
+                    return <bytes>(<list>r.keys[slot])[i]
+                if self.walk_done and self.used == self.walk_last:
+                    if self.walk_err is not None:
+                        err, self.walk_err = self.walk_err, None
+                        raise err
+                    return None
+            self.advance()
+
     cdef bytes next_post(self):
         """The next post's key, its record read and checked (data at self.buf + len(cid),
         self.dn bytes; the CID in self.value); None at the end."""
@@ -381,7 +670,7 @@ cdef class CarWalker:
         cdef bytes prefix = _POST_PREFIX
         cdef Py_ssize_t pn = PyBytes_GET_SIZE(prefix)
         while True:
-            key = self.next_key()
+            key = self.next_ahead()
             if key is None:
                 return None
             if (PyBytes_GET_SIZE(key) <= pn
