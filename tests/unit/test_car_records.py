@@ -582,3 +582,57 @@ def test_import_progress_and_the_help_texts(tmp_path: Path) -> None:
     assert "repo.car" in r.stdout and "--collections" in r.stdout
     r = run("export", tmp_path / "missing.db", "-o", tmp_path)
     assert r.returncode == 1 and "repo.car" in r.stderr
+
+
+# --- the walk's read-ahead -------------------------------------------------------------------
+
+def test_the_walk_reading_ahead_keeps_the_error_order(tmp_path: Path) -> None:
+    """The walk reads keys ahead of the records it encodes (another thread reads their
+    blocks meanwhile): here it meets a missing MST node a few keys after a bad like,
+    before the like is encoded.  The like's error is still the one reported, as a reader
+    going key by key reports it; with keep, the like is left out and the missing node
+    stops the export."""
+    c = Car()
+    missing = cid_for(dag_cbor({"l": None, "e": []}))
+    bad_at = MANY - 10
+    entries: list[tuple[str, Any, Any]] = []
+    for i in range(MANY):
+        cid = c.add(FLOAT_RECORD if i == bad_at else _like(i))
+        entries.append((f"app.bsky.feed.like/3k{i:08d}", cid,
+                        missing if i == MANY - 1 else None))
+    car = write(tmp_path / "ahead.car", c.finish(c.node(entries, compress=True), did=DID))
+    with pytest.raises(ArchiveError, match="float") as err:
+        export(car, tmp_path / "o", format="jsonl", collections="all")
+    assert f"app.bsky.feed.like/3k{bad_at:08d}" in str(err.value)
+    with pytest.raises(ArchiveError, match="is missing") as err:
+        export(car, tmp_path / "k", format="jsonl", collections="all", on_bad_value="keep")
+    assert str(cid_from(missing)) in str(err.value)
+    assert f"MST node after key app.bsky.feed.like/3k{MANY - 1:08d}" in str(err.value)
+
+
+def _ahead_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "skyexport-car-ahead"]
+
+
+def test_the_read_ahead_thread_ends_with_the_walk(tmp_path: Path) -> None:
+    """The thread reading records ahead of the walk runs while posts are read, and is
+    gone (waited for) once the walk is closed: after the last row, after a consumer
+    stopping early, and after the walk failed at a bad record."""
+    from skyexport.sources.car.repo import CarRepo
+
+    car = tmp_path / "s.car"
+    synth_car(car, 3000, seed=3)
+    with CarRepo(car, tmp_path) as repo:
+        rows = repo.post_rows("x")
+        next(rows)
+        assert _ahead_threads() == ["skyexport-car-ahead"]
+        rows.close()                                  # a consumer stopping early
+        assert _ahead_threads() == []
+        assert sum(1 for _ in repo.post_rows("x")) == 3000
+        assert _ahead_threads() == []
+    bad = _many_likes_car(tmp_path, FLOAT_RECORD)
+    with pytest.raises(ArchiveError, match="float"):
+        export(bad, tmp_path / "o", format="jsonl", collections="all")
+    assert _ahead_threads() == []
