@@ -387,9 +387,10 @@ cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
     verdict yet, of at most `room` bytes, that starts with `cid` and whose data matches
     it, read into dst (CID, then data), its offset in where[0]; returns its data length.
     -1 for anything else: resolve() then reads it with its verdicts and its messages.
-    ixfd, dir, bits: the BlockIndex's; `win` holds IX_WINDOW entries.  The index is only read: decide() rewrites entries
-    of keys with two or more, which this never accepts, and their number per key does
-    not change, so a read racing a rewrite still sees two."""
+    ixfd, dir, bits: the BlockIndex's; `win` holds IX_WINDOW entries.  The index is only
+    read: decide() rewrites entries of keys with two or more, which this never accepts,
+    and their number per key does not change, so a read racing a rewrite still sees
+    two."""
     cdef uint64_t key, b
     cdef int64_t lo, hi, i, k
     cdef Py_ssize_t n, want
