@@ -87,8 +87,8 @@ cdef enum:
 
 
 cdef enum:
-    AHEAD_KEYS = 1024         # keys a read-ahead batch holds at most
-    AHEAD_BYTES = 1 << 20     # the blocks it holds; a bigger one is left to the walk
+    AHEAD_KEYS = 512         # keys a read-ahead batch holds at most
+    AHEAD_BYTES = 1 << 19     # the blocks it holds; a bigger one is left to the walk
     AHEAD_RING = 4            # batches: the one being used, and up to three read ahead
 
 
