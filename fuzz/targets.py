@@ -4,6 +4,8 @@ fuzz/regressions/ (each crash the fuzzer ever found) and on the seed corpus.
 
 - car(data): the input as a whole CAR -- framing, the block index, CIDs, the commit, the
   MST walk of every command (rows, keys, collections) and the batch insert into SQLite;
+  every record read through the walk's read-ahead (a RecordTap of every collection, keep:
+  each key the walk counted is encoded once or listed bad);
   `fetch`'s check (the verifying scan, CarCheck) must agree with CarCheck over the plain
   index on whether it is sound and what it finds --
   and as one DAG-CBOR block: cbor_to_json and cbor_to_py must agree on whether it is
@@ -50,10 +52,33 @@ def read_car(data: bytes) -> None:
                 assert len(repo.sha256) == 64
         except ArchiveError:
             pass
+        records_walk(path)
         assert check_verified(path) == check_plain(path)
     finally:
         if fd is not None:
             os.close(fd)
+
+
+def records_walk(path: str) -> None:
+    """Every record of every collection through the walk (its read-ahead thread reads
+    the blocks), encoded as jsonl or, not being valid atproto data, kept out and counted:
+    either way once, so the two add up to the keys the walk counted."""
+    encoded = [0]
+
+    def chunk(nsid: str, n: int, data: bytes) -> None:
+        assert data.count(b"\n") == n      # one line a record
+        encoded[0] += n
+
+    try:
+        with CarRepo(path, SCRATCH, verb="") as repo:
+            tap = _core.RecordTap(repo.did, "jsonl", None, True, {}, chunk, 1 << 16)
+            repo.tap = tap
+            for _ in repo.post_rows("2024-01-01 00:00:00", posts_only=False):
+                pass
+            tap.finish()
+            assert encoded[0] + tap.bad_total == sum(repo.stats.collections.values())
+    except ArchiveError:
+        pass
 
 
 def _check(repo: CarRepo, scanner: _core.CarScanner | None = None) -> tuple[object, ...]:
