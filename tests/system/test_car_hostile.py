@@ -509,6 +509,34 @@ def test_sigterm_during_import_or_info(cmd: str, big_car: Path, tmp_path: Path) 
     assert not (tmp_path / "a.db").exists()
 
 
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGTERM, 143, "terminated"),
+                                            (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_while_the_records_are_read_ahead(sig: int, code: int, word: str,
+                                                   big_car: Path, tmp_path: Path) -> None:
+    """A signal once the records files are open (the walk and its read-ahead thread
+    running): the export stops at once with its one line, nothing published, no hidden
+    directory left."""
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "skyexport", "export", str(big_car), "-o",
+                          str(out), "--format", "jsonl", "--collections", "all", "-q"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        if any(out.glob("*/records/*.jsonl")) or any(out.glob(".*/records/*.jsonl")):
+            break
+        time.sleep(0.001)
+    p.send_signal(sig)
+    t = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    if p.returncode == 0:
+        pytest.skip("the export finished before the signal")
+    assert p.returncode == code, err
+    assert time.monotonic() - t < 5
+    assert err == f"skyexport: {word}; nothing was exported\n"
+    assert list(out.iterdir()) == []
+
+
 # --- the posts-only and the full walk agree, on generated trees ---------------------------
 
 COLLS = ["app.bsky.feed.like", "app.bsky.feed.post", "app.bsky.feed.threadgate",
