@@ -252,9 +252,10 @@ cdef class CarWalker:
     checked (its keys in order, each key within atproto's bounds), whatever is exported,
     so every walk accepts and refuses the same files; only the records of
     app.bsky.feed.post (and of the tap's collections, set_tap) are read.  Without
-    `posts_only`, `collections` counts the keys by collection.  The walk reads at most `budget` bytes of blocks (8 times the file's size
-    and 8 MiB, each read counting FETCH_COST more): an honest tree reads each block once,
-    a tree that reuses a subtree or a record many times is refused.  Errors raise
+    `posts_only`, `collections` counts the keys by collection.  The walk reads at most
+    `budget` bytes of blocks (8 times the file's size and 8 MiB, each read counting
+    FETCH_COST more): an honest tree reads each block once, a tree that reuses a subtree
+    or a record many times is refused.  Errors raise
     CarFormatError with the block's CID and key.  rows() and fill() read the records
     (posts, and the tap's collections) ahead, on a thread of their own (_AheadRing) that
     close() ends: close every walker that was read."""
