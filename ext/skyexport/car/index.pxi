@@ -103,6 +103,17 @@ cdef Py_ssize_t pread_full(int fd, void* p, Py_ssize_t n, int64_t off) except -1
     return done
 
 
+cdef int grow_buf(unsigned char** buf, Py_ssize_t* cap, Py_ssize_t n) except -1:
+    """buf[0] (cap[0] bytes, PyMem_Raw) grown to hold at least n bytes."""
+    cdef unsigned char* grown
+    if n > cap[0]:
+        grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
+        if grown == NULL:
+            raise MemoryError()
+        buf[0], cap[0] = grown, n
+    return 0
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class BlockIndex:
@@ -214,7 +225,6 @@ cdef class BlockIndex:
         cdef int64_t i = at, w = at
         cdef Py_ssize_t n, c, k, hit = -1, got
         cdef unsigned char head[96]
-        cdef unsigned char* grown
         cdef uint64_t v, code, dlen
         cdef list good = []
         while i < stop:
@@ -238,11 +248,7 @@ cdef class BlockIndex:
                 else:
                     code, dlen = 0x12, 32
                 if code == 0x12 and dlen == 32 and k + 32 == c and cid not in good:
-                    if n > cap[0]:
-                        grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
-                        if grown == NULL:
-                            raise MemoryError()
-                        buf[0], cap[0] = grown, n
+                    grow_buf(buf, cap, n)
                     if pread_full(fd, buf[0], n, e.off) != n:
                         raise CarFormatError("the CAR changed while it was read (a block "
                                              "is cut off)")
@@ -278,9 +284,6 @@ cdef class BlockIndex:
         cdef IxEntry e
         cdef Py_ssize_t n, r
         cdef unsigned char head[96]
-        cdef unsigned char digest[32]
-        cdef sx_sha256 h
-        cdef unsigned char* grown
         if at >= stop:
             return -1
         self.get(at, &e)
@@ -291,20 +294,13 @@ cdef class BlockIndex:
                 # the only entry with this key (the usual case): no verdict to keep, since
                 # any answer but its good copy ends the walk
                 n = <Py_ssize_t>(e.n & IX_LEN)
-                if n > cap[0]:
-                    grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
-                    if grown == NULL:
-                        raise MemoryError()
-                    buf[0], cap[0] = grown, n
+                grow_buf(buf, cap, n)
                 if pread_full(fd, buf[0], n, e.off) != n:
                     raise CarFormatError("the CAR changed while it was read (a block is "
                                          "cut off)")
                 if n < cn or memcmp(buf[0], cid, cn) != 0:
                     return -1
-                sx_sha256_init(&h)
-                sx_sha256_update(&h, buf[0] + cn, <size_t>(n - cn))
-                sx_sha256_final(&h, digest)
-                if memcmp(digest, cid + cn - 32, 32) != 0:
+                if block_verdict(cid, cn, buf[0] + cn, n - cn) != IX_GOOD:
                     return -2
                 where[0] = e.off
                 return n - cn
@@ -317,11 +313,7 @@ cdef class BlockIndex:
             if e.key != key or (e.n & IX_BAD):
                 break
             n = <Py_ssize_t>(e.n & IX_LEN)
-            if n > cap[0]:
-                grown = <unsigned char*>PyMem_RawRealloc(buf[0], n)
-                if grown == NULL:
-                    raise MemoryError()
-                buf[0], cap[0] = grown, n
+            grow_buf(buf, cap, n)
             if pread_full(fd, buf[0], n, e.off) != n:
                 raise CarFormatError("the CAR changed while it was read (a block is cut "
                                      "off)")
@@ -394,8 +386,6 @@ cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
     cdef uint64_t key, b
     cdef int64_t lo, hi, i, k
     cdef Py_ssize_t n, want
-    cdef unsigned char digest[32]
-    cdef sx_sha256 h
     if not sha256_cid(cid, cn):
         return -1
     key = <uint64_t>cid_key(cid, cn)
@@ -418,12 +408,8 @@ cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
     n = <Py_ssize_t>(win[i].n & IX_LEN)
     if n > room or n < cn:
         return -1
-    if pread_raw(fd, dst, n, win[i].off) != n or memcmp(dst, cid, cn) != 0:
-        return -1
-    sx_sha256_init(&h)
-    sx_sha256_update(&h, dst + cn, <size_t>(n - cn))
-    sx_sha256_final(&h, digest)
-    if memcmp(digest, cid + cn - 32, 32) != 0:
+    if (pread_raw(fd, dst, n, win[i].off) != n or memcmp(dst, cid, cn) != 0
+            or block_verdict(cid, cn, dst + cn, n - cn) != IX_GOOD):
         return -1
     where[0] = win[i].off
     return n - cn

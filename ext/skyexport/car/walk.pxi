@@ -366,43 +366,34 @@ cdef class CarWalker:
         cdef uint64_t v, code = 0
         cdef Py_ssize_t i
         cdef AheadKey* k = self.pf
-        cdef unsigned char* grown
         self.pf = NULL
         if k != NULL and k.got >= 0 and k.cn == cn and memcmp(k.cid, cid, cn) == 0:
             r = k.got   # read ahead (next_ahead), checked as resolve() checks
-            if cn + r > self.cap:
-                grown = <unsigned char*>PyMem_RawRealloc(self.buf, cn + r)
-                if grown == NULL:
-                    raise MemoryError()
-                self.buf, self.cap = grown, cn + r
+            grow_buf(&self.buf, &self.cap, cn + r)
             memcpy(self.buf, self.ring.b[self.used % AHEAD_RING].arena + k.at, cn + r)
             self.fetched_at = k.where
-            if self.budget < r + cn + FETCH_COST:
-                self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
-            else:
-                self.budget -= r + cn + FETCH_COST
-            self.blocks_read += 1
-            return r
-        if not sha256_cid(cid, cn):
-            if cn > 80 or cid_len(cid, cn) != cn:
-                raise CarFormatError(f"block ({self.what(key, prev)}) has an overlong or "
-                                     "malformed CID")
-            i = 0 if cid[0] == 0x12 else uvarint(cid, cn, &v)
-            if i:
-                i += uvarint(cid + i, cn - i, &v)
-            uvarint(cid + i, cn - i, &code)
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
-                                 f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
-                            &self.fetched_at)
-        if r == -2:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) does "
-                                 "not match its CID (the file is damaged); download the "
-                                 "repository again")
-        if r < 0:
-            raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) is "
-                                 "missing (a partial CAR?); download the whole repository "
-                                 "again")
+        else:
+            if not sha256_cid(cid, cn):
+                if cn > 80 or cid_len(cid, cn) != cn:
+                    raise CarFormatError(f"block ({self.what(key, prev)}) has an overlong "
+                                         "or malformed CID")
+                i = 0 if cid[0] == 0x12 else uvarint(cid, cn, &v)
+                if i:
+                    i += uvarint(cid + i, cn - i, &v)
+                uvarint(cid + i, cn - i, &code)
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                     f"uses hash 0x{code:x}; only SHA-256 CIDs can be "
+                                     "checked")
+            r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
+                                &self.fetched_at)
+            if r == -2:
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                     "does not match its CID (the file is damaged); "
+                                     "download the repository again")
+            if r < 0:
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key, prev)}) "
+                                     "is missing (a partial CAR?); download the whole "
+                                     "repository again")
         if self.budget < r + cn + FETCH_COST:   # the message only when it is needed
             self.spend(r + cn, cid_str(cid[:cn]), self.what(key, prev))
         else:
