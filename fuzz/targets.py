@@ -6,8 +6,9 @@ fuzz/regressions/ (each crash the fuzzer ever found) and on the seed corpus.
   MST walk of every command (rows, keys, collections) and the batch insert into SQLite;
   every record read through the walk's read-ahead (a RecordTap of every collection, keep:
   each key the walk counted is encoded once or listed bad);
-  `fetch`'s check (the verifying scan, CarCheck) must agree with CarCheck over the plain
-  index on whether it is sound and what it finds --
+  `fetch`'s check (the verifying scan's BlockTable, CarCheck), where it proves a CAR
+  sound, must find what CarCheck over the plain index finds (where it proves nothing,
+  fetch checks as the plain way does) --
   and as one DAG-CBOR block: cbor_to_json and cbor_to_py must agree on whether it is
   valid, post_fields must accept or refuse it.  Bad input raises the reader's own errors
   (ArchiveError, ValueError), caught here; anything else is a finding.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json as _json
 import os
 import tempfile
+from pathlib import Path
 
 import apsw
 
@@ -53,7 +55,8 @@ def read_car(data: bytes) -> None:
         except ArchiveError:
             pass
         records_walk(path)
-        assert check_verified(path) == check_plain(path)
+        fast = check_verified(path)
+        assert fast is None or fast == check_plain(path), (fast, check_plain(path))
     finally:
         if fd is not None:
             os.close(fd)
@@ -81,37 +84,23 @@ def records_walk(path: str) -> None:
         pass
 
 
-def _check(repo: CarRepo, scanner: _core.CarScanner | None = None) -> tuple[object, ...]:
-    """CarCheck's outcome; with `scanner` (verifying, with its good CIDs), the records
-    proved present by the join, or on a failed proof (-1) checked one by one, as
-    check_car does."""
-    try:
-        n = -1
-        if scanner is not None:
-            refs_fd = _scratch()
-            try:
-                c = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, refs_fd)
-                try:
-                    n = c.run()
-                except ValueError:
-                    n = -1      # walked again record by record, as check_car does
-            finally:
-                os.close(refs_fd)
-        if n < 0:
-            c = _core.CarCheck(repo.fd, repo.index, repo.data)
-            n = c.run()
-    except ValueError as exc:
-        return ("refused", str(exc))
-    return (n, c.collections, c.blob_refs, repo.sha256, repo.stats.blocks)
-
-
 def check_plain(path: str) -> tuple[object, ...]:
-    """CarCheck over the block index a plain CarRepo builds (no verdicts)."""
+    """CarCheck over the block index a plain CarRepo builds (no verdicts): what check_car
+    falls back to."""
     try:
         with CarRepo(path, SCRATCH, verb="") as repo:
-            return _check(repo)
+            try:
+                c = _core.CarCheck(repo.fd, repo.index, repo.data)
+                n = c.run()
+            except ValueError as exc:
+                return ("refused", str(exc))
+            return (n, _colls(c.collections), c.blob_refs, repo.sha256, repo.stats.blocks)
     except ArchiveError as exc:
         return ("unread", str(exc))
+
+
+def _colls(counts: dict[bytes, int]) -> dict[str, int]:
+    return dict(sorted((k.decode("ascii"), v) for k, v in counts.items()))
 
 
 def _scratch() -> int:
@@ -120,33 +109,42 @@ def _scratch() -> int:
     return fd
 
 
-def check_verified(path: str) -> tuple[object, ...]:
-    """CarCheck over the index of a verifying CarScanner (`fetch`'s pass), adopted."""
-    from skyexport.sources.car.repo import _open_regular, _read_header
+def check_verified(path: str) -> tuple[object, ...] | None:
+    """`fetch`'s check through the verifying scan's BlockTable (remote/repo.py
+    _check_scanned), as check_plain gives its outcome; None where it proves nothing
+    (check_car then checks as check_plain does)."""
+    from skyexport.remote.repo import _check_scanned
+    from skyexport.sources.car.repo import _header_roots, _open_regular, _read_header
 
     fd, size = _open_regular(path)
     try:
         found = _read_header(fd)
-        if found is None:
-            return check_plain(path)   # refused by the header, as check_car falls back
+        roots = _header_roots(found[0]) if found is not None else None
+        if found is None or not roots or len(roots) != 1 \
+                or not isinstance(roots[0], _core.CID):
+            return None
         _, start, head = found
-        ix_fd, runs_fd, good_fd = _scratch(), _scratch(), _scratch()
+        good_fd = _scratch()
         try:
             sc = _core.CarScanner(fd, start, head, None, size, verify=True, good_fd=good_fd)
             try:
-                ix = sc.build_index(ix_fd, runs_fd)
+                table = sc.build_table(roots[0])
             except ValueError:
-                os.close(ix_fd)
-                return check_plain(path)       # a framing error: worded by CarRepo
-            sha = sc.sha256_hex()
+                return None
+            if table is None:
+                return None
+            commit = table.block(fd, roots[0])
             try:
-                repo = CarRepo.adopt(path, SCRATCH, os.dup(fd), ix_fd, ix, sha)
-            except ArchiveError as exc:
-                return ("unread", str(exc))
-            with repo:
-                return _check(repo, sc)
+                did = _core.cbor_to_py(commit)[0]["did"] if commit is not None else None
+            except (ValueError, TypeError, KeyError):
+                did = None
+            if not isinstance(did, str):
+                return None
+            got = _check_scanned(path, Path(SCRATCH), did, table, sc.sha256_hex(), sc)
+            if got is None:
+                return None
+            return (got.records, got.collections, got.blob_refs, got.sha256, got.blocks)
         finally:
-            os.close(runs_fd)
             os.close(good_fd)
     finally:
         os.close(fd)

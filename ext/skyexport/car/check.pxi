@@ -79,9 +79,12 @@ cdef class CarCheck:
     referencing it}, one entry per blob however many records share it (a record that
     does not decode gives none: export reports it).  `records`: how many keys;
     `collections`: keys per collection.  Errors raise CarFormatError with the block's CID
-    and key, the messages of CarWalker."""
+    and key, the messages of CarWalker.  `index` is a BlockIndex, or the verifying scan's
+    BlockTable (build_table): then a block the table lacks fails the check too (the caller
+    checks anew with an index, for the walk's own message)."""
     cdef int fd
-    cdef BlockIndex ix
+    cdef BlockIndex ix                # the block index, or None with ...
+    cdef BlockTable tab               # ... the verifying scan's table of the blocks read
     cdef CkFrame* frames
     cdef int depth
     cdef Py_ssize_t held
@@ -109,13 +112,17 @@ cdef class CarCheck:
         self.cap = 0
         self.depth = 0
 
-    def __init__(self, int fd, BlockIndex index not None, data_cid,
+    def __init__(self, int fd, index not None, data_cid,
                  CarScanner verified=None, int refs_fd=-1):
         import hashlib
         self.fd = fd
-        self.ix = index
+        if isinstance(index, BlockTable):
+            self.tab = index
+            self.budget = 8 * self.tab.size + (8 << 20)
+        else:
+            self.ix = index
+            self.budget = 8 * self.ix.size + (8 << 20)
         self.sha256 = hashlib.sha256
-        self.budget = 8 * index.size + (8 << 20)
         self.collections = {}
         self.blob_refs = {}
         self.lastn = -1
@@ -163,8 +170,14 @@ cdef class CarCheck:
             uvarint(cid + i, cn - i, &code)
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key)}) "
                                  f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
-                            &self.fetched_at)
+        if self.tab is not None:
+            r = self.tab.read(self.fd, cid, cn, &self.buf, &self.cap, &self.fetched_at)
+            if r < 0:
+                raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key)}) is not "
+                                     "among the blocks the scan kept for the check")
+        else:
+            r = self.ix.resolve(self.fd, cid, cn, &self.buf, &self.cap, self.sha256,
+                                &self.fetched_at)
         if r == -2:
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key)}) does "
                                  "not match its CID (the file is damaged); download the "

@@ -63,6 +63,11 @@ cdef class CarScanner:
     cdef Py_ssize_t npending
     cdef Spill good                   # verify with good_fd: every good block's CID
     cdef KeySet blobby                # ... and the good blocks holding the text "blob"
+    cdef bint tabling                 # build_table: the check's blocks kept in `tab`
+    cdef TbBuild tab
+    cdef unsigned char rootc[80]      # ... the commit's CID among them (tabling)
+    cdef Py_ssize_t rootn
+    cdef IxEntry scratch              # the entry verdicts go to when no index is built
 
     def __cinit__(self):
         self.cap = SCAN_CHUNK
@@ -106,6 +111,7 @@ cdef class CarScanner:
         PyMem_RawFree(self.pending)
         sp_free(&self.good)
         ks_free(&self.blobby)
+        PyMem_RawFree(self.tab.ents)
 
     cdef void keep_good(self, const unsigned char* cid, Py_ssize_t cn, bint blob) noexcept nogil:
         """A good block's CID into the spill (and the set when it may hold a blob ref)."""
@@ -114,6 +120,20 @@ cdef class CarScanner:
             sp_add(&self.good, e)
             if blob:
                 ks_add(&self.blobby, entry_key(e))
+
+    cdef void keep_for_check(self, const unsigned char* cid, Py_ssize_t cn, int64_t off,
+                             Py_ssize_t n, const unsigned char* data, Py_ssize_t dn,
+                             bint blob) noexcept nogil:
+        """build_table: a good block into the table when the check will read it -- the
+        commit, a block shaped as a canonical MST node ({"e": ..., "l": ...}: a2 61 65),
+        or one that may hold a blob ref.  `data` NULL: its bytes were not whole at once
+        (kept whatever they are)."""
+        if not self.tabling:
+            return
+        if (data == NULL or blob
+                or (dn >= 3 and data[0] == 0xa2 and data[1] == 0x61 and data[2] == 0x65)
+                or (cn == self.rootn and memcmp(cid, self.rootc, cn) == 0)):
+            tb_add(&self.tab, <uint64_t>cid_key(cid, cn), off, n)
 
     def sha256_hex(self):
         """The file's SHA-256 (verify), once the scan has reached its end."""
@@ -130,13 +150,16 @@ cdef class CarScanner:
         cdef Py_ssize_t i
         cdef ScanPending* p
         cdef uint32_t v
+        cdef bint blob
         for i in range(self.npending):
             p = &self.pending[i]
             v = block_verdict(self.buf + p.at, p.cn, self.buf + p.at + p.cn, p.n - p.cn)
             self.ents[p.slot].n |= v
             if v == IX_GOOD:
-                self.keep_good(self.buf + p.at, p.cn,
-                               has_blob_text(self.buf + p.at + p.cn, p.n - p.cn))
+                blob = has_blob_text(self.buf + p.at + p.cn, p.n - p.cn)
+                self.keep_good(self.buf + p.at, p.cn, blob)
+                self.keep_for_check(self.buf + p.at, p.cn, self.base + p.at, p.n,
+                                    self.buf + p.at + p.cn, p.n - p.cn, blob)
         self.npending = 0
 
     cdef int wait_more(self) except -1:
@@ -281,6 +304,7 @@ cdef class CarScanner:
         if memcmp(digest, cid + d, 32) == 0:
             e.n |= IX_GOOD
             self.keep_good(cid, c, True)   # its bytes were not whole at once: may hold "blob"
+            self.keep_for_check(cid, c, e.off, <Py_ssize_t>(e.n & IX_LEN), NULL, 0, True)
         else:
             e.n |= IX_BAD
         return 1
@@ -362,6 +386,53 @@ cdef class CarScanner:
             self.ents = NULL
             self.npending = 0
             PyMem_RawFree(buf)
+
+    def build_table(self, root, Py_ssize_t every=20000, on_batch=None,
+                    Py_ssize_t max_entries=TB_MAX):
+        """A verifying scan's other end (`skyexport fetch`): read the rest of the CAR,
+        every block's verdict decided and the good ones spilled as build_index does, but
+        no block index built; returns the BlockTable of the good blocks CarCheck reads
+        (keep_for_check; `root`: the commit's CID), or None when they were too many or too
+        far into the file for it (`max_entries`, at most TB_MAX; TB_OFF_BITS).  Calls
+        on_batch() every `every` blocks."""
+        cdef IxEntry e
+        cdef int64_t report = every
+        cdef BlockTable table
+        cdef bytes r = bytes(root)
+        if not self.verify or self.good.fd < 0:
+            raise ValueError("build_table needs a verifying scan with its good-blocks file")
+        if not 0 <= max_entries <= TB_MAX:
+            raise ValueError(f"max_entries must be in 0..{TB_MAX}")
+        self.tab.max = max_entries
+        if PyBytes_GET_SIZE(r) > 80:
+            raise ValueError("the commit's CID is longer than 80 bytes")
+        memcpy(self.rootc, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r))
+        self.rootn = PyBytes_GET_SIZE(r)
+        self.tabling = True
+        self.ents = &self.scratch     # verdicts are decided, not kept in an index
+        self.slot = 0
+        try:
+            while self.next_block(&e):
+                if on_batch is not None and self.blocks >= report:
+                    on_batch()
+                    report += every
+            if on_batch is not None:
+                on_batch()
+            if self.npending:
+                with nogil:
+                    self.flush()
+            with nogil:
+                sp_finish(&self.good)
+            sp_check(&self.good, "writing the check's list of good blocks")
+            if self.tab.given_up:
+                return None
+            table = BlockTable.__new__(BlockTable)
+            table.adopt(&self.tab, self.size, self.blocks)
+            return table
+        finally:
+            self.ents = NULL
+            self.npending = 0
+            self.tabling = False
 
 
 def pread_bytes(int fd, Py_ssize_t n, int64_t off):

@@ -287,6 +287,7 @@ cdef class CarWalker:
     cdef bint walk_done       # the last batch is filled
     cdef int64_t walk_last    # its number
     cdef AheadKey* pf         # the entry of the key next_ahead() returned
+    cdef object later         # entries(): the error met after the keys it returned
 
     def __cinit__(self):
         self.buf = NULL
@@ -685,11 +686,22 @@ cdef class CarWalker:
 
     def entries(self, Py_ssize_t limit):
         """Up to `limit` (key, record CID) of the walk, in key order; [] at the end.  (No
-        record is read.)"""
+        record is read.)  An error of the walk is raised after the keys before it: the
+        batch ends there, and the next call raises it -- a caller reading each record
+        meets a problem of an earlier record first."""
         cdef list out = []
         cdef bytes key
+        if self.later is not None:
+            err, self.later = self.later, None
+            raise err
         while len(out) < limit:
-            key = self.next_key()
+            try:
+                key = self.next_key()
+            except (ValueError, OSError) as exc:
+                if not out:
+                    raise
+                self.later = exc
+                break
             if key is None:
                 break
             out.append((key.decode("ascii"), CID(self.value)))

@@ -6,12 +6,16 @@ fails, is cut at the cap or is interrupted leaves the previous `repo.car` as it 
 
 The check is in two parts.  While the body arrives, a second thread (_Scan) reads the
 growing temporary file up to what has been written, in the core and without the GIL:
-every block framed and hashed against its CID (its verdict kept in the block index it
-builds), the file's SHA-256.  Once the download ends, CarCheck walks the MST through that
-index: every MST node read and checked, every record the tree references found with a good
-copy (not hashed again), the blob refs of the records holding any collected.  If the pass
-fails or is not there (a header it cannot read, an error), check_car reads the file anew
-as `export` would, so every refusal reads as CarRepo words it."""
+every block framed and hashed against its CID, the file's SHA-256, every good block's CID
+spilled to a scratch file, and the good blocks the check reads -- the commit, the MST
+nodes, the records that may hold blob refs -- kept in a table in RAM by offset (the core's
+BlockTable; no block index is built).  Once the download ends, CarCheck walks the MST
+through that table: every MST node read and checked, every record the tree references
+proved to have a good copy (all at once, against the spilled CIDs), the blob refs of the
+records holding any collected.  If anything fails or is not there (a header it cannot
+read, a block the table lacks, a record with no good copy, an error), check_car reads the
+file anew as `export` would, with a block index, so that every refusal reads as CarRepo
+and the walk word it."""
 
 from __future__ import annotations
 
@@ -67,9 +71,9 @@ class _Scan:
     """The pass over the repository as it downloads, on a thread of its own: the core's
     CarScanner (verifying) reads the temporary file `fd` up to what `add()` has counted
     as written, then waits for more; `finish()` says the body is whole.  `result()` is
-    (index descriptor, BlockIndex, SHA-256, the scanner -- its good CIDs for CarCheck --
-    and the descriptor of their scratch file) or None when the pass failed (check_car then
-    reads the file anew and words the refusal).  `stop()` ends it early; every exception
+    (BlockTable, SHA-256, the scanner -- its good CIDs for CarCheck -- and the descriptor
+    of their scratch file) or None when the pass failed or kept no table (check_car then
+    reads the file anew and words any refusal).  `stop()` ends it early; every exception
     of the thread is kept, none is lost (result() gives None for it)."""
 
     def __init__(self, fd: int, index_dir: Path) -> None:
@@ -82,7 +86,7 @@ class _Scan:
         self.abort = False
         self.ready = threading.Event()
         self.done = threading.Event()
-        self.out: tuple[int, Any, str, Any, int] | None = None
+        self.out: tuple[Any, str, Any, int] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="skyexport-repo-scan",
                                        daemon=True)
@@ -102,11 +106,10 @@ class _Scan:
         self.ready.set()
         self.done.wait()   # not join(): see sources/car/repo.py _Insert
         if self.out is not None:
-            os.close(self.out[0])
-            os.close(self.out[4])
+            os.close(self.out[3])
             self.out = None
 
-    def result(self) -> tuple[int, Any, str, Any, int] | None:
+    def result(self) -> tuple[Any, str, Any, int] | None:
         """What the pass built, or None when it found the CAR unsound or could not read
         or write (check_car words that, reading anew); any other exception of its thread
         is raised here."""
@@ -134,103 +137,128 @@ class _Scan:
         self.given = written
         return written, final
 
-    def _scratch(self) -> int:
-        while True:
-            p = self.index_dir / f".repo.car.{os.urandom(4).hex()}.car-index"
-            try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            os.unlink(p)
-            return fd
-
     def _run(self) -> None:
         from .. import _core
-        from ..sources.car.repo import HEADER_MAX, INDEX_BATCH, _read_header
+        from ..sources.car.repo import HEADER_MAX, _header_roots, _read_header
 
-        index_fd = runs_fd = good_fd = -1
+        good_fd = -1
         try:
             self.given, _ = self._wait(HEADER_MAX + 32)
             found = _read_header(self.fd)
-            if found is None:
+            roots = _header_roots(found[0]) if found is not None else None
+            if found is None or roots is None or len(roots) != 1 \
+                    or not isinstance(roots[0], _core.CID):
                 return
             _, start, head = found
-            index_fd = self._scratch()
-            runs_fd = self._scratch()
-            good_fd = self._scratch()
+            good_fd = _scratch(self.index_dir)
             scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
                                        more=self._more, good_fd=good_fd)
-            index = scanner.build_index(index_fd, runs_fd, INDEX_BATCH)
-            self.out = (index_fd, index, scanner.sha256_hex(), scanner, good_fd)
-            index_fd = good_fd = -1
+            table = scanner.build_table(roots[0])
+            if table is not None:
+                self.out = (table, scanner.sha256_hex(), scanner, good_fd)
+                good_fd = -1
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - kept; check_car reads the file anew
             self.error = exc
         finally:
-            for fd in (index_fd, runs_fd, good_fd):
-                if fd >= 0:
-                    os.close(fd)
+            if good_fd >= 0:
+                os.close(good_fd)
             self.done.set()
 
 
 def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) -> RepoCheck:
     """Check the CAR at `path` whole; FetchError (one line) if it is not a sound repository
-    of `did`.  With `scan` (download()'s pass over the bytes as they arrived), its block
-    index, verdicts and SHA-256 are used; without it, or when it failed, the file is read
-    anew (CarRepo).  The walk is the core's (CarCheck): every MST node read and checked,
-    every record the tree references found with a good copy, the blob refs of the records
-    that hold any collected."""
+    of `did`.  With `scan` (download()'s pass over the bytes as they arrived), its table,
+    spilled good CIDs and SHA-256 are used (_check_scanned); without it, or when that
+    does not prove the repository sound, the file is read anew with a block index
+    (CarRepo), which words any refusal.  The walk is the core's (CarCheck): every MST node
+    read and checked, every record the tree references found with a good copy, the blob
+    refs of the records that hold any collected."""
     from .. import _core
-    from ..sources.car.repo import CarRepo, _open_regular
+    from ..sources.car.repo import CarRepo
 
     got = scan.result() if scan is not None else None
-    spills: list[int] = []
+    if got is not None:
+        table, sha, scanner, good_fd = got
+        try:
+            found = _check_scanned(path, index_dir, did, table, sha, scanner)
+        finally:
+            os.close(good_fd)
+        if found is not None:
+            return found
     try:
-        if got is not None:
-            index_fd, index, sha, scanner, good_fd = got
-            spills.append(good_fd)
-            try:
-                fd, _ = _open_regular(path)
-            except BaseException:
-                os.close(index_fd)
-                raise
-            repo = CarRepo.adopt(path, index_dir, fd, index_fd, index, sha)
-        else:
-            scanner = None
-            repo = CarRepo(path, index_dir, verb="")
-        with repo:
+        with CarRepo(path, index_dir, verb="") as repo:
             if repo.did != did:
                 raise FetchError(f"the PDS sent the repository of {repo.did}, not of {did}")
             assert repo.index is not None
             try:
-                n = -1
-                if scanner is not None:   # the records proved present all at once
-                    spills.append(repo._scratch_fd(index_dir))
-                    check = _core.CarCheck(repo.fd, repo.index, repo.data, scanner, spills[-1])
-                    try:
-                        n = check.run()
-                    except ValueError:
-                        # A damaged tree, found before the records were proved: walked
-                        # again below, each record looked up, so that the first problem
-                        # in key order is the one reported (a record missing before the
-                        # damage, as the plain walk says).
-                        n = -1
-                if n < 0:                 # each record looked up: the error, if any
-                    check = _core.CarCheck(repo.fd, repo.index, repo.data)
-                    n = check.run()
+                check = _core.CarCheck(repo.fd, repo.index, repo.data)
+                n = check.run()
             except (ValueError, OSError) as exc:
                 raise repo._error(exc) from None
-            refs = dict(check.blob_refs)
-            collections = {k.decode("ascii"): v for k, v in check.collections.items()}
-            return RepoCheck(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
-                             n, dict(sorted(collections.items())), refs)
+            return _result(repo.did, repo.rev, repo.sha256, repo.size, repo.stats.blocks,
+                           n, check)
     except ArchiveError as exc:
         raise FetchError(f"the repository from the PDS is not sound: {exc}") from None
+
+
+def _result(did: str, rev: str | None, sha: str, size: int, blocks: int, n: int,
+            check: Any) -> RepoCheck:
+    collections = {k.decode("ascii"): v for k, v in check.collections.items()}
+    return RepoCheck(did, rev, sha, size, blocks, n, dict(sorted(collections.items())),
+                     dict(check.blob_refs))
+
+
+def _check_scanned(path: Path, index_dir: Path, did: str, table: Any, sha: str,
+                   scanner: Any) -> RepoCheck | None:
+    """The check through the scan's BlockTable: the commit read from it, the MST walked
+    (CarCheck), every record proved present against the scan's good CIDs.  None when this
+    does not prove the repository sound -- anything amiss, even a block the table lacks --
+    and check_car reads the file anew for the verdict and its words."""
+    from .. import _core
+    from ..sources.car.repo import _header_roots, _open_regular, _read_header, commit_fields
+
+    fd = refs_fd = -1
+    try:
+        fd, _ = _open_regular(path)
+        found = _read_header(fd)
+        roots = _header_roots(found[0]) if found is not None else None
+        if not roots or len(roots) != 1 or not isinstance(roots[0], _core.CID):
+            return None
+        commit = table.block(fd, roots[0])
+        if commit is None:
+            return None
+        got_did, _, rev, data = commit_fields(_core.cbor_to_py(commit)[0],
+                                              _core.cid_str(roots[0]))
+        if got_did != did:
+            return None   # check_car says whose repository it is
+        refs_fd = _scratch(index_dir)
+        check = _core.CarCheck(fd, table, data, scanner, refs_fd)
+        n = check.run()
+        if n < 0:
+            return None
+        return _result(got_did, rev, sha, table.size, table.blocks, n, check)
+    except (ValueError, OSError):
+        return None
     finally:
-        for fd in spills:
-            os.close(fd)
+        for f in (fd, refs_fd):
+            if f >= 0:
+                os.close(f)
+
+
+def _scratch(directory: Path) -> int:
+    """A new empty file in `directory`, open for reading and writing and already
+    unlinked: nothing is left behind, whatever happens."""
+    while True:
+        p = directory / f".repo.car.{os.urandom(4).hex()}.car-index"
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        os.unlink(p)
+        return fd
 
 
 def diff_walk(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:

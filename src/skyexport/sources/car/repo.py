@@ -175,6 +175,33 @@ class _Stats:
         self.collections: dict[str, int] = {}
 
 
+def commit_fields(c: object, name: str) -> tuple[str, int, str | None, _core.CID]:
+    """(did, version, rev, MST root) of the decoded commit `c` (CID text `name`), checked;
+    ValueError with the reason when it is not a repository commit skyexport reads."""
+    if not isinstance(c, dict):
+        raise ValueError(f"the commit {name} is not a map")
+    version = c.get("version")
+    if version not in (2, 3) or isinstance(version, bool):
+        raise ValueError(f"the commit {name} has version {version!r}; skyexport reads "
+                         "repository versions 2 and 3")
+    did, data, rev = c.get("did"), c.get("data"), c.get("rev")
+    if not isinstance(did, str):
+        raise ValueError(f"the commit {name} has no `did`")
+    if len(did.encode("utf-8")) > DID_MAX:
+        raise ValueError(f"the commit {name} has a `did` of {len(did.encode())} bytes; "
+                         f"atproto allows at most {DID_MAX}")
+    if not _DID.match(did):
+        # ascii(): never a control character or escape sequence on the terminal
+        shown = ascii(did[:80]) + ("..." if len(did) > 80 else "")
+        raise ValueError(f"the commit {name} has `did` {shown}, not a DID "
+                         "(did:METHOD:ID, ASCII letters, digits and ._:%-)")
+    if not isinstance(data, _core.CID):
+        raise ValueError(f"the commit {name} has no MST root (`data`)")
+    if rev is not None and not isinstance(rev, str):
+        raise ValueError(f"the commit {name} has a `rev` that is not a string")
+    return did, version, rev, data
+
+
 class CarRepo:
     """A repository CAR opened for reading, with its block index in a new file in
     `index_dir` (unlinked at once: only its descriptor is kept, closed by close()).  Use
@@ -383,33 +410,11 @@ class CarRepo:
             raise self._fail(f"block {_core.cid_str(cid)} ({what}) {exc}") from None
 
     def _read_commit(self) -> None:
-        c = self._decode(self.root, "the commit")
-        name = _core.cid_str(self.root)
-        if not isinstance(c, dict):
-            raise self._fail(f"the commit {name} is not a map")
-        version = c.get("version")
-        if version not in (2, 3) or isinstance(version, bool):
-            raise self._fail(f"the commit {name} has version {version!r}; skyexport reads "
-                             "repository versions 2 and 3")
-        did, data, rev = c.get("did"), c.get("data"), c.get("rev")
-        if not isinstance(did, str):
-            raise self._fail(f"the commit {name} has no `did`")
-        if len(did.encode("utf-8")) > DID_MAX:
-            raise self._fail(f"the commit {name} has a `did` of {len(did.encode())} bytes; "
-                             f"atproto allows at most {DID_MAX}")
-        if not _DID.match(did):
-            # ascii(): never a control character or escape sequence on the terminal
-            shown = ascii(did[:80]) + ("..." if len(did) > 80 else "")
-            raise self._fail(f"the commit {name} has `did` {shown}, not a DID "
-                             "(did:METHOD:ID, ASCII letters, digits and ._:%-)")
-        if not isinstance(data, _core.CID):
-            raise self._fail(f"the commit {name} has no MST root (`data`)")
-        if rev is not None and not isinstance(rev, str):
-            raise self._fail(f"the commit {name} has a `rev` that is not a string")
-        self.did: str = did
-        self.version: int = version
-        self.rev: str | None = rev
-        self.data: _core.CID = data
+        try:
+            self.did, self.version, self.rev, self.data = commit_fields(
+                self._decode(self.root, "the commit"), _core.cid_str(self.root))
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
 
     # --- the MST ------------------------------------------------------------------------
 
