@@ -98,8 +98,9 @@ __all__ = (
     # media (media/)
     "MediaBatch", "syncfs",
     # repository CARs (car/)
-    "BlockIndex", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker", "RecordTap",
-    "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+    "BlockIndex", "BlockTable", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker",
+    "RecordTap", "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes",
+    "read_uvarint",
 )
 
 # Test hooks: reached as _core.testing.<name>, never as module attributes.

@@ -12,8 +12,9 @@ __all__ = (
     "is_true", "json_string", "parse_bound", "register_filters",
     "rename_noreplace",
     "MediaBatch", "syncfs",
-    "BlockIndex", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker", "RecordTap",
-    "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes", "read_uvarint",
+    "BlockIndex", "BlockTable", "CID", "CarCheck", "CarFormatError", "CarScanner", "CarWalker",
+    "RecordTap", "RowBatch", "ScratchWriteError", "cbor_to_py", "cid_str", "pread_bytes",
+    "read_uvarint",
 )
 
 COLUMN_NAMES: Final[tuple[str, ...]]
@@ -205,6 +206,8 @@ class CarCheck:
     def nodes_read(self) -> int: ...
     @property
     def nodes_reread(self) -> int: ...
+    @property
+    def nodes_ahead(self) -> int: ...
     @property
     def budget(self) -> int: ...
     def __init__(self, fd: int, index: BlockIndex | BlockTable, data_cid: bytes,

@@ -473,3 +473,74 @@ def test_an_unexpected_error_of_the_pass_reaches_the_caller(tmp_path: Path,
     raw = BSKY.read_bytes()
     with pytest.raises(RuntimeError, match="a bug in the pass"):
         _grown(raw, tmp_path / "x.car", tmp_path, "did:plc:z72i7hdynmk6r22z27h6tvur", 1 << 16)
+
+
+def test_the_fsync_under_way_reports_its_error(tmp_path: Path) -> None:
+    """download()'s fsync runs on a thread while the check reads the file; what it
+    raises reaches wait() -- here a real EINVAL (a pipe cannot be fsync'd) -- and the
+    thread is gone after it; wait(check=False), for a file being discarded, does not
+    raise."""
+    import errno
+
+    r, w = os.pipe()
+    try:
+        durable = rrepo.Durable(w)
+        with pytest.raises(OSError) as info:
+            durable.wait()
+        assert info.value.errno == errno.EINVAL
+        rrepo.Durable(w).wait(check=False)
+        f = os.open(tmp_path / "x", os.O_RDWR | os.O_CREAT, 0o600)
+        os.write(f, b"x" * 4096)
+        rrepo.Durable(f).wait()
+        os.close(f)
+    finally:
+        os.close(r)
+        os.close(w)
+    assert not [t for t in threading.enumerate() if t.name == "skyexport-repo-fsync"]
+
+
+def _ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "skyexport-check-ahead"]
+
+
+def test_the_nodes_are_read_ahead(tmp_path: Path) -> None:
+    """With the scan's table, every MST node CarCheck checks was read ahead by its thread
+    (in the walk's order), the outcome is the plain check's, and the thread is gone once
+    run() returns."""
+    raw = BSKY.read_bytes()
+    n, check, _ = _verified_check(raw, tmp_path)
+    assert n == 627
+    assert check.nodes_ahead == check.nodes_read > 100
+    assert not _ahead_threads()
+
+
+def test_a_node_too_big_to_read_ahead(tmp_path: Path) -> None:
+    """A small root over a node of about 20 KB (more than the read-ahead holds) over a
+    small one: the root is read ahead, then the read-ahead ends and CarCheck reads the
+    rest itself, with the same outcome as without any read-ahead."""
+    from helpers.hostile import POST, Car, post, tid
+
+    car = Car()
+    rec = car.add(post())
+    low = car.node([(POST + tid(9), rec, None)])
+    fat = car.node([(f"a.b.c/{j:05d}" + "k" * 490, rec, None) for j in range(36)]
+                   + [("a.b.c/zz", rec, low)], compress=False)
+    root = car.node([("a.b.a/x", rec, fat)])
+    raw = car.finish(root)
+    n, check, _ = _verified_check(raw, tmp_path)
+    assert (n, check.nodes_read, check.nodes_ahead) == (39, 3, 1)
+    plain = tmp_path / "plain.car"
+    plain.write_bytes(raw)
+    with CarRepo(plain, tmp_path, verb="") as repo:
+        ref = _core.CarCheck(repo.fd, repo.index, repo.data)
+        assert ref.run() == n and ref.collections == check.collections
+    assert not _ahead_threads()
+
+
+def test_the_read_ahead_ends_with_a_failed_check(tmp_path: Path) -> None:
+    """A node whose keys are out of order: run() raises, and the read-ahead's thread is
+    stopped and gone by then."""
+    raw = unordered_in_node()
+    with pytest.raises(ValueError, match="out of order"):
+        _verified_check(raw, tmp_path)
+    assert not _ahead_threads()

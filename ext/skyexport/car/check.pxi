@@ -62,6 +62,315 @@ cdef int cb_blob_refs(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int de
     return 0
 
 
+# --- the MST nodes read ahead (CarCheck with the scan's BlockTable) ------------------------
+
+cdef enum:
+    NA_ITEMS = 128            # nodes read ahead at most
+    NA_BYTES = 8192           # a node bigger than this (CID and data) ends the read-ahead
+    NA_STACK = 4096           # links waiting to be opened at most
+    NA_CID = 64               # a longer CID ends the read-ahead
+    NA_LINKS = 1024           # links of one node at most
+    NA_WAKE = 32              # a waiting thread is woken for this many nodes (or slots)
+
+
+cdef struct NaItem:
+    Py_ssize_t cn             # its CID's length (the CID starts buf)
+    Py_ssize_t dn             # its data's length (after the CID)
+    int64_t where             # where its CID is in the CAR
+    unsigned char* buf        # NA_BYTES of the arena
+
+
+cdef Py_ssize_t nl_head(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int major,
+                        uint64_t* v) noexcept nogil:
+    """The head of an item of CBOR major type `major` at i (argument in v): the position
+    after it, or -1 (another type, an indefinite or 8-byte length, the end)."""
+    cdef int ai
+    if i >= n or s[i] >> 5 != major:
+        return -1
+    ai = s[i] & 31
+    if ai < 24:
+        v[0] = ai
+        return i + 1
+    if ai == 24 and i + 2 <= n:
+        v[0] = s[i + 1]
+        return i + 2
+    if ai == 25 and i + 3 <= n:
+        v[0] = (<uint64_t>s[i + 1] << 8) | s[i + 2]
+        return i + 3
+    if ai == 26 and i + 5 <= n:
+        v[0] = ((<uint64_t>s[i + 1] << 24) | (<uint64_t>s[i + 2] << 16)
+                | (<uint64_t>s[i + 3] << 8) | s[i + 4])
+        return i + 5
+    return -1
+
+
+cdef Py_ssize_t nl_link(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* at,
+                        Py_ssize_t* cn) noexcept nogil:
+    """A link (tag 42: bytes 0x00 then the CID) or null at i: the position after it, the
+    CID's place in at/cn (cn 0: null); -1 when it is neither."""
+    cdef uint64_t v
+    cdef Py_ssize_t j
+    if i < n and s[i] == 0xf6:
+        cn[0] = 0
+        return i + 1
+    if i + 2 > n or s[i] != 0xd8 or s[i + 1] != 0x2a:
+        return -1
+    j = nl_head(s, i + 2, n, 2, &v)
+    if j < 0 or v < 2 or v > <uint64_t>(n - j) or s[j] != 0:
+        return -1
+    at[0] = j + 1
+    cn[0] = <Py_ssize_t>v - 1
+    return j + <Py_ssize_t>v
+
+
+cdef inline Py_ssize_t nl_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n,
+                              unsigned char name) noexcept nogil:
+    """The one-letter map key `name` at i: the position after it, or -1."""
+    if i < 0 or i + 2 > n or s[i] != 0x61 or s[i + 1] != name:
+        return -1
+    return i + 2
+
+
+cdef Py_ssize_t node_links(const unsigned char* s, Py_ssize_t n, Py_ssize_t* at,
+                           Py_ssize_t* cn) noexcept nogil:
+    """The subtree links of an MST node in canonical DAG-CBOR ({"e": [{"k", "p", "t",
+    "v"}...], "l"}), in the order a depth-first walk opens them: `l` in slot 0 (cn 0 when
+    null), then each entry's `t` that is not null.  How many slots, or -1 when s is not
+    such a node (or has more than NA_LINKS links).  Only the read-ahead's guide: CarCheck
+    checks every node it is given as if it had read it itself."""
+    cdef uint64_t count, v
+    cdef uint64_t e
+    cdef Py_ssize_t i, k = 1, a, c
+    if n < 3 or s[0] != 0xa2 or s[1] != 0x61 or s[2] != 0x65:
+        return -1
+    i = nl_head(s, 3, n, 4, &count)
+    for e in range(count):
+        if i < 0 or i >= n or s[i] != 0xa4:
+            return -1
+        i = nl_key(s, i + 1, n, b'k')
+        i = nl_head(s, i, n, 2, &v) if i >= 0 else -1
+        if i < 0 or v > <uint64_t>(n - i):
+            return -1
+        i = nl_key(s, i + <Py_ssize_t>v, n, b'p')
+        i = nl_head(s, i, n, 0, &v) if i >= 0 else -1
+        i = nl_key(s, i, n, b't')
+        i = nl_link(s, i, n, &a, &c) if i >= 0 else -1
+        if i >= 0 and c:
+            if k == NA_LINKS:
+                return -1
+            at[k] = a
+            cn[k] = c
+            k += 1
+        i = nl_key(s, i, n, b'v')
+        i = nl_link(s, i, n, &a, &c) if i >= 0 else -1
+    i = nl_key(s, i, n, b'l')
+    i = nl_link(s, i, n, &at[0], &cn[0]) if i >= 0 else -1
+    return k if i == n else -1
+
+
+cdef bint entry_fast(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* pp,
+                     Py_ssize_t* kp, Py_ssize_t* tp, Py_ssize_t* vp,
+                     Py_ssize_t* after) noexcept nogil:
+    """Where the values of the MST entry at i start, when it is in canonical DAG-CBOR
+    ({"k": bytes, "p": uint, "t": link or null, "v": link or null}, in that order), and
+    where it ends: True; False sends CarCheck to its general reading (cb_find), which
+    accepts the same entries in any order and words what is wrong."""
+    cdef uint64_t v
+    cdef Py_ssize_t j, a, c
+    if i >= n or s[i] != 0xa4:
+        return False
+    j = nl_key(s, i + 1, n, b'k')
+    kp[0] = j
+    j = nl_head(s, j, n, 2, &v) if j >= 0 else -1
+    if j < 0 or v > <uint64_t>(n - j):
+        return False
+    j = nl_key(s, j + <Py_ssize_t>v, n, b'p')
+    pp[0] = j
+    j = nl_head(s, j, n, 0, &v) if j >= 0 else -1
+    j = nl_key(s, j, n, b't')
+    tp[0] = j
+    j = nl_link(s, j, n, &a, &c) if j >= 0 else -1
+    j = nl_key(s, j, n, b'v')
+    vp[0] = j
+    j = nl_link(s, j, n, &a, &c) if j >= 0 else -1
+    after[0] = j
+    return j >= 0
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class _NodeAhead:
+    """CarCheck's read-ahead of MST nodes (with the scan's BlockTable): a thread of its
+    own walks the tree's links depth-first as CarCheck will, from the root -- each node
+    read through the table (tb_read_into), its links found by node_links -- and hands the
+    nodes over in that order, up to NA_ITEMS ahead, without the GIL.  CarCheck takes the
+    next one when it is the node it wants (take), else reads itself from then on.  The
+    thread stops at anything unusual (a node the table lacks, one too big, one not in the
+    canonical shape, too many links waiting): the nodes after are read by CarCheck.
+    Items [consumed, produced) are ready; both counters change only under `sync`.  The
+    taking side counts what it took in `took` and publishes it as `consumed` every
+    NA_WAKE nodes (or when it waits); a waiting side is woken for NA_WAKE nodes or slots
+    at once, not for each."""
+    cdef sx_sync sync
+    cdef bint sync_ok
+    cdef NaItem items[NA_ITEMS]
+    cdef unsigned char* arena         # NA_ITEMS * NA_BYTES
+    cdef unsigned char* stack         # NA_STACK links of NA_CID bytes: the CIDs to open
+    cdef Py_ssize_t* stack_n
+    cdef Py_ssize_t depth
+    cdef int64_t produced
+    cdef int64_t consumed
+    cdef int64_t took                 # nodes taken (the taking side's own count)
+    cdef int64_t seen                 # `produced` as the taking side last saw it
+    cdef bint reader_waits
+    cdef bint taker_waits
+    cdef bint stop
+    cdef bint stopped                 # the thread has ended (no more items)
+    cdef BlockTable tab
+    cdef int fd
+
+    def __cinit__(self):
+        self.arena = NULL
+        self.stack = NULL
+        self.stack_n = NULL
+        self.sync_ok = False
+
+    def __init__(self, int fd, BlockTable tab not None, bytes root not None):
+        cdef int i
+        self.fd = fd
+        self.tab = tab
+        self.arena = <unsigned char*>PyMem_RawMalloc(NA_ITEMS * NA_BYTES)
+        self.stack = <unsigned char*>PyMem_RawMalloc(NA_STACK * NA_CID)
+        self.stack_n = <Py_ssize_t*>PyMem_RawMalloc(NA_STACK * sizeof(Py_ssize_t))
+        if self.arena == NULL or self.stack == NULL or self.stack_n == NULL:
+            raise MemoryError()
+        for i in range(NA_ITEMS):
+            self.items[i].buf = self.arena + i * NA_BYTES
+        if sx_sync_init(&self.sync) != 0:
+            raise MemoryError()
+        self.sync_ok = True
+        self.depth = 0
+        self.produced = self.consumed = self.took = self.seen = 0
+        self.reader_waits = self.taker_waits = False
+        self.stop = self.stopped = False
+        if not self.push(<const unsigned char*>PyBytes_AS_STRING(root),
+                         PyBytes_GET_SIZE(root)):
+            self.stopped = True
+
+    def __dealloc__(self):
+        PyMem_RawFree(self.arena)
+        PyMem_RawFree(self.stack)
+        PyMem_RawFree(self.stack_n)
+        if self.sync_ok:
+            sx_sync_destroy(&self.sync)
+
+    cdef bint push(self, const unsigned char* cid, Py_ssize_t cn) noexcept nogil:
+        if self.depth == NA_STACK or cn > NA_CID:
+            return False
+        memcpy(self.stack + self.depth * NA_CID, cid, cn)
+        self.stack_n[self.depth] = cn
+        self.depth += 1
+        return True
+
+    def serve(self):
+        """The reading thread: every node in the walk's order, until the end or stopped."""
+        with nogil:
+            self.serve_c()
+
+    cdef void serve_c(self) noexcept nogil:
+        cdef Py_ssize_t at[NA_LINKS]
+        cdef Py_ssize_t cn[NA_LINKS]
+        cdef Py_ssize_t k, j, c
+        cdef NaItem* it
+        cdef bint go = True
+        while go and self.depth and not self.stopped:
+            sx_lock(&self.sync)
+            while self.produced - self.consumed >= NA_ITEMS and not self.stop:
+                self.reader_waits = True
+                sx_wait_ms(&self.sync, WAIT_MS)
+            self.reader_waits = False
+            go = not self.stop
+            sx_unlock(&self.sync)
+            if not go:
+                break
+            self.depth -= 1
+            it = &self.items[self.produced % NA_ITEMS]
+            c = self.stack_n[self.depth]
+            it.dn = tb_read_into(self.tab.ents, self.tab.dir, self.fd,
+                                 self.stack + self.depth * NA_CID, c, it.buf, NA_BYTES,
+                                 &it.where)
+            if it.dn < 0:
+                break
+            it.cn = c
+            k = node_links(it.buf + c, it.dn, at, cn)
+            if k < 0:
+                go = False      # handed over; CarCheck finds what is wrong, or reads on
+            else:
+                for j in range(k - 1, 0, -1):
+                    go = go and self.push(it.buf + c + at[j], cn[j])
+                if cn[0]:
+                    go = go and self.push(it.buf + c + at[0], cn[0])
+            sx_lock(&self.sync)
+            self.produced += 1
+            if self.taker_waits and self.produced - self.consumed >= NA_WAKE:
+                sx_broadcast(&self.sync)
+            sx_unlock(&self.sync)
+        sx_lock(&self.sync)
+        self.stopped = True
+        sx_broadcast(&self.sync)
+        sx_unlock(&self.sync)
+
+    cdef NaItem* take(self, const unsigned char* cid, Py_ssize_t cn) except? NULL:
+        """The next node read ahead if it is block `cid` (give it back with done()), else
+        NULL: none is left, or the walk went another way (then the thread is stopped)."""
+        cdef bint ended = False
+        cdef NaItem* it
+        while self.took == self.seen:
+            with nogil:
+                sx_lock(&self.sync)
+                self.consumed = self.took
+                if self.reader_waits:
+                    sx_broadcast(&self.sync)
+                if self.produced == self.took and not self.stopped:
+                    self.taker_waits = True
+                    sx_wait_ms(&self.sync, WAIT_MS)
+                    self.taker_waits = False
+                self.seen = self.produced
+                ended = self.stopped
+                sx_unlock(&self.sync)
+            if self.took == self.seen:
+                if ended:
+                    return NULL
+                PyErr_CheckSignals()
+        it = &self.items[self.took % NA_ITEMS]
+        if it.cn != cn or memcmp(it.buf, cid, cn) != 0:
+            self.end()
+            return NULL
+        return it
+
+    cdef void done(self) noexcept:
+        """The node take() gave is used: its slot may be read into again."""
+        self.took += 1
+        if self.took - self.consumed >= NA_WAKE:
+            with nogil:
+                sx_lock(&self.sync)
+                self.consumed = self.took
+                if self.reader_waits:
+                    sx_broadcast(&self.sync)
+                sx_unlock(&self.sync)
+
+    cdef int end(self) except -1:
+        """Stop the thread and wait until it has (it is within one node's read)."""
+        with nogil:
+            sx_lock(&self.sync)
+            self.stop = True
+            sx_broadcast(&self.sync)
+            while not self.stopped:
+                sx_wait_ms(&self.sync, WAIT_MS)
+            sx_unlock(&self.sync)
+        return 0
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class CarCheck:
@@ -93,6 +402,7 @@ cdef class CarCheck:
     cdef readonly int64_t nodes_read
     cdef readonly int64_t nodes_reread
     cdef readonly int64_t blocks_read
+    cdef readonly int64_t nodes_ahead     # MST nodes the read-ahead gave (of nodes_read)
     cdef readonly dict collections
     cdef readonly dict blob_refs
     cdef unsigned char last[MAX_KEY]
@@ -102,6 +412,8 @@ cdef class CarCheck:
     cdef int64_t fetched_at
     cdef object sha256
     cdef bytes root
+    cdef _NodeAhead ahead             # with the table: the nodes read ahead, or None
+    cdef bint ahead_on                # ... still followed
     cdef CarScanner verified          # the verifying scan's good CIDs, or None
     cdef Spill refs                   # with it: every record CID referenced
     cdef bint fast
@@ -170,7 +482,18 @@ cdef class CarCheck:
             uvarint(cid + i, cn - i, &code)
             raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key)}) "
                                  f"uses hash 0x{code:x}; only SHA-256 CIDs can be checked")
-        if self.tab is not None:
+        cdef NaItem* it = NULL
+        if key is None and self.ahead_on:
+            it = self.ahead.take(cid, cn)
+            self.ahead_on = it != NULL
+        if it != NULL:
+            r = it.dn
+            grow_buf(&self.buf, &self.cap, cn + r)
+            memcpy(self.buf, it.buf, cn + r)
+            self.fetched_at = it.where
+            self.ahead.done()
+            self.nodes_ahead += 1
+        elif self.tab is not None:
             r = self.tab.read(self.fd, cid, cn, &self.buf, &self.cap, &self.fetched_at)
             if r < 0:
                 raise CarFormatError(f"block {cid_str(cid[:cn])} ({self.what(key)}) is not "
@@ -333,18 +656,38 @@ cdef class CarCheck:
         """Walk the whole tree; returns the number of keys.  With the verifying scan's
         good CIDs, the records are not looked up one by one but proved present all at once
         after the walk; -1 when that proof fails (a record missing or damaged, or a
-        partition too big to hold): check again without them for the error."""
+        partition too big to hold): check again without them for the error.  With the
+        scan's table, the MST nodes are read ahead (_NodeAhead) on a thread that ends
+        with run()."""
+        if self.tab is not None:
+            import threading
+            self.ahead = _NodeAhead(self.fd, self.tab, self.root)
+            thread = threading.Thread(target=self.ahead.serve, name="skyexport-check-ahead",
+                                      daemon=True)
+            thread.start()
+            self.ahead_on = True
+            try:
+                return self.walk()
+            finally:
+                self.ahead_on = False
+                self.ahead.end()
+                thread.join()
+        return self.walk()
+
+    cdef int64_t walk(self) except -2:
+        """run()'s walk."""
         cdef CkFrame* f
         cdef const unsigned char* s
         cdef const unsigned char* ks
         cdef Py_ssize_t n, i, pp, kp, vp, tp, start, end, klen, kn, slash, j, vn, tn = 0
+        cdef Py_ssize_t after = 0
         cdef Item it
         cdef unsigned char value[256]
         cdef unsigned char sub[256]
         cdef unsigned char coll[MAX_NSID]
         cdef Py_ssize_t colln = -1
         cdef int64_t in_coll = 0
-        cdef bint has_sub
+        cdef bint has_sub, fast
         cdef int c
         self.push(<const unsigned char*>PyBytes_AS_STRING(self.root),
                   PyBytes_GET_SIZE(self.root))
@@ -358,16 +701,19 @@ cdef class CarCheck:
             s = f.data
             n = f.n
             i = f.pos
-            cb_head(s, i, n, &it)
             try:
-                if it.major != 5:
-                    raise CarFormatError("has an entry that is not a map")
-                pp = cb_find(s, i, n, "p")
-                kp = cb_find(s, i, n, "k")
-                vp = cb_find(s, i, n, "v")
-                tp = cb_find(s, i, n, "t")
-                if pp < 0 or kp < 0 or vp < 0 or tp < 0 or it.arg != 4:
-                    raise CarFormatError("has a malformed entry (its keys are not p, k, t, v)")
+                fast = entry_fast(s, i, n, &pp, &kp, &tp, &vp, &after)
+                if not fast:
+                    cb_head(s, i, n, &it)
+                    if it.major != 5:
+                        raise CarFormatError("has an entry that is not a map")
+                    pp = cb_find(s, i, n, "p")
+                    kp = cb_find(s, i, n, "k")
+                    vp = cb_find(s, i, n, "v")
+                    tp = cb_find(s, i, n, "t")
+                    if pp < 0 or kp < 0 or vp < 0 or tp < 0 or it.arg != 4:
+                        raise CarFormatError("has a malformed entry (its keys are not p, k, "
+                                             "t, v)")
                 cb_head(s, pp, n, &it)
                 if it.major != 0 or it.arg > <uint64_t>f.keyn:
                     raise CarFormatError("has a malformed entry (p)")
@@ -419,7 +765,7 @@ cdef class CarCheck:
                 where = (f"after key {self.last_text()}" if self.lastn >= 0
                          else "before the first key")
                 raise CarFormatError(f"MST node ({where}) {exc}") from None
-            f.pos = cb_pass(s, i, n)
+            f.pos = after if fast else cb_pass(s, i, n)
             f.left -= 1
             f.keyn = kn
             memcpy(self.last, ks, kn)

@@ -64,6 +64,55 @@ cdef int tb_cmp(const void* a, const void* b) noexcept nogil:
     return -1 if x < y else (1 if x > y else 0)
 
 
+cdef struct TbCursor:
+    Py_ssize_t i              # the next entry to look at
+    Py_ssize_t stop           # the end of the key's bucket
+    uint64_t tag
+
+
+cdef void tb_start(const uint32_t* dir, uint64_t key, TbCursor* c) noexcept nogil:
+    c.i = dir[key >> (64 - TB_DIR_BITS)]
+    c.stop = dir[(key >> (64 - TB_DIR_BITS)) + 1]
+    c.tag = key >> TB_OFF_BITS
+
+
+cdef bint tb_next(const TbEntry* ents, TbCursor* c, int64_t* off,
+                  Py_ssize_t* n) noexcept nogil:
+    """The next entry of the bucket with the cursor's tag (a candidate: the CID at its
+    offset decides): its offset and length; False when there is none."""
+    cdef uint64_t ko
+    while c.i < c.stop:
+        ko = ents[c.i].ko
+        c.i += 1
+        if ko >> TB_OFF_BITS == c.tag:
+            off[0] = <int64_t>(ko & ((<uint64_t>1 << TB_OFF_BITS) - 1))
+            n[0] = <Py_ssize_t>ents[c.i - 1].n
+            return True
+        if ko >> TB_OFF_BITS > c.tag:
+            break
+    return False
+
+
+cdef Py_ssize_t tb_read_into(const TbEntry* ents, const uint32_t* dir, int fd,
+                             const unsigned char* cid, Py_ssize_t cn, unsigned char* dst,
+                             Py_ssize_t cap, int64_t* where) noexcept nogil:
+    """BlockTable.read into a fixed buffer, for a thread without the GIL: the block `cid`
+    read into dst (its CID, then its data): its data length; -1 when the table lacks it
+    or it does not fit in `cap` bytes (the caller reads it itself)."""
+    cdef TbCursor c
+    cdef int64_t off
+    cdef Py_ssize_t n
+    tb_start(dir, <uint64_t>cid_key(cid, cn), &c)
+    while tb_next(ents, &c, &off, &n):
+        if n < cn or n > cap:
+            continue
+        if (pread_raw(fd, dst, n, off) == n and memcmp(dst, cid, cn) == 0
+                and cid_len(dst, n) == cn):
+            where[0] = off
+            return n - cn
+    return -1
+
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class BlockTable:
@@ -109,23 +158,13 @@ cdef class BlockTable:
                          unsigned char** buf, Py_ssize_t* cap, int64_t* where) except -2:
         """The block `cid` read into buf[0] (its CID, then its data; grown as needed) and
         its CID's offset into where[0]: its data length, or -1 if the table lacks it."""
-        cdef uint64_t key = <uint64_t>cid_key(cid, cn)
-        cdef uint64_t tag = key >> TB_OFF_BITS, ko
-        cdef Py_ssize_t i = self.dir[key >> (64 - TB_DIR_BITS)]
-        cdef Py_ssize_t stop = self.dir[(key >> (64 - TB_DIR_BITS)) + 1]
+        cdef TbCursor c
         cdef Py_ssize_t n
         cdef int64_t off
-        while i < stop:
-            ko = self.ents[i].ko
-            i += 1
-            if ko >> TB_OFF_BITS != tag:
-                if ko >> TB_OFF_BITS > tag:
-                    break
-                continue
-            n = <Py_ssize_t>self.ents[i - 1].n
+        tb_start(self.dir, <uint64_t>cid_key(cid, cn), &c)
+        while tb_next(self.ents, &c, &off, &n):
             if n < cn:
                 continue
-            off = <int64_t>(ko & ((<uint64_t>1 << TB_OFF_BITS) - 1))
             grow_buf(buf, cap, n)
             if pread_full(fd, buf[0], n, off) != n:
                 raise CarFormatError("the CAR changed while it was read (a block is cut off)")

@@ -370,8 +370,8 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
         refs: dict[str, str] = ({str(k): str(v) for k, v in kept.items()}
                                 if isinstance(kept, dict) else {})
     else:
-        tmp, scan = download(client, ident.pds, ident.did, backup, max_repo, state.add_repo,
-                             backup / WORK)
+        tmp, scan, durable = download(client, ident.pds, ident.did, backup, max_repo,
+                                      state.add_repo, backup / WORK)
         try:
             phase("check")
             chk = check_car(tmp, backup / WORK, ident.did, scan)
@@ -382,8 +382,10 @@ def _into(client: Client, state: _State, ident: Any, backup: Path, rev: str | No
                     added, removed, changed = chk.records, 0, 0
             else:
                 added = chk.records
+            durable.wait()    # the fsync, under way while the check read the file
             _publish(tmp, car)
         except BaseException:
+            durable.wait(check=False)   # the file is discarded: its fsync's outcome too
             if scan is not None:
                 scan.stop()   # its descriptors, if check_car never took them
             try:

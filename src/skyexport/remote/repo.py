@@ -373,12 +373,40 @@ def diff(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:
         return added, removed, changed
 
 
+class Durable:
+    """The fsync of a file on a thread of its own (its own descriptor), so that the
+    check reads the file while the disk writes it.  wait() -- before the rename that
+    publishes the file -- raises what the fsync raised; a caller that discards the file
+    waits with `check=False`.  The thread ends by itself in either case."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = os.dup(fd)
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, name="skyexport-repo-fsync", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except BaseException as exc:  # noqa: BLE001 - raised by wait() on the caller's thread
+            self.error = exc
+        finally:
+            os.close(self.fd)
+            self.done.set()
+
+    def wait(self, check: bool = True) -> None:
+        self.done.wait()   # not join(): see sources/car/repo.py _Insert
+        if check and self.error is not None:
+            raise self.error
+
+
 def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
              on_bytes: Callable[[int], None],
-             index_dir: Path | None = None) -> tuple[Path, _Scan | None]:
-    """getRepo into a new hidden file in `directory` (fsync'd): its path, and with
-    `index_dir`, the pass that read the bytes as they arrived (for check_car; its block
-    index is a file in index_dir).  The caller renames or removes the file."""
+             index_dir: Path | None = None) -> tuple[Path, _Scan | None, Durable]:
+    """getRepo into a new hidden file in `directory`: its path, with `index_dir` the pass
+    that read the bytes as they arrived (for check_car; its scratch files are in
+    index_dir), and the file's fsync, under way (Durable: wait for it before renaming).
+    The caller renames or removes the file."""
     tmp = directory / f".repo.car.{os.urandom(4).hex()}.part"
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o644)
@@ -407,11 +435,11 @@ def download(client: Client, pds: str, did: str, directory: Path, max_size: int,
                    f"getRepo for {did}", write, restart, max_size, " (--max-repo-size)")
         if scans:
             scans[0].finish()
-        os.fsync(fd)
+        durable = Durable(fd)
         if scans:
             scans[0].done.wait()   # it reads `fd`, closed below
         ok = True
-        return tmp, (scans[0] if scans else None)
+        return tmp, (scans[0] if scans else None), durable
     finally:
         if not ok and scans:
             scans.pop().stop()
