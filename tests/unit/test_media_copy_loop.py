@@ -45,6 +45,43 @@ def test_sha256_matches_hashlib(accelerated: bool, data: bytes, repeat: int) -> 
         _core.testing.sha256_select(True)
 
 
+@pytest.mark.parametrize("accelerated", [True, False])
+@settings(max_examples=200, deadline=None)
+@given(head=st.binary(max_size=200), stream=st.binary(max_size=3000),
+       messages=st.lists(st.binary(max_size=300), max_size=12), big=st.integers(0, 3))
+def test_sha256_pair_matches_hashlib(accelerated: bool, head: bytes, stream: bytes,
+                                     messages: list[bytes], big: int) -> None:
+    """The scan's two-stream hashing (the file's bytes beside each block's): a running
+    hash left mid-block by `head`, any stream length, messages of any length (each
+    message's padding at the 56-byte edge, the stream shorter or longer than the
+    messages), with both block functions: the digests hashlib gives."""
+    _core.testing.sha256_select(accelerated)
+    try:
+        stream = stream * (1 + big * 40)
+        got, each = _core.testing.sha256_pair(head, stream, messages)
+        assert got == hashlib.sha256(head + stream).digest()
+        assert each == [hashlib.sha256(m).digest() for m in messages]
+    finally:
+        _core.testing.sha256_select(True)
+
+
+def test_sha256_pair_block_edges() -> None:
+    """The two-stream hashing with a message of every length up to 130 bytes (each
+    padding edge: 55, 56, 63, 64 ...), beside streams shorter and longer than all of
+    them, with both block functions."""
+    blob = os.urandom(1 << 16)
+    messages = [blob[i:i + n] for i, n in enumerate(range(131))]
+    for accelerated in (True, False):
+        _core.testing.sha256_select(accelerated)
+        try:
+            for head, n in [(b"", 0), (b"h", 100), (blob[:63], 64 * 40 + 5), (b"", len(blob))]:
+                got, each = _core.testing.sha256_pair(head, blob[:n], messages)
+                assert got == hashlib.sha256(head + blob[:n]).digest()
+                assert each == [hashlib.sha256(m).digest() for m in messages]
+        finally:
+            _core.testing.sha256_select(True)
+
+
 def test_sha256_large_and_block_edges() -> None:
     """Lengths around the 64-byte block and the 56-byte padding edge, and a large input,
     with both block functions (the SHA extensions where the CPU has them)."""

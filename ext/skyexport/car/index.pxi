@@ -10,6 +10,9 @@ cdef extern from "sha256.h" nogil:
     void sx_sha256_init(sx_sha256* s)
     void sx_sha256_update(sx_sha256* s, const unsigned char* p, size_t n)
     void sx_sha256_final(sx_sha256* s, unsigned char* out)
+    void sx_sha256_pair(sx_sha256* a, const unsigned char* pa, size_t an,
+                        const unsigned char** msgs, const size_t* lens, size_t n,
+                        unsigned char* out)
 
 
 # --- the block index: a sorted file of (key, offset, length) ---------------------------

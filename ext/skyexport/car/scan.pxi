@@ -61,6 +61,10 @@ cdef class CarScanner:
     cdef Py_ssize_t slot              # where in ents the next block's entry goes
     cdef ScanPending* pending
     cdef Py_ssize_t npending
+    cdef const unsigned char** msgs   # flush(): the pending blocks' data, their lengths,
+    cdef size_t* lens                 # ... and their digests (32 bytes each)
+    cdef unsigned char* digests
+    cdef int64_t fpos                 # the file's bytes hashed into fsha so far
     cdef Spill good                   # verify with good_fd: every good block's CID
     cdef KeySet blobby                # ... and the good blocks holding the text "blob"
     cdef bint tabling                 # build_table: the check's blocks kept in `tab`
@@ -73,6 +77,9 @@ cdef class CarScanner:
         self.cap = SCAN_CHUNK
         self.buf = <unsigned char*>PyMem_RawMalloc(self.cap)
         self.pending = NULL
+        self.msgs = NULL
+        self.lens = NULL
+        self.digests = NULL
         self.ents = NULL
         if self.buf == NULL:
             raise MemoryError()
@@ -90,7 +97,12 @@ cdef class CarScanner:
             if hasher is not None:
                 raise ValueError("verify computes the file's SHA-256 itself")
             self.pending = <ScanPending*>PyMem_RawMalloc(SCAN_PENDING * sizeof(ScanPending))
-            if self.pending == NULL:
+            self.msgs = <const unsigned char**>PyMem_RawMalloc(
+                SCAN_PENDING * sizeof(const unsigned char*))
+            self.lens = <size_t*>PyMem_RawMalloc(SCAN_PENDING * sizeof(size_t))
+            self.digests = <unsigned char*>PyMem_RawMalloc(SCAN_PENDING * 32)
+            if (self.pending == NULL or self.msgs == NULL or self.lens == NULL
+                    or self.digests == NULL):
                 raise MemoryError()
             self.hashing = True
             sp_init(&self.good, good_fd)
@@ -99,7 +111,7 @@ cdef class CarScanner:
                              <size_t>PyBytes_GET_SIZE(head))
         if hasher is not None:
             hasher.update(head)
-        self.base = len(head)
+        self.base = self.fpos = len(head)
         self.lo = self.hi = 0
         self.pos = start
         self.size = start
@@ -109,6 +121,9 @@ cdef class CarScanner:
     def __dealloc__(self):
         PyMem_RawFree(self.buf)
         PyMem_RawFree(self.pending)
+        PyMem_RawFree(<void*>self.msgs)
+        PyMem_RawFree(self.lens)
+        PyMem_RawFree(self.digests)
         sp_free(&self.good)
         ks_free(&self.blobby)
         PyMem_RawFree(self.tab.ents)
@@ -146,14 +161,26 @@ cdef class CarScanner:
         return PyBytes_FromStringAndSize(<const char*>digest, 32).hex()
 
     cdef void flush(self) noexcept nogil:
-        """The verdicts of the pending blocks (whole in buf) into their entries."""
-        cdef Py_ssize_t i
+        """The verdicts of the pending blocks (whole in buf) into their entries, and the
+        file's bytes in buf not yet hashed into fsha: the blocks' data hashed beside the
+        file's bytes, two streams at once (sx_sha256_pair)."""
+        cdef Py_ssize_t i, d
         cdef ScanPending* p
         cdef uint32_t v
         cdef bint blob
         for i in range(self.npending):
             p = &self.pending[i]
-            v = block_verdict(self.buf + p.at, p.cn, self.buf + p.at + p.cn, p.n - p.cn)
+            self.msgs[i] = self.buf + p.at + p.cn
+            self.lens[i] = <size_t>(p.n - p.cn)
+        sx_sha256_pair(&self.fsha, self.buf + (self.fpos - self.base),
+                       <size_t>(self.base + self.hi - self.fpos), self.msgs, self.lens,
+                       <size_t>self.npending, self.digests)
+        self.fpos = self.base + self.hi
+        for i in range(self.npending):
+            p = &self.pending[i]
+            d = sha256_digest_at(self.buf + p.at, p.cn)
+            v = (IX_GOOD if d >= 0 and memcmp(self.digests + 32 * i, self.buf + p.at + d, 32) == 0
+                 else IX_BAD)
             self.ents[p.slot].n |= v
             if v == IX_GOOD:
                 blob = has_blob_text(self.buf + p.at + p.cn, p.n - p.cn)
@@ -161,6 +188,10 @@ cdef class CarScanner:
                 self.keep_for_check(self.buf + p.at, p.cn, self.base + p.at, p.n,
                                     self.buf + p.at + p.cn, p.n - p.cn, blob)
         self.npending = 0
+
+    cdef inline bint unsettled(self) noexcept nogil:
+        """Are there pending verdicts, or file bytes in buf not hashed yet (flush)?"""
+        return self.npending > 0 or (self.hashing and self.fpos < self.base + self.hi)
 
     cdef int wait_more(self) except -1:
         """The growing file's next limit (more())."""
@@ -173,7 +204,7 @@ cdef class CarScanner:
         """Read more bytes after buf[hi), keeping [pos, hi); 0 at end of file."""
         cdef Py_ssize_t keep_from = <Py_ssize_t>(self.pos - self.base), want
         cdef ssize_t got
-        if self.npending:
+        if self.unsettled():
             with nogil:
                 self.flush()
         if keep_from > self.hi:
@@ -195,8 +226,6 @@ cdef class CarScanner:
                 return 0
             with nogil:
                 got = pread(self.fd, self.buf + self.hi, want, self.base + self.hi)
-                if got > 0 and self.hashing:
-                    sx_sha256_update(&self.fsha, self.buf + self.hi, <size_t>got)
             if got < 0:
                 if errno == EINTR:
                     continue
@@ -360,7 +389,7 @@ cdef class CarScanner:
                     report += every
             if on_batch is not None:
                 on_batch()
-            if self.npending:
+            if self.unsettled():
                 with nogil:
                     self.flush()
             self.ents = NULL
@@ -418,7 +447,7 @@ cdef class CarScanner:
                     report += every
             if on_batch is not None:
                 on_batch()
-            if self.npending:
+            if self.unsettled():
                 with nogil:
                     self.flush()
             with nogil:

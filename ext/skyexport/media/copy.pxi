@@ -73,6 +73,38 @@ def sha256_digest(bytes data):
     return PyBytes_FromStringAndSize(<char*>out, 32)
 
 
+def sha256_pair(bytes head, bytes stream, list messages):
+    """Test hook: the scan's two-stream hashing (sx_sha256_pair, car/scan.pxi flush): a
+    running hash fed `head` by itself, then `stream` beside `messages`; returns (the
+    running hash's digest, [each message's digest])."""
+    cdef sx_sha256 a
+    cdef unsigned char out[32]
+    cdef Py_ssize_t i, n = len(messages)
+    cdef const unsigned char** msgs = <const unsigned char**>PyMem_RawMalloc(
+        (n + 1) * sizeof(const unsigned char*))
+    cdef size_t* lens = <size_t*>PyMem_RawMalloc((n + 1) * sizeof(size_t))
+    cdef unsigned char* digests = <unsigned char*>PyMem_RawMalloc(32 * (n + 1))
+    cdef list keep = [bytes(m) for m in messages]
+    try:
+        if msgs == NULL or lens == NULL or digests == NULL:
+            raise MemoryError()
+        for i in range(n):
+            msgs[i] = <const unsigned char*>PyBytes_AS_STRING(keep[i])
+            lens[i] = <size_t>PyBytes_GET_SIZE(keep[i])
+        sx_sha256_init(&a)
+        sx_sha256_update(&a, <const unsigned char*>PyBytes_AS_STRING(head),
+                         PyBytes_GET_SIZE(head))
+        sx_sha256_pair(&a, <const unsigned char*>PyBytes_AS_STRING(stream),
+                       PyBytes_GET_SIZE(stream), msgs, lens, n, digests)
+        sx_sha256_final(&a, out)
+        return (PyBytes_FromStringAndSize(<char*>out, 32),
+                [PyBytes_FromStringAndSize(<char*>digests + 32 * i, 32) for i in range(n)])
+    finally:
+        PyMem_RawFree(<void*>msgs)
+        PyMem_RawFree(lens)
+        PyMem_RawFree(digests)
+
+
 def syncfs(int fd):
     """syncfs(2): every file's data and metadata on the file system holding `fd` to stable
     storage.  NotImplementedError where the call does not exist (not Linux)."""
