@@ -55,8 +55,9 @@ def read_car(data: bytes) -> None:
         except ArchiveError:
             pass
         records_walk(path)
-        fast = check_verified(path)
-        assert fast is None or fast == check_plain(path), (fast, check_plain(path))
+        for spill in (False, True):
+            fast = check_verified(path, spill)
+            assert fast is None or fast == check_plain(path), (spill, fast, check_plain(path))
     finally:
         if fd is not None:
             os.close(fd)
@@ -109,10 +110,11 @@ def _scratch() -> int:
     return fd
 
 
-def check_verified(path: str) -> tuple[object, ...] | None:
+def check_verified(path: str, spill: bool = False) -> tuple[object, ...] | None:
     """`fetch`'s check through the verifying scan's BlockTable (remote/repo.py
-    _check_scanned), as check_plain gives its outcome; None where it proves nothing
-    (check_car then checks as check_plain does)."""
+    _check_scanned) -- with `spill`, through the block index it spills to past its limit
+    (here 2 entries, runs of 3) --, as check_plain gives its outcome; None where it proves
+    nothing (check_car then checks as check_plain does)."""
     from skyexport.remote.repo import _check_scanned
     from skyexport.sources.car.repo import _header_roots, _open_regular, _read_header
 
@@ -124,16 +126,21 @@ def check_verified(path: str) -> tuple[object, ...] | None:
                 or not isinstance(roots[0], _core.CID):
             return None
         _, start, head = found
-        good_fd = _scratch()
+        good_fd, ix_fd, runs_fd = _scratch(), _scratch(), _scratch()
         try:
             sc = _core.CarScanner(fd, start, head, None, size, verify=True, good_fd=good_fd)
             try:
-                table = sc.build_table(roots[0])
+                table = (sc.build_table(roots[0], ix_fd, runs_fd, max_entries=2, run=3)
+                         if spill else sc.build_table(roots[0]))
             except ValueError:
                 return None
             if table is None:
                 return None
-            commit = table.block(fd, roots[0])
+            if isinstance(table, _core.BlockIndex):
+                status, commit = table.block(fd, bytes(roots[0]))
+                commit = commit if status == 0 else None
+            else:
+                commit = table.block(fd, roots[0])
             try:
                 did = _core.cbor_to_py(commit)[0]["did"] if commit is not None else None
             except (ValueError, TypeError, KeyError):
@@ -145,7 +152,8 @@ def check_verified(path: str) -> tuple[object, ...] | None:
                 return None
             return (got.records, got.collections, got.blob_refs, got.sha256, got.blocks)
         finally:
-            os.close(good_fd)
+            for f in (good_fd, ix_fd, runs_fd):
+                os.close(f)
     finally:
         os.close(fd)
 

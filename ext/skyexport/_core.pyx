@@ -108,7 +108,7 @@ _TEST_HOOKS = (
     "reformat_json", "csv_field", "media_files_of", "media_files_exact",
     "media_files_fast_of", "format_real", "parse_timestamp", "render_timestamp",
     "cbor_to_json", "post_fields", "cid_index_key", "sha256_select", "sha256_digest",
-    "sha256_pair", "media_classify", "tap_drain",
+    "sha256_pair", "media_classify", "tap_drain", "table_sort",
 )
 
 

@@ -128,9 +128,9 @@ class CarScanner:
     def build_index(self, fd: int, runs_fd: int, every: int = 20000,
                     on_batch: Callable[[], object] | None = None,
                     run: int = ...) -> BlockIndex: ...
-    def build_table(self, root: CID | bytes, every: int = 20000,
-                    on_batch: Callable[[], object] | None = None,
-                    max_entries: int = ...) -> BlockTable | None: ...
+    def build_table(self, root: CID | bytes, index_fd: int = -1, runs_fd: int = -1,
+                    every: int = 20000, on_batch: Callable[[], object] | None = None,
+                    max_entries: int = ..., run: int = ...) -> BlockTable | BlockIndex | None: ...
 
 @final
 class BlockTable:

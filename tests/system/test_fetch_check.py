@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from skyexport import _core
@@ -419,9 +419,49 @@ def test_a_lookup_compares_the_whole_cid(tmp_path: Path) -> None:
         os.close(good)
 
 
+@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize(("limit", "run"), [(0, 1 << 17), (10, 1 << 17), (10, 7)])
+def test_a_table_too_big_spills_to_a_block_index(name: str, limit: int, run: int,
+                                                 tmp_path: Path) -> None:
+    """More blocks to keep than the table may hold (a repository bigger than a million
+    posts; here a limit of 0 or 10): they go to a block index on disk instead (sorted
+    runs merged; runs of 7 entries for many of them), with good verdicts, and the check
+    through it finds what the reference finds."""
+    raw = (CARS / name).read_bytes()
+    did = _did(raw, tmp_path)
+    want = _outcome(lambda: reference_check_car(CARS / name, tmp_path, did), CARS / name)
+    ix_fd = os.open(tmp_path / "ix", os.O_RDWR | os.O_CREAT, 0o600)
+    runs_fd = os.open(tmp_path / "runs", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        index, sc, fd, good, p = _scan_table(raw, tmp_path, index_fd=ix_fd, runs_fd=runs_fd,
+                                             max_entries=limit, run=run)
+        try:
+            kept = [c for c, d in _blocks(raw)
+                    if d[:3] == b"\xa2\x61\x65" or b"\x64blob" in d or c == _root(raw)]
+            if len(kept) <= limit:    # fits: the table
+                assert isinstance(index, _core.BlockTable) and index.count == len(kept)
+            else:
+                assert isinstance(index, _core.BlockIndex) and index.count == len(kept)
+                for cid in kept:
+                    assert index.block(fd, cid)[0] == 0
+            got = rrepo._check_scanned(p, tmp_path, did, index, sc.sha256_hex(), sc)
+        finally:
+            os.close(fd)
+            os.close(good)
+    finally:
+        os.close(ix_fd)
+        os.close(runs_fd)
+    if want[0] == "ok":
+        assert got is not None
+        assert {k: getattr(got, k) for k in got.__slots__} == want[1]
+    else:
+        assert got is None
+
+
 def test_a_table_too_big_is_given_up(tmp_path: Path) -> None:
-    """More blocks to keep than the table may hold: the scan still decides every verdict
-    and hashes the file, but gives no table (fetch then checks with a block index)."""
+    """More blocks to keep than the table may hold, and no files to spill them to: the
+    scan still decides every verdict and hashes the file, but gives no table (fetch then
+    checks with a block index, reading the file anew)."""
     raw = BSKY.read_bytes()
     table, sc, fd, good, _ = _scan_table(raw, tmp_path, max_entries=10)
     os.close(fd)
@@ -544,3 +584,22 @@ def test_the_read_ahead_ends_with_a_failed_check(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="out of order"):
         _verified_check(raw, tmp_path)
     assert not _ahead_threads()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 0xFFFF, 0x1234]), st.integers(0, (1 << 48) - 1)),
+                max_size=400) | st.lists(st.tuples(st.just(7), st.integers(0, 1 << 20)),
+                                         min_size=33, max_size=300))
+@example([(b % 3, (b * 7919) % 1000) for b in range(2000)])
+def test_the_tables_sort(keys: list[tuple[int, int]]) -> None:
+    """The table's in-place sort (no second copy): entries crowded into a few buckets
+    of the directory, as CIDs ground to share one would be (a big bucket is heap-sorted,
+    a small one insertion-sorted), come out in order, and the directory points at each
+    bucket's first entry."""
+    kos = [(b << 48) | rest for b, rest in keys]
+    got, directory = _core.testing.table_sort(kos)
+    assert got == sorted(kos)
+    assert directory[-1] == len(kos) and directory[0] == 0
+    for b in (0, 1, 2, 7, 0x1234, 0xFFFF):
+        assert directory[b] == sum(1 for k in kos if k >> 48 < b)
+        assert directory[b + 1] - directory[b] == sum(1 for k in kos if k >> 48 == b)

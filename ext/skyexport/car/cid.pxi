@@ -16,6 +16,7 @@ cdef enum:
     # levels of the recursive decoders need well under 64 KiB of C stack.
     CBOR_MAX_DEPTH = 64
     SCAN_CHUNK = 1 << 20
+    SCAN_PENDING = 8192       # blocks whose verdict waits for one pass without the GIL
     MAX_BLOCK = 5 << 20       # any block (indigo's limit for a CBOR object)
     MAX_RECORD = 1 << 20      # a record's block (atproto's record limit)
     MAX_DID = 2048

@@ -10,10 +10,6 @@ cdef struct ScanPending:
     Py_ssize_t slot       # its entry in the run being built
 
 
-cdef enum:
-    SCAN_PENDING = 8192   # blocks whose verdict waits for one pass without the GIL
-
-
 cdef uint32_t block_verdict(const unsigned char* cid, Py_ssize_t cn,
                             const unsigned char* data, Py_ssize_t dn) noexcept nogil:
     """IX_GOOD when data's SHA-256 is the digest of `cid`, else IX_BAD."""
@@ -67,8 +63,14 @@ cdef class CarScanner:
     cdef int64_t fpos                 # the file's bytes hashed into fsha so far
     cdef Spill good                   # verify with good_fd: every good block's CID
     cdef KeySet blobby                # ... and the good blocks holding the text "blob"
-    cdef bint tabling                 # build_table: the check's blocks kept in `tab`
+    cdef bint tabling                 # build_table: the check's blocks kept in `tab`,
     cdef TbBuild tab
+    cdef bint spilling                # ... or, past its limit, in runs of a block index:
+    cdef IxEntry* run                 # the run being filled (TB_RUN + TB_SLACK entries)
+    cdef Py_ssize_t run_n
+    cdef int64_t runs                 # runs written to the runs file
+    cdef Py_ssize_t run_size          # entries of each (TB_RUN; fewer for tests)
+    cdef int64_t kept                 # entries written and in `run`
     cdef unsigned char rootc[80]      # ... the commit's CID among them (tabling)
     cdef Py_ssize_t rootn
     cdef IxEntry scratch              # the entry verdicts go to when no index is built
@@ -127,6 +129,7 @@ cdef class CarScanner:
         sp_free(&self.good)
         ks_free(&self.blobby)
         PyMem_RawFree(self.tab.ents)
+        PyMem_RawFree(self.run)
 
     cdef void keep_good(self, const unsigned char* cid, Py_ssize_t cn, bint blob) noexcept nogil:
         """A good block's CID into the spill (and the set when it may hold a blob ref)."""
@@ -143,12 +146,21 @@ cdef class CarScanner:
         commit, a block shaped as a canonical MST node ({"e": ..., "l": ...}: a2 61 65),
         or one that may hold a blob ref.  `data` NULL: its bytes were not whole at once
         (kept whatever they are)."""
+        cdef IxEntry* e
         if not self.tabling:
             return
         if (data == NULL or blob
                 or (dn >= 3 and data[0] == 0xa2 and data[1] == 0x61 and data[2] == 0x65)
                 or (cn == self.rootn and memcmp(cid, self.rootc, cn) == 0)):
-            tb_add(&self.tab, <uint64_t>cid_key(cid, cn), off, n)
+            if self.spilling or (self.run != NULL and off >= (<int64_t>1 << TB_OFF_BITS)):
+                self.tab.far = self.tab.far or not self.spilling   # the loop spills
+                e = &self.run[self.run_n]
+                e.key = <uint64_t>cid_key(cid, cn)
+                e.off = off
+                e.n = <uint32_t>n | IX_GOOD
+                self.run_n += 1
+            else:
+                tb_add(&self.tab, <uint64_t>cid_key(cid, cn), off, n)
 
     def sha256_hex(self):
         """The file's SHA-256 (verify), once the scan has reached its end."""
@@ -416,32 +428,95 @@ cdef class CarScanner:
             self.npending = 0
             PyMem_RawFree(buf)
 
-    def build_table(self, root, Py_ssize_t every=20000, on_batch=None,
-                    Py_ssize_t max_entries=TB_MAX):
+    cdef int write_run(self, int runs_fd, Py_ssize_t n) except -1:
+        """The first n entries of `run` sorted and written as the next run; the rest moved
+        to its start."""
+        ix_sort(self.run, n)
+        pwrite_all(runs_fd, self.run, n * sizeof(IxEntry),
+                   self.runs * self.run_size * <int64_t>sizeof(IxEntry))
+        self.runs += 1
+        self.run_n -= n
+        memmove(self.run, self.run + n, self.run_n * sizeof(IxEntry))
+        return 0
+
+    cdef int spill(self, int runs_fd) except -1:
+        """The table past its limit: its entries (each block's index key read back from
+        the file: the table keeps only its top bits) and every kept block from now on go
+        to runs of a block index instead."""
+        cdef Py_ssize_t i
+        cdef int64_t off
+        cdef unsigned char head[96]
+        cdef Py_ssize_t got, c
+        cdef IxEntry* e
+        for i in range(self.tab.n):
+            if self.run_n >= self.run_size:
+                self.write_run(runs_fd, self.run_size)
+            off = <int64_t>(self.tab.ents[i].ko & ((<uint64_t>1 << TB_OFF_BITS) - 1))
+            got = pread_full(self.fd, head, min(<Py_ssize_t>self.tab.ents[i].n, 96), off)
+            c = cid_len(head, got)
+            if c <= 0:
+                raise CarFormatError("the CAR changed while it was read (a block's CID)")
+            e = &self.run[self.run_n]
+            e.key = <uint64_t>cid_key(head, c)
+            e.off = off
+            e.n = self.tab.ents[i].n | IX_GOOD
+            self.run_n += 1
+        tb_give_up(&self.tab)
+        self.tab.given_up = False
+        self.spilling = True
+        return 0
+
+    def build_table(self, root, int index_fd=-1, int runs_fd=-1, Py_ssize_t every=20000,
+                    on_batch=None, Py_ssize_t max_entries=TB_MAX, Py_ssize_t run=TB_RUN):
         """A verifying scan's other end (`skyexport fetch`): read the rest of the CAR,
         every block's verdict decided and the good ones spilled as build_index does, but
         no block index built; returns the BlockTable of the good blocks CarCheck reads
-        (keep_for_check; `root`: the commit's CID), or None when they were too many or too
-        far into the file for it (`max_entries`, at most TB_MAX; TB_OFF_BITS).  Calls
-        on_batch() every `every` blocks."""
+        (keep_for_check; `root`: the commit's CID).  Past `max_entries` (at most TB_MAX)
+        or an offset the table cannot hold, those blocks go to a block index instead, in
+        files `index_fd` (empty) and `runs_fd`, and that BlockIndex is returned (its
+        verdicts all good; its runs of `run` entries, at most TB_RUN: fewer for tests);
+        without those files, or out of memory, None.  Calls on_batch() every `every`
+        blocks."""
         cdef IxEntry e
         cdef int64_t report = every
         cdef BlockTable table
+        cdef BlockIndex ix
+        cdef int more
         cdef bytes r = bytes(root)
+        cdef bint can_spill = index_fd >= 0 and runs_fd >= 0
         if not self.verify or self.good.fd < 0:
             raise ValueError("build_table needs a verifying scan with its good-blocks file")
         if not 0 <= max_entries <= TB_MAX:
             raise ValueError(f"max_entries must be in 0..{TB_MAX}")
+        if not 0 < run <= TB_RUN:
+            raise ValueError(f"run must be in 1..{TB_RUN}")
         self.tab.max = max_entries
+        self.run_size = run
         if PyBytes_GET_SIZE(r) > 80:
             raise ValueError("the commit's CID is longer than 80 bytes")
         memcpy(self.rootc, PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r))
         self.rootn = PyBytes_GET_SIZE(r)
+        if can_spill:
+            self.run = <IxEntry*>PyMem_RawMalloc((TB_RUN + TB_SLACK) * sizeof(IxEntry))
+            if self.run == NULL:
+                raise MemoryError()
         self.tabling = True
         self.ents = &self.scratch     # verdicts are decided, not kept in an index
         self.slot = 0
         try:
-            while self.next_block(&e):
+            while True:
+                more = self.next_block(&e)
+                if self.spilling:
+                    while self.run_n >= self.run_size:
+                        self.write_run(runs_fd, self.run_size)
+                elif self.tab.n >= self.tab.max or self.tab.far:
+                    if not can_spill or self.tab.given_up:
+                        self.tabling = False
+                        tb_give_up(&self.tab)
+                    else:
+                        self.spill(runs_fd)
+                if not more:
+                    break
                 if on_batch is not None and self.blocks >= report:
                     on_batch()
                     report += every
@@ -453,7 +528,18 @@ cdef class CarScanner:
             with nogil:
                 sp_finish(&self.good)
             sp_check(&self.good, "writing the check's list of good blocks")
-            if self.tab.given_up:
+            if self.spilling:
+                while self.run_n >= self.run_size:
+                    self.write_run(runs_fd, self.run_size)
+                self.kept = self.runs * self.run_size + self.run_n
+                if self.run_n:
+                    self.write_run(runs_fd, self.run_n)
+                ix = BlockIndex.__new__(BlockIndex)
+                ix.setup(index_fd, self.kept)
+                ix.size = self.size
+                ix_merge(ix, runs_fd, self.runs, self.run_size)
+                return ix
+            if self.tab.given_up or not self.tabling:
                 return None
             table = BlockTable.__new__(BlockTable)
             table.adopt(&self.tab, self.size, self.blocks)
@@ -461,7 +547,9 @@ cdef class CarScanner:
         finally:
             self.ents = NULL
             self.npending = 0
-            self.tabling = False
+            self.tabling = self.spilling = False
+            PyMem_RawFree(self.run)
+            self.run = NULL
 
 
 def pread_bytes(int fd, Py_ssize_t n, int64_t off):

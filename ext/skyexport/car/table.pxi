@@ -18,17 +18,24 @@ cdef packed struct TbEntry:
 
 
 cdef enum:
-    TB_OFF_BITS = 36          # offsets below 64 GiB; a block beyond gives the table up
+    TB_OFF_BITS = 36          # offsets below 64 GiB; a block beyond ends the table
     TB_DIR_BITS = 16          # the directory: 2^16 + 1 positions (256 KiB)
-    TB_MAX = 2 << 20          # entries at most (24 MiB); beyond, the table is given up
+    # entries at most (12 MiB; a 1M-post repository keeps about 985,000); beyond, the
+    # scan writes them to a block index
+    TB_MAX = 1 << 20
+    TB_SLACK = SCAN_PENDING + 2   # entries added past the limit before the scan sees it
+    TB_RUN = IX_RUN           # entries of a run of the block index the table spills to
 
 
 cdef struct TbBuild:
     TbEntry* ents
     Py_ssize_t n
     Py_ssize_t cap
-    Py_ssize_t max            # entries at most (TB_MAX; fewer for tests)
-    bint given_up             # too many entries, an offset too far, or no memory
+    # entries at most (TB_MAX; fewer for tests); the scan looks after each block, so up
+    # to TB_SLACK more may come first
+    Py_ssize_t max
+    bint far                  # a block beyond TB_OFF_BITS came (not added): the table ends
+    bint given_up             # no memory: the table is given up
 
 
 cdef void tb_add(TbBuild* t, uint64_t key, int64_t off, Py_ssize_t n) noexcept nogil:
@@ -37,11 +44,14 @@ cdef void tb_add(TbBuild* t, uint64_t key, int64_t off, Py_ssize_t n) noexcept n
     cdef Py_ssize_t cap
     if t.given_up:
         return
-    if off < 0 or off >= (<int64_t>1 << TB_OFF_BITS) or t.n >= t.max:
-        tb_give_up(t)
+    if off < 0 or off >= (<int64_t>1 << TB_OFF_BITS):
+        t.far = True
         return
     if t.n == t.cap:
-        cap = min(max(t.cap * 2, <Py_ssize_t>4096), <Py_ssize_t>TB_MAX)
+        cap = min(max(t.cap * 2, <Py_ssize_t>4096), t.max + <Py_ssize_t>TB_SLACK)
+        if cap <= t.n:
+            tb_give_up(t)
+            return
         grown = <TbEntry*>PyMem_RawRealloc(t.ents, cap * sizeof(TbEntry))
         if grown == NULL:
             tb_give_up(t)
@@ -59,9 +69,80 @@ cdef void tb_give_up(TbBuild* t) noexcept nogil:
     t.given_up = True
 
 
-cdef int tb_cmp(const void* a, const void* b) noexcept nogil:
-    cdef uint64_t x = (<const TbEntry*>a).ko, y = (<const TbEntry*>b).ko
-    return -1 if x < y else (1 if x > y else 0)
+cdef inline Py_ssize_t tb_bucket(const TbEntry* e) noexcept nogil:
+    return <Py_ssize_t>(e.ko >> (64 - TB_DIR_BITS))
+
+
+cdef void tb_sift(TbEntry* a, Py_ssize_t root, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t child
+    cdef TbEntry t
+    while 2 * root + 1 < n:
+        child = 2 * root + 1
+        if child + 1 < n and a[child + 1].ko > a[child].ko:
+            child += 1
+        if a[root].ko >= a[child].ko:
+            return
+        t = a[root]
+        a[root] = a[child]
+        a[child] = t
+        root = child
+
+
+cdef void tb_sort_bucket(TbEntry* a, Py_ssize_t n) noexcept nogil:
+    """One bucket's entries sorted by `ko`, in place: insertion sort when few (as a
+    CID's digest spreads them: about a dozen), heapsort when many (CIDs ground to share
+    a bucket cost n log n, not n^2)."""
+    cdef Py_ssize_t i, j
+    cdef TbEntry t
+    if n <= 32:
+        for i in range(1, n):
+            t = a[i]
+            j = i
+            while j > 0 and a[j - 1].ko > t.ko:
+                a[j] = a[j - 1]
+                j -= 1
+            a[j] = t
+        return
+    for i in range(n // 2 - 1, -1, -1):
+        tb_sift(a, i, n)
+    for i in range(n - 1, 0, -1):
+        t = a[0]
+        a[0] = a[i]
+        a[i] = t
+        tb_sift(a, 0, i)
+
+
+cdef int tb_sort(TbEntry* a, Py_ssize_t n, uint32_t* dir) except -1:
+    """a sorted by `ko` in place -- no second copy of the table, which a merge sort
+    (qsort) would allocate -- and dir[b] set to where bucket b (the key's top TB_DIR_BITS)
+    starts (dir[2^TB_DIR_BITS]: n): the buckets placed by a counting pass and swaps
+    (American flag sort), then each sorted."""
+    cdef uint32_t* nxt = <uint32_t*>PyMem_RawMalloc((1 << TB_DIR_BITS) * sizeof(uint32_t))
+    cdef Py_ssize_t i, b, to
+    cdef TbEntry t
+    if nxt == NULL:
+        raise MemoryError()
+    with nogil:
+        memset(dir, 0, ((1 << TB_DIR_BITS) + 1) * sizeof(uint32_t))
+        for i in range(n):
+            dir[tb_bucket(&a[i]) + 1] += 1
+        for b in range(1 << TB_DIR_BITS):
+            dir[b + 1] += dir[b]
+            nxt[b] = dir[b]
+        for b in range(1 << TB_DIR_BITS):
+            while nxt[b] < dir[b + 1]:
+                to = tb_bucket(&a[nxt[b]])
+                if to == b:
+                    nxt[b] += 1
+                else:
+                    t = a[nxt[b]]
+                    a[nxt[b]] = a[nxt[to]]
+                    a[nxt[to]] = t
+                    nxt[to] += 1
+        for b in range(1 << TB_DIR_BITS):
+            tb_sort_bucket(a + dir[b], dir[b + 1] - dir[b])
+    PyMem_RawFree(nxt)
+    return 0
 
 
 cdef struct TbCursor:
@@ -134,7 +215,6 @@ cdef class BlockTable:
 
     cdef int adopt(self, TbBuild* t, int64_t size, int64_t blocks) except -1:
         """Take t's entries over (t is left empty), sort them, build the directory."""
-        cdef Py_ssize_t i, b = 0
         self.dir = <uint32_t*>PyMem_RawMalloc(((1 << TB_DIR_BITS) + 1) * sizeof(uint32_t))
         if self.dir == NULL:
             raise MemoryError()
@@ -142,16 +222,7 @@ cdef class BlockTable:
         t.ents = NULL
         t.n = t.cap = 0
         self.size, self.blocks = size, blocks
-        with nogil:
-            if self.count > 1:
-                qsort(self.ents, self.count, sizeof(TbEntry), tb_cmp)
-            for i in range(self.count):
-                while b <= <Py_ssize_t>(self.ents[i].ko >> (64 - TB_DIR_BITS)):
-                    self.dir[b] = <uint32_t>i
-                    b += 1
-            while b <= (1 << TB_DIR_BITS):
-                self.dir[b] = <uint32_t>self.count
-                b += 1
+        tb_sort(self.ents, self.count, self.dir)
         return 0
 
     cdef Py_ssize_t read(self, int fd, const unsigned char* cid, Py_ssize_t cn,
@@ -187,3 +258,22 @@ cdef class BlockTable:
             return PyBytes_FromStringAndSize(<const char*>buf + PyBytes_GET_SIZE(c), r)
         finally:
             PyMem_RawFree(buf)
+
+
+def table_sort(list kos):
+    """Test hook: tb_sort over entries with these `ko` values (64-bit ints); returns (the
+    values in the order it left them, its directory as a list)."""
+    cdef Py_ssize_t i, n = len(kos)
+    cdef TbEntry* a = <TbEntry*>PyMem_RawMalloc((n + 1) * sizeof(TbEntry))
+    cdef uint32_t* dir = <uint32_t*>PyMem_RawMalloc(((1 << TB_DIR_BITS) + 1) * sizeof(uint32_t))
+    try:
+        if a == NULL or dir == NULL:
+            raise MemoryError()
+        for i in range(n):
+            a[i].ko = <uint64_t>kos[i]
+            a[i].n = <uint32_t>i
+        tb_sort(a, n, dir)
+        return ([a[i].ko for i in range(n)], [dir[i] for i in range((1 << TB_DIR_BITS) + 1)])
+    finally:
+        PyMem_RawFree(a)
+        PyMem_RawFree(dir)

@@ -71,10 +71,12 @@ class _Scan:
     """The pass over the repository as it downloads, on a thread of its own: the core's
     CarScanner (verifying) reads the temporary file `fd` up to what `add()` has counted
     as written, then waits for more; `finish()` says the body is whole.  `result()` is
-    (BlockTable, SHA-256, the scanner -- its good CIDs for CarCheck -- and the descriptor
-    of their scratch file) or None when the pass failed or kept no table (check_car then
-    reads the file anew and words any refusal).  `stop()` ends it early; every exception
-    of the thread is kept, none is lost (result() gives None for it)."""
+    (the BlockTable -- or, for a repository with more blocks to keep than it holds, a
+    BlockIndex of them in a scratch file --, SHA-256, the scanner -- its good CIDs for
+    CarCheck --, the descriptors of the good CIDs' and the index's scratch files) or None
+    when the pass failed (check_car then reads the file anew and words any refusal).
+    `stop()` ends it early; every exception of the thread is kept, none is lost (result()
+    gives None for it)."""
 
     def __init__(self, fd: int, index_dir: Path) -> None:
         self.fd = fd
@@ -86,7 +88,7 @@ class _Scan:
         self.abort = False
         self.ready = threading.Event()
         self.done = threading.Event()
-        self.out: tuple[Any, str, Any, int] | None = None
+        self.out: tuple[Any, str, Any, int, int] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="skyexport-repo-scan",
                                        daemon=True)
@@ -107,9 +109,10 @@ class _Scan:
         self.done.wait()   # not join(): see sources/car/repo.py _Insert
         if self.out is not None:
             os.close(self.out[3])
+            os.close(self.out[4])
             self.out = None
 
-    def result(self) -> tuple[Any, str, Any, int] | None:
+    def result(self) -> tuple[Any, str, Any, int, int] | None:
         """What the pass built, or None when it found the CAR unsound or could not read
         or write (check_car words that, reading anew); any other exception of its thread
         is raised here."""
@@ -141,7 +144,7 @@ class _Scan:
         from .. import _core
         from ..sources.car.repo import HEADER_MAX, _header_roots, _read_header
 
-        good_fd = -1
+        good_fd = index_fd = runs_fd = -1
         try:
             self.given, _ = self._wait(HEADER_MAX + 32)
             found = _read_header(self.fd)
@@ -151,19 +154,22 @@ class _Scan:
                 return
             _, start, head = found
             good_fd = _scratch(self.index_dir)
+            index_fd = _scratch(self.index_dir)
+            runs_fd = _scratch(self.index_dir)
             scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
                                        more=self._more, good_fd=good_fd)
-            table = scanner.build_table(roots[0])
+            table = scanner.build_table(roots[0], index_fd, runs_fd)
             if table is not None:
-                self.out = (table, scanner.sha256_hex(), scanner, good_fd)
-                good_fd = -1
+                self.out = (table, scanner.sha256_hex(), scanner, good_fd, index_fd)
+                good_fd = index_fd = -1
         except _Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - kept; check_car reads the file anew
             self.error = exc
         finally:
-            if good_fd >= 0:
-                os.close(good_fd)
+            for fd in (good_fd, index_fd, runs_fd):
+                if fd >= 0:
+                    os.close(fd)
             self.done.set()
 
 
@@ -180,11 +186,12 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
 
     got = scan.result() if scan is not None else None
     if got is not None:
-        table, sha, scanner, good_fd = got
+        table, sha, scanner, good_fd, index_fd = got
         try:
             found = _check_scanned(path, index_dir, did, table, sha, scanner)
         finally:
             os.close(good_fd)
+            os.close(index_fd)
         if found is not None:
             return found
     try:
@@ -212,10 +219,11 @@ def _result(did: str, rev: str | None, sha: str, size: int, blocks: int, n: int,
 
 def _check_scanned(path: Path, index_dir: Path, did: str, table: Any, sha: str,
                    scanner: Any) -> RepoCheck | None:
-    """The check through the scan's BlockTable: the commit read from it, the MST walked
-    (CarCheck), every record proved present against the scan's good CIDs.  None when this
-    does not prove the repository sound -- anything amiss, even a block the table lacks --
-    and check_car reads the file anew for the verdict and its words."""
+    """The check through the scan's BlockTable (or the BlockIndex it spilled to): the
+    commit read from it, the MST walked (CarCheck), every record proved present against
+    the scan's good CIDs.  None when this does not prove the repository sound -- anything
+    amiss, even a block the table lacks -- and check_car reads the file anew for the
+    verdict and its words."""
     from .. import _core
     from ..sources.car.repo import _header_roots, _open_regular, _read_header, commit_fields
 
@@ -226,7 +234,11 @@ def _check_scanned(path: Path, index_dir: Path, did: str, table: Any, sha: str,
         roots = _header_roots(found[0]) if found is not None else None
         if not roots or len(roots) != 1 or not isinstance(roots[0], _core.CID):
             return None
-        commit = table.block(fd, roots[0])
+        if isinstance(table, _core.BlockTable):
+            commit = table.block(fd, roots[0])
+        else:
+            status, commit = table.block(fd, bytes(roots[0]))
+            commit = commit if status == 0 else None
         if commit is None:
             return None
         got_did, _, rev, data = commit_fields(_core.cbor_to_py(commit)[0],
@@ -238,7 +250,7 @@ def _check_scanned(path: Path, index_dir: Path, did: str, table: Any, sha: str,
         n = check.run()
         if n < 0:
             return None
-        return _result(got_did, rev, sha, table.size, table.blocks, n, check)
+        return _result(got_did, rev, sha, scanner.size, scanner.blocks, n, check)
     except (ValueError, OSError):
         return None
     finally:
