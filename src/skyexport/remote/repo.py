@@ -9,13 +9,14 @@ growing temporary file up to what has been written, in the core and without the 
 every block framed and hashed against its CID, the file's SHA-256, every good block's CID
 spilled to a scratch file, and the good blocks the check reads -- the commit, the MST
 nodes, the records that may hold blob refs -- kept in a table in RAM by offset (the core's
-BlockTable; no block index is built).  Once the download ends, CarCheck walks the MST
-through that table: every MST node read and checked, every record the tree references
-proved to have a good copy (all at once, against the spilled CIDs), the blob refs of the
-records holding any collected.  If anything fails or is not there (a header it cannot
-read, a block the table lacks, a record with no good copy, an error), check_car reads the
-file anew as `export` would, with a block index, so that every refusal reads as CarRepo
-and the walk word it."""
+BlockTable; no block index is built unless there are more of them than the table holds,
+about a million posts' worth).  Once the download ends, CarCheck walks the MST through
+that table, its nodes read ahead on a thread of the core: every MST node read and
+checked, every record the tree references proved to have a good copy (all at once,
+against the spilled CIDs), the blob refs of the records holding any collected.  If
+anything fails or is not there (a header it cannot read, a block the table lacks, a
+record with no good copy, an error), check_car reads the file anew as `export` would,
+with a block index, so that every refusal reads as CarRepo and the walk word it."""
 
 from __future__ import annotations
 

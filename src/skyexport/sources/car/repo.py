@@ -238,37 +238,6 @@ class CarRepo:
         tail = f"; nothing was {self.verb}" if self.verb else ""
         return ArchiveError(f"{self.path}: {what}{tail}")
 
-    @classmethod
-    def adopt(cls, path: str | os.PathLike[str], index_dir: str | os.PathLike[str], fd: int,
-              index_fd: int, index: _core.BlockIndex, sha256: str, *,
-              verb: str = "") -> CarRepo:
-        """A CarRepo over the CAR open as `fd`, whose block index a verifying CarScanner
-        already built into `index_fd` (`skyexport fetch`: as the bytes arrived) and whose
-        SHA-256 it computed.  Takes over both descriptors (closed by close(), or here on
-        an error); the commit is read and checked as __init__ reads it."""
-        self = cls.__new__(cls)
-        self.path = Path(path)
-        self.verb = verb
-        self.fd, self.index_fd = fd, index_fd
-        self.tap = None
-        self.index = index
-        self.stats = _Stats()
-        self.stats.blocks = index.count
-        self.size = self.size_at_open = index.size
-        self._hashing = None
-        self._hash = [sha256]
-        self._hashed = threading.Event()
-        self._hashed.set()
-        self._stop_hashing = False
-        self.index_dir = Path(index_dir)
-        try:
-            self._header()
-            self._read_commit()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
     def _header(self) -> tuple[int, bytes]:
         """The header checked, its root kept; (its end offset, the bytes before that)."""
         found = _read_header(self.fd)
