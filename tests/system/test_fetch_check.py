@@ -554,6 +554,38 @@ def test_the_nodes_are_read_ahead(tmp_path: Path) -> None:
     assert not _ahead_threads()
 
 
+def test_the_nodes_are_read_ahead_through_a_block_index(tmp_path: Path) -> None:
+    """Through a block index -- check_car's own reading of the file, with no verdicts
+    yet (each node hashed by the read-ahead), or the one the scan spills to (verdicts
+    good) -- the nodes are read ahead too, with the same outcome."""
+    raw = BSKY.read_bytes()
+    with CarRepo(BSKY, tmp_path, verb="") as repo:
+        plain = _core.CarCheck(repo.fd, repo.index, repo.data)
+        assert plain.run() == 627
+        assert plain.nodes_ahead == plain.nodes_read > 100
+    ix_fd = os.open(tmp_path / "ix", os.O_RDWR | os.O_CREAT, 0o600)
+    runs_fd = os.open(tmp_path / "runs", os.O_RDWR | os.O_CREAT, 0o600)
+    refs = os.open(tmp_path / "refs", os.O_RDWR | os.O_CREAT, 0o600)
+    index, sc, fd, good, _ = _scan_table(raw, tmp_path, index_fd=ix_fd, runs_fd=runs_fd,
+                                         max_entries=0)
+    try:
+        assert isinstance(index, _core.BlockIndex)
+        check = _core.CarCheck(fd, index, _core.CID(_blocks_root_data(raw)), sc, refs)
+        assert check.run() == 627
+        assert check.nodes_ahead == check.nodes_read == plain.nodes_read
+        assert check.collections == plain.collections and check.blob_refs == plain.blob_refs
+    finally:
+        for f in (fd, good, ix_fd, runs_fd, refs):
+            os.close(f)
+    assert not _ahead_threads()
+
+
+def _blocks_root_data(raw: bytes) -> bytes:
+    """The MST root of the CAR's commit."""
+    commit = dict(_blocks(raw))[_root(raw)]
+    return bytes(_core.cbor_to_py(commit)[0]["data"])
+
+
 def test_a_node_too_big_to_read_ahead(tmp_path: Path) -> None:
     """A small root over a node of about 20 KB (more than the read-ahead holds) over a
     small one: the root is read ahead, then the read-ahead ends and CarCheck reads the

@@ -200,9 +200,10 @@ cdef bint entry_fast(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssiz
 @cython.final
 @cython.auto_pickle(False)
 cdef class _NodeAhead:
-    """CarCheck's read-ahead of MST nodes (with the scan's BlockTable): a thread of its
-    own walks the tree's links depth-first as CarCheck will, from the root -- each node
-    read through the table (tb_read_into), its links found by node_links -- and hands the
+    """CarCheck's read-ahead of MST nodes: a thread of its own walks the tree's links
+    depth-first as CarCheck will, from the root -- each node read through the scan's
+    table (tb_read_into) or the block index's usual case (ix_fast: one entry for the key,
+    its verdict good or its data hashed), its links found by node_links -- and hands the
     nodes over in that order, up to NA_ITEMS ahead, without the GIL.  CarCheck takes the
     next one when it is the node it wants (take), else reads itself from then on.  The
     thread stops at anything unusual (a node the table lacks, one too big, one not in the
@@ -226,7 +227,9 @@ cdef class _NodeAhead:
     cdef bint taker_waits
     cdef bint stop
     cdef bint stopped                 # the thread has ended (no more items)
-    cdef BlockTable tab
+    cdef BlockTable tab               # where the nodes are found: the scan's table,
+    cdef BlockIndex ix                # ... or a block index (ix_fast)
+    cdef IxEntry win[IX_WINDOW]
     cdef int fd
 
     def __cinit__(self):
@@ -235,10 +238,13 @@ cdef class _NodeAhead:
         self.stack_n = NULL
         self.sync_ok = False
 
-    def __init__(self, int fd, BlockTable tab not None, bytes root not None):
+    def __init__(self, int fd, index not None, bytes root not None):
         cdef int i
         self.fd = fd
-        self.tab = tab
+        if isinstance(index, BlockTable):
+            self.tab = index
+        else:
+            self.ix = index
         self.arena = <unsigned char*>PyMem_RawMalloc(NA_ITEMS * NA_BYTES)
         self.stack = <unsigned char*>PyMem_RawMalloc(NA_STACK * NA_CID)
         self.stack_n = <Py_ssize_t*>PyMem_RawMalloc(NA_STACK * sizeof(Py_ssize_t))
@@ -296,9 +302,14 @@ cdef class _NodeAhead:
             self.depth -= 1
             it = &self.items[self.produced % NA_ITEMS]
             c = self.stack_n[self.depth]
-            it.dn = tb_read_into(self.tab.ents, self.tab.dir, self.fd,
-                                 self.stack + self.depth * NA_CID, c, it.buf, NA_BYTES,
-                                 &it.where)
+            if self.tab is not None:
+                it.dn = tb_read_into(self.tab.ents, self.tab.dir, self.fd,
+                                     self.stack + self.depth * NA_CID, c, it.buf, NA_BYTES,
+                                     &it.where)
+            else:
+                it.dn = ix_fast(self.ix.fd, self.ix.dir, self.ix.bits, self.fd,
+                                self.stack + self.depth * NA_CID, c, self.win, it.buf,
+                                NA_BYTES, &it.where, True)
             if it.dn < 0:
                 break
             it.cn = c
@@ -412,7 +423,7 @@ cdef class CarCheck:
     cdef int64_t fetched_at
     cdef object sha256
     cdef bytes root
-    cdef _NodeAhead ahead             # with the table: the nodes read ahead, or None
+    cdef _NodeAhead ahead             # the nodes read ahead (run())
     cdef bint ahead_on                # ... still followed
     cdef CarScanner verified          # the verifying scan's good CIDs, or None
     cdef Spill refs                   # with it: every record CID referenced
@@ -656,23 +667,21 @@ cdef class CarCheck:
         """Walk the whole tree; returns the number of keys.  With the verifying scan's
         good CIDs, the records are not looked up one by one but proved present all at once
         after the walk; -1 when that proof fails (a record missing or damaged, or a
-        partition too big to hold): check again without them for the error.  With the
-        scan's table, the MST nodes are read ahead (_NodeAhead) on a thread that ends
-        with run()."""
-        if self.tab is not None:
-            import threading
-            self.ahead = _NodeAhead(self.fd, self.tab, self.root)
-            thread = threading.Thread(target=self.ahead.serve, name="skyexport-check-ahead",
-                                      daemon=True)
-            thread.start()
-            self.ahead_on = True
-            try:
-                return self.walk()
-            finally:
-                self.ahead_on = False
-                self.ahead.end()
-                thread.join()
-        return self.walk()
+        partition too big to hold): check again without them for the error.  The MST
+        nodes are read ahead (_NodeAhead) on a thread that ends with run()."""
+        import threading
+        self.ahead = _NodeAhead(self.fd, self.tab if self.tab is not None else self.ix,
+                                self.root)
+        thread = threading.Thread(target=self.ahead.serve, name="skyexport-check-ahead",
+                                  daemon=True)
+        thread.start()
+        self.ahead_on = True
+        try:
+            return self.walk()
+        finally:
+            self.ahead_on = False
+            self.ahead.end()
+            thread.join()
 
     cdef int64_t walk(self) except -2:
         """run()'s walk."""

@@ -376,11 +376,13 @@ cdef Py_ssize_t pread_raw(int fd, void* p, Py_ssize_t n, int64_t off) noexcept n
 
 cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
                         const unsigned char* cid, Py_ssize_t cn, IxEntry* win,
-                        unsigned char* dst, Py_ssize_t room, int64_t* where) noexcept nogil:
+                        unsigned char* dst, Py_ssize_t room, int64_t* where,
+                        bint good_ok=False) noexcept nogil:
     """BlockIndex.resolve's usual case, without the GIL (the walk's read-ahead thread,
-    walk.pxi): block `cid`, a SHA-256 CID whose index key has exactly one entry, with no
-    verdict yet, of at most `room` bytes, that starts with `cid` and whose data matches
-    it, read into dst (CID, then data), its offset in where[0]; returns its data length.
+    walk.pxi; the check's, check.pxi): block `cid`, a SHA-256 CID whose index key has
+    exactly one entry, with no verdict yet (or, with `good_ok`, a good one: not hashed
+    again), of at most `room` bytes, that starts with `cid` and whose data matches it,
+    read into dst (CID, then data), its offset in where[0]; returns its data length.
     -1 for anything else: resolve() then reads it with its verdicts and its messages.
     ixfd, dir, bits: the BlockIndex's; `win` holds IX_WINDOW entries.  The index is only
     read: decide() rewrites entries of keys with two or more, which this never accepts,
@@ -406,13 +408,14 @@ cdef Py_ssize_t ix_fast(int ixfd, const int64_t* dir, int bits, int fd,
         i += 1
     if i == k or win[i].key != key or (i + 1 < k and win[i + 1].key == key):
         return -1
-    if win[i].n & (IX_GOOD | IX_BAD):
+    if win[i].n & IX_BAD or (win[i].n & IX_GOOD and not good_ok):
         return -1
     n = <Py_ssize_t>(win[i].n & IX_LEN)
     if n > room or n < cn:
         return -1
     if (pread_raw(fd, dst, n, win[i].off) != n or memcmp(dst, cid, cn) != 0
-            or block_verdict(cid, cn, dst + cn, n - cn) != IX_GOOD):
+            or (not (win[i].n & IX_GOOD)
+                and block_verdict(cid, cn, dst + cn, n - cn) != IX_GOOD)):
         return -1
     where[0] = win[i].off
     return n - cn
