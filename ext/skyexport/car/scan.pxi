@@ -153,7 +153,7 @@ cdef class CarScanner:
                 or (dn >= 3 and data[0] == 0xa2 and data[1] == 0x61 and data[2] == 0x65)
                 or (cn == self.rootn and memcmp(cid, self.rootc, cn) == 0)):
             if self.spilling or (self.run != NULL and off >= (<int64_t>1 << TB_OFF_BITS)):
-                self.tab.far = self.tab.far or not self.spilling   # the loop spills
+                self.tab.off_over = self.tab.off_over or not self.spilling   # the loop spills
                 e = &self.run[self.run_n]
                 e.key = <uint64_t>cid_key(cid, cn)
                 e.off = off
@@ -509,7 +509,7 @@ cdef class CarScanner:
                 if self.spilling:
                     while self.run_n >= self.run_size:
                         self.write_run(runs_fd, self.run_size)
-                elif self.tab.n >= self.tab.max or self.tab.far:
+                elif self.tab.n >= self.tab.max or self.tab.off_over:
                     if not can_spill or self.tab.given_up:
                         self.tabling = False
                         tb_give_up(&self.tab)

@@ -34,7 +34,7 @@ cdef struct TbBuild:
     # entries at most (TB_MAX; fewer for tests); the scan looks after each block, so up
     # to TB_SLACK more may come first
     Py_ssize_t max
-    bint far                  # a block beyond TB_OFF_BITS came (not added): the table ends
+    bint off_over             # a block beyond TB_OFF_BITS came (not added): the table ends
     bint given_up             # no memory: the table is given up
 
 
@@ -45,7 +45,7 @@ cdef void tb_add(TbBuild* t, uint64_t key, int64_t off, Py_ssize_t n) noexcept n
     if t.given_up:
         return
     if off < 0 or off >= (<int64_t>1 << TB_OFF_BITS):
-        t.far = True
+        t.off_over = True
         return
     if t.n == t.cap:
         cap = min(max(t.cap * 2, <Py_ssize_t>4096), t.max + <Py_ssize_t>TB_SLACK)
