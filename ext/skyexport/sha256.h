@@ -74,16 +74,29 @@ static void sx_sha256_blocks_c(uint32_t h[8], const unsigned char *p, size_t blo
 #if SX_SHA_NI_BUILD
 /* The SHA extensions: the state as ABEF/CDGH, four rounds per message group. */
 __attribute__((target("sha,sse4.1,ssse3")))
+static inline void sx_ni_load(const uint32_t h[8], __m128i *s0, __m128i *s1)
+{
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i efgh = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B);
+    *s0 = _mm_alignr_epi8(tmp, efgh, 8);          /* ABEF */
+    *s1 = _mm_blend_epi16(efgh, tmp, 0xF0);       /* CDGH */
+}
+
+__attribute__((target("sha,sse4.1,ssse3")))
+static inline void sx_ni_store(uint32_t h[8], __m128i s0, __m128i s1)
+{
+    __m128i tmp = _mm_shuffle_epi32(s0, 0x1B);    /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);             /* DCHG */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(tmp, s1, 0xF0));   /* DCBA */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(s1, tmp, 8));      /* HGFE */
+}
+
+__attribute__((target("sha,sse4.1,ssse3")))
 static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t blocks)
 {
     const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i tmp = _mm_loadu_si128((const __m128i *)&h[0]);
-    __m128i s1 = _mm_loadu_si128((const __m128i *)&h[4]);
-    __m128i s0;
-    tmp = _mm_shuffle_epi32(tmp, 0xB1);           /* CDAB */
-    s1 = _mm_shuffle_epi32(s1, 0x1B);             /* EFGH */
-    s0 = _mm_alignr_epi8(tmp, s1, 8);             /* ABEF */
-    s1 = _mm_blend_epi16(s1, tmp, 0xF0);          /* CDGH */
+    __m128i s0, s1;
+    sx_ni_load(h, &s0, &s1);
     while (blocks--) {
         __m128i m[4], save0 = s0, save1 = s1, msg;
         int i;
@@ -111,12 +124,7 @@ static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t bl
         s1 = _mm_add_epi32(s1, save1);
         p += 64;
     }
-    tmp = _mm_shuffle_epi32(s0, 0x1B);            /* FEBA */
-    s1 = _mm_shuffle_epi32(s1, 0xB1);             /* DCHG */
-    s0 = _mm_blend_epi16(tmp, s1, 0xF0);          /* DCBA */
-    s1 = _mm_alignr_epi8(s1, tmp, 8);             /* HGFE */
-    _mm_storeu_si128((__m128i *)&h[0], s0);
-    _mm_storeu_si128((__m128i *)&h[4], s1);
+    sx_ni_store(h, s0, s1);
 }
 
 /* Two streams, `blocks` 64-byte blocks of each, their rounds interleaved. */
@@ -132,15 +140,9 @@ static void sx_sha256_blocks2_ni(uint32_t ha[8], const unsigned char *pa, uint32
                                  const unsigned char *pb, size_t blocks)
 {
     const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    __m128i a0, a1, b0, b1, tmp;
-    tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&ha[0]), 0xB1);
-    a1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&ha[4]), 0x1B);
-    a0 = _mm_alignr_epi8(tmp, a1, 8);
-    a1 = _mm_blend_epi16(a1, tmp, 0xF0);
-    tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&hb[0]), 0xB1);
-    b1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&hb[4]), 0x1B);
-    b0 = _mm_alignr_epi8(tmp, b1, 8);
-    b1 = _mm_blend_epi16(b1, tmp, 0xF0);
+    __m128i a0, a1, b0, b1;
+    sx_ni_load(ha, &a0, &a1);
+    sx_ni_load(hb, &b0, &b1);
     while (blocks--) {
         __m128i ma[4], mb[4], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
         int i;
@@ -171,18 +173,8 @@ static void sx_sha256_blocks2_ni(uint32_t ha[8], const unsigned char *pa, uint32
         pa += 64;
         pb += 64;
     }
-    tmp = _mm_shuffle_epi32(a0, 0x1B);
-    a1 = _mm_shuffle_epi32(a1, 0xB1);
-    a0 = _mm_blend_epi16(tmp, a1, 0xF0);
-    a1 = _mm_alignr_epi8(a1, tmp, 8);
-    _mm_storeu_si128((__m128i *)&ha[0], a0);
-    _mm_storeu_si128((__m128i *)&ha[4], a1);
-    tmp = _mm_shuffle_epi32(b0, 0x1B);
-    b1 = _mm_shuffle_epi32(b1, 0xB1);
-    b0 = _mm_blend_epi16(tmp, b1, 0xF0);
-    b1 = _mm_alignr_epi8(b1, tmp, 8);
-    _mm_storeu_si128((__m128i *)&hb[0], b0);
-    _mm_storeu_si128((__m128i *)&hb[4], b1);
+    sx_ni_store(ha, a0, a1);
+    sx_ni_store(hb, b0, b1);
 }
 
 static int sx_cpu_has_sha_ni(void)
