@@ -91,34 +91,49 @@ static inline void sx_ni_store(uint32_t h[8], __m128i s0, __m128i s1)
     _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(s1, tmp, 8));      /* HGFE */
 }
 
+/* Message group i (W[4i..4i+3]) of the block at p into m[i & 3]: loaded for i < 4, else
+ * W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static inline void sx_ni_schedule(__m128i m[4], const unsigned char *p, int i, __m128i mask)
+{
+    if (i < 4) {
+        m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);
+    } else {
+        __m128i x = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
+        x = _mm_add_epi32(x, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
+        m[i & 3] = _mm_sha256msg2_epu32(x, m[(i + 3) & 3]);
+    }
+}
+
+/* Rounds 4i..4i+3 with message group m. */
+__attribute__((target("sha,sse4.1,ssse3")))
+static inline void sx_ni_rounds(__m128i m, __m128i *s0, __m128i *s1, int i)
+{
+    __m128i msg = _mm_add_epi32(m, _mm_loadu_si128((const __m128i *)&sx_sha256_k[4 * i]));
+    *s1 = _mm_sha256rnds2_epu32(*s1, *s0, msg);
+    *s0 = _mm_sha256rnds2_epu32(*s0, *s1, _mm_shuffle_epi32(msg, 0x0E));
+}
+
+#define SX_NI_MASK _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL)
+#if defined(__clang__)
+#define SX_UNROLL_16 _Pragma("clang loop unroll(full)")
+#else
+#define SX_UNROLL_16 _Pragma("GCC unroll 16")
+#endif
+
 __attribute__((target("sha,sse4.1,ssse3")))
 static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t blocks)
 {
-    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    const __m128i mask = SX_NI_MASK;
     __m128i s0, s1;
     sx_ni_load(h, &s0, &s1);
     while (blocks--) {
-        __m128i m[4], save0 = s0, save1 = s1, msg;
+        __m128i m[4], save0 = s0, save1 = s1;
         int i;
-#if defined(__clang__)
-#pragma clang loop unroll(full)
-#elif defined(__GNUC__)
-#pragma GCC unroll 16
-#endif
+        SX_UNROLL_16
         for (i = 0; i < 16; i++) {
-            if (i < 4) {
-                m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);
-            } else {
-                /* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time */
-                __m128i x = _mm_sha256msg1_epu32(m[i & 3], m[(i + 1) & 3]);
-                x = _mm_add_epi32(x, _mm_alignr_epi8(m[(i + 3) & 3], m[(i + 2) & 3], 4));
-                m[i & 3] = _mm_sha256msg2_epu32(x, m[(i + 3) & 3]);
-            }
-            msg = _mm_add_epi32(m[i & 3],
-                                _mm_loadu_si128((const __m128i *)&sx_sha256_k[4 * i]));
-            s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
-            msg = _mm_shuffle_epi32(msg, 0x0E);
-            s0 = _mm_sha256rnds2_epu32(s0, s1, msg);
+            sx_ni_schedule(m, p, i, mask);
+            sx_ni_rounds(m[i & 3], &s0, &s1, i);
         }
         s0 = _mm_add_epi32(s0, save0);
         s1 = _mm_add_epi32(s1, save1);
@@ -128,43 +143,23 @@ static void sx_sha256_blocks_ni(uint32_t h[8], const unsigned char *p, size_t bl
 }
 
 /* Two streams, `blocks` 64-byte blocks of each, their rounds interleaved. */
-#define SX_NI_ROUNDS(m, s0, s1, i) do {                                                    \
-        __m128i msg_ = _mm_add_epi32(m, _mm_loadu_si128((const __m128i *)&sx_sha256_k[4 * (i)])); \
-        s1 = _mm_sha256rnds2_epu32(s1, s0, msg_);                                          \
-        msg_ = _mm_shuffle_epi32(msg_, 0x0E);                                              \
-        s0 = _mm_sha256rnds2_epu32(s0, s1, msg_);                                          \
-    } while (0)
-
 __attribute__((target("sha,sse4.1,ssse3")))
 static void sx_sha256_blocks2_ni(uint32_t ha[8], const unsigned char *pa, uint32_t hb[8],
                                  const unsigned char *pb, size_t blocks)
 {
-    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    const __m128i mask = SX_NI_MASK;
     __m128i a0, a1, b0, b1;
     sx_ni_load(ha, &a0, &a1);
     sx_ni_load(hb, &b0, &b1);
     while (blocks--) {
         __m128i ma[4], mb[4], sa0 = a0, sa1 = a1, sb0 = b0, sb1 = b1;
         int i;
-#if defined(__clang__)
-#pragma clang loop unroll(full)
-#elif defined(__GNUC__)
-#pragma GCC unroll 16
-#endif
+        SX_UNROLL_16
         for (i = 0; i < 16; i++) {
-            if (i < 4) {
-                ma[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 16 * i)), mask);
-                mb[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 16 * i)), mask);
-            } else {
-                __m128i x = _mm_sha256msg1_epu32(ma[i & 3], ma[(i + 1) & 3]);
-                __m128i y = _mm_sha256msg1_epu32(mb[i & 3], mb[(i + 1) & 3]);
-                x = _mm_add_epi32(x, _mm_alignr_epi8(ma[(i + 3) & 3], ma[(i + 2) & 3], 4));
-                y = _mm_add_epi32(y, _mm_alignr_epi8(mb[(i + 3) & 3], mb[(i + 2) & 3], 4));
-                ma[i & 3] = _mm_sha256msg2_epu32(x, ma[(i + 3) & 3]);
-                mb[i & 3] = _mm_sha256msg2_epu32(y, mb[(i + 3) & 3]);
-            }
-            SX_NI_ROUNDS(ma[i & 3], a0, a1, i);
-            SX_NI_ROUNDS(mb[i & 3], b0, b1, i);
+            sx_ni_schedule(ma, pa, i, mask);
+            sx_ni_schedule(mb, pb, i, mask);
+            sx_ni_rounds(ma[i & 3], &a0, &a1, i);
+            sx_ni_rounds(mb[i & 3], &b0, &b1, i);
         }
         a0 = _mm_add_epi32(a0, sa0);
         a1 = _mm_add_epi32(a1, sa1);
