@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", required=True, metavar="LABEL=PYTHON")
     p.add_argument("--rounds", type=int, default=4)
     args = p.parse_args(argv)
-    variants = dict(v.split("=", 1) for v in args.variant)
+    variants = {label: os.path.abspath(py)   # the runs start in the work directory
+                for label, py in (v.split("=", 1) for v in args.variant)}
     root = F.build_root(F.parse_size(args.posts), 0, 0)
     work = Path(tempfile.mkdtemp(prefix="fetch-ab-"))
     proc, url = F.serve(root, work)
