@@ -136,18 +136,15 @@ def check_verified(path: str, spill: bool = False) -> tuple[object, ...] | None:
                 return None
             if table is None:
                 return None
-            if isinstance(table, _core.BlockIndex):
-                status, commit = table.block(fd, bytes(roots[0]))
-                commit = commit if status == 0 else None
-            else:
-                commit = table.block(fd, roots[0])
+            status, commit = table.block(fd, bytes(roots[0]))
             try:
                 did = _core.cbor_to_py(commit)[0]["did"] if commit is not None else None
             except (ValueError, TypeError, KeyError):
                 did = None
             if not isinstance(did, str):
                 return None
-            got = _check_scanned(path, Path(SCRATCH), did, table, sc.sha256_hex(), sc)
+            got = _check_scanned(path, Path(SCRATCH), did, roots[0], table, sc.sha256_hex(),
+                                 sc)
             if got is None:
                 return None
             return (got.records, got.collections, got.blob_refs, got.sha256, got.blocks)

@@ -357,7 +357,8 @@ def test_the_scans_table_proves_the_real_cars(name: str, tmp_path: Path) -> None
     table, sc, fd, good, p = _scan_table(raw, tmp_path)
     try:
         assert table is not None
-        got = rrepo._check_scanned(p, tmp_path, did, table, sc.sha256_hex(), sc)
+        got = rrepo._check_scanned(p, tmp_path, did, _core.CID(_root(raw)), table,
+                                   sc.sha256_hex(), sc)
     finally:
         os.close(fd)
         os.close(good)
@@ -401,9 +402,9 @@ def test_the_table_holds_the_blocks_the_check_reads(tmp_path: Path) -> None:
         left = [c for c, d in _blocks(raw) if (c, d) not in kept]
         assert table.count == len(kept) and kept and left
         for cid, data in kept:
-            assert table.block(fd, cid) == data
+            assert table.block(fd, cid) == (0, data)
         for cid in left:
-            assert table.block(fd, cid) is None
+            assert table.block(fd, cid) == (1, None)
     finally:
         os.close(fd)
         os.close(good)
@@ -416,10 +417,10 @@ def test_a_lookup_compares_the_whole_cid(tmp_path: Path) -> None:
     table, _, fd, good, _ = _scan_table(raw, tmp_path)
     try:
         node = next(c for c, d in _blocks(raw) if d[:3] == b"\xa2\x61\x65")
-        assert table.block(fd, node) is not None
+        assert table.block(fd, node)[0] == 0
         twin = node[:10] + bytes([node[10] ^ 0xFF]) + node[11:]
         assert twin[-8:] == node[-8:]
-        assert table.block(fd, twin) is None
+        assert table.block(fd, twin) == (1, None)
     finally:
         os.close(fd)
         os.close(good)
@@ -450,7 +451,8 @@ def test_a_table_too_big_spills_to_a_block_index(name: str, limit: int, run: int
                 assert isinstance(index, _core.BlockIndex) and index.count == len(kept)
                 for cid in kept:
                     assert index.block(fd, cid)[0] == 0
-            got = rrepo._check_scanned(p, tmp_path, did, index, sc.sha256_hex(), sc)
+            got = rrepo._check_scanned(p, tmp_path, did, _core.CID(_root(raw)), index,
+                                       sc.sha256_hex(), sc)
         finally:
             os.close(fd)
             os.close(good)

@@ -62,7 +62,7 @@ cdef int cb_blob_refs(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, int de
     return 0
 
 
-# --- the MST nodes read ahead (CarCheck with the scan's BlockTable) ------------------------
+# --- the MST nodes read ahead (CarCheck.run) ----------------------------------------------
 
 cdef enum:
     NA_ITEMS = 128            # nodes read ahead at most
@@ -131,43 +131,6 @@ cdef inline Py_ssize_t nl_key(const unsigned char* s, Py_ssize_t i, Py_ssize_t n
     return i + 2
 
 
-cdef Py_ssize_t node_links(const unsigned char* s, Py_ssize_t n, Py_ssize_t* at,
-                           Py_ssize_t* cn) noexcept nogil:
-    """The subtree links of an MST node in canonical DAG-CBOR ({"e": [{"k", "p", "t",
-    "v"}...], "l"}), in the order a depth-first walk opens them: `l` in slot 0 (cn 0 when
-    null), then each entry's `t` that is not null.  How many slots, or -1 when s is not
-    such a node (or has more than NA_LINKS links).  Only the read-ahead's guide: CarCheck
-    checks every node it is given as if it had read it itself."""
-    cdef uint64_t count, v
-    cdef uint64_t e
-    cdef Py_ssize_t i, k = 1, a, c
-    if n < 3 or s[0] != 0xa2 or s[1] != 0x61 or s[2] != 0x65:
-        return -1
-    i = nl_head(s, 3, n, 4, &count)
-    for e in range(count):
-        if i < 0 or i >= n or s[i] != 0xa4:
-            return -1
-        i = nl_key(s, i + 1, n, b'k')
-        i = nl_head(s, i, n, 2, &v) if i >= 0 else -1
-        if i < 0 or v > <uint64_t>(n - i):
-            return -1
-        i = nl_key(s, i + <Py_ssize_t>v, n, b'p')
-        i = nl_head(s, i, n, 0, &v) if i >= 0 else -1
-        i = nl_key(s, i, n, b't')
-        i = nl_link(s, i, n, &a, &c) if i >= 0 else -1
-        if i >= 0 and c:
-            if k == NA_LINKS:
-                return -1
-            at[k] = a
-            cn[k] = c
-            k += 1
-        i = nl_key(s, i, n, b'v')
-        i = nl_link(s, i, n, &a, &c) if i >= 0 else -1
-    i = nl_key(s, i, n, b'l')
-    i = nl_link(s, i, n, &at[0], &cn[0]) if i >= 0 else -1
-    return k if i == n else -1
-
-
 cdef bint entry_fast(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssize_t* pp,
                      Py_ssize_t* kp, Py_ssize_t* tp, Py_ssize_t* vp,
                      Py_ssize_t* after) noexcept nogil:
@@ -195,6 +158,33 @@ cdef bint entry_fast(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, Py_ssiz
     j = nl_link(s, j, n, &a, &c) if j >= 0 else -1
     after[0] = j
     return j >= 0
+
+
+cdef Py_ssize_t node_links(const unsigned char* s, Py_ssize_t n, Py_ssize_t* at,
+                           Py_ssize_t* cn) noexcept nogil:
+    """The subtree links of an MST node in canonical DAG-CBOR ({"e": [{"k", "p", "t",
+    "v"}...], "l"}), in the order a depth-first walk opens them: `l` in slot 0 (cn 0 when
+    null), then each entry's `t` that is not null.  How many slots, or -1 when s is not
+    such a node (or has more than NA_LINKS links).  Only the read-ahead's guide: CarCheck
+    checks every node it is given as if it had read it itself."""
+    cdef uint64_t count, e
+    cdef Py_ssize_t i, k = 1, a, c, pp, kp, tp, vp
+    if n < 3 or s[0] != 0xa2 or s[1] != 0x61 or s[2] != 0x65:
+        return -1
+    i = nl_head(s, 3, n, 4, &count)
+    for e in range(count):
+        if i < 0 or not entry_fast(s, i, n, &pp, &kp, &tp, &vp, &i):
+            return -1
+        nl_link(s, tp, n, &a, &c)         # read whole by entry_fast
+        if c:
+            if k == NA_LINKS:
+                return -1
+            at[k] = a
+            cn[k] = c
+            k += 1
+    i = nl_key(s, i, n, b'l')
+    i = nl_link(s, i, n, &at[0], &cn[0]) if i >= 0 else -1
+    return k if i == n else -1
 
 
 @cython.final
@@ -238,13 +228,11 @@ cdef class _NodeAhead:
         self.stack_n = NULL
         self.sync_ok = False
 
-    def __init__(self, int fd, index not None, bytes root not None):
+    def __init__(self, int fd, BlockTable tab, BlockIndex ix, bytes root not None):
+        """Nodes found through `tab`, or when it is None through `ix`."""
         cdef int i
         self.fd = fd
-        if isinstance(index, BlockTable):
-            self.tab = index
-        else:
-            self.ix = index
+        self.tab, self.ix = tab, ix
         self.arena = <unsigned char*>PyMem_RawMalloc(NA_ITEMS * NA_BYTES)
         self.stack = <unsigned char*>PyMem_RawMalloc(NA_STACK * NA_CID)
         self.stack_n = <Py_ssize_t*>PyMem_RawMalloc(NA_STACK * sizeof(Py_ssize_t))
@@ -441,10 +429,9 @@ cdef class CarCheck:
         self.fd = fd
         if isinstance(index, BlockTable):
             self.tab = index
-            self.budget = 8 * self.tab.size + (8 << 20)
         else:
             self.ix = index
-            self.budget = 8 * self.ix.size + (8 << 20)
+        self.budget = 8 * index.size + (8 << 20)
         self.sha256 = hashlib.sha256
         self.collections = {}
         self.blob_refs = {}
@@ -670,8 +657,7 @@ cdef class CarCheck:
         partition too big to hold): check again without them for the error.  The MST
         nodes are read ahead (_NodeAhead) on a thread that ends with run()."""
         import threading
-        self.ahead = _NodeAhead(self.fd, self.tab if self.tab is not None else self.ix,
-                                self.root)
+        self.ahead = _NodeAhead(self.fd, self.tab, self.ix, self.root)
         thread = threading.Thread(target=self.ahead.serve, name="skyexport-check-ahead",
                                   daemon=True)
         thread.start()

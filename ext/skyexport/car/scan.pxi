@@ -70,7 +70,6 @@ cdef class CarScanner:
     cdef Py_ssize_t run_n
     cdef int64_t runs                 # runs written to the runs file
     cdef Py_ssize_t run_size          # entries of each (TB_RUN; fewer for tests)
-    cdef int64_t kept                 # entries written and in `run`
     cdef unsigned char rootc[80]      # ... the commit's CID among them (tabling)
     cdef Py_ssize_t rootn
     cdef IxEntry scratch              # the entry verdicts go to when no index is built
@@ -153,7 +152,8 @@ cdef class CarScanner:
                 or (dn >= 3 and data[0] == 0xa2 and data[1] == 0x61 and data[2] == 0x65)
                 or (cn == self.rootn and memcmp(cid, self.rootc, cn) == 0)):
             if self.spilling or (self.run != NULL and off >= (<int64_t>1 << TB_OFF_BITS)):
-                self.tab.off_over = self.tab.off_over or not self.spilling   # the loop spills
+                if not self.spilling:
+                    self.tab.off_over = True   # the loop spills the table
                 e = &self.run[self.run_n]
                 e.key = <uint64_t>cid_key(cid, cn)
                 e.off = off
@@ -482,6 +482,7 @@ cdef class CarScanner:
         cdef BlockTable table
         cdef BlockIndex ix
         cdef int more
+        cdef int64_t kept
         cdef bytes r = bytes(root)
         cdef bint can_spill = index_fd >= 0 and runs_fd >= 0
         if not self.verify or self.good.fd < 0:
@@ -531,18 +532,18 @@ cdef class CarScanner:
             if self.spilling:
                 while self.run_n >= self.run_size:
                     self.write_run(runs_fd, self.run_size)
-                self.kept = self.runs * self.run_size + self.run_n
+                kept = self.runs * self.run_size + self.run_n
                 if self.run_n:
                     self.write_run(runs_fd, self.run_n)
                 ix = BlockIndex.__new__(BlockIndex)
-                ix.setup(index_fd, self.kept)
+                ix.setup(index_fd, kept)
                 ix.size = self.size
                 ix_merge(ix, runs_fd, self.runs, self.run_size)
                 return ix
             if self.tab.given_up or not self.tabling:
                 return None
             table = BlockTable.__new__(BlockTable)
-            table.adopt(&self.tab, self.size, self.blocks)
+            table.adopt(&self.tab, self.size)
             return table
         finally:
             self.ents = NULL

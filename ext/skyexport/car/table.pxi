@@ -6,14 +6,15 @@
 # anywhere else: the check fails, and remote/repo.py checks the file anew with a block
 # index, whose verdicts and messages are the walk's own.
 #
-# An entry is 12 bytes: the top TB_TAG_BITS of the CID's index key (cid_key: the end of
-# its digest, uniformly spread) above the block's offset, and its length.  Sorted, with a
+# An entry is 12 bytes: the top 64 - TB_OFF_BITS bits of the CID's index key (cid_key:
+# the end of its digest, uniformly spread; its tag) above the block's offset, and its
+# length.  Sorted, with a
 # directory of 2^TB_DIR_BITS positions by the key's top bits, a lookup reads a bucket of
 # a few entries from RAM; an equal tag is only a candidate, the CID in the file decides.
 
 
 cdef packed struct TbEntry:
-    uint64_t ko               # the key's top TB_TAG_BITS, then the offset of the block's CID
+    uint64_t ko               # the key's tag, then the offset of the block's CID
     uint32_t n                # bytes of CID and data
 
 
@@ -35,7 +36,7 @@ cdef struct TbBuild:
     # to TB_SLACK more may come first
     Py_ssize_t max
     bint off_over             # a block beyond TB_OFF_BITS came (not added): the table ends
-    bint given_up             # no memory: the table is given up
+    bint given_up             # no memory, or past max + TB_SLACK: the table is given up
 
 
 cdef void tb_add(TbBuild* t, uint64_t key, int64_t off, Py_ssize_t n) noexcept nogil:
@@ -198,12 +199,11 @@ cdef Py_ssize_t tb_read_into(const TbEntry* ents, const uint32_t* dir, int fd,
 @cython.auto_pickle(False)
 cdef class BlockTable:
     """The blocks a verifying scan kept for the check (CarScanner.build_table): `count`
-    entries; `size` and `blocks`: the CAR's bytes and blocks (the check's read budget)."""
+    entries; `size`: the CAR's bytes (the check's read budget)."""
     cdef TbEntry* ents
     cdef uint32_t* dir
     cdef readonly Py_ssize_t count
     cdef readonly int64_t size
-    cdef readonly int64_t blocks
 
     def __cinit__(self):
         self.ents = NULL
@@ -213,7 +213,7 @@ cdef class BlockTable:
         PyMem_RawFree(self.ents)
         PyMem_RawFree(self.dir)
 
-    cdef int adopt(self, TbBuild* t, int64_t size, int64_t blocks) except -1:
+    cdef int adopt(self, TbBuild* t, int64_t size) except -1:
         """Take t's entries over (t is left empty), sort them, build the directory."""
         self.dir = <uint32_t*>PyMem_RawMalloc(((1 << TB_DIR_BITS) + 1) * sizeof(uint32_t))
         if self.dir == NULL:
@@ -221,7 +221,7 @@ cdef class BlockTable:
         self.ents, self.count = t.ents, t.n
         t.ents = NULL
         t.n = t.cap = 0
-        self.size, self.blocks = size, blocks
+        self.size = size
         tb_sort(self.ents, self.count, self.dir)
         return 0
 
@@ -245,7 +245,8 @@ cdef class BlockTable:
         return -1
 
     def block(self, int fd, cid):
-        """The data of block `cid` (bytes), or None if the table does not hold it."""
+        """BlockIndex.block's answer for block `cid`: (0, its data), or (1, None) when
+        the table does not hold it."""
         cdef bytes c = bytes(cid)
         cdef unsigned char* buf = NULL
         cdef Py_ssize_t cap = 0, r
@@ -254,8 +255,8 @@ cdef class BlockTable:
             r = self.read(fd, <const unsigned char*>PyBytes_AS_STRING(c),
                           PyBytes_GET_SIZE(c), &buf, &cap, &where)
             if r < 0:
-                return None
-            return PyBytes_FromStringAndSize(<const char*>buf + PyBytes_GET_SIZE(c), r)
+                return 1, None
+            return 0, PyBytes_FromStringAndSize(<const char*>buf + PyBytes_GET_SIZE(c), r)
         finally:
             PyMem_RawFree(buf)
 

@@ -72,12 +72,12 @@ class _Scan:
     """The pass over the repository as it downloads, on a thread of its own: the core's
     CarScanner (verifying) reads the temporary file `fd` up to what `add()` has counted
     as written, then waits for more; `finish()` says the body is whole.  `result()` is
-    (the BlockTable -- or, for a repository with more blocks to keep than it holds, a
-    BlockIndex of them in a scratch file --, SHA-256, the scanner -- its good CIDs for
-    CarCheck --, the descriptors of the good CIDs' and the index's scratch files) or None
-    when the pass failed (check_car then reads the file anew and words any refusal).
-    `stop()` ends it early; every exception of the thread is kept, none is lost (result()
-    gives None for it)."""
+    (the commit's CID, from the header; the BlockTable -- or, for a repository with more
+    blocks to keep than it holds, a BlockIndex of them in a scratch file --; SHA-256; the
+    scanner -- its good CIDs for CarCheck --; the descriptors of the good CIDs' and the
+    index's scratch files) or None when the pass failed (check_car then reads the file
+    anew and words any refusal).  `stop()` ends it early; every exception of the thread is
+    kept, none is lost (result() gives None for it)."""
 
     def __init__(self, fd: int, index_dir: Path) -> None:
         self.fd = fd
@@ -89,7 +89,7 @@ class _Scan:
         self.abort = False
         self.ready = threading.Event()
         self.done = threading.Event()
-        self.out: tuple[Any, str, Any, int, int] | None = None
+        self.out: tuple[Any, Any, str, Any, int, int] | None = None
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="skyexport-repo-scan",
                                        daemon=True)
@@ -109,11 +109,11 @@ class _Scan:
         self.ready.set()
         self.done.wait()   # not join(): see sources/car/repo.py _Insert
         if self.out is not None:
-            os.close(self.out[3])
             os.close(self.out[4])
+            os.close(self.out[5])
             self.out = None
 
-    def result(self) -> tuple[Any, str, Any, int, int] | None:
+    def result(self) -> tuple[Any, Any, str, Any, int, int] | None:
         """What the pass built, or None when it found the CAR unsound or could not read
         or write (check_car words that, reading anew); any other exception of its thread
         is raised here."""
@@ -161,7 +161,8 @@ class _Scan:
                                        more=self._more, good_fd=good_fd)
             table = scanner.build_table(roots[0], index_fd, runs_fd)
             if table is not None:
-                self.out = (table, scanner.sha256_hex(), scanner, good_fd, index_fd)
+                self.out = (roots[0], table, scanner.sha256_hex(), scanner, good_fd,
+                            index_fd)
                 good_fd = index_fd = -1
         except _Stopped:
             pass
@@ -187,9 +188,9 @@ def check_car(path: Path, index_dir: Path, did: str, scan: _Scan | None = None) 
 
     got = scan.result() if scan is not None else None
     if got is not None:
-        table, sha, scanner, good_fd, index_fd = got
+        root, table, sha, scanner, good_fd, index_fd = got
         try:
-            found = _check_scanned(path, index_dir, did, table, sha, scanner)
+            found = _check_scanned(path, index_dir, did, root, table, sha, scanner)
         finally:
             os.close(good_fd)
             os.close(index_fd)
@@ -218,32 +219,24 @@ def _result(did: str, rev: str | None, sha: str, size: int, blocks: int, n: int,
                      dict(check.blob_refs))
 
 
-def _check_scanned(path: Path, index_dir: Path, did: str, table: Any, sha: str,
+def _check_scanned(path: Path, index_dir: Path, did: str, root: Any, table: Any, sha: str,
                    scanner: Any) -> RepoCheck | None:
     """The check through the scan's BlockTable (or the BlockIndex it spilled to): the
-    commit read from it, the MST walked (CarCheck), every record proved present against
-    the scan's good CIDs.  None when this does not prove the repository sound -- anything
-    amiss, even a block the table lacks -- and check_car reads the file anew for the
-    verdict and its words."""
+    commit (`root`: the header's, as the scan read it) read from it, the MST walked
+    (CarCheck), every record proved present against the scan's good CIDs.  None when this
+    does not prove the repository sound -- anything amiss, even a block the table lacks --
+    and check_car reads the file anew for the verdict and its words."""
     from .. import _core
-    from ..sources.car.repo import _header_roots, _open_regular, _read_header, commit_fields
+    from ..sources.car.repo import _open_regular, commit_fields
 
     fd = refs_fd = -1
     try:
         fd, _ = _open_regular(path)
-        found = _read_header(fd)
-        roots = _header_roots(found[0]) if found is not None else None
-        if not roots or len(roots) != 1 or not isinstance(roots[0], _core.CID):
-            return None
-        if isinstance(table, _core.BlockTable):
-            commit = table.block(fd, roots[0])
-        else:
-            status, commit = table.block(fd, bytes(roots[0]))
-            commit = commit if status == 0 else None
-        if commit is None:
+        status, commit = table.block(fd, bytes(root))
+        if status != 0:
             return None
         got_did, _, rev, data = commit_fields(_core.cbor_to_py(commit)[0],
-                                              _core.cid_str(roots[0]))
+                                              _core.cid_str(root))
         if got_did != did:
             return None   # check_car says whose repository it is
         refs_fd = _scratch(index_dir)
