@@ -2,6 +2,7 @@
 
     python perf/media_ab.py ARCHIVE_DIR --variant new=.venv/bin/python \\
         --variant old=/elsewhere/.venv/bin/python --variant one=.venv/bin/python:COPY_THREADS=1
+        [--rounds 5] [--nosync] [--keep] [--work DIR] [--no-plain]
 
 ARCHIVE_DIR holds archive.db and media/ (perf/bench.py's cache: perf/.cache/p200000-s1-d3-media).
 A variant is LABEL=PYTHON[:NAME=VALUE,...]: that interpreter's skyexport, with constants of
@@ -11,7 +12,8 @@ rotated each round, each into a fresh directory; nothing is deleted until every 
 done (on ext4 without a journal, a mass delete slows every create for minutes after:
 perf/README.md).  Prints the medians of wall and CPU seconds (the child's user + system,
 from wait4) and, per variant, the time --media adds to the plain export against cp -r's.
-The outputs are removed at the end (not with --keep).
+With --nosync every skyexport run (plain too) has its syncs made no-ops, as bench.py's
+`nosync` row: cp -r syncs nothing.  The outputs are removed at the end (not with --keep).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ RUN = ("import sys\nimport skyexport.exporter.media as m\n"
        "        assert hasattr(m, k), k\n"
        "        setattr(m, k, float(v) if isinstance(getattr(m, k), float) else int(v))\n"
        "from skyexport.cli import main\nsys.exit(main(sys.argv[2:]))\n")
+NOSYNC = "import skyexport.exporter.staged as staged\nstaged.SYNCFS = lambda fd: None\n"
 
 
 def timed(argv: list[str], stdout: Path) -> tuple[float, float]:
@@ -59,20 +62,24 @@ def main() -> None:
     p.add_argument("--keep", action="store_true",
                    help="leave the outputs in --work (remove them yourself, long before "
                         "the next measurement: a mass delete slows creates for minutes)")
+    p.add_argument("--nosync", action="store_true",
+                   help="every skyexport run with staged.SYNCFS a no-op (no syncfs, as "
+                        "perf/bench.py's `nosync` row): like with like against cp -r")
     p.add_argument("--no-plain", action="store_true",
                    help="skip the plain exports (the added time is then not shown)")
     args = p.parse_args()
     src = args.archive_dir.resolve()
+    run = (NOSYNC + RUN) if args.nosync else RUN
     cases: dict[str, list[str] | None] = {"cp -r": None}
     plains: dict[str, str] = {}  # interpreter -> its plain export's case
     for spec in args.variant:
         label, _, rest = spec.partition("=")
         python, _, settings = rest.partition(":")
-        base = [python, "-c", RUN, settings, "export", str(src / "archive.db"), "-f", "json",
+        base = [python, "-c", run, settings, "export", str(src / "archive.db"), "-f", "json",
                 "--progress", "none"]
         if not args.no_plain and python not in plains:  # the settings are media's only
             plains[python] = f"{label} plain"
-            cases[f"{label} plain"] = [python, "-c", RUN, "", *base[4:]]
+            cases[f"{label} plain"] = [python, "-c", run, "", *base[4:]]
         cases[f"{label} media"] = [*base, "--media", "--media-root", str(src)]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
