@@ -66,8 +66,11 @@ static inline const unsigned char *sx_column_text(sqlite3_stmt *st, int i)
     return sqlite3_column_text(st, i);
 }
 /* One db-mutex round trip per column (sqlite3_column_value) instead of one per accessor:
- * the sqlite3_value_* readers take no lock.  Safe because nothing else uses the
- * connection while the writer steps it. */
+ * the sqlite3_value_* readers take no lock.  Safe because the value belongs to this
+ * statement's current row and only the thread stepping the statement reads it.  Another
+ * thread may step another statement of the connection meanwhile (with --media, the media
+ * rows' cursor; the connection is then opened with its mutex, sources/archive.py): its
+ * calls take that mutex and do not touch this row. */
 static inline sqlite3_value *sx_column_value(sqlite3_stmt *st, int i)
 {
     return sqlite3_column_value(st, i);
