@@ -220,18 +220,26 @@ def main(argv: list[str] | None = None) -> int:
         servers = [rs, bs]
         SERVER_PIDS[:] = [rs.pid, bs.pid]
         cids = sorted(os.listdir(blob_root / "blobs"))
-        # Every round writes into fresh directories and nothing is deleted until the end:
-        # on ext4 a create right after a mass delete is slowed (perf/README.md, the
-        # inode-reuse trap), and a delete between rounds would slow whichever side ran
-        # next.
+        # Each run starts with nothing of the last one's still to write: every run is
+        # followed by a sync (not timed), or curl, which does not fsync, would leave its
+        # gigabyte to be written back during the next run (and be throttled itself by
+        # the one before).  The repository's files are then deleted (a few inodes: no
+        # inode-reuse trap, and a gigabyte less of page cache); the blobs, tens of
+        # thousands of files, are kept until the end: on ext4 a create right after a mass
+        # delete is slowed (perf/README.md, the inode-reuse trap).
         for r in range(args.rounds):
+            car = work / f"c{r}.car"
             results["curl repo"].append(timed(
-                ["curl", "-sSf", "-o", str(work / f"c{r}.car"),
+                ["curl", "-sSf", "-o", str(car),
                  f"{rurl}/xrpc/com.atproto.sync.getRepo?did={repo_did}"], "curl repo"))
+            os.sync()
+            car.unlink()
             t, peak = skyexport_run(repo_did, rurl, work / f"so{r}", work / "peak",
                                     "skyexport repo", "--no-blobs")
             results["skyexport repo"].append(t)
             peaks.append(peak)
+            shutil.rmtree(work / f"so{r}")
+            os.sync()
             (work / f"cb{r}").mkdir()
             cfg = work / f"curl-blobs{r}.cfg"
             with cfg.open("w") as f:
@@ -241,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             results["curl blobs"].append(timed(
                 ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K",
                  str(cfg)], "curl blobs"))
+            os.sync()
             t, peak = skyexport_run(blob_did, burl, work / f"sb{r}", work / "peak",
                                     "skyexport blobs", "--jobs", "4")
             results["skyexport blobs"].append(t)
             peaks.append(peak)
+            os.sync()
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s"
                                                    for k, v in results.items()), flush=True)
     finally:
