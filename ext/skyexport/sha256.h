@@ -216,13 +216,41 @@ static int sx_sha256_select(int accelerated)
     return 0;
 }
 
+static const uint32_t sx_sha256_iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                          0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+
 static void sx_sha256_init(sx_sha256 *s)
 {
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, iv, sizeof iv);
+    memcpy(s->h, sx_sha256_iv, sizeof sx_sha256_iv);
     s->len = 0;
     s->n = 0;
+}
+
+/* The last block or two of a message of `len` bytes whose last `rn` (< 64) are at `rest`:
+ * those bytes, 0x80, zeros, the length in bits, into `tail`; returns how many blocks. */
+static size_t sx_sha256_pad(unsigned char tail[128], const unsigned char *rest, size_t rn,
+                            uint64_t len)
+{
+    size_t tb = rn + 9 <= 64 ? 1 : 2, j;
+    uint64_t bits = len * 8;
+    memcpy(tail, rest, rn);
+    tail[rn] = 0x80;
+    memset(tail + rn + 1, 0, 64 * tb - rn - 1);
+    for (j = 0; j < 8; j++)
+        tail[64 * tb - 1 - j] = (unsigned char)(bits >> (8 * j));
+    return tb;
+}
+
+/* The state h as the digest's 32 bytes, big-endian. */
+static void sx_sha256_out(const uint32_t h[8], unsigned char out[32])
+{
+    int i;
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)h[i];
+    }
 }
 
 static void sx_sha256_update(sx_sha256 *s, const unsigned char *p, size_t n)
@@ -278,9 +306,7 @@ static void sx_sha256_pair(sx_sha256 *a, const unsigned char *pa, size_t an,
                            const unsigned char *const *msgs, const size_t *lens, size_t n,
                            unsigned char *out)
 {
-    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    size_t i, j, ablocks;
+    size_t i, ablocks;
     a->len += an;
     if (a->n) {                              /* a's partial block first, alone */
         size_t take = 64 - a->n < an ? 64 - a->n : an;
@@ -297,23 +323,12 @@ static void sx_sha256_pair(sx_sha256 *a, const unsigned char *pa, size_t an,
     for (i = 0; i < n; i++) {
         uint32_t h[8];
         unsigned char tail[128];
-        size_t len = lens[i], whole = len / 64, rest = len % 64;
-        size_t tb = rest + 9 <= 64 ? 1 : 2;
-        uint64_t bits = (uint64_t)len * 8;
-        memcpy(h, iv, sizeof iv);
-        memcpy(tail, msgs[i] + 64 * whole, rest);
-        tail[rest] = 0x80;
-        memset(tail + rest + 1, 0, 64 * tb - rest - 1);
-        for (j = 0; j < 8; j++)
-            tail[64 * tb - 1 - j] = (unsigned char)(bits >> (8 * j));
+        size_t whole = lens[i] / 64;
+        size_t tb = sx_sha256_pad(tail, msgs[i] + 64 * whole, lens[i] % 64, lens[i]);
+        memcpy(h, sx_sha256_iv, sizeof sx_sha256_iv);
         sx_sha256_beside(a, &pa, &ablocks, h, msgs[i], whole);
         sx_sha256_beside(a, &pa, &ablocks, h, tail, tb);
-        for (j = 0; j < 8; j++) {
-            out[32 * i + 4 * j] = (unsigned char)(h[j] >> 24);
-            out[32 * i + 4 * j + 1] = (unsigned char)(h[j] >> 16);
-            out[32 * i + 4 * j + 2] = (unsigned char)(h[j] >> 8);
-            out[32 * i + 4 * j + 3] = (unsigned char)h[j];
-        }
+        sx_sha256_out(h, out + 32 * i);
     }
     if (!a->n) {                             /* a's own whole blocks left, then its end */
         sx_sha256_blocks(a->h, pa, ablocks);
@@ -325,24 +340,9 @@ static void sx_sha256_pair(sx_sha256 *a, const unsigned char *pa, size_t an,
 
 static void sx_sha256_final(sx_sha256 *s, unsigned char out[32])
 {
-    uint64_t bits = s->len * 8;
-    int i;
-    s->buf[s->n++] = 0x80;
-    if (s->n > 56) {
-        memset(s->buf + s->n, 0, 64 - s->n);
-        sx_sha256_blocks(s->h, s->buf, 1);
-        s->n = 0;
-    }
-    memset(s->buf + s->n, 0, 56 - s->n);
-    for (i = 0; i < 8; i++)
-        s->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
-    sx_sha256_blocks(s->h, s->buf, 1);
-    for (i = 0; i < 8; i++) {
-        out[4 * i] = (unsigned char)(s->h[i] >> 24);
-        out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
-        out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
-        out[4 * i + 3] = (unsigned char)s->h[i];
-    }
+    unsigned char tail[128];
+    sx_sha256_blocks(s->h, tail, sx_sha256_pad(tail, s->buf, s->n, s->len));
+    sx_sha256_out(s->h, out);
 }
 
 #endif
