@@ -143,7 +143,7 @@ class _Scan:
 
     def _run(self) -> None:
         from .. import _core
-        from ..sources.car.repo import HEADER_MAX, _header_roots, _read_header
+        from ..sources.car.repo import HEADER_MAX, _header_roots, _read_header, scratch_file
 
         good_fd = index_fd = runs_fd = -1
         try:
@@ -154,9 +154,9 @@ class _Scan:
                     or not isinstance(roots[0], _core.CID):
                 return
             _, start, head = found
-            good_fd = _scratch(self.index_dir)
-            index_fd = _scratch(self.index_dir)
-            runs_fd = _scratch(self.index_dir)
+            good_fd = scratch_file(self.index_dir, "repo.car")
+            index_fd = scratch_file(self.index_dir, "repo.car")
+            runs_fd = scratch_file(self.index_dir, "repo.car")
             scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
                                        more=self._more, good_fd=good_fd)
             table = scanner.build_table(roots[0], index_fd, runs_fd)
@@ -227,7 +227,7 @@ def _check_scanned(path: Path, index_dir: Path, did: str, root: Any, table: Any,
     does not prove the repository sound -- anything amiss, even a block the table lacks --
     and check_car reads the file anew for the verdict and its words."""
     from .. import _core
-    from ..sources.car.repo import _open_regular, commit_fields
+    from ..sources.car.repo import _open_regular, commit_fields, scratch_file
 
     fd = refs_fd = -1
     try:
@@ -239,7 +239,7 @@ def _check_scanned(path: Path, index_dir: Path, did: str, root: Any, table: Any,
                                               _core.cid_str(root))
         if got_did != did:
             return None   # check_car says whose repository it is
-        refs_fd = _scratch(index_dir)
+        refs_fd = scratch_file(index_dir, "repo.car")
         check = _core.CarCheck(fd, table, data, scanner, refs_fd)
         n = check.run()
         if n < 0:
@@ -251,20 +251,6 @@ def _check_scanned(path: Path, index_dir: Path, did: str, root: Any, table: Any,
         for f in (fd, refs_fd):
             if f >= 0:
                 os.close(f)
-
-
-def _scratch(directory: Path) -> int:
-    """A new empty file in `directory`, open for reading and writing and already
-    unlinked: nothing is left behind, whatever happens."""
-    while True:
-        p = directory / f".repo.car.{os.urandom(4).hex()}.car-index"
-        try:
-            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        os.unlink(p)
-        return fd
 
 
 def diff_walk(old: Path, new: Path, index_dir: Path) -> tuple[int, int, int]:

@@ -202,6 +202,20 @@ def commit_fields(c: object, name: str) -> tuple[str, int, str | None, _core.CID
     return did, version, rev, data
 
 
+def scratch_file(directory: Path, name: str) -> int:
+    """A new empty file in `directory` (.NAME.<random>.car-index), open for reading and
+    writing and already unlinked: nothing is left behind, whatever happens."""
+    while True:
+        p = directory / f".{name}.{os.urandom(4).hex()}.car-index"
+        try:
+            fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                         0o600)
+        except FileExistsError:
+            continue
+        os.unlink(p)
+        return fd
+
+
 class CarRepo:
     """A repository CAR opened for reading, with its block index in a new file in
     `index_dir` (unlinked at once: only its descriptor is kept, closed by close()).  Use
@@ -304,20 +318,12 @@ class CarRepo:
         return got
 
     def _scratch_fd(self, index_dir: Path) -> int:
-        """A new empty file in index_dir, open for reading and writing and already
-        unlinked: nothing is left behind, whatever happens."""
-        while True:
-            p = index_dir / f".{self.path.name}.{os.urandom(4).hex()}.car-index"
-            try:
-                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_NOFOLLOW
-                             | O_CLOEXEC, 0o600)
-            except FileExistsError:
-                continue
-            except OSError as exc:
-                raise self._fail(f"cannot create the block index in {index_dir} "
-                                 f"({exc.strerror})") from None
-            os.unlink(p)
-            return fd
+        """scratch_file for this CAR's block index; its failure as one line."""
+        try:
+            return scratch_file(index_dir, self.path.name)
+        except OSError as exc:
+            raise self._fail(f"cannot create the block index in {index_dir} "
+                             f"({exc.strerror})") from None
 
     def _error(self, exc: ValueError | OSError) -> ArchiveError:
         """The one line for an error of the core's reader: a bad CAR (ValueError), no room
