@@ -87,6 +87,14 @@ cdef int pwrite_all(int fd, const void* p, Py_ssize_t n, int64_t off) except -1:
     return 0
 
 
+cdef int ix_put_run(int fd, IxEntry* a, Py_ssize_t n, int64_t k, Py_ssize_t run) except -1:
+    """a's n entries sorted and written to file fd as run k of runs of `run` entries
+    (what ix_merge reads)."""
+    ix_sort(a, n)
+    pwrite_all(fd, a, n * sizeof(IxEntry), k * run * <int64_t>sizeof(IxEntry))
+    return 0
+
+
 cdef Py_ssize_t pread_full(int fd, void* p, Py_ssize_t n, int64_t off) except -1:
     """Bytes read into p: n, or fewer at end of file.  Without the GIL meanwhile (the
     other threads: the file's hash, the archive's inserts)."""

@@ -379,9 +379,7 @@ cdef class CarScanner:
                         if self.npending:
                             with nogil:
                                 self.flush()
-                        ix_sort(buf, used)
-                        pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
-                                   runs * run * <int64_t>sizeof(IxEntry))
+                        ix_put_run(runs_fd, buf, used, runs, run)
                         runs += 1
                         used = 0
                     else:
@@ -409,15 +407,14 @@ cdef class CarScanner:
                 with nogil:
                     sp_finish(&self.good)
                 sp_check(&self.good, "writing the check's list of good blocks")
-            ix_sort(buf, used)
             ix = BlockIndex.__new__(BlockIndex)
             ix.setup(fd, self.blocks)
             ix.size = self.size
             if runs == 0:
+                ix_sort(buf, used)
                 ix_emit_all(ix, buf, used)
             else:
-                pwrite_all(runs_fd, buf, used * sizeof(IxEntry),
-                           runs * run * <int64_t>sizeof(IxEntry))
+                ix_put_run(runs_fd, buf, used, runs, run)
                 runs += 1
                 PyMem_RawFree(buf)
                 buf = NULL
@@ -431,9 +428,7 @@ cdef class CarScanner:
     cdef int write_run(self, int runs_fd, Py_ssize_t n) except -1:
         """The first n entries of `run` sorted and written as the next run; the rest moved
         to its start."""
-        ix_sort(self.run, n)
-        pwrite_all(runs_fd, self.run, n * sizeof(IxEntry),
-                   self.runs * self.run_size * <int64_t>sizeof(IxEntry))
+        ix_put_run(runs_fd, self.run, n, self.runs, self.run_size)
         self.runs += 1
         self.run_n -= n
         memmove(self.run, self.run + n, self.run_n * sizeof(IxEntry))
