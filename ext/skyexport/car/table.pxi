@@ -8,9 +8,9 @@
 #
 # An entry is 12 bytes: the top 64 - TB_OFF_BITS bits of the CID's index key (cid_key:
 # the end of its digest, uniformly spread; its tag) above the block's offset, and its
-# length.  Sorted, with a
-# directory of 2^TB_DIR_BITS positions by the key's top bits, a lookup reads a bucket of
-# a few entries from RAM; an equal tag is only a candidate, the CID in the file decides.
+# length.  Sorted, with a directory of 2^TB_DIR_BITS positions by the key's top bits, a
+# lookup reads a bucket of a few entries from RAM; an equal tag is only a candidate, the
+# CID in the file decides.
 
 
 cdef packed struct TbEntry:
