@@ -6,8 +6,8 @@ side with `curl -o`, on one loopback server (perf/fetch.py's).
 
 A variant is LABEL=PYTHON: that interpreter's skyexport.  Each round runs curl and every
 variant once, in an order reversed every other round; each output is deleted right after
-its run (unlike perf/fetch.py, which keeps every round's files: there, the page cache left
-to write back slows the writers of later rounds, curl most: perf/README.md).  Prints each
+its run, its pages still to write back with it (perf/fetch.py syncs instead: a page cache
+left to write back slows the writers of later rounds, curl most: perf/README.md).  Prints each
 round, the medians, each variant's ratio to curl and to the first variant, and each
 variant's peak RSS (VmHWM).
 """
