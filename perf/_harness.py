@@ -739,14 +739,20 @@ def floor_case(key: str, info: ArchiveInfo, *, where: str = "") -> Case:
     return Case(key, "sqlite3", "floor", "all", info.posts, build, collect, archive=info.path)
 
 
-def copy_media_case(key: str, info: ArchiveInfo, sync: bool = False) -> Case:
+def copy_media_case(key: str, info: ArchiveInfo, sync: bool = False,
+                    flat: bool = False) -> Case:
     """`cp -r --reflink=auto` of the archive's media files: what --media competes with.
     With `sync`, followed by `sync -f` of the copy's file system (one syncfs, as --media
-    makes its files durable): the same copy made durable."""
+    makes its files durable): the same copy made durable.  With `flat`, the files are
+    copied into one directory, as --media places them in media/ (`find -exec cp -t`)."""
     src = info.path.parent / "media"
 
     def build(out: Path) -> tuple[list[str], Path]:
         dst = str(out / "media-copy")
+        if flat:
+            return ["sh", "-c", 'mkdir "$2" && exec find "$1" -type f -exec '
+                    'cp --reflink=auto -t "$2" {} +', "sh", str(src), dst], \
+                out / "stdout.txt"
         if sync:
             return ["sh", "-c", 'cp -r --reflink=auto "$1" "$2" && exec sync -f "$2"', "sh",
                     str(src), dst], out / "stdout.txt"
@@ -755,7 +761,8 @@ def copy_media_case(key: str, info: ArchiveInfo, sync: bool = False) -> Case:
     def collect(out: Path, s: Sample) -> None:
         pass
 
-    return Case(key, "cp", "media +sync" if sync else "media", "all", info.posts, build,
+    return Case(key, "cp", "media +sync" if sync else "media flat" if flat else "media",
+                "all", info.posts, build,
                 collect, archive=info.path, keep_output=True)
 
 

@@ -15,7 +15,8 @@ For every archive size it runs, each as a child process:
   (bskyarchive always exports one DID), plus ``sqlite3 -json`` with ``WHERE +did = ...``,
   which lets the shell keep the created_at index the way skyexport does;
 * ``skyexport export --media`` (the archives have media files; they are copied, reflinked
-  where the file system can) and ``cp -r --reflink=auto`` of the same media directory;
+  where the file system can) and ``cp -r --reflink=auto`` of the same media directory (and
+  ``cp`` of its files into one directory, the layout of an export's media/);
 * the read floor (the shell stepping the same SELECT, summing every column's bytes), a
   filtered export whose range holds every post, and each format with one core kept busy;
 * with ``--peers``, DuckDB and polars (perf/peers.py) on the same rows;
@@ -83,9 +84,10 @@ def media_cases(info: h.ArchiveInfo, plain: bool = True) -> list[h.Case]:
     n.baseline = "skyexport json all +media"
     cp = h.copy_media_case("cp -r media", info)
     cps = h.copy_media_case("cp -r media +sync", info, sync=True)
-    for case in (c, n, cp, cps):
+    flat = h.copy_media_case("cp media flat", info, flat=True)
+    for case in (c, n, cp, cps, flat):
         case.keep_output = True
-    return [*cases, c, n, cp, cps]
+    return [*cases, c, n, cp, cps, flat]
 
 
 def cases_for(info: h.ArchiveInfo, *, did: bool, media: bool, reference: bool,
@@ -380,6 +382,16 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
         cost(f"--media cost vs cp -r + sync -f (both durable), {label}" + note, m, cps,
              MEDIA_RATIO)
         cost(f"--media cost (durable) vs cp -r (not), {label}", m, cp, None)
+        # cp -r makes the source's tree (bskyarchive's: 256 directories); --media writes
+        # every file into media/ itself, and creates in one large directory cost more.
+        # The same files copied into one directory show what that layout costs.
+        cost(f"--media cost without its syncs vs cp into one directory, {label}",
+             nosync, get(size, "cp media flat"), None)
+        flat = get(size, "cp media flat")
+        if cp and flat and cp["wall_s"] and flat["wall_s"]:
+            checks.append(check(f"cp into one directory vs cp -r, {label}",
+                                flat["wall_s"] / cp["wall_s"], None, "x",
+                                f"{flat['wall_s']:.2f} s vs {cp['wall_s']:.2f} s", info=True))
         if m and nosync and cp and m["wall_s"] and nosync["wall_s"] and cp["wall_s"]:
             checks.append(check(
                 f"the media files' syncfs before publishing, {h.size_label(size)}",
