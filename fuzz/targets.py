@@ -104,47 +104,38 @@ def _colls(counts: dict[bytes, int]) -> dict[str, int]:
     return dict(sorted((k.decode("ascii"), v) for k, v in counts.items()))
 
 
-def _scratch() -> int:
-    fd, name = tempfile.mkstemp(dir=SCRATCH)
-    os.unlink(name)
-    return fd
-
-
 def check_verified(path: str, spill: bool = False) -> tuple[object, ...] | None:
     """`fetch`'s check through the verifying scan's BlockTable (remote/repo.py
     _check_scanned) -- with `spill`, through the block index it spills to past its limit
     (here 2 entries, runs of 3) --, as check_plain gives its outcome; None where it proves
     nothing (check_car then checks as check_plain does)."""
     from skyexport.remote.repo import _check_scanned
-    from skyexport.sources.car.repo import _header_roots, _open_regular, _read_header
+    from skyexport.sources.car.repo import _open_regular, one_root, scratch_file
 
     fd, size = _open_regular(path)
     try:
-        found = _read_header(fd)
-        roots = _header_roots(found[0]) if found is not None else None
-        if found is None or not roots or len(roots) != 1 \
-                or not isinstance(roots[0], _core.CID):
+        found = one_root(fd)
+        if found is None:
             return None
-        _, start, head = found
-        good_fd, ix_fd, runs_fd = _scratch(), _scratch(), _scratch()
+        root, start, head = found
+        good_fd, ix_fd, runs_fd = (scratch_file(Path(SCRATCH), "fuzz") for _ in range(3))
         try:
             sc = _core.CarScanner(fd, start, head, None, size, verify=True, good_fd=good_fd)
             try:
-                table = (sc.build_table(roots[0], ix_fd, runs_fd, max_entries=2, run=3)
-                         if spill else sc.build_table(roots[0]))
+                table = (sc.build_table(root, ix_fd, runs_fd, max_entries=2, run=3)
+                         if spill else sc.build_table(root))
             except ValueError:
                 return None
             if table is None:
                 return None
-            status, commit = table.block(fd, bytes(roots[0]))
+            status, commit = table.block(fd, bytes(root))
             try:
                 did = _core.cbor_to_py(commit)[0]["did"] if commit is not None else None
             except (ValueError, TypeError, KeyError):
                 did = None
             if not isinstance(did, str):
                 return None
-            got = _check_scanned(path, Path(SCRATCH), did, roots[0], table, sc.sha256_hex(),
-                                 sc)
+            got = _check_scanned(path, Path(SCRATCH), did, root, table, sc.sha256_hex(), sc)
             if got is None:
                 return None
             return (got.records, got.collections, got.blob_refs, got.sha256, got.blocks)

@@ -143,26 +143,23 @@ class _Scan:
 
     def _run(self) -> None:
         from .. import _core
-        from ..sources.car.repo import HEADER_MAX, _header_roots, _read_header, scratch_file
+        from ..sources.car.repo import HEADER_MAX, one_root, scratch_file
 
         good_fd = index_fd = runs_fd = -1
         try:
             self.given, _ = self._wait(HEADER_MAX + 32)
-            found = _read_header(self.fd)
-            roots = _header_roots(found[0]) if found is not None else None
-            if found is None or roots is None or len(roots) != 1 \
-                    or not isinstance(roots[0], _core.CID):
+            found = one_root(self.fd)
+            if found is None:
                 return
-            _, start, head = found
+            root, start, head = found
             good_fd = scratch_file(self.index_dir, "repo.car")
             index_fd = scratch_file(self.index_dir, "repo.car")
             runs_fd = scratch_file(self.index_dir, "repo.car")
             scanner = _core.CarScanner(self.fd, start, head, None, self.given, verify=True,
                                        more=self._more, good_fd=good_fd)
-            table = scanner.build_table(roots[0], index_fd, runs_fd)
+            table = scanner.build_table(root, index_fd, runs_fd)
             if table is not None:
-                self.out = (roots[0], table, scanner.sha256_hex(), scanner, good_fd,
-                            index_fd)
+                self.out = (root, table, scanner.sha256_hex(), scanner, good_fd, index_fd)
                 good_fd = index_fd = -1
         except _Stopped:
             pass

@@ -107,6 +107,18 @@ def _open_regular(path: str | os.PathLike[str]) -> tuple[int, int]:
     return fd, st.st_size
 
 
+def one_root(fd: int) -> tuple[_core.CID, int, bytes] | None:
+    """(its one root, the header's end offset, the bytes before that) when the file at
+    `fd` starts with a CARv1 header with exactly one root, a CID; else None.  (CarRepo
+    checks the same, in its own words for each way it can fail.)"""
+    found = _read_header(fd)
+    roots = _header_roots(found[0]) if found is not None else None
+    if found is None or roots is None or len(roots) != 1 \
+            or not isinstance(roots[0], _core.CID):
+        return None
+    return roots[0], found[1], found[2]
+
+
 def is_car(path: str | os.PathLike[str]) -> bool:
     """True when `path` is a regular file that starts with a CARv1 header with exactly
     one root (recognised by content, never by name)."""
@@ -115,15 +127,11 @@ def is_car(path: str | os.PathLike[str]) -> bool:
     except (OSError, ValueError):
         return False
     try:
-        found = _read_header(fd)
+        return one_root(fd) is not None
     except OSError:
         return False
     finally:
         os.close(fd)
-    if found is None:
-        return False
-    roots = _header_roots(found[0])
-    return roots is not None and len(roots) == 1 and isinstance(roots[0], _core.CID)
 
 
 def _load_core(con: apsw.Connection) -> bool:
