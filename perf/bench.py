@@ -385,9 +385,9 @@ def derived_checks(results: list[dict[str, Any]], startup: dict[str, Any] | None
         # cp -r makes the source's tree (bskyarchive's: 256 directories); --media writes
         # every file into media/ itself, and creates in one large directory cost more.
         # The same files copied into one directory show what that layout costs.
-        cost(f"--media cost without its syncs vs cp into one directory, {label}",
-             nosync, get(size, "cp media flat"), None)
         flat = get(size, "cp media flat")
+        cost(f"--media cost without its syncs vs cp into one directory, {label}",
+             nosync, flat, None)
         if cp and flat and cp["wall_s"] and flat["wall_s"]:
             checks.append(check(f"cp into one directory vs cp -r, {label}",
                                 flat["wall_s"] / cp["wall_s"], None, "x",

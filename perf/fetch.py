@@ -91,7 +91,10 @@ class H(http.server.BaseHTTPRequestHandler):
             # paced: 256 KiB at a time, never ahead of `rate` bytes a second
             sent, t0 = 0, time.monotonic()
             while sent < size:
-                sent += self.connection.sendfile(f, sent, min(1 << 18, size - sent))
+                n = self.connection.sendfile(f, sent, min(1 << 18, size - sent))
+                if n == 0:  # the file ended early: the client sees a short body
+                    return
+                sent += n
                 ahead = t0 + sent / rate - time.monotonic()
                 if ahead > 0:
                     time.sleep(ahead)
