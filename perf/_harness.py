@@ -511,10 +511,11 @@ class Case:
 
 
 # skyexport's command line with the media files' final sync left out (staged.SYNCFS a
-# no-op): what that sync costs, measured beside the real thing.
-_NO_SYNC = ("import sys\nimport skyexport.exporter.staged as staged\n"
-            "staged.SYNCFS = lambda fd: None\n"
-            "from skyexport.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+# no-op): what that sync costs, measured beside the real thing.  NO_SYNC_PRELUDE is the
+# part that leaves it out, for scripts that run skyexport their own way (media_ab.py).
+NO_SYNC_PRELUDE = "import skyexport.exporter.staged as staged\nstaged.SYNCFS = lambda fd: None\n"
+_NO_SYNC = ("import sys\n" + NO_SYNC_PRELUDE
+            + "from skyexport.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 
 
 def skyexport_case(key: str, info: ArchiveInfo, fmt: str, *, did: str | None = None,

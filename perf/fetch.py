@@ -263,28 +263,24 @@ def main(argv: list[str] | None = None) -> int:
             peaks.append(peak)
             shutil.rmtree(work / f"so{r}")
             os.sync()
-            if not cids:  # --blobs 0: the repository alone
-                print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s"
-                                                       for k, v in results.items() if v),
-                      flush=True)
-                continue
-            (work / f"cb{r}").mkdir()
-            cfg = work / f"curl-blobs{r}.cfg"
-            with cfg.open("w") as f:
-                for cid in cids:
-                    f.write(f'url = "{burl}/xrpc/com.atproto.sync.getBlob?did={blob_did}'
-                            f'&cid={cid}"\noutput = "{work}/cb{r}/{cid}"\n')
-            results["curl blobs"].append(timed(
-                ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4", "-K",
-                 str(cfg)], "curl blobs"))
-            os.sync()
-            t, peak = skyexport_run(blob_did, burl, work / f"sb{r}", work / "peak",
-                                    "skyexport blobs", "--jobs", "4")
-            results["skyexport blobs"].append(t)
-            peaks.append(peak)
-            os.sync()
+            if cids:  # not with --blobs 0 (the repository alone)
+                (work / f"cb{r}").mkdir()
+                cfg = work / f"curl-blobs{r}.cfg"
+                with cfg.open("w") as f:
+                    for cid in cids:
+                        f.write(f'url = "{burl}/xrpc/com.atproto.sync.getBlob?did={blob_did}'
+                                f'&cid={cid}"\noutput = "{work}/cb{r}/{cid}"\n')
+                results["curl blobs"].append(timed(
+                    ["curl", "-sSf", "--no-progress-meter", "--parallel", "--parallel-max", "4",
+                     "-K", str(cfg)], "curl blobs"))
+                os.sync()
+                t, peak = skyexport_run(blob_did, burl, work / f"sb{r}", work / "peak",
+                                        "skyexport blobs", "--jobs", "4")
+                results["skyexport blobs"].append(t)
+                peaks.append(peak)
+                os.sync()
             print(f"  round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s"
-                                                   for k, v in results.items()), flush=True)
+                                                   for k, v in results.items() if v), flush=True)
     finally:
         for s in servers:
             s.terminate()

@@ -27,6 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import NO_SYNC_PRELUDE  # noqa: E402
+
 RUN = ("import sys\nimport skyexport.exporter.media as m\n"
        "for kv in sys.argv[1].split(','):\n"
        "    if kv:\n"
@@ -34,7 +38,6 @@ RUN = ("import sys\nimport skyexport.exporter.media as m\n"
        "        assert hasattr(m, k), k\n"
        "        setattr(m, k, float(v) if isinstance(getattr(m, k), float) else int(v))\n"
        "from skyexport.cli import main\nsys.exit(main(sys.argv[2:]))\n")
-NOSYNC = "import skyexport.exporter.staged as staged\nstaged.SYNCFS = lambda fd: None\n"
 
 
 def timed(argv: list[str], stdout: Path) -> tuple[float, float]:
@@ -69,7 +72,7 @@ def main() -> None:
                    help="skip the plain exports (the added time is then not shown)")
     args = p.parse_args()
     src = args.archive_dir.resolve()
-    run = (NOSYNC + RUN) if args.nosync else RUN
+    run = (NO_SYNC_PRELUDE + RUN) if args.nosync else RUN
     cases: dict[str, list[str] | None] = {"cp -r": None}
     plains: dict[str, str] = {}  # interpreter -> its plain export's case
     for spec in args.variant:
